@@ -1,1 +1,475 @@
-// placeholder
+#include "agent/agent.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/statvfs.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <deque>
+#include <fstream>
+#include <sstream>
+
+#include "agent/api/time.h"
+#include "agent/control_socket.h"
+#include "agent/ingest.h"
+#include "agent/pii.h"
+#include "agent/store/buffer.h"
+#include "agent/version.h"
+#include "drivers/kiosk/http_api.h"
+#include "sync/sync_engine.h"
+
+namespace omniedge {
+namespace {
+
+namespace fs = std::filesystem;
+
+Result<std::string> readSecretFile(const std::string& path, const std::string& key) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return makeError("config", key + ": cannot read '" + path + "'", key);
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) {
+    s.pop_back();
+  }
+  return s;
+}
+
+Result<std::vector<std::string>> readTokens(const std::string& path) {
+  auto text = readSecretFile(path, "http.tokens_file");
+  if (!text) {
+    return text.error();
+  }
+  std::vector<std::string> tokens;
+  std::istringstream in(*text);
+  for (std::string line; std::getline(in, line);) {
+    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back())) != 0) {
+      line.pop_back();
+    }
+    if (!line.empty() && line.front() != '#') {
+      tokens.push_back(line);
+    }
+  }
+  if (tokens.empty()) {
+    return makeError("config", "http.tokens_file '" + path + "' holds no token", "http.tokens_file");
+  }
+  return tokens;
+}
+
+nlohmann::json queueJson(const store::BufferStats& s, int64_t now_ms) {
+  return {
+      {"pending", s.pending[0] + s.pending[1] + s.pending[2]},
+      {"high", s.pending[0]},
+      {"normal", s.pending[1]},
+      {"low", s.pending[2]},
+      {"bytes", s.pending_bytes},
+      {"oldest_pending_age_s",
+       s.oldest_pending_ms > 0 ? std::max<int64_t>(0, now_ms - s.oldest_pending_ms) / 1000 : 0},
+  };
+}
+
+// Events per second over a sliding window of housekeeping samples.
+class Rate {
+ public:
+  void sample(int64_t now_ms, uint64_t total) {
+    samples_.emplace_back(now_ms, total);
+    while (samples_.size() > 2 && now_ms - samples_.front().first > 10000) {
+      samples_.pop_front();
+    }
+  }
+  double perSecond() const {
+    if (samples_.size() < 2) {
+      return 0;
+    }
+    const auto& [t0, v0] = samples_.front();
+    const auto& [t1, v1] = samples_.back();
+    return t1 > t0 ? static_cast<double>(v1 - v0) * 1000.0 / static_cast<double>(t1 - t0) : 0;
+  }
+
+ private:
+  std::deque<std::pair<int64_t, uint64_t>> samples_;
+};
+
+}  // namespace
+
+struct Agent::Parts {
+  config::Config cfg;
+  SystemClock clock;
+  std::unique_ptr<PiiHasher> pii;
+  std::unique_ptr<store::Buffer> buffer;
+  std::unique_ptr<Ingest> ingest;
+  std::unique_ptr<kiosk::HttpApi> http;
+  std::unique_ptr<sync::SyncEngine> sync;
+  std::unique_ptr<ControlServer> control;
+  std::string store_id;
+  std::string tenant;
+  std::string http_listen;
+  int64_t started_ms = 0;
+  std::atomic<bool> stopping{false};
+  std::atomic<int> config_version{0};
+  mutable std::mutex rates_mu;
+  Rate ingest_rate;     // guarded by rates_mu
+  Rate delivery_rate;   // guarded by rates_mu
+  uint64_t dropped_reported = 0;
+
+  explicit Parts(config::Config c) : cfg(std::move(c)) {}
+};
+
+Agent::Agent(std::unique_ptr<Parts> parts) : p_(std::move(parts)) {}
+
+Agent::~Agent() {
+  if (p_->http) {
+    p_->http->stop();
+  }
+  if (p_->control) {
+    p_->control->stop();
+  }
+  if (p_->sync) {
+    p_->sync->stop();
+  }
+  if (p_->buffer) {
+    p_->buffer->close();
+  }
+}
+
+std::string controlSocketPath(const config::Config& cfg) {
+  const char* runtime = std::getenv("RUNTIME_DIRECTORY");
+  fs::path dir = runtime != nullptr && *runtime != '\0' ? fs::path(runtime) : fs::path(cfg.str("data.dir"));
+  return (dir / "omniedge.sock").string();
+}
+
+Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
+  auto p = std::make_unique<Parts>(cfg);
+  p->store_id = cfg.str("store.id");
+  p->tenant = cfg.str("store.tenant");
+  p->started_ms = p->clock.nowMs();
+
+  std::string hmac_key;
+  if (!cfg.str("identity.hmac_key_file").empty()) {
+    auto key = PiiHasher::readKeyFile(cfg.str("identity.hmac_key_file"));
+    if (!key) {
+      return key.error();
+    }
+    hmac_key = *key;
+  } else {
+    spdlog::warn(
+        "identity.hmac_key_file is not set: e-mail and phone hashes are plain SHA-256, which can "
+        "be brute-forced; set a tenant key");
+  }
+  p->pii = std::make_unique<PiiHasher>(hmac_key, cfg.str("identity.default_country_code"));
+
+  store::BufferOptions bo;
+  bo.dir = cfg.str("data.dir");
+  bo.synchronous_full = cfg.str("buffer.synchronous") == "full";
+  bo.max_bytes = cfg.integer("buffer.max_bytes");
+  bo.min_free_disk = cfg.integer("buffer.min_free_disk");
+  bo.retain_delivered_s = cfg.integer("buffer.retain_delivered");
+  auto buffer = store::Buffer::open(bo);
+  if (!buffer) {
+    return buffer.error();
+  }
+  p->buffer = std::move(*buffer);
+
+  IngestOptions io;
+  io.store_id = p->store_id;
+  io.max_event_bytes = static_cast<std::size_t>(cfg.integer("buffer.max_event_bytes"));
+  p->ingest = std::make_unique<Ingest>(io, *p->buffer, *p->pii, p->clock);
+
+  auto listen = config::parseHostPort(cfg.str("http.listen"));
+  if (!listen) {
+    return listen.error();
+  }
+  kiosk::HttpApiOptions ho;
+  ho.host = listen->host;
+  ho.port = listen->port;
+  p->http_listen = cfg.str("http.listen");
+  if (!cfg.str("http.tokens_file").empty()) {
+    auto tokens = readTokens(cfg.str("http.tokens_file"));
+    if (!tokens) {
+      return tokens.error();
+    }
+    ho.tokens = std::move(*tokens);
+  }
+
+  sync::MqttOptions mo;
+  mo.url = cfg.str("mqtt.url");
+  mo.client_id = cfg.str("mqtt.client_id").empty()
+                     ? "omniedge-" + p->tenant + "-" + p->store_id
+                     : cfg.str("mqtt.client_id");
+  mo.username = cfg.str("mqtt.username");
+  if (!cfg.str("mqtt.password_file").empty()) {
+    auto pw = readSecretFile(cfg.str("mqtt.password_file"), "mqtt.password_file");
+    if (!pw) {
+      return pw.error();
+    }
+    mo.password = *pw;
+  }
+  mo.ca_file = cfg.str("mqtt.ca_file");
+  mo.cert_file = cfg.str("mqtt.cert_file");
+  mo.key_file = cfg.str("mqtt.key_file");
+  mo.keepalive_s = static_cast<int>(cfg.integer("mqtt.keepalive"));
+  mo.version = sync::parseMqttVersion(cfg.str("mqtt.version")).value_or(sync::MqttVersion::kAuto);
+  mo.topic_root = "omniedge/v1/" + p->tenant + "/" + p->store_id;
+  mo.reconnect_min_ms = static_cast<int>(cfg.integer("mqtt.reconnect_min") * 1000);
+  mo.reconnect_max_ms = static_cast<int>(cfg.integer("mqtt.reconnect_max") * 1000);
+
+  sync::SyncOptions so;
+  so.store_id = p->store_id;
+  so.agent_version = kVersion;
+  so.batch_max_events = static_cast<std::size_t>(cfg.integer("sync.batch_max_events"));
+  so.batch_max_bytes = static_cast<std::size_t>(cfg.integer("sync.batch_max_bytes"));
+  so.compression =
+      sync::parseCompression(cfg.str("sync.compression")).value_or(sync::Compression::kGzip);
+  so.max_inflight = static_cast<int>(cfg.integer("sync.max_inflight"));
+  so.max_bytes_per_sec = cfg.integer("sync.max_bytes_per_sec");
+  so.status_interval_s = static_cast<int>(cfg.integer("sync.status_interval"));
+
+  std::unique_ptr<Agent> agent(new Agent(std::move(p)));
+  Parts& parts = *agent->p_;
+  Agent* self = agent.get();
+  parts.http = std::make_unique<kiosk::HttpApi>(
+      ho, *parts.ingest,
+      [self] {
+        kiosk::HealthReport h;
+        const auto s = self->p_->buffer->stats();
+        if (self->p_->stopping.load()) {
+          h.reason = "stopping";
+        } else if (s.cap_bytes > 0 && s.used_bytes >= s.cap_bytes - s.cap_bytes / 100) {
+          h.reason = "buffer full: new events are pushed back until the uplink drains it";
+        } else {
+          h.ready = true;
+        }
+        return h;
+      },
+      [self] { return self->metricsText(); });
+  parts.sync = std::make_unique<sync::SyncEngine>(*parts.buffer, mo, so,
+                                                  [self] { return self->uplinkStatusJson(); });
+  parts.control = std::make_unique<ControlServer>(
+      controlSocketPath(parts.cfg), [self](const nlohmann::json& r) { return self->handleControl(r); });
+  return agent;
+}
+
+std::string Agent::uplinkStatusJson() const {
+  nlohmann::json j = {
+      {"state", "online"},
+      {"version", kVersion},
+      {"started_at", formatRfc3339Ms(p_->started_ms)},
+      {"config_version", p_->config_version.load()},
+      {"queue", queueJson(p_->buffer->stats(), p_->clock.nowMs())},
+  };
+  return j.dump();
+}
+
+nlohmann::json Agent::status() const {
+  const int64_t now = p_->clock.nowMs();
+  const auto s = p_->buffer->stats();
+  const auto u = p_->sync->status();
+  double ingest_rate = 0;
+  double delivery_rate = 0;
+  {
+    std::lock_guard lock(p_->rates_mu);
+    ingest_rate = p_->ingest_rate.perSecond();
+    delivery_rate = p_->delivery_rate.perSecond();
+  }
+  struct statvfs vfs {};
+  int64_t free_bytes = -1;
+  if (statvfs(p_->cfg.str("data.dir").c_str(), &vfs) == 0) {
+    free_bytes = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize);
+  }
+  return {
+      {"daemon", "running"},
+      {"pid", static_cast<int64_t>(getpid())},
+      {"version", kVersion},
+      {"git_revision", kGitRevision},
+      {"started_at", formatRfc3339Ms(p_->started_ms)},
+      {"uptime_s", (now - p_->started_ms) / 1000},
+      {"store_id", p_->store_id},
+      {"tenant", p_->tenant},
+      {"config_version", p_->config_version.load()},
+      {"uplink",
+       {{"mqtt",
+         {{"state", u.connected ? "connected" : "disconnected"},
+          {"since", u.since_ms > 0 ? formatRfc3339Ms(u.since_ms) : ""},
+          {"url", p_->cfg.str("mqtt.url")},
+          {"last_error", u.last_error},
+          {"batches_sent", u.batches_sent},
+          {"batches_acked", u.batches_acked},
+          {"events_delivered", u.events_delivered},
+          {"bytes_sent", u.bytes_sent},
+          {"reconnects", u.reconnects},
+          {"inflight_batches", u.inflight}}},
+        {"https", {{"state", "not_configured"}}}}},
+      {"queue", queueJson(s, now)},
+      {"rates", {{"ingest_per_s", ingest_rate}, {"delivery_per_s", delivery_rate}}},
+      {"drivers", nlohmann::json::array({{{"name", "kiosk-http"},
+                                          {"state", "running"},
+                                          {"listen", p_->http_listen}}})},
+      {"counters",
+       {{"appended", s.appended},
+        {"duplicates", s.duplicates},
+        {"delivered", s.acknowledged},
+        {"evicted", s.evicted},
+        {"rejected_full", s.rejected_full},
+        {"commits", s.commits}}},
+      {"disk",
+       {{"data_dir", p_->cfg.str("data.dir")},
+        {"buffer_file_bytes", s.file_bytes},
+        {"buffer_used_bytes", s.used_bytes},
+        {"buffer_cap_bytes", s.cap_bytes},
+        {"free_bytes", free_bytes}}},
+  };
+}
+
+std::string Agent::metricsText() const {
+  const auto s = p_->buffer->stats();
+  const auto u = p_->sync->status();
+  std::string m;
+  auto line = [&m](const char* name, const char* type, const char* help, auto value,
+                   const std::string& labels = "") {
+    m += fmt::format("# HELP {} {}\n# TYPE {} {}\n{}{} {}\n", name, help, name, type, name,
+                     labels, value);
+  };
+  line("omniedge_events_appended_total", "counter", "Events stored in the buffer.", s.appended);
+  line("omniedge_events_duplicate_total", "counter", "Events ignored as already buffered.",
+       s.duplicates);
+  line("omniedge_events_delivered_total", "counter", "Events acknowledged by the centre.",
+       s.acknowledged);
+  line("omniedge_events_evicted_total", "counter", "Low-priority events evicted when full.",
+       s.evicted);
+  line("omniedge_appends_rejected_full_total", "counter", "Appends pushed back: buffer full.",
+       s.rejected_full);
+  m += "# HELP omniedge_buffer_pending Events waiting for delivery.\n"
+       "# TYPE omniedge_buffer_pending gauge\n";
+  m += fmt::format("omniedge_buffer_pending{{priority=\"high\"}} {}\n", s.pending[0]);
+  m += fmt::format("omniedge_buffer_pending{{priority=\"normal\"}} {}\n", s.pending[1]);
+  m += fmt::format("omniedge_buffer_pending{{priority=\"low\"}} {}\n", s.pending[2]);
+  line("omniedge_buffer_bytes", "gauge", "Bytes the pending events occupy.", s.used_bytes);
+  line("omniedge_mqtt_connected", "gauge", "1 while the uplink is connected.",
+       u.connected ? 1 : 0);
+  line("omniedge_mqtt_batches_sent_total", "counter", "Batches published.", u.batches_sent);
+  line("omniedge_mqtt_reconnects_total", "counter", "Uplink reconnects.", u.reconnects);
+  m += p_->http->metricsText();
+  return m;
+}
+
+nlohmann::json Agent::handleControl(const nlohmann::json& request) {
+  const std::string cmd = request.value("cmd", "");
+  if (cmd == "status") {
+    return {{"ok", true}, {"status", status()}};
+  }
+  if (cmd == "flush") {
+    p_->sync->flushNow();
+    return {{"ok", true}};
+  }
+  return {{"ok", false}, {"error", "unknown command '" + cmd + "'"}};
+}
+
+void Agent::housekeeping() {
+  const int64_t now = p_->clock.nowMs();
+  const auto s = p_->buffer->stats();
+  {
+    std::lock_guard lock(p_->rates_mu);
+    p_->ingest_rate.sample(now, s.appended);
+    p_->delivery_rate.sample(now, s.acknowledged);
+  }
+  // Every eviction is reported upstream: nothing is dropped silently.
+  const auto dropped = p_->buffer->takeEvictions();
+  if (dropped.events > 0) {
+    spdlog::warn("buffer: evicted {} low-priority events ({} bytes) to make room", dropped.events,
+                 dropped.bytes);
+    Event e;
+    e.type = "agent.data_dropped";
+    e.source = "agent";
+    e.data_json = nlohmann::json{{"reason", "buffer full: low-priority events evicted oldest-first"},
+                                 {"priority", "low"},
+                                 {"events", dropped.events},
+                                 {"bytes", dropped.bytes},
+                                 {"oldest_received_at", formatRfc3339Ms(dropped.oldest_received_ms)},
+                                 {"newest_received_at", formatRfc3339Ms(dropped.newest_received_ms)},
+                                 {"evicted_total", s.evicted}}
+                      .dump();
+    if (auto r = p_->ingest->append({e}); !r) {
+      spdlog::error("buffer: could not record agent.data_dropped: {}", r.error().message);
+    }
+  }
+}
+
+int Agent::run() {
+  Parts& p = *p_;
+  const auto& report = p.buffer->openReport();
+  if (report.recovered) {
+    Event e;
+    e.type = "agent.buffer_recovered";
+    e.source = "agent";
+    e.data_json = nlohmann::json{{"problem", report.problem},
+                                 {"moved_to", report.moved_to},
+                                 {"salvaged_events", report.salvaged}}
+                      .dump();
+    if (auto r = p.ingest->append({e}); !r) {
+      spdlog::error("could not record agent.buffer_recovered: {}", r.error().message);
+    }
+  }
+  if (auto r = p.http->start(); !r) {
+    spdlog::critical("kiosk API: {}", r.error().message);
+    return r.error().code == "config" ? 78 : 1;
+  }
+  if (auto r = p.control->start(); !r) {
+    spdlog::critical("control socket: {}", r.error().message);
+    return 1;
+  }
+  p.sync->start();
+  {
+    Event e;
+    e.type = "agent.started";
+    e.source = "agent";
+    e.data_json = nlohmann::json{{"version", kVersion},
+                                 {"unclean_shutdown_before", report.unclean_shutdown},
+                                 {"pending_at_start", p.buffer->stats().pending[0] +
+                                                          p.buffer->stats().pending[1] +
+                                                          p.buffer->stats().pending[2]}}
+                      .dump();
+    (void)p.ingest->append({e});
+  }
+  spdlog::info("omniedge {} running: store {} (tenant {}), kiosk API on {}, uplink {}", kVersion,
+               p.store_id, p.tenant, p.http_listen, p.cfg.str("mqtt.url"));
+  sd_notify(0, "READY=1");
+
+  uint64_t watchdog_us = 0;
+  const bool watchdog = sd_watchdog_enabled(0, &watchdog_us) > 0;
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  auto last_tick = std::chrono::steady_clock::now();
+  for (;;) {
+    timespec timeout{0, 250 * 1000 * 1000};
+    const int sig = sigtimedwait(&set, nullptr, &timeout);
+    if (sig == SIGTERM || sig == SIGINT) {
+      spdlog::info("received {}, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      break;
+    }
+    if (watchdog) {
+      sd_notify(0, "WATCHDOG=1");
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_tick >= std::chrono::seconds(1)) {
+      last_tick = now;
+      housekeeping();
+    }
+  }
+  sd_notify(0, "STOPPING=1");
+  p.stopping.store(true);
+  p.http->stop();
+  p.control->stop();
+  p.sync->stop();
+  p.buffer->close();
+  spdlog::info("stopped cleanly");
+  return 0;
+}
+
+}  // namespace omniedge

@@ -1,1 +1,242 @@
-// placeholder
+#include "agent/ingest.h"
+
+#include <algorithm>
+
+#include "agent/api/time.h"
+#include "agent/uuid.h"
+
+namespace omniedge {
+namespace {
+
+constexpr std::size_t kMaxIdLength = 128;
+constexpr int64_t kEarliestMs = 946684800000;    // 2000-01-01: older is a broken clock
+constexpr int64_t kMaxFutureMs = 24 * 3600 * 1000;  // producers' clocks may run a day ahead
+
+// [a-z0-9_]+(\.[a-z0-9_]+)+
+bool validType(std::string_view t) {
+  if (t.empty() || t.size() > 128) {
+    return false;
+  }
+  std::size_t parts = 1;
+  bool part_empty = true;
+  for (const char c : t) {
+    if (c == '.') {
+      if (part_empty) {
+        return false;
+      }
+      ++parts;
+      part_empty = true;
+    } else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_') {
+      part_empty = false;
+    } else {
+      return false;
+    }
+  }
+  return parts >= 2 && !part_empty;
+}
+
+bool validId(std::string_view id) {
+  return !id.empty() && id.size() <= kMaxIdLength &&
+         std::all_of(id.begin(), id.end(), [](char c) {
+           return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '-' || c == '_' || c == '.' || c == ':' || c == '@';
+         });
+}
+
+bool printable(std::string_view s) {
+  return std::none_of(s.begin(), s.end(),
+                      [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
+bool isHex64(std::string_view s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+Error invalid(std::size_t index, const std::string& field, const std::string& why) {
+  return makeError("invalid", field + " " + why, "[" + std::to_string(index) + "]." + field);
+}
+
+}  // namespace
+
+void appendJsonString(std::string& out, std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out.push_back('"');
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20) {
+          out += "\\u00";
+          out.push_back(kHex[c >> 4]);
+          out.push_back(kHex[c & 0x0f]);
+        } else {
+          out.push_back(ch);
+        }
+    }
+  }
+  out.push_back('"');
+}
+
+std::string serialiseEvent(const Event& e) {
+  std::string out;
+  out.reserve(160 + e.data_json.size() + e.id.size() + e.type.size() + e.source.size());
+  out += "{\"id\":";
+  appendJsonString(out, e.id);
+  out += ",\"type\":";
+  appendJsonString(out, e.type);
+  out += ",\"source\":";
+  appendJsonString(out, e.source);
+  out += ",\"store_id\":";
+  appendJsonString(out, e.store_id);
+  out += ",\"occurred_at\":\"";
+  out += formatRfc3339Ms(e.occurred_at_ms);
+  out += "\",\"received_at\":\"";
+  out += formatRfc3339Ms(e.received_at_ms);
+  out += "\",\"customer\":{";
+  bool first = true;
+  for (const auto& [k, v] : e.customer) {
+    if (!first) {
+      out.push_back(',');
+    }
+    first = false;
+    appendJsonString(out, k);
+    out.push_back(':');
+    appendJsonString(out, v);
+  }
+  out += "},\"data\":";
+  out += e.data_json.empty() ? "{}" : e.data_json;
+  out.push_back('}');
+  return out;
+}
+
+Ingest::Ingest(IngestOptions options, store::Buffer& buffer, const PiiHasher& pii,
+               const Clock& clock)
+    : options_(std::move(options)), buffer_(buffer), pii_(pii), clock_(clock) {}
+
+Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t now_ms) const {
+  if (e.type.empty()) {
+    return invalid(index, "type", "is required");
+  }
+  if (!validType(e.type)) {
+    return invalid(index, "type",
+                   "must be lower-case dotted words, [a-z0-9_]+(.[a-z0-9_]+)+, e.g. kiosk.view");
+  }
+  if (e.id.empty()) {
+    e.id = makeUuidV7(now_ms);
+  } else if (!validId(e.id)) {
+    return invalid(index, "id", "must be 1-128 characters of A-Z a-z 0-9 - _ . : @");
+  }
+  if (e.source.empty()) {
+    e.source = e.type.substr(0, e.type.find('.'));
+  } else if (e.source.size() > 128 || !printable(e.source)) {
+    return invalid(index, "source", "must be at most 128 printable characters");
+  }
+  if (e.store_id.empty()) {
+    e.store_id = options_.store_id;
+  } else if (e.store_id != options_.store_id) {
+    return invalid(index, "store_id",
+                   "is '" + e.store_id + "' but this agent is store '" + options_.store_id + "'");
+  }
+  e.received_at_ms = now_ms;
+  if (e.occurred_at_ms == 0) {
+    e.occurred_at_ms = now_ms;
+  } else if (e.occurred_at_ms < kEarliestMs) {
+    return invalid(index, "occurred_at", "is before 2000-01-01");
+  } else if (e.occurred_at_ms > now_ms + kMaxFutureMs) {
+    return invalid(index, "occurred_at", "is more than a day in the future");
+  }
+
+  // Identity: raw e-mail and phone are replaced by keyed hashes here, before anything is stored.
+  std::map<std::string, std::string> customer;
+  for (auto& [key, value] : e.customer) {
+    const std::string field = "customer." + key;
+    if (key == "email" || key == "phone") {
+      auto normal = key == "email" ? PiiHasher::normaliseEmail(value) : pii_.normalisePhone(value);
+      if (!normal) {
+        return invalid(index, field, normal.error().message);
+      }
+      customer[key + "_sha256"] = pii_.hash(*normal);
+    } else if (key == "email_sha256" || key == "phone_sha256") {
+      std::string hex = value;
+      std::transform(hex.begin(), hex.end(), hex.begin(),
+                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+      if (!isHex64(hex)) {
+        return invalid(index, field, "must be 64 hexadecimal digits (a SHA-256)");
+      }
+      customer.try_emplace(key, std::move(hex));
+    } else if (key == "loyalty_id" || key == "app_user_id" || key == "profile_id" ||
+               key == "beacon") {
+      if (value.empty() || value.size() > 128 || !printable(value)) {
+        return invalid(index, field, "must be 1-128 printable characters");
+      }
+      customer[key] = value;
+    } else {
+      return invalid(index, field,
+                     "is not an identity key (loyalty_id, app_user_id, profile_id, beacon, email, "
+                     "phone, email_sha256, phone_sha256)");
+    }
+  }
+  e.customer = std::move(customer);
+  if (e.data_json.empty()) {
+    e.data_json = "{}";
+  } else if (e.data_json.front() != '{') {
+    return invalid(index, "data", "must be a JSON object");
+  }
+
+  store::StoredEvent out;
+  out.body = serialiseEvent(e);
+  if (out.body.size() > options_.max_event_bytes) {
+    return makeError("too_large",
+                     "the event is " + std::to_string(out.body.size()) +
+                         " bytes serialised; buffer.max_event_bytes allows " +
+                         std::to_string(options_.max_event_bytes),
+                     "[" + std::to_string(index) + "]");
+  }
+  out.id = e.id;
+  out.type = e.type;
+  out.priority = priorityOf(e.type);
+  out.received_at_ms = now_ms;
+  return out;
+}
+
+Result<AppendOutcome> Ingest::append(std::vector<Event> events) {
+  const int64_t now = clock_.nowMs();
+  std::vector<store::StoredEvent> stored;
+  stored.reserve(events.size());
+  AppendOutcome outcome;
+  outcome.ids.reserve(events.size());
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    auto prepared = prepare(events[i], i, now);
+    if (!prepared) {
+      return prepared.error();
+    }
+    outcome.ids.push_back(prepared->id);
+    stored.push_back(std::move(*prepared));
+  }
+  auto counts = buffer_.append(std::move(stored));
+  if (!counts) {
+    return counts.error();
+  }
+  outcome.stored = counts->stored;
+  outcome.duplicates = counts->duplicates;
+  return outcome;
+}
+
+}  // namespace omniedge

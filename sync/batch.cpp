@@ -1,1 +1,290 @@
-// placeholder
+#include "sync/batch.h"
+
+#include <zconf.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include <array>
+#include <chrono>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+
+namespace omniedge::sync {
+namespace {
+
+constexpr int kGzipLevel = 1;
+constexpr int kGzipWindowBits = 31;  // 15 + 16: a gzip header and trailer, not a zlib one
+constexpr int kGzipMemLevel = 8;
+constexpr int kZstdLevel = 1;
+
+std::string jsonString(std::string_view text) {
+  // Replace rather than throw on invalid UTF-8: a store id is operator input.
+  return nlohmann::json(std::string(text))
+      .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// A deflate stream reused across calls on one thread: deflateInit2 allocates ~270 KB, a reset
+// does not.
+class GzipCompressor {
+ public:
+  GzipCompressor() {
+    ok_ = deflateInit2(&stream_, kGzipLevel, Z_DEFLATED, kGzipWindowBits, kGzipMemLevel,
+                       Z_DEFAULT_STRATEGY) == Z_OK;
+  }
+  ~GzipCompressor() {
+    if (ok_) {
+      deflateEnd(&stream_);
+    }
+  }
+  GzipCompressor(const GzipCompressor&) = delete;
+  GzipCompressor& operator=(const GzipCompressor&) = delete;
+
+  Result<std::string> run(std::string_view data) {
+    if (!ok_ || deflateReset(&stream_) != Z_OK) {
+      return makeError("io", "deflateInit2 failed");
+    }
+    std::string out;
+    out.resize(deflateBound(&stream_, static_cast<uLong>(data.size())));
+    // zlib's API takes non-const input; it never writes through next_in.
+    stream_.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+    stream_.avail_in = static_cast<uInt>(data.size());
+    stream_.next_out = reinterpret_cast<Bytef*>(out.data());
+    stream_.avail_out = static_cast<uInt>(out.size());
+    const int rc = deflate(&stream_, Z_FINISH);
+    if (rc != Z_STREAM_END) {
+      return makeError("io", "deflate failed: " + std::to_string(rc));
+    }
+    out.resize(stream_.total_out);
+    return out;
+  }
+
+ private:
+  z_stream stream_{};
+  bool ok_ = false;
+};
+
+struct ZstdCCtxDeleter {
+  void operator()(ZSTD_CCtx* ctx) const { ZSTD_freeCCtx(ctx); }
+};
+struct ZstdDStreamDeleter {
+  void operator()(ZSTD_DStream* ds) const { ZSTD_freeDStream(ds); }
+};
+
+Result<std::string> zstdCompress(std::string_view data) {
+  thread_local std::unique_ptr<ZSTD_CCtx, ZstdCCtxDeleter> ctx(ZSTD_createCCtx());
+  if (!ctx) {
+    return makeError("io", "ZSTD_createCCtx failed");
+  }
+  std::string out;
+  out.resize(ZSTD_compressBound(data.size()));
+  const std::size_t n =
+      ZSTD_compressCCtx(ctx.get(), out.data(), out.size(), data.data(), data.size(), kZstdLevel);
+  if (ZSTD_isError(n) != 0U) {
+    return makeError("io", std::string("zstd: ") + ZSTD_getErrorName(n));
+  }
+  out.resize(n);
+  return out;
+}
+
+Result<std::string> gunzip(std::string_view data, std::size_t max_bytes) {
+  z_stream stream{};
+  if (inflateInit2(&stream, kGzipWindowBits) != Z_OK) {
+    return makeError("io", "inflateInit2 failed");
+  }
+  std::string out;
+  std::array<char, 64 * 1024> chunk{};
+  stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  stream.avail_in = static_cast<uInt>(data.size());
+  int rc = Z_OK;
+  while (rc != Z_STREAM_END) {
+    stream.next_out = reinterpret_cast<Bytef*>(chunk.data());
+    stream.avail_out = static_cast<uInt>(chunk.size());
+    rc = inflate(&stream, Z_NO_FLUSH);
+    if (rc != Z_OK && rc != Z_STREAM_END) {
+      inflateEnd(&stream);
+      return makeError("invalid", "corrupt or truncated gzip stream");
+    }
+    out.append(chunk.data(), chunk.size() - stream.avail_out);
+    if (out.size() > max_bytes) {
+      inflateEnd(&stream);
+      return makeError("too_large", "decompressed data exceeds the cap");
+    }
+    if (rc == Z_OK && stream.avail_in == 0 && stream.avail_out != 0) {
+      inflateEnd(&stream);
+      return makeError("invalid", "truncated gzip stream");
+    }
+  }
+  inflateEnd(&stream);
+  return out;
+}
+
+Result<std::string> unzstd(std::string_view data, std::size_t max_bytes) {
+  std::unique_ptr<ZSTD_DStream, ZstdDStreamDeleter> ds(ZSTD_createDStream());
+  if (!ds) {
+    return makeError("io", "ZSTD_createDStream failed");
+  }
+  ZSTD_initDStream(ds.get());
+  std::string out;
+  std::array<char, 64 * 1024> chunk{};
+  ZSTD_inBuffer in{data.data(), data.size(), 0};
+  std::size_t last = 1;
+  while (in.pos < in.size || last != 0) {
+    ZSTD_outBuffer o{chunk.data(), chunk.size(), 0};
+    last = ZSTD_decompressStream(ds.get(), &o, &in);
+    if (ZSTD_isError(last) != 0U) {
+      return makeError("invalid", std::string("zstd: ") + ZSTD_getErrorName(last));
+    }
+    out.append(chunk.data(), o.pos);
+    if (out.size() > max_bytes) {
+      return makeError("too_large", "decompressed data exceeds the cap");
+    }
+    if (in.pos == in.size && o.pos == 0 && last != 0) {
+      return makeError("invalid", "truncated zstd frame");
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<Compression> parseCompression(std::string_view name) {
+  if (name == "none") {
+    return Compression::kNone;
+  }
+  if (name == "gzip") {
+    return Compression::kGzip;
+  }
+  if (name == "zstd") {
+    return Compression::kZstd;
+  }
+  return std::nullopt;
+}
+
+std::string_view compressionName(Compression compression) {
+  switch (compression) {
+    case Compression::kNone:
+      return "none";
+    case Compression::kGzip:
+      return "gzip";
+    case Compression::kZstd:
+      return "zstd";
+  }
+  return "none";
+}
+
+std::string newUuidV7() {
+  return newUuidV7(std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count());
+}
+
+std::string newUuidV7(int64_t epoch_ms) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  const auto ms = static_cast<uint64_t>(epoch_ms);
+  const uint64_t rand_a = rng();
+  const uint64_t rand_b = rng();
+
+  std::array<uint8_t, 16> b{};
+  for (int i = 0; i < 6; ++i) {
+    b[i] = static_cast<uint8_t>(ms >> (40 - 8 * i));
+  }
+  b[6] = static_cast<uint8_t>(0x70 | (rand_a & 0x0f));
+  b[7] = static_cast<uint8_t>(rand_a >> 8);
+  for (int i = 0; i < 8; ++i) {
+    b[8 + i] = static_cast<uint8_t>(rand_b >> (56 - 8 * i));
+  }
+  b[8] = static_cast<uint8_t>(0x80 | (b[8] & 0x3f));
+
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(36);
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) {
+      out.push_back('-');
+    }
+    out.push_back(kHex[b[i] >> 4]);
+    out.push_back(kHex[b[i] & 0x0f]);
+  }
+  return out;
+}
+
+std::string buildBatchJson(std::string_view batch_id, std::string_view store_id,
+                           std::string_view agent_version,
+                           const std::vector<PendingEvent>& events) {
+  const std::string head = "{\"batch_id\":" + jsonString(batch_id) +
+                           ",\"store_id\":" + jsonString(store_id) +
+                           ",\"agent_version\":" + jsonString(agent_version) +
+                           ",\"count\":" + std::to_string(events.size()) + ",\"events\":[";
+  std::size_t size = head.size() + 2 + events.size();
+  for (const auto& e : events) {
+    size += e.body.size();
+  }
+  std::string out;
+  out.reserve(size);
+  out += head;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    if (i != 0) {
+      out.push_back(',');
+    }
+    out += events[i].body;
+  }
+  out += "]}";
+  return out;
+}
+
+Result<std::string> compress(std::string_view data, Compression compression) {
+  switch (compression) {
+    case Compression::kGzip: {
+      thread_local GzipCompressor gzip;
+      return gzip.run(data);
+    }
+    case Compression::kZstd:
+      return zstdCompress(data);
+    case Compression::kNone:
+      break;
+  }
+  return std::string(data);
+}
+
+Result<std::string> decompress(std::string_view data, std::size_t max_bytes) {
+  if (data.size() >= 2 && static_cast<uint8_t>(data[0]) == 0x1f &&
+      static_cast<uint8_t>(data[1]) == 0x8b) {
+    return gunzip(data, max_bytes);
+  }
+  if (data.size() >= 4 && static_cast<uint8_t>(data[0]) == 0x28 &&
+      static_cast<uint8_t>(data[1]) == 0xb5 && static_cast<uint8_t>(data[2]) == 0x2f &&
+      static_cast<uint8_t>(data[3]) == 0xfd) {
+    return unzstd(data, max_bytes);
+  }
+  if (data.size() > max_bytes) {
+    return makeError("too_large", "data exceeds the cap");
+  }
+  return std::string(data);
+}
+
+Result<Batch> buildBatch(const std::vector<PendingEvent>& events, std::string_view store_id,
+                         std::string_view agent_version, Compression compression) {
+  if (events.empty()) {
+    return makeError("invalid", "a batch needs at least one event");
+  }
+  Batch batch;
+  batch.id = newUuidV7();
+  batch.first_seq = events.front().seq;
+  batch.last_seq = events.back().seq;
+  batch.count = events.size();
+  std::string json = buildBatchJson(batch.id, store_id, agent_version, events);
+  batch.json_bytes = json.size();
+  if (compression == Compression::kNone) {
+    batch.payload = std::move(json);
+    return batch;
+  }
+  auto packed = compress(json, compression);
+  if (!packed) {
+    return packed.error();
+  }
+  batch.payload = std::move(*packed);
+  return batch;
+}
+
+}  // namespace omniedge::sync

@@ -1,1 +1,573 @@
-// placeholder
+#include "drivers/kiosk/http_api.h"
+
+#include <arpa/inet.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <exception>
+#include <nlohmann/json.hpp>
+#include <string_view>
+
+#include "drivers/kiosk/event_json.h"
+
+namespace omniedge::kiosk {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Json = nlohmann::json;
+
+constexpr std::string_view kEventsPath = "/v1/events";
+constexpr std::string_view kHealthPath = "/v1/health";
+constexpr std::string_view kMetricsPath = "/metrics";
+constexpr const char* kJsonType = "application/json";
+constexpr const char* kPrometheusType = "text/plain; version=0.0.4";
+
+// Brute force: this many failed attempts from one address within kFailureWindow lock it out
+// for kLockout.
+constexpr std::size_t kMaxFailures = 5;
+constexpr auto kFailureWindow = std::chrono::seconds(60);
+constexpr auto kLockout = std::chrono::seconds(60);
+// Beyond this many tracked addresses, expired ones are dropped on each new failure.
+constexpr std::size_t kPruneAbove = 4096;
+
+bool isLoopback(const std::string& host) {
+  if (host == "localhost") {
+    return true;
+  }
+  in_addr v4{};
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) {
+    return (ntohl(v4.s_addr) >> 24) == 127;
+  }
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
+    if (IN6_IS_ADDR_LOOPBACK(&v6)) {
+      return true;
+    }
+    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
+  }
+  return false;
+}
+
+std::string hostPort(const std::string& host, int port) {
+  const bool v6 = host.find(':') != std::string::npos;
+  return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+// Time depends on the length of `presented` only, never on where it differs from `expected`.
+bool equalConstantTime(std::string_view presented, std::string_view expected) {
+  if (expected.empty()) {
+    return false;
+  }
+  unsigned diff = presented.size() == expected.size() ? 0U : 1U;
+  for (std::size_t i = 0; i < presented.size(); ++i) {
+    diff |= static_cast<unsigned char>(presented[i]) ^
+            static_cast<unsigned char>(expected[i % expected.size()]);
+  }
+  return diff == 0;
+}
+
+bool equalsIgnoreCase(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+std::string_view trim(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) {
+    text.remove_prefix(1);
+  }
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) {
+    text.remove_suffix(1);
+  }
+  return text;
+}
+
+// The token of "Authorization: Bearer <token>", empty when there is none.
+std::string_view bearerToken(const std::string& header) {
+  constexpr std::string_view kScheme = "bearer ";
+  std::string_view value = trim(header);
+  if (value.size() <= kScheme.size() ||
+      !equalsIgnoreCase(value.substr(0, kScheme.size()), kScheme)) {
+    return {};
+  }
+  return trim(value.substr(kScheme.size()));
+}
+
+// Absent, or application/json with or without parameters (charset).
+bool isJsonContentType(const httplib::Request& req) {
+  if (!req.has_header("Content-Type")) {
+    return true;
+  }
+  const std::string value = req.get_header_value("Content-Type");
+  const std::string_view type = trim(std::string_view(value).substr(0, value.find(';')));
+  return equalsIgnoreCase(type, kJsonType);
+}
+
+void sendError(httplib::Response& res, int status, std::string_view code, std::string_view message,
+               std::string_view field = {}) {
+  Json error = {{"code", code}, {"message", message}};
+  if (!field.empty()) {
+    error["field"] = field;
+  }
+  res.status = status;
+  res.set_content(
+      Json{{"error", std::move(error)}}.dump(-1, ' ', false, Json::error_handler_t::replace),
+      kJsonType);
+}
+
+// Reads the body and throws it away, so that the connection stays usable after an early
+// answer. Gives up past `limit` bytes (then the connection must close).
+bool drainBody(const httplib::ContentReader& reader, std::size_t limit) {
+  std::size_t seen = 0;
+  return reader([&](const char*, std::size_t n) {
+    seen += n;
+    return seen <= limit;
+  });
+}
+
+// "[0].type" -> "type" when the body was a single object, so that the field names what the
+// producer sent.
+std::string stripSingleIndex(std::string text) {
+  constexpr std::string_view kFirst = "[0].";
+  if (text.rfind(kFirst, 0) == 0) {
+    text.erase(0, kFirst.size());
+  }
+  return text;
+}
+
+std::string routeLabel(const std::string& path) {
+  for (std::string_view known : {kEventsPath, kHealthPath, kMetricsPath}) {
+    if (path == known) {
+      return std::string(known);
+    }
+  }
+  return "other";
+}
+
+// For httplib's own refusals, which come without a body.
+std::pair<std::string, std::string> defaultError(int status) {
+  switch (status) {
+    case 400:
+      return {"bad_request", "the request is malformed"};
+    case 404:
+      return {"not_found", "no such endpoint"};
+    case 413:
+      return {"too_large", "the body is too large"};
+    case 414:
+      return {"uri_too_long", "the request URI is too long"};
+    default:
+      if (status >= 500) {
+        return {"internal", "internal error"};
+      }
+      return {"error", "HTTP status " + std::to_string(status)};
+  }
+}
+
+// Content-Length as a number; 0 when absent or malformed (httplib then refuses it itself).
+std::uint64_t contentLength(const httplib::Request& req) {
+  const std::string value = req.get_header_value("Content-Length");
+  std::uint64_t length = 0;
+  std::from_chars(value.data(), value.data() + value.size(), length);
+  return length;
+}
+
+HttpApiOptions withoutEmptyTokens(HttpApiOptions options) {
+  auto& tokens = options.tokens;
+  tokens.erase(std::remove(tokens.begin(), tokens.end(), std::string()), tokens.end());
+  options.threads = std::max(options.threads, 1);
+  options.keep_alive_timeout_s = std::max(options.keep_alive_timeout_s, 1);
+  return options;
+}
+
+}  // namespace
+
+HttpApi::HttpApi(HttpApiOptions options, EventWriter& writer, std::function<HealthReport()> health,
+                 std::function<std::string()> metrics)
+    : options_(withoutEmptyTokens(std::move(options))),
+      writer_(writer),
+      health_(std::move(health)),
+      metrics_(std::move(metrics)) {}
+
+HttpApi::~HttpApi() { stop(); }
+
+Result<void> HttpApi::start() {
+  if (thread_.joinable()) {
+    return makeError("invalid_state", "the HTTP API is already started");
+  }
+  if (options_.tokens.empty() && !isLoopback(options_.host)) {
+    return makeError("config",
+                     "refusing to serve the HTTP API on " + options_.host +
+                         " without tokens: configure http.tokens_file or bind to 127.0.0.1",
+                     "http.host");
+  }
+  try {
+    server_ = std::make_unique<httplib::Server>();
+    installRoutes();
+    errno = 0;
+    int bound = -1;
+    if (options_.port == 0) {
+      bound = server_->bind_to_any_port(options_.host);
+    } else if (server_->bind_to_port(options_.host, options_.port)) {
+      bound = options_.port;
+    }
+    if (bound <= 0) {
+      const int err = errno;
+      std::string message = "cannot listen on " + hostPort(options_.host, options_.port);
+      if (err != 0) {
+        message += ": ";
+        message += std::strerror(err);
+      }
+      server_.reset();
+      return makeError("io", std::move(message), "http.listen");
+    }
+    port_ = bound;
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    thread_ = std::thread([server = server_.get(), done] {
+      server->listen_after_bind();
+      done->store(true);
+    });
+    // httplib's stop() is a no-op until listen has begun: wait for it, so that stop() never
+    // races the thread's start. Takes microseconds.
+    while (!server_->is_running() && !done->load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  } catch (const std::exception& e) {
+    stop();
+    return makeError("io", "cannot start the HTTP API on " +
+                               hostPort(options_.host, options_.port) + ": " + e.what());
+  }
+  return {};
+}
+
+void HttpApi::stop() {
+  if (server_) {
+    server_->stop();
+  }
+  if (thread_.joinable()) {
+    thread_.join();
+  }
+  server_.reset();
+}
+
+int HttpApi::port() const { return port_; }
+
+std::string HttpApi::metricsText() const {
+  std::lock_guard lock(stats_mu_);
+  std::string text =
+      "# HELP omniedge_http_requests_total Requests answered by the local HTTP API.\n"
+      "# TYPE omniedge_http_requests_total counter\n";
+  for (const auto& [key, count] : requests_) {
+    text += "omniedge_http_requests_total{route=\"" + key.first + "\",code=\"" +
+            std::to_string(key.second) + "\"} " + std::to_string(count) + "\n";
+  }
+  text +=
+      "# HELP omniedge_http_events_accepted_total Events the local HTTP API acknowledged as "
+      "durable.\n"
+      "# TYPE omniedge_http_events_accepted_total counter\n"
+      "omniedge_http_events_accepted_total " +
+      std::to_string(events_accepted_) + "\n";
+  return text;
+}
+
+void HttpApi::installRoutes() {
+  httplib::Server& s = *server_;
+  const int threads = options_.threads;
+  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // httplib's default sets SO_REUSEPORT, which would let a second agent bind the same port
+  // and steal half the requests; SO_REUSEADDR is enough for fast restarts.
+  s.set_socket_options([](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  s.set_tcp_nodelay(true);
+  s.set_keep_alive_max_count(100000);
+  s.set_keep_alive_timeout(options_.keep_alive_timeout_s);
+  s.set_read_timeout(5);
+  s.set_write_timeout(5);
+  s.set_payload_max_length(options_.max_body_bytes);
+
+  // Fills a JSON body into httplib's own refusals (bad request line, URI too long, ...), which
+  // never reach a handler, and counts them; our handlers' errors already have a body.
+  s.set_error_handler(httplib::Server::HandlerWithResponse(
+      [this](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) {
+          return httplib::Server::HandlerResponse::Unhandled;
+        }
+        const auto [code, message] = defaultError(res.status);
+        sendError(res, res.status, code, message);
+        countRequest(req, res);
+        return httplib::Server::HandlerResponse::Handled;
+      }));
+  // A backstop only: serve() already turns exceptions into 500s.
+  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+    sendError(res, 500, "internal", "unexpected error");
+  });
+  // A client that asks before sending its body learns of a refusal without uploading it.
+  s.set_expect_100_continue_handler([this](const httplib::Request& req, httplib::Response& res) {
+    try {
+      if (checkAccess(req, res) == Access::kAllowed) {
+        if (contentLength(req) <= options_.max_body_bytes) {
+          return 100;
+        }
+        sendError(res, 413, "too_large",
+                  "the body exceeds " + std::to_string(options_.max_body_bytes) + " bytes");
+      }
+      countRequest(req, res);
+      return res.status;
+    } catch (...) {
+      return 100;  // out of memory at worst: let the request proceed to its handler
+    }
+  });
+
+  s.Post(std::string(kEventsPath), [this](const httplib::Request& req, httplib::Response& res,
+                                          const httplib::ContentReader& reader) {
+    serve(req, res, [&] { routeEvents(req, res, reader); });
+  });
+  s.Get(std::string(kHealthPath), [this](const httplib::Request& req, httplib::Response& res) {
+    serve(req, res, [&] {
+      if (checkAccess(req, res) == Access::kAllowed) {
+        handleHealth(res);
+      }
+    });
+  });
+  s.Get(std::string(kMetricsPath), [this](const httplib::Request& req, httplib::Response& res) {
+    serve(req, res, [&] {
+      if (checkAccess(req, res) == Access::kAllowed) {
+        handleMetrics(res);
+      }
+    });
+  });
+
+  // Everything else: 404 for unknown paths, 405 for known ones with the wrong method. Bodies
+  // are drained, never buffered (httplib would buffer them whole before a plain handler).
+  auto other = [this](const httplib::Request& req, httplib::Response& res) {
+    serve(req, res, [&] { routeOther(req, res, nullptr); });
+  };
+  auto other_with_body = [this](const httplib::Request& req, httplib::Response& res,
+                                const httplib::ContentReader& reader) {
+    serve(req, res, [&] { routeOther(req, res, &reader); });
+  };
+  const std::string any = ".*";
+  s.Get(any, other);
+  s.Options(any, other);
+  s.Post(any, other_with_body);
+  s.Put(any, other_with_body);
+  s.Patch(any, other_with_body);
+  s.Delete(any, other_with_body);
+}
+
+void HttpApi::serve(const httplib::Request& req, httplib::Response& res,
+                    const std::function<void()>& handler) {
+  try {
+    handler();
+  } catch (const std::exception& e) {
+    sendError(res, 500, "internal", std::string("unexpected error: ") + e.what());
+  } catch (...) {
+    sendError(res, 500, "internal", "unexpected error");
+  }
+  // Counted before the answer goes out, so that a client that got it sees it in the metrics.
+  countRequest(req, res);
+}
+
+void HttpApi::routeEvents(const httplib::Request& req, httplib::Response& res,
+                          const httplib::ContentReader& reader) {
+  const std::size_t max = options_.max_body_bytes;
+  if (checkAccess(req, res) == Access::kDenied) {
+    if (!drainBody(reader, max)) {
+      res.set_header("Connection", "close");
+    }
+    return;
+  }
+  if (!isJsonContentType(req)) {
+    if (!drainBody(reader, max)) {
+      res.set_header("Connection", "close");
+    }
+    sendError(res, 415, "unsupported_media_type", "the body must be application/json");
+    return;
+  }
+  std::string body;
+  std::size_t seen = 0;
+  bool too_large = false;
+  // Bodies without Content-Length (chunked, compressed) are capped here: over the limit the
+  // rest is read and dropped, and past twice the limit the connection is given up.
+  const bool complete = reader([&](const char* data, std::size_t n) {
+    seen += n;
+    if (seen > max) {
+      if (!too_large) {
+        too_large = true;
+        std::string().swap(body);
+      }
+      return seen <= 2 * max;
+    }
+    body.append(data, n);
+    return true;
+  });
+  if (!complete && res.status == 413) {
+    too_large = true;  // httplib refused by Content-Length and skipped the body
+  } else if (!complete) {
+    res.set_header("Connection", "close");
+    if (!too_large) {
+      sendError(res, 400, "bad_request", "the body could not be read");
+      return;
+    }
+  }
+  if (too_large) {
+    sendError(res, 413, "too_large", "the body exceeds " + std::to_string(max) + " bytes");
+    return;
+  }
+  handleEvents(res, std::move(body));
+}
+
+void HttpApi::routeOther(const httplib::Request& req, httplib::Response& res,
+                         const httplib::ContentReader* reader) {
+  if (reader != nullptr && !drainBody(*reader, options_.max_body_bytes)) {
+    res.set_header("Connection", "close");
+  }
+  if (checkAccess(req, res) == Access::kDenied) {
+    return;
+  }
+  if (routeLabel(req.path) == "other") {
+    sendError(res, 404, "not_found", "no such endpoint: " + req.path);
+  } else {
+    sendError(res, 405, "method_not_allowed", req.method + " is not allowed on " + req.path);
+  }
+}
+
+HttpApi::Access HttpApi::checkAccess(const httplib::Request& req, httplib::Response& res) {
+  if (options_.tokens.empty()) {
+    return Access::kAllowed;
+  }
+  const auto now = Clock::now();
+  std::lock_guard lock(auth_mu_);
+  auto found = failures_.find(req.remote_addr);
+  if (found != failures_.end() && found->second.locked_until > now) {
+    const auto left = std::chrono::ceil<std::chrono::seconds>(found->second.locked_until - now);
+    res.set_header("Retry-After", std::to_string(std::max<int64_t>(left.count(), 1)));
+    sendError(res, 429, "too_many_requests",
+              "too many failed authentication attempts from this address; retry later");
+    return Access::kDenied;
+  }
+
+  const std::string authorization = req.get_header_value("Authorization");
+  const std::string_view presented = bearerToken(authorization);
+  bool match = false;
+  for (const std::string& token : options_.tokens) {
+    match |= equalConstantTime(presented, token);  // no early exit: same time for any token
+  }
+  if (match) {
+    return Access::kAllowed;
+  }
+
+  if (found == failures_.end()) {
+    if (failures_.size() >= kPruneAbove) {
+      std::erase_if(failures_, [now](const auto& entry) {
+        const Failures& f = entry.second;
+        return f.locked_until <= now &&
+               (f.recent.empty() || f.recent.back() + kFailureWindow <= now);
+      });
+    }
+    found = failures_.emplace(req.remote_addr, Failures{}).first;
+  }
+  Failures& failures = found->second;
+  std::erase_if(failures.recent, [now](Clock::time_point t) { return t + kFailureWindow <= now; });
+  failures.recent.push_back(now);
+  if (failures.recent.size() >= kMaxFailures) {
+    failures.recent.clear();
+    failures.locked_until = now + kLockout;
+  }
+  res.set_header("WWW-Authenticate", "Bearer");
+  sendError(res, 401, "unauthorized",
+            presented.empty() ? "an Authorization: Bearer token is required"
+                              : "the bearer token is not valid");
+  return Access::kDenied;
+}
+
+void HttpApi::handleEvents(httplib::Response& res, std::string body) {
+  bool was_array = false;
+  auto events = parseEvents(body, options_.max_events_per_request, &was_array);
+  if (!events) {
+    const Error& e = events.error();
+    if (e.code == "too_large") {
+      sendError(res, 413, e.code, e.message, e.field);
+    } else if (was_array) {
+      sendError(res, 400, e.code, e.message, e.field);
+    } else {
+      sendError(res, 400, e.code, stripSingleIndex(e.message), stripSingleIndex(e.field));
+    }
+    return;
+  }
+  body.clear();
+  body.shrink_to_fit();
+
+  Result<AppendOutcome> outcome = makeError("io", "not appended");
+  try {
+    outcome = writer_.append(std::move(*events));
+  } catch (const std::exception& e) {
+    outcome = makeError("io", std::string("the buffer failed: ") + e.what());
+  }
+  if (!outcome) {
+    const Error& e = outcome.error();
+    std::string field = was_array ? e.field : stripSingleIndex(e.field);
+    std::string message = was_array ? e.message : stripSingleIndex(e.message);
+    if (e.code == "invalid") {
+      sendError(res, 400, e.code, message, field);
+    } else if (e.code == "too_large") {
+      sendError(res, 413, e.code, message, field);
+    } else if (e.code == "full" || e.code == "stopping") {
+      res.set_header("Retry-After", std::to_string(options_.retry_after_s));
+      sendError(res, 503, e.code, message, field);
+    } else {
+      sendError(res, 500, e.code.empty() ? "internal" : e.code, message, field);
+    }
+    return;
+  }
+  const std::vector<std::string>& ids = outcome->ids;
+  {
+    std::lock_guard lock(stats_mu_);
+    events_accepted_ += ids.size();
+  }
+  res.status = 202;
+  res.set_content(Json{{"accepted", ids.size()}, {"ids", ids}}.dump(-1, ' ', false,
+                                                                    Json::error_handler_t::replace),
+                  kJsonType);
+}
+
+void HttpApi::handleHealth(httplib::Response& res) {
+  HealthReport report{true, {}};
+  if (health_) {
+    try {
+      report = health_();
+    } catch (const std::exception& e) {
+      report = HealthReport{false, std::string("health check failed: ") + e.what()};
+    }
+  }
+  Json body = {{"status", report.ready ? "ready" : "not_ready"}};
+  if (!report.ready) {
+    body["reason"] = report.reason;
+  }
+  res.status = report.ready ? 200 : 503;
+  res.set_content(body.dump(-1, ' ', false, Json::error_handler_t::replace), kJsonType);
+}
+
+void HttpApi::handleMetrics(httplib::Response& res) {
+  try {
+    res.set_content(metrics_ ? metrics_() : metricsText(), kPrometheusType);
+    res.status = 200;
+  } catch (const std::exception& e) {
+    sendError(res, 500, "internal", std::string("metrics failed: ") + e.what());
+  }
+}
+
+void HttpApi::countRequest(const httplib::Request& req, const httplib::Response& res) {
+  std::lock_guard lock(stats_mu_);
+  ++requests_[{routeLabel(req.path), res.status}];
+}
+
+}  // namespace omniedge::kiosk

@@ -1,0 +1,49 @@
+// Agent: the composition root. Builds every part from the configuration, owns every thread,
+// and tears them down in order. The data path is driver -> Ingest -> Buffer -> SyncEngine.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/api/clock.h"
+#include "agent/api/result.h"
+#include "agent/config.h"
+
+namespace omniedge {
+
+class Agent {
+ public:
+  /// Opens the buffer (checking and, if corrupt, recovering it) and builds every part; starts
+  /// nothing that talks to the outside yet. Fails on a bad configuration ("config") or an
+  /// unusable data dir ("io", "busy").
+  static Result<std::unique_ptr<Agent>> create(const config::Config& cfg);
+  ~Agent();
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
+
+  /// Starts the drivers, the control socket and sync, tells systemd READY=1, then serves until
+  /// SIGTERM or SIGINT (which the caller must have blocked in every thread). Returns the exit
+  /// code. Thread: the main thread.
+  int run();
+
+  /// The document `omniedge status --json` prints. Thread: any.
+  nlohmann::json status() const;
+
+ private:
+  struct Parts;
+  explicit Agent(std::unique_ptr<Parts> parts);
+  void housekeeping();
+  nlohmann::json handleControl(const nlohmann::json& request);
+  std::string metricsText() const;
+  std::string uplinkStatusJson() const;
+
+  std::unique_ptr<Parts> p_;
+};
+
+/// Where the control socket lives: $RUNTIME_DIRECTORY (systemd) or else the data dir.
+std::string controlSocketPath(const config::Config& cfg);
+
+}  // namespace omniedge

@@ -1,0 +1,45 @@
+// The control socket: how the CLI talks to the running daemon (one JSON request per line,
+// one JSON answer per line) over a Unix socket of mode 0660 in the runtime directory.
+#pragma once
+
+#include <atomic>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/api/result.h"
+
+namespace omniedge {
+
+class ControlServer {
+ public:
+  /// Answers one request; runs on the control thread, so it must return quickly.
+  using Handler = std::function<nlohmann::json(const nlohmann::json& request)>;
+
+  ControlServer(std::filesystem::path socket_path, Handler handler);
+  ~ControlServer();
+  ControlServer(const ControlServer&) = delete;
+  ControlServer& operator=(const ControlServer&) = delete;
+
+  /// Binds the socket (replacing a stale one) and serves on its own thread.
+  Result<void> start();
+  /// Stops within ~200 ms and removes the socket file.
+  void stop();
+
+ private:
+  void loop();
+  std::filesystem::path path_;
+  Handler handler_;
+  int fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+/// Sends `request` to the daemon at `socket_path`; "unreachable" when no daemon answers.
+Result<nlohmann::json> controlRequest(const std::filesystem::path& socket_path,
+                                      const nlohmann::json& request, int timeout_ms = 5000);
+
+}  // namespace omniedge

@@ -1,0 +1,44 @@
+// Ingest: the EventWriter every driver writes to. Validates, completes and serialises events,
+// replaces raw PII by keyed hashes, then hands them to the buffer's group commit.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "agent/api/clock.h"
+#include "agent/api/event_writer.h"
+#include "agent/pii.h"
+#include "agent/store/buffer.h"
+
+namespace omniedge {
+
+struct IngestOptions {
+  std::string store_id;
+  std::size_t max_event_bytes = 64 * 1024;  // buffer.max_event_bytes: the serialised envelope
+};
+
+class Ingest final : public EventWriter {
+ public:
+  Ingest(IngestOptions options, store::Buffer& buffer, const PiiHasher& pii, const Clock& clock);
+
+  // EventWriter
+  Result<AppendOutcome> append(std::vector<Event> events) override;
+
+  /// Validates and completes `e` (the `index`-th of a request, for error fields) and serialises
+  /// it. Thread: any; pure apart from the clock and id generation.
+  Result<store::StoredEvent> prepare(Event& e, std::size_t index, int64_t now_ms) const;
+
+ private:
+  IngestOptions options_;
+  store::Buffer& buffer_;
+  const PiiHasher& pii_;
+  const Clock& clock_;
+};
+
+/// The envelope of contract §3 as compact JSON. Thread: any.
+std::string serialiseEvent(const Event& e);
+
+/// Appends `s` as a JSON string literal (with quotes) to `out`.
+void appendJsonString(std::string& out, std::string_view s);
+
+}  // namespace omniedge

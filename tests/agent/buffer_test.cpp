@@ -1,0 +1,287 @@
+#include <sqlite3.h>
+
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "agent/store/buffer.h"
+#include "agent/uuid.h"
+#include "tests/support/temp_dir.h"
+
+using omniedge::Priority;
+using omniedge::store::Buffer;
+using omniedge::store::BufferOptions;
+using omniedge::store::StoredEvent;
+using omniedge::testing::TempDir;
+
+namespace {
+
+StoredEvent makeEvent(const std::string& type, std::size_t body_size = 200, int64_t ms = 1000) {
+  StoredEvent e;
+  e.id = omniedge::makeUuidV7(1700000000000 + ms);
+  e.type = type;
+  e.priority = omniedge::priorityOf(type);
+  e.received_at_ms = 1700000000000 + ms;
+  e.body = "{\"id\":\"" + e.id + "\",\"pad\":\"" + std::string(body_size, 'x') + "\"}";
+  return e;
+}
+
+std::unique_ptr<Buffer> openBuffer(const TempDir& dir, int64_t max_bytes = 1LL << 30) {
+  BufferOptions o;
+  o.dir = dir.path();
+  o.max_bytes = max_bytes;
+  o.min_free_disk = 0;
+  auto b = Buffer::open(o);
+  REQUIRE(b.has_value());
+  return std::move(*b);
+}
+
+int64_t pendingTotal(const Buffer& b) {
+  const auto s = b.stats();
+  return s.pending[0] + s.pending[1] + s.pending[2];
+}
+
+}  // namespace
+
+TEST_CASE("appended events are pending in order and leave only when acknowledged",
+          "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir);
+  std::vector<StoredEvent> events;
+  for (int i = 0; i < 10; ++i) {
+    events.push_back(makeEvent("kiosk.view", 100, i));
+  }
+  auto r = b->append(events);
+  REQUIRE(r.has_value());
+  CHECK(r->stored == 10);
+  CHECK(pendingTotal(*b) == 10);
+
+  auto pending = b->readPending(0, 4, 1 << 20);
+  REQUIRE(pending.has_value());
+  REQUIRE(pending->size() == 4);
+  CHECK(pending->front().body.find(events[0].id) != std::string::npos);
+  CHECK(pending->at(3).seq > pending->at(0).seq);
+
+  b->acknowledge(pending->front().seq, pending->back().seq);
+  b->syncAcknowledgements();
+  CHECK(pendingTotal(*b) == 6);
+  auto rest = b->readPending(0, 100, 1 << 20);
+  REQUIRE(rest.has_value());
+  CHECK(rest->size() == 6);
+  CHECK(rest->front().body.find(events[4].id) != std::string::npos);
+}
+
+TEST_CASE("readPending stops at the byte limit but always returns one event", "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir);
+  REQUIRE(b->append({makeEvent("kiosk.a", 1000, 1), makeEvent("kiosk.b", 1000, 2)}).has_value());
+  auto one = b->readPending(0, 100, 10);
+  REQUIRE(one.has_value());
+  CHECK(one->size() == 1);
+  auto two = b->readPending(0, 100, 5000);
+  REQUIRE(two.has_value());
+  CHECK(two->size() == 2);
+}
+
+TEST_CASE("a duplicate id is ignored and still acknowledged", "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir);
+  auto e = makeEvent("kiosk.view");
+  REQUIRE(b->append({e}).has_value());
+  auto again = b->append({e, makeEvent("kiosk.other", 10, 5)});
+  REQUIRE(again.has_value());
+  CHECK(again->stored == 1);
+  CHECK(again->duplicates == 1);
+  CHECK(pendingTotal(*b) == 2);
+}
+
+TEST_CASE("many producers at once are group-committed and none is lost", "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir);
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 250;
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        if (b->append({makeEvent("kiosk.view", 50, t * 1000 + i)}).has_value()) {
+          ++ok;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  CHECK(ok == kThreads * kPerThread);
+  CHECK(pendingTotal(*b) == kThreads * kPerThread);
+  // Group commit: fewer transactions than appends.
+  CHECK(b->stats().commits < static_cast<uint64_t>(kThreads * kPerThread));
+}
+
+TEST_CASE("a full buffer evicts low-priority events oldest-first and counts them",
+          "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir, 64 * 1024);
+  std::vector<StoredEvent> beacons;
+  for (int i = 0; i < 100; ++i) {
+    beacons.push_back(makeEvent("beacon.enter", 400, i));
+  }
+  // 100 x ~500 bytes fill most of the 64 KiB.
+  for (auto& e : beacons) {
+    REQUIRE(b->append({e}).has_value());
+  }
+  const auto before = b->stats();
+  REQUIRE(before.evicted == 0);
+
+  // POS events must fit: the oldest beacons make room.
+  std::vector<StoredEvent> sales;
+  for (int i = 0; i < 40; ++i) {
+    sales.push_back(makeEvent("pos.transaction", 400, 1000 + i));
+  }
+  for (auto& e : sales) {
+    REQUIRE(b->append({e}).has_value());
+  }
+  const auto after = b->stats();
+  CHECK(after.evicted > 0);
+  CHECK(after.pending[0] == 40);
+  auto report = b->takeEvictions();
+  CHECK(report.events == static_cast<int64_t>(after.evicted));
+  CHECK(report.oldest_received_ms == beacons.front().received_at_ms);
+  CHECK(b->takeEvictions().events == 0);
+
+  // What remains of the beacons is the newest ones.
+  auto pending = b->readPending(0, 1000, 1 << 20);
+  REQUIRE(pending.has_value());
+  CHECK(pending->front().body.find(beacons.front().id) == std::string::npos);
+  CHECK(pending->front().body.find(beacons[after.evicted].id) != std::string::npos);
+}
+
+TEST_CASE("high-priority producers are pushed back, never dropped, when nothing can be evicted",
+          "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir, 32 * 1024);
+  int stored = 0;
+  omniedge::Error last;
+  for (int i = 0; i < 200; ++i) {
+    auto r = b->append({makeEvent("pos.transaction", 400, i)});
+    if (!r) {
+      last = r.error();
+      break;
+    }
+    ++stored;
+  }
+  CHECK(last.code == "full");
+  CHECK(b->stats().pending[0] == stored);
+  CHECK(b->stats().rejected_full >= 1);
+  // Draining makes room again.
+  auto pending = b->readPending(0, 1000, 1 << 20);
+  REQUIRE(pending.has_value());
+  b->acknowledge(pending->front().seq, pending->back().seq);
+  b->syncAcknowledgements();
+  CHECK(b->append({makeEvent("pos.transaction", 400, 999)}).has_value());
+}
+
+TEST_CASE("pending events survive closing and reopening", "[unit][buffer]") {
+  TempDir dir;
+  std::string id;
+  {
+    auto b = openBuffer(dir);
+    auto e = makeEvent("pos.transaction");
+    id = e.id;
+    REQUIRE(b->append({e}).has_value());
+  }
+  CHECK_FALSE(dir.exists("buffer.lock"));  // a clean shutdown
+  auto b = openBuffer(dir);
+  CHECK_FALSE(b->openReport().unclean_shutdown);
+  CHECK(b->stats().pending[0] == 1);
+  auto pending = b->readPending(0, 10, 1 << 20);
+  REQUIRE(pending.has_value());
+  REQUIRE(pending->size() == 1);
+  CHECK(pending->front().body.find(id) != std::string::npos);
+  // Sequence numbers are never reused, even after everything was delivered.
+  b->acknowledge(pending->front().seq, pending->front().seq);
+  b->syncAcknowledgements();
+  REQUIRE(b->append({makeEvent("kiosk.x", 10, 77)}).has_value());
+  auto next = b->readPending(0, 10, 1 << 20);
+  REQUIRE(next.has_value());
+  CHECK(next->front().seq > pending->front().seq);
+}
+
+TEST_CASE("a second agent on the same data dir is refused", "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir);
+  BufferOptions o;
+  o.dir = dir.path();
+  auto second = Buffer::open(o);
+  REQUIRE_FALSE(second.has_value());
+  CHECK(second.error().code == "busy");
+}
+
+TEST_CASE("a corrupt buffer is moved aside, a fresh one started, and readable events salvaged",
+          "[unit][buffer]") {
+  TempDir dir;
+  {
+    auto b = openBuffer(dir);
+    for (int i = 0; i < 50; ++i) {
+      REQUIRE(b->append({makeEvent("pos.transaction", 1500, i)}).has_value());
+    }
+  }
+  SECTION("garbage over the header") {
+    std::fstream f(dir / "buffer.db", std::ios::in | std::ios::out | std::ios::binary);
+    const std::string junk(100, '\x5a');
+    f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+  }
+  SECTION("garbage over a page in the middle") {
+    std::fstream f(dir / "buffer.db", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(4096 * 6);
+    const std::string junk(4096, '\x5a');
+    f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+  }
+  auto b = openBuffer(dir);
+  const auto& report = b->openReport();
+  CHECK(report.recovered);
+  CHECK_FALSE(report.problem.empty());
+  CHECK(std::filesystem::exists(report.moved_to));
+  CHECK(b->stats().pending[0] == report.salvaged);
+  // The fresh buffer works.
+  REQUIRE(b->append({makeEvent("kiosk.view", 10, 9999)}).has_value());
+}
+
+TEST_CASE("an unclean shutdown is detected at the next start", "[unit][buffer]") {
+  TempDir dir;
+  { auto b = openBuffer(dir); }
+  dir.write("buffer.lock", "");  // as a kill -9 leaves it
+  auto b = openBuffer(dir);
+  CHECK(b->openReport().unclean_shutdown);
+  CHECK(b->openReport().integrity_checked);
+  CHECK_FALSE(b->openReport().recovered);
+}
+
+TEST_CASE("delivered events are kept for buffer.retain_delivered", "[unit][buffer]") {
+  TempDir dir;
+  BufferOptions o;
+  o.dir = dir.path();
+  o.min_free_disk = 0;
+  o.retain_delivered_s = 3600;
+  auto opened = Buffer::open(o);
+  REQUIRE(opened.has_value());
+  auto& b = *opened;
+  REQUIRE(b->append({makeEvent("kiosk.view")}).has_value());
+  auto p = b->readPending(0, 10, 1 << 20);
+  REQUIRE(p.has_value());
+  b->acknowledge(p->front().seq, p->front().seq);
+  b->syncAcknowledgements();
+  CHECK(pendingTotal(*b) == 0);
+  b->close();
+  auto ro = omniedge::store::openReadOnly(dir.path());
+  REQUIRE(ro.has_value());
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(ro->get(), "SELECT count(*) FROM delivered", -1, &st, nullptr) ==
+          SQLITE_OK);
+  REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+  CHECK(sqlite3_column_int(st, 0) == 1);
+  sqlite3_finalize(st);
+}
