@@ -1,5 +1,6 @@
 #include "agent/agent.h"
 
+#include <fnmatch.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
@@ -56,7 +57,8 @@ Result<std::vector<std::string>> readTokens(const std::string& path) {
     }
   }
   if (tokens.empty()) {
-    return makeError("config", "http.tokens_file '" + path + "' holds no token", "http.tokens_file");
+    return makeError("config", "http.tokens_file '" + path + "' holds no token",
+                     "http.tokens_file");
   }
   return tokens;
 }
@@ -113,8 +115,8 @@ struct Agent::Parts {
   std::atomic<bool> stopping{false};
   std::atomic<int> config_version{0};
   mutable std::mutex rates_mu;
-  Rate ingest_rate;     // guarded by rates_mu
-  Rate delivery_rate;   // guarded by rates_mu
+  Rate ingest_rate;    // guarded by rates_mu
+  Rate delivery_rate;  // guarded by rates_mu
   uint64_t dropped_reported = 0;
 
   explicit Parts(config::Config c) : cfg(std::move(c)) {}
@@ -139,7 +141,8 @@ Agent::~Agent() {
 
 std::string controlSocketPath(const config::Config& cfg) {
   const char* runtime = std::getenv("RUNTIME_DIRECTORY");
-  fs::path dir = runtime != nullptr && *runtime != '\0' ? fs::path(runtime) : fs::path(cfg.str("data.dir"));
+  fs::path dir =
+      runtime != nullptr && *runtime != '\0' ? fs::path(runtime) : fs::path(cfg.str("data.dir"));
   return (dir / "omniedge.sock").string();
 }
 
@@ -198,9 +201,8 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
 
   sync::MqttOptions mo;
   mo.url = cfg.str("mqtt.url");
-  mo.client_id = cfg.str("mqtt.client_id").empty()
-                     ? "omniedge-" + p->tenant + "-" + p->store_id
-                     : cfg.str("mqtt.client_id");
+  mo.client_id = cfg.str("mqtt.client_id").empty() ? "omniedge-" + p->tenant + "-" + p->store_id
+                                                   : cfg.str("mqtt.client_id");
   mo.username = cfg.str("mqtt.username");
   if (!cfg.str("mqtt.password_file").empty()) {
     auto pw = readSecretFile(cfg.str("mqtt.password_file"), "mqtt.password_file");
@@ -250,7 +252,8 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   parts.sync = std::make_unique<sync::SyncEngine>(*parts.buffer, mo, so,
                                                   [self] { return self->uplinkStatusJson(); });
   parts.control = std::make_unique<ControlServer>(
-      controlSocketPath(parts.cfg), [self](const nlohmann::json& r) { return self->handleControl(r); });
+      controlSocketPath(parts.cfg),
+      [self](const nlohmann::json& r) { return self->handleControl(r); });
   return agent;
 }
 
@@ -306,9 +309,9 @@ nlohmann::json Agent::status() const {
         {"https", {{"state", "not_configured"}}}}},
       {"queue", queueJson(s, now)},
       {"rates", {{"ingest_per_s", ingest_rate}, {"delivery_per_s", delivery_rate}}},
-      {"drivers", nlohmann::json::array({{{"name", "kiosk-http"},
-                                          {"state", "running"},
-                                          {"listen", p_->http_listen}}})},
+      {"drivers",
+       nlohmann::json::array(
+           {{{"name", "kiosk-http"}, {"state", "running"}, {"listen", p_->http_listen}}})},
       {"counters",
        {{"appended", s.appended},
         {"duplicates", s.duplicates},
@@ -331,8 +334,8 @@ std::string Agent::metricsText() const {
   std::string m;
   auto line = [&m](const char* name, const char* type, const char* help, auto value,
                    const std::string& labels = "") {
-    m += fmt::format("# HELP {} {}\n# TYPE {} {}\n{}{} {}\n", name, help, name, type, name,
-                     labels, value);
+    m += fmt::format("# HELP {} {}\n# TYPE {} {}\n{}{} {}\n", name, help, name, type, name, labels,
+                     value);
   };
   line("omniedge_events_appended_total", "counter", "Events stored in the buffer.", s.appended);
   line("omniedge_events_duplicate_total", "counter", "Events ignored as already buffered.",
@@ -349,8 +352,7 @@ std::string Agent::metricsText() const {
   m += fmt::format("omniedge_buffer_pending{{priority=\"normal\"}} {}\n", s.pending[1]);
   m += fmt::format("omniedge_buffer_pending{{priority=\"low\"}} {}\n", s.pending[2]);
   line("omniedge_buffer_bytes", "gauge", "Bytes the pending events occupy.", s.used_bytes);
-  line("omniedge_mqtt_connected", "gauge", "1 while the uplink is connected.",
-       u.connected ? 1 : 0);
+  line("omniedge_mqtt_connected", "gauge", "1 while the uplink is connected.", u.connected ? 1 : 0);
   line("omniedge_mqtt_batches_sent_total", "counter", "Batches published.", u.batches_sent);
   line("omniedge_mqtt_reconnects_total", "counter", "Uplink reconnects.", u.reconnects);
   m += p_->http->metricsText();
@@ -361,6 +363,29 @@ nlohmann::json Agent::handleControl(const nlohmann::json& request) {
   const std::string cmd = request.value("cmd", "");
   if (cmd == "status") {
     return {{"ok", true}, {"status", status()}};
+  }
+  if (cmd == "tail") {
+    // From the ring of recent events: delivered events have left the file already.
+    const auto after = request.value("after_seq", int64_t{0});
+    const auto limit = request.value("limit", std::size_t{20});
+    const std::string glob = request.value("type", "*");
+    auto rows = p_->buffer->recent(after, store::Buffer::kRecentEvents);
+    nlohmann::json events = nlohmann::json::array();
+    std::size_t skip = 0;
+    std::vector<const store::RecentEvent*> matching;
+    for (const auto& r : rows) {
+      if (fnmatch(glob.c_str(), r.type.c_str(), 0) == 0) {
+        matching.push_back(&r);
+      }
+    }
+    if (matching.size() > limit) {
+      skip = matching.size() - limit;
+    }
+    for (std::size_t i = skip; i < matching.size(); ++i) {
+      events.push_back(
+          {{"seq", matching[i]->seq}, {"type", matching[i]->type}, {"body", matching[i]->body}});
+    }
+    return {{"ok", true}, {"events", std::move(events)}};
   }
   if (cmd == "flush") {
     p_->sync->flushNow();
@@ -385,14 +410,15 @@ void Agent::housekeeping() {
     Event e;
     e.type = "agent.data_dropped";
     e.source = "agent";
-    e.data_json = nlohmann::json{{"reason", "buffer full: low-priority events evicted oldest-first"},
-                                 {"priority", "low"},
-                                 {"events", dropped.events},
-                                 {"bytes", dropped.bytes},
-                                 {"oldest_received_at", formatRfc3339Ms(dropped.oldest_received_ms)},
-                                 {"newest_received_at", formatRfc3339Ms(dropped.newest_received_ms)},
-                                 {"evicted_total", s.evicted}}
-                      .dump();
+    e.data_json = nlohmann::json{
+        {"reason", "buffer full: low-priority events evicted oldest-first"},
+        {"priority", "low"},
+        {"events", dropped.events},
+        {"bytes", dropped.bytes},
+        {"oldest_received_at", formatRfc3339Ms(dropped.oldest_received_ms)},
+        {"newest_received_at", formatRfc3339Ms(dropped.newest_received_ms)},
+        {"evicted_total",
+         s.evicted}}.dump();
     if (auto r = p_->ingest->append({e}); !r) {
       spdlog::error("buffer: could not record agent.data_dropped: {}", r.error().message);
     }

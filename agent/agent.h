@@ -4,9 +4,8 @@
 
 #include <atomic>
 #include <memory>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "agent/api/clock.h"
 #include "agent/api/result.h"

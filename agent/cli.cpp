@@ -9,12 +9,14 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <boost/version.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include "agent/agent.h"
@@ -54,8 +56,7 @@ constexpr Command kCommands[] = {
 void printUsage(std::ostream& out) {
   out << "usage: omniedge <command> [options]\n\ncommands:\n";
   for (const auto& c : kCommands) {
-    out << "  " << c.name << std::string(10 - std::string(c.name).size(), ' ') << c.summary
-        << "\n";
+    out << "  " << c.name << std::string(10 - std::string(c.name).size(), ' ') << c.summary << "\n";
   }
   out << "\n`omniedge <command> --help` lists a command's options. Every command also takes\n"
          "--config FILE (or OMNIEDGE_CONFIG) and any configuration key as --key VALUE.\n";
@@ -197,8 +198,8 @@ nlohmann::json offlineStatus(const config::Config& cfg, const std::string& why) 
   int64_t pending[3] = {0, 0, 0};
   int64_t bytes = 0;
   sqlite3_stmt* st = nullptr;
-  if (sqlite3_prepare_v2(db->get(), "SELECT prio, events, bytes FROM counters", -1, &st,
-                         nullptr) == SQLITE_OK) {
+  if (sqlite3_prepare_v2(db->get(), "SELECT prio, events, bytes FROM counters", -1, &st, nullptr) ==
+      SQLITE_OK) {
     while (sqlite3_step(st) == SQLITE_ROW) {
       const auto prio = sqlite3_column_int64(st, 0);
       if (prio >= 0 && prio < 3) {
@@ -209,8 +210,8 @@ nlohmann::json offlineStatus(const config::Config& cfg, const std::string& why) 
   }
   sqlite3_finalize(st);
   int64_t oldest = 0;
-  if (sqlite3_prepare_v2(db->get(), "SELECT received_ms FROM events ORDER BY seq LIMIT 1", -1,
-                         &st, nullptr) == SQLITE_OK &&
+  if (sqlite3_prepare_v2(db->get(), "SELECT received_ms FROM events ORDER BY seq LIMIT 1", -1, &st,
+                         nullptr) == SQLITE_OK &&
       sqlite3_step(st) == SQLITE_ROW) {
     oldest = sqlite3_column_int64(st, 0);
   }
@@ -220,12 +221,13 @@ nlohmann::json offlineStatus(const config::Config& cfg, const std::string& why) 
                           .count();
   std::error_code ec;
   const auto file_bytes = fs::file_size(dir / "buffer.db", ec);
-  j["queue"] = {{"pending", pending[0] + pending[1] + pending[2]},
-                {"high", pending[0]},
-                {"normal", pending[1]},
-                {"low", pending[2]},
-                {"bytes", bytes},
-                {"oldest_pending_age_s", oldest > 0 ? std::max<int64_t>(0, now - oldest) / 1000 : 0}};
+  j["queue"] = {
+      {"pending", pending[0] + pending[1] + pending[2]},
+      {"high", pending[0]},
+      {"normal", pending[1]},
+      {"low", pending[2]},
+      {"bytes", bytes},
+      {"oldest_pending_age_s", oldest > 0 ? std::max<int64_t>(0, now - oldest) / 1000 : 0}};
   j["disk"] = {{"data_dir", dir.string()},
                {"buffer_file_bytes", ec ? 0 : static_cast<int64_t>(file_bytes)},
                {"unclean_shutdown", fs::exists(dir / "buffer.lock")}};
@@ -340,10 +342,9 @@ std::vector<Row> queryEvents(sqlite3* db, const std::string& where, const std::s
   }
   bind(st);
   while (sqlite3_step(st) == SQLITE_ROW) {
-    rows.push_back(Row{sqlite3_column_int64(st, 0),
-                       reinterpret_cast<const char*>(sqlite3_column_text(st, 1)),
-                       reinterpret_cast<const char*>(sqlite3_column_text(st, 2)),
-                       sqlite3_column_int(st, 3) != 0});
+    rows.push_back(Row{
+        sqlite3_column_int64(st, 0), reinterpret_cast<const char*>(sqlite3_column_text(st, 1)),
+        reinterpret_cast<const char*>(sqlite3_column_text(st, 2)), sqlite3_column_int(st, 3) != 0});
   }
   sqlite3_finalize(st);
   return rows;
@@ -363,9 +364,24 @@ void printEvent(const Row& r, bool json) {
   if (data.size() > 100) {
     data = data.substr(0, 97) + "...";
   }
-  std::cout << e.value("occurred_at", "") << "  " << (r.pending ? "pending  " : "delivered")
-            << "  " << e.value("type", "") << "  " << e.value("id", "") << "  "
-            << e.value("source", "") << "  " << data << "\n";
+  std::cout << e.value("occurred_at", "") << "  " << e.value("type", "") << "  "
+            << e.value("id", "") << "  " << e.value("source", "") << "  " << data << "\n";
+}
+
+// Recent events from the running daemon's ring (delivered ones included); empty optional when
+// no daemon answers.
+std::optional<std::vector<Row>> daemonTail(const std::string& sock, int64_t after, int64_t limit,
+                                           const std::string& glob) {
+  auto answer = controlRequest(
+      sock, {{"cmd", "tail"}, {"after_seq", after}, {"limit", limit}, {"type", glob}});
+  if (!answer || !answer->value("ok", false)) {
+    return std::nullopt;
+  }
+  std::vector<Row> rows;
+  for (const auto& e : (*answer)["events"]) {
+    rows.push_back(Row{e.value("seq", int64_t{0}), e.value("type", ""), e.value("body", ""), true});
+  }
+  return rows;
 }
 
 int cmdTail(int argc, char** argv) {
@@ -383,36 +399,49 @@ int cmdTail(int argc, char** argv) {
     std::cerr << "omniedge tail: configuration error:\n" << cfg.error().message << "\n";
     return kUsage;
   }
-  auto db = store::openReadOnly(cfg->str("data.dir"));
-  if (!db) {
-    std::cerr << "omniedge tail: " << db.error().message << "\n";
-    return kFailure;
-  }
   const std::string glob = p->vm["type"].as<std::string>();
   const bool json = p->vm.count("json") != 0U;
-  auto rows = queryEvents(db->get(), "type GLOB ?1", "DESC", p->vm["lines"].as<int64_t>(),
-                          [&](sqlite3_stmt* st) {
-                            sqlite3_bind_text(st, 1, glob.c_str(), -1, SQLITE_TRANSIENT);
-                          });
+  const int64_t lines = p->vm["lines"].as<int64_t>();
+  const std::string sock = controlSocketPath(*cfg);
+
+  // The daemon's ring has what was delivered a moment ago; without a daemon, the buffer file
+  // (read-only) has what is still pending and what buffer.retain_delivered kept.
+  std::shared_ptr<sqlite3> db;
+  auto fetch = [&](int64_t after, int64_t limit, bool newest) -> std::vector<Row> {
+    if (!db) {
+      if (auto rows = daemonTail(sock, after, limit, glob)) {
+        return *rows;
+      }
+      auto opened = store::openReadOnly(cfg->str("data.dir"));
+      if (!opened) {
+        std::cerr << "omniedge tail: " << opened.error().message << "\n";
+        return {};
+      }
+      db = *opened;
+    }
+    auto rows = queryEvents(db.get(), "type GLOB ?1 AND seq > ?2", newest ? "DESC" : "ASC", limit,
+                            [&](sqlite3_stmt* st) {
+                              sqlite3_bind_text(st, 1, glob.c_str(), -1, SQLITE_TRANSIENT);
+                              sqlite3_bind_int64(st, 2, after);
+                            });
+    if (newest) {
+      std::reverse(rows.begin(), rows.end());
+    }
+    return rows;
+  };
   int64_t last = 0;
-  for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
-    printEvent(*it, json);
-    last = std::max(last, it->seq);
+  for (const auto& r : fetch(0, lines, true)) {
+    printEvent(r, json);
+    last = std::max(last, r.seq);
   }
   if (p->vm.count("follow") != 0U) {
-    std::cout.flush();
     for (;;) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));
-      auto more = queryEvents(db->get(), "type GLOB ?1 AND seq > ?2", "ASC", 10000,
-                              [&](sqlite3_stmt* st) {
-                                sqlite3_bind_text(st, 1, glob.c_str(), -1, SQLITE_TRANSIENT);
-                                sqlite3_bind_int64(st, 2, last);
-                              });
-      for (const auto& r : more) {
+      std::cout.flush();
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      for (const auto& r : fetch(last, 1000, false)) {
         printEvent(r, json);
         last = std::max(last, r.seq);
       }
-      std::cout.flush();
     }
   }
   return kOk;
@@ -421,8 +450,8 @@ int cmdTail(int argc, char** argv) {
 int cmdExport(int argc, char** argv) {
   po::options_description own("omniedge export");
   own.add_options()("out,o", po::value<std::string>()->required(),
-                    "output file (.gz: gzip-compressed)")(
-      "since", po::value<std::string>(), "received at or after (RFC 3339)")(
+                    "output file (.gz: gzip-compressed)")("since", po::value<std::string>(),
+                                                          "received at or after (RFC 3339)")(
       "until", po::value<std::string>(), "received before (RFC 3339)")(
       "pending-only", "only events not yet delivered");
   int code = kOk;
@@ -593,14 +622,13 @@ int cmdConfig(int argc, char** argv) {
 
 int cmdVersion() {
   const auto* curl = curl_version_info(CURLVERSION_NOW);
-  std::cout << "omniedge " << kVersion << " (git " << kGitRevision << ", " << kBuildType
-            << ")\n"
+  std::cout << "omniedge " << kVersion << " (git " << kGitRevision << ", " << kBuildType << ")\n"
             << "  sqlite " << sqlite3_libversion() << "\n"
             << "  libcurl " << (curl != nullptr ? curl->version : "?") << "\n"
             << "  " << OpenSSL_version(OPENSSL_VERSION) << "\n"
             << "  zlib " << zlibVersion() << "\n"
-            << "  spdlog " << SPDLOG_VER_MAJOR << "." << SPDLOG_VER_MINOR << "."
-            << SPDLOG_VER_PATCH << "\n"
+            << "  spdlog " << SPDLOG_VER_MAJOR << "." << SPDLOG_VER_MINOR << "." << SPDLOG_VER_PATCH
+            << "\n"
             << "  boost " << BOOST_VERSION / 100000 << "." << BOOST_VERSION / 100 % 1000 << "\n";
   return kOk;
 }

@@ -9,7 +9,7 @@ namespace omniedge {
 namespace {
 
 constexpr std::size_t kMaxIdLength = 128;
-constexpr int64_t kEarliestMs = 946684800000;    // 2000-01-01: older is a broken clock
+constexpr int64_t kEarliestMs = 946684800000;       // 2000-01-01: older is a broken clock
 constexpr int64_t kMaxFutureMs = 24 * 3600 * 1000;  // producers' clocks may run a day ahead
 
 // [a-z0-9_]+(\.[a-z0-9_]+)+
@@ -36,11 +36,10 @@ bool validType(std::string_view t) {
 }
 
 bool validId(std::string_view id) {
-  return !id.empty() && id.size() <= kMaxIdLength &&
-         std::all_of(id.begin(), id.end(), [](char c) {
-           return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '-' || c == '_' || c == '.' || c == ':' || c == '@';
-         });
+  return !id.empty() && id.size() <= kMaxIdLength && std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.' || c == ':' || c == '@';
+  });
 }
 
 bool printable(std::string_view s) {

@@ -62,12 +62,11 @@ Result<std::string> PiiHasher::normaliseEmail(std::string_view raw) {
   std::transform(email.begin(), email.end(), email.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   const auto at = email.find('@');
-  const bool ok = at != std::string::npos && at > 0 && email.find('@', at + 1) == std::string::npos &&
-                  email.find('.', at + 2) != std::string::npos && email.back() != '.' &&
-                  email.size() <= 254 &&
-                  std::none_of(email.begin(), email.end(), [](unsigned char c) {
-                    return std::isspace(c) != 0 || c < 0x20;
-                  });
+  const bool ok =
+      at != std::string::npos && at > 0 && email.find('@', at + 1) == std::string::npos &&
+      email.find('.', at + 2) != std::string::npos && email.back() != '.' && email.size() <= 254 &&
+      std::none_of(email.begin(), email.end(),
+                   [](unsigned char c) { return std::isspace(c) != 0 || c < 0x20; });
   if (!ok) {
     return makeError("invalid", "is not an e-mail address");
   }

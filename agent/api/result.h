@@ -23,7 +23,8 @@ inline Error makeError(std::string code, std::string message, std::string field 
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit like expected
+  Result(T value)
+      : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit like expected
   Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {}  // NOLINT
 
   bool has_value() const { return v_.index() == 0; }

@@ -49,7 +49,8 @@ Result<void> exec(sqlite3* db, const char* sql) {
 int64_t queryInt(sqlite3* db, const char* sql) {
   sqlite3_stmt* st = nullptr;
   int64_t v = 0;
-  if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+  if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW) {
     v = sqlite3_column_int64(st, 0);
   }
   sqlite3_finalize(st);
@@ -115,9 +116,8 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 Result<sqlite3*> openConnection(const fs::path& file, bool synchronous_full) {
   sqlite3* db = nullptr;
-  const int rc = sqlite3_open_v2(file.c_str(), &db,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                                 nullptr);
+  const int rc = sqlite3_open_v2(
+      file.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     std::string msg = sqliteError(db, "open " + file.string());
     sqlite3_close(db);
@@ -563,8 +563,8 @@ void Buffer::writerLoop() {
         break;  // stopping, nothing left
       }
       std::size_t n = 0;
-      while (!queue_.empty() && (group.empty() || n + queue_.front()->events.size() <=
-                                                      options_.max_group_events)) {
+      while (!queue_.empty() &&
+             (group.empty() || n + queue_.front()->events.size() <= options_.max_group_events)) {
         n += queue_.front()->events.size();
         group.push_back(std::move(queue_.front()));
         queue_.pop_front();
@@ -628,6 +628,7 @@ void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
   }
 
   EvictionReport evicted;
+  std::vector<std::pair<int64_t, const StoredEvent*>> inserted;
   uint64_t stored_total = 0;
   uint64_t dup_total = 0;
   uint64_t rejected = 0;
@@ -648,9 +649,8 @@ void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
       evictLow(usedBytes() + add - cap, evicted);
       if (usedBytes() + add > cap) {
         ++rejected;
-        results[i] = makeError(
-            "full", "the buffer is full (" + std::to_string(usedBytes()) + " of " +
-                        std::to_string(cap) + " bytes); retry later");
+        results[i] = makeError("full", "the buffer is full (" + std::to_string(usedBytes()) +
+                                           " of " + std::to_string(cap) + " bytes); retry later");
         continue;
       }
     }
@@ -675,7 +675,9 @@ void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
         delta_events[p] += 1;
         delta_bytes[p] += rowCost(e);
         ++counts.stored;
-        max_seq = std::max<int64_t>(max_seq, sqlite3_last_insert_rowid(db_));
+        const int64_t seq = sqlite3_last_insert_rowid(db_);
+        max_seq = std::max(max_seq, seq);
+        inserted.emplace_back(seq, &e);
       } else {
         ++counts.duplicates;
       }
@@ -683,6 +685,7 @@ void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
     if (rc != SQLITE_DONE) {
       const int primary = rc & 0xff;
       const std::string msg = sqliteError(db_, "storing events");
+      inserted.resize(inserted.size() - counts.stored);
       (void)run(s.rollback_to);
       (void)run(s.release);
       if (primary == SQLITE_FULL) {
@@ -734,6 +737,12 @@ void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
       evictions_.bytes += evicted.bytes;
     }
     refreshStatsLocked();
+    for (const auto& [seq, e] : inserted) {
+      recent_.push_back(RecentEvent{seq, e->type, e->body});
+    }
+    while (recent_.size() > kRecentEvents) {
+      recent_.pop_front();
+    }
   }
   for (std::size_t i = 0; i < group.size(); ++i) {
     group[i]->done.set_value(std::move(*results[i]));
@@ -762,6 +771,17 @@ EvictionReport Buffer::takeEvictions() {
   EvictionReport r = evictions_;
   evictions_ = EvictionReport{};
   return r;
+}
+
+std::vector<RecentEvent> Buffer::recent(int64_t after_seq, std::size_t limit) const {
+  std::lock_guard lock(mu_);
+  auto it = std::upper_bound(recent_.begin(), recent_.end(), after_seq,
+                             [](int64_t seq, const RecentEvent& e) { return seq < e.seq; });
+  const auto available = static_cast<std::size_t>(recent_.end() - it);
+  if (available > limit) {
+    it += static_cast<std::ptrdiff_t>(available - limit);
+  }
+  return {it, recent_.end()};
 }
 
 BufferStats Buffer::stats() const {

@@ -29,11 +29,11 @@
 namespace omniedge::store {
 
 struct BufferOptions {
-  std::filesystem::path dir;        // the data dir; the file is dir/buffer.db
-  bool synchronous_full = true;     // buffer.synchronous: full survives power cuts, normal crashes
-  int64_t max_bytes = 1LL << 30;    // buffer.max_bytes: cap on the bytes the events occupy
-  int64_t min_free_disk = 256LL << 20;  // buffer.min_free_disk: never grow into this
-  int64_t retain_delivered_s = 0;   // keep delivered events this long (tail/export)
+  std::filesystem::path dir;      // the data dir; the file is dir/buffer.db
+  bool synchronous_full = true;   // buffer.synchronous: full survives power cuts, normal crashes
+  int64_t max_bytes = 1LL << 30;  // buffer.max_bytes: cap on the bytes the events occupy
+  int64_t min_free_disk = 256LL << 20;   // buffer.min_free_disk: never grow into this
+  int64_t retain_delivered_s = 0;        // keep delivered events this long (tail/export)
   std::size_t max_group_events = 20000;  // most events in one transaction
 };
 
@@ -59,15 +59,22 @@ struct EvictionReport {
   int64_t newest_received_ms = 0;
 };
 
+/// A recently stored event, for `omniedge tail` while the daemon runs.
+struct RecentEvent {
+  int64_t seq = 0;
+  std::string type;
+  std::string body;
+};
+
 struct BufferStats {
   int64_t pending[3] = {0, 0, 0};  // by Priority
   int64_t pending_bytes = 0;
-  int64_t oldest_pending_ms = 0;   // received_at of the oldest pending event, 0 when none
+  int64_t oldest_pending_ms = 0;  // received_at of the oldest pending event, 0 when none
   int64_t last_seq = 0;
-  int64_t used_bytes = 0;          // pages holding data
+  int64_t used_bytes = 0;  // pages holding data
   int64_t file_bytes = 0;
-  int64_t cap_bytes = 0;           // what the next append may grow to
-  uint64_t appended = 0;           // since start
+  int64_t cap_bytes = 0;  // what the next append may grow to
+  uint64_t appended = 0;  // since start
   uint64_t duplicates = 0;
   uint64_t acknowledged = 0;
   uint64_t evicted = 0;
@@ -114,6 +121,12 @@ class Buffer final : public Outbox {
   /// Evictions since the last call (reset by the call). Thread: any.
   EvictionReport takeEvictions();
 
+  /// The newest stored events with seq > after_seq (at most `limit`, oldest first), from an
+  /// in-memory ring of the last kRecentEvents: delivered events leave the file at once, but
+  /// a technician's `tail --follow` still sees them. Thread: any.
+  std::vector<RecentEvent> recent(int64_t after_seq, std::size_t limit) const;
+  static constexpr std::size_t kRecentEvents = 1000;
+
   /// Counters and queue depth. Thread: any; cheap (no scans).
   BufferStats stats() const;
 
@@ -138,8 +151,8 @@ class Buffer final : public Outbox {
 
   BufferOptions options_;
   OpenReport open_report_;
-  sqlite3* db_ = nullptr;       // writer thread only (after open)
-  sqlite3* reader_ = nullptr;   // sync thread (readPending)
+  sqlite3* db_ = nullptr;      // writer thread only (after open)
+  sqlite3* reader_ = nullptr;  // sync thread (readPending)
   std::mutex reader_mu_;
   struct Statements;
   std::unique_ptr<Statements> st_;
@@ -148,14 +161,15 @@ class Buffer final : public Outbox {
   std::condition_variable cv_;        // writer waits for work
   std::condition_variable newer_cv_;  // sync waits for new events
   std::condition_variable acked_cv_;
-  std::deque<std::shared_ptr<Request>> queue_;             // guarded by mu_
-  std::vector<std::pair<int64_t, int64_t>> ack_queue_;     // guarded by mu_
-  uint64_t acks_enqueued_ = 0;                              // guarded by mu_
-  uint64_t acks_committed_ = 0;                             // guarded by mu_
-  bool stopping_ = false;                                   // guarded by mu_
-  bool writer_done_ = false;                                // guarded by mu_
-  BufferStats stats_;                                       // guarded by mu_
-  EvictionReport evictions_;                                // guarded by mu_
+  std::deque<std::shared_ptr<Request>> queue_;          // guarded by mu_
+  std::vector<std::pair<int64_t, int64_t>> ack_queue_;  // guarded by mu_
+  uint64_t acks_enqueued_ = 0;                          // guarded by mu_
+  uint64_t acks_committed_ = 0;                         // guarded by mu_
+  bool stopping_ = false;                               // guarded by mu_
+  bool writer_done_ = false;                            // guarded by mu_
+  BufferStats stats_;                                   // guarded by mu_
+  EvictionReport evictions_;                            // guarded by mu_
+  std::deque<RecentEvent> recent_;                      // guarded by mu_
   int64_t page_size_ = 4096;
   int lock_fd_ = -1;
   // Writer thread only:

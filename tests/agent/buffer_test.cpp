@@ -1,3 +1,5 @@
+#include "agent/store/buffer.h"
+
 #include <sqlite3.h>
 
 #include <catch2/catch.hpp>
@@ -5,7 +7,6 @@
 #include <set>
 #include <thread>
 
-#include "agent/store/buffer.h"
 #include "agent/uuid.h"
 #include "tests/support/temp_dir.h"
 

@@ -1,7 +1,8 @@
+#include "agent/ingest.h"
+
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include "agent/ingest.h"
 #include "agent/uuid.h"
 #include "tests/support/temp_dir.h"
 
@@ -32,8 +33,8 @@ struct Fixture {
     auto b = omniedge::store::Buffer::open(o);
     REQUIRE(b.has_value());
     buffer = std::move(*b);
-    ingest = std::make_unique<Ingest>(omniedge::IngestOptions{"store-042", 4096}, *buffer, pii,
-                                      clock);
+    ingest =
+        std::make_unique<Ingest>(omniedge::IngestOptions{"store-042", 4096}, *buffer, pii, clock);
   }
   nlohmann::json stored(std::size_t i = 0) {
     auto p = buffer->readPending(0, 100, 1 << 20);

@@ -1,6 +1,7 @@
+#include "agent/pii.h"
+
 #include <catch2/catch.hpp>
 
-#include "agent/pii.h"
 #include "agent/uuid.h"
 
 using omniedge::PiiHasher;

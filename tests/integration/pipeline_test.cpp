@@ -1,0 +1,294 @@
+// The whole data path as a user meets it: events posted to the kiosk API of the real binary,
+// a real mosquitto, a subscriber counting ids, and crashes made with SIGKILL.
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "tests/support/agent_process.h"
+#include "tests/support/broker.h"
+#include "tests/support/temp_dir.h"
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using omniedge::testing::AgentProcess;
+using omniedge::testing::MosquittoBroker;
+using omniedge::testing::Subscriber;
+using omniedge::testing::TempDir;
+
+namespace {
+
+constexpr const char* kEvents = "omniedge/v1/+/+/events";
+
+std::string eventsArray(int n, int offset, const std::string& type = "kiosk.view") {
+  json a = json::array();
+  for (int i = 0; i < n; ++i) {
+    a.push_back(
+        {{"type", type},
+         {"data", {{"n", offset + i}, {"screen", "home"}, {"pad", std::string(300, 'p')}}}});
+  }
+  return a.dump();
+}
+
+std::vector<std::string> acceptedIds(const std::string& body) {
+  return json::parse(body)["ids"].get<std::vector<std::string>>();
+}
+
+std::map<std::string, std::string> envFor(const MosquittoBroker& broker,
+                                          const std::string& compression = "gzip") {
+  return {{"OMNIEDGE_MQTT_URL", broker.url()},
+          {"OMNIEDGE_SYNC_COMPRESSION", compression},
+          {"OMNIEDGE_MQTT_RECONNECT_MIN", "1"},
+          {"OMNIEDGE_MQTT_RECONNECT_MAX", "2"}};
+}
+
+}  // namespace
+
+TEST_CASE(
+    "10,000 events posted to the kiosk API all reach a subscriber, shaped as the contract says",
+    "[integration][pipeline]") {
+  MosquittoBroker broker;
+  Subscriber sub(broker.url(), "omniedge/v1/#");
+  TempDir tmp;
+  const std::string compression = GENERATE(as<std::string>{}, "gzip", "none");
+  AgentProcess agent(tmp / "data", envFor(broker, compression));
+  REQUIRE(agent.start());
+
+  std::set<std::string> ids;
+  for (int r = 0; r < 100; ++r) {
+    auto [status, body] = agent.post("/v1/events", eventsArray(100, r * 100));
+    REQUIRE(status == 202);
+    auto got = acceptedIds(body);
+    REQUIRE(got.size() == 100);
+    ids.insert(got.begin(), got.end());
+  }
+  REQUIRE(ids.size() == 10000);
+  REQUIRE(sub.waitForEventIds(10001, 60s));  // + agent.started
+  for (const auto& id : ids) {
+    REQUIRE(sub.hasEventId(id));
+  }
+
+  // Every batch is shaped as contract §5 says; every event as §3 says.
+  bool saw_gzip_batch = false;
+  for (const auto& m : sub.messages()) {
+    if (m.topic != "omniedge/v1/default/store-042/events") {
+      continue;
+    }
+    auto batch = json::parse(m.payload);
+    REQUIRE(batch["batch_id"].is_string());
+    CHECK(batch["store_id"] == "store-042");
+    CHECK(batch["agent_version"].is_string());
+    REQUIRE(batch["count"] == batch["events"].size());
+    for (const auto& e : batch["events"]) {
+      CHECK(e["id"].is_string());
+      CHECK(e["type"].is_string());
+      CHECK(e["source"].is_string());
+      CHECK(e["store_id"] == "store-042");
+      CHECK(e["occurred_at"].get<std::string>().size() == 24);
+      CHECK(e["received_at"].get<std::string>().back() == 'Z');
+      CHECK(e["customer"].is_object());
+      CHECK(e["data"].is_object());
+    }
+    saw_gzip_batch = true;
+  }
+  CHECK(saw_gzip_batch);
+
+  auto status = json::parse(sub.last("omniedge/v1/default/store-042/status"));
+  CHECK(status["state"] == "online");
+  CHECK(agent.cli({"flush", "--wait", "30"}).exit_code == 0);
+  CHECK(agent.stop() == 0);
+  REQUIRE(sub.waitFor(
+      [](const auto& msgs) {
+        for (auto it = msgs.rbegin(); it != msgs.rend(); ++it) {
+          if (it->topic == "omniedge/v1/default/store-042/status") {
+            return it->payload.find("offline") != std::string::npos;
+          }
+        }
+        return false;
+      },
+      10s));
+}
+
+TEST_CASE("with the broker down events are accepted and buffered, and all arrive once it is back",
+          "[integration][pipeline]") {
+  MosquittoBroker broker(false);  // not started yet
+  TempDir tmp;
+  AgentProcess agent(tmp / "data", envFor(broker));
+  REQUIRE(agent.start());
+  std::set<std::string> ids;
+  for (int r = 0; r < 10; ++r) {
+    auto [status, body] = agent.post("/v1/events", eventsArray(100, r * 100));
+    REQUIRE(status == 202);
+    for (auto& id : acceptedIds(body)) {
+      ids.insert(id);
+    }
+  }
+  auto st = agent.cli({"status", "--json"});
+  REQUIRE(st.exit_code == 0);
+  auto s = json::parse(st.out);
+  CHECK(s["daemon"] == "running");
+  CHECK(s["uplink"]["mqtt"]["state"] == "disconnected");
+  CHECK(s["queue"]["pending"].get<int>() >= 1000);
+
+  broker.start();
+  Subscriber sub(broker.url(), kEvents);
+  CHECK(agent.cli({"flush"}).exit_code == 0);
+  REQUIRE(sub.waitForEventIds(ids.size(), 60s));
+  for (const auto& id : ids) {
+    REQUIRE(sub.hasEventId(id));
+  }
+}
+
+TEST_CASE("an agent killed with SIGKILL in the middle of a stream loses no acknowledged event",
+          "[integration][pipeline][fault]") {
+  MosquittoBroker broker;
+  Subscriber sub(broker.url(), kEvents);
+  TempDir tmp;
+  AgentProcess agent(tmp / "data", envFor(broker));
+  REQUIRE(agent.start());
+
+  std::mutex mu;
+  std::set<std::string> acked;
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  auto producer = [&](int which) {
+    int n = 0;
+    while (!stop.load()) {
+      auto [status, body] = agent.post("/v1/events", eventsArray(10, which * 1000000 + n), 5);
+      n += 10;
+      if (status == 202) {
+        std::lock_guard lock(mu);
+        for (auto& id : acceptedIds(body)) {
+          acked.insert(id);
+        }
+      } else {
+        ++failures;  // daemon down or restarting: not acknowledged, the producer would retry
+        std::this_thread::sleep_for(5ms);
+      }
+    }
+  };
+  std::thread p1(producer, 1);
+  std::thread p2(producer, 2);
+  std::mt19937 rng(42);
+  for (int round = 0; round < 5; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 300));
+    agent.kill9();
+    REQUIRE(agent.start());
+  }
+  std::this_thread::sleep_for(300ms);
+  stop = true;
+  p1.join();
+  p2.join();
+  INFO("acknowledged " << acked.size() << ", failed requests " << failures.load());
+  REQUIRE(acked.size() > 100);
+  REQUIRE(sub.waitForEventIds(acked.size(), 90s));
+  std::size_t missing = 0;
+  for (const auto& id : acked) {
+    missing += sub.hasEventId(id) ? 0 : 1;
+  }
+  CHECK(missing == 0);
+}
+
+TEST_CASE("bad input gets 400 naming the field, and the good events around it still flow",
+          "[integration][pipeline]") {
+  MosquittoBroker broker;
+  Subscriber sub(broker.url(), kEvents);
+  TempDir tmp;
+  AgentProcess agent(tmp / "data", envFor(broker));
+  REQUIRE(agent.start());
+
+  auto before = agent.post("/v1/events", R"({"type":"kiosk.view","data":{"k":"before"}})");
+  REQUIRE(before.first == 202);
+
+  auto missing_type = agent.post("/v1/events", R"({"data":{"k":1}})");
+  CHECK(missing_type.first == 400);
+  CHECK(json::parse(missing_type.second)["error"]["field"] == "type");
+
+  auto bad_in_array = agent.post("/v1/events", R"([{"type":"kiosk.view"},{"type":"Not A Type"}])");
+  CHECK(bad_in_array.first == 400);
+  CHECK(json::parse(bad_in_array.second)["error"]["field"] == "[1].type");
+
+  auto not_json = agent.post("/v1/events", "{\"type\": ");
+  CHECK(not_json.first == 400);
+
+  auto bad_email =
+      agent.post("/v1/events", R"({"type":"kiosk.signup","customer":{"email":"nope"}})");
+  CHECK(bad_email.first == 400);
+  CHECK(json::parse(bad_email.second)["error"]["field"] == "customer.email");
+
+  auto after = agent.post("/v1/events", R"({"type":"kiosk.view","data":{"k":"after"}})");
+  REQUIRE(after.first == 202);
+  const auto id_before = acceptedIds(before.second)[0];
+  const auto id_after = acceptedIds(after.second)[0];
+  CHECK(agent.cli({"flush", "--wait", "30"}).exit_code == 0);
+  REQUIRE(sub.waitForEventIds(3, 30s));  // agent.started, before, after
+  CHECK(sub.hasEventId(id_before));
+  CHECK(sub.hasEventId(id_after));
+  // Nothing of the rejected array was taken.
+  for (const auto& m : sub.messages()) {
+    CHECK(m.payload.find("Not A Type") == std::string::npos);
+  }
+}
+
+TEST_CASE("status answers with the daemon up and, from the buffer, with it down",
+          "[integration][cli]") {
+  MosquittoBroker broker(false);
+  TempDir tmp;
+  AgentProcess agent(tmp / "data", envFor(broker));
+  REQUIRE(agent.start());
+  REQUIRE(agent.post("/v1/events", eventsArray(5, 0, "pos.transaction")).first == 202);
+  auto up = agent.cli({"status", "--json"});
+  REQUIRE(up.exit_code == 0);
+  CHECK(json::parse(up.out)["daemon"] == "running");
+
+  agent.kill9();
+  auto down = agent.cli({"status", "--json"});
+  REQUIRE(down.exit_code == 0);
+  auto s = json::parse(down.out);
+  CHECK(s["daemon"] == "down");
+  CHECK(s["queue"]["high"] == 5);
+  CHECK(s["disk"]["unclean_shutdown"] == true);
+  auto text = agent.cli({"status"});
+  CHECK(text.out.find("DOWN") != std::string::npos);
+
+  auto flush = agent.cli({"flush"});
+  CHECK(flush.exit_code == 3);  // the daemon is not reachable
+
+  auto tail = agent.cli({"tail", "-n", "3", "--type", "pos.*", "--json"});
+  REQUIRE(tail.exit_code == 0);
+  int lines = 0;
+  for (std::size_t pos = 0; (pos = tail.out.find('\n', pos)) != std::string::npos; ++pos) {
+    ++lines;
+  }
+  CHECK(lines == 3);
+}
+
+TEST_CASE("a raw e-mail address never reaches the buffer file or the uplink",
+          "[integration][pii]") {
+  MosquittoBroker broker;
+  Subscriber sub(broker.url(), kEvents);
+  TempDir tmp;
+  tmp.write("hmac.key", "tenant-secret-key-0123456789");
+  auto env = envFor(broker, "none");
+  env["OMNIEDGE_IDENTITY_HMAC_KEY_FILE"] = (tmp / "hmac.key").string();
+  AgentProcess agent(tmp / "data", env);
+  REQUIRE(agent.start());
+  auto r = agent.post("/v1/events",
+                      R"({"type":"kiosk.signup","customer":{"email":"Jane.Roe@Example.org",
+                          "phone":"+44 20 7946 0958"}})");
+  REQUIRE(r.first == 202);
+  REQUIRE(sub.waitForEventIds(2, 30s));
+  for (const auto& m : sub.messages()) {
+    CHECK(m.payload.find("example.org") == std::string::npos);
+    CHECK(m.payload.find("7946") == std::string::npos);
+    if (m.payload.find("kiosk.signup") != std::string::npos) {
+      CHECK(m.payload.find("email_sha256") != std::string::npos);
+    }
+  }
+  agent.stop();
+  const std::string file = tmp.read("data/buffer.db") + tmp.read("data/buffer.db-wal");
+  CHECK(file.find("example.org") == std::string::npos);
+  CHECK(file.find("Example.org") == std::string::npos);
+}

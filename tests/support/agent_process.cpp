@@ -1,0 +1,184 @@
+#include "tests/support/agent_process.h"
+
+#include <fcntl.h>
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "tests/support/net.h"
+
+extern char** environ;
+
+namespace omniedge::testing {
+namespace {
+
+pid_t spawn(const std::vector<std::string>& args, const std::vector<std::string>& env,
+            const std::string& out_path, bool append) {
+  std::vector<char*> argv;
+  for (const auto& a : args) {
+    argv.push_back(const_cast<char*>(a.c_str()));
+  }
+  argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (const auto& e : env) {
+    envp.push_back(const_cast<char*>(e.c_str()));
+  }
+  envp.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    throw std::runtime_error("fork failed");
+  }
+  if (pid == 0) {
+    const int fd = open(out_path.c_str(), O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+      close(fd);
+    }
+    // The test process may block signals; the child starts with a clean mask.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    execve(argv[0], argv.data(), envp.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int waitExit(pid_t pid) {
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) {
+    return WEXITSTATUS(status);
+  }
+  return 128 + WTERMSIG(status);
+}
+
+std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+AgentProcess::AgentProcess(std::filesystem::path data_dir, std::map<std::string, std::string> env)
+    : data_dir_(std::move(data_dir)), env_(std::move(env)) {
+  std::filesystem::create_directories(data_dir_);
+  log_path_ = data_dir_.parent_path() / (data_dir_.filename().string() + ".log");
+  if (env_.count("OMNIEDGE_HTTP_LISTEN") == 0) {
+    http_port_ = freePort();
+    env_["OMNIEDGE_HTTP_LISTEN"] = "127.0.0.1:" + std::to_string(http_port_);
+  } else {
+    const auto& l = env_["OMNIEDGE_HTTP_LISTEN"];
+    http_port_ = std::stoi(l.substr(l.rfind(':') + 1));
+  }
+  env_["OMNIEDGE_DATA_DIR"] = data_dir_.string();
+  env_.try_emplace("OMNIEDGE_STORE_ID", "store-042");
+  env_.try_emplace("OMNIEDGE_LOG_LEVEL", "info");
+}
+
+AgentProcess::~AgentProcess() {
+  if (pid_ > 0) {
+    kill9();
+  }
+}
+
+std::vector<std::string> AgentProcess::environment() const {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string s = *e;
+    // The test's own OMNIEDGE_* and systemd variables must not leak into the agent.
+    if (s.rfind("OMNIEDGE_", 0) != 0 && s.rfind("RUNTIME_DIRECTORY=", 0) != 0 &&
+        s.rfind("STATE_DIRECTORY=", 0) != 0 && s.rfind("NOTIFY_SOCKET=", 0) != 0) {
+      env.push_back(s);
+    }
+  }
+  for (const auto& [k, v] : env_) {
+    env.push_back(k + "=" + v);
+  }
+  return env;
+}
+
+bool AgentProcess::start(std::chrono::milliseconds timeout) {
+  pid_ = spawn({OMNIEDGE_BINARY, "run"}, environment(), log_path_.string(), true);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return false;
+    }
+    if (get("/v1/health").first == 200) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+int AgentProcess::stop() {
+  if (pid_ <= 0) {
+    return -1;
+  }
+  ::kill(pid_, SIGTERM);
+  const int code = waitExit(pid_);
+  pid_ = -1;
+  return code;
+}
+
+void AgentProcess::kill9() {
+  if (pid_ <= 0) {
+    return;
+  }
+  ::kill(pid_, SIGKILL);
+  waitExit(pid_);
+  pid_ = -1;
+}
+
+std::string AgentProcess::log() const { return slurp(log_path_); }
+
+CliResult AgentProcess::cli(const std::vector<std::string>& args) const {
+  std::vector<std::string> argv = {OMNIEDGE_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const std::string out = (data_dir_.parent_path() / "cli.out").string();
+  const pid_t pid = spawn(argv, environment(), out, false);
+  CliResult r;
+  r.exit_code = waitExit(pid);
+  r.out = slurp(out);
+  return r;
+}
+
+std::pair<int, std::string> AgentProcess::post(const std::string& path, const std::string& body,
+                                               int timeout_s) const {
+  httplib::Client c("127.0.0.1", http_port_);
+  c.set_connection_timeout(2);
+  c.set_read_timeout(timeout_s);
+  c.set_write_timeout(timeout_s);
+  auto res = c.Post(path.c_str(), body, "application/json");
+  if (!res) {
+    return {-1, ""};
+  }
+  return {res->status, res->body};
+}
+
+std::pair<int, std::string> AgentProcess::get(const std::string& path) const {
+  httplib::Client c("127.0.0.1", http_port_);
+  c.set_connection_timeout(1);
+  c.set_read_timeout(5);
+  auto res = c.Get(path.c_str());
+  if (!res) {
+    return {-1, ""};
+  }
+  return {res->status, res->body};
+}
+
+}  // namespace omniedge::testing
