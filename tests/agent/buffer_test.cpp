@@ -286,3 +286,21 @@ TEST_CASE("delivered events are kept for buffer.retain_delivered", "[unit][buffe
   CHECK(sqlite3_column_int(st, 0) == 1);
   sqlite3_finalize(st);
 }
+
+TEST_CASE("with no free disk above buffer.min_free_disk every priority is pushed back",
+          "[unit][buffer]") {
+  TempDir dir;
+  BufferOptions o;
+  o.dir = dir.path();
+  o.min_free_disk = int64_t{1} << 60;  // more than any disk: no room at all
+  auto opened = Buffer::open(o);
+  REQUIRE(opened.has_value());
+  auto& b = *opened;
+  auto pos = b->append({makeEvent("pos.transaction")});
+  REQUIRE_FALSE(pos.has_value());
+  CHECK(pos.error().code == "full");
+  auto beacon = b->append({makeEvent("beacon.enter", 200, 2)});
+  REQUIRE_FALSE(beacon.has_value());
+  CHECK(beacon.error().code == "full");
+  CHECK(b->stats().rejected_full == 2);
+}
