@@ -72,10 +72,12 @@ TEST_CASE("a full disk pushes POS producers back with 503, loses nothing, and re
   for (int r = 0; r < 2000 && pushed_back < 3; ++r) {
     auto [status, body] = agent.post("/v1/events", sales(50, r * 50));
     if (status == 202) {
-      for (const auto& id : json::parse(body)["ids"]) {
+      const auto answer = json::parse(body);
+      for (const auto& id : answer["ids"]) {
         acked.insert(id.get<std::string>());
       }
     } else {
+      INFO("answer " << status << " " << body);
       REQUIRE(status == 503);
       CHECK(json::parse(body)["error"]["code"] == "full");
       ++pushed_back;
