@@ -111,6 +111,7 @@ CREATE TABLE IF NOT EXISTS delivered(
   received_ms INTEGER NOT NULL,
   delivered_ms INTEGER NOT NULL,
   body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS delivered_age ON delivered(delivered_ms);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 )sql";
 
@@ -622,7 +623,8 @@ void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
     }
     s.delete_range.reset();
   }
-  if (options_.retain_delivered_s > 0 && !acks.empty()) {
+  if (options_.retain_delivered_s > 0 && now - purged_ms_ >= 10000) {
+    purged_ms_ = now;  // expired delivered events go at most every 10 s, by index
     s.purge_delivered.bind(1, now - options_.retain_delivered_s * 1000);
     (void)run(s.purge_delivered);
   }

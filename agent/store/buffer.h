@@ -176,6 +176,7 @@ class Buffer final : public Outbox {
   int64_t free_disk_checked_ms_ = 0;
   int64_t cap_cache_ = 0;
   int64_t file_bytes_ = 0;
+  int64_t purged_ms_ = 0;
   std::thread writer_;
 };
 
