@@ -16,6 +16,10 @@ constexpr auto kPollInterval = std::chrono::milliseconds(100);
 // buffering itself is off (send_while_disconnected false), so this only bounds the queue.
 constexpr int kMaxQueuedPublishes = 1000;
 constexpr int kFirstV5ReasonFailure = 0x80;
+constexpr int kConnackBadProtocolVersion = 1;      // MQTT 3.1.1 CONNACK return code
+constexpr int kUnsupportedProtocolVersion = 0x84;  // MQTT 5 CONNACK reason code
+// Paho's message when no TCP/TLS connection could be made: says nothing about the version.
+constexpr std::string_view kTransportFailure = "TCP/TLS connect failure";
 
 void* tagToContext(uint64_t tag) { return reinterpret_cast<void*>(static_cast<uintptr_t>(tag)); }
 uint64_t contextToTag(void* context) {
@@ -23,9 +27,7 @@ uint64_t contextToTag(void* context) {
 }
 
 std::string describe(int rc, int reason_code) {
-  std::string text =
-      mqtt::exception::printable_error(rc, reason_code, mqtt::exception::error_str(rc));
-  return text;
+  return mqtt::exception::printable_error(rc, reason_code, mqtt::exception::error_str(rc));
 }
 
 // Paho spells the schemes tcp:// and ssl://; the config speaks mqtt:// and mqtts://.
@@ -214,17 +216,22 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
     }
     return {};
   } catch (const mqtt::exception& e) {
-    ++auto_attempts_;
     client_.reset();
-    if (e.get_return_code() == MQTTASYNC_BAD_PROTOCOL ||
-        e.get_return_code() == MQTTASYNC_BAD_MQTT_OPTION) {
+    const int rc = e.get_return_code();
+    if (rc == MQTTASYNC_BAD_PROTOCOL || rc == MQTTASYNC_BAD_MQTT_OPTION) {
       return makeError("invalid", e.what());
+    }
+    if (rc == kConnackBadProtocolVersion || e.get_reason_code() == kUnsupportedProtocolVersion) {
+      auto_attempts_ = level == MQTTVERSION_5 ? 1 : 0;  // the other one next time
+    } else if (rc != MQTTASYNC_FAILURE ||
+               e.get_message().find(kTransportFailure) == std::string::npos) {
+      // The server answered (or hung up on) the CONNECT: it may not speak this version.
+      ++auto_attempts_;
     }
     return makeError("connect", e.what());
   } catch (const std::exception& e) {  // Paho C++ also throws std::invalid_argument and friends
-    ++auto_attempts_;
     client_.reset();
-    return makeError("connect", e.what());
+    return makeError("invalid", e.what());
   }
 }
 

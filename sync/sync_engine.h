@@ -2,6 +2,7 @@
 // batches in flight; keeps the retained R/status document current (contract §5).
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>

@@ -14,7 +14,9 @@
 
 #include <array>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <stdexcept>
@@ -105,9 +107,17 @@ bool sendAll(int fd, const char* data, std::size_t n) {
 
 // --- MosquittoBroker --------------------------------------------------------------------------
 
-MosquittoBroker::MosquittoBroker(bool start_now) : port_(freePort()) {
+MosquittoBroker::MosquittoBroker(bool start_now, std::optional<Tls> tls)
+    : port_(freePort()), tls_(tls.has_value()) {
   std::string conf;
   conf += "listener " + std::to_string(port_) + " 127.0.0.1\n";
+  if (tls) {
+    conf += "cafile " + tls->ca_file + "\n";
+    conf += "certfile " + tls->cert_file + "\n";
+    conf += "keyfile " + tls->key_file + "\n";
+    conf +=
+        std::string("require_certificate ") + (tls->require_certificate ? "true" : "false") + "\n";
+  }
   conf += "allow_anonymous true\n";
   conf += "persistence true\n";
   conf += "persistence_location " + dir_.path().string() + "/\n";
@@ -134,7 +144,9 @@ MosquittoBroker::~MosquittoBroker() {
   }
 }
 
-std::string MosquittoBroker::url() const { return "mqtt://127.0.0.1:" + std::to_string(port_); }
+std::string MosquittoBroker::url() const {
+  return (tls_ ? "mqtts://127.0.0.1:" : "mqtt://127.0.0.1:") + std::to_string(port_);
+}
 
 void MosquittoBroker::start() {
   if (pid_ > 0) {
@@ -209,6 +221,48 @@ void MosquittoBroker::waitExit(std::chrono::milliseconds timeout) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   pid_ = -1;
+}
+
+// --- TestPki ----------------------------------------------------------------------------------
+
+namespace {
+
+void runCommand(const std::string& command) {
+  if (std::system((command + " >/dev/null 2>&1").c_str()) != 0) {
+    throw std::runtime_error("failed: " + command);
+  }
+}
+
+// A key and a certificate signed by `ca` (or self-signed when `ca` is empty), valid for a day.
+void makeCert(const std::filesystem::path& dir, const std::string& name, const std::string& cn,
+              const std::string& ca, const std::string& ext) {
+  const std::string d = dir.string() + "/";
+  const std::string key = "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes ";
+  if (ca.empty()) {
+    runCommand(key + "-x509 -days 1 -subj '/CN=" + cn + "' -keyout " + d + name + ".key -out " + d +
+               name + ".crt");
+    return;
+  }
+  std::ofstream(d + name + ".ext") << ext << "\n";
+  runCommand(key + "-subj '/CN=" + cn + "' -keyout " + d + name + ".key -out " + d + name + ".csr");
+  runCommand("openssl x509 -req -days 1 -in " + d + name + ".csr -CA " + d + ca + ".crt -CAkey " +
+             d + ca + ".key -CAcreateserial -extfile " + d + name + ".ext -out " + d + name +
+             ".crt");
+}
+
+}  // namespace
+
+TestPki makeTestPki(const std::filesystem::path& dir) {
+  const std::string server_ext = "subjectAltName=IP:127.0.0.1,DNS:localhost";
+  makeCert(dir, "ca", "omniedge test CA", "", "");
+  makeCert(dir, "server", "127.0.0.1", "ca", server_ext);
+  makeCert(dir, "client", "store-1", "ca", "extendedKeyUsage=clientAuth");
+  makeCert(dir, "rogue-ca", "rogue CA", "", "");
+  makeCert(dir, "rogue-server", "127.0.0.1", "rogue-ca", server_ext);
+  const std::string d = dir.string() + "/";
+  return TestPki{d + "ca.crt",       d + "ca.key",           d + "server.crt",
+                 d + "server.key",   d + "client.crt",       d + "client.key",
+                 d + "rogue-ca.crt", d + "rogue-server.crt", d + "rogue-server.key"};
 }
 
 // --- Subscriber -------------------------------------------------------------------------------

@@ -9,9 +9,11 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_set>
@@ -31,15 +33,23 @@ namespace omniedge::testing {
 /// subscribers (quality.md R2). Failures to start throw std::runtime_error (it is a fixture).
 class MosquittoBroker {
  public:
+  /// A TLS listener instead of plain TCP (PEM files).
+  struct Tls {
+    std::string ca_file;    // trust anchors for client certificates
+    std::string cert_file;  // the broker's certificate and key
+    std::string key_file;
+    bool require_certificate = false;  // mutual TLS
+  };
+
   /// Picks a port and writes the config; starts the broker unless `start_now` is false.
-  explicit MosquittoBroker(bool start_now = true);
+  explicit MosquittoBroker(bool start_now = true, std::optional<Tls> tls = std::nullopt);
   /// Kills the broker (SIGKILL) if it runs.
   ~MosquittoBroker();
   MosquittoBroker(const MosquittoBroker&) = delete;
   MosquittoBroker& operator=(const MosquittoBroker&) = delete;
 
   int port() const { return port_; }
-  /// "mqtt://127.0.0.1:PORT"
+  /// "mqtt://127.0.0.1:PORT" ("mqtts://…" with TLS)
   std::string url() const;
   bool running() const { return pid_ > 0; }
 
@@ -60,8 +70,20 @@ class MosquittoBroker {
 
   TempDir dir_;
   int port_ = 0;
+  bool tls_ = false;
   pid_t pid_ = -1;
 };
+
+/// A throw-away PKI made with the openssl CLI: a CA, a server certificate for 127.0.0.1 and
+/// localhost, a client certificate, and a second, unrelated ("rogue") CA with its own server
+/// certificate. Throws std::runtime_error when openssl fails.
+struct TestPki {
+  std::string ca_cert, ca_key;
+  std::string server_cert, server_key;
+  std::string client_cert, client_key;
+  std::string rogue_ca_cert, rogue_server_cert, rogue_server_key;
+};
+TestPki makeTestPki(const std::filesystem::path& dir);
 
 /// One MQTT message as the Subscriber received it, payload already decoded.
 struct ReceivedMessage {

@@ -38,6 +38,8 @@ std::string TempDir::read(const std::string& name) const {
   return ss.str();
 }
 
-bool TempDir::exists(const std::string& name) const { return std::filesystem::exists(path_ / name); }
+bool TempDir::exists(const std::string& name) const {
+  return std::filesystem::exists(path_ / name);
+}
 
 }  // namespace omniedge::testing

@@ -11,6 +11,7 @@
 
 #include "tests/support/broker.h"
 #include "tests/support/net.h"
+#include "tests/support/temp_dir.h"
 
 namespace omniedge::sync {
 namespace {
@@ -131,6 +132,68 @@ TEST_CASE("the link reports a lost connection once", "[integration][sync]") {
   std::this_thread::sleep_for(200ms);
   CHECK(losses == 1);
   CHECK_FALSE(link.connected());
+}
+
+}  // namespace
+}  // namespace omniedge::sync
+
+namespace omniedge::sync {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::MosquittoBroker;
+
+Result<void> tryConnect(MqttOptions options) {
+  MqttLink link(std::move(options));
+  link.setHandlers([](uint64_t, bool, const std::string&) {}, [](const std::string&) {});
+  std::stop_source stop;
+  auto r = link.connect({"omniedge/v1/t/s/status", "{}", true}, stop.get_token());
+  if (r) {
+    link.disconnect(100ms);
+  }
+  return r;
+}
+
+TEST_CASE("over TLS the link verifies the broker and can present a client certificate",
+          "[integration][sync]") {
+  testing::TempDir pki_dir;
+  const auto pki = testing::makeTestPki(pki_dir.path());
+
+  SECTION("server authentication") {
+    MosquittoBroker broker(
+        true, MosquittoBroker::Tls{pki.ca_cert, pki.server_cert, pki.server_key, false});
+    REQUIRE(broker.url().rfind("mqtts://", 0) == 0);
+    auto options = optionsFor(broker.url(), MqttVersion::kAuto);
+
+    options.ca_file = pki.ca_cert;
+    CHECK(tryConnect(options).has_value());
+
+    options.ca_file.clear();  // the system store does not know our CA: refused
+    auto untrusted = tryConnect(options);
+    REQUIRE_FALSE(untrusted.has_value());
+    CHECK(untrusted.error().code == "connect");
+
+    options.ca_file = pki.rogue_ca_cert;
+    CHECK_FALSE(tryConnect(options).has_value());
+  }
+  SECTION("a broker with a certificate from another CA (a MITM) is refused") {
+    MosquittoBroker broker(true, MosquittoBroker::Tls{pki.ca_cert, pki.rogue_server_cert,
+                                                      pki.rogue_server_key, false});
+    auto options = optionsFor(broker.url(), MqttVersion::kAuto);
+    options.ca_file = pki.ca_cert;
+    CHECK_FALSE(tryConnect(options).has_value());
+  }
+  SECTION("mutual TLS") {
+    MosquittoBroker broker(
+        true, MosquittoBroker::Tls{pki.ca_cert, pki.server_cert, pki.server_key, true});
+    auto options = optionsFor(broker.url(), MqttVersion::kV311);
+    options.ca_file = pki.ca_cert;
+    CHECK_FALSE(tryConnect(options).has_value());  // no client certificate
+
+    options.cert_file = pki.client_cert;
+    options.key_file = pki.client_key;
+    CHECK(tryConnect(options).has_value());
+  }
 }
 
 }  // namespace
