@@ -1,70 +1,31 @@
 #include "drivers/kiosk/event_json.h"
 
 #include <array>
-#include <exception>
-#include <nlohmann/json.hpp>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <optional>
 #include <string>
 #include <utility>
 
 #include "agent/api/time.h"
 
+// A small validating JSON parser made for this one shape, instead of a DOM library: the kiosk
+// API's hot path is here (quality.md P2), and building a DOM only to copy it into Events and
+// serialise `data` back costs several times the parse itself. `data` is validated and then kept
+// as the producer's own bytes, minus insignificant whitespace.
+//
+// Strict RFC 8259: UTF-8 checked, no comments, no trailing commas, no NaN; nesting is capped so
+// that neither this parser nor anyone who later walks `data` recursively can run out of stack.
+
 namespace omniedge::kiosk {
 namespace {
 
-// ordered_json keeps the producer's key order in `data` and reports the first bad field in
-// document order.
-using Json = nlohmann::ordered_json;
-
-// Deeper documents are refused before parsing: serialising `data` back is recursive, and a
-// body of a few MiB of '[' must not be able to exhaust the stack.
-constexpr std::size_t kMaxDepth = 64;
+constexpr int kMaxDepth = 64;
 
 constexpr std::array<std::string_view, 8> kCustomerKeys = {
     "loyalty_id", "app_user_id", "profile_id",   "beacon",
     "email",      "phone",       "email_sha256", "phone_sha256"};
-
-std::string prefix(std::size_t index) { return "[" + std::to_string(index) + "]"; }
-
-Error invalidField(std::size_t index, std::string_view name, std::string_view reason) {
-  std::string field = prefix(index);
-  field += '.';
-  field += name;
-  std::string message = field;
-  message += ' ';
-  message += reason;
-  return makeError("invalid", std::move(message), std::move(field));
-}
-
-// The byte offset at which nesting first exceeds kMaxDepth, or npos. Tracks strings so that
-// brackets inside them do not count; malformed JSON is left to the parser.
-std::size_t tooDeepAt(std::string_view body) {
-  std::size_t depth = 0;
-  bool in_string = false;
-  bool escaped = false;
-  for (std::size_t i = 0; i < body.size(); ++i) {
-    const char c = body[i];
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > kMaxDepth) {
-        return i;
-      }
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
-    }
-  }
-  return std::string_view::npos;
-}
 
 bool isCustomerKey(std::string_view key) {
   for (std::string_view known : kCustomerKeys) {
@@ -75,151 +36,651 @@ bool isCustomerKey(std::string_view key) {
   return false;
 }
 
-// Moves a string value out, or fails with "must be a string".
-Result<std::string> takeString(Json& value, std::size_t index, std::string_view name) {
-  if (!value.is_string()) {
-    return invalidField(index, name, "must be a string");
+bool isWhitespace(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
+bool isDigit(char c) { return c >= '0' && c <= '9'; }
+
+int hexValue(char c) {
+  if (c >= '0' && c <= '9') {
+    return c - '0';
   }
-  return std::move(value.get_ref<std::string&>());
+  if (c >= 'a' && c <= 'f') {
+    return c - 'a' + 10;
+  }
+  if (c >= 'A' && c <= 'F') {
+    return c - 'A' + 10;
+  }
+  return -1;
 }
 
-Result<void> parseCustomer(Json& value, std::size_t index, Event& event) {
-  if (!value.is_object()) {
-    return invalidField(index, "customer", "must be an object");
+void appendUtf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xE0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
   }
-  for (auto it = value.begin(); it != value.end(); ++it) {
-    const std::string& key = it.key();
-    const std::string name = "customer." + key;
-    if (!isCustomerKey(key)) {
-      return invalidField(index, name, "unknown field");
-    }
-    auto text = takeString(it.value(), index, name);
-    if (!text) {
-      return text.error();
-    }
-    event.customer[key] = std::move(*text);
-  }
-  return {};
 }
 
-Result<Event> parseEvent(Json& object, std::size_t index) {
-  if (!object.is_object()) {
-    return makeError("invalid", prefix(index) + " must be an object", prefix(index));
-  }
-  Event event;
-  bool has_type = false;
-  for (auto it = object.begin(); it != object.end(); ++it) {
-    const std::string& key = it.key();
-    Json& value = it.value();
-    if (key == "type" || key == "id" || key == "source" || key == "store_id") {
-      auto text = takeString(value, index, key);
-      if (!text) {
-        return text.error();
+// Validated JSON text without the whitespace between tokens.
+std::string compact(std::string_view json) {
+  std::string out;
+  out.reserve(json.size());
+  bool in_string = false;
+  bool escaped = false;
+  for (char c : json) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
       }
-      if (key == "type") {
-        event.type = std::move(*text);
-        has_type = true;
-      } else if (key == "id") {
-        event.id = std::move(*text);
-      } else if (key == "source") {
-        event.source = std::move(*text);
+    } else if (c == '"') {
+      in_string = true;
+    } else if (isWhitespace(c)) {
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+class Parser {
+ public:
+  Parser(std::string_view in, std::size_t max_events) : in_(in), max_events_(max_events) {}
+
+  Result<std::vector<Event>> run(bool* was_array) {
+    skipWhitespace();
+    if (peek() == '[') {
+      *was_array = true;
+      ++pos_;
+      skipWhitespace();
+      if (peek() == ']') {
+        ++pos_;
       } else {
-        event.store_id = std::move(*text);
+        while (ok()) {
+          parseElement(count_++);
+          skipWhitespace();
+          if (peek() == ',') {
+            ++pos_;
+            skipWhitespace();
+          } else if (peek() == ']') {
+            ++pos_;
+            break;
+          } else {
+            syntaxError("expected ',' or ']' after an event");
+          }
+        }
       }
-    } else if (key == "occurred_at") {
-      if (!value.is_string()) {
-        return invalidField(index, key, "must be a string");
-      }
-      auto ms = parseRfc3339(value.get_ref<const std::string&>());
-      if (!ms) {
-        return invalidField(index, key, "is not an RFC 3339 timestamp");
-      }
-      event.occurred_at_ms = *ms;
-    } else if (key == "received_at") {
-      return invalidField(index, key, "is set by the agent and not accepted from producers");
-    } else if (key == "customer") {
-      auto ok = parseCustomer(value, index, event);
-      if (!ok) {
-        return ok.error();
-      }
-    } else if (key == "data") {
-      if (!value.is_object()) {
-        return invalidField(index, key, "must be an object");
-      }
-      event.data_json = value.dump(-1, ' ', false, Json::error_handler_t::replace);
+    } else if (peek() == '{') {
+      parseElement(count_++);
     } else {
-      return invalidField(index, key, "unknown field");
+      const std::size_t start = pos_;
+      skipValue(0);
+      if (ok() && pos_ > start) {
+        invalid("the body must be a JSON event object or an array of them", {});
+      }
+    }
+    skipWhitespace();
+    if (ok() && pos_ != in_.size()) {
+      syntaxError("unexpected text after the JSON value");
+    }
+
+    if (syntax_error_) {
+      return std::move(*syntax_error_);
+    }
+    if (*was_array && count_ == 0) {
+      return makeError("invalid", "the array holds no events");
+    }
+    if (count_ > max_events_) {
+      return makeError("too_large", std::to_string(count_) + " events in one request; at most " +
+                                        std::to_string(max_events_) + " are accepted");
+    }
+    if (invalid_) {
+      return std::move(*invalid_);
+    }
+    return std::move(events_);
+  }
+
+ private:
+  bool ok() const { return !syntax_error_; }
+  bool atEnd() const { return pos_ >= in_.size(); }
+  char peek() const { return atEnd() ? '\0' : in_[pos_]; }
+
+  void skipWhitespace() {
+    while (!atEnd() && isWhitespace(in_[pos_])) {
+      ++pos_;
     }
   }
-  if (!has_type) {
-    return invalidField(index, "type", "is required");
+
+  // Malformed JSON: stops the parse. Positions are 1-based, like most parsers report them.
+  void syntaxError(std::string_view what) {
+    if (!syntax_error_) {
+      std::string message = "malformed JSON at byte " + std::to_string(pos_ + 1) + ": ";
+      message += atEnd() ? "unexpected end of input" : what;
+      syntax_error_ = makeError("invalid_json", std::move(message));
+    }
   }
-  return event;
-}
+
+  // Well-formed JSON that is not a valid event: the first one is kept, the parse goes on so
+  // that malformed JSON later in the body still wins.
+  void invalid(std::string message, std::string field) {
+    if (!invalid_) {
+      invalid_ = makeError("invalid", std::move(message), std::move(field));
+    }
+  }
+
+  void invalidField(std::size_t index, std::string_view name, std::string_view reason) {
+    std::string field = "[" + std::to_string(index) + "].";
+    field += name;
+    std::string message = field;
+    message += ' ';
+    message += reason;
+    invalid(std::move(message), std::move(field));
+  }
+
+  bool building() const { return ok() && !invalid_ && count_ <= max_events_; }
+
+  void parseElement(std::size_t index) {
+    if (peek() != '{') {
+      skipValue(1);
+      const std::string name = "[" + std::to_string(index) + "]";
+      invalid(name + " must be an object", name);
+      return;
+    }
+    Event event;
+    parseEvent(index, event);
+    if (building()) {
+      events_.push_back(std::move(event));
+    }
+  }
+
+  // Moves over one value of any kind, checking it. `depth` counts the enclosing containers.
+  void skipValue(int depth) {
+    skipWhitespace();
+    const char c = peek();
+    if (c == '"') {
+      parseString(nullptr);
+    } else if (c == '{' || c == '[') {
+      skipContainer(depth);
+    } else if (c == '-' || isDigit(c)) {
+      skipNumber();
+    } else if (c == 't') {
+      skipLiteral("true");
+    } else if (c == 'f') {
+      skipLiteral("false");
+    } else if (c == 'n') {
+      skipLiteral("null");
+    } else {
+      syntaxError("expected a JSON value");
+    }
+  }
+
+  void skipContainer(int depth) {
+    if (depth + 1 > kMaxDepth) {
+      syntaxError("nested deeper than " + std::to_string(kMaxDepth) + " levels");
+      return;
+    }
+    const bool object = in_[pos_] == '{';
+    const char close = object ? '}' : ']';
+    ++pos_;
+    skipWhitespace();
+    if (peek() == close) {
+      ++pos_;
+      return;
+    }
+    while (ok()) {
+      if (object) {
+        skipWhitespace();
+        if (peek() != '"') {
+          syntaxError("expected a string as object key");
+          return;
+        }
+        parseString(nullptr);
+        expectColon();
+      }
+      skipValue(depth + 1);
+      skipWhitespace();
+      if (peek() == ',') {
+        ++pos_;
+        skipWhitespace();
+      } else if (peek() == close) {
+        ++pos_;
+        return;
+      } else {
+        syntaxError(object ? "expected ',' or '}'" : "expected ',' or ']'");
+      }
+    }
+  }
+
+  void skipLiteral(std::string_view literal) {
+    if (in_.substr(pos_, literal.size()) != literal) {
+      syntaxError("expected a JSON value");
+      return;
+    }
+    pos_ += literal.size();
+  }
+
+  // -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, and finite as a double: whoever reads
+  // `data` later (nlohmann and most JSON libraries) refuses 1e999.
+  void skipNumber() {
+    const std::size_t start = pos_;
+    const bool exponent = skipNumberGrammar();
+    constexpr std::size_t kMaxFiniteDigits = 300;
+    if (ok() && (exponent || pos_ - start > kMaxFiniteDigits)) {
+      const std::string text(in_.substr(start, pos_ - start));
+      if (std::isinf(std::strtod(text.c_str(), nullptr))) {
+        pos_ = start;
+        syntaxError("number out of range");
+      }
+    }
+  }
+
+  // Whether the number had an exponent.
+  bool skipNumberGrammar() {
+    if (peek() == '-') {
+      ++pos_;
+    }
+    if (peek() == '0') {
+      ++pos_;
+    } else if (isDigit(peek())) {
+      while (isDigit(peek())) {
+        ++pos_;
+      }
+    } else {
+      syntaxError("expected a digit");
+      return false;
+    }
+    if (peek() == '.') {
+      ++pos_;
+      if (!isDigit(peek())) {
+        syntaxError("expected a digit after '.'");
+        return false;
+      }
+      while (isDigit(peek())) {
+        ++pos_;
+      }
+    }
+    if (peek() != 'e' && peek() != 'E') {
+      return false;
+    }
+    ++pos_;
+    if (peek() == '+' || peek() == '-') {
+      ++pos_;
+    }
+    if (!isDigit(peek())) {
+      syntaxError("expected a digit in the exponent");
+      return false;
+    }
+    while (isDigit(peek())) {
+      ++pos_;
+    }
+    return true;
+  }
+
+  // Four hex digits of a \u escape; -1 (and a syntax error) when they are not.
+  int32_t readHex4() {
+    int32_t value = 0;
+    for (int i = 0; i < 4; ++i) {
+      const int digit = hexValue(peek());
+      if (digit < 0) {
+        syntaxError("expected four hex digits after \\u");
+        return -1;
+      }
+      value = value * 16 + digit;
+      ++pos_;
+    }
+    return value;
+  }
+
+  // The string at pos_ (which is '"'), decoded into *out unless out is null. Fails on control
+  // characters, bad escapes, lone surrogates and bytes that are not UTF-8.
+  void parseString(std::string* out) {
+    ++pos_;
+    if (out != nullptr) {
+      out->clear();
+    }
+    while (true) {
+      // Copy plain ASCII runs in one go.
+      const std::size_t run_start = pos_;
+      while (!atEnd()) {
+        const auto c = static_cast<unsigned char>(in_[pos_]);
+        if (c == '"' || c == '\\' || c < 0x20 || c >= 0x80) {
+          break;
+        }
+        ++pos_;
+      }
+      if (out != nullptr && pos_ > run_start) {
+        out->append(in_.data() + run_start, pos_ - run_start);
+      }
+      if (atEnd()) {
+        syntaxError("unterminated string");
+        return;
+      }
+      const auto c = static_cast<unsigned char>(in_[pos_]);
+      if (c == '"') {
+        ++pos_;
+        return;
+      }
+      if (c < 0x20) {
+        syntaxError("control character in a string (escape it)");
+        return;
+      }
+      if (c == '\\') {
+        if (!parseEscape(out)) {
+          return;
+        }
+        continue;
+      }
+      if (!parseUtf8(out)) {
+        return;
+      }
+    }
+  }
+
+  bool parseEscape(std::string* out) {
+    ++pos_;
+    const char e = peek();
+    char decoded = '\0';
+    switch (e) {
+      case '"':
+      case '\\':
+      case '/':
+        decoded = e;
+        break;
+      case 'b':
+        decoded = '\b';
+        break;
+      case 'f':
+        decoded = '\f';
+        break;
+      case 'n':
+        decoded = '\n';
+        break;
+      case 'r':
+        decoded = '\r';
+        break;
+      case 't':
+        decoded = '\t';
+        break;
+      case 'u': {
+        ++pos_;
+        int32_t cp = readHex4();
+        if (cp < 0) {
+          return false;
+        }
+        if (cp >= 0xDC00 && cp <= 0xDFFF) {
+          syntaxError("lone low surrogate in \\u escape");
+          return false;
+        }
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+          if (in_.substr(pos_, 2) != "\\u") {
+            syntaxError("high surrogate not followed by a low one");
+            return false;
+          }
+          pos_ += 2;
+          const int32_t low = readHex4();
+          if (low < 0) {
+            return false;
+          }
+          if (low < 0xDC00 || low > 0xDFFF) {
+            syntaxError("high surrogate not followed by a low one");
+            return false;
+          }
+          cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+        }
+        if (out != nullptr) {
+          appendUtf8(*out, static_cast<uint32_t>(cp));
+        }
+        return true;
+      }
+      default:
+        syntaxError("invalid escape in a string");
+        return false;
+    }
+    ++pos_;
+    if (out != nullptr) {
+      *out += decoded;
+    }
+    return true;
+  }
+
+  // One multi-byte UTF-8 sequence at pos_: shortest form, no surrogates, at most U+10FFFF.
+  bool parseUtf8(std::string* out) {
+    const auto byte = [&](std::size_t i) {
+      return pos_ + i < in_.size() ? static_cast<unsigned char>(in_[pos_ + i]) : 0U;
+    };
+    const unsigned b0 = byte(0);
+    std::size_t length = 0;
+    unsigned low = 0x80;  // bounds of the second byte
+    unsigned high = 0xBF;
+    if (b0 >= 0xC2 && b0 <= 0xDF) {
+      length = 2;
+    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+      length = 3;
+      low = b0 == 0xE0 ? 0xA0 : 0x80;
+      high = b0 == 0xED ? 0x9F : 0xBF;
+    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+      length = 4;
+      low = b0 == 0xF0 ? 0x90 : 0x80;
+      high = b0 == 0xF4 ? 0x8F : 0xBF;
+    } else {
+      syntaxError("invalid UTF-8 in a string");
+      return false;
+    }
+    const unsigned b1 = byte(1);
+    bool valid = b1 >= low && b1 <= high;
+    for (std::size_t i = 2; i < length; ++i) {
+      valid = valid && byte(i) >= 0x80 && byte(i) <= 0xBF;
+    }
+    if (!valid) {
+      syntaxError("invalid UTF-8 in a string");
+      return false;
+    }
+    if (out != nullptr) {
+      out->append(in_.data() + pos_, length);
+    }
+    pos_ += length;
+    return true;
+  }
+
+  void expectColon() {
+    skipWhitespace();
+    if (peek() != ':') {
+      syntaxError("expected ':' after an object key");
+      return;
+    }
+    ++pos_;
+    skipWhitespace();
+  }
+
+  // A string value into *out, or an error naming the field; other values are skipped over.
+  bool stringField(std::size_t index, std::string_view name, std::string* out) {
+    if (peek() != '"') {
+      invalidField(index, name, "must be a string");
+      skipValue(2);
+      return false;
+    }
+    parseString(out);
+    return ok();
+  }
+
+  // The event object at pos_ (which is '{'), at depth 1 or 0 below the top.
+  void parseEvent(std::size_t index, Event& event) {
+    enum Seen : unsigned {
+      kType = 1,
+      kId = 2,
+      kSource = 4,
+      kStoreId = 8,
+      kOccurredAt = 16,
+      kCustomer = 32,
+      kData = 64
+    };
+    unsigned seen = 0;
+    ++pos_;
+    skipWhitespace();
+    if (peek() == '}') {
+      ++pos_;
+      invalidField(index, "type", "is required");
+      return;
+    }
+    std::string key;
+    while (ok()) {
+      skipWhitespace();
+      if (peek() != '"') {
+        syntaxError("expected a string as object key");
+        return;
+      }
+      parseString(&key);
+      expectColon();
+      if (!ok()) {
+        return;
+      }
+      unsigned bit = 0;
+      if (key == "type") {
+        bit = kType;
+        stringField(index, key, &event.type);
+      } else if (key == "id") {
+        bit = kId;
+        stringField(index, key, &event.id);
+      } else if (key == "source") {
+        bit = kSource;
+        stringField(index, key, &event.source);
+      } else if (key == "store_id") {
+        bit = kStoreId;
+        stringField(index, key, &event.store_id);
+      } else if (key == "occurred_at") {
+        bit = kOccurredAt;
+        std::string text;
+        if (stringField(index, key, &text)) {
+          if (auto ms = parseRfc3339(text)) {
+            event.occurred_at_ms = *ms;
+          } else {
+            invalidField(index, key, "is not an RFC 3339 timestamp");
+          }
+        }
+      } else if (key == "received_at") {
+        invalidField(index, key, "is set by the agent and not accepted from producers");
+        skipValue(2);
+      } else if (key == "customer") {
+        bit = kCustomer;
+        parseCustomer(index, event);
+      } else if (key == "data") {
+        bit = kData;
+        if (peek() != '{') {
+          invalidField(index, key, "must be an object");
+          skipValue(2);
+        } else {
+          const std::size_t start = pos_;
+          skipValue(2);
+          if (ok()) {
+            event.data_json = compact(in_.substr(start, pos_ - start));
+          }
+        }
+      } else {
+        invalidField(index, key, "unknown field");
+        skipValue(2);
+      }
+      if ((seen & bit) != 0) {
+        invalidField(index, key, "appears more than once");
+      }
+      seen |= bit;
+
+      skipWhitespace();
+      if (peek() == ',') {
+        ++pos_;
+      } else if (peek() == '}') {
+        ++pos_;
+        break;
+      } else {
+        syntaxError("expected ',' or '}'");
+      }
+    }
+    if (ok() && (seen & kType) == 0) {
+      invalidField(index, "type", "is required");
+    }
+  }
+
+  void parseCustomer(std::size_t index, Event& event) {
+    if (peek() != '{') {
+      invalidField(index, "customer", "must be an object");
+      skipValue(2);
+      return;
+    }
+    ++pos_;
+    skipWhitespace();
+    if (peek() == '}') {
+      ++pos_;
+      return;
+    }
+    std::string key;
+    std::string value;
+    while (ok()) {
+      skipWhitespace();
+      if (peek() != '"') {
+        syntaxError("expected a string as object key");
+        return;
+      }
+      parseString(&key);
+      expectColon();
+      if (!ok()) {
+        return;
+      }
+      const std::string name = "customer." + key;
+      if (!isCustomerKey(key)) {
+        invalidField(index, name, "unknown field");
+        skipValue(3);
+      } else if (stringField(index, name, &value)) {
+        if (!event.customer.emplace(key, std::move(value)).second) {
+          invalidField(index, name, "appears more than once");
+        }
+      }
+      skipWhitespace();
+      if (peek() == ',') {
+        ++pos_;
+      } else if (peek() == '}') {
+        ++pos_;
+        return;
+      } else {
+        syntaxError("expected ',' or '}'");
+      }
+    }
+  }
+
+  std::string_view in_;
+  std::size_t pos_ = 0;
+  const std::size_t max_events_;
+  std::size_t count_ = 0;
+  std::vector<Event> events_;
+  std::optional<Error> syntax_error_;
+  std::optional<Error> invalid_;
+};
 
 }  // namespace
 
 Result<std::vector<Event>> parseEvents(std::string_view body, std::size_t max_events,
                                        bool* was_array) {
+  bool array = false;
+  Result<std::vector<Event>> result = makeError("invalid", "not parsed");
+  try {
+    result = Parser(body, max_events).run(&array);
+  } catch (const std::exception& e) {  // std::bad_alloc only: nothing else throws here
+    result = makeError("too_large", std::string("cannot hold the events: ") + e.what());
+  }
   if (was_array != nullptr) {
-    *was_array = false;
+    *was_array = array;
   }
-  if (const std::size_t at = tooDeepAt(body); at != std::string_view::npos) {
-    return makeError("invalid_json", "JSON nested deeper than " + std::to_string(kMaxDepth) +
-                                         " levels at byte " + std::to_string(at + 1));
-  }
-  Json root;
-  try {
-    root = Json::parse(body.begin(), body.end());
-  } catch (const Json::parse_error& e) {
-    // what() is "[json.exception.parse_error.101] parse error at line 1, column 16: <reason>".
-    std::string_view reason = e.what();
-    if (const auto colon = reason.find(": "); colon != std::string_view::npos) {
-      reason.remove_prefix(colon + 2);
-    }
-    return makeError("invalid_json", "malformed JSON at byte " + std::to_string(e.byte) + ": " +
-                                         std::string(reason));
-  } catch (const std::exception& e) {
-    return makeError("invalid_json", std::string("malformed JSON: ") + e.what());
-  }
-
-  std::vector<Event> events;
-  try {
-    if (root.is_object()) {
-      auto event = parseEvent(root, 0);
-      if (!event) {
-        return event.error();
-      }
-      events.push_back(std::move(*event));
-      return events;
-    }
-    if (!root.is_array()) {
-      return makeError("invalid", "the body must be a JSON event object or an array of them");
-    }
-    if (was_array != nullptr) {
-      *was_array = true;
-    }
-    if (root.empty()) {
-      return makeError("invalid", "the array holds no events");
-    }
-    if (root.size() > max_events) {
-      return makeError("too_large", std::to_string(root.size()) +
-                                        " events in one request; at most " +
-                                        std::to_string(max_events) + " are accepted");
-    }
-    events.reserve(root.size());
-    for (std::size_t i = 0; i < root.size(); ++i) {
-      auto event = parseEvent(root[i], i);
-      if (!event) {
-        return event.error();
-      }
-      events.push_back(std::move(*event));
-    }
-  } catch (const std::exception& e) {
-    // Not expected (types are checked before each access); a bad body must never escape.
-    return makeError("invalid", std::string("cannot read the events: ") + e.what());
-  }
-  return events;
+  return result;
 }
 
 }  // namespace omniedge::kiosk

@@ -15,6 +15,7 @@ namespace omniedge::kiosk {
 /// ones (type pattern, id format, sizes, PII hashing) are the EventWriter's.
 /// Accepted fields: type (required), id, source, store_id, occurred_at, customer (an object of
 /// strings with known identity keys) and data (an object, kept as compact JSON in data_json).
+/// A field given twice is an error; JSON nested deeper than 64 levels is "invalid_json".
 /// `*was_array` (when not null) tells whether the body was an array, also on failure once the
 /// JSON parsed.
 /// Thread: any (no shared state). Does not block. Never throws; fails with code "invalid_json"

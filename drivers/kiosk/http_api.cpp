@@ -100,14 +100,21 @@ std::string_view bearerToken(const std::string& header) {
   return trim(value.substr(kScheme.size()));
 }
 
-// Absent, or application/json with or without parameters (charset).
+// The body is read as JSON unless it is declared as something that cannot be JSON. Absent,
+// application/json (and any +json type) pass; so do text/plain and
+// application/x-www-form-urlencoded, which is what `curl -d` sends when its user forgot -H:
+// refusing those would only make a technician's first try fail for no gain.
 bool isJsonContentType(const httplib::Request& req) {
   if (!req.has_header("Content-Type")) {
     return true;
   }
   const std::string value = req.get_header_value("Content-Type");
   const std::string_view type = trim(std::string_view(value).substr(0, value.find(';')));
-  return equalsIgnoreCase(type, kJsonType);
+  constexpr std::string_view kJsonSuffix = "+json";
+  return equalsIgnoreCase(type, kJsonType) || equalsIgnoreCase(type, "text/plain") ||
+         equalsIgnoreCase(type, "application/x-www-form-urlencoded") ||
+         (type.size() > kJsonSuffix.size() &&
+          equalsIgnoreCase(type.substr(type.size() - kJsonSuffix.size()), kJsonSuffix));
 }
 
 void sendError(httplib::Response& res, int status, std::string_view code, std::string_view message,
@@ -122,14 +129,11 @@ void sendError(httplib::Response& res, int status, std::string_view code, std::s
       kJsonType);
 }
 
-// Reads the body and throws it away, so that the connection stays usable after an early
-// answer. Gives up past `limit` bytes (then the connection must close).
-bool drainBody(const httplib::ContentReader& reader, std::size_t limit) {
-  std::size_t seen = 0;
-  return reader([&](const char*, std::size_t n) {
-    seen += n;
-    return seen <= limit;
-  });
+// Reads the body and throws it away, so that the connection stays in step after an early
+// answer: httplib would otherwise parse the unread body as the next request. False when the
+// body could not be read (then the connection must close).
+bool drainBody(const httplib::ContentReader& reader) {
+  return reader([](const char*, std::size_t) { return true; });
 }
 
 // "[0].type" -> "type" when the body was a single object, so that the field names what the
@@ -204,8 +208,7 @@ Result<void> HttpApi::start() {
   if (options_.tokens.empty() && !isLoopback(options_.host)) {
     return makeError("config",
                      "refusing to serve the HTTP API on " + options_.host +
-                         " without tokens: configure http.tokens_file or bind to 127.0.0.1",
-                     "http.host");
+                         " without tokens: configure http.tokens_file or bind to 127.0.0.1");
   }
   try {
     server_ = std::make_unique<httplib::Server>();
@@ -225,7 +228,7 @@ Result<void> HttpApi::start() {
         message += std::strerror(err);
       }
       server_.reset();
-      return makeError("io", std::move(message), "http.listen");
+      return makeError("io", std::move(message));
     }
     port_ = bound;
     auto done = std::make_shared<std::atomic<bool>>(false);
@@ -236,7 +239,7 @@ Result<void> HttpApi::start() {
     // httplib's stop() is a no-op until listen has begun: wait for it, so that stop() never
     // races the thread's start. Takes microseconds.
     while (!server_->is_running() && !done->load()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      std::this_thread::yield();
     }
   } catch (const std::exception& e) {
     stop();
@@ -306,9 +309,10 @@ void HttpApi::installRoutes() {
         return httplib::Server::HandlerResponse::Handled;
       }));
   // A backstop only: serve() already turns exceptions into 500s.
-  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-    sendError(res, 500, "internal", "unexpected error");
-  });
+  s.set_exception_handler(
+      [](const httplib::Request&, httplib::Response& res, const std::exception_ptr&) {
+        sendError(res, 500, "internal", "unexpected error");
+      });
   // A client that asks before sending its body learns of a refusal without uploading it.
   s.set_expect_100_continue_handler([this](const httplib::Request& req, httplib::Response& res) {
     try {
@@ -319,6 +323,9 @@ void HttpApi::installRoutes() {
         sendError(res, 413, "too_large",
                   "the body exceeds " + std::to_string(options_.max_body_bytes) + " bytes");
       }
+      // This answer goes out without httplib's usual framing: add the length ourselves, or a
+      // kept-alive client could not tell where the body ends.
+      res.set_header("Content-Length", std::to_string(res.body.size()));
       countRequest(req, res);
       return res.status;
     } catch (...) {
@@ -380,13 +387,13 @@ void HttpApi::routeEvents(const httplib::Request& req, httplib::Response& res,
                           const httplib::ContentReader& reader) {
   const std::size_t max = options_.max_body_bytes;
   if (checkAccess(req, res) == Access::kDenied) {
-    if (!drainBody(reader, max)) {
+    if (!drainBody(reader)) {
       res.set_header("Connection", "close");
     }
     return;
   }
   if (!isJsonContentType(req)) {
-    if (!drainBody(reader, max)) {
+    if (!drainBody(reader)) {
       res.set_header("Connection", "close");
     }
     sendError(res, 415, "unsupported_media_type", "the body must be application/json");
@@ -395,8 +402,9 @@ void HttpApi::routeEvents(const httplib::Request& req, httplib::Response& res,
   std::string body;
   std::size_t seen = 0;
   bool too_large = false;
-  // Bodies without Content-Length (chunked, compressed) are capped here: over the limit the
-  // rest is read and dropped, and past twice the limit the connection is given up.
+  // httplib refuses an oversized Content-Length itself (status 413, body skipped unread).
+  // Bodies without one (chunked, or compressed) are capped here: past the limit the rest is
+  // read and dropped, never held, and never left in the connection (see drainBody()).
   const bool complete = reader([&](const char* data, std::size_t n) {
     seen += n;
     if (seen > max) {
@@ -404,19 +412,17 @@ void HttpApi::routeEvents(const httplib::Request& req, httplib::Response& res,
         too_large = true;
         std::string().swap(body);
       }
-      return seen <= 2 * max;
+      return true;
     }
     body.append(data, n);
     return true;
   });
   if (!complete && res.status == 413) {
-    too_large = true;  // httplib refused by Content-Length and skipped the body
+    too_large = true;
   } else if (!complete) {
     res.set_header("Connection", "close");
-    if (!too_large) {
-      sendError(res, 400, "bad_request", "the body could not be read");
-      return;
-    }
+    sendError(res, 400, "bad_request", "the body could not be read");
+    return;
   }
   if (too_large) {
     sendError(res, 413, "too_large", "the body exceeds " + std::to_string(max) + " bytes");
@@ -427,7 +433,7 @@ void HttpApi::routeEvents(const httplib::Request& req, httplib::Response& res,
 
 void HttpApi::routeOther(const httplib::Request& req, httplib::Response& res,
                          const httplib::ContentReader* reader) {
-  if (reader != nullptr && !drainBody(*reader, options_.max_body_bytes)) {
+  if (reader != nullptr && !drainBody(*reader)) {
     res.set_header("Connection", "close");
   }
   if (checkAccess(req, res) == Access::kDenied) {

@@ -104,8 +104,8 @@ class HttpApi {
   const std::function<HealthReport()> health_;
   const std::function<std::string()> metrics_;
 
-  std::unique_ptr<httplib::Server> server_;
-  std::thread thread_;
+  std::unique_ptr<httplib::Server> server_;  // owner's thread only (start/stop)
+  std::thread thread_;                       // owner's thread only
   std::atomic<int> port_{0};
 
   mutable std::mutex auth_mu_;

@@ -66,29 +66,46 @@ TEST_CASE("an array gives its events in order", "[unit][kiosk]") {
   CHECK((*events)[2].type == "e.f");
 }
 
-TEST_CASE("data is kept as compact JSON, key order and values intact", "[unit][kiosk]") {
+TEST_CASE("data is kept as the producer wrote it, minus whitespace", "[unit][kiosk]") {
   auto events = parseEvents(
-      R"({"type":"a.b","data":{ "z": 1, "a": [1, 2.5, "x\"y", null, true],
-          "nested": {"k": "caf\u00e9 \ud83d\uded2"}, "big": 12345678901234 }})",
+      R"({"type":"a.b","data":{ "z": 1, "a": [1, 2.50, "x\"y z", null, true, -0.5e+3],
+          "nested": {"k": "caf\u00e9 \ud83d\uded2 é"}, "big": 12345678901234567890 }})",
       kMax, nullptr);
   REQUIRE(events.has_value());
   const std::string& data = events->front().data_json;
   CHECK(data ==
-        "{\"z\":1,\"a\":[1,2.5,\"x\\\"y\",null,true],\"nested\":{\"k\":\"caf\xc3\xa9 "
-        "\xf0\x9f\x9b\x92\"},\"big\":12345678901234}");
-  CHECK(nlohmann::json::parse(data)["nested"]["k"] == "caf\xc3\xa9 \xf0\x9f\x9b\x92");
+        R"({"z":1,"a":[1,2.50,"x\"y z",null,true,-0.5e+3],"nested":{"k":"caf\u00e9 \ud83d\uded2 )"
+        "\xc3\xa9\"},\"big\":12345678901234567890}");
+  const auto parsed = nlohmann::json::parse(data);
+  CHECK(parsed["nested"]["k"] == "caf\xc3\xa9 \xf0\x9f\x9b\x92 \xc3\xa9");
+  CHECK(parsed["a"][2] == "x\"y z");
+}
+
+TEST_CASE("strings are decoded: escapes, surrogate pairs, UTF-8", "[unit][kiosk]") {
+  auto events = parseEvents(
+      R"({"type":"a.b","source":"k\u00e9\n\t\/\\\"\ud83d\uded2","store_id":"€"})", kMax, nullptr);
+  REQUIRE(events.has_value());
+  CHECK(events->front().source == "k\xc3\xa9\n\t/\\\"\xf0\x9f\x9b\x92");
+  CHECK(events->front().store_id == "\xe2\x82\xac");
 }
 
 TEST_CASE("malformed JSON is invalid_json with the byte position", "[unit][kiosk]") {
   const Error e = errorOf(R"({"type": "a.b",, })");
   CHECK(e.code == "invalid_json");
-  CHECK(e.message.find("at byte 16: syntax error") == 15);
+  CHECK(e.message.rfind("malformed JSON at byte 16: ", 0) == 0);
   CHECK(errorOf("").code == "invalid_json");
   CHECK(errorOf(R"({"type":"a.b"} trailing)").code == "invalid_json");
-  CHECK(errorOf("{\"type\":\"\xff\"}").code == "invalid_json");  // not UTF-8
+  CHECK(errorOf("{\"type\":\"\xff\"}").code == "invalid_json");          // not UTF-8
+  CHECK(errorOf("{\"type\":\"\xed\xa0\x80\"}").code == "invalid_json");  // UTF-8 surrogate
+  CHECK(errorOf(R"({"type":"\ud800"})").code == "invalid_json");         // lone surrogate
+  CHECK(errorOf(R"({"type":"a.b","data":{"x":1e999}})").code == "invalid_json");
+  CHECK(errorOf(R"({"type":"a.b","data":{"x":01}})").code == "invalid_json");
+  CHECK(errorOf(R"([{"type":"a.b"},])").code == "invalid_json");
+  CHECK(errorOf("{\"type\":\"a\tb\"}").code == "invalid_json");  // raw control character
+  CHECK(errorOf(std::string("{\"type\":\"a.b\"}\0", 15)).code == "invalid_json");
 }
 
-TEST_CASE("absurdly deep nesting is refused before parsing", "[unit][kiosk]") {
+TEST_CASE("absurdly deep nesting is refused, not recursed into", "[unit][kiosk]") {
   const std::string deep =
       R"({"type":"a.b","data":{"x":)" + std::string(100000, '[') + std::string(100000, ']') + "}}";
   const Error e = errorOf(deep);
@@ -98,6 +115,11 @@ TEST_CASE("absurdly deep nesting is refused before parsing", "[unit][kiosk]") {
   auto ok = parseEvents(R"({"type":"a.b","data":{"x":")" + std::string(1000, '[') + "\"}}", kMax,
                         nullptr);
   CHECK(ok.has_value());
+}
+
+TEST_CASE("malformed JSON wins over a bad field earlier in the body", "[unit][kiosk]") {
+  CHECK(errorOf(R"([{"colour":"red"},{"type":"a.b",}])").code == "invalid_json");
+  CHECK(errorOf(R"([{"colour":"red"},{"type":"a.b"}])").code == "invalid");
 }
 
 TEST_CASE("each bad field is named with its index and the reason", "[unit][kiosk]") {
@@ -130,6 +152,9 @@ TEST_CASE("each bad field is named with its index and the reason", "[unit][kiosk
        "is not an RFC 3339 timestamp"},
       {R"([{"type":"a.b"},{"kind":"c.d"}])", "[1].kind", "unknown field"},
       {R"([{"type":"a.b"},{}])", "[1].type", "is required"},
+      {R"({"type":"a.b","id":"1","id":"2"})", "[0].id", "appears more than once"},
+      {R"({"type":"a.b","customer":{"email":"a","email":"b"}})", "[0].customer.email",
+       "appears more than once"},
   }));
   CAPTURE(c.body);
   const Error e = errorOf(c.body);
