@@ -129,7 +129,7 @@ Result<sqlite3*> openConnection(const fs::path& file, bool synchronous_full) {
   const std::string pragmas = std::string(
                                   "PRAGMA auto_vacuum=INCREMENTAL;"
                                   "PRAGMA journal_mode=WAL;"
-                                  "PRAGMA journal_size_limit=67108864;"
+                                  "PRAGMA journal_size_limit=8388608;"
                                   "PRAGMA temp_store=MEMORY;"
                                   "PRAGMA synchronous=") +
                               (synchronous_full ? "FULL;" : "NORMAL;");
@@ -144,6 +144,7 @@ Result<sqlite3*> openConnection(const fs::path& file, bool synchronous_full) {
 
 struct Buffer::Request {
   std::vector<StoredEvent> events;
+  std::size_t bytes = 0;
   std::promise<Result<AppendCounts>> done;
 };
 
@@ -491,6 +492,9 @@ Result<AppendCounts> Buffer::append(std::vector<StoredEvent> events) {
   }
   auto req = std::make_shared<Request>();
   req->events = std::move(events);
+  for (const auto& e : req->events) {
+    req->bytes += e.body.size();
+  }
   auto fut = req->done.get_future();
   {
     std::lock_guard lock(mu_);

@@ -32,9 +32,10 @@ struct BufferOptions {
   std::filesystem::path dir;      // the data dir; the file is dir/buffer.db
   bool synchronous_full = true;   // buffer.synchronous: full survives power cuts, normal crashes
   int64_t max_bytes = 1LL << 30;  // buffer.max_bytes: cap on the bytes the events occupy
-  int64_t min_free_disk = 256LL << 20;   // buffer.min_free_disk: never grow into this
-  int64_t retain_delivered_s = 0;        // keep delivered events this long (tail/export)
-  std::size_t max_group_events = 20000;  // most events in one transaction
+  int64_t min_free_disk = 256LL << 20;    // buffer.min_free_disk: never grow into this
+  int64_t retain_delivered_s = 0;         // keep delivered events this long (tail/export)
+  std::size_t max_group_events = 20000;   // most events in one transaction
+  std::size_t max_group_bytes = 4 << 20;  // and most bytes (bounds the WAL)
 };
 
 /// An event ready to store: validated, completed and serialised by Ingest.

@@ -525,4 +525,24 @@ void TcpProxy::run() {
   }
 }
 
+std::size_t waitForAllIds(Subscriber& sub, const std::vector<std::string>& ids,
+                          std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::size_t from = 0;  // ids before this one have arrived
+  for (;;) {
+    while (from < ids.size() && sub.hasEventId(ids[from])) {
+      ++from;
+    }
+    if (from == ids.size() || std::chrono::steady_clock::now() >= deadline) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::size_t missing = 0;
+  for (std::size_t i = from; i < ids.size(); ++i) {
+    missing += sub.hasEventId(ids[i]) ? 0 : 1;
+  }
+  return missing;
+}
+
 }  // namespace omniedge::testing

@@ -139,6 +139,11 @@ class Subscriber {
   std::size_t events_received_ = 0;        // guarded by mu_
 };
 
+/// Waits until every id in `ids` arrived at `sub` (or `timeout` passed); returns how many are
+/// still missing (0: all there).
+std::size_t waitForAllIds(Subscriber& sub, const std::vector<std::string>& ids,
+                          std::chrono::milliseconds timeout);
+
 /// Forwards 127.0.0.1:port() to 127.0.0.1:target_port, one thread; dropConnections() resets
 /// every proxied connection (RST, no MQTT DISCONNECT), so the broker fires the client's will.
 class TcpProxy {

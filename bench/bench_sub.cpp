@@ -1,0 +1,189 @@
+// The drain benchmark's verifier (P3): subscribes to the uplink topic (QoS 1), gunzips each
+// batch, and counts distinct event ids until it has seen `--expect` of them or `--timeout` s
+// passed.
+//
+//   bench_sub --url tcp://127.0.0.1:PORT --topic T --expect N [--type TYPE] [--timeout S]
+//             [--ready FILE]
+//
+// With --type only events of that type are counted (the agent adds its own agent.* events).
+// Writes FILE (when given) once subscribed. Prints
+//   "RESULT sub <distinct> <messages> <events_with_dups> <first_msg_unix_ms> <done_unix_ms>
+//    <wire_bytes> <json_bytes> <cpu_seconds>"
+// and exits 0 when all N ids arrived, 1 otherwise.
+#include <mqtt/async_client.h>
+#include <sys/resource.h>
+#include <zlib.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_set>
+
+namespace {
+
+int64_t unixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+bool gunzip(std::string_view in, std::string& out) {
+  z_stream zs{};
+  if (inflateInit2(&zs, 15 + 32) != Z_OK) {  // +32: gzip or zlib header, detected
+    return false;
+  }
+  out.resize(std::max<std::size_t>(in.size() * 8, 1 << 16));
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  zs.avail_in = static_cast<uInt>(in.size());
+  int rc = Z_OK;
+  for (int rounds = 0; rounds < 64 && rc != Z_STREAM_END; ++rounds) {
+    if (zs.total_out == out.size()) {
+      out.resize(out.size() * 2);
+    }
+    zs.next_out = reinterpret_cast<Bytef*>(out.data() + zs.total_out);
+    zs.avail_out = static_cast<uInt>(out.size() - zs.total_out);
+    rc = inflate(&zs, Z_NO_FLUSH);
+    if (rc != Z_OK && rc != Z_STREAM_END) {
+      break;
+    }
+  }
+  out.resize(zs.total_out);
+  inflateEnd(&zs);
+  return rc == Z_STREAM_END;
+}
+
+class Counter {
+ public:
+  Counter(uint64_t expect, std::string type)
+      : expect_(expect), type_prefix_(type.empty() ? "" : ",\"type\":\"" + type + "\"") {
+    ids_.reserve(expect + expect / 4);
+  }
+
+  void onPayload(std::string_view payload) {
+    std::lock_guard lock(mu_);  // Paho calls back from one thread; the lock guards print()
+    std::string_view json = payload;
+    if (payload.size() >= 2 && static_cast<unsigned char>(payload[0]) == 0x1f &&
+        static_cast<unsigned char>(payload[1]) == 0x8b) {
+      if (!gunzip(payload, scratch_)) {
+        bad_.fetch_add(1);
+        return;
+      }
+      json = scratch_;
+    }
+    // Every event envelope starts with {"id":"<uuid>" (agent/ingest.cpp serialiseEvent).
+    static constexpr std::string_view kKey = "{\"id\":\"";
+    wire_bytes_ += payload.size();
+    json_bytes_ += json.size();
+    if (first_ms_ == 0) {
+      first_ms_ = unixMs();
+    }
+    ++messages_;
+    for (std::size_t pos = json.find(kKey); pos != std::string_view::npos;
+         pos = json.find(kKey, pos + kKey.size())) {
+      const std::size_t start = pos + kKey.size();
+      const std::size_t end = json.find('"', start);
+      if (end == std::string_view::npos) {
+        break;
+      }
+      if (!type_prefix_.empty() && json.substr(end + 1, type_prefix_.size()) != type_prefix_) {
+        continue;  // not one of the events we count (agent.started and the like)
+      }
+      ++events_;
+      ids_.emplace(json.substr(start, end - start));
+    }
+    if (ids_.size() >= expect_ && done_ms_ == 0) {
+      done_ms_ = unixMs();
+      cv_.notify_all();
+    }
+  }
+
+  bool waitDone(int timeout_s) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(timeout_s), [&] { return done_ms_ != 0; });
+  }
+
+  void print() {
+    std::lock_guard lock(mu_);
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    const double cpu_s = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    std::printf("RESULT sub %zu %llu %llu %lld %lld %llu %llu %.2f\n", ids_.size(),
+                static_cast<unsigned long long>(messages_),
+                static_cast<unsigned long long>(events_), static_cast<long long>(first_ms_),
+                static_cast<long long>(done_ms_), static_cast<unsigned long long>(wire_bytes_),
+                static_cast<unsigned long long>(json_bytes_), cpu_s);
+    if (bad_.load() > 0) {
+      std::fprintf(stderr, "bench_sub: %llu payloads failed to decompress\n",
+                   static_cast<unsigned long long>(bad_.load()));
+    }
+    std::fflush(stdout);
+  }
+
+ private:
+  const uint64_t expect_;
+  const std::string type_prefix_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::unordered_set<std::string> ids_;
+  std::string scratch_;
+  uint64_t messages_ = 0;
+  uint64_t wire_bytes_ = 0;  // as published (gzip)
+  uint64_t json_bytes_ = 0;  // after gunzip
+  uint64_t events_ = 0;
+  int64_t first_ms_ = 0;
+  int64_t done_ms_ = 0;
+  std::atomic<uint64_t> bad_{0};
+};
+
+const char* arg(int argc, char** argv, const char* name, const char* fallback) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], name) == 0) {
+      return argv[i + 1];
+    }
+  }
+  return fallback;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string url = arg(argc, argv, "--url", "tcp://127.0.0.1:1883");
+  const std::string topic = arg(argc, argv, "--topic", "omniedge/v1/+/+/events");
+  const uint64_t expect = std::strtoull(arg(argc, argv, "--expect", "1"), nullptr, 10);
+  const int timeout_s = std::atoi(arg(argc, argv, "--timeout", "120"));
+  const std::string ready = arg(argc, argv, "--ready", "");
+
+  Counter counter(expect, arg(argc, argv, "--type", ""));
+  try {
+    mqtt::async_client client(url, "bench-sub-" + std::to_string(unixMs()), nullptr);
+    client.set_message_callback([&](mqtt::const_message_ptr msg) {
+      const auto& p = msg->get_payload_ref();
+      counter.onPayload(std::string_view(p.data(), p.size()));
+    });
+    auto conn = mqtt::connect_options_builder().clean_session(true).keep_alive_interval(
+        std::chrono::seconds(30));
+    client.connect(conn.finalize())->wait();
+    client.subscribe(topic, 1)->wait();
+    if (!ready.empty()) {
+      std::ofstream(ready) << "subscribed\n";
+    }
+    const bool ok = counter.waitDone(timeout_s);
+    counter.print();
+    client.disconnect()->wait_for(std::chrono::seconds(2));
+    return ok ? 0 : 1;
+  } catch (const mqtt::exception& e) {
+    std::fprintf(stderr, "bench_sub: %s\n", e.what());
+    counter.print();
+    return 1;
+  }
+}
