@@ -1,6 +1,5 @@
 #include "agent/cli.h"
 
-#include <curl/curl.h>
 #include <openssl/crypto.h>
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -621,10 +620,8 @@ int cmdConfig(int argc, char** argv) {
 }
 
 int cmdVersion() {
-  const auto* curl = curl_version_info(CURLVERSION_NOW);
   std::cout << "omniedge " << kVersion << " (git " << kGitRevision << ", " << kBuildType << ")\n"
             << "  sqlite " << sqlite3_libversion() << "\n"
-            << "  libcurl " << (curl != nullptr ? curl->version : "?") << "\n"
             << "  " << OpenSSL_version(OPENSSL_VERSION) << "\n"
             << "  zlib " << zlibVersion() << "\n"
             << "  spdlog " << SPDLOG_VER_MAJOR << "." << SPDLOG_VER_MINOR << "." << SPDLOG_VER_PATCH

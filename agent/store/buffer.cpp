@@ -21,6 +21,11 @@ constexpr int64_t kRowOverhead = 40;
 // Quick-check the whole file at every start while it is this small (milliseconds); a larger
 // file is checked at start only after an unclean shutdown (see docs/architecture.md).
 constexpr int64_t kAlwaysCheckBelow = 64LL << 20;
+// What the WAL may take beside the file: it is truncated to journal_size_limit (4 MiB) after a
+// checkpoint, and one group commit (at most max_group_bytes, 2 MiB) may add to it before that.
+constexpr int64_t kWalReserve = 8LL << 20;
+// How long delivered POS ids are remembered to refuse a second copy of the same transaction.
+constexpr int64_t kDedupWindowMs = 35LL * 24 * 3600 * 1000;
 
 int64_t nowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -95,7 +100,7 @@ bool run(Stmt& s) {
 
 const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS events(
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  seq INTEGER PRIMARY KEY,
   id TEXT NOT NULL UNIQUE,
   type TEXT NOT NULL,
   prio INTEGER NOT NULL,
@@ -112,6 +117,8 @@ CREATE TABLE IF NOT EXISTS delivered(
   delivered_ms INTEGER NOT NULL,
   body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS delivered_age ON delivered(delivered_ms);
+CREATE TABLE IF NOT EXISTS delivered_ids(
+  id TEXT PRIMARY KEY, delivered_ms INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 )sql";
 
@@ -129,7 +136,7 @@ Result<sqlite3*> openConnection(const fs::path& file, bool synchronous_full) {
   const std::string pragmas = std::string(
                                   "PRAGMA auto_vacuum=INCREMENTAL;"
                                   "PRAGMA journal_mode=WAL;"
-                                  "PRAGMA journal_size_limit=8388608;"
+                                  "PRAGMA journal_size_limit=4194304;"
                                   "PRAGMA temp_store=MEMORY;"
                                   "PRAGMA synchronous=") +
                               (synchronous_full ? "FULL;" : "NORMAL;");
@@ -154,8 +161,11 @@ struct Buffer::Statements {
   Stmt select_low, delete_low, save_counter, oldest;
   Stmt page_count, freelist_count, incremental_vacuum;
   Stmt read_pending;  // on the reader connection
+  Stmt remember_delivered, forget_delivered;
   int64_t counter_events[3] = {0, 0, 0};
   int64_t counter_bytes[3] = {0, 0, 0};
+  int64_t counter_last_seq = 0;  // as saved
+  int64_t next_seq = 1;          // writer thread: the next event's seq
 };
 
 Buffer::Buffer(BufferOptions options) : options_(std::move(options)) {}
@@ -305,6 +315,7 @@ int64_t Buffer::salvage(const fs::path& old_file) {
                "DELETE FROM counters;"
                "INSERT INTO counters SELECT prio, count(*), "
                "sum(length(body) + length(id) + length(type) + 40) FROM events GROUP BY prio;"
+               "INSERT INTO counters VALUES(3, (SELECT coalesce(max(seq), 0) FROM events), 0);"
                "COMMIT");
   }
   sqlite3_finalize(sel);
@@ -324,9 +335,17 @@ Result<void> Buffer::prepare() {
            {&s.savepoint, "SAVEPOINT request"},
            {&s.release, "RELEASE request"},
            {&s.rollback_to, "ROLLBACK TO request"},
+           // An id already in the buffer, or a high-priority one delivered within the dedup
+           // window, is not stored again: re-reading a POS file never yields a second event.
            {&s.insert,
-            "INSERT INTO events(id, type, prio, received_ms, body) VALUES(?,?,?,?,?) "
+            "INSERT INTO events(seq, id, type, prio, received_ms, body) "
+            "SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
+            "WHERE NOT EXISTS (SELECT 1 FROM delivered_ids WHERE id = ?2) "
             "ON CONFLICT(id) DO NOTHING"},
+           {&s.remember_delivered,
+            "INSERT OR IGNORE INTO delivered_ids(id, delivered_ms) "
+            "SELECT id, ? FROM events WHERE seq BETWEEN ? AND ? AND prio = 0"},
+           {&s.forget_delivered, "DELETE FROM delivered_ids WHERE delivered_ms < ?"},
            {&s.delete_range,
             "DELETE FROM events WHERE seq BETWEEN ? AND ? "
             "RETURNING prio, length(body) + length(id) + length(type)"},
@@ -364,7 +383,13 @@ Result<void> Buffer::prepare() {
     return r;
   }
   std::lock_guard lock(mu_);
-  stats_.last_seq = queryInt(db, "SELECT max(seq) FROM events");
+  // Seqs are never reused: the highest ever given is kept in counters (row 3), written in the
+  // same transaction as the rows (cheaper than AUTOINCREMENT's extra table page per commit).
+  s.next_seq =
+      std::max({queryInt(db, "SELECT coalesce(max(seq), 0) FROM events"),
+                queryInt(db, "SELECT coalesce(max(seq), 0) FROM delivered"), s.counter_last_seq}) +
+      1;
+  stats_.last_seq = s.next_seq - 1;
   refreshStatsLocked();
   return {};
 }
@@ -375,6 +400,7 @@ void Buffer::loadCounters() {
     s.counter_events[p] = 0;
     s.counter_bytes[p] = 0;
   }
+  s.counter_last_seq = 0;
   sqlite3_stmt* st = nullptr;
   if (sqlite3_prepare_v2(db_, "SELECT prio, events, bytes FROM counters", -1, &st, nullptr) ==
       SQLITE_OK) {
@@ -383,6 +409,8 @@ void Buffer::loadCounters() {
       if (p >= 0 && p < 3) {
         s.counter_events[p] = sqlite3_column_int64(st, 1);
         s.counter_bytes[p] = sqlite3_column_int64(st, 2);
+      } else if (p == 3) {
+        s.counter_last_seq = sqlite3_column_int64(st, 1);
       }
     }
   }
@@ -391,10 +419,11 @@ void Buffer::loadCounters() {
 
 bool Buffer::saveCounters() {
   auto& s = *st_;
-  for (int p = 0; p < 3; ++p) {
+  s.counter_last_seq = s.next_seq - 1;
+  for (int p = 0; p < 4; ++p) {
     s.save_counter.bind(1, p);
-    s.save_counter.bind(2, s.counter_events[p]);
-    s.save_counter.bind(3, s.counter_bytes[p]);
+    s.save_counter.bind(2, p < 3 ? s.counter_events[p] : s.counter_last_seq);
+    s.save_counter.bind(3, p < 3 ? s.counter_bytes[p] : 0);
     if (!run(s.save_counter)) {
       return false;
     }
@@ -430,7 +459,11 @@ int64_t Buffer::capBytes() {
     }
     s.freelist_count.reset();
     const int64_t file_bytes = pages * page_size_;
-    const int64_t growth = std::max<int64_t>(0, free_bytes - options_.min_free_disk);
+    // The WAL lives beside the file: keep room for it to reach its usual size again.
+    std::error_code ec;
+    const auto wal = static_cast<int64_t>(fs::file_size(options_.dir / "buffer.db-wal", ec));
+    const int64_t wal_room = std::max<int64_t>(0, kWalReserve - (ec ? 0 : wal));
+    const int64_t growth = std::max<int64_t>(0, free_bytes - options_.min_free_disk - wal_room);
     const int64_t allowed_file = file_bytes + growth;
     const int64_t max_pages = std::max<int64_t>(pages + 16, allowed_file / page_size_);
     sqlite3_stmt* st = nullptr;
@@ -577,13 +610,21 @@ void Buffer::writerLoop() {
       acks.swap(ack_queue_);
       acks_taken = acks_enqueued_;
     }
-    commitGroup(group, acks);
+    const bool acks_done = commitGroup(group, acks);
     group.clear();
-    acks.clear();
-    {
+    if (!acks_done) {
+      // The disk is full or failing: keep the acknowledgements for the next round (they are
+      // what frees the space) and do not spin on it.
+      {
+        std::lock_guard lock(mu_);
+        ack_queue_.insert(ack_queue_.begin(), acks.begin(), acks.end());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    } else {
       std::lock_guard lock(mu_);
       acks_committed_ = acks_taken;
     }
+    acks.clear();
     acked_cv_.notify_all();
     newer_cv_.notify_all();
   }
@@ -592,23 +633,31 @@ void Buffer::writerLoop() {
   acked_cv_.notify_all();
 }
 
-void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
+bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
                          std::vector<std::pair<int64_t, int64_t>>& acks) {
   auto& s = *st_;
   std::vector<std::optional<Result<AppendCounts>>> results(group.size());
+  const int64_t seq_at_begin = s.next_seq;
   auto failAll = [&](const Error& e) {
     for (std::size_t i = 0; i < group.size(); ++i) {
       group[i]->done.set_value(e);
     }
     loadCounters();
+    st_->next_seq = seq_at_begin;
   };
   if (!run(s.begin)) {
     failAll(makeError("io", sqliteError(db_, "begin")));
-    return;
+    return acks.empty();
   }
   const int64_t now = nowMs();
   uint64_t acked = 0;
   for (const auto& [first, last] : acks) {
+    // Delivered POS ids are remembered for kDedupWindowMs, so that the same transaction read
+    // again (a file dropped twice, a crash between commit and move) is not sent again.
+    s.remember_delivered.bind(1, now);
+    s.remember_delivered.bind(2, first);
+    s.remember_delivered.bind(3, last);
+    (void)run(s.remember_delivered);
     if (options_.retain_delivered_s > 0) {
       s.copy_delivered.bind(1, now);
       s.copy_delivered.bind(2, first);
@@ -626,6 +675,11 @@ void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
       ++acked;
     }
     s.delete_range.reset();
+  }
+  if (now - dedup_purged_ms_ >= 600000) {
+    dedup_purged_ms_ = now;
+    s.forget_delivered.bind(1, now - kDedupWindowMs);
+    (void)run(s.forget_delivered);
   }
   if (options_.retain_delivered_s > 0 && now - purged_ms_ >= 10000) {
     purged_ms_ = now;  // expired delivered events go at most every 10 s, by index
@@ -664,13 +718,15 @@ void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
     int64_t delta_bytes[3] = {0, 0, 0};
     AppendCounts counts;
     int rc = SQLITE_DONE;
+    const int64_t seq_at_savepoint = s.next_seq;
     (void)run(s.savepoint);
     for (const auto& e : events) {
-      s.insert.bind(1, e.id);
-      s.insert.bind(2, e.type);
-      s.insert.bind(3, static_cast<int64_t>(e.priority));
-      s.insert.bind(4, e.received_at_ms);
-      s.insert.bind(5, e.body);
+      s.insert.bind(1, s.next_seq);
+      s.insert.bind(2, e.id);
+      s.insert.bind(3, e.type);
+      s.insert.bind(4, static_cast<int64_t>(e.priority));
+      s.insert.bind(5, e.received_at_ms);
+      s.insert.bind(6, e.body);
       rc = s.insert.step();
       s.insert.reset();
       if (rc != SQLITE_DONE) {
@@ -681,9 +737,9 @@ void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
         delta_events[p] += 1;
         delta_bytes[p] += rowCost(e);
         ++counts.stored;
-        const int64_t seq = sqlite3_last_insert_rowid(db_);
-        max_seq = std::max(max_seq, seq);
-        inserted.emplace_back(seq, &e);
+        max_seq = s.next_seq;
+        inserted.emplace_back(s.next_seq, &e);
+        ++s.next_seq;
       } else {
         ++counts.duplicates;
       }
@@ -692,6 +748,7 @@ void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
       const int primary = rc & 0xff;
       const std::string msg = sqliteError(db_, "storing events");
       inserted.resize(inserted.size() - counts.stored);
+      s.next_seq = seq_at_savepoint;
       (void)run(s.rollback_to);
       (void)run(s.release);
       if (primary == SQLITE_FULL) {
@@ -714,13 +771,26 @@ void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
   }
 
   if (!saveCounters() || !run(s.commit)) {
+    const bool disk_full = (sqlite3_errcode(db_) & 0xff) == SQLITE_FULL;
     const std::string msg = sqliteError(db_, "commit");
     (void)run(s.rollback);
     spdlog::error("buffer: {}", msg);
-    failAll(makeError((sqlite3_errcode(db_) & 0xff) == SQLITE_FULL ? "full" : "io", msg));
-    std::lock_guard lock(mu_);
-    stats_.rejected_full += group.size();
-    return;
+    failAll(makeError(disk_full ? "full" : "io", msg));
+    {
+      std::lock_guard lock(mu_);
+      stats_.rejected_full += group.size();
+    }
+    if (disk_full) {
+      // Fold the WAL back into the file and shrink it, then try the acknowledgements alone:
+      // deleting delivered events is what makes room again.
+      (void)exec(db_, "PRAGMA wal_checkpoint(TRUNCATE)");
+      cap_cache_ = 0;
+      if (!group.empty() && !acks.empty()) {
+        std::vector<std::shared_ptr<Request>> none;
+        return commitGroup(none, acks);
+      }
+    }
+    return acks.empty();
   }
 
   {
@@ -753,6 +823,7 @@ void Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
   for (std::size_t i = 0; i < group.size(); ++i) {
     group[i]->done.set_value(std::move(*results[i]));
   }
+  return true;
 }
 
 void Buffer::refreshStatsLocked() {

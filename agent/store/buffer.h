@@ -35,7 +35,7 @@ struct BufferOptions {
   int64_t min_free_disk = 256LL << 20;    // buffer.min_free_disk: never grow into this
   int64_t retain_delivered_s = 0;         // keep delivered events this long (tail/export)
   std::size_t max_group_events = 20000;   // most events in one transaction
-  std::size_t max_group_bytes = 4 << 20;  // and most bytes (bounds the WAL)
+  std::size_t max_group_bytes = 2 << 20;  // and most bytes (bounds the WAL)
 };
 
 /// An event ready to store: validated, completed and serialised by Ingest.
@@ -138,7 +138,8 @@ class Buffer final : public Outbox {
   explicit Buffer(BufferOptions options);
   struct Request;
   void writerLoop();
-  void commitGroup(std::vector<std::shared_ptr<Request>>& group,
+  /// One transaction; false when the acknowledgements in it could not be committed.
+  bool commitGroup(std::vector<std::shared_ptr<Request>>& group,
                    std::vector<std::pair<int64_t, int64_t>>& acks);
   Result<void> prepare();
   Result<void> recover(const std::string& problem);
@@ -178,6 +179,7 @@ class Buffer final : public Outbox {
   int64_t cap_cache_ = 0;
   int64_t file_bytes_ = 0;
   int64_t purged_ms_ = 0;
+  int64_t dedup_purged_ms_ = 0;
   std::thread writer_;
 };
 

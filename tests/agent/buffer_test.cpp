@@ -304,3 +304,45 @@ TEST_CASE("with no free disk above buffer.min_free_disk every priority is pushed
   CHECK(beacon.error().code == "full");
   CHECK(b->stats().rejected_full == 2);
 }
+
+TEST_CASE("a delivered high-priority event is not stored again when it is read a second time",
+          "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir);
+  auto sale = makeEvent("pos.transaction");
+  sale.id = "store-042:ws-1:2026-11-22:17";
+  auto view = makeEvent("kiosk.view", 100, 2);
+  REQUIRE(b->append({sale, view}).has_value());
+  auto p = b->readPending(0, 10, 1 << 20);
+  REQUIRE(p.has_value());
+  b->acknowledge(p->front().seq, p->back().seq);
+  b->syncAcknowledgements();
+  REQUIRE(pendingTotal(*b) == 0);
+
+  auto again = b->append({sale, view});
+  REQUIRE(again.has_value());
+  CHECK(again->duplicates == 1);  // the sale: delivered before
+  CHECK(again->stored == 1);      // normal priority is not remembered: the centre de-duplicates
+  CHECK(b->stats().pending[0] == 0);
+}
+
+TEST_CASE("sequence numbers keep growing across restarts even when everything was delivered",
+          "[unit][buffer]") {
+  TempDir dir;
+  int64_t last = 0;
+  {
+    auto b = openBuffer(dir);
+    REQUIRE(b->append({makeEvent("kiosk.a", 10, 1), makeEvent("kiosk.b", 10, 2)}).has_value());
+    auto p = b->readPending(0, 10, 1 << 20);
+    REQUIRE(p.has_value());
+    last = p->back().seq;
+    b->acknowledge(p->front().seq, last);
+    b->syncAcknowledgements();
+  }
+  auto b = openBuffer(dir);
+  REQUIRE(b->append({makeEvent("kiosk.c", 10, 3)}).has_value());
+  auto p = b->readPending(0, 10, 1 << 20);
+  REQUIRE(p.has_value());
+  REQUIRE(p->size() == 1);
+  CHECK(p->front().seq > last);
+}

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -55,7 +56,7 @@ std::string sales(int n, int offset) {
 TEST_CASE("a full disk pushes POS producers back with 503, loses nothing, and recovers",
           "[integration][fault][disk]") {
   TempDir tmp;
-  SmallDisk disk(tmp / "data", "16m");
+  SmallDisk disk(tmp / "data", "32m");
   if (!disk.mounted()) {
     WARN("cannot mount a tmpfs here (not root?): skipped");
     return;
@@ -103,4 +104,57 @@ TEST_CASE("a full disk pushes POS producers back with 503, loses nothing, and re
   // Room again: the same producer is accepted.
   CHECK(agent.post("/v1/events", sales(50, 1000000)).first == 202);
   CHECK(agent.stop() == 0);
+}
+
+TEST_CASE("a disk filled by someone else pushes back, and the agent recovers when space returns",
+          "[integration][fault][disk]") {
+  TempDir tmp;
+  SmallDisk disk(tmp / "data", "32m");
+  if (!disk.mounted()) {
+    WARN("cannot mount a tmpfs here (not root?): skipped");
+    return;
+  }
+  MosquittoBroker broker;
+  Subscriber sub(broker.url(), "omniedge/v1/+/+/events");
+  broker.stop();
+  AgentProcess agent(tmp / "data", {{"OMNIEDGE_MQTT_URL", broker.url()},
+                                    {"OMNIEDGE_BUFFER_MIN_FREE_DISK", "1M"},
+                                    {"OMNIEDGE_MQTT_RECONNECT_MIN", "1"},
+                                    {"OMNIEDGE_MQTT_RECONNECT_MAX", "2"}});
+  REQUIRE(agent.start());
+  std::vector<std::string> acked;
+  auto post = [&](int offset) {
+    auto [status, body] = agent.post("/v1/events", sales(50, offset));
+    if (status == 202) {
+      const auto answer = json::parse(body);
+      for (const auto& id : answer["ids"]) {
+        acked.push_back(id.get<std::string>());
+      }
+    }
+    return status;
+  };
+  for (int r = 0; r < 20; ++r) {
+    REQUIRE(post(r * 50) == 202);
+  }
+  // Another process takes every byte that is left.
+  {
+    std::ofstream filler(tmp / "data" / "filler", std::ios::binary);
+    const std::string block(1 << 20, 'f');
+    while (filler.write(block.data(), static_cast<std::streamsize>(block.size()))) {
+    }
+  }
+  int status = 0;
+  for (int r = 0; r < 50 && status != 503; ++r) {
+    status = post(100000 + r * 50);
+  }
+  CHECK(status == 503);
+  CHECK(agent.get("/v1/health").first != -1);  // alive
+
+  std::filesystem::remove(tmp / "data" / "filler");  // space returns
+  broker.start();
+  const auto flushed = agent.cli({"flush", "--wait", "60"});
+  INFO(flushed.out << agent.log());
+  REQUIRE(flushed.exit_code == 0);
+  CHECK(omniedge::testing::waitForAllIds(sub, acked, 60s) == 0);
+  CHECK(post(200000) == 202);
 }
