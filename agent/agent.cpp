@@ -4,7 +4,6 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,8 +16,11 @@
 #include "agent/control_socket.h"
 #include "agent/ingest.h"
 #include "agent/pii.h"
+#include "agent/source_runner.h"
 #include "agent/store/buffer.h"
+#include "agent/systemd_notify.h"
 #include "agent/version.h"
+#include "drivers/builtin.h"
 #include "drivers/kiosk/http_api.h"
 #include "sync/sync_engine.h"
 
@@ -108,6 +110,7 @@ struct Agent::Parts {
   std::unique_ptr<kiosk::HttpApi> http;
   std::unique_ptr<sync::SyncEngine> sync;
   std::unique_ptr<ControlServer> control;
+  std::vector<std::unique_ptr<SourceRunner>> sources;
   std::string store_id;
   std::string tenant;
   std::string http_listen;
@@ -127,6 +130,9 @@ Agent::Agent(std::unique_ptr<Parts> parts) : p_(std::move(parts)) {}
 Agent::~Agent() {
   if (p_->http) {
     p_->http->stop();
+  }
+  for (auto& s : p_->sources) {
+    s->stop();
   }
   if (p_->control) {
     p_->control->stop();
@@ -190,6 +196,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   kiosk::HttpApiOptions ho;
   ho.host = listen->host;
   ho.port = listen->port;
+  ho.store_id = p->store_id;
   p->http_listen = cfg.str("http.listen");
   if (!cfg.str("http.tokens_file").empty()) {
     auto tokens = readTokens(cfg.str("http.tokens_file"));
@@ -197,6 +204,27 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
       return tokens.error();
     }
     ho.tokens = std::move(*tokens);
+  }
+
+  drivers::BuiltinSettings ds;
+  ds.store_id = p->store_id;
+  ds.pos_spool_dir = cfg.str("pos.spool_dir");
+  ds.pos_keep_processed = cfg.boolean("pos.keep_processed");
+  ds.pos_rescan_interval_s = static_cast<int>(cfg.integer("pos.rescan_interval"));
+  ds.beacon_mqtt_url = cfg.str("beacon.mqtt_url");
+  ds.beacon_topics = cfg.list("beacon.topics");
+  ds.beacon_zones = cfg.list("beacon.zones");
+  ds.beacon_exit_after_s = cfg.integer("beacon.exit_after");
+  ds.beacon_enter_after_sightings = static_cast<int>(cfg.integer("beacon.enter_after_sightings"));
+  ds.beacon_ignore_prefixes = cfg.list("beacon.ignore_prefixes");
+  ds.beacon_max_tracked = cfg.integer("beacon.max_tracked");
+  ds.beacon_qos = static_cast<int>(cfg.integer("beacon.qos"));
+  auto sources = drivers::makeBuiltinSources(ds);
+  if (!sources) {
+    return sources.error();
+  }
+  for (auto& source : *sources) {
+    p->sources.push_back(std::make_unique<SourceRunner>(std::move(source), *p->ingest));
   }
 
   sync::MqttOptions mo;
@@ -278,6 +306,11 @@ nlohmann::json Agent::status() const {
     std::lock_guard lock(p_->rates_mu);
     ingest_rate = p_->ingest_rate.perSecond();
     delivery_rate = p_->delivery_rate.perSecond();
+  }
+  nlohmann::json drivers = nlohmann::json::array(
+      {{{"name", "kiosk-http"}, {"state", "running"}, {"listen", p_->http_listen}}});
+  for (const auto& source : p_->sources) {
+    drivers.push_back(source->state());
   }
   struct statvfs vfs {};
   int64_t free_bytes = -1;
@@ -444,6 +477,9 @@ int Agent::run() {
     spdlog::critical("kiosk API: {}", r.error().message);
     return r.error().code == "config" ? 78 : 1;
   }
+  for (auto& source : p.sources) {
+    source->start();
+  }
   if (auto r = p.control->start(); !r) {
     spdlog::critical("control socket: {}", r.error().message);
     return 1;
@@ -463,10 +499,9 @@ int Agent::run() {
   }
   spdlog::info("omniedge {} running: store {} (tenant {}), kiosk API on {}, uplink {}", kVersion,
                p.store_id, p.tenant, p.http_listen, p.cfg.str("mqtt.url"));
-  sd_notify(0, "READY=1");
+  systemdNotify("READY=1");
 
-  uint64_t watchdog_us = 0;
-  const bool watchdog = sd_watchdog_enabled(0, &watchdog_us) > 0;
+  const bool watchdog = systemdWatchdogInterval().has_value();
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
@@ -480,7 +515,7 @@ int Agent::run() {
       break;
     }
     if (watchdog) {
-      sd_notify(0, "WATCHDOG=1");
+      systemdNotify("WATCHDOG=1");
     }
     const auto now = std::chrono::steady_clock::now();
     if (now - last_tick >= std::chrono::seconds(1)) {
@@ -488,9 +523,12 @@ int Agent::run() {
       housekeeping();
     }
   }
-  sd_notify(0, "STOPPING=1");
+  systemdNotify("STOPPING=1");
   p.stopping.store(true);
   p.http->stop();
+  for (auto& source : p.sources) {
+    source->stop();
+  }
   p.control->stop();
   p.sync->stop();
   p.buffer->close();

@@ -269,12 +269,19 @@ void printStatusText(const nlohmann::json& s) {
     std::cout << fmt::format("rates     ingest {:.1f}/s, delivery {:.1f}/s\n",
                              s["rates"].value("ingest_per_s", 0.0),
                              s["rates"].value("delivery_per_s", 0.0));
-    std::cout << "drivers  ";
+    bool first = true;
     for (const auto& d : s["drivers"]) {
-      std::cout << " " << d.value("name", "") << " " << d.value("state", "") << " ("
-                << d.value("listen", "") << ")";
+      std::cout << (first ? "drivers   " : "          ") << d.value("name", "") << " "
+                << d.value("state", "");
+      if (!d.value("listen", "").empty()) {
+        std::cout << " (" << d.value("listen", "") << ")";
+      }
+      if (!d.value("last_error", "").empty()) {
+        std::cout << ", " << d.value("errors", 0) << " errors, last: " << d.value("last_error", "");
+      }
+      std::cout << "\n";
+      first = false;
     }
-    std::cout << "\n";
   }
   if (s.contains("disk")) {
     const auto& d = s["disk"];

@@ -15,6 +15,8 @@
 #include <string_view>
 
 #include "drivers/kiosk/event_json.h"
+#include "drivers/pos/transaction.h"
+#include "drivers/pos/transaction_json.h"
 
 namespace omniedge::kiosk {
 namespace {
@@ -23,6 +25,7 @@ using Clock = std::chrono::steady_clock;
 using Json = nlohmann::json;
 
 constexpr std::string_view kEventsPath = "/v1/events";
+constexpr std::string_view kPosPath = "/v1/pos/transactions";
 constexpr std::string_view kHealthPath = "/v1/health";
 constexpr std::string_view kMetricsPath = "/metrics";
 constexpr const char* kJsonType = "application/json";
@@ -147,7 +150,7 @@ std::string stripSingleIndex(std::string text) {
 }
 
 std::string routeLabel(const std::string& path) {
-  for (std::string_view known : {kEventsPath, kHealthPath, kMetricsPath}) {
+  for (std::string_view known : {kEventsPath, kPosPath, kHealthPath, kMetricsPath}) {
     if (path == known) {
       return std::string(known);
     }
@@ -337,6 +340,10 @@ void HttpApi::installRoutes() {
                                           const httplib::ContentReader& reader) {
     serve(req, res, [&] { routeEvents(req, res, reader); });
   });
+  s.Post(std::string(kPosPath), [this](const httplib::Request& req, httplib::Response& res,
+                                       const httplib::ContentReader& reader) {
+    serve(req, res, [&] { routeEvents(req, res, reader); });
+  });
   s.Get(std::string(kHealthPath), [this](const httplib::Request& req, httplib::Response& res) {
     serve(req, res, [&] {
       if (checkAccess(req, res) == Access::kAllowed) {
@@ -428,7 +435,11 @@ void HttpApi::routeEvents(const httplib::Request& req, httplib::Response& res,
     sendError(res, 413, "too_large", "the body exceeds " + std::to_string(max) + " bytes");
     return;
   }
-  handleEvents(res, std::move(body));
+  if (req.path == kPosPath) {
+    handlePosTransactions(res, std::move(body));
+  } else {
+    handleEvents(res, std::move(body));
+  }
 }
 
 void HttpApi::routeOther(const httplib::Request& req, httplib::Response& res,
@@ -511,10 +522,37 @@ void HttpApi::handleEvents(httplib::Response& res, std::string body) {
   }
   body.clear();
   body.shrink_to_fit();
+  answerAppend(res, std::move(*events), was_array);
+}
 
+void HttpApi::handlePosTransactions(httplib::Response& res, std::string body) {
+  bool was_array = false;
+  pos::Parsed parsed =
+      pos::parseJsonTransactions(body, options_.max_events_per_request, &was_array);
+  if (parsed.error) {
+    const pos::ParseError& e = *parsed.error;
+    const std::string code = e.code == "empty" ? "invalid" : e.code;
+    std::string message = e.reason;
+    if (e.line > 0) {
+      message += " (line " + std::to_string(e.line) + ")";
+    }
+    sendError(res, e.code == "too_large" ? 413 : 400, code, message, e.element);
+    return;
+  }
+  body.clear();
+  body.shrink_to_fit();
+  std::vector<Event> events;
+  events.reserve(parsed.transactions.size());
+  for (const pos::Transaction& tx : parsed.transactions) {
+    events.push_back(pos::toEvent(tx, options_.store_id));
+  }
+  answerAppend(res, std::move(events), was_array);
+}
+
+void HttpApi::answerAppend(httplib::Response& res, std::vector<Event> events, bool was_array) {
   Result<AppendOutcome> outcome = makeError("io", "not appended");
   try {
-    outcome = writer_.append(std::move(*events));
+    outcome = writer_.append(std::move(events));
   } catch (const std::exception& e) {
     outcome = makeError("io", std::string("the buffer failed: ") + e.what());
   }

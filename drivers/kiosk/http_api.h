@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "agent/api/event.h"
 #include "agent/api/event_writer.h"
 #include "agent/api/result.h"
 
@@ -35,6 +36,7 @@ struct HttpApiOptions {
   int threads = 8;               // connections served at once (a keep-alive connection holds one)
   int retry_after_s = 5;         // Retry-After of a 503 when the buffer pushes back
   int keep_alive_timeout_s = 1;  // idle keep-alive connections close after this; bounds stop()
+  std::string store_id;          // store.id: the first part of POS transaction ids
 };
 
 struct HealthReport {
@@ -42,7 +44,8 @@ struct HealthReport {
   std::string reason;  // why not ready
 };
 
-/// Serves contract §4's POST /v1/events, GET /v1/health and GET /metrics.
+/// Serves contract §4's POST /v1/events, POST /v1/pos/transactions (the JSON transaction form of
+/// docs/pos.md, mapped exactly as the POS spool maps it), GET /v1/health and GET /metrics.
 /// With tokens configured every request needs `Authorization: Bearer <token>`; an address that
 /// fails 5 times within 60 s is answered 429 for 60 s.
 class HttpApi {
@@ -90,6 +93,9 @@ class HttpApi {
   void routeOther(const httplib::Request& req, httplib::Response& res,
                   const httplib::ContentReader* reader);
   void handleEvents(httplib::Response& res, std::string body);
+  void handlePosTransactions(httplib::Response& res, std::string body);
+  // Appends `events` and answers 202 with their ids, or the writer's error.
+  void answerAppend(httplib::Response& res, std::vector<Event> events, bool was_array);
   void handleHealth(httplib::Response& res);
   void handleMetrics(httplib::Response& res);
   void countRequest(const httplib::Request& req, const httplib::Response& res);

@@ -1,0 +1,61 @@
+#include "agent/source_runner.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <condition_variable>
+
+namespace omniedge {
+
+SourceRunner::SourceRunner(std::unique_ptr<Source> source, EventWriter& out)
+    : source_(std::move(source)), out_(out) {}
+
+SourceRunner::~SourceRunner() { stop(); }
+
+void SourceRunner::start() {
+  thread_ = std::jthread([this](std::stop_token stop) { loop(stop); });
+}
+
+void SourceRunner::stop() {
+  if (thread_.joinable()) {
+    thread_.request_stop();
+    thread_.join();
+  }
+}
+
+void SourceRunner::loop(std::stop_token stop) {
+  std::mutex wait_mu;
+  std::condition_variable_any wait_cv;
+  while (!stop.stop_requested()) {
+    auto r = source_->poll(out_, stop);
+    if (r) {
+      if (failing_.exchange(false)) {
+        spdlog::info("{}: working again", source_->name());
+      }
+      continue;
+    }
+    ++errors_;
+    {
+      std::lock_guard lock(mu_);
+      last_error_ = r.error().message;
+    }
+    // Log a failure once when it starts, not at every retry; status keeps the latest.
+    if (!failing_.exchange(true)) {
+      spdlog::warn("{}: {}", source_->name(), r.error().message);
+    }
+    std::unique_lock lock(wait_mu);
+    wait_cv.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });
+  }
+}
+
+nlohmann::json SourceRunner::state() const {
+  std::lock_guard lock(mu_);
+  return {{"name", std::string(source_->name())},
+          {"state", !thread_.joinable() ? "stopped"
+                    : failing_.load()   ? "failing"
+                                        : "running"},
+          {"errors", errors_.load()},
+          {"last_error", last_error_}};
+}
+
+}  // namespace omniedge

@@ -1,0 +1,42 @@
+// Runs one Source on its own thread: polls it until stopped, and keeps its state for status.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+
+#include "agent/api/event_writer.h"
+#include "agent/api/source.h"
+
+namespace omniedge {
+
+class SourceRunner {
+ public:
+  SourceRunner(std::unique_ptr<Source> source, EventWriter& out);
+  ~SourceRunner();
+  SourceRunner(const SourceRunner&) = delete;
+  SourceRunner& operator=(const SourceRunner&) = delete;
+
+  /// Starts the thread. Thread: the owner.
+  void start();
+  /// Asks the source to stop and joins (a poll returns within ~1 s). Thread: the owner.
+  void stop();
+  /// {"name", "state": "running" | "failing" | "stopped", "errors", "last_error"}. Thread: any.
+  nlohmann::json state() const;
+
+ private:
+  void loop(std::stop_token stop);
+
+  std::unique_ptr<Source> source_;
+  EventWriter& out_;
+  std::atomic<uint64_t> errors_{0};
+  std::atomic<bool> failing_{false};
+  mutable std::mutex mu_;
+  std::string last_error_;  // guarded by mu_
+  std::jthread thread_;
+};
+
+}  // namespace omniedge

@@ -1,0 +1,36 @@
+// The one explicit list of built-in drivers that run as Sources (no static self-registration).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/api/result.h"
+#include "agent/api/source.h"
+
+namespace omniedge::drivers {
+
+/// What the drivers need from the configuration (drivers cannot see agent/config).
+struct BuiltinSettings {
+  std::string store_id;
+  // POS spool (pos.*): off when spool_dir is empty.
+  std::string pos_spool_dir;
+  bool pos_keep_processed = true;
+  int pos_rescan_interval_s = 10;
+  // Beacon gateways (beacon.*): off when mqtt_url is empty.
+  std::string beacon_mqtt_url;
+  std::vector<std::string> beacon_topics;
+  std::vector<std::string> beacon_zones;  // "scanner=zone"
+  int64_t beacon_exit_after_s = 30;
+  int beacon_enter_after_sightings = 3;
+  std::vector<std::string> beacon_ignore_prefixes;
+  int64_t beacon_max_tracked = 10000;
+  int beacon_qos = 0;
+};
+
+/// Every source the settings switch on. Thread: the owner's, at start-up. Fails with "config"
+/// naming the key when a setting cannot be used (e.g. a malformed beacon.zones item).
+Result<std::vector<std::unique_ptr<Source>>> makeBuiltinSources(const BuiltinSettings& settings);
+
+}  // namespace omniedge::drivers

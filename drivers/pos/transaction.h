@@ -1,0 +1,108 @@
+// A POS transaction as read from ARTS POSLog XML or from the JSON form, and the event it becomes
+// (contract §8). Both readers fill the same struct, so the mapping to events is written once.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/api/event.h"
+
+namespace omniedge::pos {
+
+/// One item line. Amounts and quantities are decimal text, validated and normalised to JSON
+/// number syntax ("12.50", "-0.19", "0.42"): written into the event as numbers, digits kept.
+/// An empty string is an absent field.
+struct LineItem {
+  std::string item_id;
+  std::string gtin;
+  std::string description;
+  std::string quantity;
+  std::string unit_price;
+  std::string amount;
+  std::string discount;
+  bool is_return = false;  // an ARTS Return line item
+  bool voided = false;     // VoidFlag: the line was cancelled at the till
+};
+
+/// One tender. Card numbers, authorisation codes, reference numbers and expiry dates are never
+/// read into it, by either reader.
+struct Tender {
+  std::string type;        // Cash, CreditDebit, ...
+  std::string amount;      // decimal text
+  std::string card_type;   // Credit, Debit, ...
+  std::string card_brand;  // MasterCard, ... (never any digit of the card number)
+};
+
+enum class Record { kRetail, kControl };
+
+struct Transaction {
+  Record record = Record::kRetail;  // pos.transaction or pos.control
+  std::string workstation;          // required
+  std::string sequence;             // required
+  std::string business_day;         // required, YYYY-MM-DD
+  std::optional<int64_t> ended_at_ms;
+  std::string currency;
+  std::string operator_id;
+  std::string kind = "sale";  // retail: sale | return | void
+  bool training = false;      // a training-mode transaction
+  std::vector<LineItem> lines;
+  std::vector<Tender> tenders;
+  std::string total_grand;      // decimal text
+  std::string total_tax;        // decimal text
+  std::string operation;        // control: OperatorSignOn, NoSale, ...
+  std::string reason;           // control: its ReasonCode
+  std::string loyalty_id;       // -> Event::customer["loyalty_id"]
+  std::string email;            // -> Event::customer["email"] (ingest hashes it; never in data)
+  std::size_t source_line = 0;  // where it starts in its input, 1-based; 0 = unknown
+  std::string source_element;   // its element (XML) or position (JSON), for error reports
+};
+
+/// Why an input was refused as a whole, and where.
+struct ParseError {
+  std::string code;      // invalid, invalid_json, invalid_xml, refused, empty, too_large
+  std::string reason;    // one sentence for a person
+  std::size_t line = 0;  // 1-based; 0 = unknown
+  std::string element;   // XML element path ("Transaction/RetailTransaction/Total") or JSON
+                         // field ("[2].lines[0].amount")
+};
+
+/// What a reader made of one input: every transaction in it, or an error and none.
+struct Parsed {
+  std::vector<Transaction> transactions;
+  std::optional<ParseError> error;
+  std::size_t skipped = 0;  // POSLog transactions of other kinds (tender control, ...): ignored
+};
+
+/// "<store_id>:<workstation>:<business_day>:<sequence>" with every character outside
+/// [A-Za-z0-9._:@-] replaced by '-'; longer than 128 characters, it is cut and ends in a hash
+/// of the whole, so it stays unique. The same transaction always gets the same id.
+/// Thread: any. Never fails.
+std::string transactionId(std::string_view store_id, const Transaction& tx);
+
+/// The event of `tx`: type pos.transaction or pos.control, source "pos:<workstation>",
+/// occurred_at = ended_at, the deterministic id above, `data` as docs/pos.md shows, the loyalty
+/// id and e-mail in `customer`. store_id is left for ingest to fill.
+/// Thread: any. Never fails or throws (but std::bad_alloc).
+Event toEvent(const Transaction& tx, std::string_view store_id);
+
+/// `text` as a decimal number in JSON syntax ("+012.50" -> "12.50", ".5" -> "0.5"), or nullopt
+/// when it is not one ("12,50", "1e3", "", more than 30 digits). Thread: any.
+std::optional<std::string> normaliseDecimal(std::string_view text);
+
+/// A loyalty id as the other channels write it: trimmed; an all-digit id loses the leading
+/// zeros POS systems pad it with ("0000000000000040000066677" -> "40000066677"); empty when
+/// nothing is left (all zeros: no member). Thread: any.
+std::string normaliseLoyaltyId(std::string_view text);
+
+/// The leading and trailing whitespace of `text` removed. Thread: any.
+std::string_view trimSpace(std::string_view text);
+
+/// A ParseError as the text of a `<name>.error` file and of log lines:
+/// "why: ...\nline: N\nelement: E\n" (line and element only when known). Thread: any.
+std::string describe(const ParseError& error);
+
+}  // namespace omniedge::pos
