@@ -342,9 +342,7 @@ nlohmann::json Agent::status() const {
         {"https", {{"state", "not_configured"}}}}},
       {"queue", queueJson(s, now)},
       {"rates", {{"ingest_per_s", ingest_rate}, {"delivery_per_s", delivery_rate}}},
-      {"drivers",
-       nlohmann::json::array(
-           {{{"name", "kiosk-http"}, {"state", "running"}, {"listen", p_->http_listen}}})},
+      {"drivers", drivers},
       {"counters",
        {{"appended", s.appended},
         {"duplicates", s.duplicates},
