@@ -2,8 +2,9 @@
 
 #include <algorithm>
 
+#include "agent/api/json_string.h"
 #include "agent/api/time.h"
-#include "agent/uuid.h"
+#include "agent/api/uuid.h"
 
 namespace omniedge {
 namespace {
@@ -58,40 +59,6 @@ Error invalid(std::size_t index, const std::string& field, const std::string& wh
 }
 
 }  // namespace
-
-void appendJsonString(std::string& out, std::string_view s) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  out.push_back('"');
-  for (const char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20) {
-          out += "\\u00";
-          out.push_back(kHex[c >> 4]);
-          out.push_back(kHex[c & 0x0f]);
-        } else {
-          out.push_back(ch);
-        }
-    }
-  }
-  out.push_back('"');
-}
 
 std::string serialiseEvent(const Event& e) {
   std::string out;

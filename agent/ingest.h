@@ -38,7 +38,4 @@ class Ingest final : public EventWriter {
 /// The envelope of contract §3 as compact JSON. Thread: any.
 std::string serialiseEvent(const Event& e);
 
-/// Appends `s` as a JSON string literal (with quotes) to `out`.
-void appendJsonString(std::string& out, std::string_view s);
-
 }  // namespace omniedge

@@ -27,7 +27,7 @@
 #include "agent/api/event.h"
 #include "agent/ingest.h"
 #include "agent/store/buffer.h"
-#include "agent/uuid.h"
+#include "agent/api/uuid.h"
 
 namespace {
 

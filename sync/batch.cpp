@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "agent/api/uuid.h"
+
 namespace omniedge::sync {
 namespace {
 
@@ -173,42 +175,6 @@ std::string_view compressionName(Compression compression) {
   return "none";
 }
 
-std::string newUuidV7() {
-  return newUuidV7(std::chrono::duration_cast<std::chrono::milliseconds>(
-                       std::chrono::system_clock::now().time_since_epoch())
-                       .count());
-}
-
-std::string newUuidV7(int64_t epoch_ms) {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  const auto ms = static_cast<uint64_t>(epoch_ms);
-  const uint64_t rand_a = rng();
-  const uint64_t rand_b = rng();
-
-  std::array<uint8_t, 16> b{};
-  for (int i = 0; i < 6; ++i) {
-    b[i] = static_cast<uint8_t>(ms >> (40 - 8 * i));
-  }
-  b[6] = static_cast<uint8_t>(0x70 | (rand_a & 0x0f));
-  b[7] = static_cast<uint8_t>(rand_a >> 8);
-  for (int i = 0; i < 8; ++i) {
-    b[8 + i] = static_cast<uint8_t>(rand_b >> (56 - 8 * i));
-  }
-  b[8] = static_cast<uint8_t>(0x80 | (b[8] & 0x3f));
-
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(36);
-  for (int i = 0; i < 16; ++i) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) {
-      out.push_back('-');
-    }
-    out.push_back(kHex[b[i] >> 4]);
-    out.push_back(kHex[b[i] & 0x0f]);
-  }
-  return out;
-}
-
 std::string buildBatchJson(std::string_view batch_id, std::string_view store_id,
                            std::string_view agent_version,
                            const std::vector<PendingEvent>& events) {
@@ -269,7 +235,9 @@ Result<Batch> buildBatch(const std::vector<PendingEvent>& events, std::string_vi
     return makeError("invalid", "a batch needs at least one event");
   }
   Batch batch;
-  batch.id = newUuidV7();
+  batch.id = makeUuidV7(std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count());
   batch.first_seq = events.front().seq;
   batch.last_seq = events.back().seq;
   batch.count = events.size();

@@ -21,13 +21,6 @@ std::optional<Compression> parseCompression(std::string_view name);
 /// The config spelling of `compression`.
 std::string_view compressionName(Compression compression);
 
-/// A fresh UUIDv7 string ("0192f3b4-7c1e-7a2b-9c1d-5e6f7a8b9c0d"): 48-bit Unix ms, version 7,
-/// RFC 9562 variant, the rest random (a thread-local generator).
-/// Thread: any. Never blocks, never fails.
-std::string newUuidV7();
-/// The same for a given Unix epoch millisecond (tests).
-std::string newUuidV7(int64_t epoch_ms);
-
 /// The batch document `{"batch_id":…,"store_id":…,"agent_version":…,"count":N,"events":[…]}`
 /// with each body copied verbatim (each must already be one JSON object).
 /// Thread: any. Never blocks, never fails.
@@ -46,7 +39,7 @@ Result<std::string> decompress(std::string_view data, std::size_t max_bytes = st
 
 /// One batch ready to publish.
 struct Batch {
-  std::string id;         // batch_id, a UUIDv7
+  std::string id;         // batch_id, a UUIDv7 (agent/api/uuid.h)
   int64_t first_seq = 0;  // the buffer range it covers, for Outbox::acknowledge()
   int64_t last_seq = 0;
   std::size_t count = 0;       // events in it

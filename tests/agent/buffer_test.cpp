@@ -7,7 +7,7 @@
 #include <set>
 #include <thread>
 
-#include "agent/uuid.h"
+#include "agent/api/uuid.h"
 #include "tests/support/temp_dir.h"
 
 using omniedge::Priority;

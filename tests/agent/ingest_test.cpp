@@ -3,7 +3,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include "agent/uuid.h"
+#include "agent/api/uuid.h"
 #include "tests/support/temp_dir.h"
 
 using omniedge::Event;

@@ -1,8 +1,9 @@
 #include "agent/pii.h"
 
 #include <catch2/catch.hpp>
+#include <thread>
 
-#include "agent/uuid.h"
+#include "agent/api/uuid.h"
 
 using omniedge::PiiHasher;
 
@@ -34,6 +35,12 @@ TEST_CASE("hashes are HMAC-SHA256 with the tenant key, SHA-256 without", "[unit]
   PiiHasher plain("", "");
   CHECK(plain.hash("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   CHECK_FALSE(plain.keyed());
+}
+
+TEST_CASE("a UUIDv7 starts with its 48-bit millisecond timestamp", "[unit][uuid]") {
+  std::string fixed;
+  std::thread([&] { fixed = omniedge::makeUuidV7(0x0192f3b47c1e); }).join();  // fresh thread state
+  CHECK(fixed.substr(0, 13) == "0192f3b4-7c1e");
 }
 
 TEST_CASE("UUIDv7 ids are well formed and ordered", "[unit][uuid]") {

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <string>
 
+#include "agent/api/uuid.h"
 #include "sync/sync_engine.h"
 #include "tests/support/broker.h"
 #include "tests/support/memory_outbox.h"
@@ -20,7 +21,7 @@ TEST_CASE("drain rate from an in-memory outbox to a local mosquitto", "[.drain][
   testing::MemoryOutbox outbox;
   const std::string pad(330, 'x');
   for (int i = 0; i < kEvents; ++i) {
-    outbox.add(R"({"id":")" + newUuidV7() +
+    outbox.add(R"({"id":")" + makeUuidV7(1795000000000 + i) +
                R"(","type":"pos.transaction","source":"pos:ws-1","store_id":"s",)"
                R"("occurred_at":"2026-11-22T13:32:42.123Z","data":{"n":)" +
                std::to_string(i) + R"(,"pad":")" + pad + R"("}})");

@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/api/uuid.h"
 #include "tests/support/broker.h"
 #include "tests/support/memory_outbox.h"
 #include "tests/support/net.h"
@@ -31,7 +32,9 @@ std::vector<std::string> fill(MemoryOutbox& outbox, int n) {
   ids.reserve(static_cast<std::size_t>(n));
   const std::string pad(330, 'x');
   for (int i = 0; i < n; ++i) {
-    ids.push_back(newUuidV7());
+    ids.push_back(makeUuidV7(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count()));
     outbox.add(R"({"id":")" + ids.back() +
                R"(","type":"pos.transaction","source":"pos:ws-1","store_id":"store-1",)"
                R"("occurred_at":"2026-11-22T13:32:42.123Z","data":{"n":)" +

@@ -1,4 +1,4 @@
-#include "agent/uuid.h"
+#include "agent/api/uuid.h"
 
 #include <array>
 #include <random>
