@@ -18,6 +18,7 @@
 #include "agent/pii.h"
 #include "agent/source_runner.h"
 #include "agent/store/buffer.h"
+#include "agent/store/profile_cache.h"
 #include "agent/systemd_notify.h"
 #include "agent/version.h"
 #include "drivers/builtin.h"
@@ -106,6 +107,7 @@ struct Agent::Parts {
   SystemClock clock;
   std::unique_ptr<PiiHasher> pii;
   std::unique_ptr<store::Buffer> buffer;
+  std::unique_ptr<store::ProfileCache> profiles;
   std::unique_ptr<Ingest> ingest;
   std::unique_ptr<kiosk::HttpApi> http;
   std::unique_ptr<sync::SyncEngine> sync;
@@ -184,10 +186,16 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   }
   p->buffer = std::move(*buffer);
 
+  auto profiles = store::ProfileCache::open(bo.dir);
+  if (!profiles) {
+    return profiles.error();
+  }
+  p->profiles = std::move(*profiles);
+
   IngestOptions io;
   io.store_id = p->store_id;
   io.max_event_bytes = static_cast<std::size_t>(cfg.integer("buffer.max_event_bytes"));
-  p->ingest = std::make_unique<Ingest>(io, *p->buffer, *p->pii, p->clock);
+  p->ingest = std::make_unique<Ingest>(io, *p->buffer, *p->pii, p->clock, p->profiles.get());
 
   auto listen = config::parseHostPort(cfg.str("http.listen"));
   if (!listen) {
@@ -197,6 +205,10 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   ho.host = listen->host;
   ho.port = listen->port;
   ho.store_id = p->store_id;
+  ho.customer_lookup = [cache = p->profiles.get()](const std::string& key) {
+    auto doc = cache->lookup(key);
+    return doc ? std::optional<std::string>(doc->dump()) : std::nullopt;
+  };
   p->http_listen = cfg.str("http.listen");
   if (!cfg.str("http.tokens_file").empty()) {
     auto tokens = readTokens(cfg.str("http.tokens_file"));
@@ -258,6 +270,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   so.max_inflight = static_cast<int>(cfg.integer("sync.max_inflight"));
   so.max_bytes_per_sec = cfg.integer("sync.max_bytes_per_sec");
   so.status_interval_s = static_cast<int>(cfg.integer("sync.status_interval"));
+  so.inbound = {"profiles"};
 
   std::unique_ptr<Agent> agent(new Agent(std::move(p)));
   Parts& parts = *agent->p_;
@@ -277,8 +290,18 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
         return h;
       },
       [self] { return self->metricsText(); });
-  parts.sync = std::make_unique<sync::SyncEngine>(*parts.buffer, mo, so,
-                                                  [self] { return self->uplinkStatusJson(); });
+  parts.sync = std::make_unique<sync::SyncEngine>(
+      *parts.buffer, mo, so, [self] { return self->uplinkStatusJson(); },
+      [self](const std::string& leaf, const std::string& payload) {
+        if (leaf == "profiles") {
+          auto r = self->p_->profiles->apply(payload, self->p_->clock.nowMs());
+          if (!r) {
+            spdlog::warn("profiles: update refused: {}", r.error().message);
+          } else {
+            spdlog::debug("profiles: {} upserted, {} deleted", r->upserts, r->deletes);
+          }
+        }
+      });
   parts.control = std::make_unique<ControlServer>(
       controlSocketPath(parts.cfg),
       [self](const nlohmann::json& r) { return self->handleControl(r); });
@@ -327,6 +350,7 @@ nlohmann::json Agent::status() const {
       {"store_id", p_->store_id},
       {"tenant", p_->tenant},
       {"config_version", p_->config_version.load()},
+      {"profiles_cached", p_->profiles->size()},
       {"uplink",
        {{"mqtt",
          {{"state", u.connected ? "connected" : "disconnected"},

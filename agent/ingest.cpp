@@ -93,8 +93,12 @@ std::string serialiseEvent(const Event& e) {
 }
 
 Ingest::Ingest(IngestOptions options, store::Buffer& buffer, const PiiHasher& pii,
-               const Clock& clock)
-    : options_(std::move(options)), buffer_(buffer), pii_(pii), clock_(clock) {}
+               const Clock& clock, const IdentityResolver* resolver)
+    : options_(std::move(options)),
+      buffer_(buffer),
+      pii_(pii),
+      clock_(clock),
+      resolver_(resolver) {}
 
 Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t now_ms) const {
   if (e.type.empty()) {
@@ -157,6 +161,14 @@ Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t 
       return invalid(index, field,
                      "is not an identity key (loyalty_id, app_user_id, profile_id, beacon, email, "
                      "phone, email_sha256, phone_sha256)");
+    }
+  }
+  // A beacon the profile cache knows is a customer: the centre gets the profile's keys too.
+  if (resolver_ != nullptr) {
+    if (auto beacon = customer.find("beacon"); beacon != customer.end()) {
+      for (auto& [k, v] : resolver_->customerFor(beacon->second)) {
+        customer.try_emplace(k, std::move(v));
+      }
     }
   }
   e.customer = std::move(customer);

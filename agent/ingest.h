@@ -7,6 +7,7 @@
 
 #include "agent/api/clock.h"
 #include "agent/api/event_writer.h"
+#include "agent/api/identity_resolver.h"
 #include "agent/pii.h"
 #include "agent/store/buffer.h"
 
@@ -19,7 +20,9 @@ struct IngestOptions {
 
 class Ingest final : public EventWriter {
  public:
-  Ingest(IngestOptions options, store::Buffer& buffer, const PiiHasher& pii, const Clock& clock);
+  /// `resolver` (may be null) maps a beacon identity to the customer the profile cache knows.
+  Ingest(IngestOptions options, store::Buffer& buffer, const PiiHasher& pii, const Clock& clock,
+         const IdentityResolver* resolver = nullptr);
 
   // EventWriter
   Result<AppendOutcome> append(std::vector<Event> events) override;
@@ -33,6 +36,7 @@ class Ingest final : public EventWriter {
   store::Buffer& buffer_;
   const PiiHasher& pii_;
   const Clock& clock_;
+  const IdentityResolver* resolver_;
 };
 
 /// The envelope of contract §3 as compact JSON. Thread: any.

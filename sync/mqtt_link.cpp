@@ -98,9 +98,11 @@ MqttLink::~MqttLink() {
   client_.reset();
 }
 
-void MqttLink::setHandlers(DeliveryHandler on_delivery, LostHandler on_lost) {
+void MqttLink::setHandlers(DeliveryHandler on_delivery, LostHandler on_lost,
+                           MessageHandler on_message) {
   on_delivery_ = std::move(on_delivery);
   on_lost_ = std::move(on_lost);
+  on_message_ = std::move(on_message);
 }
 
 void MqttLink::onConnectionLost(const std::string& cause) {
@@ -155,6 +157,11 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
     client_ = std::make_unique<mqtt::async_client>(*uri, options_.client_id, create, nullptr);
     client_->set_connection_lost_handler(
         [this](const std::string& cause) { onConnectionLost(cause); });
+    if (on_message_) {
+      // Set before connecting: a persistent session delivers what waited as soon as it is up.
+      client_->set_message_callback(
+          [this](mqtt::const_message_ptr m) { on_message_(m->get_topic(), m->to_string()); });
+    }
     client_->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode reason) {
       onConnectionLost("server sent DISCONNECT: " +
                        mqtt::exception::reason_code_str(static_cast<int>(reason)));
@@ -232,6 +239,27 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
   } catch (const std::exception& e) {  // Paho C++ also throws std::invalid_argument and friends
     client_.reset();
     return makeError("invalid", e.what());
+  }
+}
+
+Result<void> MqttLink::subscribe(const std::vector<std::string>& topics,
+                                 std::chrono::milliseconds timeout) {
+  if (!client_ || !connected_) {
+    return makeError("disconnected", "not connected");
+  }
+  if (topics.empty()) {
+    return {};
+  }
+  try {
+    auto filters = mqtt::string_collection::create(topics);
+    std::vector<int> qos(topics.size(), kQos);
+    auto tok = client_->subscribe(filters, mqtt::iasync_client::qos_collection(qos));
+    if (!tok->wait_for(timeout)) {
+      return makeError("timeout", "no SUBACK within the timeout");
+    }
+    return {};
+  } catch (const mqtt::exception& e) {
+    return makeError("io", e.what());
   }
 }
 

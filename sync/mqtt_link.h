@@ -16,6 +16,7 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "agent/api/result.h"
 
@@ -74,8 +75,17 @@ class MqttLink {
   MqttLink(const MqttLink&) = delete;
   MqttLink& operator=(const MqttLink&) = delete;
 
+  /// A message arrived on a subscribed topic. Runs on a Paho thread: must only hand it over.
+  using MessageHandler = std::function<void(std::string topic, std::string payload)>;
+
   /// Thread: the owner, before connect(). Never blocks.
-  void setHandlers(DeliveryHandler on_delivery, LostHandler on_lost);
+  void setHandlers(DeliveryHandler on_delivery, LostHandler on_lost,
+                   MessageHandler on_message = {});
+
+  /// Subscribes to `topics` at QoS 1 (the session is persistent, so what the centre sent while
+  /// the store was offline arrives now). Thread: the owner. Blocks up to `timeout` for the
+  /// SUBACK. Fails with "disconnected", "timeout" or "io".
+  Result<void> subscribe(const std::vector<std::string>& topics, std::chrono::milliseconds timeout);
 
   /// Connects with a fresh client and `will` (published QoS 1 by the broker when this connection
   /// dies without a DISCONNECT). Thread: the owner. Blocks until CONNACK, connect_timeout_s, or
@@ -112,6 +122,7 @@ class MqttLink {
   MqttOptions options_;
   DeliveryHandler on_delivery_;
   LostHandler on_lost_;
+  MessageHandler on_message_;
   std::unique_ptr<PublishListener> listener_;
   std::unique_ptr<mqtt::async_client> client_;  // owner thread only
   std::atomic<bool> connected_{false};

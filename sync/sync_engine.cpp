@@ -33,11 +33,12 @@ int64_t nowMs() {
 }  // namespace
 
 SyncEngine::SyncEngine(Outbox& outbox, MqttOptions mqtt, SyncOptions options,
-                       std::function<std::string()> status_json)
+                       std::function<std::string()> status_json, InboundHandler on_message)
     : outbox_(outbox),
       mqtt_(std::move(mqtt)),
       options_(std::move(options)),
-      status_json_(std::move(status_json)) {}
+      status_json_(std::move(status_json)),
+      on_message_(std::move(on_message)) {}
 
 SyncEngine::~SyncEngine() { stop(); }
 
@@ -82,6 +83,7 @@ void SyncEngine::run(std::stop_token stop) {
   bool back_off = false;  // the first connect is immediate; every later one waits first
   while (!stop.stop_requested()) {
     handleDeliveries();
+    handleInbound();
     if (session_up_ && !link_->connected()) {
       handleLoss("connection lost");
     }
@@ -135,6 +137,13 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
             lost_cause_ = cause;
           }
           cv_.notify_all();
+        },
+        [this](std::string topic, std::string payload) {
+          {
+            std::lock_guard lock(mu_);
+            inbound_.emplace_back(std::move(topic), std::move(payload));
+          }
+          cv_.notify_all();
         });
   }
   auto connected = link_->connect(MqttMessage{topic("status"), kOfflineStatus, true}, stop);
@@ -166,7 +175,32 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
   publishInflight();
   spdlog::info("sync: connected to {} (MQTT protocol level {})", mqtt_.url, link_->protocolLevel());
   publishStatus();
+  if (!options_.inbound.empty()) {
+    std::vector<std::string> topics;
+    for (const auto& leaf : options_.inbound) {
+      topics.push_back(topic(leaf.c_str()));
+    }
+    if (auto r = link_->subscribe(topics, milliseconds(5000)); !r) {
+      setError("subscribe: " + r.error().message);
+      spdlog::warn("sync: subscribing to {} inbound topics failed: {}", topics.size(),
+                   r.error().message);
+    }
+  }
   return true;
+}
+
+void SyncEngine::handleInbound() {
+  std::deque<std::pair<std::string, std::string>> messages;
+  {
+    std::lock_guard lock(mu_);
+    messages.swap(inbound_);
+  }
+  const std::string root = mqtt_.topic_root + "/";
+  for (auto& [t, payload] : messages) {
+    if (on_message_ && t.rfind(root, 0) == 0) {
+      on_message_(t.substr(root.size()), payload);
+    }
+  }
 }
 
 void SyncEngine::handleDeliveries() {
@@ -304,8 +338,9 @@ void SyncEngine::waitIdle() {
 
 void SyncEngine::waitSignal(std::stop_token stop, milliseconds timeout, bool any_news) {
   std::unique_lock lock(mu_);
-  cv_.wait_for(lock, stop, timeout,
-               [&] { return flush_ || (any_news && (!deliveries_.empty() || lost_)); });
+  cv_.wait_for(lock, stop, timeout, [&] {
+    return flush_ || (any_news && (!deliveries_.empty() || lost_ || !inbound_.empty()));
+  });
   flush_ = false;
 }
 

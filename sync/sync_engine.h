@@ -15,6 +15,8 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "agent/api/outbox.h"
 #include "sync/batch.h"
@@ -32,7 +34,14 @@ struct SyncOptions {
   int max_inflight = 4;           // batches published and not yet PUBACKed
   int64_t max_bytes_per_sec = 0;  // on the wire; 0 = unlimited
   int status_interval_s = 60;     // R/status is also republished after every connect
+  /// Topics under R the centre writes to (e.g. "profiles"), subscribed at QoS 1 after every
+  /// connect; what arrives goes to the `on_message` given to the engine.
+  std::vector<std::string> inbound;
 };
+
+/// A message from the centre, with the leaf of its topic under R ("profiles").
+/// Called on the sync thread, in arrival order; it may write to disk but must not block long.
+using InboundHandler = std::function<void(const std::string& leaf, const std::string& payload)>;
 
 /// A snapshot of the uplink, for `omniedge status` and metrics.
 struct SyncStatus {
@@ -59,7 +68,7 @@ class SyncEngine {
   /// called on the sync thread after every connect and every status_interval_s.
   /// `outbox` must outlive the engine. Thread: any. Never blocks, never fails.
   SyncEngine(Outbox& outbox, MqttOptions mqtt, SyncOptions options,
-             std::function<std::string()> status_json);
+             std::function<std::string()> status_json, InboundHandler on_message = {});
   /// Stops (see stop()).
   ~SyncEngine();
   SyncEngine(const SyncEngine&) = delete;
@@ -98,6 +107,7 @@ class SyncEngine {
   void run(std::stop_token stop);
   bool connectOnce(std::stop_token stop);
   void handleDeliveries();
+  void handleInbound();
   void handleLoss(const std::string& cause);
   void dropConnection(const std::string& cause);
   void publishStatus();
@@ -116,6 +126,7 @@ class SyncEngine {
   const MqttOptions mqtt_;
   const SyncOptions options_;
   const std::function<std::string()> status_json_;
+  const InboundHandler on_message_;
 
   // Sync thread only.
   std::unique_ptr<MqttLink> link_;
@@ -134,10 +145,11 @@ class SyncEngine {
   // Handed over by Paho's threads and flushNow().
   mutable std::mutex mu_;
   std::condition_variable_any cv_;
-  std::deque<Delivery> deliveries_;  // guarded by mu_
-  bool lost_ = false;                // guarded by mu_
-  std::string lost_cause_;           // guarded by mu_
-  bool flush_ = false;               // guarded by mu_
+  std::deque<Delivery> deliveries_;                          // guarded by mu_
+  std::deque<std::pair<std::string, std::string>> inbound_;  // guarded by mu_
+  bool lost_ = false;                                        // guarded by mu_
+  std::string lost_cause_;                                   // guarded by mu_
+  bool flush_ = false;                                       // guarded by mu_
 
   mutable std::mutex status_mu_;
   SyncStatus status_;  // guarded by status_mu_

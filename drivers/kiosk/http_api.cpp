@@ -155,6 +155,9 @@ std::string routeLabel(const std::string& path) {
       return std::string(known);
     }
   }
+  if (path.rfind("/v1/customers/", 0) == 0) {
+    return "/v1/customers";
+  }
   return "other";
 }
 
@@ -351,6 +354,30 @@ void HttpApi::installRoutes() {
       }
     });
   });
+  // GET /v1/customers/{key} and /v1/customers/{key}/cart: answered from the local profile
+  // cache, so a kiosk gets its answer with the uplink down.
+  s.Get(R"(/v1/customers/([^/]+)(/cart)?)",
+        [this](const httplib::Request& req, httplib::Response& res) {
+          serve(req, res, [&] {
+            if (checkAccess(req, res) != Access::kAllowed) {
+              return;
+            }
+            const std::string key = req.matches[1];
+            auto profile = options_.customer_lookup ? options_.customer_lookup(key) : std::nullopt;
+            if (!profile) {
+              sendError(res, 404, "not_found", "no profile is cached for " + key, "key");
+              return;
+            }
+            if (req.matches[2].length() == 0) {
+              res.set_content(*profile, kJsonType);
+              return;
+            }
+            const auto doc = Json::parse(*profile, nullptr, false);
+            Json cart = doc.is_object() && doc.contains("cart") ? doc["cart"]
+                                                                : Json{{"items", Json::array()}};
+            res.set_content(cart.dump(), kJsonType);
+          });
+        });
   s.Get(std::string(kMetricsPath), [this](const httplib::Request& req, httplib::Response& res) {
     serve(req, res, [&] {
       if (checkAccess(req, res) == Access::kAllowed) {

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -36,7 +37,10 @@ struct HttpApiOptions {
   int threads = 8;               // connections served at once (a keep-alive connection holds one)
   int retry_after_s = 5;         // Retry-After of a 503 when the buffer pushes back
   int keep_alive_timeout_s = 1;  // idle keep-alive connections close after this; bounds stop()
-  std::string store_id;          // store.id: the first part of POS transaction ids
+  /// The cached profile (JSON) for a key such as "loyalty:ID"; empty when unknown. Called on the
+  /// server's threads. Unset: GET /v1/customers/... answers 404.
+  std::function<std::optional<std::string>(const std::string& key)> customer_lookup;
+  std::string store_id;  // store.id: the first part of POS transaction ids
 };
 
 struct HealthReport {

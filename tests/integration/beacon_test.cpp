@@ -99,3 +99,77 @@ TEST_CASE("the real ESPresense trace published to the store broker gives one ent
   CHECK(changes <= 1);
   CHECK(published == 600);
 }
+
+TEST_CASE("profiles pushed on R/profiles answer the kiosk offline and attribute beacons",
+          "[integration][beacon][profiles]") {
+  MosquittoBroker broker;
+  Subscriber sub(broker.url(), "omniedge/v1/+/+/events");
+  TempDir tmp;
+  AgentProcess agent(tmp / "data", {{"OMNIEDGE_MQTT_URL", broker.url()},
+                                    {"OMNIEDGE_BEACON_MQTT_URL", broker.url()},
+                                    {"OMNIEDGE_BEACON_QOS", "1"},
+                                    {"OMNIEDGE_SYNC_COMPRESSION", "none"}});
+  REQUIRE(agent.start());
+  const json profile = {
+      {"id", "c-123"},
+      {"keys", {"loyalty:LOY-1", "app:A-9", "espresense:watch:darrell"}},
+      {"segments", {"vip"}},
+      {"lifecycle", "loyal"},
+      {"tier", "gold"},
+      {"consent", {{"tracking", true}, {"personalization", true}, {"marketing", false}}},
+      {"cart",
+       {{"items", {{{"sku", "SKU-1"}, {"qty", 1}, {"price", 19.99}, {"channel", "app"}}}},
+        {"updated_at", "2026-11-22T10:00:00Z"}}}};
+  mqtt::async_client centre(broker.url(), "test-centre");
+  centre.connect()->wait();
+  // The agent subscribes right after it connects; publish until it has the profile.
+  std::pair<int, std::string> got{-1, ""};
+  for (int i = 0; i < 50 && got.first != 200; ++i) {
+    centre
+        .publish("omniedge/v1/default/store-042/profiles",
+                 json{{"upserts", {profile}}, {"deletes", json::array()}, {"cursor", "1"}}.dump(),
+                 1, false)
+        ->wait();
+    std::this_thread::sleep_for(200ms);
+    got = agent.get("/v1/customers/loyalty:LOY-1");
+  }
+  REQUIRE(got.first == 200);
+  auto doc = json::parse(got.second);
+  CHECK(doc["id"] == "c-123");
+  CHECK(doc["segments"] == json{"vip"});
+  CHECK(doc["freshness"].is_string());
+  auto cart = agent.get("/v1/customers/app:A-9/cart");
+  REQUIRE(cart.first == 200);
+  CHECK(json::parse(cart.second)["items"][0]["sku"] == "SKU-1");
+  CHECK(agent.get("/v1/customers/loyalty:NOPE").first == 404);
+
+  // The watch is that customer: its presence events say so.
+  std::ifstream trace(std::string(OMNIEDGE_SOURCE_DIR) +
+                      "/tests/fixtures/gateways/espresense/stationary-watch-10-rooms.jsonl");
+  int n = 0;
+  for (std::string line; std::getline(trace, line) && n < 100; ++n) {
+    auto j = json::parse(line);
+    centre.publish(j["topic"].get<std::string>(), j["payload"].dump(), 1, false)->wait();
+  }
+  REQUIRE(sub.waitFor(
+      [](const auto& msgs) {
+        for (const auto& m : msgs) {
+          if (m.payload.find("\"beacon.enter\"") != std::string::npos) {
+            return true;
+          }
+        }
+        return false;
+      },
+      30s));
+  const auto events = beaconEvents(sub);
+  REQUIRE_FALSE(events.empty());
+  CHECK(events.front()["customer"]["profile_id"] == "c-123");
+  CHECK(events.front()["customer"]["loyalty_id"] == "LOY-1");
+  centre.disconnect()->wait();
+
+  // With the uplink gone and the agent restarted, the kiosk still gets its answer.
+  broker.stop();
+  agent.stop();
+  REQUIRE(agent.start());
+  CHECK(agent.get("/v1/customers/loyalty:LOY-1").first == 200);
+}

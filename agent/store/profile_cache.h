@@ -1,0 +1,66 @@
+// The local profile cache: the customer profiles the centre pushes on R/profiles, kept in memory
+// for the kiosk API and identity resolution, and in data.dir/profiles.db so that they are there
+// at once after a restart, also with the uplink down.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "agent/api/identity_resolver.h"
+#include "agent/api/result.h"
+
+namespace omniedge::store {
+
+struct ProfileUpdate {
+  int upserts = 0;
+  int deletes = 0;
+};
+
+class ProfileCache final : public IdentityResolver {
+ public:
+  /// Opens (creating) dir/profiles.db and loads every profile. Fails with "io".
+  static Result<std::unique_ptr<ProfileCache>> open(const std::filesystem::path& dir);
+  ~ProfileCache() override;
+  ProfileCache(const ProfileCache&) = delete;
+  ProfileCache& operator=(const ProfileCache&) = delete;
+
+  /// Applies one R/profiles message, `{"upserts": [profile…], "deletes": ["key"…],
+  /// "cursor": "…"}`, all or nothing. A profile needs an `id` and a `keys` array of
+  /// strings. Fails with "invalid" naming the field ("upserts[2].keys"). Thread: one writer
+  /// (the sync thread); concurrent readers are fine.
+  Result<ProfileUpdate> apply(std::string_view payload, int64_t now_ms);
+
+  /// The profile known under `key`, with `freshness` (when the cache last heard of it).
+  /// Thread: any.
+  std::optional<nlohmann::json> lookup(std::string_view key) const;
+
+  std::size_t size() const;
+
+  // IdentityResolver
+  std::map<std::string, std::string> customerFor(std::string_view key) const override;
+
+ private:
+  struct Profile {
+    nlohmann::json doc;
+    int64_t heard_ms = 0;
+  };
+  ProfileCache() = default;
+  void indexLocked(const std::string& id, const std::shared_ptr<const Profile>& p);
+  void unindexLocked(const std::string& id);
+
+  sqlite3* db_ = nullptr;
+  mutable std::shared_mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<const Profile>> by_id_;  // guarded by mu_
+  std::unordered_map<std::string, std::string> id_by_key_;                 // guarded by mu_
+};
+
+}  // namespace omniedge::store
