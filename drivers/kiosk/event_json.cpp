@@ -168,7 +168,7 @@ class Parser {
     if (!syntax_error_) {
       std::string message = "malformed JSON at byte " + std::to_string(pos_ + 1) + ": ";
       message += atEnd() ? "unexpected end of input" : what;
-      syntax_error_ = makeError("invalid_json", std::move(message));
+      syntax_error_ = makeError("invalid_json", std::move(message), "body");
     }
   }
 

@@ -122,10 +122,9 @@ bool isJsonContentType(const httplib::Request& req) {
 
 void sendError(httplib::Response& res, int status, std::string_view code, std::string_view message,
                std::string_view field = {}) {
-  Json error = {{"code", code}, {"message", message}};
-  if (!field.empty()) {
-    error["field"] = field;
-  }
+  // `field` is always there (empty when no single field is to blame), so a client can read
+  // error.field without checking for it.
+  Json error = {{"code", code}, {"message", message}, {"field", field}};
   res.status = status;
   res.set_content(
       Json{{"error", std::move(error)}}.dump(-1, ' ', false, Json::error_handler_t::replace),
@@ -563,7 +562,8 @@ void HttpApi::handlePosTransactions(httplib::Response& res, std::string body) {
     if (e.line > 0) {
       message += " (line " + std::to_string(e.line) + ")";
     }
-    sendError(res, e.code == "too_large" ? 413 : 400, code, message, e.element);
+    sendError(res, e.code == "too_large" ? 413 : 400, code, message,
+              e.element.empty() && code == "invalid_json" ? "body" : e.element);
     return;
   }
   body.clear();

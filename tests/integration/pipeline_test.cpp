@@ -204,6 +204,7 @@ TEST_CASE("bad input gets 400 naming the field, and the good events around it st
 
   auto not_json = agent.post("/v1/events", "{\"type\": ");
   CHECK(not_json.first == 400);
+  CHECK(json::parse(not_json.second)["error"]["field"] == "body");
 
   auto bad_email =
       agent.post("/v1/events", R"({"type":"kiosk.signup","customer":{"email":"nope"}})");
