@@ -100,6 +100,53 @@ class Rate {
   std::deque<std::pair<int64_t, uint64_t>> samples_;
 };
 
+// An envelope as `omniedge export` wrote it, back into an Event (received_at is set anew).
+Result<Event> eventFromEnvelope(const nlohmann::json& j, std::size_t index) {
+  const std::string at = "events[" + std::to_string(index) + "]";
+  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
+    return makeError("invalid", at + ".type is required", at + ".type");
+  }
+  Event e;
+  e.type = j["type"].get<std::string>();
+  for (auto [field, target] : {std::pair{"id", &e.id}, std::pair{"source", &e.source},
+                               std::pair{"store_id", &e.store_id}}) {
+    if (j.contains(field)) {
+      if (!j[field].is_string()) {
+        return makeError("invalid", at + "." + field + " must be a string", at + "." + field);
+      }
+      *target = j[field].get<std::string>();
+    }
+  }
+  if (j.contains("occurred_at")) {
+    auto ms = j["occurred_at"].is_string() ? parseRfc3339(j["occurred_at"].get<std::string>())
+                                           : std::nullopt;
+    if (!ms) {
+      return makeError("invalid", at + ".occurred_at is not an RFC 3339 timestamp",
+                       at + ".occurred_at");
+    }
+    e.occurred_at_ms = *ms;
+  }
+  if (j.contains("customer")) {
+    if (!j["customer"].is_object()) {
+      return makeError("invalid", at + ".customer must be an object", at + ".customer");
+    }
+    for (const auto& [k, v] : j["customer"].items()) {
+      if (!v.is_string()) {
+        return makeError("invalid", at + ".customer." + k + " must be a string",
+                         at + ".customer." + k);
+      }
+      e.customer[k] = v.get<std::string>();
+    }
+  }
+  if (j.contains("data")) {
+    if (!j["data"].is_object()) {
+      return makeError("invalid", at + ".data must be an object", at + ".data");
+    }
+    e.data_json = j["data"].dump();
+  }
+  return e;
+}
+
 }  // namespace
 
 struct Agent::Parts {
@@ -445,6 +492,37 @@ nlohmann::json Agent::handleControl(const nlohmann::json& request) {
   if (cmd == "flush") {
     p_->sync->flushNow();
     return {{"ok", true}};
+  }
+  if (cmd == "import" || cmd == "test_event") {
+    std::vector<Event> events;
+    if (cmd == "test_event") {
+      Event e;
+      e.type = request.value("type", "agent.test");
+      e.source = "cli";
+      e.data_json = R"({"note":"omniedge send-test-event"})";
+      events.push_back(std::move(e));
+    } else {
+      const auto& list = request.contains("events") ? request["events"] : nlohmann::json();
+      if (!list.is_array()) {
+        return {{"ok", false}, {"error", "events must be an array"}};
+      }
+      for (std::size_t i = 0; i < list.size(); ++i) {
+        auto e = eventFromEnvelope(list[i], i);
+        if (!e) {
+          return {{"ok", false}, {"error", e.error().message}, {"field", e.error().field}};
+        }
+        events.push_back(std::move(*e));
+      }
+    }
+    // The control thread waits for this group commit like any producer (milliseconds).
+    auto r = p_->ingest->append(std::move(events));
+    if (!r) {
+      return {{"ok", false},
+              {"error", r.error().message},
+              {"code", r.error().code},
+              {"field", r.error().field}};
+    }
+    return {{"ok", true}, {"ids", r->ids}, {"stored", r->stored}, {"duplicates", r->duplicates}};
   }
   return {{"ok", false}, {"error", "unknown command '" + cmd + "'"}};
 }

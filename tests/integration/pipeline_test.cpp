@@ -283,3 +283,47 @@ TEST_CASE("a raw e-mail address never reaches the buffer file or the uplink",
   CHECK(file.find("example.org") == std::string::npos);
   CHECK(file.find("Example.org") == std::string::npos);
 }
+
+TEST_CASE(
+    "send-test-event reports delivery, and export then import carries a backlog to another agent",
+    "[integration][cli]") {
+  MosquittoBroker broker;
+  Subscriber sub(broker.url(), kEvents);
+  TempDir tmp;
+  {
+    AgentProcess agent(tmp / "live", envFor(broker));
+    REQUIRE(agent.start());
+    auto sent = agent.cli({"send-test-event", "--timeout", "30"});
+    INFO(sent.out);
+    CHECK(sent.exit_code == 0);
+    CHECK(sent.out.find("delivered") != std::string::npos);
+    CHECK(agent.stop() == 0);
+  }
+  broker.stop();
+
+  // A store offline for days: the technician exports what is pending ...
+  std::set<std::string> ids;
+  {
+    AgentProcess old_agent(tmp / "old", envFor(broker));
+    REQUIRE(old_agent.start());
+    auto [status, body] = old_agent.post("/v1/events", eventsArray(50, 0));
+    REQUIRE(status == 202);
+    for (auto& id : acceptedIds(body)) {
+      ids.insert(id);
+    }
+    CHECK(old_agent.stop() == 0);
+    auto out =
+        old_agent.cli({"export", "--out", (tmp / "backlog.jsonl.gz").string(), "--pending-only"});
+    INFO(out.out);
+    REQUIRE(out.exit_code == 0);
+  }
+  // ... and imports it into the replacement device, which delivers it.
+  broker.start();
+  AgentProcess agent(tmp / "new", envFor(broker));
+  REQUIRE(agent.start());
+  auto imported = agent.cli({"import", (tmp / "backlog.jsonl.gz").string()});
+  INFO(imported.out);
+  REQUIRE(imported.exit_code == 0);
+  CHECK(omniedge::testing::waitForAllIds(sub, {ids.begin(), ids.end()}, 60s) == 0);
+  CHECK(agent.cli({"import", (tmp / "missing.jsonl").string()}).exit_code == 1);
+}
