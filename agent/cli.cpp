@@ -22,6 +22,7 @@
 #include "agent/api/time.h"
 #include "agent/config.h"
 #include "agent/control_socket.h"
+#include "agent/doctor.h"
 #include "agent/store/buffer.h"
 #include "agent/version.h"
 
@@ -50,6 +51,7 @@ constexpr Command kCommands[] = {
     {"export", "write buffered events as JSON Lines (gzip if FILE ends in .gz)"},
     {"import", "re-ingest an export (ids already present are skipped)"},
     {"send-test-event", "send a test event through the whole pipeline, report its delivery"},
+    {"doctor", "a check per line (disk, buffer, broker, TLS, certificates, clock); exit 1 on any"},
     {"config", "config show [--json] | config validate FILE"},
     {"version", "version, git revision, build type, library versions"},
 };
@@ -737,6 +739,22 @@ int cmdSendTestEvent(int argc, char** argv) {
   }
 }
 
+int cmdDoctor(int argc, char** argv) {
+  po::options_description own("omniedge doctor");
+  own.add_options()("json", "print JSON");
+  int code = kOk;
+  auto p = parse("doctor", argc, argv, 2, own, code);
+  if (!p) {
+    return code;
+  }
+  auto cfg = loadConfig(p->vm);
+  if (!cfg) {
+    std::cerr << "omniedge doctor: configuration error:\n" << cfg.error().message << "\n";
+    return kUsage;
+  }
+  return printDoctorReport(runDoctorChecks(*cfg), p->vm.count("json") != 0U, std::cout);
+}
+
 // ---- config / version -------------------------------------------------------------------
 
 int cmdConfig(int argc, char** argv) {
@@ -823,6 +841,9 @@ int runCli(int argc, char** argv) {
   }
   if (cmd == "send-test-event") {
     return cmdSendTestEvent(argc, argv);
+  }
+  if (cmd == "doctor") {
+    return cmdDoctor(argc, argv);
   }
   if (cmd == "config") {
     return cmdConfig(argc, argv);
