@@ -36,6 +36,41 @@ std::vector<json> beaconEvents(Subscriber& sub) {
   return out;
 }
 
+bool sawEnter(Subscriber& sub) {
+  for (const auto& m : sub.messages()) {
+    if (m.payload.find("\"beacon.enter\"") != std::string::npos) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Publishes the real trace, as the gateways would, until the uplink shows a beacon.enter (the
+// driver's subscription is made right after the agent starts; sightings sent before it are
+// simply not seen, as with a real gateway). Returns how many sightings were published.
+int publishTraceUntilEnter(mqtt::async_client& gateway, Subscriber& sub,
+                           std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  int published = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream trace(std::string(OMNIEDGE_SOURCE_DIR) +
+                        "/tests/fixtures/gateways/espresense/stationary-watch-10-rooms.jsonl");
+    REQUIRE(trace);
+    for (std::string line; std::getline(trace, line);) {
+      auto j = json::parse(line);
+      gateway.publish(j["topic"].get<std::string>(), j["payload"].dump(), 1, false)->wait();
+      if (++published % 100 == 0 && sawEnter(sub)) {
+        return published;
+      }
+    }
+    std::this_thread::sleep_for(200ms);
+    if (sawEnter(sub)) {
+      return published;
+    }
+  }
+  return published;
+}
+
 }  // namespace
 
 TEST_CASE("the real ESPresense trace published to the store broker gives one enter and no flapping",
@@ -51,41 +86,10 @@ TEST_CASE("the real ESPresense trace published to the store broker gives one ent
 
   mqtt::async_client gateway(broker.url(), "test-gateway");
   gateway.connect()->wait();
-  std::ifstream trace(std::string(OMNIEDGE_SOURCE_DIR) +
-                      "/tests/fixtures/gateways/espresense/stationary-watch-10-rooms.jsonl");
-  REQUIRE(trace);
-  int published = 0;
-  // The driver subscribes right after start (QoS 1, but a fresh session): wait for it.
-  for (int i = 0; i < 100; ++i) {
-    auto st = json::parse(agent.cli({"status", "--json"}).out);
-    bool connected = false;
-    for (const auto& d : st["drivers"]) {
-      connected = connected || (d["name"] == "beacon" && d["state"] == "running");
-    }
-    if (connected) {
-      break;
-    }
-    std::this_thread::sleep_for(100ms);
-  }
-  std::this_thread::sleep_for(500ms);
-  for (std::string line; std::getline(trace, line) && published < 600;) {
-    auto j = json::parse(line);
-    gateway.publish(j["topic"].get<std::string>(), j["payload"].dump(), 1, false)->wait();
-    ++published;
-  }
+  const int published = publishTraceUntilEnter(gateway, sub, 30s);
   gateway.disconnect()->wait();
-
   REQUIRE(agent.cli({"flush", "--wait", "30"}).exit_code == 0);
-  REQUIRE(sub.waitFor(
-      [](const auto& msgs) {
-        for (const auto& m : msgs) {
-          if (m.payload.find("\"beacon.enter\"") != std::string::npos) {
-            return true;
-          }
-        }
-        return false;
-      },
-      30s));
+  REQUIRE(sawEnter(sub));
   const auto events = beaconEvents(sub);
   int enters = 0;
   int changes = 0;
@@ -97,7 +101,7 @@ TEST_CASE("the real ESPresense trace published to the store broker gives one ent
   }
   CHECK(enters == 1);
   CHECK(changes <= 1);
-  CHECK(published == 600);
+  CHECK(published >= 100);
 }
 
 TEST_CASE("profiles pushed on R/profiles answer the kiosk offline and attribute beacons",
@@ -144,23 +148,8 @@ TEST_CASE("profiles pushed on R/profiles answer the kiosk offline and attribute 
   CHECK(agent.get("/v1/customers/loyalty:NOPE").first == 404);
 
   // The watch is that customer: its presence events say so.
-  std::ifstream trace(std::string(OMNIEDGE_SOURCE_DIR) +
-                      "/tests/fixtures/gateways/espresense/stationary-watch-10-rooms.jsonl");
-  int n = 0;
-  for (std::string line; std::getline(trace, line) && n < 100; ++n) {
-    auto j = json::parse(line);
-    centre.publish(j["topic"].get<std::string>(), j["payload"].dump(), 1, false)->wait();
-  }
-  REQUIRE(sub.waitFor(
-      [](const auto& msgs) {
-        for (const auto& m : msgs) {
-          if (m.payload.find("\"beacon.enter\"") != std::string::npos) {
-            return true;
-          }
-        }
-        return false;
-      },
-      30s));
+  REQUIRE(publishTraceUntilEnter(centre, sub, 30s) > 0);
+  REQUIRE(sawEnter(sub));
   const auto events = beaconEvents(sub);
   REQUIRE_FALSE(events.empty());
   CHECK(events.front()["customer"]["profile_id"] == "c-123");
