@@ -171,6 +171,14 @@ Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t 
       }
     }
   }
+  // Consent: a customer who refused tracking is not tracked. Their presence (beacon.*) is
+  // dropped; any other event (a sale is still a sale) keeps its data but loses every identity.
+  if (resolver_ != nullptr && !customer.empty() && resolver_->trackingRefused(customer)) {
+    if (priorityOf(e.type) == Priority::kLow) {
+      return makeError("consent", "tracking refused", "[" + std::to_string(index) + "].customer");
+    }
+    customer.clear();
+  }
   e.customer = std::move(customer);
   if (e.data_json.empty()) {
     e.data_json = "{}";
@@ -203,6 +211,11 @@ Result<AppendOutcome> Ingest::append(std::vector<Event> events) {
   for (std::size_t i = 0; i < events.size(); ++i) {
     auto prepared = prepare(events[i], i, now);
     if (!prepared) {
+      if (prepared.error().code == "consent") {
+        outcome.ids.push_back(events[i].id);  // acknowledged, deliberately not kept
+        ++outcome.consent_dropped;
+        continue;
+      }
       return prepared.error();
     }
     outcome.ids.push_back(prepared->id);

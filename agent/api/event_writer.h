@@ -10,9 +10,10 @@
 namespace omniedge {
 
 struct AppendOutcome {
-  std::vector<std::string> ids;  // the events' ids, in input order (duplicates included)
-  std::size_t stored = 0;        // newly stored
-  std::size_t duplicates = 0;    // ids already in the buffer: ignored, still acknowledged
+  std::vector<std::string> ids;     // the events' ids, in input order (duplicates included)
+  std::size_t stored = 0;           // newly stored
+  std::size_t duplicates = 0;       // ids already in the buffer: ignored, still acknowledged
+  std::size_t consent_dropped = 0;  // presence of customers who refused tracking: not kept
 };
 
 /// Accepts events into the durable buffer.

@@ -196,4 +196,36 @@ std::map<std::string, std::string> ProfileCache::customerFor(std::string_view ke
   return out;
 }
 
+bool ProfileCache::trackingRefused(const std::map<std::string, std::string>& customer) const {
+  static const std::map<std::string, std::string> kPrefix = {{"loyalty_id", "loyalty:"},
+                                                             {"app_user_id", "app:"},
+                                                             {"email_sha256", "email_sha256:"},
+                                                             {"phone_sha256", "phone_sha256:"},
+                                                             {"beacon", ""}};
+  std::shared_lock lock(mu_);
+  auto refused = [](const Profile& p) {
+    const auto& doc = p.doc;
+    return doc.contains("consent") && doc["consent"].is_object() &&
+           doc["consent"].contains("tracking") && doc["consent"]["tracking"] == false;
+  };
+  for (const auto& [field, value] : customer) {
+    if (field == "profile_id") {
+      auto it = by_id_.find(value);
+      if (it != by_id_.end() && refused(*it->second)) {
+        return true;
+      }
+      continue;
+    }
+    auto prefix = kPrefix.find(field);
+    if (prefix == kPrefix.end()) {
+      continue;
+    }
+    auto k = id_by_key_.find(prefix->second + value);
+    if (k != id_by_key_.end() && refused(*by_id_.at(k->second))) {
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace omniedge::store

@@ -47,6 +47,7 @@ class ProfileCache final : public IdentityResolver {
 
   // IdentityResolver
   std::map<std::string, std::string> customerFor(std::string_view key) const override;
+  bool trackingRefused(const std::map<std::string, std::string>& customer) const override;
 
  private:
   struct Profile {

@@ -161,3 +161,53 @@ TEST_CASE("strings are escaped in the envelope", "[unit][ingest]") {
   const auto j = nlohmann::json::parse(omniedge::serialiseEvent(e));
   CHECK(j["source"] == "till \"7\"\n\x01");
 }
+
+namespace {
+
+// A profile cache in miniature: one customer, who refused tracking.
+class OptedOut final : public omniedge::IdentityResolver {
+ public:
+  std::map<std::string, std::string> customerFor(std::string_view key) const override {
+    if (key == "ibeacon:u:1:2") {
+      return {{"profile_id", "c-9"}, {"loyalty_id", "L-OPTOUT"}};
+    }
+    return {};
+  }
+  bool trackingRefused(const std::map<std::string, std::string>& customer) const override {
+    auto it = customer.find("loyalty_id");
+    return it != customer.end() && it->second == "L-OPTOUT";
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a customer who refused tracking is not tracked", "[unit][ingest][consent]") {
+  Fixture f;
+  OptedOut resolver;
+  Ingest ingest(omniedge::IngestOptions{"store-042", 4096}, *f.buffer, f.pii, f.clock, &resolver);
+
+  SECTION("their presence is dropped, yet acknowledged") {
+    Event seen = kiosk("beacon.enter");
+    seen.customer["beacon"] = "ibeacon:u:1:2";
+    auto r = ingest.append({seen});
+    REQUIRE(r.has_value());
+    CHECK(r->consent_dropped == 1);
+    CHECK(r->ids.size() == 1);
+    CHECK(f.buffer->stats().pending[2] == 0);
+  }
+  SECTION("their purchase is kept without any identity") {
+    Event sale = kiosk("pos.transaction");
+    sale.customer["loyalty_id"] = "L-OPTOUT";
+    sale.customer["email"] = "someone@example.org";
+    REQUIRE(ingest.append({sale}).has_value());
+    auto j = f.stored();
+    CHECK(j["type"] == "pos.transaction");
+    CHECK(j["customer"].empty());
+  }
+  SECTION("others are tracked and enriched from the cache") {
+    Event other = kiosk("beacon.enter");
+    other.customer["beacon"] = "ibeacon:someone:else:1";
+    REQUIRE(ingest.append({other}).has_value());
+    CHECK(f.stored()["customer"]["beacon"] == "ibeacon:someone:else:1");
+  }
+}

@@ -54,3 +54,21 @@ TEST_CASE("a malformed profile update is refused whole, naming the field", "[uni
   CHECK_FALSE((*cache)->lookup("loyalty:L1").has_value());  // nothing of it applied
   CHECK_FALSE((*cache)->apply("not json", 1).has_value());
 }
+
+TEST_CASE("the profile cache tells who refused tracking, by any of their keys",
+          "[unit][profiles][consent]") {
+  TempDir dir;
+  auto cache = ProfileCache::open(dir.path());
+  REQUIRE(cache.has_value());
+  REQUIRE((*cache)
+              ->apply(R"({"upserts":[
+      {"id":"c-1","keys":["loyalty:L1","app:A1"],"consent":{"tracking":false}},
+      {"id":"c-2","keys":["loyalty:L2"],"consent":{"tracking":true}}]})",
+                      1)
+              .has_value());
+  CHECK((*cache)->trackingRefused({{"loyalty_id", "L1"}}));
+  CHECK((*cache)->trackingRefused({{"app_user_id", "A1"}}));
+  CHECK((*cache)->trackingRefused({{"profile_id", "c-1"}}));
+  CHECK_FALSE((*cache)->trackingRefused({{"loyalty_id", "L2"}}));
+  CHECK_FALSE((*cache)->trackingRefused({{"loyalty_id", "unknown"}}));
+}
