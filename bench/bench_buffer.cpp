@@ -25,9 +25,9 @@
 #include <vector>
 
 #include "agent/api/event.h"
+#include "agent/api/uuid.h"
 #include "agent/ingest.h"
 #include "agent/store/buffer.h"
-#include "agent/api/uuid.h"
 
 namespace {
 

@@ -1,7 +1,6 @@
 #include "agent/api/json_string.h"
 
 namespace omniedge {
-namespace {
 
 // Length of the well-formed UTF-8 sequence at text[i] (shortest form, no surrogates, at most
 // U+10FFFF), or 0 when the bytes there are not one.
@@ -36,8 +35,6 @@ std::size_t utf8SequenceLength(std::string_view text, std::size_t i) {
   }
   return length;
 }
-
-}  // namespace
 
 // A JSON string literal. Bytes that are not UTF-8 (a POS that writes Latin-1 without saying
 // so) become U+FFFD, so the event stays valid JSON for everyone downstream.

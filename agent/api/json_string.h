@@ -2,6 +2,7 @@
 // hot path): one escaper for every driver and for ingest.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -11,5 +12,9 @@ namespace omniedge {
 /// characters escaped; bytes that are not well-formed UTF-8 (a till writing Latin-1 without
 /// saying so) become U+FFFD, so the output is always valid JSON. Thread: any.
 void appendJsonString(std::string& out, std::string_view s);
+
+/// Length of the well-formed UTF-8 sequence at text[i] (shortest form, no surrogates, at most
+/// U+10FFFF), or 0 when the bytes there are not one. Thread: any.
+std::size_t utf8SequenceLength(std::string_view text, std::size_t i);
 
 }  // namespace omniedge

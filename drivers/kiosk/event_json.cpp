@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "agent/api/json_string.h"
 #include "agent/api/time.h"
 
 // A small validating JSON parser made for this one shape, instead of a DOM library: the kiosk
@@ -457,33 +458,8 @@ class Parser {
 
   // One multi-byte UTF-8 sequence at pos_: shortest form, no surrogates, at most U+10FFFF.
   bool parseUtf8(std::string* out) {
-    const auto byte = [&](std::size_t i) {
-      return pos_ + i < in_.size() ? static_cast<unsigned char>(in_[pos_ + i]) : 0U;
-    };
-    const unsigned b0 = byte(0);
-    std::size_t length = 0;
-    unsigned low = 0x80;  // bounds of the second byte
-    unsigned high = 0xBF;
-    if (b0 >= 0xC2 && b0 <= 0xDF) {
-      length = 2;
-    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-      length = 3;
-      low = b0 == 0xE0 ? 0xA0 : 0x80;
-      high = b0 == 0xED ? 0x9F : 0xBF;
-    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-      length = 4;
-      low = b0 == 0xF0 ? 0x90 : 0x80;
-      high = b0 == 0xF4 ? 0x8F : 0xBF;
-    } else {
-      syntaxError("invalid UTF-8 in a string");
-      return false;
-    }
-    const unsigned b1 = byte(1);
-    bool valid = b1 >= low && b1 <= high;
-    for (std::size_t i = 2; i < length; ++i) {
-      valid = valid && byte(i) >= 0x80 && byte(i) <= 0xBF;
-    }
-    if (!valid) {
+    const std::size_t length = utf8SequenceLength(in_, pos_);
+    if (length == 0) {
       syntaxError("invalid UTF-8 in a string");
       return false;
     }

@@ -80,31 +80,6 @@ bool startsWithIgnoreCase(std::string_view text, std::string_view prefix) {
   return text.size() >= prefix.size() && equalsIgnoreCase(text.substr(0, prefix.size()), prefix);
 }
 
-bool printable(std::string_view s) {
-  return std::none_of(s.begin(), s.end(),
-                      [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
-}
-
-// "2017-10-01T02:01:31": POSLog writers often leave out the offset; ARTS means UTC then (NCR
-// ACS writes UTC: its business day 2017-09-30 ends at 02:01 the next morning).
-std::optional<int64_t> parseDateTime(std::string_view value) {
-  if (auto ms = parseRfc3339(value)) {
-    return ms;
-  }
-  std::string utc(value);
-  utc.push_back('Z');
-  return parseRfc3339(utc);
-}
-
-bool isDate(std::string_view value) {
-  if (value.size() != 10 || value[4] != '-' || value[7] != '-') {
-    return false;
-  }
-  std::string midnight(value);
-  midnight += "T00:00:00Z";
-  return parseRfc3339(midnight).has_value();
-}
-
 class Reader {
  public:
   explicit Reader(std::string& xml) : xml_(xml) {}

@@ -1,5 +1,6 @@
 #include "drivers/pos/transaction.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 
@@ -188,6 +189,29 @@ Event toEvent(const Transaction& tx, std::string_view store_id) {
   }
   event.data_json = dataJson(tx);
   return event;
+}
+
+bool printable(std::string_view s) {
+  return std::none_of(s.begin(), s.end(),
+                      [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
+std::optional<int64_t> parseDateTime(std::string_view value) {
+  if (auto ms = parseRfc3339(value)) {
+    return ms;
+  }
+  std::string utc(value);
+  utc.push_back('Z');
+  return parseRfc3339(utc);
+}
+
+bool isDate(std::string_view value) {
+  if (value.size() != 10 || value[4] != '-' || value[7] != '-') {
+    return false;
+  }
+  std::string midnight(value);
+  midnight += "T00:00:00Z";
+  return parseRfc3339(midnight).has_value();
 }
 
 std::optional<std::string> normaliseDecimal(std::string_view text) {

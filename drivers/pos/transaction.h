@@ -89,6 +89,16 @@ std::string transactionId(std::string_view store_id, const Transaction& tx);
 /// Thread: any. Never fails or throws (but std::bad_alloc).
 Event toEvent(const Transaction& tx, std::string_view store_id);
 
+/// No control characters (what a text field of a transaction may hold).
+bool printable(std::string_view s);
+
+/// RFC 3339, or the same without an offset ("2017-10-01T02:01:31"): POSLog writers often leave
+/// it out, and ARTS means UTC then (NCR ACS writes UTC). Unix ms, nullopt when neither.
+std::optional<int64_t> parseDateTime(std::string_view value);
+
+/// "YYYY-MM-DD", a real calendar date.
+bool isDate(std::string_view value);
+
 /// `text` as a decimal number in JSON syntax ("+012.50" -> "12.50", ".5" -> "0.5"), or nullopt
 /// when it is not one ("12,50", "1e3", "", more than 30 digits). Thread: any.
 std::optional<std::string> normaliseDecimal(std::string_view text);

@@ -164,29 +164,6 @@ bool isCardDataField(std::string_view name) {
   return std::find(kCardDataFields.begin(), kCardDataFields.end(), name) != kCardDataFields.end();
 }
 
-bool printable(std::string_view s) {
-  return std::none_of(s.begin(), s.end(),
-                      [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
-}
-
-std::optional<int64_t> parseDateTime(std::string_view value) {
-  if (auto ms = parseRfc3339(value)) {
-    return ms;
-  }
-  std::string utc(value);
-  utc.push_back('Z');
-  return parseRfc3339(utc);
-}
-
-bool isDate(std::string_view value) {
-  if (value.size() != 10 || value[4] != '-' || value[7] != '-') {
-    return false;
-  }
-  std::string midnight(value);
-  midnight += "T00:00:00Z";
-  return parseRfc3339(midnight).has_value();
-}
-
 // Maps one transaction object; the first error wins and stops the mapping.
 class Mapper {
  public:
