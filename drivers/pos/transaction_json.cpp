@@ -23,13 +23,21 @@ constexpr std::size_t kMaxMembers = 256;   // per object (duplicate checks stay 
 constexpr std::size_t kMaxIdentity = 128;  // loyalty id, as ingest allows
 constexpr std::size_t kMaxEmailLength = 254;
 
+struct JMember;
+
 struct JValue {
   enum class Kind { kNull, kBool, kNumber, kString, kObject, kArray };
   Kind kind = Kind::kNull;
   bool boolean = false;
   std::string text;  // a string's value, a number's own text
-  std::vector<std::pair<std::string, JValue>> members;
+  // A vector of an incomplete type is fine (C++17); a std::pair of one is not.
+  std::vector<JMember> members;
   std::vector<JValue> items;
+};
+
+struct JMember {
+  std::string first;  // the name
+  JValue second;      // the value
 };
 
 JValue makeValue(JValue::Kind kind) {
@@ -122,7 +130,7 @@ class TreeBuilder {
     }
     JValue& parent = *stack_.back();
     if (parent.kind == JValue::Kind::kObject) {
-      parent.members.emplace_back(std::move(key_), std::move(value));
+      parent.members.push_back(JMember{std::move(key_), std::move(value)});
       return &parent.members.back().second;
     }
     parent.items.push_back(std::move(value));
