@@ -256,6 +256,14 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
     auto doc = cache->lookup(key);
     return doc ? std::optional<std::string>(doc->dump()) : std::nullopt;
   };
+  ho.cart_add = [cache = p->profiles.get(), clock = &p->clock](
+                    const std::string& key, const std::string& item) -> Result<std::string> {
+    auto cart = cache->addCartItem(key, nlohmann::json::parse(item), clock->nowMs());
+    if (!cart) {
+      return cart.error();
+    }
+    return cart->dump();
+  };
   p->http_listen = cfg.str("http.listen");
   if (!cfg.str("http.tokens_file").empty()) {
     auto tokens = readTokens(cfg.str("http.tokens_file"));

@@ -69,6 +69,7 @@ void ProfileCache::unindexLocked(const std::string& id) {
 }
 
 Result<ProfileUpdate> ProfileCache::apply(std::string_view payload, int64_t now_ms) {
+  std::lock_guard write(write_mu_);
   auto msg = nlohmann::json::parse(payload, nullptr, false);
   if (msg.is_discarded() || !msg.is_object()) {
     return makeError("invalid_json", "an R/profiles message must be a JSON object");
@@ -169,6 +170,68 @@ std::optional<nlohmann::json> ProfileCache::lookup(std::string_view key) const {
   nlohmann::json doc = p->doc;
   doc["freshness"] = formatRfc3339Ms(p->heard_ms);
   return doc;
+}
+
+Result<void> ProfileCache::persist(const std::string& id, const Profile& p) {
+  sqlite3_stmt* put = nullptr;
+  const std::string doc = p.doc.dump();
+  bool ok =
+      sqlite3_prepare_v2(db_, "INSERT OR REPLACE INTO profiles(id, doc, heard_ms) VALUES(?,?,?)",
+                         -1, &put, nullptr) == SQLITE_OK;
+  if (ok) {
+    sqlite3_bind_text(put, 1, id.c_str(), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(put, 2, doc.c_str(), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(put, 3, p.heard_ms);
+    ok = sqlite3_step(put) == SQLITE_DONE;
+  }
+  sqlite3_finalize(put);
+  if (!ok) {
+    return makeError("io", std::string("profile cache: ") + sqlite3_errmsg(db_));
+  }
+  return {};
+}
+
+Result<nlohmann::json> ProfileCache::addCartItem(std::string_view key, const nlohmann::json& item,
+                                                 int64_t now_ms) {
+  std::lock_guard write(write_mu_);
+  std::string id;
+  std::shared_ptr<const Profile> current;
+  {
+    std::shared_lock lock(mu_);
+    auto k = id_by_key_.find(std::string(key));
+    if (k == id_by_key_.end()) {
+      return makeError("not_found", "no profile is cached for " + std::string(key));
+    }
+    id = k->second;
+    current = by_id_.at(id);
+  }
+  auto next = std::make_shared<Profile>(*current);
+  auto& cart = next->doc["cart"];
+  if (!cart.is_object()) {
+    cart = nlohmann::json::object();
+  }
+  if (!cart.contains("items") || !cart["items"].is_array()) {
+    cart["items"] = nlohmann::json::array();
+  }
+  bool merged = false;
+  for (auto& line : cart["items"]) {
+    if (line.is_object() && line.value("sku", "") == item.value("sku", "") &&
+        line.value("channel", "") == item.value("channel", "") && line["qty"].is_number_integer()) {
+      line["qty"] = line["qty"].get<int64_t>() + item.value("qty", int64_t{1});
+      merged = true;
+      break;
+    }
+  }
+  if (!merged) {
+    cart["items"].push_back(item);
+  }
+  cart["updated_at"] = formatRfc3339Ms(now_ms);
+  if (auto r = persist(id, *next); !r) {
+    return r.error();
+  }
+  std::unique_lock lock(mu_);
+  indexLocked(id, next);
+  return cart;
 }
 
 std::size_t ProfileCache::size() const {

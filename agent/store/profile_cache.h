@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <shared_mutex>
@@ -45,6 +46,12 @@ class ProfileCache final : public IdentityResolver {
 
   std::size_t size() const;
 
+  /// Adds `item` (a JSON object with sku, qty, ...) to the cart of the profile known as `key`:
+  /// the same sku from the same channel adds to its qty. Durable before it is visible. Returns
+  /// the updated cart; fails "not_found" for an unknown key, "io". Thread: any (serialised).
+  Result<nlohmann::json> addCartItem(std::string_view key, const nlohmann::json& item,
+                                     int64_t now_ms);
+
   // IdentityResolver
   std::map<std::string, std::string> customerFor(std::string_view key) const override;
   bool trackingRefused(const std::map<std::string, std::string>& customer) const override;
@@ -58,6 +65,9 @@ class ProfileCache final : public IdentityResolver {
   void indexLocked(const std::string& id, const std::shared_ptr<const Profile>& p);
   void unindexLocked(const std::string& id);
 
+  Result<void> persist(const std::string& id, const Profile& p);
+
+  std::mutex write_mu_;  // one writer at a time: the sync thread's updates, kiosk cart adds
   sqlite3* db_ = nullptr;
   mutable std::shared_mutex mu_;
   std::unordered_map<std::string, std::shared_ptr<const Profile>> by_id_;  // guarded by mu_

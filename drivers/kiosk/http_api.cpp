@@ -26,6 +26,7 @@ using Json = nlohmann::json;
 
 constexpr std::string_view kEventsPath = "/v1/events";
 constexpr std::string_view kPosPath = "/v1/pos/transactions";
+constexpr std::string_view kCustomersPrefix = "/v1/customers/";
 constexpr std::string_view kHealthPath = "/v1/health";
 constexpr std::string_view kMetricsPath = "/metrics";
 constexpr const char* kJsonType = "application/json";
@@ -154,7 +155,7 @@ std::string routeLabel(const std::string& path) {
       return std::string(known);
     }
   }
-  if (path.rfind("/v1/customers/", 0) == 0) {
+  if (path.rfind(kCustomersPrefix, 0) == 0) {
     return "/v1/customers";
   }
   return "other";
@@ -346,6 +347,11 @@ void HttpApi::installRoutes() {
                                        const httplib::ContentReader& reader) {
     serve(req, res, [&] { routeEvents(req, res, reader); });
   });
+  s.Post(R"(/v1/customers/([^/]+)/cart/items)",
+         [this](const httplib::Request& req, httplib::Response& res,
+                const httplib::ContentReader& reader) {
+           serve(req, res, [&] { routeEvents(req, res, reader); });
+         });
   s.Get(std::string(kHealthPath), [this](const httplib::Request& req, httplib::Response& res) {
     serve(req, res, [&] {
       if (checkAccess(req, res) == Access::kAllowed) {
@@ -463,6 +469,8 @@ void HttpApi::routeEvents(const httplib::Request& req, httplib::Response& res,
   }
   if (req.path == kPosPath) {
     handlePosTransactions(res, std::move(body));
+  } else if (req.path.rfind(kCustomersPrefix, 0) == 0) {
+    handleCartAdd(res, std::string(req.matches[1]), std::move(body));
   } else {
     handleEvents(res, std::move(body));
   }
@@ -577,6 +585,19 @@ void HttpApi::handlePosTransactions(httplib::Response& res, std::string body) {
 }
 
 void HttpApi::answerAppend(httplib::Response& res, std::vector<Event> events, bool was_array) {
+  auto outcome = appendOrRefuse(res, std::move(events), was_array);
+  if (!outcome) {
+    return;
+  }
+  const std::vector<std::string>& ids = outcome->ids;
+  res.status = 202;
+  res.set_content(Json{{"accepted", ids.size()}, {"ids", ids}}.dump(-1, ' ', false,
+                                                                    Json::error_handler_t::replace),
+                  kJsonType);
+}
+
+std::optional<AppendOutcome> HttpApi::appendOrRefuse(httplib::Response& res,
+                                                     std::vector<Event> events, bool was_array) {
   Result<AppendOutcome> outcome = makeError("io", "not appended");
   try {
     outcome = writer_.append(std::move(events));
@@ -597,17 +618,79 @@ void HttpApi::answerAppend(httplib::Response& res, std::vector<Event> events, bo
     } else {
       sendError(res, 500, e.code.empty() ? "internal" : e.code, message, field);
     }
-    return;
+    return std::nullopt;
   }
-  const std::vector<std::string>& ids = outcome->ids;
   {
     std::lock_guard lock(stats_mu_);
-    events_accepted_ += ids.size();
+    events_accepted_ += outcome->ids.size();
   }
-  res.status = 202;
-  res.set_content(Json{{"accepted", ids.size()}, {"ids", ids}}.dump(-1, ' ', false,
-                                                                    Json::error_handler_t::replace),
-                  kJsonType);
+  return std::move(*outcome);
+}
+
+// POST /v1/customers/{key}/cart/items: the kiosk adds an item. The kiosk.cart_add event for the
+// centre is made durable first; only then does the local cart change, so the two never disagree
+// after a crash by more than a resend.
+void HttpApi::handleCartAdd(httplib::Response& res, const std::string& key, std::string body) {
+  if (!options_.customer_lookup || !options_.cart_add || !options_.customer_lookup(key)) {
+    sendError(res, 404, "not_found", "no profile is cached for " + key, "key");
+    return;
+  }
+  const Json in = Json::parse(body, nullptr, false);
+  if (in.is_discarded() || !in.is_object()) {
+    sendError(res, 400, "invalid_json", "the body must be a JSON object", "body");
+    return;
+  }
+  for (const auto& [name, value] : in.items()) {
+    if (name != "sku" && name != "qty" && name != "price") {
+      sendError(res, 400, "invalid", name + " is not a cart item field (sku, qty, price)", name);
+      return;
+    }
+  }
+  if (!in.contains("sku") || !in["sku"].is_string() || in["sku"].get<std::string>().empty() ||
+      in["sku"].get<std::string>().size() > 128) {
+    sendError(res, 400, "invalid", "sku is required (a string of 1-128 characters)", "sku");
+    return;
+  }
+  if (in.contains("qty") && (!in["qty"].is_number_integer() || in["qty"].get<int64_t>() < 1 ||
+                             in["qty"].get<int64_t>() > 10000)) {
+    sendError(res, 400, "invalid", "qty must be a whole number from 1 to 10000", "qty");
+    return;
+  }
+  if (in.contains("price") && (!in["price"].is_number() || in["price"].get<double>() < 0)) {
+    sendError(res, 400, "invalid", "price must be a number of at least 0", "price");
+    return;
+  }
+  Json item = {{"sku", in["sku"]}, {"qty", in.value("qty", int64_t{1})}, {"channel", "store"}};
+  if (in.contains("price")) {
+    item["price"] = in["price"];
+  }
+  Event e;
+  e.type = "kiosk.cart_add";
+  e.source = "kiosk";
+  const auto colon = key.find(':');
+  const std::string kind = key.substr(0, colon);
+  const std::string value = colon == std::string::npos ? key : key.substr(colon + 1);
+  if (kind == "loyalty") {
+    e.customer["loyalty_id"] = value;
+  } else if (kind == "app") {
+    e.customer["app_user_id"] = value;
+  } else if (kind == "email_sha256" || kind == "phone_sha256") {
+    e.customer[kind] = value;
+  } else {
+    e.customer["beacon"] = key;
+  }
+  e.data_json = Json{{"key", key}, {"item", item}}.dump();
+  if (!appendOrRefuse(res, {std::move(e)}, false)) {
+    return;
+  }
+  auto cart = options_.cart_add(key, item.dump());
+  if (!cart) {
+    sendError(res, cart.error().code == "not_found" ? 404 : 500, cart.error().code,
+              cart.error().message, "key");
+    return;
+  }
+  res.status = 201;
+  res.set_content(*cart, kJsonType);
 }
 
 void HttpApi::handleHealth(httplib::Response& res) {

@@ -40,6 +40,10 @@ struct HttpApiOptions {
   /// The cached profile (JSON) for a key such as "loyalty:ID"; empty when unknown. Called on the
   /// server's threads. Unset: GET /v1/customers/... answers 404.
   std::function<std::optional<std::string>(const std::string& key)> customer_lookup;
+  /// Adds an item (JSON {"sku","qty","price"?,"channel":"store"}) to the cached cart of `key`
+  /// and returns the updated cart as JSON; fails "not_found" for an unknown key. Called on the
+  /// server's threads, after the kiosk.cart_add event is durable. Unset: 404.
+  std::function<Result<std::string>(const std::string& key, const std::string& item)> cart_add;
   std::string store_id;  // store.id: the first part of POS transaction ids
 };
 
@@ -100,6 +104,10 @@ class HttpApi {
   void handlePosTransactions(httplib::Response& res, std::string body);
   // Appends `events` and answers 202 with their ids, or the writer's error.
   void answerAppend(httplib::Response& res, std::vector<Event> events, bool was_array);
+  // Appends; on failure answers the error (400/413/503/500) and returns nullopt.
+  std::optional<AppendOutcome> appendOrRefuse(httplib::Response& res, std::vector<Event> events,
+                                              bool was_array);
+  void handleCartAdd(httplib::Response& res, const std::string& key, std::string body);
   void handleHealth(httplib::Response& res);
   void handleMetrics(httplib::Response& res);
   void countRequest(const httplib::Request& req, const httplib::Response& res);

@@ -147,6 +147,31 @@ TEST_CASE("profiles pushed on R/profiles answer the kiosk offline and attribute 
   CHECK(json::parse(cart.second)["items"][0]["sku"] == "SKU-1");
   CHECK(agent.get("/v1/customers/loyalty:NOPE").first == 404);
 
+  // The kiosk adds to that cart: the local cart changes at once, the centre hears of it.
+  auto added = agent.post("/v1/customers/loyalty:LOY-1/cart/items", R"({"sku":"SKU-2","qty":2})");
+  REQUIRE(added.first == 201);
+  CHECK(json::parse(added.second)["items"].size() == 2);
+  added = agent.post("/v1/customers/loyalty:LOY-1/cart/items", R"({"sku":"SKU-2"})");
+  REQUIRE(added.first == 201);
+  CHECK(json::parse(added.second)["items"][1]["qty"] == 3);
+  auto cart_now = json::parse(agent.get("/v1/customers/app:A-9/cart").second);
+  CHECK(cart_now["items"][1]["sku"] == "SKU-2");
+  auto bad_qty = agent.post("/v1/customers/loyalty:LOY-1/cart/items", R"({"sku":"S","qty":0})");
+  CHECK(bad_qty.first == 400);
+  CHECK(json::parse(bad_qty.second)["error"]["field"] == "qty");
+  CHECK(agent.post("/v1/customers/loyalty:NOPE/cart/items", R"({"sku":"S"})").first == 404);
+  REQUIRE(sub.waitFor(
+      [](const auto& msgs) {
+        for (const auto& m : msgs) {
+          if (m.payload.find("\"kiosk.cart_add\"") != std::string::npos &&
+              m.payload.find("LOY-1") != std::string::npos) {
+            return true;
+          }
+        }
+        return false;
+      },
+      30s));
+
   // The watch is that customer: its presence events say so.
   REQUIRE(publishTraceUntilEnter(centre, sub, 30s) > 0);
   REQUIRE(sawEnter(sub));
