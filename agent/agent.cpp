@@ -561,7 +561,9 @@ void Agent::housekeeping() {
         {"evicted_total",
          s.evicted}}.dump();
     if (auto r = p_->ingest->append({e}); !r) {
-      spdlog::error("buffer: could not record agent.data_dropped: {}", r.error().message);
+      // Kept for the next round: every eviction reaches the centre.
+      p_->buffer->returnEvictions(dropped);
+      spdlog::error("buffer: could not record agent.data_dropped yet: {}", r.error().message);
     }
   }
 }

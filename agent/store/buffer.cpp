@@ -843,6 +843,20 @@ void Buffer::refreshStatsLocked() {
   stats_.cap_bytes = cap_cache_;
 }
 
+void Buffer::returnEvictions(const EvictionReport& report) {
+  if (report.events == 0) {
+    return;
+  }
+  std::lock_guard lock(mu_);
+  if (evictions_.events == 0 || report.oldest_received_ms < evictions_.oldest_received_ms) {
+    evictions_.oldest_received_ms = report.oldest_received_ms;
+  }
+  evictions_.newest_received_ms =
+      std::max(evictions_.newest_received_ms, report.newest_received_ms);
+  evictions_.events += report.events;
+  evictions_.bytes += report.bytes;
+}
+
 EvictionReport Buffer::takeEvictions() {
   std::lock_guard lock(mu_);
   EvictionReport r = evictions_;

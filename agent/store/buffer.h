@@ -121,6 +121,9 @@ class Buffer final : public Outbox {
 
   /// Evictions since the last call (reset by the call). Thread: any.
   EvictionReport takeEvictions();
+  /// Puts back a report taken by takeEvictions() that could not be sent on (the next take
+  /// includes it again), so an eviction is never reported to nobody. Thread: any.
+  void returnEvictions(const EvictionReport& report);
 
   /// The newest stored events with seq > after_seq (at most `limit`, oldest first), from an
   /// in-memory ring of the last kRecentEvents: delivered events leave the file at once, but

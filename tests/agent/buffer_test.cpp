@@ -152,6 +152,12 @@ TEST_CASE("a full buffer evicts low-priority events oldest-first and counts them
   CHECK(report.events == static_cast<int64_t>(after.evicted));
   CHECK(report.oldest_received_ms == beacons.front().received_at_ms);
   CHECK(b->takeEvictions().events == 0);
+  // A report that could not be sent on is taken again next time, whole.
+  b->returnEvictions(report);
+  auto again = b->takeEvictions();
+  CHECK(again.events == report.events);
+  CHECK(again.bytes == report.bytes);
+  CHECK(again.oldest_received_ms == report.oldest_received_ms);
 
   // What remains of the beacons is the newest ones.
   auto pending = b->readPending(0, 1000, 1 << 20);
