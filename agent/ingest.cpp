@@ -203,6 +203,14 @@ Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t 
 }
 
 Result<AppendOutcome> Ingest::append(std::vector<Event> events) {
+  return validateAndAppend(std::move(events), /*skip_invalid=*/false);
+}
+
+Result<AppendOutcome> Ingest::appendEach(std::vector<Event> events) {
+  return validateAndAppend(std::move(events), /*skip_invalid=*/true);
+}
+
+Result<AppendOutcome> Ingest::validateAndAppend(std::vector<Event> events, bool skip_invalid) {
   const int64_t now = clock_.nowMs();
   std::vector<store::StoredEvent> stored;
   stored.reserve(events.size());
@@ -216,10 +224,18 @@ Result<AppendOutcome> Ingest::append(std::vector<Event> events) {
         ++outcome.consent_dropped;
         continue;
       }
-      return prepared.error();
+      if (!skip_invalid) {
+        return prepared.error();
+      }
+      outcome.ids.emplace_back();
+      outcome.rejected.push_back(Rejection{i, prepared.error()});
+      continue;
     }
     outcome.ids.push_back(prepared->id);
     stored.push_back(std::move(*prepared));
+  }
+  if (stored.empty()) {
+    return outcome;
   }
   auto counts = buffer_.append(std::move(stored));
   if (!counts) {

@@ -26,12 +26,15 @@ class Ingest final : public EventWriter {
 
   // EventWriter
   Result<AppendOutcome> append(std::vector<Event> events) override;
+  Result<AppendOutcome> appendEach(std::vector<Event> events) override;
 
   /// Validates and completes `e` (the `index`-th of a request, for error fields) and serialises
   /// it. Thread: any; pure apart from the clock and id generation.
   Result<store::StoredEvent> prepare(Event& e, std::size_t index, int64_t now_ms) const;
 
  private:
+  Result<AppendOutcome> validateAndAppend(std::vector<Event> events, bool skip_invalid);
+
   IngestOptions options_;
   store::Buffer& buffer_;
   const PiiHasher& pii_;

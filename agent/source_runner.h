@@ -24,7 +24,9 @@ class SourceRunner {
   void start();
   /// Asks the source to stop and joins (a poll returns within ~1 s). Thread: the owner.
   void stop();
-  /// {"name", "state": "running" | "failing" | "stopped", "errors", "last_error"}. Thread: any.
+  /// {"name", "state": "running" | "failing" | "stopped", "errors" (failed rounds + refused
+  /// inputs), "poll_errors", "input_errors", "last_error", "counters" (the source's own)}.
+  /// Thread: any.
   nlohmann::json state() const;
 
  private:

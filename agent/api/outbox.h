@@ -32,6 +32,12 @@ class Outbox {
   /// buffer's writer thread shortly after.
   virtual void acknowledge(int64_t first_seq, int64_t last_seq) = 0;
 
+  /// The centre will never take the pending events with first_seq <= seq <= last_seq (the broker
+  /// refuses an event sent alone; an HTTPS 4xx): they leave the queue for the quarantine, where
+  /// they are kept, counted and reported, never silently dropped. `reason` says why (shown by
+  /// status). Thread: any; like acknowledge(), committed by the writer shortly after.
+  virtual void quarantine(int64_t first_seq, int64_t last_seq, std::string reason) = 0;
+
   /// Wakes `waiter` when new events are pending (or after `timeout_ms`), whichever is first.
   /// Returns the newest seq stored so far. Thread: the sync thread.
   virtual int64_t waitForNewer(int64_t seq, int timeout_ms) = 0;

@@ -120,6 +120,15 @@ CREATE INDEX IF NOT EXISTS delivered_age ON delivered(delivered_ms);
 CREATE TABLE IF NOT EXISTS delivered_ids(
   id TEXT PRIMARY KEY, delivered_ms INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine(
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  prio INTEGER NOT NULL,
+  received_ms INTEGER NOT NULL,
+  quarantined_ms INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  body TEXT NOT NULL);
 )sql";
 
 Result<sqlite3*> openConnection(const fs::path& file, bool synchronous_full) {
@@ -161,7 +170,7 @@ struct Buffer::Statements {
   Stmt select_low, delete_low, save_counter, oldest;
   Stmt page_count, freelist_count, incremental_vacuum;
   Stmt read_pending;  // on the reader connection
-  Stmt remember_delivered, forget_delivered;
+  Stmt remember_delivered, forget_delivered, copy_quarantine;
   int64_t counter_events[3] = {0, 0, 0};
   int64_t counter_bytes[3] = {0, 0, 0};
   int64_t counter_last_seq = 0;  // as saved
@@ -353,6 +362,10 @@ Result<void> Buffer::prepare() {
             "INSERT OR IGNORE INTO delivered(seq, id, type, received_ms, delivered_ms, body) "
             "SELECT seq, id, type, received_ms, ?, body FROM events WHERE seq BETWEEN ? AND ?"},
            {&s.purge_delivered, "DELETE FROM delivered WHERE delivered_ms < ?"},
+           {&s.copy_quarantine,
+            "INSERT OR IGNORE INTO quarantine(seq, id, type, prio, received_ms, quarantined_ms, "
+            "reason, body) SELECT seq, id, type, prio, received_ms, ?, ?, body FROM events "
+            "WHERE seq BETWEEN ? AND ?"},
            {&s.select_low,
             "SELECT seq, received_ms, length(body) + length(id) + length(type) FROM events "
             "WHERE prio = 2 ORDER BY seq LIMIT 256"},
@@ -390,6 +403,7 @@ Result<void> Buffer::prepare() {
                 queryInt(db, "SELECT coalesce(max(seq), 0) FROM delivered"), s.counter_last_seq}) +
       1;
   stats_.last_seq = s.next_seq - 1;
+  stats_.quarantine_events = queryInt(db, "SELECT count(*) FROM quarantine");
   refreshStatsLocked();
   return {};
 }
@@ -543,7 +557,19 @@ Result<AppendCounts> Buffer::append(std::vector<StoredEvent> events) {
 void Buffer::acknowledge(int64_t first_seq, int64_t last_seq) {
   {
     std::lock_guard lock(mu_);
-    ack_queue_.emplace_back(first_seq, last_seq);
+    ack_queue_.push_back(AckOp{first_seq, last_seq, {}});
+    ++acks_enqueued_;
+  }
+  cv_.notify_one();
+}
+
+void Buffer::quarantine(int64_t first_seq, int64_t last_seq, std::string reason) {
+  if (reason.empty()) {
+    reason = "refused by the centre";
+  }
+  {
+    std::lock_guard lock(mu_);
+    ack_queue_.push_back(AckOp{first_seq, last_seq, std::move(reason)});
     ++acks_enqueued_;
   }
   cv_.notify_one();
@@ -591,7 +617,7 @@ Result<std::vector<PendingEvent>> Buffer::readPending(int64_t after_seq, std::si
 
 void Buffer::writerLoop() {
   std::vector<std::shared_ptr<Request>> group;
-  std::vector<std::pair<int64_t, int64_t>> acks;
+  std::vector<AckOp> acks;
   for (;;) {
     uint64_t acks_taken = 0;
     {
@@ -633,8 +659,7 @@ void Buffer::writerLoop() {
   acked_cv_.notify_all();
 }
 
-bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
-                         std::vector<std::pair<int64_t, int64_t>>& acks) {
+bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group, std::vector<AckOp>& acks) {
   auto& s = *st_;
   std::vector<std::optional<Result<AppendCounts>>> results(group.size());
   const int64_t seq_at_begin = s.next_seq;
@@ -651,14 +676,27 @@ bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
   }
   const int64_t now = nowMs();
   uint64_t acked = 0;
-  for (const auto& [first, last] : acks) {
+  uint64_t quarantined = 0;
+  for (const auto& op : acks) {
+    const int64_t first = op.first_seq;
+    const int64_t last = op.last_seq;
+    const bool to_quarantine = !op.quarantine_reason.empty();
+    if (to_quarantine) {
+      s.copy_quarantine.bind(1, now);
+      s.copy_quarantine.bind(2, op.quarantine_reason);
+      s.copy_quarantine.bind(3, first);
+      s.copy_quarantine.bind(4, last);
+      (void)run(s.copy_quarantine);
+    }
     // Delivered POS ids are remembered for kDedupWindowMs, so that the same transaction read
     // again (a file dropped twice, a crash between commit and move) is not sent again.
-    s.remember_delivered.bind(1, now);
-    s.remember_delivered.bind(2, first);
-    s.remember_delivered.bind(3, last);
-    (void)run(s.remember_delivered);
-    if (options_.retain_delivered_s > 0) {
+    if (!to_quarantine) {
+      s.remember_delivered.bind(1, now);
+      s.remember_delivered.bind(2, first);
+      s.remember_delivered.bind(3, last);
+      (void)run(s.remember_delivered);
+    }
+    if (!to_quarantine && options_.retain_delivered_s > 0) {
       s.copy_delivered.bind(1, now);
       s.copy_delivered.bind(2, first);
       s.copy_delivered.bind(3, last);
@@ -672,7 +710,7 @@ bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
         s.counter_events[p] -= 1;
         s.counter_bytes[p] -= s.delete_range.col(1) + kRowOverhead;
       }
-      ++acked;
+      ++(to_quarantine ? quarantined : acked);
     }
     s.delete_range.reset();
   }
@@ -801,6 +839,8 @@ bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group,
     stats_.appended += stored_total;
     stats_.duplicates += dup_total;
     stats_.acknowledged += acked;
+    stats_.quarantined += quarantined;
+    stats_.quarantine_events += static_cast<int64_t>(quarantined);
     stats_.rejected_full += rejected;
     stats_.commits += 1;
     if (evicted.events > 0) {

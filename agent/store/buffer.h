@@ -78,6 +78,8 @@ struct BufferStats {
   uint64_t appended = 0;  // since start
   uint64_t duplicates = 0;
   uint64_t acknowledged = 0;
+  uint64_t quarantined = 0;        // events moved to the quarantine since start
+  int64_t quarantine_events = 0;   // events in the quarantine table now
   uint64_t evicted = 0;
   uint64_t rejected_full = 0;
   uint64_t commits = 0;
@@ -114,6 +116,7 @@ class Buffer final : public Outbox {
   Result<std::vector<PendingEvent>> readPending(int64_t after_seq, std::size_t max_events,
                                                 std::size_t max_bytes) override;
   void acknowledge(int64_t first_seq, int64_t last_seq) override;
+  void quarantine(int64_t first_seq, int64_t last_seq, std::string reason) override;
   int64_t waitForNewer(int64_t seq, int timeout_ms) override;
 
   /// Blocks until every acknowledgement queued so far is committed. Thread: any.
@@ -140,10 +143,15 @@ class Buffer final : public Outbox {
  private:
   explicit Buffer(BufferOptions options);
   struct Request;
+  /// A range the centre has (delivered) or will never take (quarantine_reason set).
+  struct AckOp {
+    int64_t first_seq = 0;
+    int64_t last_seq = 0;
+    std::string quarantine_reason;  // "" = delivered
+  };
   void writerLoop();
   /// One transaction; false when the acknowledgements in it could not be committed.
-  bool commitGroup(std::vector<std::shared_ptr<Request>>& group,
-                   std::vector<std::pair<int64_t, int64_t>>& acks);
+  bool commitGroup(std::vector<std::shared_ptr<Request>>& group, std::vector<AckOp>& acks);
   Result<void> prepare();
   Result<void> recover(const std::string& problem);
   int64_t salvage(const std::filesystem::path& old_file);
@@ -167,7 +175,7 @@ class Buffer final : public Outbox {
   std::condition_variable newer_cv_;  // sync waits for new events
   std::condition_variable acked_cv_;
   std::deque<std::shared_ptr<Request>> queue_;          // guarded by mu_
-  std::vector<std::pair<int64_t, int64_t>> ack_queue_;  // guarded by mu_
+  std::vector<AckOp> ack_queue_;                        // guarded by mu_
   uint64_t acks_enqueued_ = 0;                          // guarded by mu_
   uint64_t acks_committed_ = 0;                         // guarded by mu_
   bool stopping_ = false;                               // guarded by mu_

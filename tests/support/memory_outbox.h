@@ -92,6 +92,25 @@ class MemoryOutbox final : public Outbox {
     cv_.notify_all();
   }
 
+  void quarantine(int64_t first_seq, int64_t last_seq, std::string reason) override {
+    {
+      std::lock_guard lock(mu_);
+      auto first = pending_.lower_bound(first_seq);
+      auto last = pending_.upper_bound(last_seq);
+      for (auto it = first; it != last; ++it) {
+        quarantined_.emplace(it->first, reason);
+      }
+      pending_.erase(first, last);
+    }
+    cv_.notify_all();
+  }
+
+  /// Quarantined events by seq, with their reason. Thread: any.
+  std::map<int64_t, std::string> quarantined() const {
+    std::lock_guard lock(mu_);
+    return quarantined_;
+  }
+
   int64_t waitForNewer(int64_t seq, int timeout_ms) override {
     std::unique_lock lock(mu_);
     cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return newest_ > seq; });
@@ -106,6 +125,7 @@ class MemoryOutbox final : public Outbox {
   std::size_t acknowledge_calls_ = 0;       // guarded by mu_
   std::size_t acknowledged_events_ = 0;     // guarded by mu_
   std::optional<Error> next_read_error_;    // guarded by mu_
+  std::map<int64_t, std::string> quarantined_;  // guarded by mu_
 };
 
 }  // namespace omniedge::testing

@@ -39,6 +39,38 @@ class RecordingWriter final : public EventWriter {
     return outcome;
   }
 
+  /// As append(): the fake validates nothing, so nothing is ever listed as rejected, except
+  /// events whose type is "invalid.event" (for tests of the callers' per-event handling).
+  Result<AppendOutcome> appendEach(std::vector<Event> events) override {
+    std::vector<Event> valid;
+    std::vector<Rejection> rejected;
+    std::vector<std::size_t> positions;
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      if (events[i].type == "invalid.event") {
+        rejected.push_back(Rejection{i, makeError("invalid", "type is refused by the fake",
+                                                  "[" + std::to_string(i) + "].type")});
+      } else {
+        positions.push_back(i);
+        valid.push_back(std::move(events[i]));
+      }
+    }
+    AppendOutcome outcome;
+    if (!valid.empty()) {
+      auto r = append(std::move(valid));
+      if (!r) {
+        return r.error();
+      }
+      outcome = std::move(*r);
+    }
+    std::vector<std::string> ids(events.size());
+    for (std::size_t k = 0; k < positions.size(); ++k) {
+      ids[positions[k]] = outcome.ids[k];
+    }
+    outcome.ids = std::move(ids);
+    outcome.rejected = std::move(rejected);
+    return outcome;
+  }
+
   /// The next append() fails with `error` (e.g. makeError("full", "buffer full")) and stores
   /// nothing; the ones after it succeed again. Thread: any.
   void failNextAppend(Error error = makeError("io", "injected failure")) {

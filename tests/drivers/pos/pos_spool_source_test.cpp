@@ -96,6 +96,9 @@ class DedupWriter final : public EventWriter {
     last_ = outcome;
     return outcome;
   }
+  Result<AppendOutcome> appendEach(std::vector<Event> events) override {
+    return append(std::move(events));
+  }
   std::size_t stored() const { return ids_.size(); }
   const AppendOutcome& last() const { return last_; }
 
