@@ -219,7 +219,27 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
         "identity.hmac_key_file is not set: e-mail and phone hashes are plain SHA-256, which can "
         "be brute-forced; set a tenant key");
   }
-  p->pii = std::make_unique<PiiHasher>(hmac_key, cfg.str("identity.default_country_code"));
+  std::string region = cfg.str("identity.default_region");
+  if (region.empty() && !cfg.str("identity.default_country_code").empty()) {
+    region = PiiHasher::regionForCallingCode(cfg.str("identity.default_country_code"));
+    if (region.empty()) {
+      return makeError("config",
+                       "identity.default_country_code '" +
+                           cfg.str("identity.default_country_code") +
+                           "' is no country's calling code; set identity.default_region (e.g. GB)",
+                       "identity.default_country_code");
+    }
+  }
+  if (const auto module = PiiHasher::phoneModulePath(cfg.str("identity.phone_module"));
+      access(module.c_str(), R_OK) != 0) {
+    spdlog::warn(
+        "the phone number module {} is missing: events with phone numbers will be refused "
+        "(reinstall omniedge, or set identity.phone_module)",
+        module);
+  }
+  p->pii = std::make_unique<PiiHasher>(hmac_key, region,
+                                       parseDataPiiPolicy(cfg.str("identity.data_pii")),
+                                       cfg.str("identity.phone_module"));
 
   store::BufferOptions bo;
   bo.dir = cfg.str("data.dir");

@@ -82,6 +82,20 @@ Result<std::string> checkCountryCode(std::string_view v) {
   return std::string(v);
 }
 
+Result<std::string> checkRegion(std::string_view v) {
+  if (v.empty()) {
+    return std::string();
+  }
+  if (v.size() != 2 || !std::isalpha(static_cast<unsigned char>(v[0])) ||
+      !std::isalpha(static_cast<unsigned char>(v[1]))) {
+    return reason("must be a two-letter country code (ISO 3166 alpha-2, e.g. GB) or empty");
+  }
+  std::string upper(v);
+  std::transform(upper.begin(), upper.end(), upper.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+  return upper;
+}
+
 Result<std::string> checkZone(std::string_view v) {
   const auto eq = v.find('=');
   if (eq == std::string_view::npos || eq == 0 || eq + 1 == v.size()) {
@@ -262,10 +276,27 @@ constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "identity.hmac_key_file",
      .kind = Kind::kString,
      .help = "Tenant key for hashing e-mail addresses and phone numbers (HMAC-SHA256)"},
+    {.name = "identity.default_region",
+     .kind = Kind::kString,
+     .help = "Country (ISO 3166 alpha-2, e.g. GB, IT) of phone numbers written without a "
+             "country code; empty: such numbers are refused",
+     .check = checkRegion},
     {.name = "identity.default_country_code",
      .kind = Kind::kString,
-     .help = "Calling code for phone numbers without one (e.g. 44)",
+     .help = "Older form of identity.default_region: the calling code (e.g. 44) of phone numbers "
+             "without one; identity.default_region wins when both are set",
      .check = checkCountryCode},
+    {.name = "identity.phone_module",
+     .kind = Kind::kString,
+     .help = "The phone number module (libphonenumber), loaded on the first phone number "
+             "(empty: lib/omniedge/omniedge-phone.so beside the binary's directory)"},
+    {.name = "identity.data_pii",
+     .kind = Kind::kEnum,
+     .default_value = "hash",
+     .remote = true,
+     .help = "E-mail addresses and phone numbers found in an event's data: hash (replaced by "
+             "their keyed hash), reject (the event is refused naming the field), off",
+     .choices = "hash|reject|off"},
 
     {.name = "log.level",
      .kind = Kind::kEnum,
