@@ -131,32 +131,4 @@ void ControlServer::stop() {
   }
 }
 
-Result<nlohmann::json> controlRequest(const std::filesystem::path& socket_path,
-                                      const nlohmann::json& request, int timeout_ms) {
-  sockaddr_un addr{};
-  if (!fillAddress(socket_path, addr)) {
-    return makeError("unreachable", "control socket path too long");
-  }
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    return makeError("unreachable", std::strerror(errno));
-  }
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    const std::string err = std::strerror(errno);
-    ::close(fd);
-    return makeError("unreachable", "no daemon at " + socket_path.string() + " (" + err + ")");
-  }
-  std::string line;
-  const bool ok = writeAll(fd, request.dump() + "\n") && readLine(fd, line, timeout_ms);
-  ::close(fd);
-  if (!ok) {
-    return makeError("unreachable", "the daemon did not answer on " + socket_path.string());
-  }
-  auto answer = nlohmann::json::parse(line, nullptr, false);
-  if (answer.is_discarded()) {
-    return makeError("io", "the daemon answered something that is not JSON");
-  }
-  return answer;
-}
-
 }  // namespace omniedge

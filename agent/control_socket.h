@@ -37,8 +37,4 @@ class ControlServer {
   std::thread thread_;
 };
 
-/// Sends `request` to the daemon at `socket_path`; "unreachable" when no daemon answers.
-Result<nlohmann::json> controlRequest(const std::filesystem::path& socket_path,
-                                      const nlohmann::json& request, int timeout_ms = 5000);
-
 }  // namespace omniedge

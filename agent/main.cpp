@@ -2,7 +2,7 @@
 #include <cstdio>
 #include <exception>
 
-#include "agent/cli.h"
+#include "agent/cli/cli.h"
 
 int main(int argc, char** argv) {
   try {

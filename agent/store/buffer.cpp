@@ -963,19 +963,4 @@ void Buffer::close() {
 
 Buffer::~Buffer() { close(); }
 
-Result<std::shared_ptr<sqlite3>> openReadOnly(const fs::path& dir) {
-  const fs::path file = dir / "buffer.db";
-  if (!fs::exists(file)) {
-    return makeError("not_found", "no buffer at " + file.string());
-  }
-  sqlite3* db = nullptr;
-  if (sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-    std::string msg = sqliteError(db, "open " + file.string());
-    sqlite3_close(db);
-    return makeError("io", msg);
-  }
-  sqlite3_busy_timeout(db, 2000);
-  return std::shared_ptr<sqlite3>(db, [](sqlite3* p) { sqlite3_close(p); });
-}
-
 }  // namespace omniedge::store

@@ -1,4 +1,4 @@
-#include "agent/doctor.h"
+#include "agent/cli/doctor.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -1,4 +1,4 @@
-#include "agent/cli.h"
+#include "agent/cli/cli.h"
 
 #include <openssl/crypto.h>
 #include <signal.h>
@@ -20,9 +20,9 @@
 
 #include "agent/agent.h"
 #include "agent/api/time.h"
+#include "agent/cli/control_client.h"
+#include "agent/cli/doctor.h"
 #include "agent/config.h"
-#include "agent/control_socket.h"
-#include "agent/doctor.h"
 #include "agent/store/buffer.h"
 #include "agent/version.h"
 

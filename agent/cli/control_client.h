@@ -1,0 +1,16 @@
+// The CLI's side of the control socket (agent/control_socket.h is the daemon's): one JSON
+// request per line, one JSON answer per line.
+#pragma once
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "agent/api/result.h"
+
+namespace omniedge {
+
+/// Sends `request` to the daemon at `socket_path`; "unreachable" when no daemon answers.
+Result<nlohmann::json> controlRequest(const std::filesystem::path& socket_path,
+                                      const nlohmann::json& request, int timeout_ms = 5000);
+
+}  // namespace omniedge
