@@ -77,11 +77,17 @@ def sim_json(*args, **kw):
 class Broker:
     """mosquitto configured like tests/support/broker.cpp: persistent, nothing dropped."""
 
-    def __init__(self, tmp: str):
+    def __init__(self, tmp: str, pki: str = None):
         self.dir = os.path.join(tmp, "broker")
         os.makedirs(self.dir)
         self.port = free_port()
-        conf = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence true",
+        self.tls = pki is not None
+        conf = [f"listener {self.port} 127.0.0.1"]
+        if pki:
+            conf += [f"cafile {pki}/ca.crt", f"certfile {pki}/server.crt",
+                     f"keyfile {pki}/server.key", "require_certificate true",
+                     f"crlfile {pki}/crl.pem"]
+        conf += ["allow_anonymous true", "persistence true",
                 f"persistence_location {self.dir}/", "autosave_interval 1",
                 "autosave_on_changes true", "max_queued_messages 0", "max_inflight_messages 0",
                 f"log_dest file {self.dir}/mosquitto.log"]
@@ -105,7 +111,7 @@ class Broker:
 
     @property
     def url(self):
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def log(self):
         try:
@@ -360,6 +366,21 @@ class MqttIngest(TempDirTest):
         self.assertIn(f"lost: {never}", text)
         self.assertIn("epoch E1 missing 23-25", text)
 
+        # The tail after the last batch shows only through the status: pending there, it is
+        # "not received yet"; once the agent says nothing is pending, it is missing.
+        def status(pending):
+            before = db_count(db, "SELECT count(*) FROM messages")
+            pub.publish("omniedge/v1/t1/s1/status", json.dumps(
+                {"state": "online", "epoch": "E1", "seq_last": 38,
+                 "queue": {"pending": pending}}), retain=True)
+            wait_until(lambda: db_count(db, "SELECT count(*) FROM messages") > before,
+                       "the status to be stored")
+            return sim_json("report", "--db", db, "--json", "--store", "s1")[1]["stores"][0]
+        e1 = status(3)["gaps"]["epochs"][0]
+        self.assertEqual((e1["missing"], e1["unconfirmed"]), ([[23, 25]], [[36, 38]]))
+        e1 = status(0)["gaps"]["epochs"][0]
+        self.assertEqual((e1["missing"], e1["unconfirmed"]), ([[23, 25], [36, 38]], []))
+
         # Nothing lost for s2 (its accepted ids all arrived, no seq gap to check): exit 0.
         ok = self.path("ok.jsonl")
         with open(ok, "w") as f:
@@ -517,6 +538,46 @@ class HttpsEndpoints(TempDirTest):
                             os.path.join(self.pki, "rogue-server.crt")], capture_output=True)
         self.assertNotEqual(r.returncode, 0)
         self.assertEqual(db_count(self.db, "SELECT count(*) FROM events"), 0)
+
+    def test_its_certificates_secure_mosquitto_too(self):
+        broker = Broker(self.tmp, self.pki)
+        self.cleanups.append(broker.stop)
+
+        def tls(client):
+            return ("--mqtt", broker.url, "--ca-file", os.path.join(self.pki, "ca.crt"),
+                    "--cert-file", os.path.join(self.pki, f"{client}.crt"),
+                    "--key-file", os.path.join(self.pki, f"{client}.key"))
+        db = self.path("mqtts.db")
+        serve = Serve(self.tmp, db, *tls("client-store-2"))
+        self.cleanups.append(serve.stop)
+        r = sim("publish", *tls("client-store-1"), "--topic", "omniedge/v1/t/store-1/events",
+                stdin=gzip.compress(batch("store-1", [event(1)])))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        wait_until(lambda: db_count(db, "SELECT count(*) FROM events") == 1,
+                   "the batch sent over mqtts")
+        for bad in ("client-revoked", "client-expired", "client-other-ca", "client-selfsigned"):
+            with self.subTest(client=bad):
+                r = sim("publish", *tls(bad), "--topic", "omniedge/v1/t/store-1/events",
+                        stdin=gzip.compress(batch("store-1", [event(2)])))
+                self.assertEqual(r.returncode, 3, r.stdout)
+                self.assertIn("mqtts://127.0.0.1", r.stderr.decode())
+        # The rogue server (the MITM the agent must refuse) is refused by a client of our CA.
+        rogue = self.path("rogue")
+        os.makedirs(rogue)
+        for f in ("ca.crt", "crl.pem"):
+            shutil.copy(os.path.join(self.pki, f), rogue)
+        for ext in ("crt", "key"):
+            shutil.copy(os.path.join(self.pki, f"rogue-server.{ext}"),
+                        os.path.join(rogue, f"server.{ext}"))
+        os.makedirs(self.path("mitm"))
+        mitm = Broker(self.path("mitm"), rogue)
+        self.cleanups.append(mitm.stop)
+        r = sim("publish", "--mqtt", mitm.url, "--ca-file", os.path.join(self.pki, "ca.crt"),
+                "--cert-file", os.path.join(self.pki, "client-store-1.crt"), "--key-file",
+                os.path.join(self.pki, "client-store-1.key"), "--topic", "x", stdin=b"x")
+        self.assertEqual(r.returncode, 3)
+        self.assertIn("certificate verify failed", r.stderr.decode())
+        self.assertEqual(db_count(db, "SELECT count(*) FROM events"), 1)
 
     def test_profile_snapshot_pages_follow_the_cursor(self):
         profiles = [{"id": f"c-{i}", "keys": [f"loyalty:L{i}"], "segments": ["vip"],
@@ -770,6 +831,13 @@ class EndToEnd(TempDirTest):
         self.assertEqual(s["types"]["kiosk.view"], 100)
         self.assertEqual(s["events"]["unique"], s["events"]["received"] - s["events"]["duplicates"])
         self.assertGreaterEqual(s["uplinks"]["mqtt"]["batches"], 1)
+        # Today's agent sends no epoch/seq ranges ("not-checkable"); once it does, the check
+        # must find nothing missing.
+        self.assertIn(s["gaps"]["verdict"], ("not-checkable", "complete"))
+        self.assertEqual(s["gaps"]["missing_seqs"], 0)
+        self.assertIn(f"store acme/store-e2e: {s['events']['received']} events received, "
+                      f"{s['events']['unique']} unique",
+                      sim("report", "--db", db, "--store", "store-e2e").stdout.decode())
         wait_until(lambda: db_count(db, "SELECT count(*) FROM messages WHERE kind = 'status' "
                                         "AND store_id = 'store-e2e'") >= 1, "the agent's status")
         r = sim("verify", "--db", db, "--accepted", accepted, "--store", "acme/store-e2e")

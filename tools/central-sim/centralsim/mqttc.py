@@ -79,19 +79,49 @@ class Session:
         self._rc: Optional[int] = None
         self._subacks: dict = {}
         self._cv = threading.Condition()
+        self._error: Optional[str] = None
+        self._closing = threading.Event()
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         try:
             self.client.connect(self.client.oe_host, self.client.oe_port, keepalive=30)
-        except (OSError, ssl.SSLError) as e:
+        except OSError as e:  # ssl.SSLError included
             raise MqttError(f"cannot reach the broker at {args.mqtt}: {e}") from None
-        self.client.loop_start()
+        # Our own network loop, not loop_start(): a TLS alert after the handshake (TLS 1.3
+        # refuses a client certificate that way) raises inside paho's loop, and must become
+        # an error here rather than a dead thread and a timeout.
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
         if not self._connected.wait(timeout):
             self.close()
             raise MqttError(f"no CONNACK from {args.mqtt} within {timeout:g} s")
+        if self._error:
+            self.close()
+            raise MqttError(f"cannot connect to {args.mqtt}: {self._error}")
         if self._rc != 0:
             self.close()
             raise MqttError(f"broker refused the connection: {paho.connack_string(self._rc)}")
+
+    def _run(self):
+        while True:
+            try:
+                rc = self.client.loop(0.1)
+            except OSError as e:
+                rc, err = None, str(e)
+            else:
+                err = None if rc == paho.MQTT_ERR_SUCCESS else paho.error_string(rc)
+            if err is None:
+                continue
+            if not self._closing.is_set():
+                self._error = self._error or err
+                self._connected.set()
+                with self._cv:
+                    self._cv.notify_all()
+            return
+
+    def _check(self):
+        if self._error:
+            raise MqttError(f"connection to the broker lost: {self._error}")
 
     def _on_connect(self, client, userdata, flags, rc):
         self._rc = rc
@@ -110,6 +140,7 @@ class Session:
         deadline = time.monotonic() + self.timeout
         with self._cv:
             while mid not in self._subacks:
+                self._check()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise MqttError(f"no SUBACK for {topic} within {self.timeout:g} s")
@@ -122,15 +153,20 @@ class Session:
         info = self.client.publish(topic, data, qos=qos, retain=retain)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise MqttError(f"publish {topic}: {paho.error_string(info.rc)}")
-        info.wait_for_publish(self.timeout)
+        deadline = time.monotonic() + self.timeout
+        while not info.is_published() and time.monotonic() < deadline:
+            self._check()
+            info.wait_for_publish(0.1)
         if not info.is_published():
             raise MqttError(f"no PUBACK for {topic} within {self.timeout:g} s")
 
     def close(self) -> None:
+        self._closing.set()
         try:
             self.client.disconnect()
-        finally:
-            self.client.loop_stop()
+        except OSError:
+            pass  # the connection is already gone
+        self._thread.join(2)
 
 
 def split_topic(topic: str):

@@ -47,6 +47,9 @@ def gaps(database: Database, tenant: str, store: str) -> Dict[str, Any]:
         e["start"] = start if e["start"] is None else min(e["start"], start)
     for epoch, first, last, reason in drops:
         epochs[epoch]["dropped"][reason].append((first, last))
+    told = _agent_seq_last(database, tenant, store)
+    if told:
+        epochs[told[0]]  # an epoch the agent speaks of, even before its first batch
     out_epochs = []
     for name, e in sorted(epochs.items()):
         covered = rg.merge(e["covered"])
@@ -55,6 +58,19 @@ def gaps(database: Database, tenant: str, store: str) -> Dict[str, Any]:
         start = e["start"] or 1
         high = max((r[1] for r in everything), default=0)
         missing = rg.subtract((start, high), everything) if high >= start else []
+        # The tail after the highest seq seen is visible only through the agent's status:
+        # with nothing pending there, every seq up to its seq_last must have arrived.
+        unconfirmed = []
+        agent_last = pending = None
+        if told and told[0] == name:
+            _, agent_last, pending = told
+            if agent_last > high:
+                tail = (max(high + 1, start), agent_last)
+                if pending == 0:
+                    missing = rg.merge(missing + [tail])
+                else:
+                    unconfirmed = [tail]
+            high = max(high, agent_last)
         dropped = [{"reason": reason, "ranges": [list(r) for r in rg.merge(rs)],
                     "events": rg.size(rs)} for reason, rs in sorted(e["dropped"].items())]
         out_epochs.append({
@@ -62,9 +78,12 @@ def gaps(database: Database, tenant: str, store: str) -> Dict[str, Any]:
             "covered": [list(r) for r in covered], "covered_seqs": rg.size(covered),
             "dropped": dropped, "dropped_seqs": rg.size(dropped_all),
             "missing": [list(r) for r in missing], "missing_seqs": rg.size(missing),
+            "agent_seq_last": agent_last, "agent_pending": pending,
+            "unconfirmed": [list(r) for r in unconfirmed],
             "sparse_batches": e["sparse"]})
     missing_total = sum(e["missing_seqs"] for e in out_epochs)
-    if not batches:
+    unconfirmed_total = sum(rg.size(e["unconfirmed"]) for e in out_epochs)
+    if not batches and not missing_total:
         verdict, note = "no-batches", "no batch received from this store"
     elif not out_epochs:
         verdict, note = "not-checkable", ("the batches carry no epoch/seq_first/seq_last, so "
@@ -76,8 +95,33 @@ def gaps(database: Database, tenant: str, store: str) -> Dict[str, Any]:
         if without:
             verdict = "partial"
             note += f"; {without} batches without epoch/seq ranges could not be checked"
+    if unconfirmed_total:
+        note += (f"; {unconfirmed_total} later seqs not received yet (the agent's last status "
+                 "still had events pending)")
     return {"verdict": verdict, "note": note, "batches_without_seq": without,
             "missing_seqs": missing_total, "epochs": out_epochs}
+
+
+def _agent_seq_last(database: Database, tenant: str, store: str):
+    """(epoch, seq_last, queue.pending) from the store's latest status that carries them:
+    `{"epoch": "...", "seq_last": N, "queue": {"pending": P, ...}, ...}`; None otherwise."""
+    rows = database.query(
+        "SELECT payload FROM messages WHERE kind = 'status' AND tenant = ? AND store_id = ? "
+        "ORDER BY n DESC LIMIT 1000", (tenant, store))
+    for (text,) in rows:
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict):
+            continue
+        epoch, last = doc.get("epoch"), doc.get("seq_last")
+        if not isinstance(epoch, str) or not epoch or not isinstance(last, int) or last < 0:
+            continue
+        queue = doc.get("queue")
+        pending = queue.get("pending") if isinstance(queue, dict) else None
+        return epoch, last, pending if isinstance(pending, int) else None
+    return None
 
 
 def collect(database: Database, store_filter: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -165,6 +209,9 @@ def _print_store(s: Dict[str, Any], w) -> None:
             w(f"      dropped {rg.text(d['ranges'])} ({d['events']} events): {d['reason']}")
         w(f"      missing {rg.text(e['missing'])}"
           + (f" ({e['missing_seqs']} events LOST)" if e["missing_seqs"] else ""))
+        if e["unconfirmed"]:
+            w(f"      not received yet {rg.text(e['unconfirmed'])} (the agent's last status says "
+              f"{e['agent_pending']} events pending)")
         if e["sparse_batches"]:
             w(f"      {e['sparse_batches']} batches had holes the agent says were delivered "
               "earlier (no seq_ranges to check them)")

@@ -75,11 +75,33 @@ class MqttConsumer:
 
     def start(self):
         self.client.connect_async(self.client.oe_host, self.client.oe_port, keepalive=30)
-        self.client.loop_start()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        # paho reconnects by itself after socket errors, but a TLS alert raised while reading
+        # (a refused or revoked certificate under TLS 1.3) escapes its loop: keep going.
+        while not self._stopping.is_set():
+            try:
+                self.client.loop_forever(retry_first_connection=True)
+                return  # stop() disconnected
+            except OSError as e:
+                log.warning("mqtt: %s; reconnecting", e)
+            if self._stopping.wait(2):
+                return
+            try:
+                self.client.reconnect()
+            except OSError as e:
+                log.warning("mqtt: reconnect failed: %s", e)
 
     def stop(self):
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._stopping.set()
+        try:
+            self.client.disconnect()
+        except OSError:
+            pass  # the connection is already gone
+        self._thread.join(5)
 
     def _on_connect(self, client, userdata, flags, rc):
         if rc != 0:
@@ -167,7 +189,15 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def __init__(self, address, ctx: ssl.SSLContext, state):
         self.ctx = ctx
         self.state = state
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
+
+    def server_bind(self):
+        # HTTPServer.server_bind would resolve our own name (socket.getfqdn): a DNS wait on a
+        # machine without DNS, for a name nobody reads.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
     def finish_request(self, request, client_address):
         request.settimeout(30)
@@ -432,14 +462,15 @@ def serve(args) -> int:
         log.info("https: listening on %s:%d", host, https_port)
 
     # Ready = subscribed (nothing published from now on is missed) and listening.
-    while consumer and not consumer.subscribed.wait(0.2):
-        if stop.is_set():
-            break
-    if args.port_file and https_port is not None:
-        _write_atomic(args.port_file, f"{https_port}\n")
-    if args.ready_file:
-        _write_atomic(args.ready_file, json.dumps({"pid": os.getpid(), "https_port": https_port}))
-    log.info("ready")
+    while consumer and not consumer.subscribed.wait(0.2) and not stop.is_set():
+        pass
+    if not stop.is_set():
+        if args.port_file and https_port is not None:
+            _write_atomic(args.port_file, f"{https_port}\n")
+        if args.ready_file:
+            _write_atomic(args.ready_file,
+                          json.dumps({"pid": os.getpid(), "https_port": https_port}))
+        log.info("ready")
 
     last = None
     while not stop.wait(5):
