@@ -501,6 +501,12 @@ class HttpsEndpoints(TempDirTest):
                                       headers={"Content-Encoding": "gzip"})
         self.assertEqual(status, 400)
         self.assertIn("not a gzip stream", doc["error"]["message"])
+        if zstandard:  # sync.compression=zstd
+            status, doc, _ = self.request(
+                "POST", "/v1/stores/store-1/events:batch",
+                zstandard.ZstdCompressor().compress(batch("store-1", [event(1)])),
+                headers={"Content-Encoding": "zstd"})
+            self.assertEqual((status, doc["accepted"]), (200, 1))
         # A store may only post for itself when --check-store-cn is on.
         status, doc, _ = self.post([event(1)], store="store-1", client="client-store-2")
         self.assertEqual((status, doc["error"]["code"]), (403, "forbidden"))
@@ -508,9 +514,10 @@ class HttpsEndpoints(TempDirTest):
         rc, rep = sim_json("report", "--db", self.db, "--json")
         s = rep["stores"][0]
         self.assertEqual((s["tenant"], s["store_id"]), ("default", "store-1"))
-        self.assertEqual(s["events"]["unique"], 10)
+        zstd = 1 if zstandard else 0
+        self.assertEqual(s["events"]["unique"], 10 + zstd)
         # Stored: the 200s, the 409s and the delayed one; not the injected or refused ones.
-        self.assertEqual(s["uplinks"]["https"]["batches"], 7)
+        self.assertEqual(s["uplinks"]["https"]["batches"], 7 + zstd)
         self.assertEqual(s["rejects"]["count"], 3)
 
     def test_bad_client_certificates_are_refused_with_the_reason(self):

@@ -203,7 +203,8 @@ def parse_batch(raw_json: bytes) -> Batch:
             continue
         t, s = e.get("type"), e.get("source")
         batch.events.append(Event(
-            id=eid, type=t if isinstance(t, str) else None, source=s if isinstance(s, str) else None,
+            id=eid, type=t if isinstance(t, str) else None,
+            source=s if isinstance(s, str) else None,
             body=json.dumps(e, separators=(",", ":"), ensure_ascii=False), data=e.get("data")))
     _seq_fields(doc, batch)
     if batch.seq_first is not None and batch.seq_ranges is None:

@@ -117,8 +117,8 @@ def _leaf(out: str, name: str, cn: str, issuer, server: bool, not_before, not_af
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(not_before).not_valid_after(not_after)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.ExtendedKeyUsage(
-                   [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+               .add_extension(x509.ExtendedKeyUsage([
+                   ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
                    critical=False))
     if issuer_cert:
         builder = builder.add_extension(

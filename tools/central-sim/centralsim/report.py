@@ -127,7 +127,8 @@ def _agent_seq_last(database: Database, tenant: str, store: str):
 def collect(database: Database, store_filter: Optional[str] = None) -> List[Dict[str, Any]]:
     stores = set()
     for t, s in database.query("SELECT DISTINCT tenant, store_id FROM batches UNION "
-                               "SELECT DISTINCT tenant, store_id FROM messages"):
+                               "SELECT DISTINCT tenant, store_id FROM messages UNION "
+                               "SELECT DISTINCT tenant, store_id FROM rejects"):
         stores.add((t, s))
     out = []
     for tenant, store in sorted(stores, key=lambda x: (x[0] or "", x[1] or "")):
@@ -327,8 +328,9 @@ def run_verify(args) -> int:
         for i in r["lost_ids"]:
             print(f"  lost: {i}")
         for source, d in r["reordered"]["sources"].items():
-            print(f"  reordered in source '{source}': {d['events']} events (first: n={d['first']['n']} "
-                  f"arrived before n={d['first']['arrived_before_n']})")
+            first = d["first"]
+            print(f"  reordered in source '{source}': {d['events']} events (first: "
+                  f"n={first['n']} arrived before n={first['arrived_before_n']})")
         for g in r["gaps"]:
             line = f"  gaps of {g['store']}: {g['verdict']}"
             for e in g["epochs"]:

@@ -66,7 +66,7 @@ class MqttConsumer:
         self.counters = counters
         self.subscribed = threading.Event()
         self.client = mqttc.make_client(args, args.client_id, clean_session=False)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)  # R2 restarts the broker often
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -370,6 +370,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self._inject("POST", url.path):
             return
         if not BATCH_PATH.match(url.path):
+            self.close_connection = True  # its body is not read: the connection cannot go on
             return self._error(404, "not_found", f"no route for POST {url.path}")
         body = self._body()
         if body is not None:
