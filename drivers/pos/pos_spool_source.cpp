@@ -715,12 +715,13 @@ Result<void> PosSpoolSource::reject(const std::string& file_name, const ParseErr
     return synced;
   }
   // One line for the log and status: "day.xml: why (line 3, element Transaction/...)".
-  std::string one_line = error.reason;
+  // Both through forPeople(): valid UTF-8 for the status JSON, short even for random bytes.
+  std::string one_line = forPeople(error.reason);
   if (error.line > 0 || !error.element.empty()) {
     one_line += " (";
     one_line += error.line > 0 ? "line " + std::to_string(error.line) : "";
     one_line += error.line > 0 && !error.element.empty() ? ", " : "";
-    one_line += error.element.empty() ? "" : "element " + error.element;
+    one_line += error.element.empty() ? "" : "element " + forPeople(error.element);
     one_line += ")";
   }
   spdlog::warn("pos: {} rejected (moved to rejected/{}): {}", file_name, *moved, one_line);
@@ -734,7 +735,9 @@ Result<void> PosSpoolSource::reject(const std::string& file_name, const ParseErr
   return {};
 }
 
-void PosSpoolSource::countError(const std::string& message, bool rejected) {
+void PosSpoolSource::countError(const std::string& text, bool rejected) {
+  // File names are bytes too (a till writing Latin-1 names): status needs valid UTF-8.
+  std::string message = forPeople(text, 1000);
   std::lock_guard lock(stats_mu_);
   if (rejected) {
     ++stats_.files_rejected;

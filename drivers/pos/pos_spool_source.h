@@ -113,7 +113,7 @@ class PosSpoolSource final : public Source {
   // Moves the file to rejected/ with its .error; `over_budget`: refused for its size alone.
   Result<void> reject(const std::string& name, const ParseError& error, bool over_budget = false);
   Result<void> finish(const std::string& name);
-  void countError(const std::string& message, bool rejected);
+  void countError(const std::string& text, bool rejected);
   void pruneProcessed();
 
   const PosSpoolOptions options_;

@@ -506,13 +506,34 @@ std::string normaliseLoyaltyId(std::string_view text) {
   return std::string(text);
 }
 
+std::string forPeople(std::string_view text, std::size_t max_bytes) {
+  static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+  std::string out;
+  out.reserve(std::min(text.size(), max_bytes) + 3);
+  for (std::size_t i = 0; i < text.size();) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    // utf8SequenceLength() answers for multi-byte sequences only; ASCII is one byte.
+    const std::size_t length = byte < 0x80 ? 1 : utf8SequenceLength(text, i);
+    const bool control = byte < 0x20 || byte == 0x7f;
+    const std::string_view piece =
+        length == 0 || control ? kReplacement : text.substr(i, length);
+    if (out.size() + piece.size() > max_bytes) {
+      out += "...";
+      break;
+    }
+    out += piece;
+    i += length == 0 ? 1 : length;
+  }
+  return out;
+}
+
 std::string describe(const ParseError& error) {
-  std::string text = "why: " + error.reason + "\n";
+  std::string text = "why: " + forPeople(error.reason) + "\n";
   if (error.line > 0) {
     text += "line: " + std::to_string(error.line) + "\n";
   }
   if (!error.element.empty()) {
-    text += "element: " + error.element + "\n";
+    text += "element: " + forPeople(error.element) + "\n";
   }
   return text;
 }

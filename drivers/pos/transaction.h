@@ -183,8 +183,15 @@ std::string normaliseLoyaltyId(std::string_view text);
 /// The leading and trailing whitespace of `text` removed. Thread: any.
 std::string_view trimSpace(std::string_view text);
 
+/// `text` made safe to show a person (a .error file, a log line, `omniedge status`): bytes that
+/// are not well-formed UTF-8 and control characters become U+FFFD, and text over `max_bytes`
+/// is cut (on a character boundary) and ends in "...". An element name from a file of random
+/// bytes is then still valid JSON for the status, and short. Thread: any.
+std::string forPeople(std::string_view text, std::size_t max_bytes = 300);
+
 /// A ParseError as the text of a `<name>.error` file and of log lines:
-/// "why: ...\nline: N\nelement: E\n" (line and element only when known). Thread: any.
+/// "why: ...\nline: N\nelement: E\n" (line and element only when known), each through
+/// forPeople(). Thread: any.
 std::string describe(const ParseError& error);
 
 }  // namespace omniedge::pos

@@ -718,5 +718,26 @@ TEST_CASE("processed files are kept for pos.keep_processed_days, then deleted", 
   }
 }
 
+TEST_CASE("what status and .error files show of a rejected file is valid UTF-8 and short",
+          "[unit][pos]") {
+  CHECK(forPeople("K\xC3\xA4se 12,50") == "K\xC3\xA4se 12,50");            // UTF-8 kept
+  CHECK(forPeople("K\xE4se") == "K\xEF\xBF\xBDse");                         // Latin-1: U+FFFD
+  CHECK(forPeople("a\nb\x01") == "a\xEF\xBF\xBD" "b\xEF\xBF\xBD");          // no control chars
+  CHECK(forPeople(std::string(400, 'x'), 10) == std::string(10, 'x') + "...");
+  CHECK(forPeople("\xC3\xA4\xC3\xA4", 3) == "\xC3\xA4...");                 // whole characters
+
+  TempDir spool;
+  putOld(spool, "r\xE4ndom.xml", randomBytes(std::size_t{1} << 20));
+  RecordingWriter writer;
+  PosSpoolSource source(optionsFor(spool));
+  REQUIRE(source.poll(writer, {}).has_value());
+  const SourceHealth health = source.health();
+  REQUIRE(health.input_errors == 1);
+  INFO(health.last_input_error);
+  CHECK_THAT(health.last_input_error, Catch::StartsWith("r\xEF\xBF\xBDndom.xml: malformed XML"));
+  CHECK(health.last_input_error.size() < 1100);
+  CHECK_NOTHROW(json(health.last_input_error).dump());  // what `omniedge status` sends
+}
+
 }  // namespace
 }  // namespace omniedge::pos
