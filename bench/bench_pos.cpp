@@ -26,8 +26,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -241,15 +241,14 @@ int spoolOneFile(const fs::path& file, const fs::path& dir) {
   const double ms = msSince(t0);
   const bool rejected = fs::exists(options.spool_dir / "rejected" / file.filename());
   std::printf("RESULT pos_spool_file %zu %ju %.2f %s\n", writer.count(),
-              static_cast<uintmax_t>(fs::file_size(rejected ? options.spool_dir / "rejected" /
-                                                                  file.filename()
-                                                            : options.spool_dir / "processed" /
-                                                                  file.filename())),
+              static_cast<uintmax_t>(
+                  fs::file_size(rejected ? options.spool_dir / "rejected" / file.filename()
+                                         : options.spool_dir / "processed" / file.filename())),
               ms, rejected ? "rejected" : "processed");
   if (rejected) {
-    std::printf("%s", readFile(options.spool_dir / "rejected" /
-                               (file.filename().string() + ".error"))
-                          .c_str());
+    std::printf(
+        "%s",
+        readFile(options.spool_dir / "rejected" / (file.filename().string() + ".error")).c_str());
   }
   fs::remove_all(dir);
   return 0;

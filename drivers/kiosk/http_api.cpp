@@ -566,8 +566,8 @@ void HttpApi::handleEvents(httplib::Response& res, std::string body) {
 // is far more than 1000 real transactions need, and a body of a million empty lines stops there.
 void HttpApi::handlePosTransactions(httplib::Response& res, std::string body) {
   bool was_array = false;
-  pos::Parsed parsed = pos::parseJsonTransactions(body, options_.max_events_per_request,
-                                                  &was_array, 8 * options_.max_body_bytes);
+  pos::Parsed parsed = pos::parseJsonTransactions(body, options_.max_events_per_request, &was_array,
+                                                  8 * options_.max_body_bytes);
   if (parsed.error) {
     const pos::ParseError& e = *parsed.error;
     const std::string code = e.code == "empty" ? "invalid" : e.code;

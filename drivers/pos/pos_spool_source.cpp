@@ -190,8 +190,8 @@ ParseError refusedByWriter(const Error& error, const std::vector<Transaction>& t
   } else {
     out.reason = "the agent refused transaction " + tx.sequence + " of workstation " +
                  tx.workstation + ": " + out.reason;
-    out.element = tx.source_element.empty() ? out.element
-                                            : tx.source_element + " (" + out.element + ")";
+    out.element =
+        tx.source_element.empty() ? out.element : tx.source_element + " (" + out.element + ")";
   }
   return out;
 }
@@ -507,10 +507,10 @@ Result<PosSpoolSource::Outcome> PosSpoolSource::processFile(const Candidate& fil
     if (err == ELOOP || err == EACCES || err == EPERM) {
       auto rejected =
           reject(file.name, ParseError{"unreadable",
-                                                err == ELOOP ? "a symbolic link, not a regular file"
-                                                             : "cannot be read: " + errnoText(err),
-                                                0,
-                                                {}});
+                                       err == ELOOP ? "a symbolic link, not a regular file"
+                                                    : "cannot be read: " + errnoText(err),
+                                       0,
+                                       {}});
       if (!rejected) {
         return rejected.error();
       }
@@ -676,8 +676,7 @@ void PosSpoolSource::pruneProcessed() {
   uint64_t pruned = 0;
   for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
     struct stat st {};
-    if (::lstat(it->path().c_str(), &st) != 0 || !S_ISREG(st.st_mode) ||
-        mtimeNs(st) >= cutoff_ns) {
+    if (::lstat(it->path().c_str(), &st) != 0 || !S_ISREG(st.st_mode) || mtimeNs(st) >= cutoff_ns) {
       continue;
     }
     if (::unlink(it->path().c_str()) == 0) {

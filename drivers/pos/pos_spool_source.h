@@ -27,7 +27,7 @@ struct PosSpoolOptions {
   int keep_processed_days = 7;      // pos.keep_processed_days: processed/ files older than this
                                     // are deleted; 0 deletes a file once durable
   int rescan_interval_s = 10;       // pos.rescan_interval: full rescans besides inotify
-  std::size_t max_file_bytes = std::size_t{64} << 20;  // pos.max_file_bytes: bigger: rejected
+  std::size_t max_file_bytes = std::size_t{64} << 20;     // pos.max_file_bytes: bigger: rejected
   std::size_t max_parse_memory = kDefaultMaxParseMemory;  // pos.max_parse_memory, per file
   // Tuning, not configuration keys:
   int settle_ms = 1000;         // a file found by a scan is left alone until unchanged this long
@@ -59,10 +59,11 @@ struct PosSpoolStats {
 /// more than keep_processed_days old are deleted (checked at the first poll and then every
 /// prune_interval_s). A file that cannot be read as a whole goes to rejected/ with
 /// `<name>.error` (why, line, element); so does one over max_file_bytes (never read) or one
-/// whose parse would hold more than max_parse_memory (the parse stops there). When the writer pushes back, the file
-/// stays and is tried again about retry_backoff_ms later. Dotfiles, `*.tmp`, `*.part` and files
-/// changed within settle_ms (unless they arrived by rename) are left alone. Event ids are
-/// deterministic, so a file read twice (a crash between append and move) gives duplicates only.
+/// whose parse would hold more than max_parse_memory (the parse stops there). When the writer
+/// pushes back, the file stays and is tried again about retry_backoff_ms later. Dotfiles, `*.tmp`,
+/// `*.part` and files changed within settle_ms (unless they arrived by rename) are left alone.
+/// Event ids are deterministic, so a file read twice (a crash between append and move) gives
+/// duplicates only.
 class PosSpoolSource final : public Source {
  public:
   /// Does no I/O: the directories and the inotify watch are made by the first poll().

@@ -101,7 +101,8 @@ class Sha256 {
     for (std::size_t i = 0; i < 16; ++i) {
       w[i] = static_cast<uint32_t>(block_[i * 4]) << 24 |
              static_cast<uint32_t>(block_[i * 4 + 1]) << 16 |
-             static_cast<uint32_t>(block_[i * 4 + 2]) << 8 | static_cast<uint32_t>(block_[i * 4 + 3]);
+             static_cast<uint32_t>(block_[i * 4 + 2]) << 8 |
+             static_cast<uint32_t>(block_[i * 4 + 3]);
     }
     for (std::size_t i = 16; i < 64; ++i) {
       const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
@@ -150,9 +151,7 @@ std::string fieldsHash(std::initializer_list<std::string_view> fields) {
 }
 
 // Bytes a std::string holds outside itself (none within the small-string buffer).
-std::size_t heapBytes(const std::string& s) {
-  return s.capacity() > 15 ? s.capacity() + 1 : 0;
-}
+std::size_t heapBytes(const std::string& s) { return s.capacity() > 15 ? s.capacity() + 1 : 0; }
 
 // Writes the members of one JSON object; each add*() skips empty values.
 class ObjectWriter {
@@ -515,8 +514,7 @@ std::string forPeople(std::string_view text, std::size_t max_bytes) {
     // utf8SequenceLength() answers for multi-byte sequences only; ASCII is one byte.
     const std::size_t length = byte < 0x80 ? 1 : utf8SequenceLength(text, i);
     const bool control = byte < 0x20 || byte == 0x7f;
-    const std::string_view piece =
-        length == 0 || control ? kReplacement : text.substr(i, length);
+    const std::string_view piece = length == 0 || control ? kReplacement : text.substr(i, length);
     if (out.size() + piece.size() > max_bytes) {
       out += "...";
       break;

@@ -75,7 +75,7 @@ struct ParseError {
 struct Parsed {
   std::vector<Transaction> transactions;
   std::optional<ParseError> error;
-  std::size_t skipped = 0;  // POSLog transactions of other kinds (tender control, ...): ignored
+  std::size_t skipped = 0;      // POSLog transactions of other kinds (tender control, ...): ignored
   std::size_t peak_memory = 0;  // the most the parse's budget counted at once (bytes)
 };
 

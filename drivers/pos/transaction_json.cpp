@@ -661,7 +661,8 @@ std::size_t lineOfByte(std::string_view text, std::size_t position) {
 // `*tree_bytes`: what the tree in `out` is charged to the budget for (the caller gives it back
 // once it frees the tree).
 std::optional<ParseError> parseTree(std::string_view text, JValue& out, ParseBudget& budget,
-                                    std::size_t* tree_bytes, TreeBuilder::ItemHandler on_item = {}) {
+                                    std::size_t* tree_bytes,
+                                    TreeBuilder::ItemHandler on_item = {}) {
   TreeBuilder builder(budget, std::move(on_item));
   bool ok = false;
   try {

@@ -313,8 +313,7 @@ TEST_CASE("the POS web hook of the real agent names the till's fields in its err
   SECTION("an oversized transaction is named, not [0]") {
     std::string lines;
     for (int i = 0; i < 1500; ++i) {
-      lines += std::string(i > 0 ? "," : "") +
-               R"({"item_id":"SKU-0000000000)" + std::to_string(i) +
+      lines += std::string(i > 0 ? "," : "") + R"({"item_id":"SKU-0000000000)" + std::to_string(i) +
                R"(","description":"A LONG DESCRIPTION OF THE ITEM","amount":1.00})";
     }
     auto [status, body] = agent.post(
@@ -331,15 +330,21 @@ TEST_CASE("the POS web hook of the real agent names the till's fields in its err
   }
   SECTION("ids that used to collide or be refused are accepted, apart") {
     const auto post = [&](const std::string& workstation, const std::string& sequence) {
-      auto [status, body] = agent.post(
-          "/v1/pos/transactions", R"({"workstation":")" + workstation + R"(","sequence":")" +
-                                      sequence + R"(","business_day":"2026-11-22"})");
+      auto [status, body] = agent.post("/v1/pos/transactions",
+                                       R"({"workstation":")" + workstation + R"(","sequence":")" +
+                                           sequence + R"(","business_day":"2026-11-22"})");
       INFO(body);
       CHECK(status == 202);
       return json::parse(body)["ids"][0].get<std::string>();
     };
-    const std::string a = post("Kasse \xC3\x84" "1", "1");
-    const std::string b = post("Kasse \xC3\x96" "1", "1");
+    const std::string a = post(
+        "Kasse \xC3\x84"
+        "1",
+        "1");
+    const std::string b = post(
+        "Kasse \xC3\x96"
+        "1",
+        "1");
     const std::string c = post("1", "12/3");
     const std::string d = post("1", "12-3");
     const std::string e = post(std::string(200, 'w'), "1");

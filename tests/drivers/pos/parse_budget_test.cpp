@@ -77,8 +77,7 @@ std::string syntheticDay(std::size_t transactions) {
   return xml;
 }
 
-const char* const kHeader =
-    R"("workstation":"1","sequence":"1","business_day":"2026-11-22")";
+const char* const kHeader = R"("workstation":"1","sequence":"1","business_day":"2026-11-22")";
 
 TEST_CASE("the real day and a synthetic 20,000-transaction day fit the default budget",
           "[unit][pos]") {
@@ -147,8 +146,8 @@ TEST_CASE("JSON holding millions of values stops at the parse budget", "[unit][p
            std::string("{") + kHeader + ",\"lines\":[" + repeat("{},", 3'000'000) + "{}]}"},
       Case{"empty lines in an array of transactions",
            std::string("[{") + kHeader + ",\"lines\":[" + repeat("{},", 3'000'000) + "{}]}]"},
-      Case{"long strings", "{\"x\":[" + repeat("\"" + std::string(1000, 'a') + "\",", 40'000) +
-                               "\"\"]}"});
+      Case{"long strings",
+           "{\"x\":[" + repeat("\"" + std::string(1000, 'a') + "\",", 40'000) + "\"\"]}"});
   INFO(c.name);
   const Parsed parsed = parseJsonTransactions(c.text, kNoLimit, nullptr, 16 * kMiB);
   REQUIRE(parsed.error);
@@ -190,8 +189,9 @@ TEST_CASE("an array past max_transactions stops at the element past it", "[unit]
   const Parsed parsed = parseJsonTransactions(text, 1000, nullptr);
   REQUIRE(parsed.error);
   CHECK(parsed.error->code == "too_large");
-  CHECK(parsed.error->reason == "more than 1000 transactions in one request; at most 1000 are "
-                                "accepted");
+  CHECK(parsed.error->reason ==
+        "more than 1000 transactions in one request; at most 1000 are "
+        "accepted");
   CHECK(parsed.peak_memory < 2 * kMiB);
 }
 

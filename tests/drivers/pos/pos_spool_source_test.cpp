@@ -5,10 +5,10 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
-#include <filesystem>
-#include <fstream>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -572,8 +572,7 @@ std::string randomBytes(std::size_t size) {
   return bytes;
 }
 
-TEST_CASE("files over the parse budget go to rejected/ and the next file is read",
-          "[unit][pos]") {
+TEST_CASE("files over the parse budget go to rejected/ and the next file is read", "[unit][pos]") {
   TempDir spool;
   // The shapes of issue 12: millions of empty elements, a JSON object of millions of values, a
   // transaction of millions of empty lines; then 60 MiB of random bytes; then a good file.
@@ -720,11 +719,13 @@ TEST_CASE("processed files are kept for pos.keep_processed_days, then deleted", 
 
 TEST_CASE("what status and .error files show of a rejected file is valid UTF-8 and short",
           "[unit][pos]") {
-  CHECK(forPeople("K\xC3\xA4se 12,50") == "K\xC3\xA4se 12,50");            // UTF-8 kept
-  CHECK(forPeople("K\xE4se") == "K\xEF\xBF\xBDse");                         // Latin-1: U+FFFD
-  CHECK(forPeople("a\nb\x01") == "a\xEF\xBF\xBD" "b\xEF\xBF\xBD");          // no control chars
+  CHECK(forPeople("K\xC3\xA4se 12,50") == "K\xC3\xA4se 12,50");  // UTF-8 kept
+  CHECK(forPeople("K\xE4se") == "K\xEF\xBF\xBDse");              // Latin-1: U+FFFD
+  CHECK(forPeople("a\nb\x01") ==
+        "a\xEF\xBF\xBD"
+        "b\xEF\xBF\xBD");  // no control chars
   CHECK(forPeople(std::string(400, 'x'), 10) == std::string(10, 'x') + "...");
-  CHECK(forPeople("\xC3\xA4\xC3\xA4", 3) == "\xC3\xA4...");                 // whole characters
+  CHECK(forPeople("\xC3\xA4\xC3\xA4", 3) == "\xC3\xA4...");  // whole characters
 
   TempDir spool;
   putOld(spool, "r\xE4ndom.xml", randomBytes(std::size_t{1} << 20));

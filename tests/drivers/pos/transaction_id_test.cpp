@@ -33,8 +33,7 @@ Transaction tx(std::string workstation, std::string sequence,
   return t;
 }
 
-TEST_CASE("clean POS ids are unchanged, so existing buffers still recognise them",
-          "[unit][pos]") {
+TEST_CASE("clean POS ids are unchanged, so existing buffers still recognise them", "[unit][pos]") {
   CHECK(transactionId("store-042", tx("31", "4711")) == "store-042:31:2026-11-22:4711");
   CHECK(transactionId("store-042", tx("K-2.3_a@b", "0815")) ==
         "store-042:K-2.3_a@b:2026-11-22:0815");
@@ -59,9 +58,9 @@ TEST_CASE("transactions that sanitising would merge keep apart ids", "[unit][pos
                     tx("Kasse \xC3\x96"
                        "1",
                        "1")},
-               Pair{tx("1", "12/3"), tx("1", "12-3")},      // one clean, one not
-               Pair{tx("a:b", "c"), tx("a", "b:c")},        // the separator inside a field
-               Pair{tx("1", "7 "), tx("1", "7\t")},         // invisible differences
+               Pair{tx("1", "12/3"), tx("1", "12-3")},     // one clean, one not
+               Pair{tx("a:b", "c"), tx("a", "b:c")},       // the separator inside a field
+               Pair{tx("1", "7 "), tx("1", "7\t")},        // invisible differences
                Pair{tx("ws 1", "1"), tx("ws-1:1", "1")});  // a hint that looks like another
   const std::string a = transactionId("store-042", pair.a);
   const std::string b = transactionId("store-042", pair.b);
@@ -114,10 +113,29 @@ TEST_CASE("over-long fields give ids of at most 128 characters that Ingest accep
 }
 
 TEST_CASE("awkward fields never give two transactions one id", "[unit][pos]") {
-  const std::vector<std::string> parts = {
-      "1",  "1 ",    "1-",      "1/",       "1:",   "-1",         ":1",           "\xC3\x84",
-      "-",  "--",    "a:b",     "a-b",      "a b",  "a/b",        "@",            "12/3",
-      "12-3", "12:3", "Kasse 1", "Kasse-1", "\t",   std::string(129, 'x'), std::string(130, 'x')};
+  const std::vector<std::string> parts = {"1",
+                                          "1 ",
+                                          "1-",
+                                          "1/",
+                                          "1:",
+                                          "-1",
+                                          ":1",
+                                          "\xC3\x84",
+                                          "-",
+                                          "--",
+                                          "a:b",
+                                          "a-b",
+                                          "a b",
+                                          "a/b",
+                                          "@",
+                                          "12/3",
+                                          "12-3",
+                                          "12:3",
+                                          "Kasse 1",
+                                          "Kasse-1",
+                                          "\t",
+                                          std::string(129, 'x'),
+                                          std::string(130, 'x')};
   std::set<std::string> ids;
   std::size_t made = 0;
   for (const std::string& ws : parts) {
