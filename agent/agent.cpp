@@ -297,7 +297,10 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   ds.store_id = p->store_id;
   ds.pos_spool_dir = cfg.str("pos.spool_dir");
   ds.pos_keep_processed = cfg.boolean("pos.keep_processed");
+  ds.pos_keep_processed_days = static_cast<int>(cfg.integer("pos.keep_processed_days"));
   ds.pos_rescan_interval_s = static_cast<int>(cfg.integer("pos.rescan_interval"));
+  ds.pos_max_file_bytes = cfg.integer("pos.max_file_bytes");
+  ds.pos_max_parse_memory = cfg.integer("pos.max_parse_memory");
   ds.beacon_mqtt_url = cfg.str("beacon.mqtt_url");
   ds.beacon_topics = cfg.list("beacon.topics");
   ds.beacon_zones = cfg.list("beacon.zones");

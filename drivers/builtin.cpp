@@ -12,7 +12,10 @@ Result<std::vector<std::unique_ptr<Source>>> makeBuiltinSources(const BuiltinSet
     o.spool_dir = settings.pos_spool_dir;
     o.store_id = settings.store_id;
     o.keep_processed = settings.pos_keep_processed;
+    o.keep_processed_days = settings.pos_keep_processed_days;
     o.rescan_interval_s = settings.pos_rescan_interval_s;
+    o.max_file_bytes = static_cast<std::size_t>(settings.pos_max_file_bytes);
+    o.max_parse_memory = static_cast<std::size_t>(settings.pos_max_parse_memory);
     sources.push_back(pos::makePosSpool(std::move(o)));
   }
   if (!settings.beacon_mqtt_url.empty()) {

@@ -17,7 +17,10 @@ struct BuiltinSettings {
   // POS spool (pos.*): off when spool_dir is empty.
   std::string pos_spool_dir;
   bool pos_keep_processed = true;
+  int pos_keep_processed_days = 7;
   int pos_rescan_interval_s = 10;
+  int64_t pos_max_file_bytes = int64_t{64} << 20;
+  int64_t pos_max_parse_memory = int64_t{128} << 20;
   // Beacon gateways (beacon.*): off when mqtt_url is empty.
   std::string beacon_mqtt_url;
   std::vector<std::string> beacon_topics;
