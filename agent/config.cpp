@@ -342,9 +342,9 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .max = 600},
     {.name = "beacon.switch_margin_db",
      .kind = Kind::kInt,
-     .default_value = "4",
-     .help = "A new zone must be nearer than the current one by this much path loss (dB; 4 dB "
-             "is about 1.45x the distance) for beacon.switch_hold before a zone change",
+     .default_value = "6",
+     .help = "A new zone must be nearer than the current one by this much path loss (dB; 6 dB "
+             "is about 1.7x the distance) for beacon.switch_hold before a zone change",
      .min = 0,
      .max = 40},
     {.name = "beacon.switch_hold",

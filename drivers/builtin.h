@@ -28,7 +28,7 @@ struct BuiltinSettings {
   int64_t beacon_max_tracked = 10000;
   int beacon_qos = 0;
   int64_t beacon_window_s = 5;
-  int beacon_switch_margin_db = 4;
+  int beacon_switch_margin_db = 6;
   int64_t beacon_switch_hold_s = 5;
   std::vector<std::string> beacon_scanner_offsets;  // "scanner=dB"
   int64_t beacon_max_message_bytes = 64 * 1024;

@@ -7,9 +7,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <utility>
-
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "agent/api/time.h"
 #include "drivers/beacon/gateway.h"
@@ -235,8 +234,8 @@ Result<void> BeaconSource::poll(EventWriter& out, std::stop_token stop) {
   std::deque<Message> batch;
   {
     std::unique_lock lock(mu_);
-    if (queue_.empty() && pending_.empty() && unreported_events_ == 0 &&
-        !stop.stop_requested() && now < next_tick_ms_) {
+    if (queue_.empty() && pending_.empty() && unreported_events_ == 0 && !stop.stop_requested() &&
+        now < next_tick_ms_) {
       cv_.wait_for(lock, std::chrono::milliseconds(kWaitMs),
                    [&] { return !queue_.empty() || lost_ || stop.stop_requested(); });
     }
@@ -285,8 +284,16 @@ Result<void> BeaconSource::poll(EventWriter& out, std::stop_token stop) {
     pending_bytes_ += eventBytes(pending_[i]);
   }
   boundPending();
-  if (bad > 0) {
-    spdlog::debug("beacon: {} gateway messages refused, last: {}", bad, last_input_error);
+  bad_since_log_ += bad;
+  if (bad_since_log_ > 0) {
+    // A gateway sending garbage sends a lot of it: one line a minute, the details in status.
+    const auto wall = std::chrono::steady_clock::now();
+    if (wall >= next_bad_log_) {
+      spdlog::warn("beacon: {} gateway message(s) refused, the latest: {}", bad_since_log_,
+                   last_input_error.empty() ? stats().last_input_error : last_input_error);
+      bad_since_log_ = 0;
+      next_bad_log_ = wall + std::chrono::seconds(60);
+    }
   }
   {
     std::lock_guard lock(mu_);
@@ -315,18 +322,21 @@ Result<void> BeaconSource::poll(EventWriter& out, std::stop_token stop) {
 void BeaconSource::boundPending() {
   std::size_t drop = 0;
   std::size_t bytes = pending_bytes_;
-  while (drop < pending_.size() &&
-         (pending_.size() - drop > options_.max_pending_events ||
-          bytes > options_.pending_max_bytes)) {
+  while (drop < pending_.size() && (pending_.size() - drop > options_.max_pending_events ||
+                                    bytes > options_.pending_max_bytes)) {
     bytes -= eventBytes(pending_[drop]);
     ++drop;
   }
   if (drop == 0) {
     return;
   }
-  // The oldest go first: the newest say best where people are now.
+  // The oldest go first: the newest say best where people are now. Logged once per episode;
+  // the agent.data_dropped report that ends it has the totals.
   if (unreported_events_ == 0) {
     unreported_first_ms_ = pending_.front().occurred_at_ms;
+    spdlog::warn(
+        "beacon: the buffer refuses events; dropping the oldest pending presence events "
+        "(counted, reported as agent.data_dropped)");
   }
   unreported_last_ms_ = pending_[drop - 1].occurred_at_ms;
   unreported_events_ += drop;
@@ -338,8 +348,6 @@ void BeaconSource::boundPending() {
     stats_.events_dropped_bytes += pending_bytes_ - bytes;
   }
   pending_bytes_ = bytes;
-  spdlog::warn("beacon: the writer refuses events; dropped the {} oldest pending presence events",
-               drop);
 }
 
 Result<void> BeaconSource::appendPending(EventWriter& out) {
@@ -354,18 +362,20 @@ Result<void> BeaconSource::appendPending(EventWriter& out) {
     Event e;
     e.type = "agent.data_dropped";
     e.source = "beacon";
-    e.data_json = nlohmann::json{
-        {"reason", "beacon: presence events dropped while the buffer refused them"},
-        {"channel", "beacon"},
-        {"priority", "low"},
-        {"events", unreported_events_},
-        {"bytes", unreported_bytes_},
-        {"oldest_occurred_at", formatRfc3339Ms(unreported_first_ms_)},
-        {"newest_occurred_at", formatRfc3339Ms(unreported_last_ms_)}}.dump();
+    e.data_json =
+        nlohmann::json{{"reason", "beacon: presence events dropped while the buffer refused them"},
+                       {"channel", "beacon"},
+                       {"priority", "low"},
+                       {"events", unreported_events_},
+                       {"bytes", unreported_bytes_},
+                       {"oldest_occurred_at", formatRfc3339Ms(unreported_first_ms_)},
+                       {"newest_occurred_at", formatRfc3339Ms(unreported_last_ms_)}}
+            .dump();
     batch.push_back(std::move(e));
   }
   batch.insert(batch.end(), pending_.begin(), pending_.end());  // kept until the writer answers
   const std::size_t offset = report ? 1 : 0;
+  const std::size_t batch_size = batch.size();
   auto result = out.appendEach(std::move(batch));
   if (!result && retryable(result.error())) {
     std::lock_guard lock(mu_);
@@ -374,15 +384,21 @@ Result<void> BeaconSource::appendPending(EventWriter& out) {
   }
   uint64_t rejected = 0;
   std::string last_rejection;
-  bool report_done = report;
+  bool report_stored = report;
   if (result) {
     for (const Rejection& r : result->rejected) {
+      ++rejected;
       if (report && r.index == 0) {
-        report_done = false;  // cannot happen with a sane writer: try again next time
+        // Cannot happen with a sane writer; retrying would only spin. Counted like the rest.
+        report_stored = false;
+        last_rejection = fmt::format("agent.data_dropped refused by the writer: {}",
+                                     printable(r.error.message, 160));
         continue;
       }
-      ++rejected;
-      const Event& e = pending_.at(r.index - offset);
+      if (r.index < offset || r.index - offset >= pending_.size()) {
+        continue;  // an index the writer made up: counted, nothing more to say
+      }
+      const Event& e = pending_[r.index - offset];
       const auto beacon = e.customer.find("beacon");
       last_rejection =
           fmt::format("{} of {} refused by the writer: {}", e.type,
@@ -392,24 +408,29 @@ Result<void> BeaconSource::appendPending(EventWriter& out) {
   } else {
     // A writer that fails appendEach() as a whole for another reason would fail it again
     // with the same events: they are refused, counted, and the channel goes on.
-    rejected = pending_.size();
-    last_rejection = fmt::format("{} events refused by the writer: {}", pending_.size(),
+    rejected = batch_size;
+    report_stored = false;
+    last_rejection = fmt::format("{} events refused by the writer: {}", batch_size,
                                  printable(result.error().message, 160));
   }
-  const uint64_t taken = pending_.size() - std::min<uint64_t>(rejected, pending_.size());
+  // Presence events the writer took (the report is not one of them).
+  const uint64_t taken = batch_size - rejected - (report_stored ? 1 : 0);
   pending_.clear();
   pending_bytes_ = 0;
-  if (report_done || !result) {
-    unreported_events_ = 0;
-    unreported_bytes_ = 0;
-  }
+  unreported_events_ = 0;
+  unreported_bytes_ = 0;
   std::lock_guard lock(mu_);
   stats_.events += taken;
   stats_.events_rejected += rejected;
-  stats_.drop_reports += report_done && result ? 1 : 0;
+  stats_.drop_reports += report_stored ? 1 : 0;
   if (!last_rejection.empty()) {
     stats_.last_input_error = std::move(last_rejection);
-    spdlog::warn("beacon: {}", stats_.last_input_error);
+    // A writer refusing our events is a defect somewhere: say so, but not at every poll.
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= next_rejection_log_) {
+      spdlog::warn("beacon: {} (more in status)", stats_.last_input_error);
+      next_rejection_log_ = now + std::chrono::seconds(60);
+    }
   }
   return {};
 }

@@ -2,6 +2,7 @@
 // (beacon.mqtt_url, beacon.topics), gateway messages → sightings → presence events.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -30,9 +31,9 @@ struct BeaconOptions {
   std::string mqtt_url;  // beacon.mqtt_url: mqtt://, mqtts://, ws://, wss://; empty: no MQTT
                          // client, messages come only through offer()
   std::vector<std::string> topics = {"home/+/BTtoMQTT/#", "espresense/devices/#"};  // beacon.topics
-  PresenceOptions presence;  // zones, exit_after, ...
-  std::string client_id;     // empty: "omniedge-beacon-<pid>"
-  int qos = 0;               // 0 or 1
+  PresenceOptions presence;                   // zones, exit_after, ...
+  std::string client_id;                      // empty: "omniedge-beacon-<pid>"
+  int qos = 0;                                // 0 or 1
   std::size_t max_message_bytes = 64 * 1024;  // beacon.max_message_bytes: larger is refused
   std::size_t queue_max_bytes = 4u << 20;     // beacon.queue_max_bytes: messages waiting for poll()
   std::size_t pending_max_bytes = 4u << 20;   // beacon.pending_max_bytes: events the writer
@@ -58,13 +59,13 @@ struct BeaconStats {
   uint64_t frame_errors = 0;          // malformed beacon frames (the sighting kept its MAC)
   uint64_t telemetry_frames = 0;      // Eddystone TLM: not presence
   uint64_t sightings = 0;
-  uint64_t events = 0;                // presence events the writer took
-  uint64_t events_rejected = 0;       // refused one by one by the writer (appendEach)
-  uint64_t events_dropped = 0;        // dropped from the pending list (its bounds)
+  uint64_t events = 0;           // presence events the writer took
+  uint64_t events_rejected = 0;  // refused one by one by the writer (appendEach)
+  uint64_t events_dropped = 0;   // dropped from the pending list (its bounds)
   uint64_t events_dropped_bytes = 0;
-  std::size_t pending = 0;            // events waiting for a retry now
+  std::size_t pending = 0;  // events waiting for a retry now
   std::size_t pending_bytes = 0;
-  uint64_t drop_reports = 0;          // agent.data_dropped reports stored
+  uint64_t drop_reports = 0;  // agent.data_dropped reports stored
   uint64_t connects = 0;
   uint64_t connect_failures = 0;
   bool connected = false;
@@ -142,15 +143,18 @@ class BeaconSource final : public Source {
   uint64_t unreported_bytes_ = 0;
   int64_t unreported_first_ms_ = 0;
   int64_t unreported_last_ms_ = 0;
+  std::chrono::steady_clock::time_point next_rejection_log_{};
+  std::chrono::steady_clock::time_point next_bad_log_{};
+  uint64_t bad_since_log_ = 0;  // refused messages not yet logged
   std::shared_ptr<mqtt::token> connect_token_;
   std::shared_ptr<mqtt::token> subscribe_token_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Message> queue_;  // guarded by mu_
+  std::deque<Message> queue_;    // guarded by mu_
   std::size_t queue_bytes_ = 0;  // guarded by mu_
-  bool lost_ = false;          // guarded by mu_: the connection dropped
-  BeaconStats stats_;          // guarded by mu_
+  bool lost_ = false;            // guarded by mu_: the connection dropped
+  BeaconStats stats_;            // guarded by mu_
 };
 
 /// The beacon source as the agent runs it. Thread: any. Does no I/O. Never throws (but bad_alloc).

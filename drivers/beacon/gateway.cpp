@@ -99,7 +99,8 @@ Result<std::optional<double>> numberField(const json& obj, const char* key,
   }
   const double v = it->get<double>();
   if (!std::isfinite(v) || v < lo || v > hi) {
-    return invalid(field, fmt::format("is {}, outside {}..{}{}", v, lo, hi, unit.empty() ? "" : fmt::format(" {}", unit)));
+    return invalid(field, fmt::format("is {}, outside {}..{}{}", v, lo, hi,
+                                      unit.empty() ? "" : fmt::format(" {}", unit)));
   }
   return std::optional<double>{v};
 }
@@ -182,8 +183,8 @@ Result<std::string> macField(std::string_view text, const std::string& field) {
       return std::move(*id);
     }
   }
-  return invalid(field, fmt::format("\"{}\" is not a MAC address (6 bytes of hex)",
-                                    printable(text, 40)));
+  return invalid(field,
+                 fmt::format("\"{}\" is not a MAC address (6 bytes of hex)", printable(text, 40)));
 }
 
 /// Hex bytes of an advertisement field (at most kMaxAdvBytes); empty when absent.
@@ -413,11 +414,11 @@ Result<void> parseEspresense(const std::vector<std::string_view>& topic, const j
   auto ts = timestampField(msg, none);
   auto distance = distanceField(msg, none);
   if (!rssi || !at1m || !id || !ts || !distance) {
-    return !rssi     ? rssi.error()
-           : !at1m   ? at1m.error()
-           : !id     ? id.error()
-           : !ts     ? ts.error()
-                     : distance.error();
+    return !rssi   ? rssi.error()
+           : !at1m ? at1m.error()
+           : !id   ? id.error()
+           : !ts   ? ts.error()
+                   : distance.error();
   }
   if (!*rssi) {
     return {};

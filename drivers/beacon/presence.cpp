@@ -117,8 +117,8 @@ uint32_t PresenceEngine::internScanner(const std::string& name) {
   }
   constexpr std::size_t kNodeBytes = sizeof(std::pair<const std::string, uint32_t>) +
                                      sizeof(void*) + sizeof(std::size_t) + kMallocOverhead;
-  std::size_t growth = kNodeBytes + (name.size() > kSsoCapacity ? name.size() + 1 + kMallocOverhead
-                                                                : 0);
+  std::size_t growth =
+      kNodeBytes + (name.size() > kSsoCapacity ? name.size() + 1 + kMallocOverhead : 0);
   if (free_slots_.empty() && scanners_.size() == scanners_.capacity()) {
     growth += std::max<std::size_t>(scanners_.capacity(), 8) * sizeof(ScannerInfo);
   }
@@ -157,9 +157,8 @@ uint32_t PresenceEngine::internScanner(const std::string& name) {
 }
 
 std::size_t PresenceEngine::trackBytes(const Track& track) const {
-  constexpr std::size_t kNodeBytes =
-      sizeof(std::pair<const std::string, Track>) + sizeof(void*) + sizeof(std::size_t) +
-      kMallocOverhead;
+  constexpr std::size_t kNodeBytes = sizeof(std::pair<const std::string, Track>) + sizeof(void*) +
+                                     sizeof(std::size_t) + kMallocOverhead;
   const std::size_t readings = track.readings.capacity() == 0
                                    ? 0
                                    : track.readings.capacity() * sizeof(Reading) + kMallocOverhead;
@@ -246,9 +245,8 @@ Event PresenceEngine::makeEvent(const char* type, const Track& track, const Read
   event.source = "beacon:" + scanner;
   event.occurred_at_ms = at_ms;
   event.customer["beacon"] = *track.identity;
-  nlohmann::json data = {{"identity", *track.identity},
-                         {"zone", zoneName(track.zone)},
-                         {"scanner", scanner}};
+  nlohmann::json data = {
+      {"identity", *track.identity}, {"zone", zoneName(track.zone)}, {"scanner", scanner}};
   if (reading != nullptr) {
     data["rssi"] = round1(reading->rssi);
     data["distance_m"] = round2(std::pow(10.0, reading->log_d));
@@ -262,9 +260,9 @@ void PresenceEngine::expire(int64_t now, std::vector<Event>& out) {
     Track& track = *oldest_;
     if (track.present) {
       const Reading* last = nearest(track, track.zone, now, /*fresh_only=*/false);
-      Event event = makeEvent("beacon.exit", track, last,
-                              track.last_seen_ms + options_.exit_after_ms,
-                              last != nullptr ? last->scanner : track.zone_scanner);
+      Event event =
+          makeEvent("beacon.exit", track, last, track.last_seen_ms + options_.exit_after_ms,
+                    last != nullptr ? last->scanner : track.zone_scanner);
       event.data_json.pop_back();  // the object's '}': dwell_ms goes last
       event.data_json += fmt::format(",\"dwell_ms\":{}}}", track.last_seen_ms - track.first_ms);
       out.push_back(std::move(event));
@@ -323,12 +321,11 @@ void PresenceEngine::observe(const Sighting& sighting, int64_t now_ms, std::vect
     return;
   }
   if (it == tracks_.end()) {
-    std::size_t growth = sizeof(std::pair<const std::string, Track>) + sizeof(void*) +
-                         sizeof(std::size_t) + 2 * kMallocOverhead +
-                         kInitialReadings * sizeof(Reading) +
-                         (sighting.identity.size() > kSsoCapacity
-                              ? sighting.identity.size() + 1 + kMallocOverhead
-                              : 0);
+    std::size_t growth =
+        sizeof(std::pair<const std::string, Track>) + sizeof(void*) + sizeof(std::size_t) +
+        2 * kMallocOverhead + kInitialReadings * sizeof(Reading) +
+        (sighting.identity.size() > kSsoCapacity ? sighting.identity.size() + 1 + kMallocOverhead
+                                                 : 0);
     if (static_cast<double>(tracks_.size() + 1) >
         static_cast<double>(tracks_.bucket_count()) * tracks_.max_load_factor()) {
       growth += tracks_.bucket_count() * 2 * sizeof(void*);  // the rehash to come
@@ -381,10 +378,10 @@ void PresenceEngine::observe(const Sighting& sighting, int64_t now_ms, std::vect
 
   // The raw estimate: the gateway's calibrated distance, else the path-loss model.
   const double n10 = 10.0 * options_.path_loss_exponent;
-  double raw = sighting.distance_m
-                   ? std::log10(std::max(*sighting.distance_m, 0.01))
-                   : (sighting.rssi_at_1m.value_or(options_.default_rssi_at_1m) - sighting.rssi) /
-                         n10;
+  double raw =
+      sighting.distance_m
+          ? std::log10(std::max(*sighting.distance_m, 0.01))
+          : (sighting.rssi_at_1m.value_or(options_.default_rssi_at_1m) - sighting.rssi) / n10;
   raw = std::clamp(raw + scanners_[slot].offset_log, kMinLogDistance, kMaxLogDistance);
   if (t - reading->last_ms > options_.scanner_stale_ms) {
     reading->samples = 0;  // it went stale: start over

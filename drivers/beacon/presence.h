@@ -45,10 +45,10 @@ struct PresenceStats {
   uint64_t enters = 0;
   uint64_t zone_changes = 0;
   uint64_t exits = 0;
-  uint64_t forgotten = 0;        // tracks dropped after exit_after without ever entering
-  std::size_t tracked = 0;       // now
-  std::size_t scanners = 0;      // scanners known now
-  std::size_t state_bytes = 0;   // the engine's memory now (see PresenceEngine)
+  uint64_t forgotten = 0;       // tracks dropped after exit_after without ever entering
+  std::size_t tracked = 0;      // now
+  std::size_t scanners = 0;     // scanners known now
+  std::size_t state_bytes = 0;  // the engine's memory now (see PresenceEngine)
 };
 
 /// "scanner=zone" items (beacon.zones) to a map. Fails with "invalid" naming the bad item.
@@ -120,11 +120,11 @@ class PresenceEngine {
     int64_t first_ms = 0;
     int64_t last_seen_ms = 0;
     int64_t candidate_since = 0;
-    uint32_t sightings = 0;             // before the enter (saturating)
-    uint32_t zone = kNone;              // while present
-    uint32_t zone_scanner = kNone;      // the scanner that placed it there (holds a ref)
-    uint32_t candidate = kNone;         // a zone nearer by the margin ...
-    std::size_t bytes = 0;              // what this track accounts for in state_bytes_
+    uint32_t sightings = 0;         // before the enter (saturating)
+    uint32_t zone = kNone;          // while present
+    uint32_t zone_scanner = kNone;  // the scanner that placed it there (holds a ref)
+    uint32_t candidate = kNone;     // a zone nearer by the margin ...
+    std::size_t bytes = 0;          // what this track accounts for in state_bytes_
     bool present = false;
   };
   struct ScannerInfo {
@@ -161,8 +161,8 @@ class PresenceEngine {
   std::unordered_map<std::string, uint32_t> scanner_index_;
   std::vector<std::string> zone_names_;                   // configured zones; id = index
   std::unordered_map<std::string, uint32_t> zone_index_;  // zone name → id
-  std::size_t tracks_bytes_ = 0;    // sum of Track::bytes
-  std::size_t scanners_bytes_ = 0;  // index nodes and names
+  std::size_t tracks_bytes_ = 0;                          // sum of Track::bytes
+  std::size_t scanners_bytes_ = 0;                        // index nodes and names
   PresenceStats stats_;
 };
 

@@ -160,7 +160,9 @@ TEST_CASE("every field taken from a gateway is checked, and a refusal names it a
        R"({"id":"A1:B2:C3:D4:E5:F6","rssi":-60})", "topic.gateway", "is 65 bytes, at most 64"},
       {"empty gateway", "home//BTtoMQTT", R"({"id":"A1:B2:C3:D4:E5:F6","rssi":-60})",
        "topic.gateway", "is empty"},
-      {"control character in the room", "espresense/devices/phone/kit\x07" "chen",
+      {"control character in the room",
+       "espresense/devices/phone/kit\x07"
+       "chen",
        R"({"id":"phone","rssi":-60})", "topic.room", "control character U+0007 at byte 3"},
       {"invalid UTF-8 in the room", "espresense/devices/phone/k\xff\xfe",
        R"({"id":"phone","rssi":-60})", "topic.room", "is not UTF-8 (byte 0xff at byte 1)"},
@@ -190,8 +192,8 @@ TEST_CASE("every field taken from a gateway is checked, and a refusal names it a
        "distance", "outside 0..1000 m"},
       {"an absurd distance", "espresense/devices/p/hall", R"({"rssi":-60,"distance":1e300})",
        "distance", "outside 0..1000 m"},
-      {"distance of the wrong type", "espresense/devices/p/hall",
-       R"({"rssi":-60,"distance":[1]})", "distance", "must be a number, not array"},
+      {"distance of the wrong type", "espresense/devices/p/hall", R"({"rssi":-60,"distance":[1]})",
+       "distance", "must be a number, not array"},
       {"major out of range", "home/gw/BTtoMQTT",
        R"({"id":"A1:B2:C3:D4:E5:F6","rssi":-60,"model_id":"IBEACON",)"
        R"("uuid":"E2C56DB5-DFFB-48D2-B060-D0F5A71096E0","major":70000,"minor":1})",
@@ -201,8 +203,8 @@ TEST_CASE("every field taken from a gateway is checked, and a refusal names it a
        "is not a 16-byte UUID"},
       {"a MAC that is none", "home/gw/BTtoMQTT", R"({"id":"zz:zz","rssi":-60})", "id",
        "\"zz:zz\" is not a MAC address"},
-      {"a MAC in the topic that is none", "home/gw/BTtoMQTT/nothex", R"({"rssi":-60})",
-       "topic.mac", "is not a MAC address"},
+      {"a MAC in the topic that is none", "home/gw/BTtoMQTT/nothex", R"({"rssi":-60})", "topic.mac",
+       "is not a MAC address"},
       {"nothing names the device", "store/ble", R"({"scanner":"door","rssi":-60})", "mac",
        "is missing and no beacon frame names the device"},
       {"adv too long", "store/ble",
@@ -211,11 +213,12 @@ TEST_CASE("every field taken from a gateway is checked, and a refusal names it a
        "adv", "is 1651 bytes, at most 1650"},
       {"a payload that is not an object", "espresense/devices/p/hall", "[1,2]", "payload",
        "must be a JSON object, not array"},
-      {"a sighting that is not an object", "store/ble", R"([{"scanner":"a","rssi":-1,)"
-                                                        R"("mac":"00:11:22:33:44:55"},7])",
+      {"a sighting that is not an object", "store/ble",
+       R"([{"scanner":"a","rssi":-1,)"
+       R"("mac":"00:11:22:33:44:55"},7])",
        "[1]", "must be a JSON object, not number"},
-      {"invalid UTF-8 inside a JSON string", "store/ble",
-       "{\"scanner\":\"d\xff\",\"rssi\":-60}", "payload", "is not JSON"},
+      {"invalid UTF-8 inside a JSON string", "store/ble", "{\"scanner\":\"d\xff\",\"rssi\":-60}",
+       "payload", "is not JSON"},
       {"a timestamp that is not a time", "store/ble",
        R"({"scanner":"d","mac":"00:11:22:33:44:55","rssi":-60,"ts":"yesterday"})", "ts",
        "is not an RFC 3339 time"},
@@ -234,14 +237,14 @@ TEST_CASE("every field taken from a gateway is checked, and a refusal names it a
 }
 
 TEST_CASE("a huge payload or topic is refused before it is parsed", "[unit][beacon]") {
-  const std::string huge = R"({"scanner":"door","rssi":-60,"pad":")" + std::string(1 << 20, 'x') +
-                           R"("})";
+  const std::string huge =
+      R"({"scanner":"door","rssi":-60,"pad":")" + std::string(1 << 20, 'x') + R"("})";
   auto parsed = parseGatewayMessage("store/ble", huge);
   REQUIRE_FALSE(parsed.has_value());
   CHECK(parsed.error().code == "too_large");
   CHECK(parsed.error().field == "payload");
-  CHECK(parsed.error().message ==
-        "payload is " + std::to_string(huge.size()) + " bytes; beacon.max_message_bytes allows 65536");
+  CHECK(parsed.error().message == "payload is " + std::to_string(huge.size()) +
+                                      " bytes; beacon.max_message_bytes allows 65536");
   CHECK(parseGatewayMessage("store/ble", huge, 2u << 20).error().field == "mac");
 
   auto topic = parseGatewayMessage("espresense/devices/p/" + std::string(600, 'r'), "{}");
@@ -256,13 +259,14 @@ TEST_CASE("a huge payload or topic is refused before it is parsed", "[unit][beac
   CHECK(nested.error().field == "[0]");
 }
 
-TEST_CASE("names: UTF-8 beyond ASCII is fine, printable() escapes what is not",
-          "[unit][beacon]") {
+TEST_CASE("names: UTF-8 beyond ASCII is fine, printable() escapes what is not", "[unit][beacon]") {
   CHECK(checkName("café-étage-2", "scanner", 64).has_value());
   CHECK(checkName("店舗入口", "scanner", 64).has_value());
   CHECK_FALSE(checkName("\xed\xa0\x80", "scanner", 64).has_value());  // a surrogate
   CHECK_FALSE(checkName("\xc0\xaf", "scanner", 64).has_value());      // overlong '/'
-  CHECK(printable("a\x07" "b\xff" "c") == "a\\x07b\\xffc");
+  CHECK(printable("a\x07"
+                  "b\xff"
+                  "c") == "a\\x07b\\xffc");
   CHECK(printable(std::string(100, 'x'), 10) == std::string(10, 'x') + "…");
   CHECK(printable("café") == "café");
 }

@@ -133,8 +133,7 @@ std::vector<Sighting> walk(const World& world, const std::function<Position(int6
       const int64_t at = t + jitter(rng);
       const Position p = where(at);
       const double d = std::max(0.3, std::hypot(p.x - sc.x, p.y - sc.y));
-      const double rssi =
-          world.rssi_at_1m - 10 * world.n * std::log10(d) + noise(rng) + sc.hot_db;
+      const double rssi = world.rssi_at_1m - 10 * world.n * std::log10(d) + noise(rng) + sc.hot_db;
       if (rssi < -100) {
         continue;  // too weak to be heard
       }
@@ -182,9 +181,10 @@ Position lerp(Position a, Position b, double f) {
 
 }  // namespace
 
-TEST_CASE("the real stationary trace places the watch where the gateways' calibrated distances "
-          "do: office_alt, with one enter, no zone change and one exit",
-          "[unit][beacon]") {
+TEST_CASE(
+    "the real stationary trace places the watch where the gateways' calibrated distances "
+    "do: office_alt, with one enter, no zone change and one exit",
+    "[unit][beacon]") {
   const auto trace = loadTrace();
   REQUIRE(trace.size() == 1693);
   // What the gateways themselves say: office_alt (~0.4 m), then master, then office.
@@ -220,9 +220,10 @@ TEST_CASE("the real stationary trace places the watch where the gateways' calibr
   CHECK(engine.stats().tracked == 0);
 }
 
-TEST_CASE("without the gateways' distance, RSSI corrected by rssi@1m places the real trace in "
-          "office_alt too; raw RSSI alone would not",
-          "[unit][beacon]") {
+TEST_CASE(
+    "without the gateways' distance, RSSI corrected by rssi@1m places the real trace in "
+    "office_alt too; raw RSSI alone would not",
+    "[unit][beacon]") {
   const auto trace = loadTrace();
   SECTION("rssi and rssi@1m") {
     PresenceEngine engine(PresenceOptions{});
@@ -330,13 +331,17 @@ TEST_CASE("a noisy walk A → B → C is placed in each room in turn, with one c
 TEST_CASE("a device standing between two rooms does not flap", "[unit][beacon]") {
   World world;
   world.scanners = {{"a1", 0, 0}, {"b1", 8, 0}};
-  world.noise_db = 5;  // worse than the real trace's 2-3 dB for most rooms
+  world.noise_db = 5;   // worse than the real trace's 2-3 dB for most rooms
   int corrections = 0;  // of 20 runs off the middle
   for (const double x : {4.0, 3.5, 4.5}) {
     for (uint32_t seed = 1; seed <= 10; ++seed) {
       INFO("x " << x << " seed " << seed);
-      const auto sightings =
-          walk(world, [&](int64_t) { return Position{x, 1.5}; }, 600'000, seed);
+      const auto sightings = walk(
+          world,
+          [&](int64_t) {
+            return Position{x, 1.5};
+          },
+          600'000, seed);
       PresenceEngine engine(PresenceOptions{});
       const auto events = run(engine, sightings, 30'000);
       REQUIRE(ofType(events, "beacon.enter").size() == 1);
@@ -379,7 +384,12 @@ TEST_CASE("a scanner that reads too strong misplaces a device until its offset c
   // The device stands 2 m from a1 and 4 m from b1, but b1 reads 10 dB too strong.
   world.scanners = {{"a1", 0, 0}, {"b1", 6, 0, 10.0}};
   world.noise_db = 3;
-  const auto sightings = walk(world, [](int64_t) { return Position{2, 0}; }, 60'000, 5);
+  const auto sightings = walk(
+      world,
+      [](int64_t) {
+        return Position{2, 0};
+      },
+      60'000, 5);
 
   PresenceEngine uncorrected(PresenceOptions{});
   const auto wrong = run(uncorrected, sightings, 30'000);
@@ -433,9 +443,10 @@ TEST_CASE("enter needs N sightings and the window; staff prefixes are ignored", 
   CHECK(json::parse(events[0].data_json).at("scanner") == "door");
 }
 
-TEST_CASE("a flood of distinct devices and scanners stays within max_tracked and "
-          "max_state_bytes, and the heap agrees",
-          "[unit][beacon]") {
+TEST_CASE(
+    "a flood of distinct devices and scanners stays within max_tracked and "
+    "max_state_bytes, and the heap agrees",
+    "[unit][beacon]") {
   PresenceOptions options;
   options.max_tracked = 100'000;
   options.max_state_bytes = 2u << 20;
