@@ -75,8 +75,10 @@ int publishTraceUntilEnter(mqtt::async_client& gateway, Subscriber& sub,
 
 }  // namespace
 
-TEST_CASE("the real ESPresense trace published to the store broker gives one enter and no flapping",
-          "[integration][beacon]") {
+TEST_CASE(
+    "the real ESPresense trace published to the store broker gives one enter, in office_alt, "
+    "and no flapping",
+    "[integration][beacon]") {
   MosquittoBroker broker;  // uplink and store broker at once
   Subscriber sub(broker.url(), "omniedge/v1/+/+/events");
   TempDir tmp;

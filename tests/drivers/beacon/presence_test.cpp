@@ -476,12 +476,17 @@ TEST_CASE(
     CHECK(stats.state_bytes > options.max_state_bytes * 9 / 10);  // it did fill up
     CHECK(stats.refused_bytes > 0);
     CHECK(stats.sightings + stats.refused_bytes == 200'000);
-    // What the engine counts is what the heap holds (events aside): within 10 % and 64 KiB.
+    // What the engine counts is what the heap holds (events aside). ASan's allocator keeps
+    // no mallinfo, so there only the engine's own count is checked.
     std::vector<Event>().swap(events);
+#if !defined(__SANITIZE_ADDRESS__)
     const std::size_t heap_now = mallinfo2().uordblks;
     const std::size_t heap_growth = heap_now > heap_before ? heap_now - heap_before : 0;
     CHECK(heap_growth <= stats.state_bytes * 11 / 10 + 64 * 1024);
     CHECK(heap_growth >= stats.state_bytes * 8 / 10);
+#else
+    (void)heap_before;
+#endif
 
     // Once they have all gone quiet, tracks and scanners are forgotten.
     engine.tick(kStart + 2'000 + options.exit_after_ms, events);
