@@ -309,6 +309,14 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   ds.beacon_ignore_prefixes = cfg.list("beacon.ignore_prefixes");
   ds.beacon_max_tracked = cfg.integer("beacon.max_tracked");
   ds.beacon_qos = static_cast<int>(cfg.integer("beacon.qos"));
+  ds.beacon_window_s = cfg.integer("beacon.window");
+  ds.beacon_switch_margin_db = static_cast<int>(cfg.integer("beacon.switch_margin_db"));
+  ds.beacon_switch_hold_s = cfg.integer("beacon.switch_hold");
+  ds.beacon_scanner_offsets = cfg.list("beacon.scanner_offsets");
+  ds.beacon_max_message_bytes = cfg.integer("beacon.max_message_bytes");
+  ds.beacon_queue_max_bytes = cfg.integer("beacon.queue_max_bytes");
+  ds.beacon_pending_max_bytes = cfg.integer("beacon.pending_max_bytes");
+  ds.beacon_max_state_bytes = cfg.integer("beacon.max_state_bytes");
   auto sources = drivers::makeBuiltinSources(ds);
   if (!sources) {
     return sources.error();

@@ -104,6 +104,26 @@ Result<std::string> checkZone(std::string_view v) {
   return std::string(v);
 }
 
+// beacon.scanner_offsets: "scanner=dB", dB a decimal number from -40 to 40.
+Result<std::string> checkScannerOffset(std::string_view v) {
+  const auto eq = v.find('=');
+  double db = 0;
+  bool ok = eq != std::string_view::npos && eq != 0 && eq + 1 < v.size();
+  if (ok) {
+    std::string_view number = v.substr(eq + 1);
+    if (number.front() == '+') {
+      number.remove_prefix(1);
+    }
+    const auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), db);
+    ok = ec == std::errc() && end == number.data() + number.size() && db >= -40 && db <= 40;
+  }
+  if (!ok) {
+    return reason("item \"" + std::string(v) +
+                  "\" is not scanner=dB (dB a number from -40 to 40, e.g. kitchen=-4.5)");
+  }
+  return std::string(v);
+}
+
 // The single definition of every key. Keep sorted by section; names are section.key.
 constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "store.id",
@@ -362,9 +382,60 @@ constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "beacon.enter_after_sightings",
      .kind = Kind::kInt,
      .default_value = "3",
-     .help = "Sightings within 10 s before beacon.enter",
+     .help = "Sightings (from any scanners) needed, besides beacon.window, before beacon.enter",
      .min = 1,
      .max = 100},
+    {.name = "beacon.window",
+     .kind = Kind::kDuration,
+     .default_value = "5",
+     .help = "Seconds of evidence from every scanner gathered after a device is first heard "
+             "before its beacon.enter and zone are decided",
+     .min = 1,
+     .max = 600},
+    {.name = "beacon.switch_margin_db",
+     .kind = Kind::kInt,
+     .default_value = "6",
+     .help = "A new zone must be nearer than the current one by this much path loss (dB; 6 dB "
+             "is about 1.7x the distance) for beacon.switch_hold before a zone change",
+     .min = 0,
+     .max = 40},
+    {.name = "beacon.switch_hold",
+     .kind = Kind::kDuration,
+     .default_value = "5",
+     .help = "Seconds a nearer zone must hold the margin before a zone change (the minimum dwell)",
+     .min = 0,
+     .max = 600},
+    {.name = "beacon.scanner_offsets",
+     .kind = Kind::kList,
+     .help = "Per-scanner RSSI corrections in dB: scanner=dB,... (+ for a scanner that hears too "
+             "weakly, e.g. in a cabinet); applied to gateway distances too",
+     .check = checkScannerOffset},
+    {.name = "beacon.max_message_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "64KiB",
+     .help = "Largest gateway message; larger ones are refused and counted",
+     .min = kKiB,
+     .max = 16 * kMiB},
+    {.name = "beacon.queue_max_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "4MiB",
+     .help = "Gateway messages waiting to be decoded; more are dropped and counted",
+     .min = 64 * kKiB,
+     .max = kGiB},
+    {.name = "beacon.pending_max_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "4MiB",
+     .help = "Presence events kept while the buffer refuses them; the oldest beyond are dropped, "
+             "counted and reported as agent.data_dropped",
+     .min = 64 * kKiB,
+     .max = kGiB},
+    {.name = "beacon.max_state_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "8MiB",
+     .help = "Memory of the presence engine (devices, per-scanner estimates, scanners); new "
+             "devices beyond are refused and counted",
+     .min = 64 * kKiB,
+     .max = kGiB},
     {.name = "beacon.ignore_prefixes",
      .kind = Kind::kList,
      .help = "Identity prefixes never tracked: staff badges, asset tags (ibeacon:<uuid>,...)"},

@@ -30,6 +30,14 @@ struct BuiltinSettings {
   std::vector<std::string> beacon_ignore_prefixes;
   int64_t beacon_max_tracked = 10000;
   int beacon_qos = 0;
+  int64_t beacon_window_s = 5;
+  int beacon_switch_margin_db = 6;
+  int64_t beacon_switch_hold_s = 5;
+  std::vector<std::string> beacon_scanner_offsets;  // "scanner=dB"
+  int64_t beacon_max_message_bytes = 64 * 1024;
+  int64_t beacon_queue_max_bytes = 4 << 20;
+  int64_t beacon_pending_max_bytes = 4 << 20;
+  int64_t beacon_max_state_bytes = 8 << 20;
 };
 
 /// Every source the settings switch on. Thread: the owner's, at start-up. Fails with "config"
