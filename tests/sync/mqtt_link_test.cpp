@@ -51,7 +51,7 @@ TEST_CASE("the link connects with each MQTT version and reports every PUBACK",
   MqttLink link(optionsFor(broker.url(), version));
   Deliveries deliveries;
   link.setHandlers(
-      [&](uint64_t tag, bool ok, const std::string&) {
+      [&](uint64_t tag, bool ok, int, const std::string&) {
         std::lock_guard lock(deliveries.mu);
         deliveries.done.emplace_back(tag, ok);
         deliveries.cv.notify_all();
@@ -117,7 +117,7 @@ TEST_CASE("the link reports a lost connection once", "[integration][sync]") {
   std::mutex mu;
   std::condition_variable cv;
   int losses = 0;
-  link.setHandlers([](uint64_t, bool, const std::string&) {},
+  link.setHandlers([](uint64_t, bool, int, const std::string&) {},
                    [&](const std::string&) {
                      std::lock_guard lock(mu);
                      ++losses;
@@ -145,7 +145,7 @@ using testing::MosquittoBroker;
 
 Result<void> tryConnect(MqttOptions options) {
   MqttLink link(std::move(options));
-  link.setHandlers([](uint64_t, bool, const std::string&) {}, [](const std::string&) {});
+  link.setHandlers([](uint64_t, bool, int, const std::string&) {}, [](const std::string&) {});
   std::stop_source stop;
   auto r = link.connect({"omniedge/v1/t/s/status", "{}", true}, stop.get_token());
   if (r) {
