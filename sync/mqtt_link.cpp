@@ -1,6 +1,7 @@
 #include "sync/mqtt_link.h"
 
 #include <mqtt/async_client.h>
+#include <spdlog/fmt/fmt.h>
 #include <unistd.h>
 
 #include <climits>
@@ -28,6 +29,10 @@ uint64_t contextToTag(void* context) {
 }
 
 std::string describe(int rc, int reason_code) {
+  if (reason_code >= 0x80) {
+    return fmt::format("PUBACK reason 0x{:02x} ({})", reason_code,
+                       mqtt::exception::reason_code_str(reason_code));
+  }
   return mqtt::exception::printable_error(rc, reason_code, mqtt::exception::error_str(rc));
 }
 
@@ -375,11 +380,11 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
     if (!client_->is_connected()) {
       // Lost between CONNACK and here: the handler fired before connected_ was set.
       connected_ = false;
-      return makeError("connect", "the broker at " + options_.url +
-                                      " accepted the connection, then closed it at once: "
-                                      "another agent using the same mqtt.client_id \"" +
+      return makeError("connect", "connection to " + options_.url +
+                                      " lost right after the broker accepted it: another agent "
+                                      "using the same mqtt.client_id \"" +
                                       options_.client_id +
-                                      "\"? or the broker's ACL or quota refusing this client");
+                                      "\"? the broker's ACL or quota refusing this client?");
     }
     return {};
   } catch (const mqtt::exception& e) {

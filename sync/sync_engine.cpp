@@ -210,6 +210,7 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
   ++connection_;
   session_up_ = true;
   proven_ = false;
+  acked_on_connection_ = false;
   connected_at_ = steady_clock::now();
   inflight_ = 0;
   read_seq_ = 0;
@@ -305,7 +306,7 @@ void SyncEngine::handleDeliveries() {
       onAcked(batch, d.tag, current);
     } else if (current && failure.empty()) {
       if (isEventRefusal(d.reason_code)) {
-        if (!onRefused(batch, "the broker refused it: " + d.error, true)) {
+        if (!onRefused(batch, "refused by the broker when sent alone: " + d.error, true)) {
           failure = "the broker at " + mqtt_.url + " refused " +
                     std::to_string(kMaxHeldEvents + 1) +
                     " events sent alone and took nothing after them (" + d.error +
@@ -337,6 +338,7 @@ void SyncEngine::handleDeliveries() {
 
 void SyncEngine::onAcked(const InFlight& batch, uint64_t tag, bool current) {
   if (current) {
+    acked_on_connection_ = true;
     probe_ = false;
     strike_ = {};
     markProven();
@@ -382,6 +384,11 @@ bool SyncEngine::onRefused(const InFlight& batch, const std::string& reason, boo
                  batch.count, batch.first_seq, batch.last_seq, reason);
     std::lock_guard lock(status_mu_);
     ++status_.batches_split;
+    return true;
+  }
+  if (resend && acked_on_connection_) {
+    // The broker said no to this event alone and yes to others on this connection.
+    quarantineEvent(batch.first_seq, reason);
     return true;
   }
   if (held_.size() >= kMaxHeldEvents) {
@@ -624,12 +631,14 @@ bool SyncEngine::sendNextBatch() {
 }
 
 void SyncEngine::quarantineEvent(int64_t seq, const std::string& reason) {
-  outbox_.quarantine(seq, seq, reason);
   spdlog::error("sync: event seq {} quarantined: {}", seq, reason);
-  std::lock_guard lock(status_mu_);
-  ++status_.events_quarantined;
-  status_.last_quarantine_reason = reason;
-  status_.last_quarantine_ms = nowMs();
+  {
+    std::lock_guard lock(status_mu_);
+    ++status_.events_quarantined;
+    status_.last_quarantine_reason = reason;
+    status_.last_quarantine_ms = nowMs();
+  }
+  outbox_.quarantine(seq, seq, reason);
 }
 
 void SyncEngine::markProven() {

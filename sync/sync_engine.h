@@ -202,6 +202,7 @@ class SyncEngine {
   int64_t newest_seen_ = 0;                      // waitForNewer()'s last answer
   int attempt_ = 0;                              // backoff doublings since the last proven link
   bool proven_ = false;                          // this connection PUBACKed a batch or stayed up
+  bool acked_on_connection_ = false;             // a batch was PUBACKed on this connection
   std::chrono::steady_clock::time_point connected_at_;
   int64_t max_packet_ = kSafeMaxPacketBytes;     // bound on every batch PUBLISH, this connection
   std::string max_packet_source_ = "default";
