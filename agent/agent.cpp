@@ -412,13 +412,14 @@ nlohmann::json Agent::status() const {
          {{"state", u.connected ? "connected" : "disconnected"},
           {"since", u.since_ms > 0 ? formatRfc3339Ms(u.since_ms) : ""},
           {"url", p_->cfg.str("mqtt.url")},
-          {"mqtt_version", u.mqtt_version == 5 ? "5" : u.mqtt_version == 4 ? "3.1.1" : ""},
+          {"mqtt_version", u.mqtt_version == 5   ? "5"
+                           : u.mqtt_version == 4 ? "3.1.1"
+                                                 : ""},
           {"last_error", u.last_error},
           {"last_error_at", u.last_error_ms > 0 ? formatRfc3339Ms(u.last_error_ms) : ""},
           {"last_error_resolved", u.last_error_resolved},
-          {"next_attempt_at", !u.connected && u.next_attempt_ms > 0
-                                  ? formatRfc3339Ms(u.next_attempt_ms)
-                                  : ""},
+          {"next_attempt_at",
+           !u.connected && u.next_attempt_ms > 0 ? formatRfc3339Ms(u.next_attempt_ms) : ""},
           {"connect_attempts", u.connect_attempts},
           {"reconnects", u.reconnects},
           {"max_packet_bytes", u.max_packet_bytes},
@@ -491,8 +492,7 @@ std::string Agent::metricsText() const {
   line("omniedge_mqtt_batches_refused_total", "counter",
        "Batches the broker refused (PUBACK >= 0x80, or it closed the connection after them).",
        u.batches_refused);
-  line("omniedge_mqtt_bytes_sent_total", "counter", "Batch payload bytes published.",
-       u.bytes_sent);
+  line("omniedge_mqtt_bytes_sent_total", "counter", "Batch payload bytes published.", u.bytes_sent);
   line("omniedge_mqtt_inflight_batches", "gauge", "Batches awaiting their PUBACK.", u.inflight);
   line("omniedge_mqtt_max_packet_bytes", "gauge", "Bound on every batch PUBLISH.",
        u.max_packet_bytes);

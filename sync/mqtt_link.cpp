@@ -70,8 +70,8 @@ std::string hostOf(const std::string& url) {
 }
 
 bool isNumericHost(const std::string& host) {
-  return !host.empty() && (host.front() == '[' || host.find_first_not_of("0123456789.") ==
-                                                       std::string::npos);
+  return !host.empty() &&
+         (host.front() == '[' || host.find_first_not_of("0123456789.") == std::string::npos);
 }
 
 // OpenSSL's "C0E6…:error:0A000086:SSL routines:func:certificate verify failed:file:line:" →
@@ -212,12 +212,12 @@ void MqttLink::onDelivery(uint64_t tag, bool ok, int reason_code, const std::str
 }
 
 std::string MqttLink::disconnectCause(int reason) const {
-  const std::string what = "the broker sent DISCONNECT (" +
-                           mqtt::exception::reason_code_str(reason) + ")";
+  const std::string what =
+      "the broker sent DISCONNECT (" + mqtt::exception::reason_code_str(reason) + ")";
   switch (reason) {
     case 0x8E:
-      return what + ": another client connected with the same client id \"" +
-             options_.client_id + "\" (two agents sharing one mqtt.client_id?)";
+      return what + ": another client connected with the same client id \"" + options_.client_id +
+             "\" (two agents sharing one mqtt.client_id?)";
     case 0x87:
       return what + ": check the broker's ACL for this client";
     case 0x95:

@@ -29,7 +29,7 @@ constexpr std::size_t kMaxHeldEvents = 8;  // more refused alone: the broker ref
 constexpr std::size_t kMaxSplits = 64;
 constexpr std::chrono::seconds kRightAfter{2};  // a loss this soon after a lone publish: its fault?
 constexpr int kStrikesToSplit = 2;
-constexpr int kStrikesToHold = 3;   // a single event needs more evidence: a flaky link also drops
+constexpr int kStrikesToHold = 3;  // a single event needs more evidence: a flaky link also drops
 constexpr std::size_t kPublishOverhead = 16;  // PUBLISH header besides the topic, rounded up
 constexpr double kFillTarget = 0.9;
 constexpr int kMaxSkipsPerCall = 64;
@@ -43,8 +43,8 @@ bool isEventRefusal(int reason_code) {
 
 std::string refusalAdvice(int reason_code, const std::string& error, const MqttOptions& mqtt,
                           const std::string& topic) {
-  const std::string at = "the broker at " + mqtt.url + " refused a batch on " + topic + " (" +
-                         error + ")";
+  const std::string at =
+      "the broker at " + mqtt.url + " refused a batch on " + topic + " (" + error + ")";
   switch (reason_code) {
     case 0x87:
       return at + ": let client id \"" + mqtt.client_id + "\" publish there in its ACL";
@@ -137,8 +137,8 @@ void SyncEngine::run(std::stop_token stop) {
       connectOnce(stop);
       continue;
     }
-    if (!proven_ && steady_clock::now() - connected_at_ >=
-                        milliseconds(std::max(0, mqtt_.proven_after_ms))) {
+    if (!proven_ &&
+        steady_clock::now() - connected_at_ >= milliseconds(std::max(0, mqtt_.proven_after_ms))) {
       markProven();
     }
     if (steady_clock::now() >= status_due_) {
@@ -306,7 +306,7 @@ void SyncEngine::handleDeliveries() {
       onAcked(batch, d.tag, current);
     } else if (current && failure.empty()) {
       if (isEventRefusal(d.reason_code)) {
-        if (!onRefused(batch, "refused by the broker when sent alone: " + d.error, true)) {
+        if (!onRefused(batch, "the broker refused it: " + d.error, true)) {
           failure = "the broker at " + mqtt_.url + " refused " +
                     std::to_string(kMaxHeldEvents + 1) +
                     " events sent alone and took nothing after them (" + d.error +
@@ -388,7 +388,7 @@ bool SyncEngine::onRefused(const InFlight& batch, const std::string& reason, boo
   }
   if (resend && acked_on_connection_) {
     // The broker said no to this event alone and yes to others on this connection.
-    quarantineEvent(batch.first_seq, reason);
+    quarantineEvent(batch.first_seq, reason + ", also when sent alone");
     return true;
   }
   if (held_.size() >= kMaxHeldEvents) {
@@ -397,10 +397,11 @@ bool SyncEngine::onRefused(const InFlight& batch, const std::string& reason, boo
     status_.events_held = 0;
     return false;
   }
-  held_[batch.first_seq] = Held{reason, next_tag_};
-  spdlog::warn("sync: event seq {} refused when sent alone, held back until the broker takes a "
-               "later batch: {}",
-               batch.first_seq, reason);
+  held_[batch.first_seq] = Held{reason + ", also when sent alone", next_tag_};
+  spdlog::warn(
+      "sync: event seq {} refused when sent alone, held back until the broker takes a "
+      "later batch: {}",
+      batch.first_seq, reason);
   std::lock_guard lock(status_mu_);
   status_.events_held = held_.size();
   return true;
@@ -427,9 +428,7 @@ void SyncEngine::strikeLoneBatch(const std::string& cause) {
   }
   strike_ = {};
   const InFlight batch = *lone;
-  if (!onRefused(batch,
-                 "the broker closed the connection each time right after it was sent alone (" +
-                     cause + ")",
+  if (!onRefused(batch, "the broker closed the connection each time right after it (" + cause + ")",
                  false)) {
     setError("the broker at " + mqtt_.url +
              " closes the connection after every batch, even single events: check its ACL for "
@@ -573,8 +572,7 @@ bool SyncEngine::sendNextBatch() {
     const bool v5 = link_->protocolLevel() == 5;
     Result<Batch> batch = makeError("invalid", "not built");
     for (;;) {
-      batch =
-          buildBatch(*events, options_.store_id, options_.agent_version, options_.compression);
+      batch = buildBatch(*events, options_.store_id, options_.agent_version, options_.compression);
       if (!batch) {
         setError("build batch: " + batch.error().message);
         return false;
@@ -589,11 +587,10 @@ bool SyncEngine::sendNextBatch() {
                                            "broker's maximum packet size of {} bytes ({})",
                                            events->front().body.size(), packet,
                                            compressionName(options_.compression), max_packet_,
-                                           max_packet_source_ == "config"
-                                               ? "mqtt.max_packet_bytes"
-                                               : max_packet_source_ == "broker"
-                                                     ? "announced in its CONNACK"
-                                                     : "the default; set mqtt.max_packet_bytes"));
+                                           max_packet_source_ == "config" ? "mqtt.max_packet_bytes"
+                                           : max_packet_source_ == "broker"
+                                               ? "announced in its CONNACK"
+                                               : "the default; set mqtt.max_packet_bytes"));
         advanceCursor(resending, first);
         return true;
       }
@@ -602,15 +599,16 @@ bool SyncEngine::sendNextBatch() {
       events->resize(std::clamp<std::size_t>(n, 1, events->size() - 1));
     }
     if (!batch->payload.empty()) {
-      const double r = static_cast<double>(batch->json_bytes) /
-                       static_cast<double>(batch->payload.size());
+      const double r =
+          static_cast<double>(batch->json_bytes) / static_cast<double>(batch->payload.size());
       ratio_ = std::max(1.0, 0.8 * ratio_ + 0.2 * r);
     }
     const uint64_t tag = next_tag_++;
     const std::size_t bytes = batch->payload.size();
-    sent_[tag] = InFlight{batch->first_seq, batch->last_seq, batch->count, connection_,
-                          steady_clock::now()};
-    auto published = link_->publish(MqttMessage{topic_events_, std::move(batch->payload), false}, tag);
+    sent_[tag] =
+        InFlight{batch->first_seq, batch->last_seq, batch->count, connection_, steady_clock::now()};
+    auto published =
+        link_->publish(MqttMessage{topic_events_, std::move(batch->payload), false}, tag);
     if (!published) {
       sent_.erase(tag);
       dropConnection("publish batch: " + published.error().message);

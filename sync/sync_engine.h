@@ -204,15 +204,15 @@ class SyncEngine {
   bool proven_ = false;                          // this connection PUBACKed a batch or stayed up
   bool acked_on_connection_ = false;             // a batch was PUBACKed on this connection
   std::chrono::steady_clock::time_point connected_at_;
-  int64_t max_packet_ = kSafeMaxPacketBytes;     // bound on every batch PUBLISH, this connection
+  int64_t max_packet_ = kSafeMaxPacketBytes;  // bound on every batch PUBLISH, this connection
   std::string max_packet_source_ = "default";
-  double ratio_ = 1.0;                           // batch JSON bytes per payload byte, smoothed
-  std::map<int64_t, SplitRange> splits_;         // refused ranges, by first seq
-  std::map<int64_t, Held> held_;                 // refused single events, by seq
+  double ratio_ = 1.0;                              // batch JSON bytes per payload byte, smoothed
+  std::map<int64_t, SplitRange> splits_;            // refused ranges, by first seq
+  std::map<int64_t, Held> held_;                    // refused single events, by seq
   std::deque<std::pair<int64_t, int64_t>> resend_;  // refused on this connection: resent first
-  bool probe_ = false;     // after a loss with batches in flight: one at a time until a PUBACK
+  bool probe_ = false;  // after a loss with batches in flight: one at a time until a PUBACK
   Strike strike_;
-  double tokens_ = 0;                            // bytes the rate limit allows now
+  double tokens_ = 0;  // bytes the rate limit allows now
   std::chrono::steady_clock::time_point tokens_at_;
   std::chrono::steady_clock::time_point status_due_;
   std::mt19937_64 rng_{std::random_device{}()};

@@ -24,8 +24,8 @@ namespace {
 std::string normalEvents(int n, int offset) {
   json a = json::array();
   for (int i = 0; i < n; ++i) {
-    a.push_back({{"type", "kiosk.view"},
-                 {"data", {{"n", offset + i}, {"pad", std::string(300, 'p')}}}});
+    a.push_back(
+        {{"type", "kiosk.view"}, {"data", {{"n", offset + i}, {"pad", std::string(300, 'p')}}}});
   }
   return a.dump();
 }
@@ -53,9 +53,10 @@ json statusOf(const AgentProcess& agent) {
 
 }  // namespace
 
-TEST_CASE("an event over the broker's limit is quarantined with its reason and shown by status, "
-          "and every other event arrives",
-          "[integration][sync]") {
+TEST_CASE(
+    "an event over the broker's limit is quarantined with its reason and shown by status, "
+    "and every other event arrives",
+    "[integration][sync]") {
   MosquittoBroker::Options options;
   options.message_size_limit = 16 * 1024;
   options.max_queued_messages = 100'000;  // see MosquittoBroker::Options

@@ -197,8 +197,8 @@ class TcpProxy {
   std::atomic<std::size_t> accepted_{0};
   std::mutex mu_;
   std::condition_variable cv_;
-  uint64_t drop_requested_ = 0;  // guarded by mu_
-  uint64_t drop_done_ = 0;       // guarded by mu_
+  uint64_t drop_requested_ = 0;                         // guarded by mu_
+  uint64_t drop_done_ = 0;                              // guarded by mu_
   std::optional<std::chrono::milliseconds> cut_after_;  // guarded by mu_
   std::atomic<bool> hold_replies_{false};
   std::thread thread_;

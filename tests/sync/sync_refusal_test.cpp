@@ -119,9 +119,10 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-TEST_CASE("a broker that accepts the agent and drops it at once gets a backed-off reconnect, "
-          "not one per CONNACK",
-          "[integration][sync][fault]") {
+TEST_CASE(
+    "a broker that accepts the agent and drops it at once gets a backed-off reconnect, "
+    "not one per CONNACK",
+    "[integration][sync][fault]") {
   MosquittoBroker broker;
   TcpProxy dropping(broker.port());
   dropping.cutAfterFirstReply(50ms);  // CONNACK through, then a RST: duplicate id, ACL, quota
@@ -182,9 +183,10 @@ TEST_CASE("a connection that PUBACKs a batch starts the backoff again from the s
   engine.stop();
 }
 
-TEST_CASE("mosquitto with message_size_limit acknowledges and drops a larger message on MQTT "
-          "3.1.1, and refuses it with PUBACK 0x95 on MQTT 5",
-          "[integration][sync]") {
+TEST_CASE(
+    "mosquitto with message_size_limit acknowledges and drops a larger message on MQTT "
+    "3.1.1, and refuses it with PUBACK 0x95 on MQTT 5",
+    "[integration][sync]") {
   MosquittoBroker::Options options;
   options.message_size_limit = 4096;
   options.max_queued_messages = 100'000;  // see MosquittoBroker::Options
@@ -225,9 +227,10 @@ TEST_CASE("mosquitto with message_size_limit acknowledges and drops a larger mes
   link.disconnect(100ms);
 }
 
-TEST_CASE("with a message_size_limit broker every normal event arrives, the oversized one is "
-          "quarantined with its reason, and the queue keeps flowing",
-          "[integration][sync][fault]") {
+TEST_CASE(
+    "with a message_size_limit broker every normal event arrives, the oversized one is "
+    "quarantined with its reason, and the queue keeps flowing",
+    "[integration][sync][fault]") {
   MosquittoBroker::Options options;
   options.message_size_limit = 16 * 1024;
   options.max_queued_messages = 100'000;  // see MosquittoBroker::Options
@@ -309,9 +312,10 @@ TEST_CASE("a broker that announces its maximum packet size in CONNACK never gets
   engine.stop();
 }
 
-TEST_CASE("a 3.1.1 broker that hangs up on oversized packets: batches are halved through the "
-          "disconnects and the event too large alone is quarantined",
-          "[integration][sync][fault]") {
+TEST_CASE(
+    "a 3.1.1 broker that hangs up on oversized packets: batches are halved through the "
+    "disconnects and the event too large alone is quarantined",
+    "[integration][sync][fault]") {
   MosquittoBroker::Options options;
   options.max_packet_size = 8 * 1024;  // not announced on 3.1.1; not configured either
   MosquittoBroker broker(options);
@@ -368,9 +372,10 @@ class RecordingOutbox final : public Outbox {
   std::vector<std::pair<int64_t, int64_t>> acked_;  // guarded by mu_
 };
 
-TEST_CASE("batches whose PUBACKs had not come back when the connection dropped are sent again, "
-          "never acknowledged by a late PUBACK",
-          "[integration][sync][fault]") {
+TEST_CASE(
+    "batches whose PUBACKs had not come back when the connection dropped are sent again, "
+    "never acknowledged by a late PUBACK",
+    "[integration][sync][fault]") {
   MosquittoBroker broker;
   TcpProxy proxy(broker.port());
   Subscriber sub(broker.url(), kRoot + "/events");
@@ -405,9 +410,10 @@ TEST_CASE("batches whose PUBACKs had not come back when the connection dropped a
   engine.stop();
 }
 
-TEST_CASE("the uplink status says when the next attempt is, and marks an old error as resolved "
-          "once connected",
-          "[integration][sync]") {
+TEST_CASE(
+    "the uplink status says when the next attempt is, and marks an old error as resolved "
+    "once connected",
+    "[integration][sync]") {
   MosquittoBroker broker;
   broker.stop();
   MemoryOutbox outbox;
