@@ -29,6 +29,7 @@ constexpr std::size_t kMaxHeldEvents = 8;  // more refused alone: the broker ref
 constexpr std::size_t kMaxSplits = 64;
 constexpr std::chrono::seconds kRightAfter{2};  // a loss this soon after a lone publish: its fault?
 constexpr int kStrikesToSplit = 2;
+constexpr std::chrono::seconds kDroppedAtOnce{5};
 constexpr int kStrikesToHold = 3;  // a single event needs more evidence: a flaky link also drops
 constexpr std::size_t kPublishOverhead = 16;  // PUBLISH header besides the topic, rounded up
 constexpr double kFillTarget = 0.9;
@@ -448,7 +449,10 @@ void SyncEngine::handleLoss(const std::string& cause) {
   if (inflight > 0) {
     probe_ = true;  // find out which batch (if any) the broker hangs up on
   }
-  const bool proven = proven_;
+  // A broker that takes the connection and drops it before any batch got through: say why
+  // that may be (a plain outage after a while needs no such guess).
+  const bool dropped_at_once =
+      !acked_on_connection_ && steady_clock::now() - connected_at_ < kDroppedAtOnce;
   const auto up_ms =
       std::chrono::duration_cast<milliseconds>(steady_clock::now() - connected_at_).count();
   session_up_ = false;
@@ -456,7 +460,7 @@ void SyncEngine::handleLoss(const std::string& cause) {
   read_seq_ = 0;  // resend everything still pending
   resend_.clear();
   std::string error = "connection to " + mqtt_.url + " lost: " + cause;
-  if (!proven) {
+  if (dropped_at_once) {
     error += fmt::format(
         " ({:.1f} s after the broker accepted it: another agent using the same mqtt.client_id "
         "\"{}\"? the broker's ACL or quota? reconnecting with a growing backoff)",
