@@ -376,7 +376,7 @@ bool SyncEngine::onRefused(const InFlight& batch, const std::string& reason, boo
       it->second.max_events = std::min(it->second.max_events, half);
     }
     while (splits_.size() > kMaxSplits) {
-      splits_.erase(std::prev(splits_.end()));  // the newest: it is refused again and comes back
+      splits_.erase(std::prev(splits_.end()));  // the last in the queue: if refused, it returns
     }
     if (resend) {
       resend_.emplace_back(batch.first_seq, batch.last_seq);
