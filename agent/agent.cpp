@@ -345,6 +345,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   mo.topic_root = "omniedge/v1/" + p->tenant + "/" + p->store_id;
   mo.reconnect_min_ms = static_cast<int>(cfg.integer("mqtt.reconnect_min") * 1000);
   mo.reconnect_max_ms = static_cast<int>(cfg.integer("mqtt.reconnect_max") * 1000);
+  mo.max_packet_bytes = cfg.integer("mqtt.max_packet_bytes");
 
   sync::SyncOptions so;
   so.store_id = p->store_id;
@@ -442,14 +443,33 @@ nlohmann::json Agent::status() const {
          {{"state", u.connected ? "connected" : "disconnected"},
           {"since", u.since_ms > 0 ? formatRfc3339Ms(u.since_ms) : ""},
           {"url", p_->cfg.str("mqtt.url")},
+          {"mqtt_version", u.mqtt_version == 5   ? "5"
+                           : u.mqtt_version == 4 ? "3.1.1"
+                                                 : ""},
           {"last_error", u.last_error},
+          {"last_error_at", u.last_error_ms > 0 ? formatRfc3339Ms(u.last_error_ms) : ""},
+          {"last_error_resolved", u.last_error_resolved},
+          {"next_attempt_at",
+           !u.connected && u.next_attempt_ms > 0 ? formatRfc3339Ms(u.next_attempt_ms) : ""},
+          {"connect_attempts", u.connect_attempts},
+          {"reconnects", u.reconnects},
+          {"max_packet_bytes", u.max_packet_bytes},
+          {"max_packet_source", u.max_packet_source},
           {"batches_sent", u.batches_sent},
           {"batches_acked", u.batches_acked},
+          {"batches_refused", u.batches_refused},
+          {"batches_split", u.batches_split},
           {"events_delivered", u.events_delivered},
+          {"events_quarantined", u.events_quarantined},
+          {"events_held", u.events_held},
           {"bytes_sent", u.bytes_sent},
-          {"reconnects", u.reconnects},
           {"inflight_batches", u.inflight}}},
         {"https", {{"state", "not_configured"}}}}},
+      {"quarantine",
+       {{"events", s.quarantine_events},
+        {"quarantined_since_start", s.quarantined},
+        {"latest_reason", u.last_quarantine_reason},
+        {"latest_at", u.last_quarantine_ms > 0 ? formatRfc3339Ms(u.last_quarantine_ms) : ""}}},
       {"queue", queueJson(s, now)},
       {"rates", {{"ingest_per_s", ingest_rate}, {"delivery_per_s", delivery_rate}}},
       {"drivers", drivers},
@@ -496,6 +516,20 @@ std::string Agent::metricsText() const {
   line("omniedge_mqtt_connected", "gauge", "1 while the uplink is connected.", u.connected ? 1 : 0);
   line("omniedge_mqtt_batches_sent_total", "counter", "Batches published.", u.batches_sent);
   line("omniedge_mqtt_reconnects_total", "counter", "Uplink reconnects.", u.reconnects);
+  line("omniedge_mqtt_connect_attempts_total", "counter", "Uplink connection attempts.",
+       u.connect_attempts);
+  line("omniedge_mqtt_batches_acked_total", "counter", "Batches PUBACKed by the broker.",
+       u.batches_acked);
+  line("omniedge_mqtt_batches_refused_total", "counter",
+       "Batches the broker refused (PUBACK >= 0x80, or it closed the connection after them).",
+       u.batches_refused);
+  line("omniedge_mqtt_bytes_sent_total", "counter", "Batch payload bytes published.", u.bytes_sent);
+  line("omniedge_mqtt_inflight_batches", "gauge", "Batches awaiting their PUBACK.", u.inflight);
+  line("omniedge_mqtt_max_packet_bytes", "gauge", "Bound on every batch PUBLISH.",
+       u.max_packet_bytes);
+  line("omniedge_mqtt_events_quarantined_total", "counter",
+       "Events the uplink moved to the quarantine (the broker will never take them).",
+       u.events_quarantined);
   m += p_->http->metricsText();
   return m;
 }

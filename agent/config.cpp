@@ -184,6 +184,14 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .help = "Longest reconnect back-off",
      .min = 1,
      .max = 86400},
+    {.name = "mqtt.max_packet_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "0",
+     .help = "Largest MQTT packet the uplink broker takes; batches stay below it and a larger "
+             "event is quarantined, never sent (0: what an MQTT 5 broker announces, else "
+             "128KiB). With MQTT 3.1.1 set it to the broker's limit (mosquitto "
+             "message_size_limit): such a broker acknowledges and drops larger messages",
+     .max = 268435455},
 
     {.name = "https.base_url",
      .kind = Kind::kUrl,
