@@ -6,23 +6,30 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <deque>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <sstream>
 
 #include "agent/api/time.h"
+#include "agent/commands.h"
 #include "agent/control_socket.h"
 #include "agent/ingest.h"
+#include "agent/log_ring.h"
 #include "agent/pii.h"
 #include "agent/source_runner.h"
 #include "agent/store/buffer.h"
+#include "agent/store/inbox.h"
 #include "agent/store/profile_cache.h"
 #include "agent/systemd_notify.h"
 #include "agent/version.h"
 #include "drivers/builtin.h"
 #include "drivers/kiosk/http_api.h"
+#include "sync/remote_config.h"
 #include "sync/sync_engine.h"
 
 namespace omniedge {
@@ -147,7 +154,110 @@ Result<Event> eventFromEnvelope(const nlohmann::json& j, std::size_t index) {
   return e;
 }
 
+// What the drivers take from the configuration (beacon.*, pos.*).
+drivers::BuiltinSettings driverSettings(const config::Config& cfg, const std::string& store_id) {
+  drivers::BuiltinSettings ds;
+  ds.store_id = store_id;
+  ds.pos_spool_dir = cfg.str("pos.spool_dir");
+  ds.pos_keep_processed = cfg.boolean("pos.keep_processed");
+  ds.pos_keep_processed_days = static_cast<int>(cfg.integer("pos.keep_processed_days"));
+  ds.pos_rescan_interval_s = static_cast<int>(cfg.integer("pos.rescan_interval"));
+  ds.pos_max_file_bytes = cfg.integer("pos.max_file_bytes");
+  ds.pos_max_parse_memory = cfg.integer("pos.max_parse_memory");
+  ds.beacon_mqtt_url = cfg.str("beacon.mqtt_url");
+  ds.beacon_topics = cfg.list("beacon.topics");
+  ds.beacon_zones = cfg.list("beacon.zones");
+  ds.beacon_exit_after_s = cfg.integer("beacon.exit_after");
+  ds.beacon_enter_after_sightings = static_cast<int>(cfg.integer("beacon.enter_after_sightings"));
+  ds.beacon_ignore_prefixes = cfg.list("beacon.ignore_prefixes");
+  ds.beacon_max_tracked = cfg.integer("beacon.max_tracked");
+  ds.beacon_qos = static_cast<int>(cfg.integer("beacon.qos"));
+  ds.beacon_window_s = cfg.integer("beacon.window");
+  ds.beacon_switch_margin_db = static_cast<int>(cfg.integer("beacon.switch_margin_db"));
+  ds.beacon_switch_hold_s = cfg.integer("beacon.switch_hold");
+  ds.beacon_scanner_offsets = cfg.list("beacon.scanner_offsets");
+  ds.beacon_max_message_bytes = cfg.integer("beacon.max_message_bytes");
+  ds.beacon_queue_max_bytes = cfg.integer("beacon.queue_max_bytes");
+  ds.beacon_pending_max_bytes = cfg.integer("beacon.pending_max_bytes");
+  ds.beacon_max_state_bytes = cfg.integer("beacon.max_state_bytes");
+  return ds;
+}
+
+std::string topicRoot(const config::Config& cfg) {
+  return "omniedge/v1/" + cfg.str("store.tenant") + "/" + cfg.str("store.id");
+}
+
+// The tenant-wide config topic, outside R.
+std::string allConfigTopic(const config::Config& cfg) {
+  return "omniedge/v1/" + cfg.str("store.tenant") + "/all/config/desired";
+}
+
+struct UplinkOptions {
+  sync::MqttOptions mqtt;
+  sync::SyncOptions sync;
+};
+
+// What the uplink takes from the configuration (mqtt.*, sync.*). Fails reading
+// mqtt.password_file.
+Result<UplinkOptions> uplinkOptions(const config::Config& cfg) {
+  UplinkOptions u;
+  const std::string store_id = cfg.str("store.id");
+  sync::MqttOptions& mo = u.mqtt;
+  mo.url = cfg.str("mqtt.url");
+  mo.client_id = cfg.str("mqtt.client_id").empty()
+                     ? "omniedge-" + cfg.str("store.tenant") + "-" + store_id
+                     : cfg.str("mqtt.client_id");
+  mo.username = cfg.str("mqtt.username");
+  if (!cfg.str("mqtt.password_file").empty()) {
+    auto pw = readSecretFile(cfg.str("mqtt.password_file"), "mqtt.password_file");
+    if (!pw) {
+      return pw.error();
+    }
+    mo.password = *pw;
+  }
+  mo.ca_file = cfg.str("mqtt.ca_file");
+  mo.cert_file = cfg.str("mqtt.cert_file");
+  mo.key_file = cfg.str("mqtt.key_file");
+  mo.keepalive_s = static_cast<int>(cfg.integer("mqtt.keepalive"));
+  mo.version = sync::parseMqttVersion(cfg.str("mqtt.version")).value_or(sync::MqttVersion::kAuto);
+  mo.topic_root = topicRoot(cfg);
+  mo.reconnect_min_ms = static_cast<int>(cfg.integer("mqtt.reconnect_min") * 1000);
+  mo.reconnect_max_ms = static_cast<int>(cfg.integer("mqtt.reconnect_max") * 1000);
+  mo.max_packet_bytes = cfg.integer("mqtt.max_packet_bytes");
+
+  sync::SyncOptions& so = u.sync;
+  so.store_id = store_id;
+  so.agent_version = kVersion;
+  so.batch_max_events = static_cast<std::size_t>(cfg.integer("sync.batch_max_events"));
+  so.batch_max_bytes = static_cast<std::size_t>(cfg.integer("sync.batch_max_bytes"));
+  so.compression =
+      sync::parseCompression(cfg.str("sync.compression")).value_or(sync::Compression::kGzip);
+  so.max_inflight = static_cast<int>(cfg.integer("sync.max_inflight"));
+  so.max_bytes_per_sec = cfg.integer("sync.max_bytes_per_sec");
+  so.status_interval_s = static_cast<int>(cfg.integer("sync.status_interval"));
+  so.inbound_max_bytes = static_cast<std::size_t>(cfg.integer("sync.inbound_max_bytes"));
+  const std::string root = topicRoot(cfg);
+  so.inbound = {root + "/profiles", root + "/config/desired", allConfigTopic(cfg), root + "/cmd"};
+  return u;
+}
+
 }  // namespace
+
+// The commands from the centre, acting on the agent (definitions in the section at the end).
+class Agent::CentreCommands final : public CommandTarget {
+ public:
+  explicit CentreCommands(Agent& agent) : agent_(agent) {}
+  // CommandTarget
+  nlohmann::json ping() override;
+  nlohmann::json flush() override;
+  Result<nlohmann::json> resyncProfiles() override;
+  Result<nlohmann::json> setLogLevel(const std::string& level, int64_t duration_s) override;
+  nlohmann::json diagnostics(std::size_t max_bytes) override;
+  Result<int64_t> retryQuarantine() override;
+
+ private:
+  Agent& agent_;
+};
 
 struct Agent::Parts {
   config::Config cfg;
@@ -171,7 +281,35 @@ struct Agent::Parts {
   Rate delivery_rate;  // guarded by rates_mu
   uint64_t dropped_reported = 0;
 
-  explicit Parts(config::Config c) : cfg(std::move(c)) {}
+  // Remote config, commands and profiles from the centre (see the section at the end).
+  config::Config base_cfg;  // the local layers (defaults, file, env, flags)
+  mutable std::mutex live_mu;
+  std::shared_ptr<const config::Config> live;  // guarded by live_mu: the effective config
+  mutable std::mutex sources_mu;               // guards `sources` (applyConfig replaces runners)
+  std::unique_ptr<store::InboxStore> inbox;
+  std::unique_ptr<sync::RemoteConfig> remote;
+  std::unique_ptr<CentreCommands> command_target;
+  std::unique_ptr<CommandRunner> commands;
+  std::shared_ptr<RecentLogSink> log_ring;
+  std::string topic_root;
+  std::string topic_all_config;
+  std::mutex pending_mu;
+  std::optional<std::pair<sync::RemoteLayer, sync::ConfigReport>> pending_layer;  // pending_mu
+  std::mutex level_mu;
+  int64_t level_until_ms = 0;  // guarded by level_mu: a temporary log level ends then (0: none)
+  // Main thread only: a config that changed the uplink, until the uplink proves it.
+  struct UplinkWatch {
+    uint64_t generation = 0;
+    int64_t deadline_ms = 0;
+    std::string url;
+  };
+  std::optional<UplinkWatch> watch;
+  std::atomic<int64_t> watch_deadline_ms{0};  // the watch's deadline, for status (0: none)
+
+  Parts(config::Config base, config::Config effective)
+      : cfg(std::move(effective)), base_cfg(std::move(base)) {
+    live = std::make_shared<const config::Config>(cfg);
+  }
 };
 
 Agent::Agent(std::unique_ptr<Parts> parts) : p_(std::move(parts)) {}
@@ -192,6 +330,10 @@ Agent::~Agent() {
   if (p_->buffer) {
     p_->buffer->close();
   }
+  if (p_->log_ring) {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), p_->log_ring), sinks.end());
+  }
 }
 
 std::string controlSocketPath(const config::Config& cfg) {
@@ -201,8 +343,33 @@ std::string controlSocketPath(const config::Config& cfg) {
   return (dir / "omniedge.sock").string();
 }
 
-Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
-  auto p = std::make_unique<Parts>(cfg);
+Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
+  // The remote layer the centre pushed (kept in data.dir) goes on the local layers first:
+  // every part is built from the effective configuration.
+  std::unique_ptr<sync::RemoteConfig> remote;
+  {
+    sync::RemoteConfigOptions ro;
+    ro.dir = local_cfg.str("data.dir");
+    ro.verify_key_file = local_cfg.str("config.verify_key_file");
+    ro.check = [base = local_cfg](const std::map<std::string, std::string>& settings) {
+      auto checked = base.withRemote(settings);
+      return checked ? Result<void>() : Result<void>(checked.error());
+    };
+    auto opened = sync::RemoteConfig::open(std::move(ro));
+    if (!opened) {
+      return opened.error();
+    }
+    remote = std::move(*opened);
+  }
+  const auto layer = remote->layer();
+  auto effective = local_cfg.withRemote(layer.settings, layer.details);
+  if (!effective) {
+    return effective.error();  // checked by RemoteConfig::open(): a programming error
+  }
+  const config::Config& cfg = *effective;
+  spdlog::set_level(spdlog::level::from_str(cfg.str("log.level")));
+  auto p = std::make_unique<Parts>(local_cfg, cfg);
+  p->remote = std::move(remote);
   p->store_id = cfg.str("store.id");
   p->tenant = cfg.str("store.tenant");
   p->started_ms = p->clock.nowMs();
@@ -259,6 +426,15 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   }
   p->profiles = std::move(*profiles);
 
+  store::InboxOptions inbox_options;
+  inbox_options.dir = bo.dir;
+  inbox_options.max_bytes = cfg.integer("sync.inbound_max_bytes");
+  auto inbox = store::InboxStore::open(inbox_options);
+  if (!inbox) {
+    return inbox.error();
+  }
+  p->inbox = std::move(*inbox);
+
   IngestOptions io;
   io.store_id = p->store_id;
   io.max_event_bytes = static_cast<std::size_t>(cfg.integer("buffer.max_event_bytes"));
@@ -293,30 +469,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
     ho.tokens = std::move(*tokens);
   }
 
-  drivers::BuiltinSettings ds;
-  ds.store_id = p->store_id;
-  ds.pos_spool_dir = cfg.str("pos.spool_dir");
-  ds.pos_keep_processed = cfg.boolean("pos.keep_processed");
-  ds.pos_keep_processed_days = static_cast<int>(cfg.integer("pos.keep_processed_days"));
-  ds.pos_rescan_interval_s = static_cast<int>(cfg.integer("pos.rescan_interval"));
-  ds.pos_max_file_bytes = cfg.integer("pos.max_file_bytes");
-  ds.pos_max_parse_memory = cfg.integer("pos.max_parse_memory");
-  ds.beacon_mqtt_url = cfg.str("beacon.mqtt_url");
-  ds.beacon_topics = cfg.list("beacon.topics");
-  ds.beacon_zones = cfg.list("beacon.zones");
-  ds.beacon_exit_after_s = cfg.integer("beacon.exit_after");
-  ds.beacon_enter_after_sightings = static_cast<int>(cfg.integer("beacon.enter_after_sightings"));
-  ds.beacon_ignore_prefixes = cfg.list("beacon.ignore_prefixes");
-  ds.beacon_max_tracked = cfg.integer("beacon.max_tracked");
-  ds.beacon_qos = static_cast<int>(cfg.integer("beacon.qos"));
-  ds.beacon_window_s = cfg.integer("beacon.window");
-  ds.beacon_switch_margin_db = static_cast<int>(cfg.integer("beacon.switch_margin_db"));
-  ds.beacon_switch_hold_s = cfg.integer("beacon.switch_hold");
-  ds.beacon_scanner_offsets = cfg.list("beacon.scanner_offsets");
-  ds.beacon_max_message_bytes = cfg.integer("beacon.max_message_bytes");
-  ds.beacon_queue_max_bytes = cfg.integer("beacon.queue_max_bytes");
-  ds.beacon_pending_max_bytes = cfg.integer("beacon.pending_max_bytes");
-  ds.beacon_max_state_bytes = cfg.integer("beacon.max_state_bytes");
+  const drivers::BuiltinSettings ds = driverSettings(cfg, p->store_id);
   auto sources = drivers::makeBuiltinSources(ds);
   if (!sources) {
     return sources.error();
@@ -325,39 +478,12 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
     p->sources.push_back(std::make_unique<SourceRunner>(std::move(source), *p->ingest));
   }
 
-  sync::MqttOptions mo;
-  mo.url = cfg.str("mqtt.url");
-  mo.client_id = cfg.str("mqtt.client_id").empty() ? "omniedge-" + p->tenant + "-" + p->store_id
-                                                   : cfg.str("mqtt.client_id");
-  mo.username = cfg.str("mqtt.username");
-  if (!cfg.str("mqtt.password_file").empty()) {
-    auto pw = readSecretFile(cfg.str("mqtt.password_file"), "mqtt.password_file");
-    if (!pw) {
-      return pw.error();
-    }
-    mo.password = *pw;
+  auto uplink = uplinkOptions(cfg);
+  if (!uplink) {
+    return uplink.error();
   }
-  mo.ca_file = cfg.str("mqtt.ca_file");
-  mo.cert_file = cfg.str("mqtt.cert_file");
-  mo.key_file = cfg.str("mqtt.key_file");
-  mo.keepalive_s = static_cast<int>(cfg.integer("mqtt.keepalive"));
-  mo.version = sync::parseMqttVersion(cfg.str("mqtt.version")).value_or(sync::MqttVersion::kAuto);
-  mo.topic_root = "omniedge/v1/" + p->tenant + "/" + p->store_id;
-  mo.reconnect_min_ms = static_cast<int>(cfg.integer("mqtt.reconnect_min") * 1000);
-  mo.reconnect_max_ms = static_cast<int>(cfg.integer("mqtt.reconnect_max") * 1000);
-  mo.max_packet_bytes = cfg.integer("mqtt.max_packet_bytes");
-
-  sync::SyncOptions so;
-  so.store_id = p->store_id;
-  so.agent_version = kVersion;
-  so.batch_max_events = static_cast<std::size_t>(cfg.integer("sync.batch_max_events"));
-  so.batch_max_bytes = static_cast<std::size_t>(cfg.integer("sync.batch_max_bytes"));
-  so.compression =
-      sync::parseCompression(cfg.str("sync.compression")).value_or(sync::Compression::kGzip);
-  so.max_inflight = static_cast<int>(cfg.integer("sync.max_inflight"));
-  so.max_bytes_per_sec = cfg.integer("sync.max_bytes_per_sec");
-  so.status_interval_s = static_cast<int>(cfg.integer("sync.status_interval"));
-  so.inbound = {"profiles"};
+  p->topic_root = topicRoot(cfg);
+  p->topic_all_config = allConfigTopic(cfg);
 
   std::unique_ptr<Agent> agent(new Agent(std::move(p)));
   Parts& parts = *agent->p_;
@@ -378,17 +504,24 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
       },
       [self] { return self->metricsText(); });
   parts.sync = std::make_unique<sync::SyncEngine>(
-      *parts.buffer, mo, so, [self] { return self->uplinkStatusJson(); },
-      [self](const std::string& leaf, const std::string& payload) {
-        if (leaf == "profiles") {
-          auto r = self->p_->profiles->apply(payload, self->p_->clock.nowMs());
-          if (!r) {
-            spdlog::warn("profiles: update refused: {}", r.error().message);
-          } else {
-            spdlog::debug("profiles: {} upserted, {} deleted", r->upserts, r->deletes);
-          }
-        }
+      *parts.buffer, uplink->mqtt, uplink->sync, [self] { return self->uplinkStatusJson(); },
+      [self](const std::string& topic, const std::string& payload) {
+        self->onCentreMessage(topic, payload);
       });
+  parts.sync->setInbox(parts.inbox.get());
+  parts.sync->setConnectMessages([self] {
+    // The latest config report again: one made while offline reaches the centre.
+    std::vector<sync::MqttMessage> out;
+    if (auto r = self->p_->remote->lastReport()) {
+      out.push_back({self->p_->topic_root + "/config/reported", r->toJson(), true});
+    }
+    return out;
+  });
+  parts.command_target = std::make_unique<CentreCommands>(*self);
+  parts.commands = std::make_unique<CommandRunner>(*parts.inbox, *parts.command_target,
+                                                   [self] { return self->p_->clock.nowMs(); });
+  parts.log_ring = std::make_shared<RecentLogSink>();
+  spdlog::default_logger()->sinks().push_back(parts.log_ring);
   parts.control = std::make_unique<ControlServer>(
       controlSocketPath(parts.cfg),
       [self](const nlohmann::json& r) { return self->handleControl(r); });
@@ -419,15 +552,18 @@ nlohmann::json Agent::status() const {
   }
   nlohmann::json drivers = nlohmann::json::array(
       {{{"name", "kiosk-http"}, {"state", "running"}, {"listen", p_->http_listen}}});
-  for (const auto& source : p_->sources) {
-    drivers.push_back(source->state());
+  {
+    std::lock_guard lock(p_->sources_mu);
+    for (const auto& source : p_->sources) {
+      drivers.push_back(source->state());
+    }
   }
   struct statvfs vfs {};
   int64_t free_bytes = -1;
   if (statvfs(p_->cfg.str("data.dir").c_str(), &vfs) == 0) {
     free_bytes = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize);
   }
-  return {
+  nlohmann::json out = {
       {"daemon", "running"},
       {"pid", static_cast<int64_t>(getpid())},
       {"version", kVersion},
@@ -442,7 +578,7 @@ nlohmann::json Agent::status() const {
        {{"mqtt",
          {{"state", u.connected ? "connected" : "disconnected"},
           {"since", u.since_ms > 0 ? formatRfc3339Ms(u.since_ms) : ""},
-          {"url", p_->cfg.str("mqtt.url")},
+          {"url", liveConfig()->str("mqtt.url")},
           {"mqtt_version", u.mqtt_version == 5   ? "5"
                            : u.mqtt_version == 4 ? "3.1.1"
                                                  : ""},
@@ -487,6 +623,8 @@ nlohmann::json Agent::status() const {
         {"buffer_cap_bytes", s.cap_bytes},
         {"free_bytes", free_bytes}}},
   };
+  addRemoteStatus(out);
+  return out;
 }
 
 std::string Agent::metricsText() const {
@@ -660,6 +798,7 @@ int Agent::run() {
     return 1;
   }
   p.sync->start();
+  remoteStart();
   {
     Event e;
     e.type = "agent.started";
@@ -692,6 +831,7 @@ int Agent::run() {
     if (watchdog) {
       systemdNotify("WATCHDOG=1");
     }
+    remoteTick();
     const auto now = std::chrono::steady_clock::now();
     if (now - last_tick >= std::chrono::seconds(1)) {
       last_tick = now;
@@ -709,6 +849,503 @@ int Agent::run() {
   p.buffer->close();
   spdlog::info("stopped cleanly");
   return 0;
+}
+
+// ---- Remote config, commands and profiles from the centre --------------------------------
+//
+// onCentreMessage() runs on the sync thread, for each message the inbox kept, in arrival order.
+// A config is checked and persisted there (sync::RemoteConfig) and applied on the main thread
+// (remoteTick(), every 250 ms): applying may restart parts, the uplink among them.
+
+namespace {
+
+// Connection settings of the uplink (a change reconnects it); the reconnect bounds are not.
+bool uplinkConnectionChanged(const config::Config& a, const config::Config& b) {
+  for (const auto& [key, entry] : b.entries()) {
+    if (key.starts_with("mqtt.") && key != "mqtt.reconnect_min" && key != "mqtt.reconnect_max" &&
+        a.str(key) != entry.value) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Values that must never leave the store in diagnostics. Today every secret is a file whose
+// path is shown and whose content is never read into the config; this catches a future key.
+bool secretKey(const std::string& key) {
+  if (key.ends_with("_file")) {
+    return false;
+  }
+  return key.find("password") != std::string::npos || key.find("token") != std::string::npos ||
+         key.find("secret") != std::string::npos;
+}
+
+}  // namespace
+
+std::shared_ptr<const config::Config> Agent::liveConfig() const {
+  std::lock_guard lock(p_->live_mu);
+  return p_->live;
+}
+
+Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
+  Parts& p = *p_;
+  const auto old = liveConfig();
+  ConfigChange change;
+  bool log_level = false;
+  bool data_pii = false;
+  bool uplink = false;
+  std::vector<std::string> drivers;  // names of the drivers to restart
+  const auto restartDriver = [&drivers](const char* name) {
+    if (std::find(drivers.begin(), drivers.end(), name) == drivers.end()) {
+      drivers.emplace_back(name);
+    }
+  };
+  for (const auto& [key, entry] : next.entries()) {
+    if (old->str(key) == entry.value) {
+      continue;
+    }
+    change.keys.push_back(key);
+    if (key == "log.level") {
+      log_level = true;
+    } else if (key == "identity.data_pii") {
+      data_pii = true;
+    } else if (key == "config.rollback_after") {
+      // read when a config is applied
+    } else if (key == "sync.inbound_max_bytes") {
+      uplink = true;  // the memory bound at once; the inbox file's at the next start
+      change.restart_needed.push_back(key);
+    } else if (key.starts_with("mqtt.") || key.starts_with("sync.")) {
+      uplink = true;
+    } else if (key.starts_with("pos.")) {
+      restartDriver("pos");
+    } else if (key.starts_with("beacon.")) {
+      restartDriver("beacon");
+    } else {
+      change.restart_needed.push_back(key);
+    }
+  }
+
+  // Everything that can fail, before anything changes.
+  std::optional<UplinkOptions> up;
+  if (uplink) {
+    auto u = uplinkOptions(next);
+    if (!u) {
+      return u.error();
+    }
+    up = std::move(*u);
+  }
+  std::vector<std::unique_ptr<Source>> fresh;
+  if (!drivers.empty()) {
+    drivers::BuiltinSettings ds = driverSettings(next, p.store_id);
+    const auto wanted = [&drivers](const char* name) {
+      return std::find(drivers.begin(), drivers.end(), name) != drivers.end();
+    };
+    if (!wanted("pos")) {
+      ds.pos_spool_dir.clear();
+    }
+    if (!wanted("beacon")) {
+      ds.beacon_mqtt_url.clear();
+    }
+    auto made = drivers::makeBuiltinSources(ds);
+    if (!made) {
+      return made.error();
+    }
+    fresh = std::move(*made);
+  }
+
+  {
+    std::lock_guard lock(p.live_mu);
+    p.live = std::make_shared<const config::Config>(next);
+  }
+  if (log_level) {
+    {
+      std::lock_guard lock(p.level_mu);
+      p.level_until_ms = 0;  // the configured level wins over a temporary one
+    }
+    spdlog::set_level(spdlog::level::from_str(next.str("log.level")));
+  }
+  if (data_pii) {
+    p.pii->setDataPolicy(parseDataPiiPolicy(next.str("identity.data_pii")));
+  }
+  if (up) {
+    change.uplink_generation = p.sync->reconfigure(up->mqtt, up->sync);
+    change.uplink_reconnects = uplinkConnectionChanged(*old, next);
+  }
+  for (const auto& name : drivers) {
+    std::unique_ptr<SourceRunner> runner;
+    for (auto& source : fresh) {
+      if (source && source->name() == name) {
+        runner = std::make_unique<SourceRunner>(std::move(source), *p.ingest);
+      }
+    }
+    std::unique_ptr<SourceRunner> gone;
+    {
+      std::lock_guard lock(p.sources_mu);
+      auto it = std::find_if(p.sources.begin(), p.sources.end(), [&name](const auto& r) {
+        return r->state().value("name", "") == name;
+      });
+      if (it != p.sources.end()) {
+        gone = std::move(*it);
+        if (runner) {
+          *it = std::move(runner);
+        } else {
+          p.sources.erase(it);
+        }
+      } else if (runner) {
+        p.sources.push_back(std::move(runner));
+      }
+    }
+    // The old one first: both would read the same spool, or connect with the same client id.
+    if (gone) {
+      gone->stop();
+    }
+    std::lock_guard lock(p.sources_mu);
+    for (auto& r : p.sources) {
+      if (r->state().value("name", "") == name) {
+        r->start();
+      }
+    }
+  }
+  if (!change.keys.empty()) {
+    std::string keys;
+    for (const auto& k : change.keys) {
+      keys += (keys.empty() ? "" : ", ") + k;
+    }
+    spdlog::info("config: applied {}{}", keys,
+                 change.uplink_reconnects ? " (the uplink reconnects with the new settings)" : "");
+  }
+  for (const auto& k : change.restart_needed) {
+    spdlog::warn("config: {} changed; it takes effect at the next start of the daemon", k);
+  }
+  return change;
+}
+
+void Agent::onCentreMessage(const std::string& topic, const std::string& payload) {
+  Parts& p = *p_;
+  if (topic == p.topic_root + "/profiles") {
+    auto r = p.profiles->apply(payload, p.clock.nowMs());
+    if (!r) {
+      spdlog::warn("profiles: update refused: {}", r.error().message);
+      return;
+    }
+    spdlog::debug("profiles: {} upserted, {} deleted", r->upserts, r->deletes);
+    // The cursor the next HTTPS snapshot continues from (resync-profiles forgets it).
+    if (payload.find("\"cursor\"") != std::string::npos) {
+      const auto msg = nlohmann::json::parse(payload, nullptr, false);
+      if (msg.is_object() && msg.contains("cursor") && msg["cursor"].is_string()) {
+        if (auto saved = p.inbox->setMeta("profile_cursor", msg["cursor"].get<std::string>());
+            !saved) {
+          spdlog::warn("profiles: cursor not kept: {}", saved.error().message);
+        }
+      }
+    }
+  } else if (topic == p.topic_root + "/config/desired") {
+    receiveConfig(false, payload);
+  } else if (topic == p.topic_all_config) {
+    receiveConfig(true, payload);
+  } else if (topic == p.topic_root + "/cmd") {
+    p.sync->publish({p.topic_root + "/cmd/result", p.commands->handle(payload), false});
+  }
+}
+
+void Agent::receiveConfig(bool all_stores, const std::string& payload) {
+  Parts& p = *p_;
+  if (payload.empty()) {
+    // The centre removed the retained document; what was applied stays (send a new version
+    // with other settings to change it).
+    spdlog::info("remote config: the {} config was cleared on the broker; the applied one stays",
+                 all_stores ? "all-stores" : "store");
+    return;
+  }
+  auto out = p.remote->receive(all_stores ? sync::ConfigSource::kAll : sync::ConfigSource::kStore,
+                               payload);
+  switch (out.verdict) {
+    case sync::RemoteConfig::Verdict::kIgnored:
+      return;
+    case sync::RemoteConfig::Verdict::kRejected:
+      publishConfigReport(out.report);
+      return;
+    case sync::RemoteConfig::Verdict::kAccepted: {
+      std::lock_guard lock(p.pending_mu);
+      p.pending_layer.emplace(std::move(out.layer), std::move(out.report));
+      return;
+    }
+  }
+}
+
+void Agent::publishConfigReport(const sync::ConfigReport& report) {
+  p_->sync->publish({p_->topic_root + "/config/reported", report.toJson(), true});
+}
+
+void Agent::applyRemoteLayer(const sync::RemoteLayer& layer, const sync::ConfigReport& report) {
+  Parts& p = *p_;
+  auto next = p.base_cfg.withRemote(layer.settings, layer.details);
+  Result<ConfigChange> change = next ? applyConfig(*next) : Result<ConfigChange>(next.error());
+  sync::ConfigReport final_report = report;
+  std::vector<std::string> keys;
+  if (!change) {
+    auto back = p.remote->rollBack("not applied: " + change.error().message);
+    if (auto restored = p.base_cfg.withRemote(back.layer.settings, back.layer.details)) {
+      (void)applyConfig(*restored);
+    }
+    p.config_version = static_cast<int>(back.layer.store_version);
+    final_report = back.report;
+  } else {
+    keys = change->keys;
+    p.config_version = static_cast<int>(layer.store_version);
+    if (change->uplink_reconnects) {
+      const int64_t wait_s = liveConfig()->integer("config.rollback_after");
+      p.watch = Parts::UplinkWatch{change->uplink_generation, p.clock.nowMs() + wait_s * 1000,
+                                   liveConfig()->str("mqtt.url")};
+      p.watch_deadline_ms = p.watch->deadline_ms;
+      spdlog::info("remote config: the uplink has {} s to connect to {}, or the config is rolled "
+                   "back (config.rollback_after)",
+                   wait_s, p.watch->url);
+    } else if (!p.watch) {
+      // Nothing it changed can cut the store off: good at once. (While an uplink change
+      // waits for its proof, nothing is confirmed: a rollback goes back before both.)
+      if (auto r = p.remote->confirm(); !r) {
+        spdlog::warn("remote config: {}", r.error().message);
+      }
+    }
+  }
+  publishConfigReport(final_report);
+  Event e;
+  e.type = "agent.config_applied";
+  e.source = "agent";
+  e.data_json = nlohmann::json{{"status", final_report.status},
+                               {"version", final_report.version},
+                               {"source", std::string(sync::sourceName(final_report.source))},
+                               {"error", final_report.error},
+                               {"keys", keys}}
+                    .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (auto r = p.ingest->append({e}); !r) {
+    spdlog::warn("could not record agent.config_applied: {}", r.error().message);
+  }
+}
+
+void Agent::remoteStart() {
+  Parts& p = *p_;
+  for (const auto& r : p.remote->takeStartupReports()) {
+    publishConfigReport(r);
+  }
+  p.config_version = static_cast<int>(p.remote->layer().store_version);
+  if (p.remote->confirmed()) {
+    return;
+  }
+  // The daemon stopped before the uplink proved the last config that changed it: the proof
+  // (or the rollback) is still due.
+  const auto good = p.remote->lastKnownGood();
+  auto good_cfg = p.base_cfg.withRemote(good.settings, good.details);
+  const auto live = liveConfig();
+  if (good_cfg && uplinkConnectionChanged(*good_cfg, *live)) {
+    p.watch = Parts::UplinkWatch{0, p.clock.nowMs() + live->integer("config.rollback_after") * 1000,
+                                 live->str("mqtt.url")};
+    p.watch_deadline_ms = p.watch->deadline_ms;
+  } else if (auto r = p.remote->confirm(); !r) {
+    spdlog::warn("remote config: {}", r.error().message);
+  }
+}
+
+void Agent::remoteTick() {
+  Parts& p = *p_;
+  std::optional<std::pair<sync::RemoteLayer, sync::ConfigReport>> pending;
+  {
+    std::lock_guard lock(p.pending_mu);
+    pending.swap(p.pending_layer);
+  }
+  if (pending) {
+    applyRemoteLayer(pending->first, pending->second);
+  }
+  const int64_t now = p.clock.nowMs();
+  if (p.watch) {
+    const auto st = p.sync->status();
+    if (st.connected && st.generation >= p.watch->generation) {
+      spdlog::info("remote config: the uplink connected to {}: the config is confirmed",
+                   p.watch->url);
+      p.watch.reset();
+      p.watch_deadline_ms = 0;
+      if (auto r = p.remote->confirm(); !r) {
+        spdlog::warn("remote config: {}", r.error().message);
+      }
+    } else if (now >= p.watch->deadline_ms) {
+      const auto live = liveConfig();
+      std::string reason =
+          fmt::format("the uplink did not connect to {} within {} s (config.rollback_after){}",
+                      p.watch->url, live->integer("config.rollback_after"),
+                      st.last_error.empty() ? "" : ": " + st.last_error);
+      p.watch.reset();
+      p.watch_deadline_ms = 0;
+      auto back = p.remote->rollBack(reason);
+      std::vector<std::string> keys;
+      if (auto restored = p.base_cfg.withRemote(back.layer.settings, back.layer.details)) {
+        auto change = applyConfig(*restored);
+        if (!change) {
+          spdlog::error("remote config: rollback not applied: {}", change.error().message);
+        } else {
+          keys = change->keys;
+        }
+      }
+      p.config_version = static_cast<int>(back.layer.store_version);
+      publishConfigReport(back.report);
+      Event e;
+      e.type = "agent.config_applied";
+      e.source = "agent";
+      e.data_json =
+          nlohmann::json{{"status", back.report.status},
+                         {"version", back.report.version},
+                         {"source", std::string(sync::sourceName(back.report.source))},
+                         {"error", back.report.error},
+                         {"keys", keys}}
+              .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      if (auto r = p.ingest->append({e}); !r) {
+        spdlog::warn("could not record agent.config_applied: {}", r.error().message);
+      }
+    }
+  }
+  std::lock_guard lock(p.level_mu);
+  if (p.level_until_ms != 0 && now >= p.level_until_ms) {
+    p.level_until_ms = 0;
+    const std::string level = liveConfig()->str("log.level");
+    spdlog::set_level(spdlog::level::from_str(level));
+    spdlog::info("log level back to {} (log.level)", level);
+  }
+}
+
+void Agent::addRemoteStatus(nlohmann::json& out) const {
+  Parts& p = *p_;
+  const auto level = spdlog::level::to_string_view(spdlog::get_level());
+  out["log_level"] = std::string(level.data(), level.size());
+  {
+    std::lock_guard lock(p.level_mu);
+    out["log_level_until"] = p.level_until_ms != 0 ? formatRfc3339Ms(p.level_until_ms) : "";
+  }
+  const auto layer = p.remote->layer();
+  nlohmann::json rc = {{"store_version", layer.store_version},
+                       {"all_version", layer.all_version},
+                       {"keys", layer.settings.size()},
+                       {"confirmed", p.remote->confirmed()},
+                       {"rollback_at", p.watch_deadline_ms.load() != 0
+                                           ? formatRfc3339Ms(p.watch_deadline_ms.load())
+                                           : ""}};
+  if (auto r = p.remote->lastReport()) {
+    rc["last_report"] = nlohmann::json::parse(r->toJson());
+  }
+  out["remote_config"] = std::move(rc);
+  const auto inbox = p.inbox->stats();
+  const auto u = p.sync->status();
+  out["inbound"] = {{"pending", inbox.pending},
+                    {"pending_bytes", inbox.pending_bytes},
+                    {"stored", inbox.stored},
+                    {"handled", u.inbound_handled},
+                    {"not_durable", u.inbound_not_durable},
+                    {"dropped", u.inbound_dropped},
+                    {"outgoing_queued", u.control_queued},
+                    {"outgoing_dropped", u.control_dropped}};
+  const auto c = p.commands->stats();
+  out["commands"] = {{"executed", c.executed},
+                     {"answered_again", c.answered_again},
+                     {"refused", c.refused},
+                     {"remembered", inbox.commands}};
+}
+
+nlohmann::json Agent::CentreCommands::ping() {
+  Parts& p = *agent_.p_;
+  const int64_t now = p.clock.nowMs();
+  return {{"pong", true},
+          {"store_id", p.store_id},
+          {"version", kVersion},
+          {"uptime_s", (now - p.started_ms) / 1000},
+          {"at", formatRfc3339Ms(now)}};
+}
+
+nlohmann::json Agent::CentreCommands::flush() {
+  Parts& p = *agent_.p_;
+  p.sync->flushNow();
+  const auto s = p.buffer->stats();
+  return {{"flushing", true}, {"pending", s.pending[0] + s.pending[1] + s.pending[2]}};
+}
+
+Result<nlohmann::json> Agent::CentreCommands::resyncProfiles() {
+  Parts& p = *agent_.p_;
+  auto previous = p.inbox->meta("profile_cursor");
+  if (!previous) {
+    return previous.error();
+  }
+  if (auto r = p.inbox->setMeta("profile_cursor", ""); !r) {
+    return r.error();
+  }
+  return nlohmann::json{
+      {"cursor_cleared", true},
+      {"previous_cursor", previous->empty() ? nlohmann::json() : nlohmann::json(*previous)},
+      {"snapshot",
+       "not started: this agent has no HTTPS profile snapshot yet; the next one starts from the "
+       "beginning, and R/profiles keeps arriving meanwhile"}};
+}
+
+Result<nlohmann::json> Agent::CentreCommands::setLogLevel(const std::string& level,
+                                                           int64_t duration_s) {
+  Parts& p = *agent_.p_;
+  const auto previous = spdlog::level::to_string_view(spdlog::get_level());
+  const int64_t until = p.clock.nowMs() + duration_s * 1000;
+  {
+    std::lock_guard lock(p.level_mu);
+    p.level_until_ms = until;
+  }
+  spdlog::set_level(spdlog::level::from_str(level));
+  spdlog::info("log level {} until {} (set-log-level), then {}", level, formatRfc3339Ms(until),
+               agent_.liveConfig()->str("log.level"));
+  return nlohmann::json{{"level", level},
+                        {"previous", std::string(previous.data(), previous.size())},
+                        {"until", formatRfc3339Ms(until)},
+                        {"then", agent_.liveConfig()->str("log.level")}};
+}
+
+nlohmann::json Agent::CentreCommands::diagnostics(std::size_t max_bytes) {
+  Parts& p = *agent_.p_;
+  nlohmann::json config = agent_.liveConfig()->toJson();
+  for (auto& [key, entry] : config.items()) {
+    if (secretKey(key)) {
+      entry["value"] = "(masked)";
+    }
+  }
+  nlohmann::json logs = nlohmann::json::array();
+  for (const auto& line : p.log_ring->lines()) {
+    logs.push_back({{"at", formatRfc3339Ms(line.at_ms)},
+                    {"level", line.level},
+                    {"message", line.message}});
+  }
+  nlohmann::json bundle = {{"generated_at", formatRfc3339Ms(p.clock.nowMs())},
+                           {"status", agent_.status()},
+                           {"config", std::move(config)},
+                           {"recent_logs", std::move(logs)},
+                           {"truncated", false}};
+  const auto size = [&bundle] {
+    return bundle.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).size();
+  };
+  // Bounded: the oldest log lines go first, then the config, then the status.
+  while (size() > max_bytes && !bundle["recent_logs"].empty()) {
+    auto& l = bundle["recent_logs"];
+    l.erase(l.begin(), l.begin() + static_cast<std::ptrdiff_t>(std::max<std::size_t>(
+                                       1, l.size() / 4)));
+    bundle["truncated"] = true;
+  }
+  for (const char* part : {"config", "status"}) {
+    if (size() > max_bytes) {
+      bundle[part] = "left out: the bundle would pass " + std::to_string(max_bytes) + " bytes";
+      bundle["truncated"] = true;
+    }
+  }
+  return bundle;
+}
+
+Result<int64_t> Agent::CentreCommands::retryQuarantine() {
+  Parts& p = *agent_.p_;
+  auto moved = p.buffer->retryQuarantine();
+  if (moved && *moved > 0) {
+    p.sync->flushNow();
+  }
+  return moved;
 }
 
 }  // namespace omniedge

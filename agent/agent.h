@@ -3,15 +3,32 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "agent/api/clock.h"
 #include "agent/api/result.h"
 #include "agent/config.h"
 
 namespace omniedge {
+
+namespace sync {
+struct RemoteLayer;
+struct ConfigReport;
+}  // namespace sync
+
+/// What Agent::applyConfig() did.
+struct ConfigChange {
+  std::vector<std::string> keys;  // every key whose value changed
+  /// Keys whose new value only a restart of the daemon takes (the buffer, the identity, the
+  /// kiosk API's address...); none of them is remote-settable. Listed, not applied.
+  std::vector<std::string> restart_needed;
+  bool uplink_reconnects = false;  // the uplink connects again with new connection settings
+  uint64_t uplink_generation = 0;  // sync status "generation" of the connection that uses them
+};
 
 class Agent {
  public:
@@ -31,13 +48,35 @@ class Agent {
   /// The document `omniedge status --json` prints. Thread: any.
   nlohmann::json status() const;
 
+  /// Makes `next` the effective configuration. Compares it with the current one and, per part,
+  /// applies the change at once (log level, identity.data_pii, batch sizes, compression, rate
+  /// caps, reconnect bounds) or restarts only that part in-process: the uplink reconnects for
+  /// new connection settings (events stay pending in the buffer), a driver whose keys changed
+  /// is stopped and started again with them. Everything that can fail (reading the MQTT
+  /// password file, building the drivers) is done before anything changes, so a failure
+  /// ("config") leaves the agent as it was. Keys only a restart takes are listed in
+  /// `restart_needed`. Thread: the main thread (run()'s); not concurrently with itself.
+  /// Blocks while a driver stops (about a second).
+  Result<ConfigChange> applyConfig(const config::Config& next);
+
  private:
   struct Parts;
+  class CentreCommands;
   explicit Agent(std::unique_ptr<Parts> parts);
   void housekeeping();
   nlohmann::json handleControl(const nlohmann::json& request);
   std::string metricsText() const;
   std::string uplinkStatusJson() const;
+
+  // Remote config, commands and profiles from the centre (the section at the end of agent.cpp).
+  std::shared_ptr<const config::Config> liveConfig() const;
+  void onCentreMessage(const std::string& topic, const std::string& payload);
+  void receiveConfig(bool all_stores, const std::string& payload);
+  void applyRemoteLayer(const sync::RemoteLayer& layer, const sync::ConfigReport& report);
+  void publishConfigReport(const sync::ConfigReport& report);
+  void remoteStart();
+  void remoteTick();
+  void addRemoteStatus(nlohmann::json& status) const;
 
   std::unique_ptr<Parts> p_;
 };

@@ -147,6 +147,7 @@ constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "mqtt.url",
      .kind = Kind::kUrl,
      .default_value = "mqtt://127.0.0.1:1883",
+     .remote = true,
      .help = "Uplink MQTT broker",
      .choices = "mqtt|mqtts|ws|wss"},
     {.name = "mqtt.client_id",
@@ -154,20 +155,25 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .help = "MQTT client id (empty: derived by the agent)"},
     {.name = "mqtt.username", .kind = Kind::kString, .help = "MQTT user name"},
     {.name = "mqtt.password_file", .kind = Kind::kString, .help = "File holding the MQTT password"},
-    {.name = "mqtt.ca_file", .kind = Kind::kString, .help = "CA certificates for the broker (PEM)"},
+    {.name = "mqtt.ca_file", .kind = Kind::kString, .remote = true,
+     .help = "CA certificates for the broker (PEM)"},
     {.name = "mqtt.cert_file",
      .kind = Kind::kString,
+     .remote = true,
      .help = "Client certificate for mutual TLS to the broker (PEM)"},
-    {.name = "mqtt.key_file", .kind = Kind::kString, .help = "Client private key (PEM)"},
+    {.name = "mqtt.key_file", .kind = Kind::kString, .remote = true,
+     .help = "Client private key (PEM)"},
     {.name = "mqtt.keepalive",
      .kind = Kind::kDuration,
      .default_value = "30",
+     .remote = true,
      .help = "MQTT keep-alive interval",
      .min = 5,
      .max = 3600},
     {.name = "mqtt.version",
      .kind = Kind::kEnum,
      .default_value = "auto",
+     .remote = true,
      .help = "MQTT protocol version (auto: try 5, fall back to 3.1.1)",
      .choices = "auto|3.1.1|5"},
     {.name = "mqtt.reconnect_min",
@@ -187,6 +193,7 @@ constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "mqtt.max_packet_bytes",
      .kind = Kind::kBytes,
      .default_value = "0",
+     .remote = true,
      .help = "Largest MQTT packet the uplink broker takes; batches stay below it and a larger "
              "event is quarantined, never sent (0: what an MQTT 5 broker announces, else "
              "128KiB). With MQTT 3.1.1 set it to the broker's limit (mosquitto "
@@ -233,7 +240,6 @@ constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "buffer.retain_delivered",
      .kind = Kind::kDuration,
      .default_value = "0",
-     .remote = true,
      .help = "How long delivered events are kept for tail and export",
      .max = kTenYears},
     {.name = "buffer.max_event_bytes",
@@ -288,6 +294,15 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .help = "How often the status message is refreshed",
      .min = 5,
      .max = 86400},
+
+    {.name = "sync.inbound_max_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "16MiB",
+     .help = "Messages from the centre (profiles, config, commands) stored in data.dir/inbox.db "
+             "before the broker is acknowledged and until they are handled; a message beyond "
+             "is handled from memory only (a crash may lose it)",
+     .min = kMiB,
+     .max = kGiB},
 
     {.name = "config.verify_key_file",
      .kind = Kind::kString,
@@ -379,23 +394,27 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .help = "Topics with beacon sightings"},
     {.name = "beacon.zones",
      .kind = Kind::kList,
+     .remote = true,
      .help = "Scanners grouped into zones: scanner=zone,... (unnamed scanners are their own zone)",
      .check = checkZone},
     {.name = "beacon.exit_after",
      .kind = Kind::kDuration,
      .default_value = "30",
+     .remote = true,
      .help = "Seconds unseen before beacon.exit",
      .min = 1,
      .max = 3600},
     {.name = "beacon.enter_after_sightings",
      .kind = Kind::kInt,
      .default_value = "3",
+     .remote = true,
      .help = "Sightings (from any scanners) needed, besides beacon.window, before beacon.enter",
      .min = 1,
      .max = 100},
     {.name = "beacon.window",
      .kind = Kind::kDuration,
      .default_value = "5",
+     .remote = true,
      .help = "Seconds of evidence from every scanner gathered after a device is first heard "
              "before its beacon.enter and zone are decided",
      .min = 1,
@@ -403,6 +422,7 @@ constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "beacon.switch_margin_db",
      .kind = Kind::kInt,
      .default_value = "6",
+     .remote = true,
      .help = "A new zone must be nearer than the current one by this much path loss (dB; 6 dB "
              "is about 1.7x the distance) for beacon.switch_hold before a zone change",
      .min = 0,
@@ -410,11 +430,13 @@ constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "beacon.switch_hold",
      .kind = Kind::kDuration,
      .default_value = "5",
+     .remote = true,
      .help = "Seconds a nearer zone must hold the margin before a zone change (the minimum dwell)",
      .min = 0,
      .max = 600},
     {.name = "beacon.scanner_offsets",
      .kind = Kind::kList,
+     .remote = true,
      .help = "Per-scanner RSSI corrections in dB: scanner=dB,... (+ for a scanner that hears too "
              "weakly, e.g. in a cabinet); applied to gateway distances too",
      .check = checkScannerOffset},
@@ -446,10 +468,12 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .max = kGiB},
     {.name = "beacon.ignore_prefixes",
      .kind = Kind::kList,
+     .remote = true,
      .help = "Identity prefixes never tracked: staff badges, asset tags (ibeacon:<uuid>,...)"},
     {.name = "beacon.max_tracked",
      .kind = Kind::kInt,
      .default_value = "10000",
+     .remote = true,
      .help = "Most identities tracked at once; more are refused and counted",
      .min = 1,
      .max = 1000000},
@@ -704,7 +728,7 @@ std::string describe(Origin origin, const std::string& detail, int line) {
     case Origin::kFlag:
       return "flag " + detail;
     case Origin::kRemote:
-      return "remote config";
+      return detail.empty() ? "remote config" : "remote config " + detail;
   }
   return "?";
 }
@@ -1114,7 +1138,8 @@ class Builder {
     }
   }
 
-  void remote(const std::map<std::string, std::string>& settings) {
+  void remote(const std::map<std::string, std::string>& settings,
+              const std::map<std::string, std::string>& details) {
     for (const auto& [key, value] : settings) {
       const KeyDef* def = findKey(key);
       if (def == nullptr) {
@@ -1129,7 +1154,8 @@ class Builder {
                                     key));
         continue;
       }
-      set(*def, value, Origin::kRemote, "", 0);
+      const auto detail = details.find(key);
+      set(*def, value, Origin::kRemote, detail == details.end() ? "" : detail->second, 0);
     }
   }
 
@@ -1278,9 +1304,10 @@ nlohmann::json Config::toJson() const {
   return out;
 }
 
-Result<Config> Config::withRemote(const std::map<std::string, std::string>& settings) const {
+Result<Config> Config::withRemote(const std::map<std::string, std::string>& settings,
+                                  const std::map<std::string, std::string>& details) const {
   Builder builder(*this);
-  builder.remote(settings);
+  builder.remote(settings, details);
   return builder.finish();
 }
 

@@ -29,7 +29,8 @@ struct Entry {
   /// joined with "," (items trimmed, empty items dropped), enums in their canonical spelling.
   std::string value;
   Origin origin = Origin::kDefault;
-  /// The config file's path, the environment variable's name, "--key" for a flag, "" otherwise.
+  /// The config file's path, the environment variable's name, "--key" for a flag, the remote
+  /// document ("store v5", "all v3") for a remote value, "" otherwise.
   std::string detail;
 };
 
@@ -56,8 +57,10 @@ class Config {
   /// A copy with `settings` applied as the remote layer. Unknown keys, keys that are not
   /// remote-settable and bad values reject the whole set; the error names the key. Values are
   /// layered on this config: call it on the config without remote values (the one load()
-  /// returned) to replace a previous remote set rather than add to it.
-  Result<Config> withRemote(const std::map<std::string, std::string>& settings) const;
+  /// returned) to replace a previous remote set rather than add to it. `details` gives the
+  /// Entry::detail of a key (which remote document set it, e.g. "store v5"); "" otherwise.
+  Result<Config> withRemote(const std::map<std::string, std::string>& settings,
+                            const std::map<std::string, std::string>& details = {}) const;
 
  private:
   friend class Builder;

@@ -649,7 +649,7 @@ class DataScrubber {
 }  // namespace
 
 Result<bool> PiiHasher::scrubData(std::string& data_json) const {
-  if (data_policy_ == DataPiiPolicy::kOff) {
+  if (dataPolicy() == DataPiiPolicy::kOff) {
     return false;
   }
   // Most events hold nothing that could be personal: decide that without parsing.

@@ -3,6 +3,7 @@
 // wherever they appear: in `customer` and in the string values of `data`.
 #pragma once
 
+#include <atomic>
 #include <string>
 #include <string_view>
 
@@ -75,12 +76,15 @@ class PiiHasher {
   Result<bool> looksPersonal(std::string_view value, std::string& normalised,
                              bool& is_email) const;
 
-  DataPiiPolicy dataPolicy() const { return data_policy_; }
+  DataPiiPolicy dataPolicy() const { return data_policy_.load(std::memory_order_relaxed); }
+  /// identity.data_pii changed (remote config, reload): events scrubbed from now on follow it.
+  /// Thread: any.
+  void setDataPolicy(DataPiiPolicy policy) { data_policy_.store(policy, std::memory_order_relaxed); }
 
  private:
   std::string key_;
   std::string default_region_;
-  DataPiiPolicy data_policy_;
+  std::atomic<DataPiiPolicy> data_policy_;
   std::string phone_module_;
 };
 

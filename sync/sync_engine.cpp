@@ -34,6 +34,24 @@ constexpr int kStrikesToHold = 3;  // a single event needs more evidence: a flak
 constexpr std::size_t kPublishOverhead = 16;  // PUBLISH header besides the topic, rounded up
 constexpr double kFillTarget = 0.9;
 constexpr int kMaxSkipsPerCall = 64;
+// Tags of publish()ed messages: apart from batches (counting up from 1) and the status (0).
+constexpr uint64_t kControlTagBase = uint64_t{1} << 62;
+constexpr std::size_t kMaxControlMessages = 256;
+constexpr std::size_t kMaxControlBytes = 4u << 20;
+constexpr std::size_t kControlInflight = 16;
+constexpr std::size_t kInboxReadBatch = 32;
+
+bool isControlTag(uint64_t tag) { return tag >= kControlTagBase; }
+
+// What makes a new connection necessary; the reconnect bounds apply to the next wait.
+bool sameConnection(const MqttOptions& a, const MqttOptions& b) {
+  return a.url == b.url && a.client_id == b.client_id && a.username == b.username &&
+         a.password == b.password && a.ca_file == b.ca_file && a.cert_file == b.cert_file &&
+         a.key_file == b.key_file && a.keepalive_s == b.keepalive_s && a.version == b.version &&
+         a.topic_root == b.topic_root && a.connect_timeout_s == b.connect_timeout_s &&
+         a.session_expiry_s == b.session_expiry_s && a.max_packet_bytes == b.max_packet_bytes &&
+         a.proven_after_ms == b.proven_after_ms;
+}
 
 // PUBACK reason codes that are about the message itself (MQTT 5 §3.4.2.1): a smaller batch or
 // leaving one event out can help. The others (not authorised, topic invalid, quota) are about
@@ -73,7 +91,9 @@ SyncEngine::SyncEngine(Outbox& outbox, MqttOptions mqtt, SyncOptions options,
       options_(std::move(options)),
       status_json_(std::move(status_json)),
       on_message_(std::move(on_message)),
-      topic_events_(mqtt_.topic_root + "/events") {}
+      topic_events_(mqtt_.topic_root + "/events"),
+      next_control_tag_(kControlTagBase),
+      inbound_max_bytes_(options_.inbound_max_bytes) {}
 
 SyncEngine::~SyncEngine() { stop(); }
 
@@ -106,8 +126,50 @@ void SyncEngine::flushNow() {
 }
 
 SyncStatus SyncEngine::status() const {
-  std::lock_guard lock(status_mu_);
-  return status_;
+  SyncStatus s;
+  {
+    std::lock_guard lock(status_mu_);
+    s = status_;
+  }
+  std::lock_guard lock(mu_);
+  s.control_queued = control_.size();
+  return s;
+}
+
+void SyncEngine::setInbox(Inbox* inbox) { inbox_ = inbox; }
+
+void SyncEngine::setConnectMessages(std::function<std::vector<MqttMessage>()> messages) {
+  connect_messages_ = std::move(messages);
+}
+
+uint64_t SyncEngine::reconfigure(MqttOptions mqtt, SyncOptions options) {
+  uint64_t generation = 0;
+  inbound_max_bytes_ = options.inbound_max_bytes;
+  {
+    std::lock_guard lock(mu_);
+    generation = ++requested_generation_;
+    next_config_.emplace(std::move(mqtt), std::move(options));
+  }
+  cv_.notify_all();
+  return generation;
+}
+
+void SyncEngine::publish(MqttMessage message) {
+  {
+    std::lock_guard lock(mu_);
+    control_bytes_ += message.topic.size() + message.payload.size();
+    control_.push_back(std::move(message));
+    while (control_.size() > kMaxControlMessages ||
+           (control_.size() > 1 && control_bytes_ > kMaxControlBytes)) {
+      control_bytes_ -= control_.front().topic.size() + control_.front().payload.size();
+      spdlog::warn("sync: dropped an unsent message on {}: more than {} waiting",
+                   control_.front().topic, kMaxControlMessages);
+      control_.pop_front();
+      std::lock_guard status_lock(status_mu_);
+      ++status_.control_dropped;
+    }
+  }
+  cv_.notify_all();
 }
 
 void SyncEngine::run(std::stop_token stop) {
@@ -116,6 +178,7 @@ void SyncEngine::run(std::stop_token stop) {
   tokens_at_ = steady_clock::now();
   bool back_off = false;  // the first connect is immediate; every later one waits first
   while (!stop.stop_requested()) {
+    applyReconfigure(back_off);
     handleDeliveries();
     handleInbound();
     if (session_up_ && !link_->connected()) {
@@ -145,6 +208,7 @@ void SyncEngine::run(std::stop_token stop) {
     if (steady_clock::now() >= status_due_) {
       publishStatus();
     }
+    sendControl();
     const int max_inflight = probe_ ? 1 : std::max(1, options_.max_inflight);
     if (inflight_ >= max_inflight) {
       waitSignal(stop, kSignalWait, true);
@@ -181,11 +245,7 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
           cv_.notify_all();
         },
         [this](std::string topic, std::string payload) {
-          {
-            std::lock_guard lock(mu_);
-            inbound_.emplace_back(std::move(topic), std::move(payload));
-          }
-          cv_.notify_all();
+          onInboundMessage(std::move(topic), std::move(payload));
         });
   }
   {
@@ -197,6 +257,7 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
   auto connected = link_->connect(MqttMessage{topic("status"), kOfflineStatus, true}, stop);
   handleDeliveries();
   sent_.clear();
+  requeueControl();
   if (!connected) {
     if (connected.error().code != "stopping") {
       setError(connected.error().message);
@@ -233,6 +294,7 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
       ++status_.reconnects;
     }
     status_.mqtt_version = link_->protocolLevel();
+    status_.generation = generation_;
     status_.max_packet_bytes = max_packet_;
     status_.max_packet_source = source;
     max_packet_source_ = source;
@@ -243,32 +305,202 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
   spdlog::info("sync: connected to {} (MQTT protocol level {}, batches up to {} bytes from {})",
                mqtt_.url, link_->protocolLevel(), max_packet_, source);
   publishStatus();
-  if (!options_.inbound.empty()) {
-    std::vector<std::string> topics;
-    for (const auto& leaf : options_.inbound) {
-      topics.push_back(topic(leaf.c_str()));
+  if (connect_messages_) {
+    // After what is queued already (which they may repeat: then not again).
+    auto messages = connect_messages_();
+    std::lock_guard lock(mu_);
+    for (auto& m : messages) {
+      const bool queued = std::any_of(control_.begin(), control_.end(), [&m](const auto& q) {
+        return q.topic == m.topic && q.payload == m.payload;
+      });
+      if (!queued) {
+        control_bytes_ += m.topic.size() + m.payload.size();
+        control_.push_back(std::move(m));
+      }
     }
-    if (auto r = link_->subscribe(topics, milliseconds(5000)); !r) {
+  }
+  if (!options_.inbound.empty()) {
+    // Retained messages (config) come again with every SUBSCRIBE; the handler ignores a
+    // document it has applied already.
+    if (auto r = link_->subscribe(options_.inbound, milliseconds(5000)); !r) {
       setError("subscribe to " + mqtt_.url + ": " + r.error().message);
-      spdlog::warn("sync: subscribing to {} inbound topics failed: {}", topics.size(),
+      spdlog::warn("sync: subscribing to {} inbound topics failed: {}", options_.inbound.size(),
                    r.error().message);
     }
   }
   return true;
 }
 
+void SyncEngine::onInboundMessage(std::string topic, std::string payload) {
+  // Paho's thread. Paho sends the PUBACK when this returns: store first, so that a crash from
+  // here on cannot lose the message (it is handled after the restart).
+  if (inbox_ != nullptr) {
+    auto stored = inbox_->put(topic, payload);
+    if (stored) {
+      inbox_dirty_ = true;
+      cv_.notify_all();
+      return;
+    }
+    spdlog::error("sync: a message on {} ({} bytes) could not be stored before its "
+                  "acknowledgement ({}): handled from memory, a crash before that loses it",
+                  topic, payload.size(), stored.error().message);
+    std::lock_guard lock(status_mu_);
+    ++status_.inbound_not_durable;
+  }
+  {
+    std::lock_guard lock(mu_);
+    const std::size_t bytes = topic.size() + payload.size();
+    if (inbound_bytes_ + bytes > inbound_max_bytes_.load()) {
+      spdlog::error("sync: dropped a message on {} ({} bytes): {} bytes of inbound messages wait "
+                    "already (sync.inbound_max_bytes)",
+                    topic, payload.size(), inbound_bytes_);
+      std::lock_guard status_lock(status_mu_);
+      ++status_.inbound_dropped;
+      return;
+    }
+    inbound_bytes_ += bytes;
+    inbound_.emplace_back(std::move(topic), std::move(payload));
+  }
+  cv_.notify_all();
+}
+
+void SyncEngine::deliverInbound(const std::string& topic, const std::string& payload) {
+  if (on_message_) {
+    try {
+      on_message_(topic, payload);
+    } catch (const std::exception& e) {
+      spdlog::error("sync: handling a message on {} failed: {}", topic, e.what());
+    }
+  }
+  std::lock_guard lock(status_mu_);
+  ++status_.inbound_handled;
+}
+
 void SyncEngine::handleInbound() {
+  // What the inbox holds first (arrival order; after a restart, what was stored but never
+  // handled), then what could only be kept in memory.
+  if (inbox_ != nullptr && inbox_dirty_.exchange(false)) {
+    for (;;) {
+      auto batch = inbox_->pending(kInboxReadBatch);
+      if (!batch) {
+        setError("inbox: " + batch.error().message);
+        inbox_dirty_ = true;
+        break;
+      }
+      for (const auto& m : *batch) {
+        deliverInbound(m.topic, m.payload);
+        if (auto removed = inbox_->remove(m.id); !removed) {
+          // Handled again after a restart: handlers are idempotent.
+          spdlog::warn("sync: inbox: {}", removed.error().message);
+        }
+      }
+      if (batch->size() < kInboxReadBatch) {
+        break;
+      }
+    }
+  }
   std::deque<std::pair<std::string, std::string>> messages;
   {
     std::lock_guard lock(mu_);
     messages.swap(inbound_);
+    inbound_bytes_ = 0;
   }
-  const std::string root = mqtt_.topic_root + "/";
   for (auto& [t, payload] : messages) {
-    if (on_message_ && t.rfind(root, 0) == 0) {
-      on_message_(t.substr(root.size()), payload);
-    }
+    deliverInbound(t, payload);
   }
+}
+
+void SyncEngine::applyReconfigure(bool& back_off) {
+  std::optional<std::pair<MqttOptions, SyncOptions>> next;
+  uint64_t generation = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (!next_config_) {
+      return;
+    }
+    next.swap(next_config_);
+    generation = requested_generation_;
+  }
+  auto& [mqtt, options] = *next;
+  const bool reconnect = !sameConnection(mqtt_, mqtt) || options_.inbound != options.inbound;
+  if (options.max_bytes_per_sec != options_.max_bytes_per_sec) {
+    tokens_ = static_cast<double>(options.max_bytes_per_sec);
+    tokens_at_ = steady_clock::now();
+  }
+  options_ = std::move(options);
+  generation_ = generation;
+  if (reconnect) {
+    spdlog::info("sync: new uplink settings: reconnecting to {}", mqtt.url);
+    closeForReconfigure();
+    mqtt_ = std::move(mqtt);
+    topic_events_ = mqtt_.topic_root + "/events";
+    attempt_ = 0;
+    back_off = false;  // connect at once with the new settings
+    return;
+  }
+  mqtt_ = std::move(mqtt);  // only the reconnect bounds differ
+  std::lock_guard lock(status_mu_);
+  status_.generation = generation;
+}
+
+void SyncEngine::closeForReconfigure() {
+  if (link_ && session_up_ && link_->connected()) {
+    auto published = link_->publishAndWait(MqttMessage{topic("status"), kOfflineStatus, true},
+                                           kOfflinePubackWait);
+    if (!published) {
+      setError("publish offline status: " + published.error().message);
+    }
+    handleDeliveries();
+    link_->disconnect(kDisconnectWait);
+  }
+  link_.reset();  // the next connect builds a client with the new options
+  handleDeliveries();
+  requeueControl();
+  sent_.clear();
+  session_up_ = false;
+  inflight_ = 0;
+  read_seq_ = 0;
+  resend_.clear();
+  probe_ = false;
+  strike_ = {};
+  setConnected(false);
+  publishInflight();
+}
+
+void SyncEngine::sendControl() {
+  while (control_sent_.size() < kControlInflight && session_up_ && link_->connected()) {
+    MqttMessage message;
+    {
+      std::lock_guard lock(mu_);
+      if (control_.empty()) {
+        return;
+      }
+      message = std::move(control_.front());
+      control_.pop_front();
+      control_bytes_ -= message.topic.size() + message.payload.size();
+    }
+    const uint64_t tag = next_control_tag_++;
+    auto copy = message;
+    if (auto r = link_->publish(std::move(copy), tag); !r) {
+      std::lock_guard lock(mu_);
+      control_bytes_ += message.topic.size() + message.payload.size();
+      control_.push_front(std::move(message));
+      return;  // the connection is going; it is sent again on the next one
+    }
+    control_sent_.emplace(tag, std::move(message));
+  }
+}
+
+void SyncEngine::requeueControl() {
+  if (control_sent_.empty()) {
+    return;
+  }
+  std::lock_guard lock(mu_);
+  for (auto it = control_sent_.rbegin(); it != control_sent_.rend(); ++it) {
+    control_bytes_ += it->second.topic.size() + it->second.payload.size();
+    control_.push_front(std::move(it->second));
+  }
+  control_sent_.clear();
 }
 
 void SyncEngine::handleDeliveries() {
@@ -287,6 +519,22 @@ void SyncEngine::handleDeliveries() {
   uint64_t delivered = 0;
   for (const auto& d : deliveries) {
     if (d.tag == kStatusTag) {
+      continue;
+    }
+    if (isControlTag(d.tag)) {
+      auto it = control_sent_.find(d.tag);
+      if (it == control_sent_.end()) {
+        continue;
+      }
+      if (!d.ok && d.reason_code == 0) {
+        continue;  // not answered: sent again on the next connection (requeueControl)
+      }
+      if (!d.ok) {
+        spdlog::warn("sync: the broker refused a message on {}: {}", it->second.topic, d.error);
+        std::lock_guard lock(status_mu_);
+        ++status_.control_dropped;
+      }
+      control_sent_.erase(it);
       continue;
     }
     auto it = sent_.find(d.tag);
@@ -459,6 +707,7 @@ void SyncEngine::handleLoss(const std::string& cause) {
   inflight_ = 0;  // forgotten; their entries stay in sent_ until the next connect
   read_seq_ = 0;  // resend everything still pending
   resend_.clear();
+  requeueControl();
   std::string error = "connection to " + mqtt_.url + " lost: " + cause;
   if (dropped_at_once) {
     error += fmt::format(
@@ -661,7 +910,9 @@ void SyncEngine::waitIdle() {
 void SyncEngine::waitSignal(std::stop_token stop, milliseconds timeout, bool any_news) {
   std::unique_lock lock(mu_);
   cv_.wait_for(lock, stop, timeout, [&] {
-    return flush_ || (any_news && (!deliveries_.empty() || lost_ || !inbound_.empty()));
+    return flush_ || next_config_.has_value() ||
+           (any_news && (!deliveries_.empty() || lost_ || !inbound_.empty() ||
+                         inbox_dirty_.load() || (session_up_ && !control_.empty())));
   });
   flush_ = false;
 }

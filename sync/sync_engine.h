@@ -2,6 +2,7 @@
 // batches in flight; keeps the retained R/status document current (contract §5).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -11,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <stop_token>
 #include <string>
@@ -19,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "agent/api/inbox.h"
 #include "agent/api/outbox.h"
 #include "sync/batch.h"
 #include "sync/mqtt_link.h"
@@ -35,14 +38,18 @@ struct SyncOptions {
   int max_inflight = 4;           // batches published and not yet PUBACKed
   int64_t max_bytes_per_sec = 0;  // on the wire; 0 = unlimited
   int status_interval_s = 60;     // R/status is also republished after every connect
-  /// Topics under R the centre writes to (e.g. "profiles"), subscribed at QoS 1 after every
-  /// connect; what arrives goes to the `on_message` given to the engine.
+  /// Topics the centre writes to (R/profiles, R/config/desired, R/cmd, the tenant's
+  /// all/config/desired), subscribed at QoS 1 after every connect; what arrives goes to the
+  /// `on_message` given to the engine.
   std::vector<std::string> inbound;
+  /// Bound on inbound messages kept in memory when the inbox refuses them (sync.inbound_max_bytes).
+  std::size_t inbound_max_bytes = 16u << 20;
 };
 
-/// A message from the centre, with the leaf of its topic under R ("profiles").
-/// Called on the sync thread, in arrival order; it may write to disk but must not block long.
-using InboundHandler = std::function<void(const std::string& leaf, const std::string& payload)>;
+/// A message from the centre, with its full topic. Called on the sync thread, in arrival order
+/// (after a restart: what the inbox kept, first); it may write to disk but must not block long.
+/// It may be called again for the same message after a crash: it must be idempotent.
+using InboundHandler = std::function<void(const std::string& topic, const std::string& payload)>;
 
 /// A snapshot of the uplink, for `omniedge status` and metrics. Times are Unix ms, 0 = never.
 struct SyncStatus {
@@ -74,6 +81,14 @@ struct SyncStatus {
   /// Single events the broker refused, held back (not sent, not deleted) until it takes a later
   /// batch: then they are quarantined; a broker that refuses everything quarantines nothing.
   std::size_t events_held = 0;
+  /// The reconfigure() generation the current (or next) connection uses: 0 for the options
+  /// given to the constructor.
+  uint64_t generation = 0;
+  uint64_t inbound_handled = 0;       // messages from the centre handed to on_message
+  uint64_t inbound_not_durable = 0;   // the inbox refused them: kept in memory only
+  uint64_t inbound_dropped = 0;       // ... and dropped: memory bound (inbound_max_bytes) passed
+  std::size_t control_queued = 0;     // reports and results waiting to be published
+  uint64_t control_dropped = 0;       // dropped: the queue's bound, or the broker refused them
 };
 
 /// Owns the sync thread and the MQTT connection.
@@ -122,6 +137,31 @@ class SyncEngine {
   /// Thread: any. Never blocks.
   void flushNow();
 
+  /// Where Paho's message callback stores inbound messages before returning (Paho sends the
+  /// PUBACK once it returns); null: kept in memory only. `inbox` must outlive the engine.
+  /// Thread: the owner, before start().
+  void setInbox(Inbox* inbox);
+
+  /// Messages published after every connect, after the status (e.g. the latest config
+  /// report, so that one made while offline reaches the centre). Called on the sync thread.
+  /// Thread: the owner, before start().
+  void setConnectMessages(std::function<std::vector<MqttMessage>()> messages);
+
+  /// New settings. The sync thread takes them at its next round (it wakes from a backoff wait
+  /// for it): the batch and rate settings and the reconnect bounds apply at once; anything
+  /// else about the connection (URL, TLS files, keep-alive, version, packet size, topics)
+  /// closes the connection cleanly (retained "offline" status, DISCONNECT) and connects again
+  /// with the new options at once. Nothing pending is lost: events stay in the outbox, queued
+  /// publish()es stay queued. Returns the generation that status().generation reports once a
+  /// connection uses them. Thread: any. Never blocks.
+  uint64_t reconfigure(MqttOptions mqtt, SyncOptions options);
+
+  /// Queues a QoS 1 publish (a config report, a command result): sent in order while
+  /// connected, kept until its PUBACK and sent again after a reconnect. Bounded (256 messages,
+  /// 4 MiB): beyond, the oldest is dropped and counted. A message the broker refuses (PUBACK
+  /// reason >= 0x80) is dropped and counted. Thread: any. Never blocks.
+  void publish(MqttMessage message);
+
   /// A consistent snapshot. Thread: any. Never blocks for long (a short mutex).
   SyncStatus status() const;
 
@@ -160,6 +200,12 @@ class SyncEngine {
   bool connectOnce(std::stop_token stop);
   void handleDeliveries();
   void handleInbound();
+  void deliverInbound(const std::string& topic, const std::string& payload);
+  void onInboundMessage(std::string topic, std::string payload);
+  void applyReconfigure(bool& back_off);
+  void closeForReconfigure();
+  void sendControl();
+  void requeueControl();
   void handleLoss(const std::string& cause);
   void dropConnection(const std::string& cause);
   void publishStatus();
@@ -185,11 +231,13 @@ class SyncEngine {
   std::string topic(const char* leaf) const;
 
   Outbox& outbox_;
-  const MqttOptions mqtt_;
-  const SyncOptions options_;
+  MqttOptions mqtt_;     // the sync thread's once started (reconfigure() hands over new ones)
+  SyncOptions options_;  // idem
   const std::function<std::string()> status_json_;
   const InboundHandler on_message_;
-  const std::string topic_events_;
+  std::string topic_events_;  // idem
+  Inbox* inbox_ = nullptr;
+  std::function<std::vector<MqttMessage>()> connect_messages_;
 
   // Sync thread only.
   std::unique_ptr<MqttLink> link_;
@@ -216,6 +264,9 @@ class SyncEngine {
   std::chrono::steady_clock::time_point tokens_at_;
   std::chrono::steady_clock::time_point status_due_;
   std::mt19937_64 rng_{std::random_device{}()};
+  uint64_t generation_ = 0;                     // of mqtt_ and options_
+  std::map<uint64_t, MqttMessage> control_sent_;  // publish()es awaiting their PUBACK, by tag
+  uint64_t next_control_tag_ = 0;
 
   // Handed over by Paho's threads and flushNow().
   mutable std::mutex mu_;
@@ -225,6 +276,13 @@ class SyncEngine {
   bool lost_ = false;                                        // guarded by mu_
   std::string lost_cause_;                                   // guarded by mu_
   bool flush_ = false;                                       // guarded by mu_
+  std::optional<std::pair<MqttOptions, SyncOptions>> next_config_;  // guarded by mu_
+  uint64_t requested_generation_ = 0;                               // guarded by mu_
+  std::deque<MqttMessage> control_;                                 // guarded by mu_
+  std::size_t control_bytes_ = 0;                                   // guarded by mu_
+  std::size_t inbound_bytes_ = 0;                                   // guarded by mu_
+  std::atomic<std::size_t> inbound_max_bytes_{16u << 20};
+  std::atomic<bool> inbox_dirty_{true};  // put() stored something the sync thread has not read
 
   mutable std::mutex status_mu_;
   SyncStatus status_;  // guarded by status_mu_

@@ -22,6 +22,7 @@
 #include "agent/api/time.h"
 #include "agent/cli/control_client.h"
 #include "agent/cli/doctor.h"
+#include "agent/cli/remote_config_cli.h"
 #include "agent/config.h"
 #include "agent/store/buffer.h"
 #include "agent/version.h"
@@ -52,7 +53,7 @@ constexpr Command kCommands[] = {
     {"import", "re-ingest an export (ids already present are skipped)"},
     {"send-test-event", "send a test event through the whole pipeline, report its delivery"},
     {"doctor", "a check per line (disk, buffer, broker, TLS, certificates, clock); exit 1 on any"},
-    {"config", "config show [--json] | config validate FILE"},
+    {"config", "config show [--json] | validate FILE | keygen | sign FILE --key KEY"},
     {"version", "version, git revision, build type, library versions"},
 };
 
@@ -758,8 +759,12 @@ int cmdDoctor(int argc, char** argv) {
 // ---- config / version -------------------------------------------------------------------
 
 int cmdConfig(int argc, char** argv) {
+  if (argc >= 3 && (std::string(argv[2]) == "keygen" || std::string(argv[2]) == "sign")) {
+    return cli::runConfigKeys(argc, argv);
+  }
   if (argc < 3 || (std::string(argv[2]) != "show" && std::string(argv[2]) != "validate")) {
-    std::cerr << "usage: omniedge config show [--json] | omniedge config validate FILE\n";
+    std::cerr << "usage: omniedge config show [--json] | omniedge config validate FILE | "
+                 "omniedge config keygen | omniedge config sign FILE --key KEY\n";
     return kUsage;
   }
   const std::string sub = argv[2];
@@ -785,15 +790,21 @@ int cmdConfig(int argc, char** argv) {
     std::cout << p->positional[0] << ": valid\n";
     return kOk;
   }
-  auto cfg = loadConfig(p->vm);
-  if (!cfg) {
-    std::cerr << "omniedge config show: configuration error:\n" << cfg.error().message << "\n";
+  auto local = loadConfig(p->vm);
+  if (!local) {
+    std::cerr << "omniedge config show: configuration error:\n" << local.error().message << "\n";
     return kFailure;
   }
+  // What the centre set (and the daemon applied) shows as "remote".
+  std::string note;
+  const config::Config cfg = cli::withAppliedRemote(*local, note);
+  if (!note.empty()) {
+    std::cerr << "omniedge config show: " << note << "\n";
+  }
   if (p->vm.count("json") != 0U) {
-    std::cout << cfg->toJson().dump(2) << "\n";
+    std::cout << cfg.toJson().dump(2) << "\n";
   } else {
-    std::cout << cfg->toText();
+    std::cout << cfg.toText();
   }
   return kOk;
 }

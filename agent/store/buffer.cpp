@@ -563,6 +563,55 @@ void Buffer::acknowledge(int64_t first_seq, int64_t last_seq) {
   cv_.notify_one();
 }
 
+Result<int64_t> Buffer::retryQuarantine() {
+  std::vector<StoredEvent> events;
+  int64_t last_seq = 0;
+  {
+    std::lock_guard lock(reader_mu_);
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(reader_,
+                           "SELECT seq, id, type, prio, received_ms, body FROM quarantine "
+                           "ORDER BY seq",
+                           -1, &st, nullptr) != SQLITE_OK) {
+      return makeError("io", sqliteError(reader_, "read the quarantine"));
+    }
+    int rc = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      StoredEvent e;
+      last_seq = sqlite3_column_int64(st, 0);
+      e.id = reinterpret_cast<const char*>(sqlite3_column_text(st, 1));
+      e.type = reinterpret_cast<const char*>(sqlite3_column_text(st, 2));
+      e.priority = static_cast<Priority>(sqlite3_column_int(st, 3));
+      e.received_at_ms = sqlite3_column_int64(st, 4);
+      e.body.assign(static_cast<const char*>(sqlite3_column_blob(st, 5)),
+                    static_cast<std::size_t>(sqlite3_column_bytes(st, 5)));
+      events.push_back(std::move(e));
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+      return makeError("io", sqliteError(reader_, "read the quarantine"));
+    }
+  }
+  if (events.empty()) {
+    return int64_t{0};
+  }
+  const auto n = static_cast<int64_t>(events.size());
+  if (auto appended = append(std::move(events)); !appended) {
+    return appended.error();
+  }
+  {
+    // Rare and small: done on the reader's connection rather than through the writer's queue.
+    std::lock_guard lock(reader_mu_);
+    const std::string sql = "DELETE FROM quarantine WHERE seq <= " + std::to_string(last_seq);
+    if (sqlite3_exec(reader_, sql.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) {
+      return makeError("io", sqliteError(reader_, "empty the quarantine"));
+    }
+  }
+  std::lock_guard lock(mu_);
+  stats_.quarantine_events = std::max<int64_t>(0, stats_.quarantine_events - n);
+  return n;
+}
+
 void Buffer::quarantine(int64_t first_seq, int64_t last_seq, std::string reason) {
   if (reason.empty()) {
     reason = "refused by the centre";

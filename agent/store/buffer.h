@@ -122,6 +122,12 @@ class Buffer final : public Outbox {
   /// Blocks until every acknowledgement queued so far is committed. Thread: any.
   void syncAcknowledgements();
 
+  /// Moves every quarantined event back to pending (appended again: a new seq, in their old
+  /// order), so the sync engine sends them again; returns how many. Thread: any; blocks until
+  /// committed. Fails "full", "stopping" or "io".
+  /// (A minimal version for the `retry-quarantine` command; the buffer's own replaces it.)
+  Result<int64_t> retryQuarantine();
+
   /// Evictions since the last call (reset by the call). Thread: any.
   EvictionReport takeEvictions();
   /// Puts back a report taken by takeEvictions() that could not be sent on (the next take
