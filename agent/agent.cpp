@@ -370,6 +370,9 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   spdlog::set_level(spdlog::level::from_str(cfg.str("log.level")));
   auto p = std::make_unique<Parts>(local_cfg, cfg);
   p->remote = std::move(remote);
+  // Recent warnings and errors for `diagnostics`, from here on (start-up warnings included).
+  p->log_ring = std::make_shared<RecentLogSink>();
+  spdlog::default_logger()->sinks().push_back(p->log_ring);
   p->store_id = cfg.str("store.id");
   p->tenant = cfg.str("store.tenant");
   p->started_ms = p->clock.nowMs();
@@ -520,8 +523,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   parts.command_target = std::make_unique<CentreCommands>(*self);
   parts.commands = std::make_unique<CommandRunner>(*parts.inbox, *parts.command_target,
                                                    [self] { return self->p_->clock.nowMs(); });
-  parts.log_ring = std::make_shared<RecentLogSink>();
-  spdlog::default_logger()->sinks().push_back(parts.log_ring);
+
   parts.control = std::make_unique<ControlServer>(
       controlSocketPath(parts.cfg),
       [self](const nlohmann::json& r) { return self->handleControl(r); });
