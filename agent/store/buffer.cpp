@@ -367,12 +367,15 @@ Result<sqlite3*> openConnection(const fs::path& dir, bool synchronous_full) {
   // secure_delete=FAST: Debian's SQLite zeroes every freed page by default, which during a drain
   // writes the whole deleted backlog to the WAL once more (flash wear, WAL size); FAST still
   // zeroes deleted rows on pages that are written anyway. Stored events never hold raw PII.
-  const std::string pragmas = std::string(
-                                  "PRAGMA auto_vacuum=INCREMENTAL;"
-                                  "PRAGMA journal_mode=WAL;"
-                                  "PRAGMA secure_delete=FAST;"
-                                  "PRAGMA temp_store=MEMORY;"
-                                  "PRAGMA journal_size_limit=") +
+  // auto_vacuum only on a new, empty file (it cannot change later without a VACUUM anyway):
+  // on an existing one the pragma writes a cookie into page 1, a commit at every start, and it
+  // would change a corrupt original that is about to be salvaged.
+  const bool empty = queryInt(db, "PRAGMA page_count").value_or(1) == 0;
+  const std::string pragmas = std::string(empty ? "PRAGMA auto_vacuum=INCREMENTAL;" : "") +
+                              "PRAGMA journal_mode=WAL;"
+                              "PRAGMA secure_delete=FAST;"
+                              "PRAGMA temp_store=MEMORY;"
+                              "PRAGMA journal_size_limit=" +
                               std::to_string(kJournalSizeLimit) + ";PRAGMA synchronous=" +
                               (synchronous_full ? "FULL;" : "NORMAL;");
   if (auto r = execRc(db, pragmas.c_str()); !r) {
@@ -514,6 +517,12 @@ struct Salvaged {
 // to `src_file`. Fails only when dst cannot be written (disk full, I/O): then nothing is.
 Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::string& source_name,
                              const std::string& problem, bool fresh) {
+  // Even a read-only connection creates an empty -wal and a -shm beside a WAL-mode file: what
+  // it made is removed again, so that the original is left exactly as it was.
+  const fs::path src_wal(src_file.string() + "-wal");
+  const fs::path src_shm(src_file.string() + "-shm");
+  const bool had_wal = fs::exists(src_wal);
+  const bool had_shm = fs::exists(src_shm);
   sqlite3* src = nullptr;
   if (sqlite3_open_v2(src_file.c_str(), &src, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
     sqlite3_close(src);
@@ -545,6 +554,13 @@ Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::
       sqlite3_finalize(st);
     }
     sqlite3_close(src);
+    std::error_code ec;
+    if (!had_wal && fs::file_size(src_wal, ec) == 0 && !ec) {
+      fs::remove(src_wal, ec);
+    }
+    if (!had_shm) {
+      fs::remove(src_shm, ec);
+    }
   };
   if (auto r = execRc(dst, "BEGIN IMMEDIATE"); !r) {
     finish();
@@ -1064,13 +1080,7 @@ Result<void> Buffer::pickUpCorruptFiles() {
     if (known) {
       continue;
     }
-    const fs::path path = options_.dir / name;
-    const fs::path shm(path.string() + "-shm");
-    const bool had_shm = fs::exists(shm);
-    auto got = salvageInto(db_, path, name, "", /*fresh=*/false);
-    if (!had_shm) {
-      fs::remove(shm, ec);  // made by the read-only connection
-    }
+    auto got = salvageInto(db_, options_.dir / name, name, "", /*fresh=*/false);
     if (!got) {
       return makeError(got.error().code,
                        got.error().message + " (copying from " + name + ", left by an " +

@@ -64,6 +64,7 @@ int check(FaultVfs::Op op, unsigned kind) {
     s.cv.notify_all();
     s.cv.wait(lock, [&] { return s.released; });
     s.holding = false;
+    return 0;  // the held operation itself then goes ahead normally
   }
   if (!s.active || s.op != op || (s.files & kind) == 0) {
     return 0;
@@ -228,6 +229,13 @@ FaultVfs::FaultVfs() {
   g_vfs.xGetLastError = vGetLastError;
   g_vfs.xCurrentTimeInt64 = vCurrentTimeInt64;
   clear();
+  {
+    auto& s = state();
+    std::lock_guard lock(s.mu);
+    s.injected = 0;
+    s.hold_armed = false;
+    s.holding = false;
+  }
   sqlite3_vfs_register(&g_vfs, 1);
   g_registered = true;
 }

@@ -38,10 +38,11 @@ class FaultVfs {
   void failRandomly(Op op, unsigned files, double p, uint32_t seed, int error);
   /// No more failures.
   void clear();
-  /// How many operations failed because of a rule so far.
+  /// How many operations failed because of a rule since this object was made.
   int64_t injected() const;
 
-  /// The next `op` on `files` waits (holding up the thread that does it) until release().
+  /// The next `op` on `files` waits (holding up the thread that does it) until release(), and
+  /// then goes ahead without failing.
   void holdNext(Op op, unsigned files);
   /// Waits until an operation is held (false after `timeout_ms`).
   bool waitHeld(int timeout_ms) const;
