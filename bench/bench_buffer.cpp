@@ -464,8 +464,8 @@ void walPhase(const fs::path& dir, const std::string& name, uint64_t events, std
   std::thread consumer;
   if (drain) {
     consumer = std::thread([&] {
-      consumed = consume(**buf, backlog + calls * 100 * static_cast<uint64_t>(producers),
-                         produced, 600);
+      consumed =
+          consume(**buf, backlog + calls * 100 * static_cast<uint64_t>(producers), produced, 600);
     });
   }
   for (auto& t : threads) {

@@ -65,9 +65,7 @@ std::string sqliteError(sqlite3* db, const std::string& what) {
   return what + ": " + (db != nullptr ? sqlite3_errmsg(db) : "out of memory");
 }
 
-bool startsWith(const std::string& s, const char* prefix) {
-  return s.rfind(prefix, 0) == 0;
-}
+bool startsWith(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
 
 // The kinds of failure the buffer tells apart. Only kCorrupt may ever move the file aside.
 enum class Failure { kCorrupt, kPermission, kFull, kBusy, kIo };
@@ -154,10 +152,11 @@ Error permissionError(const fs::path& path, const fs::path& dir, const std::stri
     fix = "chmod u+rw" + std::string(fs::is_directory(path) ? "x " : " ") + path.string();
   }
   return makeError("permission",
-                   "the buffer cannot be used: " + path.string() + " " + what + "; it is owned by " +
-                       owner + (mode.empty() ? "" : " with mode " + mode) + ", and omniedge runs as " +
-                       us + " (uid " + std::to_string(me) + "). Nothing was moved or changed. Fix: " +
-                       fix + ", then start omniedge again");
+                   "the buffer cannot be used: " + path.string() + " " + what +
+                       "; it is owned by " + owner + (mode.empty() ? "" : " with mode " + mode) +
+                       ", and omniedge runs as " + us + " (uid " + std::to_string(me) +
+                       "). Nothing was moved or changed. Fix: " + fix +
+                       ", then start omniedge again");
 }
 
 // Every file of the buffer that exists must be readable and writable by us, and the data dir
@@ -222,7 +221,8 @@ ExecResult execRc(sqlite3* db, const char* sql) {
   }
   std::string text = msg != nullptr ? msg : sqlite3_errmsg(db);
   sqlite3_free(msg);
-  return ExecResult{sqlite3_extended_errcode(db), std::string("SQLite: ") + text + " (in: " + sql + ")"};
+  return ExecResult{sqlite3_extended_errcode(db),
+                    std::string("SQLite: ") + text + " (in: " + sql + ")"};
 }
 
 Result<void> exec(sqlite3* db, const char* sql) {
@@ -376,8 +376,8 @@ Result<sqlite3*> openConnection(const fs::path& dir, bool synchronous_full) {
                               "PRAGMA secure_delete=FAST;"
                               "PRAGMA temp_store=MEMORY;"
                               "PRAGMA journal_size_limit=" +
-                              std::to_string(kJournalSizeLimit) + ";PRAGMA synchronous=" +
-                              (synchronous_full ? "FULL;" : "NORMAL;");
+                              std::to_string(kJournalSizeLimit) +
+                              ";PRAGMA synchronous=" + (synchronous_full ? "FULL;" : "NORMAL;");
   if (auto r = execRc(db, pragmas.c_str()); !r) {
     sqlite3_close(db);
     return openError(r.rc, "setting up " + file.string() + ": " + r.message, dir);
@@ -700,9 +700,8 @@ std::optional<int64_t> recoveryStamp(const std::string& name, const char* prefix
     return std::nullopt;
   }
   const std::string rest = name.substr(std::strlen(prefix));
-  if (rest.empty() || !std::all_of(rest.begin(), rest.end(), [](char c) {
-        return c >= '0' && c <= '9';
-      })) {
+  if (rest.empty() ||
+      !std::all_of(rest.begin(), rest.end(), [](char c) { return c >= '0' && c <= '9'; })) {
     return std::nullopt;
   }
   return std::stoll(rest);
@@ -765,8 +764,8 @@ struct Buffer::Statements {
   Stmt quarantine_chunk, delete_quarantine, quarantine_oldest, quarantine_latest;
   Stmt forget_recovery_report;
   bool recovery_unreported = false;  // cleared in the first commit after open
-  Counters committed;  // what the counters table holds
-  int64_t next_seq = 1;  // writer thread: the next event's seq
+  Counters committed;                // what the counters table holds
+  int64_t next_seq = 1;              // writer thread: the next event's seq
 };
 
 Buffer::Buffer(BufferOptions options) : options_(std::move(options)) {}
@@ -1005,7 +1004,8 @@ Result<void> Buffer::finishRecoveryFiles(int64_t ms) {
         fs::exists(aside) ? fs::path(aside.string() + "." + std::to_string(nowMs())) : aside;
     fs::rename(file, target, ec);
     if (ec || !syncPath(dir, true)) {
-      return fail("move " + file.string() + " aside: " + (ec ? ec.message() : std::strerror(errno)));
+      return fail("move " + file.string() +
+                  " aside: " + (ec ? ec.message() : std::strerror(errno)));
     }
   }
   recoveryStep("original-moved");
@@ -1082,9 +1082,9 @@ Result<void> Buffer::pickUpCorruptFiles() {
     }
     auto got = salvageInto(db_, options_.dir / name, name, "", /*fresh=*/false);
     if (!got) {
-      return makeError(got.error().code,
-                       got.error().message + " (copying from " + name + ", left by an " +
-                           "interrupted recovery; the next start tries again)");
+      return makeError(got.error().code, got.error().message + " (copying from " + name +
+                                             ", left by an " +
+                                             "interrupted recovery; the next start tries again)");
     }
     spdlog::warn("buffer: {} was never salvaged completely: {} events copied from it again", name,
                  got->events);
@@ -1708,9 +1708,10 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
     a.culprit = culprit;
     a.culprit_index = index;
     a.disk_full = (code & 0xff) == SQLITE_FULL;
-    a.error = makeError(a.disk_full ? "full" : "io",
-                        a.disk_full ? "the disk is full (" + sqliteError(db_, what) + "); retry later"
-                                    : sqliteError(db_, what) + "; retry");
+    a.error =
+        makeError(a.disk_full ? "full" : "io",
+                  a.disk_full ? "the disk is full (" + sqliteError(db_, what) + "); retry later"
+                              : sqliteError(db_, what) + "; retry");
     a.seq_end = std::max(a.seq_end, seq);
     if (!ended()) {
       (void)run(s.rollback);
@@ -1946,8 +1947,9 @@ void Buffer::restoreCommitted(int64_t burnt_up_to) {
   auto& s = *st_;
   if (auto c = loadCounters(); c) {
     if (!(*c == s.committed)) {
-      spdlog::error("buffer: the counters in the file differ from the last commit after a failed "
-                    "transaction; using the file's");
+      spdlog::error(
+          "buffer: the counters in the file differ from the last commit after a failed "
+          "transaction; using the file's");
     }
     s.committed = *c;
   }

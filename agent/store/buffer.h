@@ -85,9 +85,9 @@ struct BufferStats {
   int64_t pending_bytes = 0;
   int64_t oldest_pending_ms = 0;  // received_at of the oldest pending event, 0 when none
   int64_t last_seq = 0;
-  int64_t used_bytes = 0;  // pages holding data
-  int64_t file_bytes = 0;  // buffer.db itself (pages in use and free)
-  int64_t wal_bytes = 0;   // buffer.db-wal now: the buffer takes file_bytes + wal_bytes on disk
+  int64_t used_bytes = 0;      // pages holding data
+  int64_t file_bytes = 0;      // buffer.db itself (pages in use and free)
+  int64_t wal_bytes = 0;       // buffer.db-wal now: the buffer takes file_bytes + wal_bytes on disk
   int64_t wal_peak_bytes = 0;  // the largest WAL seen since start
   int64_t cap_bytes = 0;       // what the next append may grow to
   uint64_t appended = 0;       // since start
@@ -104,11 +104,11 @@ struct BufferStats {
   std::size_t queued_requests = 0;  // appends waiting for the writer now
   std::size_t queued_bytes = 0;
   // The quarantine (events the centre refused; Outbox::quarantine): kept, counted, reported.
-  uint64_t quarantined = 0;        // events moved to the quarantine since start
+  uint64_t quarantined = 0;         // events moved to the quarantine since start
   uint64_t quarantine_retried = 0;  // events moved back to pending by retryQuarantine()
-  int64_t quarantine_events = 0;   // events in the quarantine table now
+  int64_t quarantine_events = 0;    // events in the quarantine table now
   int64_t quarantine_bytes = 0;
-  int64_t quarantine_oldest_ms = 0;   // when the oldest of them was quarantined, 0 = none
+  int64_t quarantine_oldest_ms = 0;    // when the oldest of them was quarantined, 0 = none
   std::string quarantine_last_reason;  // the reason of the latest one
   // The ring behind `omniedge tail`: the last Buffer::kRecentEvents events, at most
   // BufferOptions::recent_max_bytes of bodies.
@@ -253,19 +253,19 @@ class Buffer final : public Outbox {
   std::condition_variable room_cv_;   // producers wait for room in the queue
   std::condition_variable newer_cv_;  // sync waits for new events
   std::condition_variable acked_cv_;
-  std::deque<std::shared_ptr<Request>> queue_;  // guarded by mu_
-  std::size_t queued_bytes_ = 0;                // guarded by mu_
-  std::deque<std::shared_ptr<Job>> jobs_;       // guarded by mu_
-  std::deque<AckOp> ack_queue_;                 // guarded by mu_
-  uint64_t acks_enqueued_ = 0;                  // guarded by mu_
-  uint64_t acks_committed_ = 0;                 // guarded by mu_
-  bool stopping_ = false;                       // guarded by mu_
+  std::deque<std::shared_ptr<Request>> queue_;            // guarded by mu_
+  std::size_t queued_bytes_ = 0;                          // guarded by mu_
+  std::deque<std::shared_ptr<Job>> jobs_;                 // guarded by mu_
+  std::deque<AckOp> ack_queue_;                           // guarded by mu_
+  uint64_t acks_enqueued_ = 0;                            // guarded by mu_
+  uint64_t acks_committed_ = 0;                           // guarded by mu_
+  bool stopping_ = false;                                 // guarded by mu_
   std::chrono::steady_clock::time_point stop_requested_;  // guarded by mu_
-  bool writer_done_ = false;                    // guarded by mu_
-  BufferStats stats_;                           // guarded by mu_
-  EvictionReport evictions_;                    // guarded by mu_
-  std::deque<RecentEvent> recent_;              // guarded by mu_
-  std::size_t recent_bytes_ = 0;                // guarded by mu_
+  bool writer_done_ = false;                              // guarded by mu_
+  BufferStats stats_;                                     // guarded by mu_
+  EvictionReport evictions_;                              // guarded by mu_
+  std::deque<RecentEvent> recent_;                        // guarded by mu_
+  std::size_t recent_bytes_ = 0;                          // guarded by mu_
   int64_t page_size_ = 4096;
   int lock_fd_ = -1;
   // Writer thread only:

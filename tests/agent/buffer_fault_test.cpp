@@ -9,9 +9,9 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
-#include <optional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -43,7 +43,8 @@ StoredEvent event(const std::string& type, std::size_t body_size) {
   return e;
 }
 
-std::vector<StoredEvent> events(int n, std::size_t body_size, const std::string& type = "kiosk.view") {
+std::vector<StoredEvent> events(int n, std::size_t body_size,
+                                const std::string& type = "kiosk.view") {
   std::vector<StoredEvent> v;
   for (int i = 0; i < n; ++i) {
     v.push_back(event(type, body_size));
@@ -277,9 +278,10 @@ TEST_CASE("a write that fails in the middle of a group fails only the request it
   checkCountersExact(*reopened, dir);
 }
 
-TEST_CASE("a commit whose WAL sync fails is retried once, and fails every producer if it fails "
-          "again, without reusing a seq",
-          "[unit][fault][buffer]") {
+TEST_CASE(
+    "a commit whose WAL sync fails is retried once, and fails every producer if it fails "
+    "again, without reusing a seq",
+    "[unit][fault][buffer]") {
   const int failures = GENERATE(1, 2);
   FaultVfs vfs;
   TempDir dir;
@@ -389,9 +391,10 @@ TEST_CASE("close() returns while acknowledgements keep failing, and their events
   checkCountersExact(*b, dir);
 }
 
-TEST_CASE("a producer history under random write and sync faults: every event acknowledged to "
-          "a producer is delivered, no failed one is stored, counters stay exact",
-          "[unit][fault][buffer]") {
+TEST_CASE(
+    "a producer history under random write and sync faults: every event acknowledged to "
+    "a producer is delivered, no failed one is stored, counters stay exact",
+    "[unit][fault][buffer]") {
   FaultVfs vfs;
   TempDir dir;
   BufferOptions o;
@@ -525,9 +528,10 @@ TEST_CASE("a producer history under random write and sync faults: every event ac
   CHECK(stats.appended == ok_ids.size());
 }
 
-TEST_CASE("the WAL stays bounded while a reader reads all the time and the writer appends and "
-          "acknowledges",
-          "[unit][buffer]") {
+TEST_CASE(
+    "the WAL stays bounded while a reader reads all the time and the writer appends and "
+    "acknowledges",
+    "[unit][buffer]") {
   TempDir dir;
   auto b = openBuffer(dir);
   std::atomic<bool> stop{false};
@@ -578,4 +582,42 @@ TEST_CASE("the WAL stays bounded while a reader reads all the time and the write
   CHECK(max_wal < (24u << 20));
   CHECK(s.wal_peak_bytes < (24 << 20));
   CHECK(s.wal_bytes <= s.wal_peak_bytes);
+}
+
+TEST_CASE("producers wait while the writer's queue holds more than max_queue_bytes",
+          "[unit][fault][buffer]") {
+  FaultVfs vfs;
+  TempDir dir;
+  BufferOptions o;
+  o.max_queue_bytes = 10000;
+  auto b = openBuffer(dir, o);
+  // The writer is held in a commit; 6 producers of ~8 KB each arrive meanwhile.
+  vfs.holdNext(FaultVfs::Op::kSync, FaultVfs::kWal);
+  std::optional<omniedge::Result<omniedge::store::AppendCounts>> first;
+  std::thread t0 = appendAsync(*b, events(1, 50), first);
+  REQUIRE(vfs.waitHeld(20000));
+  std::vector<std::optional<omniedge::Result<omniedge::store::AppendCounts>>> results(6);
+  std::vector<std::thread> producers;
+  for (auto& r : results) {
+    producers.push_back(appendAsync(*b, events(1, 8000), r));
+  }
+  REQUIRE(waitFor([&] { return b->stats().queued_requests >= 1; }));
+  // However long we look, the queue never holds more than the bound (one request fits alone).
+  std::size_t most = 0;
+  for (int i = 0; i < 2000; ++i) {
+    const auto s = b->stats();
+    most = std::max(most, s.queued_bytes);
+    CHECK(s.queued_requests == 1);
+    std::this_thread::yield();
+  }
+  CHECK(most <= 10000);
+  vfs.release();
+  t0.join();
+  for (auto& t : producers) {
+    t.join();
+  }
+  for (auto& r : results) {
+    CHECK(r->has_value());  // all stored, one after the other
+  }
+  CHECK(b->stats().pending[1] == 7);
 }

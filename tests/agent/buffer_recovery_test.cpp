@@ -64,9 +64,7 @@ std::string readFile(const fs::path& p) {
 }
 
 // Byte for byte (a helper, so that a failure does not print megabytes).
-bool sameContent(const fs::path& p, const std::string& content) {
-  return readFile(p) == content;
-}
+bool sameContent(const fs::path& p, const std::string& content) { return readFile(p) == content; }
 
 std::set<std::string> pendingIds(Buffer& b) {
   std::set<std::string> ids;
@@ -321,9 +319,10 @@ TEST_CASE("a buffer this process cannot write is a permission error, never corru
   CHECK(b->stats().pending[0] + b->stats().pending[1] == 2);
 }
 
-TEST_CASE("an I/O error while opening or checking the buffer is an error to retry, never "
-          "corruption",
-          "[unit][fault][buffer]") {
+TEST_CASE(
+    "an I/O error while opening or checking the buffer is an error to retry, never "
+    "corruption",
+    "[unit][fault][buffer]") {
   const int skip = GENERATE(0, 6);  // fail the first read, or reads during quick_check
   INFO("reads of buffer.db fail after " << skip);
   TempDir dir;

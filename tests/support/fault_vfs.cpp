@@ -149,16 +149,44 @@ int xUnfetch(sqlite3_file* f, sqlite3_int64 off, void* p) {
   return self(f)->real->pMethods->xUnfetch(self(f)->real, off, p);
 }
 
-sqlite3_io_methods g_methods_v3 = {3,          xClose,        xRead,        xWrite,
-                                   xTruncate,  xSync,         xFileSize,    xLock,
-                                   xUnlock,    xCheckReservedLock, xFileControl, xSectorSize,
-                                   xDeviceCharacteristics, xShmMap, xShmLock, xShmBarrier,
-                                   xShmUnmap,  xFetch,        xUnfetch};
-sqlite3_io_methods g_methods_v1 = {1,         xClose,    xRead,         xWrite,
-                                   xTruncate, xSync,     xFileSize,     xLock,
-                                   xUnlock,   xCheckReservedLock, xFileControl, xSectorSize,
-                                   xDeviceCharacteristics, nullptr, nullptr, nullptr,
-                                   nullptr, nullptr, nullptr};
+sqlite3_io_methods g_methods_v3 = {3,
+                                   xClose,
+                                   xRead,
+                                   xWrite,
+                                   xTruncate,
+                                   xSync,
+                                   xFileSize,
+                                   xLock,
+                                   xUnlock,
+                                   xCheckReservedLock,
+                                   xFileControl,
+                                   xSectorSize,
+                                   xDeviceCharacteristics,
+                                   xShmMap,
+                                   xShmLock,
+                                   xShmBarrier,
+                                   xShmUnmap,
+                                   xFetch,
+                                   xUnfetch};
+sqlite3_io_methods g_methods_v1 = {1,
+                                   xClose,
+                                   xRead,
+                                   xWrite,
+                                   xTruncate,
+                                   xSync,
+                                   xFileSize,
+                                   xLock,
+                                   xUnlock,
+                                   xCheckReservedLock,
+                                   xFileControl,
+                                   xSectorSize,
+                                   xDeviceCharacteristics,
+                                   nullptr,
+                                   nullptr,
+                                   nullptr,
+                                   nullptr,
+                                   nullptr,
+                                   nullptr};
 
 constexpr std::size_t kRealOffset = (sizeof(File) + 15) / 16 * 16;
 
@@ -195,9 +223,7 @@ void vDlClose(sqlite3_vfs*, void* h) { g_real->xDlClose(g_real, h); }
 int vRandomness(sqlite3_vfs*, int n, char* out) { return g_real->xRandomness(g_real, n, out); }
 int vSleep(sqlite3_vfs*, int us) { return g_real->xSleep(g_real, us); }
 int vCurrentTime(sqlite3_vfs*, double* out) { return g_real->xCurrentTime(g_real, out); }
-int vGetLastError(sqlite3_vfs*, int n, char* out) {
-  return g_real->xGetLastError(g_real, n, out);
-}
+int vGetLastError(sqlite3_vfs*, int n, char* out) { return g_real->xGetLastError(g_real, n, out); }
 int vCurrentTimeInt64(sqlite3_vfs*, sqlite3_int64* out) {
   return g_real->xCurrentTimeInt64(g_real, out);
 }
