@@ -381,6 +381,9 @@ TEST_CASE("close() returns while acknowledgements keep failing, and their events
     const auto t0 = std::chrono::steady_clock::now();
     b->close();
     const auto took = std::chrono::steady_clock::now() - t0;
+    std::printf("close() with every WAL write failing (%d): %lld ms\n", code,
+                static_cast<long long>(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
     // SIGTERM must end (the unit's TimeoutStopSec is 20 s); loosely bounded, not a benchmark.
     CHECK(took < 10s);
     CHECK(b->stats().acknowledged == 0);
