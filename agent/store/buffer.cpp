@@ -555,12 +555,34 @@ void Buffer::requeueAcksLocked(std::vector<AckOp>& acks) {
 }
 
 void Buffer::updateAckWatermarkLocked() {
+  if (acks_abandoned_) {
+    return;
+  }
   // Every acknowledgement numbered below the oldest still queued is committed (or dropped).
   uint64_t lowest = acks_enqueued_ + 1;
   for (const auto& op : ack_queue_) {
     lowest = std::min(lowest, op.number);
   }
   acks_committed_ = std::max(acks_committed_, lowest - 1);
+}
+
+// While the disk keeps failing the writer retries every 200 ms: one line per failure would
+// flood the journal. The first is logged, then one line every 10 s with how many were left out.
+void Buffer::logFailure(const std::string& what) {
+  const auto now = std::chrono::steady_clock::now();
+  if (failures_unlogged_ > 0 && now - failure_logged_at_ < std::chrono::seconds(10)) {
+    ++failures_unlogged_;
+    return;
+  }
+  if (failures_unlogged_ > 1) {
+    spdlog::error(
+        "buffer: {} (and {} more failures in the last {} s)", what, failures_unlogged_ - 1,
+        std::chrono::duration_cast<std::chrono::seconds>(now - failure_logged_at_).count());
+  } else {
+    spdlog::error("buffer: {}", what);
+  }
+  failure_logged_at_ = now;
+  failures_unlogged_ = 1;
 }
 
 void Buffer::writerLoop() {
@@ -582,7 +604,7 @@ void Buffer::writerLoop() {
               "events stay pending and are sent again after the restart",
               ack_queue_.size());
           ack_queue_.clear();
-          updateAckWatermarkLocked();
+          acks_abandoned_ = true;  // syncAcknowledgementsFor() must not report them done
           acked_cv_.notify_all();
         }
       }
@@ -691,8 +713,8 @@ bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group, std::vect
       results[i].reset();  // nothing of the attempt was committed: no answer from it stands
     }
     disk_full = disk_full || a.disk_full;
-    spdlog::error("buffer: transaction rolled back ({}), attempt {} of 2", a.error.message,
-                  attempt + 1);
+    logFailure(
+        fmt::format("transaction rolled back ({}), attempt {} of 2", a.error.message, attempt + 1));
     {
       std::lock_guard lock(mu_);
       ++stats_.io_errors;
@@ -871,7 +893,7 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
       if (!run(s.rollback_to_acks) || !run(s.release_acks) || ended()) {
         return lost(Attempt::Culprit::kAcks, 0, failed_what);
       }
-      spdlog::warn("buffer: acknowledgements not committed this time ({})", msg);
+      logFailure("acknowledgements not committed this time (" + msg + ")");
       work = before;
       a.acked = 0;
       a.quarantined = 0;
@@ -1219,7 +1241,7 @@ void Buffer::maybeCheckpoint() {
     } else if ((rc & 0xff) == SQLITE_BUSY) {
       restart_retry_at_ = now + std::chrono::seconds(1);
     } else if (rc != SQLITE_OK) {
-      spdlog::warn("buffer: checkpoint failed: {}", sqlite3_errmsg(db_));
+      logFailure(std::string("checkpoint failed: ") + sqlite3_errmsg(db_));
       restart_retry_at_ = now + std::chrono::seconds(1);
     }
   }

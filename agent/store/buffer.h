@@ -239,6 +239,7 @@ class Buffer final : public Outbox {
   void refreshStatsLocked();
   void requeueAcksLocked(std::vector<AckOp>& acks);
   void updateAckWatermarkLocked();
+  void logFailure(const std::string& what);
 
   BufferOptions options_;
   OpenReport open_report_;
@@ -259,6 +260,7 @@ class Buffer final : public Outbox {
   std::deque<AckOp> ack_queue_;                           // guarded by mu_
   uint64_t acks_enqueued_ = 0;                            // guarded by mu_
   uint64_t acks_committed_ = 0;                           // guarded by mu_
+  bool acks_abandoned_ = false;                           // guarded by mu_: close() gave up on some
   bool stopping_ = false;                                 // guarded by mu_
   std::chrono::steady_clock::time_point stop_requested_;  // guarded by mu_
   bool writer_done_ = false;                              // guarded by mu_
@@ -277,6 +279,8 @@ class Buffer final : public Outbox {
   int64_t dedup_purged_ms_ = 0;
   int wal_frames_ = 0;  // frames in the WAL after the last commit (sqlite3_wal_hook)
   std::chrono::steady_clock::time_point restart_retry_at_;
+  std::chrono::steady_clock::time_point failure_logged_at_;
+  uint64_t failures_unlogged_ = 0;
   std::thread writer_;
 };
 

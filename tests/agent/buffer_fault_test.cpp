@@ -387,6 +387,7 @@ TEST_CASE("close() returns while acknowledgements keep failing, and their events
     // SIGTERM must end (the unit's TimeoutStopSec is 20 s); loosely bounded, not a benchmark.
     CHECK(took < 10s);
     CHECK(b->stats().acknowledged == 0);
+    CHECK_FALSE(b->syncAcknowledgementsFor(0ms));  // left, not done
   }
   vfs.clear();
   auto b = openBuffer(dir);
