@@ -247,6 +247,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   bo.max_bytes = cfg.integer("buffer.max_bytes");
   bo.min_free_disk = cfg.integer("buffer.min_free_disk");
   bo.retain_delivered_s = cfg.integer("buffer.retain_delivered");
+  bo.recent_max_bytes = static_cast<std::size_t>(cfg.integer("buffer.recent_max_bytes"));
   auto buffer = store::Buffer::open(bo);
   if (!buffer) {
     return buffer.error();
@@ -636,13 +637,16 @@ void Agent::housekeeping() {
 int Agent::run() {
   Parts& p = *p_;
   const auto& report = p.buffer->openReport();
-  if (report.recovered) {
+  if (report.recovered || !report.picked_up.empty()) {
     Event e;
     e.type = "agent.buffer_recovered";
     e.source = "agent";
     e.data_json = nlohmann::json{{"problem", report.problem},
                                  {"moved_to", report.moved_to},
-                                 {"salvaged_events", report.salvaged}}
+                                 {"salvaged_events", report.salvaged},
+                                 {"resumed", report.resumed},
+                                 {"picked_up", report.picked_up},
+                                 {"picked_up_events", report.picked_up_events}}
                       .dump();
     if (auto r = p.ingest->append({e}); !r) {
       spdlog::error("could not record agent.buffer_recovered: {}", r.error().message);

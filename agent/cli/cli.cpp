@@ -37,6 +37,9 @@ constexpr int kFailure = 1;
 constexpr int kUsage = 2;
 constexpr int kUnreachable = 3;
 constexpr int kExConfig = 78;
+// `run` when the data dir or buffer files cannot be written by this user (sysexits EX_NOPERM):
+// systemd restarts it (not 78), so it starts by itself once the ownership is fixed.
+constexpr int kExNoPerm = 77;
 
 struct Command {
   const char* name;
@@ -178,6 +181,9 @@ int cmdRun(int argc, char** argv) {
   auto agent = Agent::create(*cfg);
   if (!agent) {
     spdlog::critical("cannot start: {}", agent.error().message);
+    if (agent.error().code == "permission") {
+      return kExNoPerm;
+    }
     return agent.error().code == "config" ? kExConfig : kFailure;
   }
   return (*agent)->run();
