@@ -44,24 +44,26 @@ Result<std::string> readSecretFile(const std::string& path, const std::string& k
   return s;
 }
 
-Result<std::vector<std::string>> readTokens(const std::string& path) {
+// http.tokens_file: a token per line, optionally with the channels it may write
+// (kiosk::parseTokens says how).
+Result<std::vector<kiosk::ApiToken>> readTokens(const std::string& path) {
   auto text = readSecretFile(path, "http.tokens_file");
   if (!text) {
     return text.error();
   }
-  std::vector<std::string> tokens;
-  std::istringstream in(*text);
-  for (std::string line; std::getline(in, line);) {
-    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back())) != 0) {
-      line.pop_back();
-    }
-    if (!line.empty() && line.front() != '#') {
-      tokens.push_back(line);
-    }
-  }
-  if (tokens.empty()) {
-    return makeError("config", "http.tokens_file '" + path + "' holds no token",
+  auto tokens = kiosk::parseTokens(*text);
+  if (!tokens) {
+    return makeError("config", "http.tokens_file '" + path + "': " + tokens.error().message,
                      "http.tokens_file");
+  }
+  for (const kiosk::ApiToken& token : *tokens) {
+    if (token.secret.size() < 16) {
+      // The lockout slows guessing from one address, but never refuses a valid token: what
+      // really keeps guesses out is the token's length.
+      spdlog::warn("http.tokens_file: a token of only {} characters is easy to guess; use 32 "
+                   "random characters or more (e.g. openssl rand -hex 16)",
+                   token.secret.size());
+    }
   }
   return tokens;
 }

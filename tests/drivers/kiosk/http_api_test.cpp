@@ -107,7 +107,7 @@ TEST_CASE("POST /v1/events answers 202 with the ids once the writer took them",
   }
   SECTION("an array, on a kept-alive connection, twice") {
     for (int round = 0; round < 2; ++round) {
-      auto res = c.Post("/v1/events", R"([{"type":"a.b"},{"type":"c.d","data":{"x":1}}])",
+      auto res = c.Post("/v1/events", R"([{"type":"kiosk.a"},{"type":"kiosk.c","data":{"x":1}}])",
                         "application/json; charset=utf-8");
       REQUIRE(res);
       CHECK(res->status == 202);
@@ -119,7 +119,7 @@ TEST_CASE("POST /v1/events answers 202 with the ids once the writer took them",
     CHECK(f.writer.events()[1].data_json == R"({"x":1})");
   }
   SECTION("without a Content-Type") {
-    const std::string body = R"({"type":"a.b"})";
+    const std::string body = R"({"type":"kiosk.a"})";
     const std::string response =
         rawExchange(f.api->port(),
                     "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
@@ -145,7 +145,7 @@ TEST_CASE("bad events get 400 naming the field, and nothing of them is taken",
     CHECK(e["message"] == "type is required");
   }
   SECTION("an array: the field keeps the index") {
-    auto res = c.Post("/v1/events", R"([{"type":"a.b"},{"type":3}])", "application/json");
+    auto res = c.Post("/v1/events", R"([{"type":"kiosk.a"},{"type":3}])", "application/json");
     REQUIRE(res);
     CHECK(res->status == 400);
     const json e = errorBody(res);
@@ -167,7 +167,7 @@ TEST_CASE("bad events get 400 naming the field, and nothing of them is taken",
     CHECK(errorBody(res)["field"] == "type");
   }
   SECTION("a content type that cannot be JSON is 415") {
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/xml");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/xml");
     REQUIRE(res);
     CHECK(res->status == 415);
     CHECK(errorBody(res)["code"] == "unsupported_media_type");
@@ -190,7 +190,7 @@ TEST_CASE("too large: bodies and event counts over the limits get 413", "[integr
   options.max_events_per_request = 3;
   Fixture f(options);
   auto c = f.client();
-  const std::string big = R"({"type":"a.b","data":{"pad":")" + std::string(4000, 'x') + "\"}}";
+  const std::string big = R"({"type":"kiosk.a","data":{"pad":")" + std::string(4000, 'x') + "\"}}";
 
   SECTION("by Content-Length") {
     auto res = c.Post("/v1/events", big, "application/json");
@@ -226,20 +226,20 @@ TEST_CASE("too large: bodies and event counts over the limits get 413", "[integr
   }
   SECTION("more events than allowed in one request") {
     auto res =
-        c.Post("/v1/events", R"([{"type":"a.b"},{"type":"a.b"},{"type":"a.b"},{"type":"a.b"}])",
+        c.Post("/v1/events", R"([{"type":"kiosk.a"},{"type":"kiosk.a"},{"type":"kiosk.a"},{"type":"kiosk.a"}])",
                "application/json");
     REQUIRE(res);
     CHECK(res->status == 413);
   }
   SECTION("the writer says too_large") {
     f.writer.failNextAppend(makeError("too_large", "[0].data is over 64 KiB", "[0].data"));
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 413);
     CHECK(errorBody(res)["field"] == "data");
   }
   // The server is still there, and the same connection still works.
-  auto again = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+  auto again = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
   REQUIRE(again);
   CHECK(again->status == 202);
   CHECK(f.writer.events().size() == 1);
@@ -254,7 +254,7 @@ TEST_CASE("backpressure and buffer failures map to 503 with Retry-After and 500"
 
   SECTION("full") {
     f.writer.failNextAppend(makeError("full", "the buffer is full"));
-    auto res = c.Post("/v1/events", R"({"type":"pos.sale"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.sale"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 503);
     CHECK(res->get_header_value("Retry-After") == "7");
@@ -262,32 +262,32 @@ TEST_CASE("backpressure and buffer failures map to 503 with Retry-After and 500"
   }
   SECTION("stopping") {
     f.writer.failNextAppend(makeError("stopping", "the agent is stopping"));
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 503);
     CHECK(res->get_header_value("Retry-After") == "7");
   }
   SECTION("io") {
     f.writer.failNextAppend(makeError("io", "disk I/O error"));
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 500);
     CHECK(errorBody(res)["code"] == "io");
   }
   // The next one goes through.
-  auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+  auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
   REQUIRE(res);
   CHECK(res->status == 202);
 }
 
 TEST_CASE("with tokens, every request needs a valid bearer token", "[integration][kiosk]") {
   HttpApiOptions options;
-  options.tokens = {"old-token", "s3cret-token"};
+  options.tokens = {{"old-token"}, {"s3cret-token"}};
   Fixture f(options);
   auto c = f.client();
 
   SECTION("no token: 401 with WWW-Authenticate, nothing taken") {
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 401);
     CHECK(res->get_header_value("WWW-Authenticate") == "Bearer");
@@ -299,7 +299,7 @@ TEST_CASE("with tokens, every request needs a valid bearer token", "[integration
   }
   SECTION("a wrong token: 401") {
     c.set_bearer_token_auth("s3cret-tokem");
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 401);
     auto prefix = c.Get("/metrics", {{"Authorization", "Bearer s3cret"}});
@@ -308,7 +308,7 @@ TEST_CASE("with tokens, every request needs a valid bearer token", "[integration
   }
   SECTION("either configured token: accepted") {
     c.set_bearer_token_auth("s3cret-token");
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 202);
     auto other = f.client();
@@ -326,21 +326,26 @@ TEST_CASE("with tokens, every request needs a valid bearer token", "[integration
     CHECK(response.rfind("HTTP/1.1 401", 0) == 0);
     CHECK(response.find("WWW-Authenticate: Bearer") != std::string::npos);
   }
-  SECTION("5 failures from one address: 429 with Retry-After, even with the right token") {
+  SECTION("5 failures from one address: 429 with Retry-After, but the right token still works") {
     for (int i = 0; i < 5; ++i) {
       auto res = c.Get("/v1/health", {{"Authorization", "Bearer guess-" + std::to_string(i)}});
       REQUIRE(res);
       CHECK(res->status == 401);
     }
-    c.set_bearer_token_auth("s3cret-token");
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
-    REQUIRE(res);
-    CHECK(res->status == 429);
-    const int retry_after = std::stoi(res->get_header_value("Retry-After"));
+    auto locked = c.Get("/v1/health", {{"Authorization", "Bearer guess-5"}});
+    REQUIRE(locked);
+    CHECK(locked->status == 429);
+    const int retry_after = std::stoi(locked->get_header_value("Retry-After"));
     CHECK(retry_after > 0);
     CHECK(retry_after <= 60);
-    CHECK(errorBody(res)["code"] == "too_many_requests");
+    CHECK(errorBody(locked)["code"] == "too_many_requests");
     CHECK(f.writer.appendCalls() == 0);
+
+    c.set_bearer_token_auth("s3cret-token");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
+    REQUIRE(res);
+    CHECK(res->status == 202);
+    CHECK(f.writer.events().size() == 1);
   }
 }
 
@@ -363,8 +368,8 @@ TEST_CASE("GET /v1/health reports readiness", "[integration][kiosk]") {
 TEST_CASE("GET /metrics serves Prometheus text with the request counts", "[integration][kiosk]") {
   Fixture f;
   auto c = f.client();
-  REQUIRE(c.Post("/v1/events", R"({"type":"a.b"})", "application/json")->status == 202);
-  REQUIRE(c.Post("/v1/events", R"({"type":"a.b"},{"type":"c.d"}])", "application/json")->status ==
+  REQUIRE(c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json")->status == 202);
+  REQUIRE(c.Post("/v1/events", R"({"type":"kiosk.a"},{"type":"kiosk.c"}])", "application/json")->status ==
           400);
   REQUIRE(c.Get("/nowhere")->status == 404);
 
@@ -386,7 +391,7 @@ TEST_CASE("GET /metrics serves Prometheus text with the request counts", "[integ
 TEST_CASE("unknown paths are 404 and wrong methods 405, as JSON", "[integration][kiosk]") {
   Fixture f;
   auto c = f.client();
-  auto missing = c.Post("/v1/nope", R"({"type":"a.b"})", "application/json");
+  auto missing = c.Post("/v1/nope", R"({"type":"kiosk.a"})", "application/json");
   REQUIRE(missing);
   CHECK(missing->status == 404);
   CHECK(errorBody(missing)["code"] == "not_found");
