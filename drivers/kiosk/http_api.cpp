@@ -512,11 +512,9 @@ HeadAction HttpApi::onHead(HttpRequest& req, HttpResponse& res) {
     return answered();
   }
   if (!method_ok) {
-    res.set_header("Allow", post || !get ? (route == Route::kEvents || route == Route::kPos ||
-                                                    route == Route::kCartItems
-                                                ? "POST"
-                                                : "GET, HEAD")
-                                         : "POST");
+    const bool post_route =
+        route == Route::kEvents || route == Route::kPos || route == Route::kCartItems;
+    res.set_header("Allow", post_route ? "POST" : "GET, HEAD");
     sendError(res, 405, "method_not_allowed",
               std::string(req.method) + " is not allowed on " + req.path);
     return answered();

@@ -725,7 +725,10 @@ void HttpServer::readHead(Conn& c) {
     c.scanned = std::max(c.pos, c.len >= 2 ? c.len - 2 : std::size_t{0});
     if (c.len - c.pos > options_.max_header_bytes) {
       ++counters_.head_too_large;
-      const bool line_done = std::memchr(&c.buf[c.pos], '\n', c.len - c.pos) != nullptr;
+      const void* nl = std::memchr(&c.buf[c.pos], '\n', c.len - c.pos);
+      const bool line_done =
+          nl != nullptr && static_cast<const char*>(nl) - &c.buf[c.pos] <=
+                               static_cast<std::ptrdiff_t>(options_.max_header_bytes);
       refuse(c, line_done ? 431 : 414,
              line_done ? "the request head is larger than " +
                              std::to_string(options_.max_header_bytes) + " bytes"

@@ -5,7 +5,11 @@
 #include <array>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -410,6 +414,174 @@ TEST_CASE("unknown paths are 404 and wrong methods 405, as JSON", "[integration]
   CAPTURE(garbage);
   CHECK(garbage.rfind("HTTP/1.1 400", 0) == 0);
   CHECK(garbage.find(R"("code":"bad_request")") != std::string::npos);
+}
+
+TEST_CASE("POST /v1/events takes only the channels the caller may write", "[integration][kiosk]") {
+  SECTION("on loopback without tokens: kiosk.* only, the field and the channel named") {
+    Fixture f;
+    auto c = f.client();
+    auto pos = c.Post("/v1/events", R"({"type":"pos.transaction"})", "application/json");
+    REQUIRE(pos);
+    CHECK(pos->status == 400);
+    json e = errorBody(pos);
+    CHECK(e["code"] == "channel_not_allowed");
+    CHECK(e["field"] == "type");
+    CHECK_THAT(e["message"].get<std::string>(),
+               Catch::Contains("pos.transaction") && Catch::Contains("/v1/pos/transactions") &&
+                   Catch::Contains("may write kiosk.*"));
+
+    auto agent = c.Post("/v1/events", R"([{"type":"kiosk.view"},{"type":"agent.started"}])",
+                        "application/json");
+    REQUIRE(agent);
+    CHECK(agent->status == 400);
+    e = errorBody(agent);
+    CHECK(e["field"] == "[1].type");
+    CHECK_THAT(e["message"].get<std::string>(), Catch::Contains("only from the agent"));
+
+    auto unknown = c.Post("/v1/events", R"({"type":"foo.bar"})", "application/json");
+    REQUIRE(unknown);
+    CHECK(unknown->status == 400);
+    CHECK_THAT(errorBody(unknown)["message"].get<std::string>(),
+               Catch::Contains("'foo' is not a channel"));
+
+    auto beacon = c.Post("/v1/events", R"({"type":"beacon.enter"})", "application/json");
+    REQUIRE(beacon);
+    CHECK(beacon->status == 400);
+    CHECK(f.writer.appendCalls() == 0);
+
+    auto kiosk = c.Post("/v1/events", R"({"type":"kiosk.view"})", "application/json");
+    REQUIRE(kiosk);
+    CHECK(kiosk->status == 202);
+  }
+  SECTION("a token granted beacon.* may write it; a plain token may not") {
+    HttpApiOptions options;
+    options.tokens = {{"plain-token"}, {"gateway-token", {"kiosk", "beacon"}}};
+    Fixture f(options);
+    auto plain = f.client();
+    plain.set_bearer_token_auth("plain-token");
+    auto refused = plain.Post("/v1/events", R"({"type":"beacon.enter"})", "application/json");
+    REQUIRE(refused);
+    CHECK(refused->status == 400);
+    CHECK_THAT(errorBody(refused)["message"].get<std::string>(),
+               Catch::Contains("may not write beacon.*"));
+    auto gateway = f.client();
+    gateway.set_bearer_token_auth("gateway-token");
+    auto taken = gateway.Post("/v1/events", R"([{"type":"beacon.enter"},{"type":"kiosk.view"}])",
+                              "application/json");
+    REQUIRE(taken);
+    CHECK(taken->status == 202);
+    auto pos = gateway.Post("/v1/events", R"({"type":"pos.transaction"})", "application/json");
+    REQUIRE(pos);
+    CHECK(pos->status == 400);
+    CHECK_THAT(errorBody(pos)["message"].get<std::string>(),
+               Catch::Contains("may write kiosk.*, beacon.*"));
+    REQUIRE(f.writer.events().size() == 2);
+    CHECK(f.writer.events()[0].type == "beacon.enter");
+  }
+}
+
+TEST_CASE("customer routes read keys in their forms, hex in any case", "[integration][kiosk]") {
+  const std::string hash(64, 'c');
+  HttpApiOptions options;
+  std::vector<std::string> asked;
+  std::mutex asked_mu;
+  options.customer_lookup = [&](const std::string& key) -> std::optional<std::string> {
+    std::lock_guard lock(asked_mu);
+    asked.push_back(key);
+    if (key == "email_sha256:" + hash) {
+      return R"({"id":"c-1","segments":["vip"]})";
+    }
+    return std::nullopt;
+  };
+  std::map<std::string, json> carts;
+  options.cart_lookup = [&](const std::string& key) -> std::optional<std::string> {
+    std::lock_guard lock(asked_mu);
+    auto found = carts.find(key);
+    return found == carts.end() ? std::nullopt : std::optional<std::string>(found->second.dump());
+  };
+  options.cart_add = [&](const std::string& key, const std::string& item) -> Result<std::string> {
+    std::lock_guard lock(asked_mu);
+    json& cart = carts[key];
+    cart["items"].push_back(json::parse(item));
+    return cart.dump();
+  };
+  Fixture f(options);
+  auto c = f.client();
+
+  SECTION("an upper-case hash finds the profile") {
+    auto res = c.Get("/v1/customers/email_sha256:" + std::string(64, 'C'));
+    REQUIRE(res);
+    CHECK(res->status == 200);
+    CHECK(json::parse(res->body)["id"] == "c-1");
+    CHECK(asked.back() == "email_sha256:" + hash);
+  }
+  SECTION("a key of no known form is a 400 naming the forms") {
+    auto res = c.Get("/v1/customers/bogus");
+    REQUIRE(res);
+    CHECK(res->status == 400);
+    const json e = errorBody(res);
+    CHECK(e["field"] == "key");
+    CHECK_THAT(e["message"].get<std::string>(),
+               Catch::Contains("'bogus' is not a customer key") && Catch::Contains("loyalty:ID"));
+    CHECK(asked.empty());
+  }
+  SECTION("an unknown but well-formed key is a 404") {
+    auto res = c.Get("/v1/customers/loyalty:NOBODY");
+    REQUIRE(res);
+    CHECK(res->status == 404);
+  }
+  SECTION("a cart can start for a customer the cache does not know; kiosk.cart_add goes up") {
+    auto added = c.Post("/v1/customers/IBEACON:F7826DA6-4FA2-4E98-8024-BC5B71E0893E:1:2/cart/items",
+                        R"({"sku":"SKU-1","qty":2})", "application/json");
+    REQUIRE(added);
+    CHECK(added->status == 201);
+    CHECK(json::parse(added->body)["items"][0]["sku"] == "SKU-1");
+    const std::vector<Event> events = f.writer.events();
+    REQUIRE(events.size() == 1);
+    const Event& e = events[0];
+    CHECK(e.type == "kiosk.cart_add");
+    CHECK(e.customer.at("beacon") == "ibeacon:f7826da6-4fa2-4e98-8024-bc5b71e0893e:1:2");
+    auto cart = c.Get("/v1/customers/ibeacon:f7826da6-4fa2-4e98-8024-bc5b71e0893e:1:2/cart");
+    REQUIRE(cart);
+    CHECK(cart->status == 200);
+    CHECK(json::parse(cart->body)["items"][0]["qty"] == 2);
+  }
+  SECTION("metrics label customer routes by template and real status, never by key") {
+    REQUIRE(c.Get("/v1/customers/email_sha256:" + hash)->status == 200);
+    REQUIRE(c.Get("/v1/customers/loyalty:SECRET-1")->status == 404);
+    REQUIRE(c.Get("/v1/customers/loyalty:SECRET-1/cart")->status == 404);
+    const std::string text = f.api->metricsText();
+    CHECK_THAT(text, Catch::Contains(
+                         "omniedge_http_requests_total{route=\"/v1/customers/{key}\",code=\"200\"} 1\n"));
+    CHECK_THAT(text, Catch::Contains(
+                         "omniedge_http_requests_total{route=\"/v1/customers/{key}\",code=\"404\"} 1\n"));
+    CHECK_THAT(text,
+               Catch::Contains(
+                   "omniedge_http_requests_total{route=\"/v1/customers/{key}/cart\",code=\"404\"} 1\n"));
+    CHECK(text.find("SECRET") == std::string::npos);
+    CHECK(text.find("code=\"-1\"") == std::string::npos);
+  }
+}
+
+TEST_CASE("GET /v1/health says degraded, with the reason, when producers are refused",
+          "[integration][kiosk]") {
+  RecordingWriter writer;
+  HttpApiOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  HttpApi api(
+      options, writer,
+      [] {
+        return HealthReport{false, "buffer full: new events are refused with 503", true};
+      },
+      [] { return std::string(); });
+  REQUIRE(api.start().has_value());
+  httplib::Client c("127.0.0.1", api.port());
+  auto res = c.Get("/v1/health");
+  REQUIRE(res);
+  CHECK(res->status == 503);
+  CHECK(json::parse(res->body) ==
+        json{{"status", "degraded"}, {"reason", "buffer full: new events are refused with 503"}});
 }
 
 TEST_CASE("start refuses what it cannot do safely or at all", "[integration][kiosk]") {
