@@ -62,9 +62,10 @@ Result<std::vector<kiosk::ApiToken>> readTokens(const std::string& path) {
     if (token.secret.size() < 16) {
       // The lockout slows guessing from one address, but never refuses a valid token: what
       // really keeps guesses out is the token's length.
-      spdlog::warn("http.tokens_file: a token of only {} characters is easy to guess; use 32 "
-                   "random characters or more (e.g. openssl rand -hex 16)",
-                   token.secret.size());
+      spdlog::warn(
+          "http.tokens_file: a token of only {} characters is easy to guess; use 32 "
+          "random characters or more (e.g. openssl rand -hex 16)",
+          token.secret.size());
     }
   }
   return tokens;

@@ -220,11 +220,11 @@ Result<void> ProfileCache::migrate() {
   sqlite3_finalize(st);
   sqlite3_stmt* update = nullptr;
   sqlite3_stmt* key = nullptr;
-  bool ok = sqlite3_prepare_v2(db_,
-                               "UPDATE profiles SET keys = ?, bytes = ?, refused = ? WHERE id = ?",
-                               -1, &update, nullptr) == SQLITE_OK &&
-            sqlite3_prepare_v2(db_, "INSERT OR REPLACE INTO profile_keys(key, id) VALUES(?, ?)",
-                               -1, &key, nullptr) == SQLITE_OK;
+  bool ok =
+      sqlite3_prepare_v2(db_, "UPDATE profiles SET keys = ?, bytes = ?, refused = ? WHERE id = ?",
+                         -1, &update, nullptr) == SQLITE_OK &&
+      sqlite3_prepare_v2(db_, "INSERT OR REPLACE INTO profile_keys(key, id) VALUES(?, ?)", -1, &key,
+                         nullptr) == SQLITE_OK;
   for (const auto& [id, text] : rows) {
     const json doc = json::parse(text, nullptr, false);
     std::vector<std::string> keys;

@@ -34,9 +34,9 @@ struct ProfileUpdate {
 };
 
 struct ProfileCacheOptions {
-  std::filesystem::path dir;                              // profiles.db goes here
-  std::size_t max_bytes = std::size_t{4} << 20;           // in memory
-  std::size_t max_disk_bytes = std::size_t{64} << 20;     // in profiles.db (logical bytes)
+  std::filesystem::path dir;                           // profiles.db goes here
+  std::size_t max_bytes = std::size_t{4} << 20;        // in memory
+  std::size_t max_disk_bytes = std::size_t{64} << 20;  // in profiles.db (logical bytes)
 };
 
 /// For status. Bytes are logical: a profile's JSON, its id and keys (the memory figure adds a
@@ -109,8 +109,8 @@ class ProfileCache final : public IdentityResolver {
     std::string doc;  // compact JSON as the centre sent it (or a kiosk cart), no freshness
     std::vector<std::string> keys;  // canonical
     int64_t heard_ms = 0;
-    bool refused = false;  // consent.tracking == false
-    bool local = false;    // a kiosk cart for a customer the centre has not sent
+    bool refused = false;   // consent.tracking == false
+    bool local = false;     // a kiosk cart for a customer the centre has not sent
     std::size_t bytes = 0;  // logical size on disk
   };
   struct Slot {
@@ -150,7 +150,7 @@ class ProfileCache final : public IdentityResolver {
 
   const ProfileCacheOptions options_;
 
-  std::mutex write_mu_;  // one writer at a time: the sync thread's updates, kiosk cart adds
+  std::mutex write_mu_;    // one writer at a time: the sync thread's updates, kiosk cart adds
   sqlite3* db_ = nullptr;  // guarded by write_mu_
   sqlite3_stmt* put_ = nullptr;
   sqlite3_stmt* put_key_ = nullptr;
@@ -166,17 +166,17 @@ class ProfileCache final : public IdentityResolver {
   sqlite3_stmt* r_by_id_ = nullptr;
 
   mutable std::mutex mu_;
-  mutable std::unordered_map<std::string, Slot> by_id_;        // guarded by mu_
+  mutable std::unordered_map<std::string, Slot> by_id_;             // guarded by mu_
   mutable std::unordered_map<std::string, std::string> id_by_key_;  // guarded by mu_
-  mutable std::list<std::string> lru_;  // ids, most recent first; guarded by mu_
-  mutable std::size_t memory_bytes_ = 0;     // guarded by mu_
-  mutable uint64_t memory_evictions_ = 0;    // guarded by mu_
-  mutable uint64_t disk_reads_ = 0;          // guarded by mu_
-  mutable uint64_t generation_ = 0;          // bumped by every write; guarded by mu_
-  std::size_t disk_count_ = 0;               // guarded by mu_ (written under write_mu_ too)
-  std::size_t disk_bytes_ = 0;               // guarded by mu_ (written under write_mu_ too)
-  std::size_t local_count_ = 0;              // guarded by mu_ (written under write_mu_ too)
-  uint64_t disk_evictions_ = 0;              // guarded by mu_
+  mutable std::list<std::string> lru_;     // ids, most recent first; guarded by mu_
+  mutable std::size_t memory_bytes_ = 0;   // guarded by mu_
+  mutable uint64_t memory_evictions_ = 0;  // guarded by mu_
+  mutable uint64_t disk_reads_ = 0;        // guarded by mu_
+  mutable uint64_t generation_ = 0;        // bumped by every write; guarded by mu_
+  std::size_t disk_count_ = 0;             // guarded by mu_ (written under write_mu_ too)
+  std::size_t disk_bytes_ = 0;             // guarded by mu_ (written under write_mu_ too)
+  std::size_t local_count_ = 0;            // guarded by mu_ (written under write_mu_ too)
+  uint64_t disk_evictions_ = 0;            // guarded by mu_
 };
 
 }  // namespace omniedge::store

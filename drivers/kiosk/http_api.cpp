@@ -52,8 +52,8 @@ unsigned channelBit(std::string_view channel) {
 // "kiosk.*, beacon.*", for messages.
 std::string channelList(unsigned channels) {
   std::string out;
-  for (const auto& [bit, name] : {std::pair{kKiosk, "kiosk.*"}, std::pair{kBeacon, "beacon.*"},
-                                  std::pair{kPos, "pos.*"}}) {
+  for (const auto& [bit, name] :
+       {std::pair{kKiosk, "kiosk.*"}, std::pair{kBeacon, "beacon.*"}, std::pair{kPos, "pos.*"}}) {
     if ((channels & bit) != 0) {
       out += out.empty() ? "" : ", ";
       out += name;
@@ -395,10 +395,14 @@ int HttpApi::port() const { return server_ ? server_->port() : 0; }
 namespace {
 
 std::string_view routeLabel(int route) {
-  static constexpr std::array<std::string_view, 8> kLabels = {
-      "/v1/events",         "/v1/pos/transactions",           "/v1/customers/{key}",
-      "/v1/customers/{key}/cart", "/v1/customers/{key}/cart/items", "/v1/health",
-      "/metrics",           "other"};
+  static constexpr std::array<std::string_view, 8> kLabels = {"/v1/events",
+                                                              "/v1/pos/transactions",
+                                                              "/v1/customers/{key}",
+                                                              "/v1/customers/{key}/cart",
+                                                              "/v1/customers/{key}/cart/items",
+                                                              "/v1/health",
+                                                              "/metrics",
+                                                              "other"};
   return route >= 0 && route < static_cast<int>(kLabels.size()) ? kLabels[route] : "other";
 }
 
@@ -622,10 +626,9 @@ void HttpApi::recordFailure(const AddrKey& key, Clock::time_point now) {
         return f.locked_until <= now && f.first + options_.auth_window <= now;
       });
       if (failures_.size() >= options_.max_tracked_addresses) {
-        auto oldest = std::min_element(failures_.begin(), failures_.end(),
-                                       [](const auto& a, const auto& b) {
-                                         return a.second.last < b.second.last;
-                                       });
+        auto oldest = std::min_element(
+            failures_.begin(), failures_.end(),
+            [](const auto& a, const auto& b) { return a.second.last < b.second.last; });
         failures_.erase(oldest);
       }
     }
@@ -807,12 +810,11 @@ void HttpApi::handleCustomer(HttpResponse& res, const std::string& key, bool car
   std::optional<std::string> found;
   if (options_.cart_lookup) {
     found = options_.cart_lookup(*canonical);
-  } else if (auto profile = options_.customer_lookup ? options_.customer_lookup(*canonical)
-                                                     : std::nullopt) {
+  } else if (auto profile =
+                 options_.customer_lookup ? options_.customer_lookup(*canonical) : std::nullopt) {
     const auto doc = Json::parse(*profile, nullptr, false);
-    const Json cart_json = doc.is_object() && doc.contains("cart")
-                               ? doc["cart"]
-                               : Json{{"items", Json::array()}};
+    const Json cart_json =
+        doc.is_object() && doc.contains("cart") ? doc["cart"] : Json{{"items", Json::array()}};
     found = cart_json.dump();
   }
   if (!found) {

@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -281,16 +282,15 @@ Result<void> HttpServer::start() {
     return makeError("invalid_state", "the HTTP server is already started");
   }
   const bool v6 = options_.host.find(':') != std::string::npos;
-  const std::string where = (v6 ? "[" + options_.host + "]" : options_.host) + ":" +
-                            std::to_string(options_.port);
+  const std::string where =
+      (v6 ? "[" + options_.host + "]" : options_.host) + ":" + std::to_string(options_.port);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   addrinfo* found = nullptr;
   const std::string service = std::to_string(options_.port);
-  if (const int rc = getaddrinfo(options_.host.c_str(), service.c_str(), &hints, &found);
-      rc != 0) {
+  if (const int rc = getaddrinfo(options_.host.c_str(), service.c_str(), &hints, &found); rc != 0) {
     return makeError("io", "cannot listen on " + where + ": " + gai_strerror(rc));
   }
   int fd = -1;
@@ -342,6 +342,14 @@ Result<void> HttpServer::start() {
   ev.data.ptr = &wake_fd_;
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev);
 
+  // Never more connections than descriptors: at EMFILE the listening socket would stay
+  // readable with nothing to accept, and the event thread would spin.
+  max_connections_ = std::max<std::size_t>(options_.max_connections, 1);
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY) {
+    const auto room = static_cast<std::size_t>(files.rlim_cur > 128 ? files.rlim_cur - 96 : 32);
+    max_connections_ = std::min(max_connections_, room);
+  }
   stopping_ = false;
   workers_stop_ = false;
   port_ = port;
@@ -505,7 +513,7 @@ void HttpServer::acceptAll() {
       return;
     }
     ++counters_.accepted;
-    if (conns_.size() >= options_.max_connections && !makeRoom()) {
+    if (conns_.size() >= max_connections_ && !makeRoom()) {
       // Every slot holds a request being served: say so at once rather than queue.
       ++counters_.refused_busy;
       HttpResponse res;
@@ -627,7 +635,9 @@ void HttpServer::closeConn(Conn& c) {
   c.fd = -1;
   c.state = State::kClosed;
   if (c.again) {
-    again_.erase(std::find(again_.begin(), again_.end(), &c));
+    if (auto it = std::find(again_.begin(), again_.end(), &c); it != again_.end()) {
+      again_.erase(it);
+    }
     c.again = false;
   }
   const std::size_t at = c.index;
@@ -893,8 +903,8 @@ void HttpServer::afterHead(Conn& c) {
       req.content_length > options_.max_body_bytes) {
     c.res.reset();
     if (on_error_) {
-      on_error_(&req, 413,
-                "the body exceeds " + std::to_string(options_.max_body_bytes) + " bytes", c.res);
+      on_error_(&req, 413, "the body exceeds " + std::to_string(options_.max_body_bytes) + " bytes",
+                c.res);
     }
     c.res.status = 413;
     action = HeadAction::kRespond;
@@ -1047,7 +1057,8 @@ bool HttpServer::decodeChunks(Conn& c) {
           }
           return false;
         }
-        const std::size_t end = static_cast<std::size_t>(static_cast<const char*>(nl) - c.buf.get());
+        const std::size_t end =
+            static_cast<std::size_t>(static_cast<const char*>(nl) - c.buf.get());
         std::string_view line(&c.buf[c.pos], end - c.pos);
         c.pos = end + 1;
         if (!line.empty() && line.back() == '\r') {
@@ -1073,7 +1084,8 @@ bool HttpServer::decodeChunks(Conn& c) {
         }
         const std::string_view digits = trimOws(line.substr(0, line.find(';')));
         std::uint64_t size = 0;
-        const auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), size, 16);
+        const auto [p, ec] =
+            std::from_chars(digits.data(), digits.data() + digits.size(), size, 16);
         if (digits.empty() || ec != std::errc() || p != digits.data() + digits.size()) {
           return refuseBody(400, "malformed chunk size");
         }
@@ -1082,8 +1094,8 @@ bool HttpServer::decodeChunks(Conn& c) {
           break;
         }
         if (req.body.size() + size > options_.max_body_bytes) {
-          return refuseBody(413, "the body exceeds " + std::to_string(options_.max_body_bytes) +
-                                     " bytes");
+          return refuseBody(
+              413, "the body exceeds " + std::to_string(options_.max_body_bytes) + " bytes");
         }
         if (budget_used_ + size > options_.max_buffered_body_bytes) {
           ++counters_.body_budget_busy;
@@ -1320,10 +1332,10 @@ Result<void> HttpServer::decodeBody(HttpRequest& req, std::size_t max) {
     return {};
   }
   if (!equalsIgnoreCase(encoding, "gzip") && !equalsIgnoreCase(encoding, "deflate")) {
-    return makeError("unsupported_media_type",
-                     "Content-Encoding " + std::string(encoding) +
-                         " is not supported (gzip, deflate or none)",
-                     "Content-Encoding");
+    return makeError(
+        "unsupported_media_type",
+        "Content-Encoding " + std::string(encoding) + " is not supported (gzip, deflate or none)",
+        "Content-Encoding");
   }
   z_stream zs{};
   if (inflateInit2(&zs, 15 + 32) != Z_OK) {  // +32: a gzip or a zlib header, detected
@@ -1345,14 +1357,13 @@ Result<void> HttpServer::decodeBody(HttpRequest& req, std::size_t max) {
       break;
     }
     if (out.size() + produced > max) {  // a decompression bomb stops here
-      failure = makeError("too_large",
-                          "the decompressed body exceeds " + std::to_string(max) + " bytes");
+      failure =
+          makeError("too_large", "the decompressed body exceeds " + std::to_string(max) + " bytes");
       break;
     }
     out.append(chunk.data(), produced);
     if (rc == Z_OK && zs.avail_in == 0 && produced == 0) {
-      failure =
-          makeError("invalid", "the " + std::string(encoding) + " body is truncated", "body");
+      failure = makeError("invalid", "the " + std::string(encoding) + " body is truncated", "body");
       break;
     }
   }

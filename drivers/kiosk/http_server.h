@@ -96,14 +96,14 @@ enum class HeadAction {
 struct HttpServerStats {
   uint64_t accepted = 0;
   uint64_t open = 0;
-  uint64_t refused_busy = 0;   // answered 503 at once: every connection slot held by a request
-  uint64_t evicted = 0;        // idle or unfinished connections closed to make room
-  uint64_t head_timeouts = 0;  // 408: the head did not arrive in time (slowloris)
-  uint64_t body_timeouts = 0;  // 408: the body did not arrive in time
-  uint64_t idle_closed = 0;    // keep-alive connections closed after keep_alive_timeout
-  uint64_t head_too_large = 0;     // 431 / 414
-  uint64_t malformed = 0;          // 400 / 501 / 505 from the protocol layer
-  uint64_t body_budget_busy = 0;   // 503: all bodies together would exceed the budget
+  uint64_t refused_busy = 0;      // answered 503 at once: every connection slot held by a request
+  uint64_t evicted = 0;           // idle or unfinished connections closed to make room
+  uint64_t head_timeouts = 0;     // 408: the head did not arrive in time (slowloris)
+  uint64_t body_timeouts = 0;     // 408: the body did not arrive in time
+  uint64_t idle_closed = 0;       // keep-alive connections closed after keep_alive_timeout
+  uint64_t head_too_large = 0;    // 431 / 414
+  uint64_t malformed = 0;         // 400 / 501 / 505 from the protocol layer
+  uint64_t body_budget_busy = 0;  // 503: all bodies together would exceed the budget
   uint64_t buffered_body_bytes = 0;
 };
 
@@ -193,7 +193,8 @@ class HttpServer {
   std::thread event_thread_;
   std::vector<std::thread> workers_;
 
-  // Event thread only.
+  // Event thread only (set by start() before it begins).
+  std::size_t max_connections_ = 0;  // options_.max_connections, within RLIMIT_NOFILE
   std::vector<std::unique_ptr<Conn>> conns_;
   std::vector<Conn*> again_;                      // to read their next request this round
   std::vector<std::unique_ptr<Conn>> graveyard_;  // closed this round
@@ -203,10 +204,10 @@ class HttpServer {
   // Requests for the workers, and connections they are done with.
   std::mutex queue_mu_;
   std::condition_variable queue_cv_;
-  std::deque<Conn*> queue_;     // guarded by queue_mu_
-  bool workers_stop_ = false;   // guarded by queue_mu_
+  std::deque<Conn*> queue_;    // guarded by queue_mu_
+  bool workers_stop_ = false;  // guarded by queue_mu_
   std::mutex done_mu_;
-  std::vector<Conn*> done_;     // guarded by done_mu_
+  std::vector<Conn*> done_;  // guarded by done_mu_
 
   struct Counters {
     std::atomic<uint64_t> accepted{0}, open{0}, refused_busy{0}, evicted{0}, head_timeouts{0},

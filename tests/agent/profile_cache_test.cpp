@@ -185,8 +185,7 @@ TEST_CASE("hex keys match whatever their case, as the centre or the kiosk wrote 
   CHECK_FALSE((*cache)->lookup("email_sha256:" + lower).has_value());
 }
 
-TEST_CASE("a kiosk can start a cart for a customer the centre has not sent",
-          "[unit][profiles]") {
+TEST_CASE("a kiosk can start a cart for a customer the centre has not sent", "[unit][profiles]") {
   TempDir dir;
   auto cache = ProfileCache::open(dir.path());
   REQUIRE(cache.has_value());

@@ -106,8 +106,8 @@ TEST_CASE("the daemon's kiosk API refuses pos.* and agent.* on /v1/events and sh
           "[integration][kiosk]") {
   MosquittoBroker broker;
   TempDir tmp;
-  AgentProcess agent(tmp / "data", {{"OMNIEDGE_MQTT_URL", broker.url()},
-                                    {"OMNIEDGE_PROFILES_MAX_BYTES", "1MiB"}});
+  AgentProcess agent(
+      tmp / "data", {{"OMNIEDGE_MQTT_URL", broker.url()}, {"OMNIEDGE_PROFILES_MAX_BYTES", "1MiB"}});
   REQUIRE(agent.start());
   auto [pos_status, pos_body] = agent.post("/v1/events", R"({"type":"pos.transaction"})");
   CHECK(pos_status == 400);
@@ -142,7 +142,8 @@ TEST_CASE("a tokens file granting agent.* stops the start, naming the line",
           "[integration][kiosk][auth]") {
   TempDir tmp;
   const auto tokens = tmp / "tokens";
-  std::ofstream(tokens) << "# kiosks\nkiosk-token-0123456789\nbad-token-0123456789 channels=agent\n";
+  std::ofstream(tokens)
+      << "# kiosks\nkiosk-token-0123456789\nbad-token-0123456789 channels=agent\n";
   AgentProcess agent(tmp / "data", {{"OMNIEDGE_HTTP_TOKENS_FILE", tokens.string()}});
   const auto run = agent.cli({"run"});
   CHECK(run.exit_code == 78);

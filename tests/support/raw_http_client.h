@@ -114,8 +114,7 @@ class RawHttpClient {
   bool open() const { return fd_ >= 0; }
 
  private:
-  static bool address(const std::string& host, int port, sockaddr_storage& out,
-                      socklen_t& len) {
+  static bool address(const std::string& host, int port, sockaddr_storage& out, socklen_t& len) {
     auto* v4 = reinterpret_cast<sockaddr_in*>(&out);
     auto* v6 = reinterpret_cast<sockaddr_in6*>(&out);
     if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {

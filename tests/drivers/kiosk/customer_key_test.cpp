@@ -19,7 +19,8 @@ TEST_CASE("hex customer keys have one spelling, whatever the case they were writ
   const std::string hash(64, 'a');
   CHECK(canonical("email_sha256:" + std::string(64, 'A')) == "email_sha256:" + hash);
   CHECK(canonical("EMAIL_SHA256:" + hash) == "email_sha256:" + hash);
-  CHECK(canonical("phone_sha256:" + std::string(64, 'F')) == "phone_sha256:" + std::string(64, 'f'));
+  CHECK(canonical("phone_sha256:" + std::string(64, 'F')) ==
+        "phone_sha256:" + std::string(64, 'f'));
   CHECK(canonical("ibeacon:F7826DA6-4FA2-4E98-8024-BC5B71E0893E:100:7") ==
         "ibeacon:f7826da6-4fa2-4e98-8024-bc5b71e0893e:100:7");
   // Without dashes, and with leading zeros: still the same beacon.
@@ -73,9 +74,9 @@ TEST_CASE("a key names the event's customer field", "[unit][kiosk]") {
   const std::string hash(64, 'b');
   CHECK(customerFieldOf("email_sha256:" + hash) ==
         std::pair<std::string, std::string>{"email_sha256", hash});
-  CHECK(customerFieldOf("eddystone:edd1ebeac04e5defa017:0bdb87539b67") ==
-        std::pair<std::string, std::string>{"beacon",
-                                            "eddystone:edd1ebeac04e5defa017:0bdb87539b67"});
+  CHECK(
+      customerFieldOf("eddystone:edd1ebeac04e5defa017:0bdb87539b67") ==
+      std::pair<std::string, std::string>{"beacon", "eddystone:edd1ebeac04e5defa017:0bdb87539b67"});
 }
 
 }  // namespace

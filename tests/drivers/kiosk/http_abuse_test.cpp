@@ -33,7 +33,10 @@ std::unique_ptr<HttpApi> startApi(HttpApiOptions options, EventWriter& writer) {
   }
   options.port = 0;
   auto api = std::make_unique<HttpApi>(
-      std::move(options), writer, [] { return HealthReport{true, {}, false}; },
+      std::move(options), writer,
+      [] {
+        return HealthReport{true, {}, false};
+      },
       [] { return std::string(); });
   auto started = api->start();
   if (!started) {
@@ -126,7 +129,8 @@ TEST_CASE("slowloris clients hold no worker and pile nothing up; a valid client 
   // The slow ones were closed: to make room, or when their head was late.
   const std::string text = api->metricsText();
   CAPTURE(text);
-  const uint64_t evicted = metric(*api, "omniedge_http_connections_closed_total{reason=\"evicted\"}");
+  const uint64_t evicted =
+      metric(*api, "omniedge_http_connections_closed_total{reason=\"evicted\"}");
   const uint64_t late =
       metric(*api, "omniedge_http_connections_closed_total{reason=\"head_timeout\"}");
   CHECK(evicted + late >= 24);
@@ -329,8 +333,8 @@ TEST_CASE("the lockout table stays bounded while addresses rotate; a valid token
     CHECK(locked.find("Retry-After: ") != std::string::npos);
     REQUIRE(c.send(get("/v1/health", kToken)));
     CHECK(c.status(c.response(20s)) == 200);
-    REQUIRE(c.send(post(R"({"type":"kiosk.view"})",
-                        std::string("Authorization: Bearer ") + kToken + "\r\n")));
+    REQUIRE(c.send(
+        post(R"({"type":"kiosk.view"})", std::string("Authorization: Bearer ") + kToken + "\r\n")));
     CHECK(c.status(c.response(20s)) == 202);
     CHECK(metric(*api, "omniedge_http_auth_lockouts_total") == 1);
     // Another address is not locked out by it.
@@ -364,8 +368,7 @@ TEST_CASE("the lockout works on IPv6 too, and still lets a valid token in",
   CHECK(c.status(c.response(20s)) == 200);
 }
 
-TEST_CASE("the server reads chunked, pipelined and gzip-encoded requests",
-          "[integration][kiosk]") {
+TEST_CASE("the server reads chunked, pipelined and gzip-encoded requests", "[integration][kiosk]") {
   RecordingWriter writer;
   auto api = startApi({}, writer);
   REQUIRE(api);
@@ -373,10 +376,11 @@ TEST_CASE("the server reads chunked, pipelined and gzip-encoded requests",
   REQUIRE(c.connect("127.0.0.1", api->port()));
 
   SECTION("chunked, with an extension and a trailer") {
-    REQUIRE(c.send("POST /v1/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                   "5;ext=1\r\n{\"typ\r\n"
-                   "10\r\ne\":\"kiosk.view\"}\r\n"
-                   "0\r\nX-Trailer: 1\r\n\r\n"));
+    REQUIRE(
+        c.send("POST /v1/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+               "5;ext=1\r\n{\"typ\r\n"
+               "10\r\ne\":\"kiosk.view\"}\r\n"
+               "0\r\nX-Trailer: 1\r\n\r\n"));
     CHECK(c.status(c.response(20s)) == 202);
     REQUIRE(writer.events().size() == 1);
   }

@@ -8,10 +8,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
-#include <vector>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "tests/support/recording_writer.h"
 
@@ -230,7 +230,8 @@ TEST_CASE("too large: bodies and event counts over the limits get 413", "[integr
   }
   SECTION("more events than allowed in one request") {
     auto res =
-        c.Post("/v1/events", R"([{"type":"kiosk.a"},{"type":"kiosk.a"},{"type":"kiosk.a"},{"type":"kiosk.a"}])",
+        c.Post("/v1/events",
+               R"([{"type":"kiosk.a"},{"type":"kiosk.a"},{"type":"kiosk.a"},{"type":"kiosk.a"}])",
                "application/json");
     REQUIRE(res);
     CHECK(res->status == 413);
@@ -373,8 +374,8 @@ TEST_CASE("GET /metrics serves Prometheus text with the request counts", "[integ
   Fixture f;
   auto c = f.client();
   REQUIRE(c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json")->status == 202);
-  REQUIRE(c.Post("/v1/events", R"({"type":"kiosk.a"},{"type":"kiosk.c"}])", "application/json")->status ==
-          400);
+  REQUIRE(c.Post("/v1/events", R"({"type":"kiosk.a"},{"type":"kiosk.c"}])", "application/json")
+              ->status == 400);
   REQUIRE(c.Get("/nowhere")->status == 404);
 
   auto res = c.Get("/metrics");
@@ -426,9 +427,9 @@ TEST_CASE("POST /v1/events takes only the channels the caller may write", "[inte
     json e = errorBody(pos);
     CHECK(e["code"] == "channel_not_allowed");
     CHECK(e["field"] == "type");
-    CHECK_THAT(e["message"].get<std::string>(),
-               Catch::Contains("pos.transaction") && Catch::Contains("/v1/pos/transactions") &&
-                   Catch::Contains("may write kiosk.*"));
+    CHECK_THAT(e["message"].get<std::string>(), Catch::Contains("pos.transaction") &&
+                                                    Catch::Contains("/v1/pos/transactions") &&
+                                                    Catch::Contains("may write kiosk.*"));
 
     auto agent = c.Post("/v1/events", R"([{"type":"kiosk.view"},{"type":"agent.started"}])",
                         "application/json");
@@ -551,13 +552,16 @@ TEST_CASE("customer routes read keys in their forms, hex in any case", "[integra
     REQUIRE(c.Get("/v1/customers/loyalty:SECRET-1")->status == 404);
     REQUIRE(c.Get("/v1/customers/loyalty:SECRET-1/cart")->status == 404);
     const std::string text = f.api->metricsText();
-    CHECK_THAT(text, Catch::Contains(
-                         "omniedge_http_requests_total{route=\"/v1/customers/{key}\",code=\"200\"} 1\n"));
-    CHECK_THAT(text, Catch::Contains(
-                         "omniedge_http_requests_total{route=\"/v1/customers/{key}\",code=\"404\"} 1\n"));
     CHECK_THAT(text,
                Catch::Contains(
-                   "omniedge_http_requests_total{route=\"/v1/customers/{key}/cart\",code=\"404\"} 1\n"));
+                   "omniedge_http_requests_total{route=\"/v1/customers/{key}\",code=\"200\"} 1\n"));
+    CHECK_THAT(text,
+               Catch::Contains(
+                   "omniedge_http_requests_total{route=\"/v1/customers/{key}\",code=\"404\"} 1\n"));
+    CHECK_THAT(
+        text,
+        Catch::Contains(
+            "omniedge_http_requests_total{route=\"/v1/customers/{key}/cart\",code=\"404\"} 1\n"));
     CHECK(text.find("SECRET") == std::string::npos);
     CHECK(text.find("code=\"-1\"") == std::string::npos);
   }

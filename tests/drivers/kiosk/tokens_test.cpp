@@ -35,8 +35,8 @@ TEST_CASE("a tokens file that grants what cannot be granted is refused naming th
   auto agent = parseTokens("ok-token\nbad-token channels=kiosk,agent\n");
   REQUIRE_FALSE(agent.has_value());
   CHECK(agent.error().code == "config");
-  CHECK_THAT(agent.error().message, Contains("line 2") && Contains("agent.*") &&
-                                        Contains("only from the agent"));
+  CHECK_THAT(agent.error().message,
+             Contains("line 2") && Contains("agent.*") && Contains("only from the agent"));
 
   auto unknown = parseTokens("t channels=foo\n");
   REQUIRE_FALSE(unknown.has_value());
