@@ -102,7 +102,10 @@ TEST_CASE("a full disk pushes POS producers back with 503, loses nothing, and re
   }
   REQUIRE(pushed_back == 3);
   REQUIRE(acked.size() > 1000);
-  CHECK(agent.get("/v1/health").first == 503);
+  const auto [health_code, health] = agent.get("/v1/health");
+  CHECK(health_code == 503);
+  CHECK(json::parse(health)["status"] == "degraded");
+  CHECK_THAT(json::parse(health)["reason"].get<std::string>(), Catch::Contains("buffer full"));
   // Still alive and answering: SQLite did not wedge.
   auto st = agent.cli({"status", "--json"});
   REQUIRE(st.exit_code == 0);
