@@ -348,7 +348,7 @@ HttpApi::HttpApi(HttpApiOptions options, EventWriter& writer, std::function<Heal
 HttpApi::~HttpApi() { stop(); }
 
 Result<void> HttpApi::start() {
-  if (server_) {
+  if (port_.load() != 0) {
     return makeError("invalid_state", "the HTTP API is already started");
   }
   if (options_.tokens.empty() && !isLoopback(options_.host)) {
@@ -368,29 +368,41 @@ Result<void> HttpApi::start() {
   so.header_timeout = options_.header_timeout;
   so.body_timeout = options_.body_timeout;
   so.keep_alive_timeout = options_.keep_alive_timeout;
-  server_ = std::make_unique<HttpServer>(
+  auto server = std::make_shared<HttpServer>(
       so, [this](HttpRequest& req, HttpResponse& res) { return onHead(req, res); },
       [this](HttpRequest& req, HttpResponse& res) { onRequest(req, res); },
       [this](const HttpRequest* req, int status, std::string_view message, HttpResponse& res) {
         onError(req, status, message, res);
       });
-  if (auto started = server_->start(); !started) {
+  {
+    std::lock_guard lock(server_mu_);
+    server_ = server;
+  }
+  if (auto started = server->start(); !started) {
+    std::lock_guard lock(server_mu_);
     server_.reset();
     return started.error();
   }
+  port_ = server->port();
   return {};
 }
 
 void HttpApi::stop() {
-  if (server_) {
-    server_->stop();
-    server_.reset();
+  std::shared_ptr<HttpServer> server;
+  {
+    std::lock_guard lock(server_mu_);
+    server = std::move(server_);
   }
+  if (server) {
+    server->stop();
+  }
+  // The event thread is gone: the lockout table is ours again.
   failures_.clear();
   tracked_ = 0;
+  port_ = 0;
 }
 
-int HttpApi::port() const { return server_ ? server_->port() : 0; }
+int HttpApi::port() const { return port_.load(); }
 
 namespace {
 
@@ -428,7 +440,13 @@ std::string HttpApi::metricsText() const {
       "# TYPE omniedge_http_events_accepted_total counter\n"
       "omniedge_http_events_accepted_total " +
       std::to_string(accepted) + "\n";
-  const HttpServerStats s = server_ ? server_->stats() : HttpServerStats{};
+  HttpServerStats s;
+  {
+    std::lock_guard lock(server_mu_);
+    if (server_) {
+      s = server_->stats();
+    }
+  }
   auto metric = [&text](std::string_view name, std::string_view type, std::string_view help,
                         std::initializer_list<std::pair<std::string_view, uint64_t>> values) {
     text += "# HELP ";

@@ -177,7 +177,11 @@ class HttpApi {
   const std::function<std::string()> metrics_;
   std::vector<unsigned> token_channels_;  // by token index
 
-  std::unique_ptr<HttpServer> server_;  // owner's thread only (start/stop)
+  // Set and cleared by start()/stop() on the owner's thread; read by metricsText() from any.
+  // Never held while the server stops: a worker answering GET /metrics may need it.
+  mutable std::mutex server_mu_;
+  std::shared_ptr<HttpServer> server_;  // guarded by server_mu_
+  std::atomic<int> port_{0};
 
   // The lockout: touched only on the server's event thread (authentication happens there,
   // before any body is read).
