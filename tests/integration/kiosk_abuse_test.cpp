@@ -86,10 +86,11 @@ TEST_CASE("slow and silent clients never pile up descriptors in the daemon",
     INFO("round " << round << ": " << answer);
     CHECK(valid.status(answer) == 202);
     // The daemon's own descriptors (buffer, broker, control socket ...) plus at most 16
-    // connections, whatever the 128 clients do. A little slack for a connection being closed.
+    // connections, whatever the 128 clients do. A little slack: a newcomer is accepted before the
+    // connection it replaces is closed.
     const std::size_t now = openDescriptors(agent.pid());
     INFO("descriptors before " << before << ", now " << now);
-    CHECK(now <= before + 16 + 2);
+    CHECK(now <= before + 16 + 4);
     std::this_thread::sleep_for(1s);
   }
   stop = true;
