@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <deque>
 #include <fstream>
+#include <memory>
+#include <mutex>
 #include <sstream>
 
 #include "agent/api/time.h"
@@ -44,26 +46,51 @@ Result<std::string> readSecretFile(const std::string& path, const std::string& k
   return s;
 }
 
-Result<std::vector<std::string>> readTokens(const std::string& path) {
+// http.tokens_file: a token per line, optionally with the channels it may write
+// (kiosk::parseTokens says how).
+Result<std::vector<kiosk::ApiToken>> readTokens(const std::string& path) {
   auto text = readSecretFile(path, "http.tokens_file");
   if (!text) {
     return text.error();
   }
-  std::vector<std::string> tokens;
-  std::istringstream in(*text);
-  for (std::string line; std::getline(in, line);) {
-    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back())) != 0) {
-      line.pop_back();
-    }
-    if (!line.empty() && line.front() != '#') {
-      tokens.push_back(line);
-    }
-  }
-  if (tokens.empty()) {
-    return makeError("config", "http.tokens_file '" + path + "' holds no token",
+  auto tokens = kiosk::parseTokens(*text);
+  if (!tokens) {
+    return makeError("config", "http.tokens_file '" + path + "': " + tokens.error().message,
                      "http.tokens_file");
   }
+  for (const kiosk::ApiToken& token : *tokens) {
+    if (token.secret.size() < 16) {
+      // The lockout slows guessing from one address, but never refuses a valid token: what
+      // really keeps guesses out is the token's length.
+      spdlog::warn(
+          "http.tokens_file: a token of only {} characters is easy to guess; use 32 "
+          "random characters or more (e.g. openssl rand -hex 16)",
+          token.secret.size());
+    }
+  }
   return tokens;
+}
+
+// What the health check remembers between calls: when the buffer last refused an append.
+struct FullWatch {
+  std::mutex mu;
+  uint64_t rejected = 0;   // guarded by mu
+  int64_t changed_ms = 0;  // guarded by mu
+};
+
+nlohmann::json profilesJson(const store::ProfileCacheStats& s) {
+  return {
+      {"in_memory", s.in_memory},
+      {"memory_bytes", s.memory_bytes},
+      {"memory_max_bytes", s.memory_max_bytes},
+      {"memory_evictions", s.memory_evictions},
+      {"disk_reads", s.disk_reads},
+      {"on_disk", s.on_disk},
+      {"disk_bytes", s.disk_bytes},
+      {"disk_max_bytes", s.disk_max_bytes},
+      {"disk_evictions", s.disk_evictions},
+      {"local_carts", s.local_carts},
+  };
 }
 
 nlohmann::json queueJson(const store::BufferStats& s, int64_t now_ms) {
@@ -254,7 +281,11 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   }
   p->buffer = std::move(*buffer);
 
-  auto profiles = store::ProfileCache::open(bo.dir);
+  store::ProfileCacheOptions po;
+  po.dir = bo.dir;
+  po.max_bytes = static_cast<std::size_t>(cfg.integer("profiles.max_bytes"));
+  po.max_disk_bytes = static_cast<std::size_t>(cfg.integer("profiles.max_disk_bytes"));
+  auto profiles = store::ProfileCache::open(po);
   if (!profiles) {
     return profiles.error();
   }
@@ -273,9 +304,19 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   ho.host = listen->host;
   ho.port = listen->port;
   ho.store_id = p->store_id;
+  ho.threads = static_cast<int>(cfg.integer("http.workers"));
+  ho.max_connections = static_cast<std::size_t>(cfg.integer("http.max_connections"));
+  ho.max_header_bytes = static_cast<std::size_t>(cfg.integer("http.max_header_bytes"));
+  ho.max_headers = static_cast<std::size_t>(cfg.integer("http.max_headers"));
+  ho.max_body_bytes = static_cast<std::size_t>(cfg.integer("http.max_body_bytes"));
+  ho.header_timeout = std::chrono::seconds(cfg.integer("http.header_timeout"));
+  ho.body_timeout = std::chrono::seconds(cfg.integer("http.body_timeout"));
+  ho.keep_alive_timeout = std::chrono::seconds(cfg.integer("http.keepalive_timeout"));
   ho.customer_lookup = [cache = p->profiles.get()](const std::string& key) {
-    auto doc = cache->lookup(key);
-    return doc ? std::optional<std::string>(doc->dump()) : std::nullopt;
+    return cache->profileJson(key);
+  };
+  ho.cart_lookup = [cache = p->profiles.get()](const std::string& key) {
+    return cache->cartJson(key);
   };
   ho.cart_add = [cache = p->profiles.get(), clock = &p->clock](
                     const std::string& key, const std::string& item) -> Result<std::string> {
@@ -365,16 +406,37 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   Agent* self = agent.get();
   parts.http = std::make_unique<kiosk::HttpApi>(
       ho, *parts.ingest,
-      [self] {
+      [self, seen = std::make_shared<FullWatch>()] {
         kiosk::HealthReport h;
         const auto s = self->p_->buffer->stats();
         if (self->p_->stopping.load()) {
           h.reason = "stopping";
-        } else if (s.cap_bytes > 0 && s.used_bytes >= s.cap_bytes - s.cap_bytes / 100) {
-          h.reason = "buffer full: new events are pushed back until the uplink drains it";
-        } else {
-          h.ready = true;
+          return h;
         }
+        // Producers are refused when the buffer is full and nothing low-priority is left to
+        // evict for them, or when an append was refused lately (the counter moved within the
+        // last 10 s) while it is still near full. A buffer filled with beacon.* events is not
+        // degraded: kiosk and POS events still get in by evicting them.
+        const int64_t now = self->p_->clock.nowMs();
+        bool refused_lately = false;
+        {
+          std::lock_guard lock(seen->mu);
+          if (s.rejected_full != seen->rejected) {
+            seen->rejected = s.rejected_full;
+            seen->changed_ms = now;
+          }
+          refused_lately = seen->changed_ms > 0 && now - seen->changed_ms < 10'000;
+        }
+        const bool near_full = s.cap_bytes > 0 && s.used_bytes >= s.cap_bytes - s.cap_bytes / 100;
+        if (near_full && (s.pending[2] == 0 || refused_lately)) {
+          h.degraded = true;
+          h.reason = fmt::format(
+              "buffer full ({} of {} bytes used, nothing left to evict): new events are refused "
+              "with 503 until the uplink drains it; {} appends refused since start",
+              s.used_bytes, s.cap_bytes, s.rejected_full);
+          return h;
+        }
+        h.ready = true;
         return h;
       },
       [self] { return self->metricsText(); });
@@ -439,6 +501,7 @@ nlohmann::json Agent::status() const {
       {"tenant", p_->tenant},
       {"config_version", p_->config_version.load()},
       {"profiles_cached", p_->profiles->size()},
+      {"profiles", profilesJson(p_->profiles->stats())},
       {"uplink",
        {{"mqtt",
          {{"state", u.connected ? "connected" : "disconnected"},
