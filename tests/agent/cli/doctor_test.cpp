@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "agent/config.h"
+#include "agent/control_socket.h"
 #include "agent/store/buffer.h"
 #include "tests/support/net.h"
 #include "tests/support/temp_dir.h"
@@ -323,20 +324,27 @@ TEST_CASE("doctor sees a running daemon on the control socket", "[unit][doctor]"
   TempDir dir;
   std::filesystem::create_directories(dir / "data");
   const auto cfg = makeConfig(dir, freePort());
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
   const std::string path = (dir / "data" / "omniedge.sock").string();
-  REQUIRE(path.size() < sizeof(addr.sun_path));
-  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  REQUIRE(listen(fd, 4) == 0);
-  if (std::getenv("RUNTIME_DIRECTORY") == nullptr) {
-    const auto checks = omniedge::runDoctorChecks(cfg);
+  SECTION("a daemon that answers") {
+    omniedge::ControlServer server(path, [](const nlohmann::json&) {
+      return nlohmann::json{{"ok", true}, {"status", {{"pid", 4242}, {"version", "9.9"}}}};
+    });
+    REQUIRE(server.start().has_value());
+    const auto checks = omniedge::runDoctorChecks(cfg, {path});
     CHECK(find(checks, "daemon").outcome == Outcome::kOk);
-    CHECK_THAT(find(checks, "daemon").detail, Catch::Contains("daemon running"));
+    CHECK_THAT(find(checks, "daemon").detail, Catch::Contains("daemon running (pid 4242"));
   }
-  close(fd);
+  SECTION("a socket nobody listens on") {
+    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+    REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    close(fd);  // bound, never listened: what a killed daemon leaves
+    const auto checks = omniedge::runDoctorChecks(cfg, {path});
+    CHECK(find(checks, "daemon").outcome == Outcome::kWarn);
+    CHECK_THAT(find(checks, "daemon").detail, Catch::Contains("nobody listens"));
+  }
 }
 
 TEST_CASE("doctor checks certificate expiry", "[unit][doctor]") {
