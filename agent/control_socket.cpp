@@ -17,6 +17,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr auto kEvictionGrace = std::chrono::milliseconds(250);
+
 bool fillAddress(const std::filesystem::path& p, sockaddr_un& addr) {
   addr = sockaddr_un{};
   addr.sun_family = AF_UNIX;
@@ -28,8 +30,8 @@ bool fillAddress(const std::filesystem::path& p, sockaddr_un& addr) {
   return true;
 }
 
-std::string errorAnswer(const std::string& message) {
-  return nlohmann::json{{"ok", false}, {"error", message}, {"code", "invalid_request"}}.dump(
+std::string errorAnswer(const std::string& message, const char* code = "invalid_request") {
+  return nlohmann::json{{"ok", false}, {"error", message}, {"code", code}}.dump(
              -1, ' ', false, nlohmann::json::error_handler_t::replace) +
          "\n";
 }
@@ -77,6 +79,7 @@ struct ControlServer::Client {
   Clock::time_point accepted;
   Clock::time_point deadline;
   std::string in;
+  std::size_t request_bytes = 0;  // of the request being handled
   std::string out;
   std::size_t written = 0;
 
@@ -168,6 +171,7 @@ void ControlServer::ioLoop() {
     for (auto& d : done) {
       for (auto& c : clients_) {
         if (c->id == d.client_id && c->fd >= 0) {
+          c->request_bytes = 0;
           c->out = std::move(d.answer);
           c->state = Client::State::kWriting;
           c->deadline = now + limits_.answer_timeout;
@@ -244,11 +248,13 @@ void ControlServer::acceptClients(Clock::time_point now) {
     }
     std::erase_if(clients_, [](const auto& c) { return c->fd < 0; });
     if (clients_.size() >= limits_.max_clients) {
-      // Full: the client that has been sending its request the longest gives way, so a slow
-      // or silent client cannot keep the technician out.
+      // Full: the client that has been sending its request the longest gives way, so slow or
+      // silent clients cannot keep the technician out. One that connected a moment ago is
+      // spared (its request may be on its way), so a flood of connections cannot push out a
+      // request that is about to arrive.
       Client* oldest = nullptr;
       for (auto& c : clients_) {
-        if (c->state == Client::State::kReading &&
+        if (c->state == Client::State::kReading && now - c->accepted >= kEvictionGrace &&
             (oldest == nullptr || c->accepted < oldest->accepted)) {
           oldest = c.get();
         }
@@ -260,7 +266,8 @@ void ControlServer::acceptClients(Clock::time_point now) {
     }
     if (clients_.size() >= limits_.max_clients) {
       const std::string busy = errorAnswer("busy: " + std::to_string(limits_.max_clients) +
-                                           " requests in progress; try again in a moment");
+                                               " requests in progress; try again in a moment",
+                                           "busy");
       (void)::send(fd, busy.data(), busy.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
       ::close(fd);
       continue;
@@ -289,6 +296,14 @@ void ControlServer::readFrom(Client& c) {
         answerNow(c, "request larger than " + sizeText(limits_.max_request_bytes));
         return;
       }
+      if (bufferedBytes() + take > limits_.max_buffered_bytes) {
+        c.in = std::string();
+        c.out = errorAnswer("busy: too many large requests at once; try again in a moment", "busy");
+        c.state = Client::State::kWriting;
+        c.deadline = Clock::now() + limits_.answer_timeout;
+        flush(c);
+        return;
+      }
       c.in.append(buf, take);
       if (nl != nullptr) {
         finishRequest(c, std::move(c.in));  // one request per connection: the rest is ignored
@@ -314,8 +329,17 @@ void ControlServer::readFrom(Client& c) {
   }
 }
 
+std::size_t ControlServer::bufferedBytes() const {
+  std::size_t total = 0;
+  for (const auto& c : clients_) {
+    total += c->in.size() + c->request_bytes;
+  }
+  return total;
+}
+
 void ControlServer::finishRequest(Client& c, std::string request) {
   c.in = std::string();
+  c.request_bytes = request.size();
   c.state = Client::State::kHandling;
   std::lock_guard lock(mu_);
   jobs_.push_back(Job{c.id, std::move(request)});

@@ -25,10 +25,11 @@
 namespace omniedge {
 
 struct ControlLimits {
-  std::size_t max_request_bytes = 1 << 20;  // one request line, newline excluded
-  std::size_t max_depth = 32;               // nesting of arrays and objects in a request
-  std::size_t max_clients = 16;             // connections open at once (reading, handled, answered)
-  std::size_t workers = 2;                  // handlers running at once
+  std::size_t max_request_bytes = 1 << 20;   // one request line, newline excluded
+  std::size_t max_buffered_bytes = 8 << 20;  // requests held at once (read, queued, handled)
+  std::size_t max_depth = 32;                // nesting of arrays and objects in a request
+  std::size_t max_clients = 64;  // connections open at once (reading, handled, answered)
+  std::size_t workers = 2;       // handlers running at once
   std::chrono::milliseconds request_timeout{2000};  // from accept to the request's last byte
   std::chrono::milliseconds answer_timeout{10000};  // for the client to take the whole answer
 };
@@ -69,6 +70,7 @@ class ControlServer {
   void finishRequest(Client& c, std::string request);
   void answerNow(Client& c, const std::string& error);
   void flush(Client& c);
+  std::size_t bufferedBytes() const;
   std::string handle(const std::string& request);
 
   std::filesystem::path path_;

@@ -1,11 +1,16 @@
 #include "agent/cli/command.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <regex>
 #include <system_error>
+#include <thread>
 
 #include "agent/cli/control_client.h"
+#include "agent/cli/json_view.h"
 
 namespace omniedge::cli {
 namespace {
@@ -204,13 +209,23 @@ Result<nlohmann::json> Daemon::request(const nlohmann::json& request, int timeou
     order.insert(order.begin(), answered_);
   }
   seen_.clear();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (const auto& path : order) {
-    auto answer = controlRequest(path, request, timeout_ms);
-    if (answer) {
-      answered_ = path;
-      return answer;
+    for (;;) {
+      auto answer = controlRequest(path, request, timeout_ms);
+      // A daemon serving as many clients as it takes says "busy": ask again shortly.
+      if (answer && member(*answer, "code") == "busy" &&
+          std::chrono::steady_clock::now() + std::chrono::milliseconds(100) < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        continue;
+      }
+      if (answer) {
+        answered_ = path;
+        return answer;
+      }
+      seen_.emplace_back(path, answer.error());
+      break;
     }
-    seen_.emplace_back(path, answer.error());
   }
   answered_.clear();
   return makeError("unreachable", "no daemon answered");

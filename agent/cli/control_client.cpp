@@ -64,7 +64,7 @@ Result<nlohmann::json> controlRequest(const std::filesystem::path& socket_path,
   bool complete = false;
   std::string failure;
   while (!complete && failure.empty()) {
-    pollfd p{fd, static_cast<short>(sent < line.size() ? POLLOUT : POLLIN), 0};
+    pollfd p{fd, static_cast<short>(sent < line.size() ? POLLOUT | POLLIN : POLLIN), 0};
     const int ready = poll(&p, 1, msLeft(deadline));
     if (ready == 0) {
       failure = "timeout";
@@ -76,9 +76,14 @@ Result<nlohmann::json> controlRequest(const std::filesystem::path& socket_path,
       }
       continue;
     }
+    if ((p.revents & POLLIN) != 0) {
+      sent = line.size();  // an answer before the whole request: it is about the request
+    }
     if (sent < line.size()) {
       const ssize_t n = send(fd, line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
-      if (n < 0 && errno != EINTR && errno != EAGAIN) {
+      if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) {
+        sent = line.size();  // the daemon answered early (busy, too large): read why
+      } else if (n < 0 && errno != EINTR && errno != EAGAIN) {
         failure = std::strerror(errno);
       } else if (n > 0) {
         sent += static_cast<std::size_t>(n);

@@ -259,12 +259,8 @@ Result<void> becomeDataDirOwner(const fs::path& dir) {
     return {};
   }
   struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0) {
-    return makeError("io", "no data dir at " + dir.string() +
-                               ": the daemon creates it on its first start; start it once "
-                               "(`systemctl start omniedge`), or pass --data.dir");
-  }
-  if (st.st_uid == 0) {
+  if (::stat(dir.c_str(), &st) != 0 || st.st_uid == 0) {
+    return {};  // no service user owns it (yet): the import creates what it needs as is
     return {};
   }
   if (::setgroups(0, nullptr) != 0 || ::setgid(st.st_gid) != 0 || ::setuid(st.st_uid) != 0) {
