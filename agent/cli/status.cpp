@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <sys/statvfs.h>
 
+#include <algorithm>
 #include <iostream>
+#include <sstream>
 
 #include "agent/cli/buffer_file.h"
 #include "agent/cli/commands.h"
@@ -17,10 +19,14 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+// 0 when the file does not exist, -1 when its size cannot be known (permission).
 int64_t fileSize(const fs::path& p) {
   std::error_code ec;
   const auto size = fs::file_size(p, ec);
-  return ec ? 0 : static_cast<int64_t>(size);
+  if (ec) {
+    return ec == std::errc::no_such_file_or_directory ? 0 : -1;
+  }
+  return static_cast<int64_t>(size);
 }
 
 // What the buffer alone can tell when the daemon does not answer.
@@ -40,7 +46,9 @@ json offlineStatus(const Loaded& loaded, const Daemon& daemon) {
             {"store_id", cfg.str("store.id")},
             {"tenant", cfg.str("store.tenant")},
             {"config_file", loaded.file}};
-  if (owner == store::Owner::kDaemon) {
+  if (daemon.deniedAccess()) {
+    j["daemon"] = "no_access";  // it may well run: we may not talk to it
+  } else if (owner == store::Owner::kDaemon) {
     // The lock is held, so a daemon runs; it just did not answer us.
     j["daemon"] = "not_answering";
   }
@@ -150,7 +158,9 @@ void printUplink(const json& s, int64_t now) {
   }
   const json& h = member(uplink, "https");
   if (h.is_object()) {
-    std::string text = "https " + str(h, "state", "unknown");
+    std::string state = str(h, "state", "unknown");
+    std::replace(state.begin(), state.end(), '_', ' ');
+    std::string text = "https " + state;
     if (!str(h, "url").empty()) {
       text += " (" + str(h, "url") + ")";
     }
@@ -232,7 +242,7 @@ void printBuffer(const json& s, bool up, int64_t now) {
   if (!d.is_object()) {
     return;
   }
-  std::string text = humanBytes(num(d, "buffer_file_bytes")) + " file";
+  std::string text = humanBytes(num(d, "buffer_file_bytes", -1)) + " file";
   if (num(d, "wal_bytes") > 0) {
     text += " + " + humanBytes(num(d, "wal_bytes")) + " WAL";
   }
@@ -298,6 +308,8 @@ void printStatusText(const json& s) {
   } else {
     head += daemon == "not_answering"
                 ? ": the daemon holds the buffer but does NOT ANSWER on its control socket"
+            : daemon == "no_access"
+                ? ": the daemon's control socket is not yours to use (permission denied)"
                 : ": daemon DOWN (not running)";
     std::cout << head << "\n";
     const json& looked = member(s, "looked_at");
@@ -309,9 +321,16 @@ void printStatusText(const json& s) {
         }
       }
     }
-    more(
-        "try `systemctl status omniedge`; if the daemon runs with another configuration, pass "
-        "the same --config FILE");
+    if (daemon == "no_access") {
+      more("run as root or as a member of the service's group (omniedge)");
+    } else {
+      more(
+          "try `systemctl status omniedge`; if the daemon runs with another configuration, "
+          "pass the same --config FILE");
+    }
+    if (!str(s, "daemon_error").empty()) {
+      more("the daemon answered: " + str(s, "daemon_error"));
+    }
     more("what follows was read from the buffer file, read-only");
   }
   std::string store = str(s, "store_id") + ", tenant " + str(s, "tenant");
