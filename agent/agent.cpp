@@ -490,6 +490,7 @@ nlohmann::json Agent::status() const {
         {"buffer_cap_bytes", s.cap_bytes},
         // As GET /v1/health sees it: producers of high and normal events are being refused.
         {"buffer_full", s.cap_bytes > 0 && s.used_bytes >= s.cap_bytes - s.cap_bytes / 100},
+        {"unclean_shutdown_before_start", p_->buffer->openReport().unclean_shutdown},
         {"free_bytes", free_bytes}}},
   };
 }

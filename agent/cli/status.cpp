@@ -280,10 +280,13 @@ void printBuffer(const json& s, bool up, int64_t now) {
          " low-priority (beacon) events evicted to make room since start, each reported as "
          "agent.data_dropped");
   }
-  if (flag(d, "unclean_shutdown")) {
-    more(up ? "started after an unclean shutdown (the buffer was checked at start)"
-            : "unclean shutdown: the last run did not stop cleanly (buffer.lock is left); the "
-              "next start checks the buffer first");
+  if (up && flag(d, "unclean_shutdown_before_start")) {
+    more("started after an unclean shutdown (the buffer was checked before anything ran)");
+  }
+  if (!up && flag(d, "unclean_shutdown")) {
+    more(
+        "unclean shutdown: the last run did not stop cleanly (buffer.lock is left); the next "
+        "start checks the buffer first");
   }
   const json& buffer = member(s, "buffer");
   if (str(buffer, "read") == "wal" || str(buffer, "read") == "private-wal") {

@@ -10,6 +10,7 @@
 #include <openssl/x509v3.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -344,6 +345,50 @@ TEST_CASE("doctor sees a running daemon on the control socket", "[unit][doctor]"
     const auto checks = omniedge::runDoctorChecks(cfg, {path});
     CHECK(find(checks, "daemon").outcome == Outcome::kWarn);
     CHECK_THAT(find(checks, "daemon").detail, Catch::Contains("nobody listens"));
+  }
+}
+
+TEST_CASE("doctor checks the data dir without writing to it", "[unit][doctor]") {
+  TempDir dir;
+  {
+    omniedge::store::BufferOptions options;
+    options.dir = dir / "data";
+    auto buffer = omniedge::store::Buffer::open(options);
+    REQUIRE(buffer.has_value());
+    (*buffer)->close();
+  }
+  const auto listing = [&] {
+    std::set<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(dir / "data")) {
+      names.insert(e.path().filename().string());
+    }
+    return names;
+  };
+  struct stat before {};
+  REQUIRE(stat((dir / "data").c_str(), &before) == 0);
+  const auto names = listing();
+  const auto checks = omniedge::runDoctorChecks(makeConfig(dir, freePort()));
+  const auto& d = find(checks, "data dir");
+  CHECK(d.outcome == Outcome::kOk);
+  CHECK_THAT(d.detail, Catch::Contains("is writable by its owner"));
+  struct stat after {};
+  REQUIRE(stat((dir / "data").c_str(), &after) == 0);
+  // Nothing created, not even for a moment: the directory was not modified at all.
+  CHECK(listing() == names);
+  CHECK(after.st_mtim.tv_sec == before.st_mtim.tv_sec);
+  CHECK(after.st_mtim.tv_nsec == before.st_mtim.tv_nsec);
+
+  if (geteuid() == 0) {
+    SECTION("files the daemon's user does not own are named") {
+      REQUIRE(chown((dir / "data").c_str(), 6001, 6001) == 0);
+      REQUIRE(chown((dir / "data" / "buffer.db").c_str(), 6001, 6001) == 0);
+      dir.write("data/buffer.db-shm", "");  // root's, as a CLI run as root once left it
+      const auto again = omniedge::runDoctorChecks(makeConfig(dir, freePort()));
+      const auto& bad = find(again, "data dir");
+      CHECK(bad.outcome == Outcome::kFail);
+      CHECK_THAT(bad.detail, Catch::Contains("buffer.db-shm (root:root"));
+      CHECK_THAT(bad.detail, Catch::Contains("chown"));
+    }
   }
 }
 
