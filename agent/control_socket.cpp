@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "agent/envelope.h"
+
 namespace omniedge {
 namespace {
 
@@ -34,34 +36,6 @@ std::string errorAnswer(const std::string& message, const char* code = "invalid_
   return nlohmann::json{{"ok", false}, {"error", message}, {"code", code}}.dump(
              -1, ' ', false, nlohmann::json::error_handler_t::replace) +
          "\n";
-}
-
-/// False when arrays and objects nest deeper than `max` (the parser itself would follow any
-/// depth; a bound keeps every step of handling a request bounded too).
-bool nestingWithin(const std::string& text, std::size_t max) {
-  std::size_t depth = 0;
-  bool in_string = false;
-  bool escaped = false;
-  for (const char c : text) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > max) {
-        return false;
-      }
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
-    }
-  }
-  return true;
 }
 
 std::string sizeText(std::size_t bytes) {
@@ -395,7 +369,7 @@ void ControlServer::workerLoop() {
 }
 
 std::string ControlServer::handle(const std::string& request) {
-  if (!nestingWithin(request, limits_.max_depth)) {
+  if (!jsonNestingWithin(request, limits_.max_depth)) {
     return errorAnswer("request nests arrays or objects deeper than " +
                        std::to_string(limits_.max_depth) + " levels");
   }

@@ -27,7 +27,7 @@ namespace omniedge {
 struct ControlLimits {
   std::size_t max_request_bytes = 1 << 20;   // one request line, newline excluded
   std::size_t max_buffered_bytes = 8 << 20;  // requests held at once (read, queued, handled)
-  std::size_t max_depth = 32;                // nesting of arrays and objects in a request
+  std::size_t max_depth = 72;    // nesting: an event may nest 64 deep (kiosk), plus the request
   std::size_t max_clients = 64;  // connections open at once (reading, handled, answered)
   std::size_t workers = 2;       // handlers running at once
   std::chrono::milliseconds request_timeout{2000};  // from accept to the request's last byte

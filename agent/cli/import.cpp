@@ -288,9 +288,10 @@ std::string pass(const std::string& path, std::size_t max_line, Sink& sink, bool
   std::vector<int64_t> chunk_lines;  // the line of each event in the chunk
   std::size_t chunk_bytes = 0;
   std::string failure;
-  const auto send = [&]() -> bool {
+  // Sends the chunk; a refusal becomes `failure`, naming the line it came from.
+  const auto send = [&]() {
     if (chunk.empty()) {
-      return true;
+      return;
     }
     auto outcome = sink.send(chunk, dry_run);
     if (const auto* r = std::get_if<Sink::Refusal>(&outcome)) {
@@ -301,7 +302,7 @@ std::string pass(const std::string& path, std::size_t max_line, Sink& sink, bool
         failure = "lines " + std::to_string(chunk_lines.front()) + "-" +
                   std::to_string(chunk_lines.back()) + ": " + r->message;
       }
-      return false;
+      return;
     }
     const auto& s = std::get<Sink::Stored>(outcome);
     totals.events += static_cast<int64_t>(chunk.size());
@@ -311,10 +312,14 @@ std::string pass(const std::string& path, std::size_t max_line, Sink& sink, bool
     chunk = json::array();
     chunk_lines.clear();
     chunk_bytes = 0;
-    return true;
   };
   std::string line;
   while (failure.empty() && reader.next(line)) {
+    if (!jsonNestingWithin(line, kMaxEventDepth)) {
+      failure = "line " + std::to_string(reader.number()) + ": nests deeper than " +
+                std::to_string(kMaxEventDepth) + " levels: not an event envelope";
+      break;
+    }
     json j;
     try {
       j = json::parse(line);

@@ -275,7 +275,7 @@ TEST_CASE(
       {"{\"cmd\":\"st\xff\xfe\"}", "not JSON"},
       {std::string("\x00\x01\x02\xff binary", 12), "not JSON"},
       {"{\"cmd\":", "not JSON"},
-      {std::string(100000, '['), "deeper than 32"},
+      {std::string(100000, '['), "deeper than 72"},
   };
   for (const auto& c : cases) {
     const auto raw = rawRequest(sock, c.request + "\n");
@@ -479,6 +479,11 @@ TEST_CASE(
   CHECK_THAT(bad.err, Catch::Contains("nothing was imported"));
   CHECK(bad.out.find("imported") == std::string::npos);
   CHECK(count() == 0);
+  tmp.write("deep.jsonl",
+            good + "{\"type\":\"kiosk.view\",\"data\":{\"a\":" + std::string(100000, '[') + "\n");
+  auto deep = omniedge::testing::omniedge({"import", (tmp / "deep.jsonl").string()}, env);
+  CHECK(deep.exit_code == 1);
+  CHECK_THAT(deep.err, Catch::Contains("line 6: nests deeper than 64 levels"));
   auto shape = omniedge::testing::omniedge({"import", (tmp / "shape.jsonl").string()}, env);
   CHECK(shape.exit_code == 1);
   CHECK_THAT(shape.err, Catch::Contains("line 6: customer must be an object"));
