@@ -133,7 +133,7 @@ void printUplink(const json& s, int64_t now) {
       text = "mqtt " + (state == "disconnected" ? std::string("DISCONNECTED") : state) +
              (since.empty() ? "" : " for " + since) + (url.empty() ? "" : " (" + url + ")");
       // An error is news only while it lasts: after a reconnect it is not shown.
-      if (!str(m, "last_error").empty()) {
+      if (!str(m, "last_error").empty() && !flag(m, "last_error_resolved")) {
         text += ": " + str(m, "last_error");
       }
       std::optional<int64_t> next_in;
@@ -230,8 +230,11 @@ void printQueue(const json& s) {
   if (num(quarantine, "events") > 0) {
     std::string qt = thousands(num(quarantine, "events")) +
                      " events refused by the centre, kept in the quarantine table";
-    if (!str(quarantine, "last_reason").empty()) {
-      qt += " (last: " + str(quarantine, "last_reason") + ")";
+    for (const char* key : {"latest_reason", "last_reason"}) {
+      if (!str(quarantine, key).empty()) {
+        qt += " (latest: " + str(quarantine, key) + ")";
+        break;
+      }
     }
     line("quarantine", qt);
   }
@@ -256,19 +259,21 @@ void printBuffer(const json& s, bool up, int64_t now) {
   }
   line("buffer", text);
   const json& counters = member(s, "counters");
-  if (flag(d, "buffer_full")) {
-    std::string full =
-        "FULL: new POS and kiosk events are refused (HTTP 503, the POS spool waits) until the "
+  // Refusing producers now: the daemon says so (buffer_full), or it names since when.
+  const auto full_for = secondsSince(str(d, "full_since"), now);
+  if (flag(d, "buffer_full") || full_for) {
+    std::string full = "FULL";
+    if (full_for) {
+      full += " for " + humanAge(*full_for);
+    }
+    full +=
+        ": new POS and kiosk events are refused (HTTP 503, the POS spool waits) until the "
         "uplink drains it";
     if (num(counters, "rejected_full") > 0) {
       full += "; " + thousands(num(counters, "rejected_full")) + " appends refused";
     }
-    for (const char* key : {"last_full_refusal_at", "last_rejected_full_at"}) {
-      for (const json* where : {&d, &counters}) {
-        if (const auto ago = secondsSince(str(*where, key), now)) {
-          full += ", the last " + humanAge(*ago) + " ago";
-        }
-      }
+    if (const auto ago = secondsSince(str(d, "last_full_refusal_at"), now)) {
+      full += ", the last " + humanAge(*ago) + " ago";
     }
     more(full);
   } else if (num(counters, "rejected_full") > 0) {
