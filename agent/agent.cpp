@@ -269,7 +269,27 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
         "identity.hmac_key_file is not set: e-mail and phone hashes are plain SHA-256, which can "
         "be brute-forced; set a tenant key");
   }
-  p->pii = std::make_unique<PiiHasher>(hmac_key, cfg.str("identity.default_country_code"));
+  std::string region = cfg.str("identity.default_region");
+  if (region.empty() && !cfg.str("identity.default_country_code").empty()) {
+    region = PiiHasher::regionForCallingCode(cfg.str("identity.default_country_code"));
+    if (region.empty()) {
+      return makeError("config",
+                       "identity.default_country_code '" +
+                           cfg.str("identity.default_country_code") +
+                           "' is no country's calling code; set identity.default_region (e.g. GB)",
+                       "identity.default_country_code");
+    }
+  }
+  if (const auto module = PiiHasher::phoneModulePath(cfg.str("identity.phone_module"));
+      access(module.c_str(), R_OK) != 0) {
+    spdlog::warn(
+        "the phone number module {} is missing: events with phone numbers will be refused "
+        "(reinstall omniedge, or set identity.phone_module)",
+        module);
+  }
+  p->pii = std::make_unique<PiiHasher>(hmac_key, region,
+                                       parseDataPiiPolicy(cfg.str("identity.data_pii")),
+                                       cfg.str("identity.phone_module"));
 
   store::BufferOptions bo;
   bo.dir = cfg.str("data.dir");
@@ -327,7 +347,10 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   ds.store_id = p->store_id;
   ds.pos_spool_dir = cfg.str("pos.spool_dir");
   ds.pos_keep_processed = cfg.boolean("pos.keep_processed");
+  ds.pos_keep_processed_days = static_cast<int>(cfg.integer("pos.keep_processed_days"));
   ds.pos_rescan_interval_s = static_cast<int>(cfg.integer("pos.rescan_interval"));
+  ds.pos_max_file_bytes = cfg.integer("pos.max_file_bytes");
+  ds.pos_max_parse_memory = cfg.integer("pos.max_parse_memory");
   ds.beacon_mqtt_url = cfg.str("beacon.mqtt_url");
   ds.beacon_topics = cfg.list("beacon.topics");
   ds.beacon_zones = cfg.list("beacon.zones");
@@ -336,6 +359,14 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   ds.beacon_ignore_prefixes = cfg.list("beacon.ignore_prefixes");
   ds.beacon_max_tracked = cfg.integer("beacon.max_tracked");
   ds.beacon_qos = static_cast<int>(cfg.integer("beacon.qos"));
+  ds.beacon_window_s = cfg.integer("beacon.window");
+  ds.beacon_switch_margin_db = static_cast<int>(cfg.integer("beacon.switch_margin_db"));
+  ds.beacon_switch_hold_s = cfg.integer("beacon.switch_hold");
+  ds.beacon_scanner_offsets = cfg.list("beacon.scanner_offsets");
+  ds.beacon_max_message_bytes = cfg.integer("beacon.max_message_bytes");
+  ds.beacon_queue_max_bytes = cfg.integer("beacon.queue_max_bytes");
+  ds.beacon_pending_max_bytes = cfg.integer("beacon.pending_max_bytes");
+  ds.beacon_max_state_bytes = cfg.integer("beacon.max_state_bytes");
   auto sources = drivers::makeBuiltinSources(ds);
   if (!sources) {
     return sources.error();

@@ -82,10 +82,44 @@ Result<std::string> checkCountryCode(std::string_view v) {
   return std::string(v);
 }
 
+Result<std::string> checkRegion(std::string_view v) {
+  if (v.empty()) {
+    return std::string();
+  }
+  if (v.size() != 2 || !std::isalpha(static_cast<unsigned char>(v[0])) ||
+      !std::isalpha(static_cast<unsigned char>(v[1]))) {
+    return reason("must be a two-letter country code (ISO 3166 alpha-2, e.g. GB) or empty");
+  }
+  std::string upper(v);
+  std::transform(upper.begin(), upper.end(), upper.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+  return upper;
+}
+
 Result<std::string> checkZone(std::string_view v) {
   const auto eq = v.find('=');
   if (eq == std::string_view::npos || eq == 0 || eq + 1 == v.size()) {
     return reason("item \"" + std::string(v) + "\" is not scanner=zone");
+  }
+  return std::string(v);
+}
+
+// beacon.scanner_offsets: "scanner=dB", dB a decimal number from -40 to 40.
+Result<std::string> checkScannerOffset(std::string_view v) {
+  const auto eq = v.find('=');
+  double db = 0;
+  bool ok = eq != std::string_view::npos && eq != 0 && eq + 1 < v.size();
+  if (ok) {
+    std::string_view number = v.substr(eq + 1);
+    if (number.front() == '+') {
+      number.remove_prefix(1);
+    }
+    const auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), db);
+    ok = ec == std::errc() && end == number.data() + number.size() && db >= -40 && db <= 40;
+  }
+  if (!ok) {
+    return reason("item \"" + std::string(v) +
+                  "\" is not scanner=dB (dB a number from -40 to 40, e.g. kitchen=-4.5)");
   }
   return std::string(v);
 }
@@ -262,10 +296,27 @@ constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "identity.hmac_key_file",
      .kind = Kind::kString,
      .help = "Tenant key for hashing e-mail addresses and phone numbers (HMAC-SHA256)"},
+    {.name = "identity.default_region",
+     .kind = Kind::kString,
+     .help = "Country (ISO 3166 alpha-2, e.g. GB, IT) of phone numbers written without a "
+             "country code; empty: such numbers are refused",
+     .check = checkRegion},
     {.name = "identity.default_country_code",
      .kind = Kind::kString,
-     .help = "Calling code for phone numbers without one (e.g. 44)",
+     .help = "Older form of identity.default_region: the calling code (e.g. 44) of phone numbers "
+             "without one; identity.default_region wins when both are set",
      .check = checkCountryCode},
+    {.name = "identity.phone_module",
+     .kind = Kind::kString,
+     .help = "The phone number module (libphonenumber), loaded on the first phone number "
+             "(empty: lib/omniedge/omniedge-phone.so beside the binary's directory)"},
+    {.name = "identity.data_pii",
+     .kind = Kind::kEnum,
+     .default_value = "hash",
+     .remote = true,
+     .help = "E-mail addresses and phone numbers found in an event's data: hash (replaced by "
+             "their keyed hash), reject (the event is refused naming the field), off",
+     .choices = "hash|reject|off"},
 
     {.name = "log.level",
      .kind = Kind::kEnum,
@@ -281,13 +332,34 @@ constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "pos.keep_processed",
      .kind = Kind::kBool,
      .default_value = "true",
-     .help = "Keep ingested POS files in processed/ (false: delete them once durable)"},
+     .help = "Keep ingested POS files in processed/ for pos.keep_processed_days (false: delete "
+             "them once durable)"},
+    {.name = "pos.keep_processed_days",
+     .kind = Kind::kInt,
+     .default_value = "7",
+     .help = "Days ingested POS files stay in processed/ (they may hold customer e-mails); "
+             "0: delete them once durable",
+     .min = 0,
+     .max = 3650},
     {.name = "pos.rescan_interval",
      .kind = Kind::kDuration,
      .default_value = "10",
      .help = "Seconds between full rescans of the POS spool (inotify does the rest)",
      .min = 1,
      .max = 3600},
+    {.name = "pos.max_file_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "64MiB",
+     .help = "Largest POS spool file read; a bigger one goes to rejected/ unread",
+     .min = kKiB,
+     .max = kGiB},
+    {.name = "pos.max_parse_memory",
+     .kind = Kind::kBytes,
+     .default_value = "128MiB",
+     .help = "Memory one POS file may take to parse besides its own bytes; a file that needs "
+             "more goes to rejected/",
+     .min = kMiB,
+     .max = 16 * kGiB},
     {.name = "beacon.mqtt_url",
      .kind = Kind::kUrl,
      .help = "Store-local MQTT broker the BLE gateways publish to (empty: beacon driver off)",
@@ -310,9 +382,60 @@ constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "beacon.enter_after_sightings",
      .kind = Kind::kInt,
      .default_value = "3",
-     .help = "Sightings within 10 s before beacon.enter",
+     .help = "Sightings (from any scanners) needed, besides beacon.window, before beacon.enter",
      .min = 1,
      .max = 100},
+    {.name = "beacon.window",
+     .kind = Kind::kDuration,
+     .default_value = "5",
+     .help = "Seconds of evidence from every scanner gathered after a device is first heard "
+             "before its beacon.enter and zone are decided",
+     .min = 1,
+     .max = 600},
+    {.name = "beacon.switch_margin_db",
+     .kind = Kind::kInt,
+     .default_value = "6",
+     .help = "A new zone must be nearer than the current one by this much path loss (dB; 6 dB "
+             "is about 1.7x the distance) for beacon.switch_hold before a zone change",
+     .min = 0,
+     .max = 40},
+    {.name = "beacon.switch_hold",
+     .kind = Kind::kDuration,
+     .default_value = "5",
+     .help = "Seconds a nearer zone must hold the margin before a zone change (the minimum dwell)",
+     .min = 0,
+     .max = 600},
+    {.name = "beacon.scanner_offsets",
+     .kind = Kind::kList,
+     .help = "Per-scanner RSSI corrections in dB: scanner=dB,... (+ for a scanner that hears too "
+             "weakly, e.g. in a cabinet); applied to gateway distances too",
+     .check = checkScannerOffset},
+    {.name = "beacon.max_message_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "64KiB",
+     .help = "Largest gateway message; larger ones are refused and counted",
+     .min = kKiB,
+     .max = 16 * kMiB},
+    {.name = "beacon.queue_max_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "4MiB",
+     .help = "Gateway messages waiting to be decoded; more are dropped and counted",
+     .min = 64 * kKiB,
+     .max = kGiB},
+    {.name = "beacon.pending_max_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "4MiB",
+     .help = "Presence events kept while the buffer refuses them; the oldest beyond are dropped, "
+             "counted and reported as agent.data_dropped",
+     .min = 64 * kKiB,
+     .max = kGiB},
+    {.name = "beacon.max_state_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "8MiB",
+     .help = "Memory of the presence engine (devices, per-scanner estimates, scanners); new "
+             "devices beyond are refused and counted",
+     .min = 64 * kKiB,
+     .max = kGiB},
     {.name = "beacon.ignore_prefixes",
      .kind = Kind::kList,
      .help = "Identity prefixes never tracked: staff badges, asset tags (ibeacon:<uuid>,...)"},

@@ -112,6 +112,9 @@ Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t 
     e.id = makeUuidV7(now_ms);
   } else if (!validId(e.id)) {
     return invalid(index, "id", "must be 1-128 characters of A-Z a-z 0-9 - _ . : @");
+  } else if (e.id.find('@') != std::string::npos && PiiHasher::normaliseEmail(e.id)) {
+    // The id travels in clear everywhere (it is the centre's idempotency key).
+    return invalid(index, "id", "must not be personal data (it is an e-mail address)");
   }
   if (e.source.empty()) {
     e.source = e.type.substr(0, e.type.find('.'));
@@ -156,6 +159,25 @@ Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t 
       if (value.empty() || value.size() > 128 || !printable(value)) {
         return invalid(index, field, "must be 1-128 printable characters");
       }
+      // An app user id is often an e-mail address: it is personal data like any other, so it
+      // goes up as its hash (the centre joins on email_sha256), never in clear.
+      std::string normal;
+      bool is_email = false;
+      auto personal = pii_.looksPersonal(value, normal, is_email);
+      if (!personal) {
+        return makeError("io", field + " " + personal.error().message,
+                         "[" + std::to_string(index) + "]." + field);
+      }
+      if (*personal) {
+        if (pii_.dataPolicy() == DataPiiPolicy::kReject) {
+          return invalid(index, field,
+                         std::string("is ") + (is_email ? "an e-mail address" : "a phone number") +
+                             "; send it as customer." + (is_email ? "email" : "phone") +
+                             " (hashed by the agent) or its _sha256");
+        }
+        customer.try_emplace(is_email ? "email_sha256" : "phone_sha256", pii_.hash(normal));
+        continue;
+      }
       customer[key] = value;
     } else {
       return invalid(index, field,
@@ -184,6 +206,9 @@ Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t 
     e.data_json = "{}";
   } else if (e.data_json.front() != '{') {
     return invalid(index, "data", "must be a JSON object");
+  } else if (auto scrubbed = pii_.scrubData(e.data_json); !scrubbed) {
+    return makeError(scrubbed.error().code, scrubbed.error().field + " " + scrubbed.error().message,
+                     "[" + std::to_string(index) + "]." + scrubbed.error().field);
   }
 
   store::StoredEvent out;

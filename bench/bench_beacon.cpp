@@ -1,5 +1,6 @@
 // P7: the beacon presence engine's throughput (decode + engine) replaying the real ESPresense
-// trace in a loop, and how many fewer events than raw sightings a stationary customer yields.
+// trace in a loop, how many fewer events than raw sightings a stationary customer yields, where
+// it is placed, and what the engine's state costs.
 //
 //   bench_beacon [trace.jsonl] [loops]
 #include <chrono>
@@ -87,6 +88,7 @@ int main(int argc, char** argv) {
     }
   }
   const double full_s = secondsSince(start);
+  const auto state = engine.stats();  // while the watch is still present
   engine.tick(trace.back().at_ms + (loops - 1) * span + 30'000, events);
 
   // 2. the engine alone, sightings already decoded.
@@ -116,6 +118,23 @@ int main(int argc, char** argv) {
   }
   once.tick(trace.back().at_ms + 30'000, once_events);
 
+  // 4. garbage: what refusing bad gateway messages costs (each one checked and refused whole).
+  const std::vector<std::pair<std::string, std::string>> garbage = {
+      {"home/" + std::string(300, 'g') + "/BTtoMQTT", R"({"id":"A1:B2:C3:D4:E5:F6","rssi":-60})"},
+      {"store/ble", R"({"scanner":"door\u0007","mac":"00:11:22:33:44:55","rssi":-60})"},
+      {"espresense/devices/x/hall", R"({"id":"bad\u0001id","rssi":-60})"},
+      {"store/ble", R"({"scanner":"door","mac":"00:11:22:33:44:55","rssi":"loud"})"},
+      {"espresense/devices/x/hall", "[1,2,3]"},
+  };
+  std::size_t refused = 0;
+  const int garbage_loops = 100'000;
+  start = std::chrono::steady_clock::now();
+  for (int i = 0; i < garbage_loops; ++i) {
+    const auto& [topic, payload] = garbage[static_cast<std::size_t>(i) % garbage.size()];
+    refused += omniedge::beacon::parseGatewayMessage(topic, payload).has_value() ? 0 : 1;
+  }
+  const double garbage_s = secondsSince(start);
+
   std::printf("P7 beacon presence (trace %zu messages, %d loops, bad %zu)\n", trace.size(), loops,
               bad);
   std::printf("| measure                              | value        |\n");
@@ -123,11 +142,13 @@ int main(int argc, char** argv) {
   std::printf("| decode+engine sightings/s (1 core)   | %12.0f |\n", sightings / full_s);
   std::printf("| engine-only sightings/s (1 core)     | %12.0f |\n",
               decoded.size() * static_cast<double>(loops) / engine_s);
+  std::printf("| garbage messages refused/s (1 core)  | %12.0f |\n", refused / garbage_s);
   std::printf("| looped replay: sightings / events    | %7zu / %zu |\n", sightings, events.size());
   std::printf("| one pass: sightings / events         | %7zu / %zu |\n", decoded.size(),
               once_events.size());
   std::printf("| one pass ratio (goal >= 100x)        | %11.0fx |\n",
               static_cast<double>(decoded.size()) / static_cast<double>(once_events.size()));
+  std::printf("| engine state for 1 watch, 10 rooms   | %8zu B   |\n", state.state_bytes);
   for (const Event& e : once_events) {
     std::printf("  %s %s\n", e.type.c_str(), e.data_json.c_str());
   }

@@ -2,6 +2,17 @@
 // POS spool into the real buffer (store::Buffer + Ingest, synchronous=full) (quality.md).
 //
 //   bench_pos --fixture FILE --dir DIR [--rounds N] [--synthetic N]
+//   bench_pos --spool-file FILE --dir DIR
+//       Puts FILE into a fresh spool under DIR and polls a PosSpoolSource until the file is in
+//       processed/ or rejected/ (events go to a writer that only counts them). Prints
+//         RESULT pos_spool_file <events> <bytes> <ms> <processed|rejected>
+//       Run it under /usr/bin/time -v for the peak RSS of reading, parsing and mapping FILE
+//       (docs/pos.md, "Parse memory").
+//   bench_pos --parse-file FILE [--max-memory BYTES]
+//       Parses FILE as the spool would (by its extension) within the budget. Prints
+//         RESULT pos_parse_memory <transactions> <bytes> <budget_peak_bytes> <ok|code>
+//       budget_peak_bytes: the most the parse budget counted at once (what
+//       pos.max_parse_memory must allow for this file).
 //       FILE: the POSLog day (tests/fixtures/poslog/ncr-acs-day.xml); DIR: scratch, emptied.
 //       Prints, for the real day and for a synthetic day of N transactions (default 20000):
 //         RESULT pos_parse_<day|synthetic> <events> <bytes> <median_ms> <min_ms>
@@ -15,6 +26,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -31,6 +43,7 @@
 #include "drivers/pos/pos_spool_source.h"
 #include "drivers/pos/poslog_xml.h"
 #include "drivers/pos/transaction.h"
+#include "drivers/pos/transaction_json.h"
 
 namespace {
 
@@ -184,6 +197,80 @@ Timing durableRounds(const std::string& xml, const fs::path& dir, int rounds,
   return summarise(std::move(ms), events);
 }
 
+// Accepts every append and keeps nothing: the harness measures the spool, not a buffer.
+class CountingWriter final : public omniedge::EventWriter {
+ public:
+  omniedge::Result<omniedge::AppendOutcome> append(std::vector<omniedge::Event> events) override {
+    omniedge::AppendOutcome outcome;
+    for (const auto& e : events) {
+      outcome.ids.push_back(e.id);
+    }
+    outcome.stored = events.size();
+    count_ += events.size();
+    return outcome;
+  }
+  omniedge::Result<omniedge::AppendOutcome> appendEach(
+      std::vector<omniedge::Event> events) override {
+    return append(std::move(events));
+  }
+  std::size_t count() const { return count_; }
+
+ private:
+  std::size_t count_ = 0;
+};
+
+int spoolOneFile(const fs::path& file, const fs::path& dir) {
+  fs::remove_all(dir);
+  omniedge::pos::PosSpoolOptions options;
+  options.spool_dir = dir / "spool";
+  options.store_id = "bench";
+  omniedge::pos::PosSpoolSource source(options);
+  CountingWriter writer;
+  if (auto ready = source.poll(writer, {}); !ready) {
+    die("poll: " + ready.error().message);
+  }
+  const fs::path target = options.spool_dir / file.filename();
+  fs::copy_file(file, options.spool_dir / ("." + file.filename().string()));
+  const auto t0 = SteadyClock::now();
+  fs::rename(options.spool_dir / ("." + file.filename().string()), target);
+  for (int polls = 0; polls < 100 && fs::exists(target); ++polls) {
+    if (auto result = source.poll(writer, {}); !result) {
+      die("poll: " + result.error().message);
+    }
+  }
+  const double ms = msSince(t0);
+  const bool rejected = fs::exists(options.spool_dir / "rejected" / file.filename());
+  std::printf("RESULT pos_spool_file %zu %ju %.2f %s\n", writer.count(),
+              static_cast<uintmax_t>(
+                  fs::file_size(rejected ? options.spool_dir / "rejected" / file.filename()
+                                         : options.spool_dir / "processed" / file.filename())),
+              ms, rejected ? "rejected" : "processed");
+  if (rejected) {
+    std::printf(
+        "%s",
+        readFile(options.spool_dir / "rejected" / (file.filename().string() + ".error")).c_str());
+  }
+  fs::remove_all(dir);
+  return 0;
+}
+
+int parseOneFile(const fs::path& file, std::size_t max_memory) {
+  std::string text = readFile(file);
+  const std::size_t bytes = text.size();
+  const std::string name = file.filename().string();
+  omniedge::pos::Parsed parsed;
+  if (name.size() > 4 && name.substr(name.size() - 4) == ".xml") {
+    parsed = omniedge::pos::parsePosLog(std::move(text), max_memory);
+  } else if (name.size() > 6 && name.substr(name.size() - 6) == ".jsonl") {
+    parsed = omniedge::pos::parseJsonLines(text, max_memory);
+  } else {
+    parsed = omniedge::pos::parseJsonTransactions(text, SIZE_MAX, nullptr, max_memory);
+  }
+  std::printf("RESULT pos_parse_memory %zu %zu %zu %s\n", parsed.transactions.size(), bytes,
+              parsed.peak_memory, parsed.error ? parsed.error->code.c_str() : "ok");
+  return 0;
+}
+
 void print(const char* name, const Timing& t, std::size_t bytes) {
   std::printf("RESULT %s %zu %zu %.2f %.2f\n", name, t.events, bytes, t.median_ms, t.min_ms);
   std::fflush(stdout);
@@ -193,6 +280,9 @@ void print(const char* name, const Timing& t, std::size_t bytes) {
 
 int main(int argc, char** argv) {
   fs::path fixture;
+  fs::path spool_file;
+  fs::path parse_file;
+  std::size_t max_memory = omniedge::pos::kDefaultMaxParseMemory;
   fs::path dir;
   int rounds = 15;
   std::size_t synthetic = 20000;
@@ -206,6 +296,12 @@ int main(int argc, char** argv) {
     };
     if (arg == "--fixture") {
       fixture = next();
+    } else if (arg == "--parse-file") {
+      parse_file = next();
+    } else if (arg == "--max-memory") {
+      max_memory = static_cast<std::size_t>(std::strtoull(next().c_str(), nullptr, 10));
+    } else if (arg == "--spool-file") {
+      spool_file = next();
     } else if (arg == "--dir") {
       dir = next();
     } else if (arg == "--rounds") {
@@ -216,6 +312,13 @@ int main(int argc, char** argv) {
       die("unknown argument " + arg +
           " (usage: bench_pos --fixture FILE --dir DIR [--rounds N] [--synthetic N])");
     }
+  }
+  if (!parse_file.empty()) {
+    return parseOneFile(parse_file, max_memory);
+  }
+  if (!spool_file.empty() && !dir.empty()) {
+    spdlog::set_level(spdlog::level::warn);
+    return spoolOneFile(spool_file, dir);
   }
   if (fixture.empty() || dir.empty()) {
     die("usage: bench_pos --fixture FILE --dir DIR [--rounds N] [--synthetic N]");

@@ -17,7 +17,10 @@ struct BuiltinSettings {
   // POS spool (pos.*): off when spool_dir is empty.
   std::string pos_spool_dir;
   bool pos_keep_processed = true;
+  int pos_keep_processed_days = 7;
   int pos_rescan_interval_s = 10;
+  int64_t pos_max_file_bytes = int64_t{64} << 20;
+  int64_t pos_max_parse_memory = int64_t{128} << 20;
   // Beacon gateways (beacon.*): off when mqtt_url is empty.
   std::string beacon_mqtt_url;
   std::vector<std::string> beacon_topics;
@@ -27,6 +30,14 @@ struct BuiltinSettings {
   std::vector<std::string> beacon_ignore_prefixes;
   int64_t beacon_max_tracked = 10000;
   int beacon_qos = 0;
+  int64_t beacon_window_s = 5;
+  int beacon_switch_margin_db = 6;
+  int64_t beacon_switch_hold_s = 5;
+  std::vector<std::string> beacon_scanner_offsets;  // "scanner=dB"
+  int64_t beacon_max_message_bytes = 64 * 1024;
+  int64_t beacon_queue_max_bytes = 4 << 20;
+  int64_t beacon_pending_max_bytes = 4 << 20;
+  int64_t beacon_max_state_bytes = 8 << 20;
 };
 
 /// Every source the settings switch on. Thread: the owner's, at start-up. Fails with "config"

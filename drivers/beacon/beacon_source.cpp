@@ -7,8 +7,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <nlohmann/json.hpp>
 #include <utility>
 
+#include "agent/api/time.h"
 #include "drivers/beacon/gateway.h"
 
 namespace omniedge::beacon {
@@ -16,6 +18,28 @@ namespace {
 
 constexpr int kWaitMs = 200;
 constexpr std::size_t kMaxMessagesPerPoll = 50'000;
+constexpr std::size_t kAllocOverhead = 16;  // per heap block, as the presence engine counts
+
+/// What a queued message costs: its bytes, the deque slot and two heap blocks.
+std::size_t messageBytes(std::string_view topic, std::string_view payload) {
+  return topic.size() + payload.size() + 2 * (sizeof(std::string) + kAllocOverhead);
+}
+
+/// What a pending event holds in memory (strings, customer map nodes), roughly but from above.
+std::size_t eventBytes(const Event& e) {
+  std::size_t bytes = sizeof(Event) + e.id.capacity() + e.type.capacity() + e.source.capacity() +
+                      e.store_id.capacity() + e.data_json.capacity() + 4 * kAllocOverhead;
+  for (const auto& [k, v] : e.customer) {
+    bytes += 64 + k.capacity() + v.capacity() + 2 * kAllocOverhead;
+  }
+  return bytes;
+}
+
+/// Writer failures that are worth a retry with the same events; any other failure of
+/// appendEach() would repeat forever.
+bool retryable(const Error& e) {
+  return e.code == "full" || e.code == "io" || e.code == "stopping" || e.code == "busy";
+}
 
 Result<std::string> pahoUri(const std::string& url) {
   if (url.rfind("mqtt://", 0) == 0) {
@@ -80,16 +104,33 @@ void BeaconSource::fail(const std::string& why, int64_t now) {
   stats_.last_error = why;
 }
 
-void BeaconSource::onMessage(std::string topic, std::string payload) {
+bool BeaconSource::offer(std::string_view topic, std::string_view payload) {
+  const std::size_t bytes = messageBytes(topic, payload);
   {
     std::lock_guard lock(mu_);
-    if (queue_.size() >= options_.queue_capacity) {
-      ++stats_.queue_overflow;
-      return;
+    if (payload.size() > options_.max_message_bytes || topic.size() > kMaxTopicBytes) {
+      // Refused before it is copied: the reason is the same parseGatewayMessage() would give.
+      ++stats_.messages;
+      ++stats_.bad_messages;
+      stats_.last_input_error = fmt::format(
+          "{}: {}", printable(topic),
+          payload.size() > options_.max_message_bytes
+              ? fmt::format("payload is {} bytes; beacon.max_message_bytes allows {}",
+                            payload.size(), options_.max_message_bytes)
+              : fmt::format("topic is {} bytes, at most {}", topic.size(), kMaxTopicBytes));
+      return false;
     }
-    queue_.push_back(Message{std::move(topic), std::move(payload)});
+    if (queue_.size() >= options_.queue_capacity ||
+        queue_bytes_ + bytes > options_.queue_max_bytes) {
+      ++stats_.queue_overflow;
+      stats_.queue_overflow_bytes += bytes;
+      return false;
+    }
+    queue_.push_back(Message{std::string(topic), std::string(payload)});
+    queue_bytes_ += bytes;
   }
   cv_.notify_one();
+  return true;
 }
 
 Result<void> BeaconSource::manageConnection(int64_t now) {
@@ -151,8 +192,9 @@ Result<void> BeaconSource::manageConnection(int64_t now) {
     }
     client_ = std::make_unique<mqtt::async_client>(*uri, options_.client_id,
                                                    mqtt::create_options(MQTTVERSION_3_1_1));
-    client_->set_message_callback(
-        [this](mqtt::const_message_ptr msg) { onMessage(msg->get_topic(), msg->to_string()); });
+    client_->set_message_callback([this](mqtt::const_message_ptr msg) {
+      (void)offer(msg->get_topic(), msg->get_payload_str());
+    });
     client_->set_connection_lost_handler([this](const std::string&) {
       {
         std::lock_guard lock(mu_);
@@ -184,19 +226,25 @@ Result<void> BeaconSource::manageConnection(int64_t now) {
 
 Result<void> BeaconSource::poll(EventWriter& out, std::stop_token stop) {
   int64_t now = clock_->nowMs();
-  Result<void> connection = manageConnection(now);
+  Result<void> connection;
+  if (!options_.mqtt_url.empty()) {
+    connection = manageConnection(now);
+  }
 
   std::deque<Message> batch;
   {
     std::unique_lock lock(mu_);
-    if (queue_.empty() && pending_.empty() && !stop.stop_requested() && now < next_tick_ms_) {
+    if (queue_.empty() && pending_.empty() && unreported_events_ == 0 && !stop.stop_requested() &&
+        now < next_tick_ms_) {
       cv_.wait_for(lock, std::chrono::milliseconds(kWaitMs),
                    [&] { return !queue_.empty() || lost_ || stop.stop_requested(); });
     }
     if (queue_.size() <= kMaxMessagesPerPoll) {
       batch.swap(queue_);
+      queue_bytes_ = 0;
     } else {
       for (std::size_t i = 0; i < kMaxMessagesPerPoll; ++i) {
+        queue_bytes_ -= messageBytes(queue_.front().topic, queue_.front().payload);
         batch.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
@@ -206,19 +254,20 @@ Result<void> BeaconSource::poll(EventWriter& out, std::stop_token stop) {
 
   uint64_t bad = 0;
   uint64_t frame_errors = 0;
+  uint64_t telemetry = 0;
   uint64_t sightings = 0;
-  std::string last_error;
+  std::string last_input_error;
+  const std::size_t events_before = pending_.size();
   for (const Message& message : batch) {
-    auto parsed = parseGatewayMessage(message.topic, message.payload);
+    auto parsed = parseGatewayMessage(message.topic, message.payload, options_.max_message_bytes);
     if (!parsed) {
+      // Refused whole, before the engine: nothing of it can become an event.
       ++bad;
-      last_error = parsed.error().message;
+      last_input_error = fmt::format("{}: {}", printable(message.topic), parsed.error().message);
       continue;
     }
     frame_errors += parsed->frame_errors;
-    if (parsed->frame_errors > 0) {
-      last_error = parsed->last_frame_error;
-    }
+    telemetry += parsed->telemetry_frames;
     for (Sighting& s : parsed->sightings) {
       if (s.timestamp_ms && std::llabs(*s.timestamp_ms - now) > options_.max_clock_skew_ms) {
         s.timestamp_ms.reset();  // a gateway with a wrong clock: trust ours
@@ -231,21 +280,19 @@ Result<void> BeaconSource::poll(EventWriter& out, std::stop_token stop) {
     engine_.tick(now, pending_);
     next_tick_ms_ = now + options_.tick_interval_ms;
   }
-  uint64_t dropped = 0;
-  if (pending_.size() > options_.max_pending_events) {
-    dropped = pending_.size() - options_.max_pending_events;
-    pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(dropped));
+  for (std::size_t i = events_before; i < pending_.size(); ++i) {
+    pending_bytes_ += eventBytes(pending_[i]);
   }
-
-  Result<void> appended;
-  uint64_t appended_count = 0;
-  if (!pending_.empty()) {
-    auto result = out.append(pending_);
-    if (result) {
-      appended_count = pending_.size();
-      pending_.clear();
-    } else {
-      appended = result.error();
+  boundPending();
+  bad_since_log_ += bad;
+  if (bad_since_log_ > 0) {
+    // A gateway sending garbage sends a lot of it: one line a minute, the details in status.
+    const auto wall = std::chrono::steady_clock::now();
+    if (wall >= next_bad_log_) {
+      spdlog::warn("beacon: {} gateway message(s) refused, the latest: {}", bad_since_log_,
+                   last_input_error.empty() ? stats().last_input_error : last_input_error);
+      bad_since_log_ = 0;
+      next_bad_log_ = wall + std::chrono::seconds(60);
     }
   }
   {
@@ -253,19 +300,18 @@ Result<void> BeaconSource::poll(EventWriter& out, std::stop_token stop) {
     stats_.messages += batch.size();
     stats_.bad_messages += bad;
     stats_.frame_errors += frame_errors;
+    stats_.telemetry_frames += telemetry;
     stats_.sightings += sightings;
-    stats_.events += appended_count;
-    stats_.events_dropped += dropped;
-    stats_.presence = engine_.stats();
-    if (!last_error.empty()) {
-      stats_.last_error = last_error;
-    }
-    if (!appended) {
-      stats_.last_error = appended.error().message;
+    if (!last_input_error.empty()) {
+      stats_.last_input_error = std::move(last_input_error);
     }
   }
-  if (bad > 0) {
-    spdlog::debug("beacon: {} bad gateway messages, last: {}", bad, last_error);
+  Result<void> appended = appendPending(out);
+  {
+    std::lock_guard lock(mu_);
+    stats_.presence = engine_.stats();
+    stats_.pending = pending_.size();
+    stats_.pending_bytes = pending_bytes_;
   }
   if (!appended) {
     return appended;
@@ -273,9 +319,166 @@ Result<void> BeaconSource::poll(EventWriter& out, std::stop_token stop) {
   return connection;
 }
 
+void BeaconSource::boundPending() {
+  std::size_t drop = 0;
+  std::size_t bytes = pending_bytes_;
+  while (drop < pending_.size() && (pending_.size() - drop > options_.max_pending_events ||
+                                    bytes > options_.pending_max_bytes)) {
+    bytes -= eventBytes(pending_[drop]);
+    ++drop;
+  }
+  if (drop == 0) {
+    return;
+  }
+  // The oldest go first: the newest say best where people are now. Logged once per episode;
+  // the agent.data_dropped report that ends it has the totals.
+  if (unreported_events_ == 0) {
+    unreported_first_ms_ = pending_.front().occurred_at_ms;
+    spdlog::warn(
+        "beacon: the buffer refuses events; dropping the oldest pending presence events "
+        "(counted, reported as agent.data_dropped)");
+  }
+  unreported_last_ms_ = pending_[drop - 1].occurred_at_ms;
+  unreported_events_ += drop;
+  unreported_bytes_ += pending_bytes_ - bytes;
+  pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(drop));
+  {
+    std::lock_guard lock(mu_);
+    stats_.events_dropped += drop;
+    stats_.events_dropped_bytes += pending_bytes_ - bytes;
+  }
+  pending_bytes_ = bytes;
+}
+
+Result<void> BeaconSource::appendPending(EventWriter& out) {
+  if (pending_.empty() && unreported_events_ == 0) {
+    return {};
+  }
+  std::vector<Event> batch;
+  batch.reserve(pending_.size() + 1);
+  const bool report = unreported_events_ > 0;
+  if (report) {
+    // Nothing is dropped silently: the centre hears of it like of a buffer eviction.
+    Event e;
+    e.type = "agent.data_dropped";
+    e.source = "beacon";
+    e.data_json =
+        nlohmann::json{{"reason", "beacon: presence events dropped while the buffer refused them"},
+                       {"channel", "beacon"},
+                       {"priority", "low"},
+                       {"events", unreported_events_},
+                       {"bytes", unreported_bytes_},
+                       {"oldest_occurred_at", formatRfc3339Ms(unreported_first_ms_)},
+                       {"newest_occurred_at", formatRfc3339Ms(unreported_last_ms_)}}
+            .dump();
+    batch.push_back(std::move(e));
+  }
+  batch.insert(batch.end(), pending_.begin(), pending_.end());  // kept until the writer answers
+  const std::size_t offset = report ? 1 : 0;
+  const std::size_t batch_size = batch.size();
+  auto result = out.appendEach(std::move(batch));
+  if (!result && retryable(result.error())) {
+    std::lock_guard lock(mu_);
+    stats_.last_error = result.error().message;
+    return result.error();
+  }
+  uint64_t rejected = 0;
+  std::string last_rejection;
+  bool report_stored = report;
+  if (result) {
+    for (const Rejection& r : result->rejected) {
+      ++rejected;
+      if (report && r.index == 0) {
+        // Cannot happen with a sane writer; retrying would only spin. Counted like the rest.
+        report_stored = false;
+        last_rejection = fmt::format("agent.data_dropped refused by the writer: {}",
+                                     printable(r.error.message, 160));
+        continue;
+      }
+      if (r.index < offset || r.index - offset >= pending_.size()) {
+        continue;  // an index the writer made up: counted, nothing more to say
+      }
+      const Event& e = pending_[r.index - offset];
+      const auto beacon = e.customer.find("beacon");
+      last_rejection =
+          fmt::format("{} of {} refused by the writer: {}", e.type,
+                      beacon == e.customer.end() ? std::string("?") : printable(beacon->second),
+                      printable(r.error.message, 160));
+    }
+  } else {
+    // A writer that fails appendEach() as a whole for another reason would fail it again
+    // with the same events: they are refused, counted, and the channel goes on.
+    rejected = batch_size;
+    report_stored = false;
+    last_rejection = fmt::format("{} events refused by the writer: {}", batch_size,
+                                 printable(result.error().message, 160));
+  }
+  // Presence events the writer took (the report is not one of them).
+  const uint64_t taken = batch_size - rejected - (report_stored ? 1 : 0);
+  pending_.clear();
+  pending_bytes_ = 0;
+  unreported_events_ = 0;
+  unreported_bytes_ = 0;
+  std::lock_guard lock(mu_);
+  stats_.events += taken;
+  stats_.events_rejected += rejected;
+  stats_.drop_reports += report_stored ? 1 : 0;
+  if (!last_rejection.empty()) {
+    stats_.last_input_error = std::move(last_rejection);
+    // A writer refusing our events is a defect somewhere: say so, but not at every poll.
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= next_rejection_log_) {
+      spdlog::warn("beacon: {} (more in status)", stats_.last_input_error);
+      next_rejection_log_ = now + std::chrono::seconds(60);
+    }
+  }
+  return {};
+}
+
+SourceHealth BeaconSource::health() const {
+  const BeaconStats s = stats();
+  SourceHealth h;
+  h.input_errors = s.bad_messages + s.events_rejected;
+  h.last_input_error = s.last_input_error;
+  h.counters = {
+      {"messages", s.messages},
+      {"bad_messages", s.bad_messages},
+      {"sightings", s.sightings},
+      {"frame_errors", s.frame_errors},
+      {"telemetry_frames", s.telemetry_frames},
+      {"queue_depth", s.queue_depth},
+      {"queue_bytes", s.queue_bytes},
+      {"queue_overflow", s.queue_overflow},
+      {"queue_overflow_bytes", s.queue_overflow_bytes},
+      {"events", s.events},
+      {"events_rejected", s.events_rejected},
+      {"pending", s.pending},
+      {"pending_bytes", s.pending_bytes},
+      {"events_dropped", s.events_dropped},
+      {"events_dropped_bytes", s.events_dropped_bytes},
+      {"drop_reports", s.drop_reports},
+      {"tracked", s.presence.tracked},
+      {"scanners", s.presence.scanners},
+      {"state_bytes", s.presence.state_bytes},
+      {"refused_max_tracked", s.presence.refused},
+      {"refused_max_state_bytes", s.presence.refused_bytes},
+      {"ignored", s.presence.ignored},
+      {"enters", s.presence.enters},
+      {"zone_changes", s.presence.zone_changes},
+      {"exits", s.presence.exits},
+      {"connects", s.connects},
+      {"connect_failures", s.connect_failures},
+      {"connected", s.connected ? 1 : 0},
+  };
+  return h;
+}
+
 BeaconStats BeaconSource::stats() const {
   std::lock_guard lock(mu_);
-  return stats_;
+  BeaconStats s = stats_;
+  s.queue_depth = queue_.size();
+  s.queue_bytes = queue_bytes_;
+  return s;
 }
 
 std::unique_ptr<Source> makeBeaconSource(BeaconOptions options) {

@@ -169,29 +169,39 @@ Result<void> writeFileSynced(const fs::path& path, const std::string& content) {
   return {};
 }
 
-// Where in the input the event of a refused append came from. `field` is the writer's
-// "[i].name".
+// The writer's refusal of a file's events, in the terms of the file: the transaction (its
+// workstation and sequence, its line and element) and the field it was made of.
 ParseError refusedByWriter(const Error& error, const std::vector<Transaction>& transactions) {
-  ParseError out{error.code, "the agent refused the events: " + error.message, 0, error.field};
-  std::size_t index = 0;
-  const std::string& field = error.field;
-  if (field.size() > 2 && field.front() == '[') {
-    const std::size_t close = field.find(']');
-    index = std::strtoull(field.c_str() + 1, nullptr, 10);
-    if (close != std::string::npos && index < transactions.size()) {
-      const Transaction& tx = transactions[index];
-      const std::string rest =
-          close + 2 <= field.size() ? field.substr(std::min(close + 2, field.size())) : "";
-      out.reason = "the agent refused the transaction of workstation " + tx.workstation +
-                   ", sequence " + tx.sequence + ": " + error.message;
-      out.line = tx.source_line;
-      out.element = tx.source_element;
-      if (!rest.empty()) {
-        out.element += out.element.empty() ? rest : " (event field " + rest + ")";
-      }
-    }
+  ParseError out = explainRefusal(error, transactions, /*indexed=*/false);
+  const std::size_t close = error.field.find(']');
+  if (error.field.size() < 3 || error.field.front() != '[' || close == std::string::npos) {
+    out.reason = "the agent refused the events: " + error.message;
+    return out;
+  }
+  const std::size_t index = std::strtoull(error.field.c_str() + 1, nullptr, 10);
+  if (index >= transactions.size()) {
+    out.reason = "the agent refused the events: " + error.message;
+    return out;
+  }
+  const Transaction& tx = transactions[index];
+  if (out.element.empty()) {
+    out.reason = "the agent refused " + out.reason;  // "the event of transaction 161 of ..."
+    out.element = tx.source_element;
+  } else {
+    out.reason = "the agent refused transaction " + tx.sequence + " of workstation " +
+                 tx.workstation + ": " + out.reason;
+    out.element =
+        tx.source_element.empty() ? out.element : tx.source_element + " (" + out.element + ")";
   }
   return out;
+}
+
+// Sets a file's mtime to now: processed/ keeps files for pos.keep_processed_days from when they
+// were processed, not from when the till wrote them (rename keeps the mtime).
+void touch(const fs::path& path) {
+  if (::utimensat(AT_FDCWD, path.c_str(), nullptr, AT_SYMLINK_NOFOLLOW) != 0) {
+    spdlog::warn("pos: cannot set the time of {}: {}", path.string(), errnoText(errno));
+  }
 }
 
 }  // namespace
@@ -219,6 +229,21 @@ std::string_view PosSpoolSource::name() const { return "pos"; }
 PosSpoolStats PosSpoolSource::stats() const {
   std::lock_guard lock(stats_mu_);
   return stats_;
+}
+
+SourceHealth PosSpoolSource::health() const {
+  std::lock_guard lock(stats_mu_);
+  SourceHealth health;
+  health.input_errors = stats_.files_rejected;
+  health.last_input_error = stats_.last_rejected;
+  health.counters = {{"files_processed", stats_.files_processed},
+                     {"files_rejected", stats_.files_rejected},
+                     {"budget_refusals", stats_.budget_refusals},
+                     {"events", stats_.events},
+                     {"duplicates", stats_.duplicates},
+                     {"retries", stats_.retries},
+                     {"processed_pruned", stats_.processed_pruned}};
+  return health;
 }
 
 void PosSpoolSource::closeWatch() {
@@ -335,6 +360,10 @@ Result<void> PosSpoolSource::poll(EventWriter& out, std::stop_token stop) {
     }
     drainEvents();
     int64_t now = steadyMs();
+    if (now >= next_prune_ms_) {
+      next_prune_ms_ = now + static_cast<int64_t>(std::max(options_.prune_interval_s, 1)) * 1000;
+      pruneProcessed();
+    }
     if (now < retry_at_ms_) {
       wait(stop, static_cast<int>(std::min<int64_t>(retry_at_ms_ - now, kMaxWaitMs)));
       return {};
@@ -477,11 +506,11 @@ Result<PosSpoolSource::Outcome> PosSpoolSource::processFile(const Candidate& fil
     }
     if (err == ELOOP || err == EACCES || err == EPERM) {
       auto rejected =
-          reject(file.name, describe(ParseError{"unreadable",
-                                                err == ELOOP ? "a symbolic link, not a regular file"
-                                                             : "cannot be read: " + errnoText(err),
-                                                0,
-                                                {}}));
+          reject(file.name, ParseError{"unreadable",
+                                       err == ELOOP ? "a symbolic link, not a regular file"
+                                                    : "cannot be read: " + errnoText(err),
+                                       0,
+                                       {}});
       if (!rejected) {
         return rejected.error();
       }
@@ -500,14 +529,15 @@ Result<PosSpoolSource::Outcome> PosSpoolSource::processFile(const Candidate& fil
     refused = ParseError{"too_large",
                          "the file is " + std::to_string(before.st_size) + " bytes; files up to " +
                              std::to_string(options_.max_file_bytes) +
-                             " bytes are read (split the day into several files)",
+                             " bytes are read (pos.max_file_bytes; split the day into several "
+                             "files)",
                          0,
                          {}};
   } else if (before.st_size == 0) {
     refused = ParseError{"empty", "the file is empty", 0, {}};
   }
   if (refused) {
-    auto rejected = reject(file.name, describe(*refused));
+    auto rejected = reject(file.name, *refused, refused->code == "too_large");
     if (!rejected) {
       return rejected.error();
     }
@@ -541,18 +571,23 @@ Result<PosSpoolSource::Outcome> PosSpoolSource::processFile(const Candidate& fil
   Parsed parsed;
   switch (formatOf(file.name)) {
     case Format::kXml:
-      parsed = parsePosLog(std::move(content));
+      parsed = parsePosLog(std::move(content), options_.max_parse_memory);
       break;
     case Format::kJsonLines:
-      parsed = parseJsonLines(content);
+      parsed = parseJsonLines(content, options_.max_parse_memory);
       break;
     default:
-      parsed = parseJsonTransactions(content, std::numeric_limits<std::size_t>::max(), nullptr);
+      parsed = parseJsonTransactions(content, std::numeric_limits<std::size_t>::max(), nullptr,
+                                     options_.max_parse_memory);
       break;
   }
   std::string().swap(content);
   if (parsed.error) {
-    auto rejected = reject(file.name, describe(*parsed.error));
+    const bool over_budget = parsed.error->code == "too_large";
+    if (over_budget) {
+      parsed.error->reason += " (pos.max_parse_memory; split the file into several)";
+    }
+    auto rejected = reject(file.name, *parsed.error, over_budget);
     if (!rejected) {
       return rejected.error();
     }
@@ -576,7 +611,7 @@ Result<PosSpoolSource::Outcome> PosSpoolSource::processFile(const Candidate& fil
     if (!result) {
       const Error& error = result.error();
       if (error.code == "invalid" || error.code == "too_large") {
-        auto rejected = reject(file.name, describe(refusedByWriter(error, parsed.transactions)));
+        auto rejected = reject(file.name, refusedByWriter(error, parsed.transactions));
         if (!rejected) {
           return rejected.error();
         }
@@ -609,11 +644,12 @@ Result<PosSpoolSource::Outcome> PosSpoolSource::processFile(const Candidate& fil
 
 Result<void> PosSpoolSource::finish(const std::string& file_name) {
   renamed_.erase(file_name);
-  if (options_.keep_processed) {
+  if (options_.keep_processed && options_.keep_processed_days > 0) {
     auto moved = moveUnique(options_.spool_dir, file_name, processed_dir_);
     if (!moved) {
       return moved.error();
     }
+    touch(processed_dir_ / *moved);
     if (auto synced = fsyncDir(processed_dir_); !synced) {
       return synced;
     }
@@ -629,7 +665,40 @@ Result<void> PosSpoolSource::finish(const std::string& file_name) {
   return {};
 }
 
-Result<void> PosSpoolSource::reject(const std::string& file_name, const std::string& why) {
+void PosSpoolSource::pruneProcessed() {
+  if (!options_.keep_processed || options_.keep_processed_days <= 0) {
+    return;  // finish() deletes files; what an older version kept is left to the operator
+  }
+  const int64_t cutoff_ns =
+      wallNs() - static_cast<int64_t>(options_.keep_processed_days) * 86400 * 1000000000;
+  std::error_code ec;
+  fs::directory_iterator it(processed_dir_, ec);
+  uint64_t pruned = 0;
+  for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    struct stat st {};
+    if (::lstat(it->path().c_str(), &st) != 0 || !S_ISREG(st.st_mode) || mtimeNs(st) >= cutoff_ns) {
+      continue;
+    }
+    if (::unlink(it->path().c_str()) == 0) {
+      ++pruned;
+    } else if (errno != ENOENT) {
+      spdlog::warn("pos: cannot delete {}: {}", it->path().string(), errnoText(errno));
+    }
+  }
+  if (ec) {
+    spdlog::warn("pos: cannot list {}: {}", processed_dir_.string(), ec.message());
+  }
+  if (pruned > 0) {
+    spdlog::info("pos: deleted {} files processed more than {} days ago", pruned,
+                 options_.keep_processed_days);
+    std::lock_guard lock(stats_mu_);
+    stats_.processed_pruned += pruned;
+  }
+}
+
+Result<void> PosSpoolSource::reject(const std::string& file_name, const ParseError& error,
+                                    bool over_budget) {
+  const std::string why = describe(error);
   renamed_.erase(file_name);
   auto moved = moveUnique(options_.spool_dir, file_name, rejected_dir_);
   if (!moved) {
@@ -644,17 +713,34 @@ Result<void> PosSpoolSource::reject(const std::string& file_name, const std::str
   if (auto synced = fsyncDir(options_.spool_dir); !synced) {
     return synced;
   }
-  std::string one_line = why;
-  std::replace(one_line.begin(), one_line.end(), '\n', ' ');
+  // One line for the log and status: "day.xml: why (line 3, element Transaction/...)".
+  // Both through forPeople(): valid UTF-8 for the status JSON, short even for random bytes.
+  std::string one_line = forPeople(error.reason);
+  if (error.line > 0 || !error.element.empty()) {
+    one_line += " (";
+    one_line += error.line > 0 ? "line " + std::to_string(error.line) : "";
+    one_line += error.line > 0 && !error.element.empty() ? ", " : "";
+    one_line += error.element.empty() ? "" : "element " + forPeople(error.element);
+    one_line += ")";
+  }
   spdlog::warn("pos: {} rejected (moved to rejected/{}): {}", file_name, *moved, one_line);
   countError(file_name + ": " + one_line, true);
+  // Refused for its size alone (pos.max_file_bytes, pos.max_parse_memory): counted apart, as a
+  // sign the limits may need raising rather than the till fixing.
+  if (over_budget) {
+    std::lock_guard lock(stats_mu_);
+    ++stats_.budget_refusals;
+  }
   return {};
 }
 
-void PosSpoolSource::countError(const std::string& message, bool rejected) {
+void PosSpoolSource::countError(const std::string& text, bool rejected) {
+  // File names are bytes too (a till writing Latin-1 names): status needs valid UTF-8.
+  std::string message = forPeople(text, 1000);
   std::lock_guard lock(stats_mu_);
   if (rejected) {
     ++stats_.files_rejected;
+    stats_.last_rejected = message;
   } else {
     ++stats_.retries;
   }

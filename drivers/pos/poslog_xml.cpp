@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <pugixml.hpp>
 #include <string_view>
@@ -28,6 +30,99 @@ constexpr std::array<std::string_view, 4> kEmailNames = {"EMailAddress", "EmailA
 // counting it as a sale too would count its items twice.
 constexpr std::array<std::string_view, 6> kVoidStatuses = {"voided",   "void",    "cancelled",
                                                            "canceled", "aborted", "suspended"};
+
+// pugixml allocates through one process-wide pair of functions. Ours charge the budget of the
+// parse running on the calling thread (none: no limit), so a document of millions of empty
+// elements fails with status_out_of_memory at the budget instead of taking gigabytes. The
+// budget is thread_local, so concurrent parses on other threads neither see nor disturb it.
+// These functions are malloc/free, exactly pugixml's defaults, so memory allocated before they
+// were installed is freed correctly after. This file is pugixml's only user in the process,
+// and installs them (once, thread-safely) before its first parse.
+thread_local ParseBudget* t_budget = nullptr;
+
+void* budgetedAllocate(std::size_t size) {
+  if (t_budget != nullptr && !t_budget->take(size)) {
+    return nullptr;  // pugixml turns this into status_out_of_memory and unwinds cleanly
+  }
+  return std::malloc(size);  // NOLINT(cppcoreguidelines-no-malloc): pugixml's contract
+}
+
+void budgetedDeallocate(void* p) {
+  std::free(p);  // NOLINT(cppcoreguidelines-no-malloc)
+}
+
+void installBudgetedAllocator() {
+  static const bool installed = [] {
+    pugi::set_memory_management_functions(budgetedAllocate, budgetedDeallocate);
+    return true;
+  }();
+  (void)installed;
+}
+
+// Sets the calling thread's budget for pugixml for one scope.
+class BudgetScope {
+ public:
+  explicit BudgetScope(ParseBudget& budget) : previous_(t_budget) { t_budget = &budget; }
+  ~BudgetScope() { t_budget = previous_; }
+  BudgetScope(const BudgetScope&) = delete;
+  BudgetScope& operator=(const BudgetScope&) = delete;
+
+ private:
+  ParseBudget* previous_;
+};
+
+// Line numbers of byte offsets. The parse works in place and overwrites bytes (a '\n' after a
+// name becomes the name's terminator), so the newlines are recorded before it: one bit per
+// byte, and a count per 512 bytes, about 1/7 of the text (a vector of every newline's offset
+// would take 8 bytes per line: 512 MiB for 64 MiB of blank lines).
+class LineIndex {
+ public:
+  // False when the budget cannot hold the index.
+  bool build(std::string_view text, ParseBudget& budget) {
+    const std::size_t words = text.size() / 64 + 1;
+    const std::size_t blocks = words / kWordsPerBlock + 1;
+    if (!budget.take(words * sizeof(uint64_t) + blocks * sizeof(uint64_t))) {
+      return false;
+    }
+    words_.assign(words, 0);
+    const char* begin = text.data();
+    const char* end = begin + text.size();
+    for (const char* p = begin; (p = static_cast<const char*>(std::memchr(p, '\n', end - p)));
+         ++p) {
+      const auto at = static_cast<std::size_t>(p - begin);
+      words_[at / 64] |= uint64_t{1} << (at % 64);
+    }
+    blocks_.assign(blocks, 0);
+    uint64_t count = 0;
+    for (std::size_t w = 0; w < words; ++w) {
+      if (w % kWordsPerBlock == 0) {
+        blocks_[w / kWordsPerBlock] = count;
+      }
+      count += static_cast<uint64_t>(std::popcount(words_[w]));
+    }
+    return true;
+  }
+
+  // 1-based line of a byte offset into the original text; 0 when unknown.
+  std::size_t lineAt(std::ptrdiff_t offset) const {
+    if (offset < 0 || words_.empty()) {
+      return 0;
+    }
+    const auto at = std::min(static_cast<std::size_t>(offset), words_.size() * 64 - 1);
+    const std::size_t word = at / 64;
+    uint64_t count = blocks_[word / kWordsPerBlock];
+    for (std::size_t w = word - word % kWordsPerBlock; w < word; ++w) {
+      count += static_cast<uint64_t>(std::popcount(words_[w]));
+    }
+    const uint64_t below = at % 64 == 0 ? 0 : words_[word] & ((uint64_t{1} << (at % 64)) - 1);
+    return static_cast<std::size_t>(count + static_cast<uint64_t>(std::popcount(below))) + 1;
+  }
+
+ private:
+  static constexpr std::size_t kWordsPerBlock = 8;
+  std::vector<uint64_t> words_;   // bit i: byte i is '\n'
+  std::vector<uint64_t> blocks_;  // newlines before each block of kWordsPerBlock words
+};
 
 std::string_view localName(std::string_view name) {
   const std::size_t colon = name.rfind(':');
@@ -82,7 +177,7 @@ bool startsWithIgnoreCase(std::string_view text, std::string_view prefix) {
 
 class Reader {
  public:
-  explicit Reader(std::string& xml) : xml_(xml) {}
+  Reader(std::string& xml, ParseBudget& budget) : xml_(xml), budget_(budget) {}
 
   Parsed run() {
     Parsed parsed;
@@ -90,7 +185,10 @@ class Reader {
       parsed.error = ParseError{"empty", "the file is empty", 0, {}};
       return parsed;
     }
-    indexLines();
+    if (!lines_.build(xml_, budget_)) {
+      parsed.error = budget_.error();
+      return parsed;
+    }
     // pugixml never expands external entities, but a POSLog has no use for a DTD, and refusing
     // one outright keeps every XXE and entity-expansion variant out for good.
     for (std::string_view marker : {"<!DOCTYPE", "<!ENTITY"}) {
@@ -105,10 +203,17 @@ class Reader {
       }
     }
 
+    installBudgetedAllocator();
+    const BudgetScope scope(budget_);
     pugi::xml_document doc;
     const pugi::xml_parse_result result = doc.load_buffer_inplace(
         xml_.data(), xml_.size(), pugi::parse_default | pugi::parse_embed_pcdata,
         pugi::encoding_auto);
+    if (!result && budget_.exceeded()) {
+      parsed.error = budget_.error();
+      parsed.error->line = lineAt(result.offset);
+      return parsed;
+    }
     if (!result) {
       ParseError error{"invalid_xml",
                        std::string("malformed XML: ") + result.description(),
@@ -153,25 +258,7 @@ class Reader {
   }
 
  private:
-  void indexLines() {
-    const char* begin = xml_.data();
-    const char* end = begin + xml_.size();
-    for (const char* p = begin; (p = static_cast<const char*>(std::memchr(p, '\n', end - p)));
-         ++p) {
-      newlines_.push_back(static_cast<std::size_t>(p - begin));
-    }
-  }
-
-  // 1-based line of a byte offset into the original text.
-  std::size_t lineAt(std::ptrdiff_t offset) const {
-    if (offset < 0) {
-      return 0;
-    }
-    return static_cast<std::size_t>(std::lower_bound(newlines_.begin(), newlines_.end(),
-                                                     static_cast<std::size_t>(offset)) -
-                                    newlines_.begin()) +
-           1;
-  }
+  std::size_t lineAt(std::ptrdiff_t offset) const { return lines_.lineAt(offset); }
 
   std::size_t lineOf(pugi::xml_node node) const { return lineAt(node.offset_debug()); }
 
@@ -203,6 +290,17 @@ class Reader {
     }
   }
 
+  // Charges the budget for what the mapping makes; false (and the document fails) when over.
+  bool charge(std::size_t bytes) {
+    if (budget_.take(bytes)) {
+      return true;
+    }
+    if (!error_) {
+      error_ = budget_.error();
+    }
+    return false;
+  }
+
   // A decimal child's normalised text; "" when absent or empty; fails the document when the
   // text is not a decimal number.
   std::string decimal(pugi::xml_node node) {
@@ -219,6 +317,16 @@ class Reader {
     fail(node, std::string(localName(node.name())) + " \"" + std::string(value.substr(0, 40)) +
                    "\" is not a decimal amount (like 12.50)");
     return {};
+  }
+
+  // A line or tender of the transaction being read, charged as it is made (a file of a million
+  // empty Sale elements must stop at the budget, not after making them all).
+  bool chargePart(std::size_t bytes) {
+    if (!charge(bytes)) {
+      return false;
+    }
+    charged_parts_ += bytes;
+    return true;
   }
 
   std::string decimalChild(pugi::xml_node parent, std::string_view local) {
@@ -243,9 +351,10 @@ class Reader {
       readControl(control, tx);
     }
     readIdentity(node, tx);
-    if (!error_) {
+    if (!error_ && charge(footprint(tx) - charged_parts_)) {
       parsed.transactions.push_back(std::move(tx));
     }
+    charged_parts_ = 0;
   }
 
   void readHeader(pugi::xml_node node, Transaction& tx) {
@@ -336,6 +445,9 @@ class Reader {
         LineItem line = readItem(c);
         line.is_return = name == "Return";
         line.voided = voided;
+        if (!chargePart(footprint(line))) {
+          return;
+        }
         tx.lines.push_back(std::move(line));
       } else if (name == "Tender") {
         // Only what says how the customer paid: never PrimaryAccountNumber, Authorization
@@ -346,6 +458,9 @@ class Reader {
         if (const pugi::xml_node card = child(c, "CreditDebit")) {
           tender.card_type = trimSpace(attribute(card, "CardType").value());
           tender.card_brand = trimSpace(attribute(card, "CreditDescription").value());
+        }
+        if (!chargePart(footprint(tender))) {
+          return;
         }
         tx.tenders.push_back(std::move(tender));
       }
@@ -446,15 +561,20 @@ class Reader {
   }
 
   std::string& xml_;
-  std::vector<std::size_t> newlines_;  // offsets of '\n' in the original text
+  ParseBudget& budget_;
+  LineIndex lines_;
+  std::size_t charged_parts_ = 0;  // of the transaction being read: its lines and tenders
   std::optional<ParseError> error_;
 };
 
 }  // namespace
 
-Parsed parsePosLog(std::string xml) {
-  Reader reader(xml);
-  return reader.run();
+Parsed parsePosLog(std::string xml, std::size_t max_memory) {
+  ParseBudget budget(max_memory);
+  Reader reader(xml, budget);
+  Parsed parsed = reader.run();
+  parsed.peak_memory = budget.peak();
+  return parsed;
 }
 
 }  // namespace omniedge::pos

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "agent/api/event.h"
+#include "agent/api/result.h"
 
 namespace omniedge::pos {
 
@@ -74,12 +75,19 @@ struct ParseError {
 struct Parsed {
   std::vector<Transaction> transactions;
   std::optional<ParseError> error;
-  std::size_t skipped = 0;  // POSLog transactions of other kinds (tender control, ...): ignored
+  std::size_t skipped = 0;      // POSLog transactions of other kinds (tender control, ...): ignored
+  std::size_t peak_memory = 0;  // the most the parse's budget counted at once (bytes)
 };
 
-/// "<store_id>:<workstation>:<business_day>:<sequence>" with every character outside
-/// [A-Za-z0-9._:@-] replaced by '-'; longer than 128 characters, it is cut and ends in a hash
-/// of the whole, so it stays unique. The same transaction always gets the same id.
+/// The event id of `tx`: "<store_id>:<workstation>:<business_day>:<sequence>" when every part
+/// is already made of id characters ([A-Za-z0-9._@-], no ':') and the whole fits 128
+/// characters: the ids existing buffers remember. Otherwise (a space, an umlaut, a '/', a ':',
+/// or too long) "<store_id>:<ws>:<day>:<seq>:<hash>": the parts with every other character
+/// replaced by '-' and shortened (a hint for people), then 32 hex digits of a SHA-256 of the
+/// exact original fields. Such an id has one ':' more than any clean one, so the two kinds never
+/// meet, and the hash keeps transactions apart that differ only in replaced characters. Always
+/// 1-128 characters of A-Z a-z 0-9 - _ . : @ (Ingest's rule), given a store id of at most 64
+/// such characters (what store.id allows). The same transaction always gets the same id.
 /// Thread: any. Never fails.
 std::string transactionId(std::string_view store_id, const Transaction& tx);
 
@@ -88,6 +96,70 @@ std::string transactionId(std::string_view store_id, const Transaction& tx);
 /// id and e-mail in `customer`. store_id is left for ingest to fill.
 /// Thread: any. Never fails or throws (but std::bad_alloc).
 Event toEvent(const Transaction& tx, std::string_view store_id);
+
+/// How much memory a parse may hold besides its input by default (pos.max_parse_memory).
+inline constexpr std::size_t kDefaultMaxParseMemory = std::size_t{128} << 20;
+
+/// What one parse may hold in memory besides the input text itself: the XML tree or the JSON
+/// values, and the transactions made of them. The parsers charge it as they allocate, so a
+/// file of millions of empty elements stops at the limit instead of growing to gigabytes; they
+/// then fail with a ParseError "too_large" (error() below) and free what they held.
+/// Thread: one parse at a time (not shared).
+class ParseBudget {
+ public:
+  explicit ParseBudget(std::size_t limit) : limit_(limit) {}
+
+  /// Counts `bytes` more. False when that passes the limit; exceeded() stays true from then on
+  /// (the bytes are not counted, so used() never passes the limit).
+  bool take(std::size_t bytes) {
+    if (exceeded_ || bytes > limit_ - used_) {
+      exceeded_ = true;
+      return false;
+    }
+    used_ += bytes;
+    peak_ = used_ > peak_ ? used_ : peak_;
+    return true;
+  }
+  /// Counts `bytes` freed (at most what was taken).
+  void give(std::size_t bytes) { used_ -= bytes < used_ ? bytes : used_; }
+
+  bool exceeded() const { return exceeded_; }
+  std::size_t used() const { return used_; }
+  std::size_t peak() const { return peak_; }
+  std::size_t limit() const { return limit_; }
+
+  /// The error of an exceeded budget: code "too_large", naming the limit.
+  ParseError error() const;
+
+ private:
+  std::size_t limit_;
+  std::size_t used_ = 0;
+  std::size_t peak_ = 0;
+  bool exceeded_ = false;
+};
+
+/// About how many bytes `tx` holds: the struct, its lines and tenders, and strings too long
+/// for the small-string buffer. What the parsers charge their budget per transaction.
+/// Thread: any.
+std::size_t footprint(const Transaction& tx);
+/// The same for one line item or tender, as the readers make them.
+std::size_t footprint(const LineItem& line);
+std::size_t footprint(const Tender& tender);
+
+/// "128 MiB", "64 KiB" or "1000 bytes". Thread: any.
+std::string formatBytes(std::size_t bytes);
+
+/// The error of a writer that refused the events made of `transactions` (Error::field
+/// "[i].name", Error::message "name why", as Ingest writes them), told in the terms of the
+/// transactions: the event field becomes the transaction field it was made of (occurred_at ->
+/// ended_at, source -> workstation), and an event refused as a whole (too large: field "[i]")
+/// is named by its sequence, workstation and business day. `indexed`: the transactions came as
+/// an array, so the element and the reason keep "[i]"; false for a single object (element ""
+/// then for a whole event). The code stays the writer's ("invalid", "too_large"); the line is
+/// the transaction's source_line. An error that names no event is returned as it is.
+/// Thread: any. Never fails.
+ParseError explainRefusal(const Error& error, const std::vector<Transaction>& transactions,
+                          bool indexed);
 
 /// No control characters (what a text field of a transaction may hold).
 bool printable(std::string_view s);
@@ -111,8 +183,15 @@ std::string normaliseLoyaltyId(std::string_view text);
 /// The leading and trailing whitespace of `text` removed. Thread: any.
 std::string_view trimSpace(std::string_view text);
 
+/// `text` made safe to show a person (a .error file, a log line, `omniedge status`): bytes that
+/// are not well-formed UTF-8 and control characters become U+FFFD, and text over `max_bytes`
+/// is cut (on a character boundary) and ends in "...". An element name from a file of random
+/// bytes is then still valid JSON for the status, and short. Thread: any.
+std::string forPeople(std::string_view text, std::size_t max_bytes = 300);
+
 /// A ParseError as the text of a `<name>.error` file and of log lines:
-/// "why: ...\nline: N\nelement: E\n" (line and element only when known). Thread: any.
+/// "why: ...\nline: N\nelement: E\n" (line and element only when known), each through
+/// forPeople(). Thread: any.
 std::string describe(const ParseError& error);
 
 }  // namespace omniedge::pos

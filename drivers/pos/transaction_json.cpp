@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <exception>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -22,6 +23,7 @@ constexpr std::size_t kMaxDepth = 16;      // a transaction is 4 levels deep
 constexpr std::size_t kMaxMembers = 256;   // per object (duplicate checks stay cheap)
 constexpr std::size_t kMaxIdentity = 128;  // loyalty id, as ingest allows
 constexpr std::size_t kMaxEmailLength = 254;
+constexpr std::size_t kMaxQuoted = 40;  // bytes of a bad value quoted in an error
 
 struct JMember;
 
@@ -46,9 +48,18 @@ JValue makeValue(JValue::Kind kind) {
   return v;
 }
 
+// Builds the tree, charging the budget for every value as it is made (its node, its text, the
+// growth of its parent's vector), and stops at the budget. When the root is an array and
+// `on_item` is set, each element is handed over as soon as it is complete and then freed, so
+// an array of transactions never holds more than one transaction's tree at a time.
 class TreeBuilder {
  public:
   using Json = nlohmann::json;
+  // Called with each complete element of a root array and its index; false stops the parse.
+  using ItemHandler = std::function<bool(JValue& item, std::size_t index)>;
+
+  explicit TreeBuilder(ParseBudget& budget, ItemHandler on_item = {})
+      : budget_(budget), on_item_(std::move(on_item)) {}
 
   bool null() { return add(JValue{}); }
   bool boolean(bool value) {
@@ -81,15 +92,9 @@ class TreeBuilder {
     key_ = std::move(name);
     return true;
   }
-  bool end_object() {
-    stack_.pop_back();
-    return true;
-  }
+  bool end_object() { return close(); }
   bool start_array(std::size_t /*size*/) { return open(JValue::Kind::kArray); }
-  bool end_array() {
-    stack_.pop_back();
-    return true;
-  }
+  bool end_array() { return close(); }
   bool parse_error(std::size_t position, const std::string& /*last_token*/,
                    const nlohmann::json::exception& error) {
     position_ = position;
@@ -104,6 +109,10 @@ class TreeBuilder {
   JValue& root() { return root_; }
   const std::string& message() const { return message_; }
   std::size_t position() const { return position_; }
+  // The parse stopped because on_item said so (its own error), not for the JSON.
+  bool stoppedByItem() const { return stopped_by_item_; }
+  // Bytes the tree still holds (what is left after the streamed elements were freed).
+  std::size_t treeBytes() const { return tree_bytes_; }
 
  private:
   bool number(std::string text) {
@@ -117,38 +126,113 @@ class TreeBuilder {
     return false;
   }
 
-  bool add(JValue value) {
-    insert(std::move(value));
+  bool charge(std::size_t bytes) {
+    if (!budget_.take(bytes)) {
+      message_ = budget_.error().reason;
+      return false;
+    }
+    tree_bytes_ += bytes;
     return true;
+  }
+
+  static std::size_t heapBytes(const std::string& s) {
+    return s.capacity() > 15 ? s.capacity() + 1 : 0;
+  }
+
+  // A streamed element begins: whatever the tree takes from here on is freed when it is done.
+  bool streaming() const {
+    return on_item_ && stack_.size() == 1 && root_.kind == JValue::Kind::kArray;
+  }
+
+  bool add(JValue value) {
+    const bool item = streaming();
+    if (item) {
+      item_start_bytes_ = tree_bytes_;
+    }
+    if (insert(std::move(value)) == nullptr) {
+      return false;
+    }
+    return !item || handOver();
   }
 
   // Pointers on the stack stay valid: only the innermost open container grows.
   JValue* insert(JValue value) {
+    if (!charge(sizeof(JValue) + heapBytes(value.text))) {
+      return nullptr;
+    }
     if (stack_.empty()) {
       root_ = std::move(value);
       return &root_;
     }
     JValue& parent = *stack_.back();
     if (parent.kind == JValue::Kind::kObject) {
+      if (parent.members.size() == parent.members.capacity() &&
+          !charge(grownBy(parent.members.capacity()) * sizeof(JMember))) {
+        return nullptr;
+      }
+      if (!charge(heapBytes(key_))) {
+        return nullptr;
+      }
       parent.members.push_back(JMember{std::move(key_), std::move(value)});
       return &parent.members.back().second;
+    }
+    if (parent.items.size() == parent.items.capacity() &&
+        !charge(grownBy(parent.items.capacity()) * sizeof(JValue))) {
+      return nullptr;
     }
     parent.items.push_back(std::move(value));
     return &parent.items.back();
   }
+
+  // How many elements a full vector of `capacity` gains when it grows (libstdc++ doubles).
+  static std::size_t grownBy(std::size_t capacity) { return capacity == 0 ? 1 : capacity; }
+
   bool open(JValue::Kind kind) {
     if (stack_.size() >= kMaxDepth) {
       return fail("nested deeper than " + std::to_string(kMaxDepth) + " levels");
     }
-    stack_.push_back(insert(makeValue(kind)));
+    if (streaming()) {
+      item_start_bytes_ = tree_bytes_;
+    }
+    JValue* opened = insert(makeValue(kind));
+    if (opened == nullptr) {
+      return false;
+    }
+    stack_.push_back(opened);
     return true;
   }
 
+  bool close() {
+    stack_.pop_back();
+    return !streaming() || handOver();
+  }
+
+  // The root array's newest element is complete: hand it over, then free it.
+  bool handOver() {
+    JValue& item = root_.items.back();
+    const bool go_on = on_item_(item, index_++);
+    root_.items.clear();  // keeps its capacity (one element) for the next
+    const std::size_t freed = tree_bytes_ - item_start_bytes_;
+    budget_.give(freed);
+    tree_bytes_ -= freed;
+    item_start_bytes_ = tree_bytes_;
+    if (!go_on) {
+      stopped_by_item_ = true;
+    }
+    return go_on;
+  }
+
+  ParseBudget& budget_;
+  ItemHandler on_item_;
   JValue root_;
   std::vector<JValue*> stack_;
   std::string key_;
   std::string message_;
   std::size_t position_ = 0;
+  std::size_t tree_bytes_ = 0;        // charged for the tree and not given back
+  std::size_t item_start_bytes_ = 0;  // tree_bytes_ when the current streamed element began
+  std::size_t index_ = 0;             // of the next streamed element
+  bool stopped_by_item_ = false;
 };
 
 // Fields that would carry card data: refused by name, so that a till that sends them learns
@@ -175,7 +259,7 @@ bool isCardDataField(std::string_view name) {
 // Maps one transaction object; the first error wins and stops the mapping.
 class Mapper {
  public:
-  explicit Mapper(std::string prefix) : prefix_(std::move(prefix)) {}
+  Mapper(std::string prefix, ParseBudget& budget) : prefix_(std::move(prefix)), budget_(budget) {}
 
   std::optional<Transaction> map(JValue& object) {
     if (object.kind != JValue::Kind::kObject) {
@@ -220,11 +304,17 @@ class Mapper {
         tx.training = boolean(value, name);
       } else if (name == "lines") {
         forEachObject(value, name, [&](JValue& item, const std::string& at) {
-          tx.lines.push_back(line(item, at));
+          LineItem made = line(item, at);
+          if (chargePart(footprint(made))) {
+            tx.lines.push_back(std::move(made));
+          }
         });
       } else if (name == "tenders") {
         forEachObject(value, name, [&](JValue& item, const std::string& at) {
-          tx.tenders.push_back(tender(item, at));
+          Tender made = tender(item, at);
+          if (chargePart(footprint(made))) {
+            tx.tenders.push_back(std::move(made));
+          }
         });
       } else if (name == "totals") {
         totals(value, name, tx);
@@ -255,7 +345,11 @@ class Mapper {
     if (!error_) {
       deriveKind(kind, tx);
     }
+    if (!error_) {
+      charge(footprint(tx) - charged_parts_);
+    }
     if (error_) {
+      budget_.give(charged_parts_);  // the transaction is dropped
       return std::nullopt;
     }
     return tx;
@@ -264,6 +358,25 @@ class Mapper {
   std::optional<ParseError>& error() { return error_; }
 
  private:
+  // The transaction is charged as it is made (a million empty lines stop at the budget, not
+  // after all were made); false and the budget's error when over.
+  bool charge(std::size_t bytes) {
+    if (budget_.take(bytes)) {
+      return true;
+    }
+    if (!error_) {
+      error_ = budget_.error();
+    }
+    return false;
+  }
+  bool chargePart(std::size_t bytes) {
+    if (!charge(bytes)) {
+      return false;
+    }
+    charged_parts_ += bytes;
+    return true;
+  }
+
   void fail(const std::string& field, std::string_view reason) {
     if (!error_) {
       std::string where = prefix_ + field;
@@ -320,11 +433,27 @@ class Mapper {
     if (auto normal = normaliseDecimal(value.text)) {
       return std::move(*normal);
     }
-    fail(field,
-         "must be a decimal number (like 12.50), not "
-         " + value.text.substr(0, 40) + "
-         "");
+    fail(field, "must be a decimal number (like 12.50), not " + quoted(value));
     return {};
+  }
+
+  // The value as the producer wrote it, for an error message: a string in quotes, a number as
+  // its digits; cut at 40 bytes (on a character boundary) so a message stays short.
+  static std::string quoted(const JValue& value) {
+    std::string_view text = value.text;
+    const bool cut = text.size() > kMaxQuoted;
+    if (cut) {
+      std::size_t end = kMaxQuoted;
+      while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) {
+        --end;  // not inside a UTF-8 sequence
+      }
+      text = text.substr(0, end);
+    }
+    std::string out = value.kind == JValue::Kind::kString ? "\"" : "";
+    out += text;
+    out += cut ? "..." : "";
+    out += value.kind == JValue::Kind::kString ? "\"" : "";
+    return out;
   }
 
   bool boolean(const JValue& value, const std::string& field) {
@@ -516,6 +645,8 @@ class Mapper {
   }
 
   std::string prefix_;
+  ParseBudget& budget_;
+  std::size_t charged_parts_ = 0;  // its lines and tenders, charged as they were made
   std::optional<ParseError> error_;
 };
 
@@ -524,9 +655,15 @@ std::size_t lineOfByte(std::string_view text, std::size_t position) {
   return static_cast<std::size_t>(std::count(text.begin(), text.begin() + position, '\n')) + 1;
 }
 
-// One JSON value into a tree, or the syntax error (ParseError::line from the byte position).
-std::optional<ParseError> parseTree(std::string_view text, JValue& out) {
-  TreeBuilder builder;
+// One JSON value into a tree (or, with `on_item`, each element of a root array handed over as
+// it completes), or the syntax error (ParseError::line from the byte position), or the
+// budget's. When on_item stopped the parse, returns nullopt: the caller has that error.
+// `*tree_bytes`: what the tree in `out` is charged to the budget for (the caller gives it back
+// once it frees the tree).
+std::optional<ParseError> parseTree(std::string_view text, JValue& out, ParseBudget& budget,
+                                    std::size_t* tree_bytes,
+                                    TreeBuilder::ItemHandler on_item = {}) {
+  TreeBuilder builder(budget, std::move(on_item));
   bool ok = false;
   try {
     ok = nlohmann::json::sax_parse(text.begin(), text.end(), &builder,
@@ -536,20 +673,42 @@ std::optional<ParseError> parseTree(std::string_view text, JValue& out) {
   } catch (const std::exception& e) {
     return ParseError{"invalid_json", std::string("malformed JSON: ") + e.what(), 0, {}};
   }
+  if (!ok && builder.stoppedByItem()) {
+    return std::nullopt;
+  }
   if (!ok) {
     const std::size_t position = builder.position() > 0 ? builder.position() - 1 : 0;
+    if (budget.exceeded()) {
+      ParseError error = budget.error();
+      error.line = lineOfByte(text, position);
+      return error;
+    }
     return ParseError{"invalid_json",
                       builder.message().empty() ? "malformed JSON" : builder.message(),
                       lineOfByte(text, position),
                       {}};
   }
   out = std::move(builder.root());
+  *tree_bytes = builder.treeBytes();
   return std::nullopt;
+}
+
+// Appends, charging the budget for the vector's growth as well; false when over.
+bool appendCharged(std::vector<Transaction>& out, Transaction tx, ParseBudget& budget) {
+  if (out.size() == out.capacity() &&
+      !budget.take(std::max<std::size_t>(out.capacity(), 1) * sizeof(Transaction))) {
+    return false;
+  }
+  out.push_back(std::move(tx));
+  return true;
 }
 
 }  // namespace
 
-Parsed parseJsonTransactions(std::string_view text, std::size_t max_transactions, bool* was_array) {
+namespace {
+
+Parsed parseJsonTransactions(std::string_view text, std::size_t max_transactions, bool* was_array,
+                             ParseBudget& budget) {
   Parsed parsed;
   bool array = false;
   const std::string_view body = trimSpace(text);
@@ -563,44 +722,55 @@ Parsed parseJsonTransactions(std::string_view text, std::size_t max_transactions
     parsed.error = ParseError{"empty", "there is no transaction (the input is empty)", 0, {}};
     return parsed;
   }
+  // The elements of an array are mapped as they complete: the first bad one, or the one past
+  // max_transactions, stops the parse there.
+  std::optional<ParseError> item_error;
+  const auto on_item = [&](JValue& item, std::size_t i) {
+    if (i >= max_transactions) {
+      item_error = ParseError{"too_large",
+                              "more than " + std::to_string(max_transactions) +
+                                  " transactions in one request; at most " +
+                                  std::to_string(max_transactions) + " are accepted",
+                              0,
+                              {}};
+      return false;
+    }
+    Mapper mapper("[" + std::to_string(i) + "].", budget);
+    auto tx = mapper.map(item);
+    if (!tx) {
+      item_error = std::move(mapper.error());
+      return false;
+    }
+    tx->source_element = "[" + std::to_string(i) + "]";
+    if (!appendCharged(parsed.transactions, std::move(*tx), budget)) {
+      item_error = budget.error();
+      return false;
+    }
+    return true;
+  };
   JValue root;
-  if (auto error = parseTree(text, root)) {
+  std::size_t tree_bytes = 0;
+  std::optional<ParseError> error = parseTree(text, root, budget, &tree_bytes, on_item);
+  if (!error) {
+    error = std::move(item_error);
+  }
+  if (error) {
+    parsed.transactions.clear();
     parsed.error = std::move(error);
     return parsed;
   }
   if (root.kind == JValue::Kind::kArray) {
-    if (root.items.empty()) {
+    if (parsed.transactions.empty()) {
       parsed.error = ParseError{"empty", "the array holds no transaction", 0, {}};
-      return parsed;
-    }
-    if (root.items.size() > max_transactions) {
-      parsed.error =
-          ParseError{"too_large",
-                     std::to_string(root.items.size()) + " transactions in one request; at most " +
-                         std::to_string(max_transactions) + " are accepted",
-                     0,
-                     {}};
-      return parsed;
-    }
-    parsed.transactions.reserve(root.items.size());
-    for (std::size_t i = 0; i < root.items.size(); ++i) {
-      Mapper mapper("[" + std::to_string(i) + "].");
-      auto tx = mapper.map(root.items[i]);
-      if (!tx) {
-        parsed.transactions.clear();
-        parsed.error = std::move(mapper.error());
-        return parsed;
-      }
-      tx->source_element = "[" + std::to_string(i) + "]";
-      parsed.transactions.push_back(std::move(*tx));
     }
     return parsed;
   }
-  Mapper mapper("");
+  Mapper mapper("", budget);
   auto tx = mapper.map(root);
   if (!tx) {
     parsed.error = std::move(mapper.error());
-    if (parsed.error && parsed.error->element.empty() && root.kind != JValue::Kind::kObject) {
+    if (parsed.error && parsed.error->code == "invalid" && parsed.error->element.empty() &&
+        root.kind != JValue::Kind::kObject) {
       parsed.error->reason = "the body must be a transaction object or an array of them";
     }
     return parsed;
@@ -609,10 +779,16 @@ Parsed parseJsonTransactions(std::string_view text, std::size_t max_transactions
   return parsed;
 }
 
-Parsed parseJsonLines(std::string_view text) {
+Parsed parseJsonLines(std::string_view text, ParseBudget& budget) {
   Parsed parsed;
   std::size_t line_number = 0;
   std::size_t start = 0;
+  const auto failAt = [&](ParseError error) {
+    error.line = line_number;
+    parsed.transactions.clear();
+    parsed.error = std::move(error);
+    return parsed;
+  };
   while (start <= text.size()) {
     std::size_t end = text.find('\n', start);
     if (end == std::string_view::npos) {
@@ -625,29 +801,46 @@ Parsed parseJsonLines(std::string_view text) {
       continue;
     }
     JValue root;
-    if (auto error = parseTree(line, root)) {
-      error->line = line_number;
-      parsed.transactions.clear();
-      parsed.error = std::move(error);
-      return parsed;
+    std::size_t tree_bytes = 0;
+    if (auto error = parseTree(line, root, budget, &tree_bytes)) {
+      return failAt(std::move(*error));
     }
-    Mapper mapper("");
+    Mapper mapper("", budget);
     auto tx = mapper.map(root);
+    root = JValue{};
+    budget.give(tree_bytes);
     if (!tx) {
-      parsed.transactions.clear();
-      parsed.error = std::move(mapper.error());
-      parsed.error->line = line_number;
-      if (parsed.error->element.empty()) {
-        parsed.error->reason = "each line must hold one transaction object";
+      ParseError error = std::move(*mapper.error());
+      if (error.code == "invalid" && error.element.empty()) {
+        error.reason = "each line must hold one transaction object";
       }
-      return parsed;
+      return failAt(std::move(error));
     }
     tx->source_line = line_number;
-    parsed.transactions.push_back(std::move(*tx));
+    if (!appendCharged(parsed.transactions, std::move(*tx), budget)) {
+      return failAt(budget.error());
+    }
   }
   if (parsed.transactions.empty()) {
     parsed.error = ParseError{"empty", "the file holds no transaction", 0, {}};
   }
+  return parsed;
+}
+
+}  // namespace
+
+Parsed parseJsonTransactions(std::string_view text, std::size_t max_transactions, bool* was_array,
+                             std::size_t max_memory) {
+  ParseBudget budget(max_memory);
+  Parsed parsed = parseJsonTransactions(text, max_transactions, was_array, budget);
+  parsed.peak_memory = budget.peak();
+  return parsed;
+}
+
+Parsed parseJsonLines(std::string_view text, std::size_t max_memory) {
+  ParseBudget budget(max_memory);
+  Parsed parsed = parseJsonLines(text, budget);
+  parsed.peak_memory = budget.peak();
   return parsed;
 }
 

@@ -22,7 +22,7 @@ class FixedClock final : public omniedge::Clock {
 struct Fixture {
   TempDir dir;
   std::unique_ptr<omniedge::store::Buffer> buffer;
-  PiiHasher pii{"0123456789abcdef-tenant-key", "49"};
+  PiiHasher pii{"0123456789abcdef-tenant-key", "DE"};
   FixedClock clock;
   std::unique_ptr<Ingest> ingest;
 
@@ -210,4 +210,44 @@ TEST_CASE("a customer who refused tracking is not tracked", "[unit][ingest][cons
     REQUIRE(ingest.append({other}).has_value());
     CHECK(f.stored()["customer"]["beacon"] == "ibeacon:someone:else:1");
   }
+}
+
+TEST_CASE("personal data in data and in identity values is stored only as keyed hashes",
+          "[unit][ingest][pii]") {
+  Fixture f;
+  auto e = kiosk("kiosk.signup");
+  e.customer["app_user_id"] = "Jane@Example.com";
+  e.data_json = R"({"email":"jane@example.com","phone":"+49 30 12345678","screen":"signup"})";
+  auto r = f.ingest->append({e});
+  REQUIRE(r.has_value());
+  auto j = f.stored();
+  const std::string hash = f.pii.hash("jane@example.com");
+  CHECK(j["customer"]["email_sha256"] == hash);
+  CHECK_FALSE(j["customer"].contains("app_user_id"));
+  CHECK(j["data"]["email_sha256"] == hash);
+  CHECK(j["data"]["phone_sha256"] == f.pii.hash("+493012345678"));
+  CHECK(j["data"]["screen"] == "signup");
+  CHECK(j.dump().find("example.com") == std::string::npos);
+}
+
+TEST_CASE("an event id that is an e-mail address is refused", "[unit][ingest][pii]") {
+  Fixture f;
+  auto e = kiosk();
+  e.id = "jane@example.com";
+  auto r = f.ingest->append({e});
+  REQUIRE_FALSE(r.has_value());
+  CHECK(r.error().field == "[0].id");
+}
+
+TEST_CASE("appendEach stores the valid events and names each refused one", "[unit][ingest]") {
+  Fixture f;
+  auto bad = kiosk("Not A Type");
+  auto r = f.ingest->appendEach({kiosk(), bad, kiosk("kiosk.tap")});
+  REQUIRE(r.has_value());
+  CHECK(r->stored == 2);
+  REQUIRE(r->rejected.size() == 1);
+  CHECK(r->rejected[0].index == 1);
+  CHECK(r->rejected[0].error.field == "[1].type");
+  CHECK(r->ids[1].empty());
+  CHECK(f.stored(1)["type"] == "kiosk.tap");
 }

@@ -268,12 +268,15 @@ TEST_CASE("a raw e-mail address never reaches the buffer file or the uplink",
   REQUIRE(agent.start());
   auto r = agent.post("/v1/events",
                       R"({"type":"kiosk.signup","customer":{"email":"Jane.Roe@Example.org",
-                          "phone":"+44 20 7946 0958"}})");
+                          "phone":"+44 20 7946 0958"},
+                          "data":{"email":"jane.roe@example.org","phone":"+39 06 1234 5678",
+                                  "note":"call me on +44 20 7946 0958"}})");
   REQUIRE(r.first == 202);
   REQUIRE(omniedge::testing::waitForAllIds(sub, acceptedIds(r.second), 30s) == 0);
   for (const auto& m : sub.messages()) {
     CHECK(m.payload.find("example.org") == std::string::npos);
     CHECK(m.payload.find("7946") == std::string::npos);
+    CHECK(m.payload.find("1234 5678") == std::string::npos);
     if (m.payload.find("kiosk.signup") != std::string::npos) {
       CHECK(m.payload.find("email_sha256") != std::string::npos);
     }
@@ -282,6 +285,28 @@ TEST_CASE("a raw e-mail address never reaches the buffer file or the uplink",
   const std::string file = tmp.read("data/buffer.db") + tmp.read("data/buffer.db-wal");
   CHECK(file.find("example.org") == std::string::npos);
   CHECK(file.find("Example.org") == std::string::npos);
+  CHECK(file.find("7946") == std::string::npos);
+}
+
+TEST_CASE("without its phone module the agent refuses what it cannot check, never stores it raw",
+          "[integration][pii]") {
+  MosquittoBroker broker;
+  TempDir tmp;
+  auto env = envFor(broker, "none");
+  env["OMNIEDGE_IDENTITY_PHONE_MODULE"] = (tmp / "missing.so").string();  // a broken installation
+  AgentProcess agent(tmp / "data", env);
+  REQUIRE(agent.start());
+  auto phone = agent.post("/v1/events", R"({"type":"kiosk.signup","data":{"note":"+44 20 7946 0958"}})");
+  INFO(phone.second);
+  CHECK(phone.first >= 400);
+  CHECK(phone.second.find("phone") != std::string::npos);
+  // E-mail addresses need no module: they are still hashed and accepted.
+  auto email = agent.post("/v1/events", R"({"type":"kiosk.signup","data":{"e":"jane@example.org"}})");
+  CHECK(email.first == 202);
+  agent.stop();
+  const std::string file = tmp.read("data/buffer.db") + tmp.read("data/buffer.db-wal");
+  CHECK(file.find("7946") == std::string::npos);
+  CHECK(file.find("example.org") == std::string::npos);
 }
 
 TEST_CASE(

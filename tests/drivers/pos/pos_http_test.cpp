@@ -177,5 +177,94 @@ TEST_CASE("POST /v1/pos/transactions answers 503 with Retry-After when the buffe
         std::string::npos);
 }
 
+TEST_CASE("POST /v1/pos/transactions errors show the bad value and the till's own field names",
+          "[integration][pos]") {
+  Fixture f;
+  auto c = f.client();
+  const auto post = [&](const std::string& body) {
+    auto res = c.Post("/v1/pos/transactions", body, "application/json");
+    REQUIRE(res);
+    return std::make_pair(res->status, errorOf(res));
+  };
+
+  SECTION("a bad amount shows the value the till sent") {
+    auto [status, error] = post(R"({"workstation":"1","sequence":"1","business_day":"2026-11-22",
+                                    "lines":[{"amount":"12,50"}]})");
+    CHECK(status == 400);
+    CHECK(error["field"] == "lines[0].amount");
+    CHECK(error["message"] ==
+          "lines[0].amount must be a decimal number (like 12.50), not \"12,50\"");
+  }
+  SECTION("a bad number shows its digits, a long value is cut") {
+    auto [status, error] = post(R"({"workstation":"1","sequence":"1","business_day":"2026-11-22",
+                                    "totals":{"grand":1e3}})");
+    CHECK(status == 400);
+    CHECK(error["field"] == "totals.grand");
+    CHECK(error["message"] == "totals.grand must be a decimal number (like 12.50), not 1e3");
+    auto [status2, error2] = post(
+        R"({"workstation":"1","sequence":"1","business_day":"2026-11-22","tenders":[{"amount":")" +
+        std::string(100, '7') + R"(x"}]})");
+    CHECK(status2 == 400);
+    CHECK(error2["message"] == "tenders[0].amount must be a decimal number (like 12.50), not \"" +
+                                   std::string(40, '7') + "...\"");
+  }
+  SECTION("an ended_at the agent refuses is named ended_at, not occurred_at") {
+    // Ingest's own words for the event it was given (agent/ingest.cpp).
+    f.writer.failNextAppend(
+        makeError("invalid", "occurred_at is more than a day in the future", "[0].occurred_at"));
+    auto [status, error] = post(kSale);
+    CHECK(status == 400);
+    CHECK(error["code"] == "invalid");
+    CHECK(error["field"] == "ended_at");
+    CHECK(error["message"] == "ended_at is more than a day in the future");
+  }
+  SECTION("in an array, with its index") {
+    f.writer.failNextAppend(
+        makeError("invalid", "occurred_at is before 2000-01-01", "[1].occurred_at"));
+    auto [status, error] = post(std::string("[") + kSale + "," + kSale + "]");
+    CHECK(status == 400);
+    CHECK(error["field"] == "[1].ended_at");
+    CHECK(error["message"] == "[1].ended_at is before 2000-01-01");
+  }
+  SECTION("an oversized single event is named by its transaction, not [0]") {
+    f.writer.failNextAppend(makeError(
+        "too_large", "the event is 70123 bytes serialised; buffer.max_event_bytes allows 65536",
+        "[0]"));
+    auto [status, error] = post(kSale);
+    CHECK(status == 413);
+    CHECK(error["code"] == "too_large");
+    CHECK(error["field"] == "");
+    CHECK(error["message"] ==
+          "the event of transaction 4711 of workstation 31 on 2026-11-22 is 70123 bytes "
+          "serialised; buffer.max_event_bytes allows 65536");
+  }
+  SECTION("an oversized event of an array keeps its index as the field") {
+    f.writer.failNextAppend(makeError(
+        "too_large", "the event is 70123 bytes serialised; buffer.max_event_bytes allows 65536",
+        "[1]"));
+    auto [status, error] = post(std::string("[") + kSale + "," + kSale + "]");
+    CHECK(status == 413);
+    CHECK(error["field"] == "[1]");
+    CHECK_THAT(error["message"].get<std::string>(),
+               Catch::StartsWith("the event of transaction 4711 of workstation 31"));
+  }
+  SECTION("a body that would take more than its parse budget is refused") {
+    // 7 MiB of empty lines (within the 8 MiB body limit): far more than the 64 MiB budget
+    // once each is a line item.
+    std::string body = R"({"workstation":"1","sequence":"1","business_day":"2026-11-22","lines":[)";
+    body.reserve(7 << 20);
+    while (body.size() < (std::size_t{7} << 20)) {
+      body += "{},";
+    }
+    body += "{}]}";
+    auto [status, error] = post(body);
+    CHECK(status == 413);
+    CHECK(error["code"] == "too_large");
+    CHECK_THAT(error["message"].get<std::string>(),
+               Catch::StartsWith("reading it would take more than 64 MiB of memory"));
+  }
+  CHECK(f.writer.events().empty());
+}
+
 }  // namespace
 }  // namespace omniedge::pos

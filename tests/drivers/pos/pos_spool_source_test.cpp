@@ -5,9 +5,12 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -392,16 +395,17 @@ TEST_CASE("the writer's own refusal rejects the file, naming the transaction", "
   TempDir spool;
   putOld(spool, "day.xml", readFixture("ncr-acs-small.xml"));
   RecordingWriter writer;
+  // As Ingest words it: the event's field, which the spool tells as the transaction's.
   writer.failNextAppend(
-      makeError("invalid", "[1].occurred_at is more than a day in the future", "[1].occurred_at"));
+      makeError("invalid", "occurred_at is more than a day in the future", "[1].occurred_at"));
   PosSpoolSource source(optionsFor(spool));
   REQUIRE(source.poll(writer, {}).has_value());
   REQUIRE(spool.exists("rejected/day.xml.error"));
   CHECK(spool.read("rejected/day.xml.error") ==
-        "why: the agent refused the transaction of workstation 34, sequence 161: "
-        "[1].occurred_at is more than a day in the future\n"
+        "why: the agent refused transaction 161 of workstation 34: ended_at is more than a day "
+        "in the future\n"
         "line: 1\n"
-        "element: Transaction (event field occurred_at)\n");
+        "element: Transaction (ended_at)\n");
 }
 
 TEST_CASE("files over the size limit are rejected without being read", "[unit][pos]") {
@@ -461,7 +465,8 @@ std::string syntheticDay(std::size_t transactions) {
   return xml;
 }
 
-TEST_CASE("a 50 MB POSLog is read whole into one append", "[unit][pos]") {
+TEST_CASE("a 50 MB POSLog is read whole into one append when pos.max_parse_memory allows it",
+          "[unit][pos]") {
   TempDir spool;
   const std::string xml = syntheticDay(40000);
   INFO("bytes: " << xml.size());
@@ -469,7 +474,9 @@ TEST_CASE("a 50 MB POSLog is read whole into one append", "[unit][pos]") {
   CHECK(xml.size() < (std::size_t{64} << 20));
   putOld(spool, "big.xml", xml);
   RecordingWriter writer;
-  PosSpoolSource source(optionsFor(spool));
+  PosSpoolOptions options = optionsFor(spool);
+  options.max_parse_memory = std::size_t{256} << 20;  // its tree and transactions take ~175 MB
+  PosSpoolSource source(options);
   // Bounded by the number of polls, not by time: parsing takes about a second here.
   pollUntil(
       source, writer, [&] { return writer.appendCalls() > 0; }, 5);
@@ -544,6 +551,193 @@ TEST_CASE("a file that arrives by rename is read at once, without waiting to set
     dropper.join();
     CHECK(writer.events().size() == 2);
   }
+}
+
+std::string repeat(std::string_view unit, std::size_t times) {
+  std::string out;
+  out.reserve(unit.size() * times);
+  for (std::size_t i = 0; i < times; ++i) {
+    out += unit;
+  }
+  return out;
+}
+
+std::string randomBytes(std::size_t size) {
+  std::mt19937_64 random(7);
+  std::string bytes(size, '\0');
+  for (std::size_t i = 0; i + 8 <= size; i += 8) {
+    const uint64_t r = random();
+    std::memcpy(bytes.data() + i, &r, 8);
+  }
+  return bytes;
+}
+
+TEST_CASE("files over the parse budget go to rejected/ and the next file is read", "[unit][pos]") {
+  TempDir spool;
+  // The shapes of issue 12: millions of empty elements, a JSON object of millions of values, a
+  // transaction of millions of empty lines; then 60 MiB of random bytes; then a good file.
+  putOld(spool, "a-empty-elements.xml", "<POSLog>" + repeat("<a/>", 2'000'000) + "</POSLog>", 90);
+  putOld(spool, "b-values.json", "{\"x\":[" + repeat("[],", 3'000'000) + "[]]}", 89);
+  putOld(spool, "c-lines.jsonl",
+         R"({"workstation":"1","sequence":"1","business_day":"2026-11-22","lines":[)" +
+             repeat("{},", 3'000'000) + "{}]}",
+         88);
+  putOld(spool, "d-random.xml", randomBytes(std::size_t{60} << 20), 87);
+  putOld(spool, "e-good.json", kOneSale, 10);
+  RecordingWriter writer;
+  PosSpoolOptions options = optionsFor(spool);
+  options.max_parse_memory = std::size_t{16} << 20;
+  PosSpoolSource source(options);
+  pollUntil(source, writer, [&] { return filesIn(spool.path()) == 0; });
+
+  REQUIRE(writer.events().size() == 1);
+  CHECK(writer.events()[0].id == "store-042:31:2026-11-22:4711");
+  CHECK(spool.exists("processed/e-good.json"));
+  for (const char* name : {"a-empty-elements.xml", "b-values.json", "c-lines.jsonl"}) {
+    INFO(name);
+    REQUIRE(spool.exists(std::string("rejected/") + name + ".error"));
+    CHECK_THAT(spool.read(std::string("rejected/") + name + ".error"),
+               Catch::StartsWith("why: reading it would take more than 16 MiB of memory (the "
+                                 "parse budget): it holds too many elements or values "
+                                 "(pos.max_parse_memory; split the file into several)\n"));
+  }
+  REQUIRE(spool.exists("rejected/d-random.xml.error"));
+  CHECK_THAT(spool.read("rejected/d-random.xml.error"), Catch::StartsWith("why: malformed XML"));
+  const PosSpoolStats stats = source.stats();
+  CHECK(stats.files_rejected == 4);
+  CHECK(stats.budget_refusals == 3);
+  CHECK(stats.files_processed == 1);
+}
+
+TEST_CASE("the file size limit is pos.max_file_bytes", "[unit][pos]") {
+  TempDir spool;
+  putOld(spool, "big.json", std::string(kOneSale) + std::string(2000, ' '));
+  PosSpoolOptions options = optionsFor(spool);
+  options.max_file_bytes = 1024;
+  PosSpoolSource source(options);
+  RecordingWriter writer;
+  REQUIRE(source.poll(writer, {}).has_value());
+  CHECK(writer.appendCalls() == 0);
+  REQUIRE(spool.exists("rejected/big.json.error"));
+  CHECK_THAT(spool.read("rejected/big.json.error"),
+             Catch::Contains("files up to 1024 bytes are read (pos.max_file_bytes"));
+  CHECK(source.stats().budget_refusals == 1);
+}
+
+TEST_CASE("health() tells status how many files were rejected and the last one with why",
+          "[unit][pos]") {
+  TempDir spool;
+  putOld(spool, "0001.json", kOneSale, 30);
+  putOld(spool, "0002.json", R"({"workstation":"1","sequence":"2","business_day":"x"})", 20);
+  putOld(spool, "0003.xml", "<POSLog><Transaction>", 10);
+  RecordingWriter writer;
+  PosSpoolSource source(optionsFor(spool));
+  CHECK(source.health().input_errors == 0);
+  CHECK(source.health().last_input_error.empty());
+  pollUntil(source, writer, [&] { return filesIn(spool.path()) == 0; });
+
+  const SourceHealth health = source.health();
+  CHECK(health.input_errors == 2);
+  CHECK_THAT(health.last_input_error,
+             Catch::StartsWith("0003.xml: malformed XML: ") && Catch::Contains("(line 1"));
+  const auto counter = [&](const std::string& name) {
+    for (const auto& [key, value] : health.counters) {
+      if (key == name) {
+        return value;
+      }
+    }
+    FAIL("no counter " << name);
+    return uint64_t{0};
+  };
+  CHECK(counter("files_processed") == 1);
+  CHECK(counter("files_rejected") == 2);
+  CHECK(counter("events") == 1);
+  CHECK(counter("budget_refusals") == 0);
+  CHECK(counter("processed_pruned") == 0);
+  CHECK(counter("retries") == 0);
+}
+
+// Sets a file's mtime `days` days (and an hour) into the past.
+void age(const fs::path& path, int days) {
+  fs::last_write_time(path, fs::file_time_type::clock::now() - std::chrono::hours(24 * days + 1));
+}
+
+TEST_CASE("processed files are kept for pos.keep_processed_days, then deleted", "[unit][pos]") {
+  TempDir spool;
+  spool.write("processed/eight-days.xml", "<POSLog/>");
+  spool.write("processed/six-days.xml", "<POSLog/>");
+  spool.write("processed/thirty-days.json", kOneSale);
+  age(spool / "processed/eight-days.xml", 8);
+  age(spool / "processed/six-days.xml", 6);
+  age(spool / "processed/thirty-days.json", 30);
+  // A till's file from a month ago, only now dropped: its days count from now.
+  putOld(spool, "late.json", kOneSale, 30 * 86400);
+  RecordingWriter writer;
+  PosSpoolOptions options = optionsFor(spool);
+
+  SECTION("the default: 7 days, checked at start and then every prune_interval") {
+    options.prune_interval_s = 1;
+    PosSpoolSource source(options);
+    REQUIRE(source.poll(writer, {}).has_value());
+    CHECK_FALSE(spool.exists("processed/eight-days.xml"));
+    CHECK_FALSE(spool.exists("processed/thirty-days.json"));
+    CHECK(spool.exists("processed/six-days.xml"));
+    REQUIRE(spool.exists("processed/late.json"));
+    CHECK(source.stats().processed_pruned == 2);
+
+    age(spool / "processed/six-days.xml", 9);  // as if two more days had passed
+    // A poll with nothing to do waits up to 500 ms: a few of them pass the interval.
+    pollUntil(
+        source, writer, [&] { return !spool.exists("processed/six-days.xml"); }, 10);
+    CHECK_FALSE(spool.exists("processed/six-days.xml"));
+    CHECK(spool.exists("processed/late.json"));
+    CHECK(source.stats().processed_pruned == 3);
+  }
+  SECTION("keep_processed_days = 1") {
+    options.keep_processed_days = 1;
+    PosSpoolSource source(options);
+    REQUIRE(source.poll(writer, {}).has_value());
+    CHECK(filesIn(spool / "processed") == 1);
+    CHECK(spool.exists("processed/late.json"));
+  }
+  SECTION("keep_processed_days = 0: deleted once durable, nothing kept") {
+    options.keep_processed_days = 0;
+    PosSpoolSource source(options);
+    REQUIRE(source.poll(writer, {}).has_value());
+    CHECK(writer.events().size() == 1);
+    CHECK_FALSE(spool.exists("processed/late.json"));
+    CHECK_FALSE(spool.exists("late.json"));
+  }
+  SECTION("rejected files are left for a person to look at") {
+    spool.write("rejected/old.xml", "<POSLog");
+    age(spool / "rejected/old.xml", 30);
+    PosSpoolSource source(options);
+    REQUIRE(source.poll(writer, {}).has_value());
+    CHECK(spool.exists("rejected/old.xml"));
+  }
+}
+
+TEST_CASE("what status and .error files show of a rejected file is valid UTF-8 and short",
+          "[unit][pos]") {
+  CHECK(forPeople("K\xC3\xA4se 12,50") == "K\xC3\xA4se 12,50");  // UTF-8 kept
+  CHECK(forPeople("K\xE4se") == "K\xEF\xBF\xBDse");              // Latin-1: U+FFFD
+  CHECK(forPeople("a\nb\x01") ==
+        "a\xEF\xBF\xBD"
+        "b\xEF\xBF\xBD");  // no control chars
+  CHECK(forPeople(std::string(400, 'x'), 10) == std::string(10, 'x') + "...");
+  CHECK(forPeople("\xC3\xA4\xC3\xA4", 3) == "\xC3\xA4...");  // whole characters
+
+  TempDir spool;
+  putOld(spool, "r\xE4ndom.xml", randomBytes(std::size_t{1} << 20));
+  RecordingWriter writer;
+  PosSpoolSource source(optionsFor(spool));
+  REQUIRE(source.poll(writer, {}).has_value());
+  const SourceHealth health = source.health();
+  REQUIRE(health.input_errors == 1);
+  INFO(health.last_input_error);
+  CHECK_THAT(health.last_input_error, Catch::StartsWith("r\xEF\xBF\xBDndom.xml: malformed XML"));
+  CHECK(health.last_input_error.size() < 1100);
+  CHECK_NOTHROW(json(health.last_input_error).dump());  // what `omniedge status` sends
 }
 
 }  // namespace
