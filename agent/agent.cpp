@@ -251,12 +251,7 @@ std::string controlSocketPath(const config::Config& cfg) {
   return (dir / "omniedge.sock").string();
 }
 
-Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
-  auto p = std::make_unique<Parts>(cfg);
-  p->store_id = cfg.str("store.id");
-  p->tenant = cfg.str("store.tenant");
-  p->started_ms = p->clock.nowMs();
-
+Result<std::unique_ptr<PiiHasher>> makePiiHasher(const config::Config& cfg) {
   std::string hmac_key;
   if (!cfg.str("identity.hmac_key_file").empty()) {
     auto key = PiiHasher::readKeyFile(cfg.str("identity.hmac_key_file"));
@@ -287,16 +282,41 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
         "(reinstall omniedge, or set identity.phone_module)",
         module);
   }
-  p->pii = std::make_unique<PiiHasher>(hmac_key, region,
-                                       parseDataPiiPolicy(cfg.str("identity.data_pii")),
-                                       cfg.str("identity.phone_module"));
+  return std::make_unique<PiiHasher>(hmac_key, region,
+                                     parseDataPiiPolicy(cfg.str("identity.data_pii")),
+                                     cfg.str("identity.phone_module"));
+}
 
+store::BufferOptions bufferOptions(const config::Config& cfg) {
   store::BufferOptions bo;
   bo.dir = cfg.str("data.dir");
   bo.synchronous_full = cfg.str("buffer.synchronous") == "full";
   bo.max_bytes = cfg.integer("buffer.max_bytes");
   bo.min_free_disk = cfg.integer("buffer.min_free_disk");
   bo.retain_delivered_s = cfg.integer("buffer.retain_delivered");
+  return bo;
+}
+
+IngestOptions ingestOptions(const config::Config& cfg) {
+  IngestOptions io;
+  io.store_id = cfg.str("store.id");
+  io.max_event_bytes = static_cast<std::size_t>(cfg.integer("buffer.max_event_bytes"));
+  return io;
+}
+
+Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
+  auto p = std::make_unique<Parts>(cfg);
+  p->store_id = cfg.str("store.id");
+  p->tenant = cfg.str("store.tenant");
+  p->started_ms = p->clock.nowMs();
+
+  auto pii = makePiiHasher(cfg);
+  if (!pii) {
+    return pii.error();
+  }
+  p->pii = std::move(*pii);
+
+  const store::BufferOptions bo = bufferOptions(cfg);
   auto buffer = store::Buffer::open(bo);
   if (!buffer) {
     return buffer.error();
@@ -309,10 +329,8 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   }
   p->profiles = std::move(*profiles);
 
-  IngestOptions io;
-  io.store_id = p->store_id;
-  io.max_event_bytes = static_cast<std::size_t>(cfg.integer("buffer.max_event_bytes"));
-  p->ingest = std::make_unique<Ingest>(io, *p->buffer, *p->pii, p->clock, p->profiles.get());
+  p->ingest = std::make_unique<Ingest>(ingestOptions(cfg), *p->buffer, *p->pii, p->clock,
+                                       p->profiles.get());
 
   auto listen = config::parseHostPort(cfg.str("http.listen"));
   if (!listen) {

@@ -10,6 +10,9 @@
 #include "agent/api/clock.h"
 #include "agent/api/result.h"
 #include "agent/config.h"
+#include "agent/ingest.h"
+#include "agent/pii.h"
+#include "agent/store/buffer.h"
 
 namespace omniedge {
 
@@ -44,5 +47,17 @@ class Agent {
 
 /// Where the control socket lives: $RUNTIME_DIRECTORY (systemd) or else the data dir.
 std::string controlSocketPath(const config::Config& cfg);
+
+// The daemon's ingest path as the configuration makes it, built one way for the daemon and for
+// `omniedge import` with the daemon down, so that both check and hash events alike.
+
+/// The PII hasher: the tenant key (read now: the caller may be about to drop privileges),
+/// region, data policy and phone module. Warns through spdlog when no key is set. Fails
+/// "config" naming the key.
+Result<std::unique_ptr<PiiHasher>> makePiiHasher(const config::Config& cfg);
+/// The buffer's options (buffer.*, data.dir).
+store::BufferOptions bufferOptions(const config::Config& cfg);
+/// Ingest's options (store.id, buffer.max_event_bytes).
+IngestOptions ingestOptions(const config::Config& cfg);
 
 }  // namespace omniedge

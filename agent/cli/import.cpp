@@ -4,6 +4,8 @@
 // when it does not, straight into the buffer through the same Ingest (same checks, same PII
 // hashing, same configuration), holding the buffer's lock like the daemon.
 #include <grp.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -12,6 +14,7 @@
 #include <cstring>
 #include <iostream>
 
+#include "agent/agent.h"
 #include "agent/api/clock.h"
 #include "agent/cli/commands.h"
 #include "agent/cli/format.h"
@@ -144,17 +147,12 @@ class DaemonSink final : public Sink {
 
 class BufferSink final : public Sink {
  public:
+  /// `pii` was made (its key read) before the caller dropped privileges.
   static Result<std::unique_ptr<BufferSink>> open(const config::Config& cfg,
-                                                  const std::string& hmac_key) {
+                                                  std::unique_ptr<PiiHasher> pii) {
     std::unique_ptr<BufferSink> s(new BufferSink(cfg));
-    s->pii_ = std::make_unique<PiiHasher>(hmac_key, cfg.str("identity.default_country_code"));
-    // The same options as the daemon's buffer (agent/agent.cpp, Agent::create).
-    store::BufferOptions bo;
-    bo.dir = cfg.str("data.dir");
-    bo.synchronous_full = cfg.str("buffer.synchronous") == "full";
-    bo.max_bytes = cfg.integer("buffer.max_bytes");
-    bo.min_free_disk = cfg.integer("buffer.min_free_disk");
-    bo.retain_delivered_s = cfg.integer("buffer.retain_delivered");
+    s->pii_ = std::move(pii);
+    const store::BufferOptions bo = bufferOptions(cfg);  // the daemon's own, agent/agent.h
     auto buffer = store::Buffer::open(bo);
     if (!buffer) {
       return buffer.error();
@@ -165,10 +163,8 @@ class BufferSink final : public Sink {
       return profiles.error();
     }
     s->profiles_ = std::move(*profiles);
-    IngestOptions io;
-    io.store_id = cfg.str("store.id");
-    io.max_event_bytes = static_cast<std::size_t>(cfg.integer("buffer.max_event_bytes"));
-    s->ingest_ = std::make_unique<Ingest>(io, *s->buffer_, *s->pii_, s->clock_, s->profiles_.get());
+    s->ingest_ = std::make_unique<Ingest>(ingestOptions(cfg), *s->buffer_, *s->pii_, s->clock_,
+                                          s->profiles_.get());
     s->reportRecovery();
     return s;
   }
@@ -387,21 +383,21 @@ int run(const CommandSpec& spec, const Invocation& inv) {
       std::cerr << daemon.notRunning("import");
       return kUnreachable;
     }
-    std::string key;
-    if (!cfg.str("identity.hmac_key_file").empty()) {
-      auto k = PiiHasher::readKeyFile(cfg.str("identity.hmac_key_file"));
-      if (!k) {
-        std::cerr << "omniedge import: " << k.error().message << "\n";
-        return kConfigError;
-      }
-      key = *k;
+    // The daemon's warnings (no tenant key, no phone module) go to stderr, worded as its own.
+    auto logger = spdlog::stderr_logger_mt("omniedge-import");
+    logger->set_pattern("omniedge import: %v");
+    spdlog::set_default_logger(logger);
+    auto pii = makePiiHasher(cfg);
+    if (!pii) {
+      std::cerr << "omniedge import: " << pii.error().message << "\n";
+      return kConfigError;
     }
     if (auto r = becomeDataDirOwner(cfg.str("data.dir")); !r) {
       std::cerr << "omniedge import: " << r.error().message << "\n";
       return kFailure;
     }
     ::umask(027);  // as systemd/omniedge.service: the service's group may read
-    auto opened = BufferSink::open(cfg, key);
+    auto opened = BufferSink::open(cfg, std::move(*pii));
     if (!opened) {
       if (opened.error().code == "busy") {
         std::cerr << "omniedge import: a daemon holds the buffer in " << cfg.str("data.dir")
