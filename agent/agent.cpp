@@ -304,6 +304,10 @@ IngestOptions ingestOptions(const config::Config& cfg) {
   return io;
 }
 
+Result<std::unique_ptr<store::ProfileCache>> openProfileCache(const config::Config& cfg) {
+  return store::ProfileCache::open(cfg.str("data.dir"));
+}
+
 Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   auto p = std::make_unique<Parts>(cfg);
   p->store_id = cfg.str("store.id");
@@ -323,7 +327,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   }
   p->buffer = std::move(*buffer);
 
-  auto profiles = store::ProfileCache::open(bo.dir);
+  auto profiles = openProfileCache(cfg);
   if (!profiles) {
     return profiles.error();
   }

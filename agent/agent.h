@@ -13,6 +13,7 @@
 #include "agent/ingest.h"
 #include "agent/pii.h"
 #include "agent/store/buffer.h"
+#include "agent/store/profile_cache.h"
 
 namespace omniedge {
 
@@ -59,5 +60,7 @@ Result<std::unique_ptr<PiiHasher>> makePiiHasher(const config::Config& cfg);
 store::BufferOptions bufferOptions(const config::Config& cfg);
 /// Ingest's options (store.id, buffer.max_event_bytes).
 IngestOptions ingestOptions(const config::Config& cfg);
+/// The profile cache Ingest resolves identities and consent with (data.dir/profiles.db).
+Result<std::unique_ptr<store::ProfileCache>> openProfileCache(const config::Config& cfg);
 
 }  // namespace omniedge

@@ -158,7 +158,7 @@ class BufferSink final : public Sink {
       return buffer.error();
     }
     s->buffer_ = std::move(*buffer);
-    auto profiles = store::ProfileCache::open(bo.dir);
+    auto profiles = openProfileCache(cfg);
     if (!profiles) {
       return profiles.error();
     }

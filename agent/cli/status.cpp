@@ -362,7 +362,18 @@ class StatusView {
       line("rates", fmt::format("ingest {:.1f}/s, delivery {:.1f}/s", real(r, "ingest_per_s"),
                                 real(r, "delivery_per_s")));
       printDrivers(s);
-      if (has(s, "profiles_cached")) {
+      const json& profiles = member(s, "profiles");
+      if (profiles.is_object()) {
+        std::string text = thousands(num(profiles, "in_memory")) + " in memory (" +
+                           humanBytes(num(profiles, "memory_bytes")) + " of " +
+                           humanBytes(num(profiles, "memory_max_bytes")) + "), " +
+                           thousands(num(profiles, "on_disk")) + " on disk (" +
+                           humanBytes(num(profiles, "disk_bytes")) + ")";
+        if (num(profiles, "local_carts") > 0) {
+          text += ", " + thousands(num(profiles, "local_carts")) + " local carts";
+        }
+        line("profiles", text);
+      } else if (has(s, "profiles_cached")) {
         line("profiles", thousands(num(s, "profiles_cached")) + " cached");
       }
     }

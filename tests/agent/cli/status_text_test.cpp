@@ -57,6 +57,13 @@ TEST_CASE("status text: ages, IEC sizes, and what the uplink, buffer and drivers
                      {"input_errors", 1},
                      {"last_error", "0001.xml: line 3: not POSLog"},
                      {"counters", {{"files", 12}}}}})},
+      {"profiles",
+       {{"in_memory", 120},
+        {"memory_bytes", 300000},
+        {"memory_max_bytes", 8 << 20},
+        {"on_disk", 5000},
+        {"disk_bytes", 2 << 20},
+        {"local_carts", 3}}},
       {"counters", {{"rejected_full", 17}, {"evicted", 0}}},
       {"disk",
        {{"data_dir", "/var/lib/omniedge"},
@@ -89,6 +96,7 @@ TEST_CASE("status text: ages, IEC sizes, and what the uplink, buffer and drivers
   CHECK_THAT(text, Catch::Contains("FULL for 1m: new POS and kiosk events are refused"));
   CHECK_THAT(text, Catch::Contains("17 appends refused, the last 2s ago"));
   CHECK_THAT(text, Catch::Contains("started after an unclean shutdown"));
+  CHECK_THAT(text, Catch::Contains("120 in memory (293.0 KiB of 8.0 MiB), 5,000 on disk"));
   CHECK(text.find("T0") == std::string::npos);  // no raw timestamps
 }
 
