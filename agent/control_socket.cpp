@@ -19,8 +19,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr auto kEvictionGrace = std::chrono::milliseconds(250);
-
 bool fillAddress(const std::filesystem::path& p, sockaddr_un& addr) {
   addr = sockaddr_un{};
   addr.sun_family = AF_UNIX;
@@ -223,12 +221,10 @@ void ControlServer::acceptClients(Clock::time_point now) {
     std::erase_if(clients_, [](const auto& c) { return c->fd < 0; });
     if (clients_.size() >= limits_.max_clients) {
       // Full: the client that has been sending its request the longest gives way, so slow or
-      // silent clients cannot keep the technician out. One that connected a moment ago is
-      // spared (its request may be on its way), so a flood of connections cannot push out a
-      // request that is about to arrive.
+      // silent clients cannot keep the technician out (one within its grace is spared).
       Client* oldest = nullptr;
       for (auto& c : clients_) {
-        if (c->state == Client::State::kReading && now - c->accepted >= kEvictionGrace &&
+        if (c->state == Client::State::kReading && now - c->accepted >= limits_.eviction_grace &&
             (oldest == nullptr || c->accepted < oldest->accepted)) {
           oldest = c.get();
         }

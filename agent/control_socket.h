@@ -32,6 +32,9 @@ struct ControlLimits {
   std::size_t workers = 2;       // handlers running at once
   std::chrono::milliseconds request_timeout{2000};  // from accept to the request's last byte
   std::chrono::milliseconds answer_timeout{10000};  // for the client to take the whole answer
+  /// A client connected this recently is not pushed out for a new one (its request may be on
+  /// its way), so a flood of connections cannot push out a request about to arrive.
+  std::chrono::milliseconds eviction_grace{250};
 };
 
 class ControlServer {
