@@ -11,6 +11,7 @@
 
 #include "agent/cli/control_client.h"
 #include "agent/cli/json_view.h"
+#include "agent/store/buffer_reader.h"
 
 namespace omniedge::cli {
 namespace {
@@ -203,32 +204,46 @@ Daemon::Daemon(const Loaded& loaded)
     : loaded_(loaded), candidates_(controlSocketCandidates(loaded.cfg)) {}
 
 Result<nlohmann::json> Daemon::request(const nlohmann::json& request, int timeout_ms) {
-  std::vector<std::string> order = candidates_;
-  if (!answered_.empty()) {
-    std::erase(order, answered_);
-    order.insert(order.begin(), answered_);
-  }
-  seen_.clear();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  for (const auto& path : order) {
-    for (;;) {
-      auto answer = controlRequest(path, request, timeout_ms);
-      // A daemon serving as many clients as it takes says "busy": ask again shortly.
-      if (answer && member(*answer, "code") == "busy" &&
-          std::chrono::steady_clock::now() + std::chrono::milliseconds(100) < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        continue;
-      }
-      if (answer) {
-        answered_ = path;
-        return answer;
-      }
-      seen_.emplace_back(path, answer.error());
-      break;
+  const auto time_left = [&deadline] {
+    return std::chrono::steady_clock::now() + std::chrono::milliseconds(100) < deadline;
+  };
+  for (;;) {
+    std::vector<std::string> order = candidates_;
+    if (!answered_.empty()) {
+      std::erase(order, answered_);
+      order.insert(order.begin(), answered_);
     }
+    seen_.clear();
+    for (const auto& path : order) {
+      for (;;) {
+        auto answer = controlRequest(path, request, timeout_ms);
+        // A daemon serving as many clients as it takes says "busy": ask again shortly.
+        if (answer && member(*answer, "code") == "busy" && time_left()) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          continue;
+        }
+        if (answer) {
+          answered_ = path;
+          return answer;
+        }
+        seen_.emplace_back(path, answer.error());
+        break;
+      }
+    }
+    answered_.clear();
+    // A daemon that holds the buffer but has no socket (yet) is starting (or stopping): give
+    // it the time the caller allows rather than report it absent.
+    const bool daemon_there =
+        store::bufferOwner(loaded_.cfg.str("data.dir")) == store::Owner::kDaemon;
+    const bool no_socket = std::all_of(seen_.begin(), seen_.end(), [](const auto& s) {
+      return s.second.code == "absent" || s.second.code == "refused";
+    });
+    if (!daemon_there || !no_socket || !time_left()) {
+      return makeError("unreachable", "no daemon answered");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  answered_.clear();
-  return makeError("unreachable", "no daemon answered");
 }
 
 bool Daemon::deniedAccess() const {
