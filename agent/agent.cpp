@@ -11,6 +11,8 @@
 #include <cstdlib>
 #include <deque>
 #include <fstream>
+#include <memory>
+#include <mutex>
 #include <sstream>
 
 #include "agent/api/time.h"
@@ -46,26 +48,51 @@ Result<std::string> readSecretFile(const std::string& path, const std::string& k
   return s;
 }
 
-Result<std::vector<std::string>> readTokens(const std::string& path) {
+// http.tokens_file: a token per line, optionally with the channels it may write
+// (kiosk::parseTokens says how).
+Result<std::vector<kiosk::ApiToken>> readTokens(const std::string& path) {
   auto text = readSecretFile(path, "http.tokens_file");
   if (!text) {
     return text.error();
   }
-  std::vector<std::string> tokens;
-  std::istringstream in(*text);
-  for (std::string line; std::getline(in, line);) {
-    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back())) != 0) {
-      line.pop_back();
-    }
-    if (!line.empty() && line.front() != '#') {
-      tokens.push_back(line);
-    }
-  }
-  if (tokens.empty()) {
-    return makeError("config", "http.tokens_file '" + path + "' holds no token",
+  auto tokens = kiosk::parseTokens(*text);
+  if (!tokens) {
+    return makeError("config", "http.tokens_file '" + path + "': " + tokens.error().message,
                      "http.tokens_file");
   }
+  for (const kiosk::ApiToken& token : *tokens) {
+    if (token.secret.size() < 16) {
+      // The lockout slows guessing from one address, but never refuses a valid token: what
+      // really keeps guesses out is the token's length.
+      spdlog::warn(
+          "http.tokens_file: a token of only {} characters is easy to guess; use 32 "
+          "random characters or more (e.g. openssl rand -hex 16)",
+          token.secret.size());
+    }
+  }
   return tokens;
+}
+
+// What the health check remembers between calls: when the buffer last refused an append.
+struct FullWatch {
+  std::mutex mu;
+  uint64_t rejected = 0;   // guarded by mu
+  int64_t changed_ms = 0;  // guarded by mu
+};
+
+nlohmann::json profilesJson(const store::ProfileCacheStats& s) {
+  return {
+      {"in_memory", s.in_memory},
+      {"memory_bytes", s.memory_bytes},
+      {"memory_max_bytes", s.memory_max_bytes},
+      {"memory_evictions", s.memory_evictions},
+      {"disk_reads", s.disk_reads},
+      {"on_disk", s.on_disk},
+      {"disk_bytes", s.disk_bytes},
+      {"disk_max_bytes", s.disk_max_bytes},
+      {"disk_evictions", s.disk_evictions},
+      {"local_carts", s.local_carts},
+  };
 }
 
 nlohmann::json queueJson(const store::BufferStats& s, int64_t now_ms) {
@@ -294,6 +321,7 @@ store::BufferOptions bufferOptions(const config::Config& cfg) {
   bo.max_bytes = cfg.integer("buffer.max_bytes");
   bo.min_free_disk = cfg.integer("buffer.min_free_disk");
   bo.retain_delivered_s = cfg.integer("buffer.retain_delivered");
+  bo.recent_max_bytes = static_cast<std::size_t>(cfg.integer("buffer.recent_max_bytes"));
   return bo;
 }
 
@@ -305,7 +333,11 @@ IngestOptions ingestOptions(const config::Config& cfg) {
 }
 
 Result<std::unique_ptr<store::ProfileCache>> openProfileCache(const config::Config& cfg) {
-  return store::ProfileCache::open(cfg.str("data.dir"));
+  store::ProfileCacheOptions po;
+  po.dir = cfg.str("data.dir");
+  po.max_bytes = static_cast<std::size_t>(cfg.integer("profiles.max_bytes"));
+  po.max_disk_bytes = static_cast<std::size_t>(cfg.integer("profiles.max_disk_bytes"));
+  return store::ProfileCache::open(po);
 }
 
 Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
@@ -344,9 +376,19 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   ho.host = listen->host;
   ho.port = listen->port;
   ho.store_id = p->store_id;
+  ho.threads = static_cast<int>(cfg.integer("http.workers"));
+  ho.max_connections = static_cast<std::size_t>(cfg.integer("http.max_connections"));
+  ho.max_header_bytes = static_cast<std::size_t>(cfg.integer("http.max_header_bytes"));
+  ho.max_headers = static_cast<std::size_t>(cfg.integer("http.max_headers"));
+  ho.max_body_bytes = static_cast<std::size_t>(cfg.integer("http.max_body_bytes"));
+  ho.header_timeout = std::chrono::seconds(cfg.integer("http.header_timeout"));
+  ho.body_timeout = std::chrono::seconds(cfg.integer("http.body_timeout"));
+  ho.keep_alive_timeout = std::chrono::seconds(cfg.integer("http.keepalive_timeout"));
   ho.customer_lookup = [cache = p->profiles.get()](const std::string& key) {
-    auto doc = cache->lookup(key);
-    return doc ? std::optional<std::string>(doc->dump()) : std::nullopt;
+    return cache->profileJson(key);
+  };
+  ho.cart_lookup = [cache = p->profiles.get()](const std::string& key) {
+    return cache->cartJson(key);
   };
   ho.cart_add = [cache = p->profiles.get(), clock = &p->clock](
                     const std::string& key, const std::string& item) -> Result<std::string> {
@@ -417,6 +459,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   mo.topic_root = "omniedge/v1/" + p->tenant + "/" + p->store_id;
   mo.reconnect_min_ms = static_cast<int>(cfg.integer("mqtt.reconnect_min") * 1000);
   mo.reconnect_max_ms = static_cast<int>(cfg.integer("mqtt.reconnect_max") * 1000);
+  mo.max_packet_bytes = cfg.integer("mqtt.max_packet_bytes");
 
   sync::SyncOptions so;
   so.store_id = p->store_id;
@@ -435,16 +478,37 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   Agent* self = agent.get();
   parts.http = std::make_unique<kiosk::HttpApi>(
       ho, *parts.ingest,
-      [self] {
+      [self, seen = std::make_shared<FullWatch>()] {
         kiosk::HealthReport h;
         const auto s = self->p_->buffer->stats();
         if (self->p_->stopping.load()) {
           h.reason = "stopping";
-        } else if (s.cap_bytes > 0 && s.used_bytes >= s.cap_bytes - s.cap_bytes / 100) {
-          h.reason = "buffer full: new events are pushed back until the uplink drains it";
-        } else {
-          h.ready = true;
+          return h;
         }
+        // Producers are refused when the buffer is full and nothing low-priority is left to
+        // evict for them, or when an append was refused lately (the counter moved within the
+        // last 10 s) while it is still near full. A buffer filled with beacon.* events is not
+        // degraded: kiosk and POS events still get in by evicting them.
+        const int64_t now = self->p_->clock.nowMs();
+        bool refused_lately = false;
+        {
+          std::lock_guard lock(seen->mu);
+          if (s.rejected_full != seen->rejected) {
+            seen->rejected = s.rejected_full;
+            seen->changed_ms = now;
+          }
+          refused_lately = seen->changed_ms > 0 && now - seen->changed_ms < 10'000;
+        }
+        const bool near_full = s.cap_bytes > 0 && s.used_bytes >= s.cap_bytes - s.cap_bytes / 100;
+        if (near_full && (s.pending[2] == 0 || refused_lately)) {
+          h.degraded = true;
+          h.reason = fmt::format(
+              "buffer full ({} of {} bytes used, nothing left to evict): new events are refused "
+              "with 503 until the uplink drains it; {} appends refused since start",
+              s.used_bytes, s.cap_bytes, s.rejected_full);
+          return h;
+        }
+        h.ready = true;
         return h;
       },
       [self] { return self->metricsText(); });
@@ -493,9 +557,6 @@ nlohmann::json Agent::status() const {
   for (const auto& source : p_->sources) {
     drivers.push_back(source->state());
   }
-  std::error_code ec;
-  const auto wal_size = fs::file_size(fs::path(p_->cfg.str("data.dir")) / "buffer.db-wal", ec);
-  const int64_t wal_bytes = ec ? 0 : static_cast<int64_t>(wal_size);
   struct statvfs vfs {};
   int64_t free_bytes = -1;
   if (statvfs(p_->cfg.str("data.dir").c_str(), &vfs) == 0) {
@@ -512,19 +573,39 @@ nlohmann::json Agent::status() const {
       {"tenant", p_->tenant},
       {"config_version", p_->config_version.load()},
       {"profiles_cached", p_->profiles->size()},
+      {"profiles", profilesJson(p_->profiles->stats())},
       {"uplink",
        {{"mqtt",
          {{"state", u.connected ? "connected" : "disconnected"},
           {"since", u.since_ms > 0 ? formatRfc3339Ms(u.since_ms) : ""},
           {"url", p_->cfg.str("mqtt.url")},
+          {"mqtt_version", u.mqtt_version == 5   ? "5"
+                           : u.mqtt_version == 4 ? "3.1.1"
+                                                 : ""},
           {"last_error", u.last_error},
+          {"last_error_at", u.last_error_ms > 0 ? formatRfc3339Ms(u.last_error_ms) : ""},
+          {"last_error_resolved", u.last_error_resolved},
+          {"next_attempt_at",
+           !u.connected && u.next_attempt_ms > 0 ? formatRfc3339Ms(u.next_attempt_ms) : ""},
+          {"connect_attempts", u.connect_attempts},
+          {"reconnects", u.reconnects},
+          {"max_packet_bytes", u.max_packet_bytes},
+          {"max_packet_source", u.max_packet_source},
           {"batches_sent", u.batches_sent},
           {"batches_acked", u.batches_acked},
+          {"batches_refused", u.batches_refused},
+          {"batches_split", u.batches_split},
           {"events_delivered", u.events_delivered},
+          {"events_quarantined", u.events_quarantined},
+          {"events_held", u.events_held},
           {"bytes_sent", u.bytes_sent},
-          {"reconnects", u.reconnects},
           {"inflight_batches", u.inflight}}},
         {"https", {{"state", "not_configured"}}}}},
+      {"quarantine",
+       {{"events", s.quarantine_events},
+        {"quarantined_since_start", s.quarantined},
+        {"latest_reason", u.last_quarantine_reason},
+        {"latest_at", u.last_quarantine_ms > 0 ? formatRfc3339Ms(u.last_quarantine_ms) : ""}}},
       {"queue", queueJson(s, now)},
       {"rates", {{"ingest_per_s", ingest_rate}, {"delivery_per_s", delivery_rate}}},
       {"drivers", drivers},
@@ -538,11 +619,14 @@ nlohmann::json Agent::status() const {
       {"disk",
        {{"data_dir", p_->cfg.str("data.dir")},
         {"buffer_file_bytes", s.file_bytes},
-        {"wal_bytes", wal_bytes},
+        {"wal_bytes", s.wal_bytes},
         {"buffer_used_bytes", s.used_bytes},
         {"buffer_cap_bytes", s.cap_bytes},
-        // As GET /v1/health sees it: producers of high and normal events are being refused.
-        {"buffer_full", s.cap_bytes > 0 && s.used_bytes >= s.cap_bytes - s.cap_bytes / 100},
+        // Producers are being refused: the last request was refused "full", none got in since.
+        {"buffer_full", s.full_since_ms > 0},
+        {"full_since", s.full_since_ms > 0 ? formatRfc3339Ms(s.full_since_ms) : ""},
+        {"last_full_refusal_at", s.last_full_ms > 0 ? formatRfc3339Ms(s.last_full_ms) : ""},
+        {"io_errors", s.io_errors},
         {"unclean_shutdown_before_start", p_->buffer->openReport().unclean_shutdown},
         {"free_bytes", free_bytes}}},
   };
@@ -575,6 +659,20 @@ std::string Agent::metricsText() const {
   line("omniedge_mqtt_connected", "gauge", "1 while the uplink is connected.", u.connected ? 1 : 0);
   line("omniedge_mqtt_batches_sent_total", "counter", "Batches published.", u.batches_sent);
   line("omniedge_mqtt_reconnects_total", "counter", "Uplink reconnects.", u.reconnects);
+  line("omniedge_mqtt_connect_attempts_total", "counter", "Uplink connection attempts.",
+       u.connect_attempts);
+  line("omniedge_mqtt_batches_acked_total", "counter", "Batches PUBACKed by the broker.",
+       u.batches_acked);
+  line("omniedge_mqtt_batches_refused_total", "counter",
+       "Batches the broker refused (PUBACK >= 0x80, or it closed the connection after them).",
+       u.batches_refused);
+  line("omniedge_mqtt_bytes_sent_total", "counter", "Batch payload bytes published.", u.bytes_sent);
+  line("omniedge_mqtt_inflight_batches", "gauge", "Batches awaiting their PUBACK.", u.inflight);
+  line("omniedge_mqtt_max_packet_bytes", "gauge", "Bound on every batch PUBLISH.",
+       u.max_packet_bytes);
+  line("omniedge_mqtt_events_quarantined_total", "counter",
+       "Events the uplink moved to the quarantine (the broker will never take them).",
+       u.events_quarantined);
   m += p_->http->metricsText();
   return m;
 }
@@ -630,6 +728,7 @@ nlohmann::json Agent::handleControl(const nlohmann::json& request) {
             {"events", std::move(events)},
             {"last_seq", std::max(last_seq, rows.empty() ? int64_t{0} : rows.back().seq)},
             {"ring_oldest_seq", rows.empty() ? int64_t{0} : rows.front().seq},
+            {"ring_events", rows.size()},
             {"ring_size", kRing}};
   }
   if (cmd == "test_event") {
@@ -730,13 +829,16 @@ void Agent::housekeeping() {
 int Agent::run() {
   Parts& p = *p_;
   const auto& report = p.buffer->openReport();
-  if (report.recovered) {
+  if (report.recovered || !report.picked_up.empty()) {
     Event e;
     e.type = "agent.buffer_recovered";
     e.source = "agent";
     e.data_json = nlohmann::json{{"problem", report.problem},
                                  {"moved_to", report.moved_to},
-                                 {"salvaged_events", report.salvaged}}
+                                 {"salvaged_events", report.salvaged},
+                                 {"resumed", report.resumed},
+                                 {"picked_up", report.picked_up},
+                                 {"picked_up_events", report.picked_up_events}}
                       .dump();
     if (auto r = p.ingest->append({e}); !r) {
       spdlog::error("could not record agent.buffer_recovered: {}", r.error().message);

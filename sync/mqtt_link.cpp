@@ -1,11 +1,13 @@
 #include "sync/mqtt_link.h"
 
 #include <mqtt/async_client.h>
+#include <spdlog/fmt/fmt.h>
 #include <unistd.h>
 
 #include <climits>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 namespace omniedge::sync {
 namespace {
@@ -27,6 +29,10 @@ uint64_t contextToTag(void* context) {
 }
 
 std::string describe(int rc, int reason_code) {
+  if (reason_code >= 0x80) {
+    return fmt::format("PUBACK reason 0x{:02x} ({})", reason_code,
+                       mqtt::exception::reason_code_str(reason_code));
+  }
   return mqtt::exception::printable_error(rc, reason_code, mqtt::exception::error_str(rc));
 }
 
@@ -52,7 +58,92 @@ Result<std::string> pahoUri(const std::string& url, bool& tls) {
 
 bool readable(const std::string& path) { return access(path.c_str(), R_OK) == 0; }
 
+// "host" of scheme://host:port/path ([v6] kept with its brackets).
+std::string hostOf(const std::string& url) {
+  auto start = url.find("://");
+  start = start == std::string::npos ? 0 : start + 3;
+  auto end = url.find_first_of(url[start] == '[' ? "]" : ":/", start);
+  if (end != std::string::npos && url[start] == '[') {
+    ++end;
+  }
+  return url.substr(start, end == std::string::npos ? std::string::npos : end - start);
+}
+
+bool isNumericHost(const std::string& host) {
+  return !host.empty() &&
+         (host.front() == '[' || host.find_first_not_of("0123456789.") == std::string::npos);
+}
+
+// OpenSSL's "C0E6…:error:0A000086:SSL routines:func:certificate verify failed:file:line:" →
+// "certificate verify failed".
+std::string shortTlsError(const std::string& text) {
+  std::vector<std::string> fields;
+  std::size_t from = 0;
+  for (std::size_t colon; (colon = text.find(':', from)) != std::string::npos; from = colon + 1) {
+    fields.push_back(text.substr(from, colon - from));
+  }
+  if (fields.size() > 5 && fields[1] == "error") {
+    return fields[5];
+  }
+  std::string trimmed = text;
+  while (!trimmed.empty() && (trimmed.back() == '\n' || trimmed.back() == ' ')) {
+    trimmed.pop_back();
+  }
+  return trimmed;
+}
+
+constexpr char kDoctor[] = "; try `omniedge doctor`";
+
+// What a CONNACK refusal (3.1.1 return code 1-5, MQTT 5 reason code >= 0x80) means to a
+// technician.
+std::string connackRefusal(int code, const MqttOptions& o, const std::string& paho_text) {
+  const std::string at = "the broker at " + o.url;
+  switch (code) {
+    case 1:
+    case 0x84:
+      return at + " does not speak this MQTT version: set mqtt.version (auto, 3.1.1 or 5)";
+    case 2:
+    case 0x85:
+      return at + " rejected the client id \"" + o.client_id +
+             "\": set mqtt.client_id to one it accepts";
+    case 3:
+    case 0x88:
+    case 0x89:
+      return at + " is unavailable or busy (CONNACK " + std::to_string(code) +
+             "); retrying with backoff";
+    case 4:
+    case 0x86:
+      return at + " refused the user name or password: check mqtt.username and " +
+             "mqtt.password_file";
+    case 5:
+    case 0x87:
+      return at + " refused this client (not authorised): check mqtt.username, " +
+             "mqtt.password_file, the client certificate and the broker's ACL for client id \"" +
+             o.client_id + "\"";
+    case 0x8A:
+      return at + " has banned this client (client id \"" + o.client_id + "\")";
+    case 0x8C:
+      return at + " wants another authentication method";
+    case 0x97:
+    case 0x9F:
+      return at + " limits connections (quota or connection rate exceeded); retrying with backoff";
+    default:
+      return at + " refused the connection: " + paho_text;
+  }
+}
+
 }  // namespace
+
+std::size_t MqttLink::publishPacketBytes(std::size_t topic_bytes, std::size_t payload_bytes,
+                                         bool v5) {
+  // Packet id (2), topic length (2), property length (1, MQTT 5, no properties).
+  const std::size_t remaining = 2 + topic_bytes + 2 + (v5 ? 1 : 0) + payload_bytes;
+  std::size_t length_bytes = 1;
+  for (std::size_t r = remaining; r >= 128; r /= 128) {
+    ++length_bytes;
+  }
+  return 1 + length_bytes + remaining;
+}
 
 // Forwards Paho's per-publish completion to the link; the tag travels as the user context.
 class MqttLink::PublishListener final : public mqtt::iaction_listener {
@@ -62,15 +153,17 @@ class MqttLink::PublishListener final : public mqtt::iaction_listener {
   void on_success(const mqtt::token& tok) override {
     const int reason = tok.get_reason_code();
     if (reason >= kFirstV5ReasonFailure) {
-      link_.onDelivery(contextToTag(tok.get_user_context()), false,
+      link_.onDelivery(contextToTag(tok.get_user_context()), false, reason,
                        describe(tok.get_return_code(), reason));
       return;
     }
-    link_.onDelivery(contextToTag(tok.get_user_context()), true, {});
+    link_.onDelivery(contextToTag(tok.get_user_context()), true, 0, {});
   }
   void on_failure(const mqtt::token& tok) override {
+    const int reason = tok.get_reason_code();
     link_.onDelivery(contextToTag(tok.get_user_context()), false,
-                     describe(tok.get_return_code(), tok.get_reason_code()));
+                     reason >= kFirstV5ReasonFailure ? reason : 0,
+                     describe(tok.get_return_code(), reason));
   }
 
  private:
@@ -112,10 +205,65 @@ void MqttLink::onConnectionLost(const std::string& cause) {
   }
 }
 
-void MqttLink::onDelivery(uint64_t tag, bool ok, const std::string& error) {
+void MqttLink::onDelivery(uint64_t tag, bool ok, int reason_code, const std::string& error) {
   if (on_delivery_) {
-    on_delivery_(tag, ok, error);
+    on_delivery_(tag, ok, reason_code, error);
   }
+}
+
+std::string MqttLink::disconnectCause(int reason) const {
+  const std::string what =
+      "the broker sent DISCONNECT (" + mqtt::exception::reason_code_str(reason) + ")";
+  switch (reason) {
+    case 0x8E:
+      return what + ": another client connected with the same client id \"" + options_.client_id +
+             "\" (two agents sharing one mqtt.client_id?)";
+    case 0x87:
+      return what + ": check the broker's ACL for this client";
+    case 0x95:
+      return what + ": a packet was over the broker's maximum packet size";
+    case 0x97:
+    case 0x96:
+      return what + ": the broker's quota or message rate for this client was exceeded";
+    default:
+      return what;
+  }
+}
+
+std::string MqttLink::connectFailure(const mqtt::exception& e) {
+  const int rc = e.get_return_code();
+  if (rc > 0) {
+    // CONNACK: a 3.1.1 return code (1-5) or an MQTT 5 reason code (>= 0x80).
+    return connackRefusal(rc, options_, e.what());
+  }
+  std::string tls_error;
+  {
+    std::lock_guard lock(tls_mu_);
+    tls_error = tls_error_;
+  }
+  if (!tls_error.empty()) {
+    return "TLS handshake with " + options_.url + " failed (" + shortTlsError(tls_error) +
+           "): check mqtt.ca_file (does it sign the broker's certificate, for this host name, "
+           "still valid?), mqtt.cert_file and mqtt.key_file" +
+           kDoctor;
+  }
+  const std::string message = e.get_message();
+  if (message.find("timeout") != std::string::npos) {
+    return "no answer from the broker at " + options_.url + " within " +
+           std::to_string(options_.connect_timeout_s) +
+           " s: is the address right, does a firewall drop the traffic?" + kDoctor;
+  }
+  if (message.find(kTransportFailure) != std::string::npos) {
+    return "broker unreachable at " + options_.url +
+           " (connection refused or no route): is it running, is mqtt.url right?" + kDoctor;
+  }
+  const std::string host = hostOf(options_.url);
+  if (message.empty() && !isNumericHost(host)) {
+    // Paho says nothing when the name does not resolve.
+    return "cannot resolve the broker's host name \"" + host + "\" of " + options_.url +
+           ": check mqtt.url and the store's DNS" + kDoctor;
+  }
+  return "cannot connect to " + options_.url + ": " + e.what() + kDoctor;
 }
 
 int MqttLink::nextProtocolLevel() {
@@ -163,8 +311,7 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
           [this](mqtt::const_message_ptr m) { on_message_(m->get_topic(), m->to_string()); });
     }
     client_->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode reason) {
-      onConnectionLost("server sent DISCONNECT: " +
-                       mqtt::exception::reason_code_str(static_cast<int>(reason)));
+      onConnectionLost(disconnectCause(static_cast<int>(reason)));
     });
 
     mqtt::connect_options opts;
@@ -201,9 +348,18 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
       }
       ssl.set_enable_server_cert_auth(true);
       ssl.set_verify(true);  // the host name too, not only the chain
+      ssl.set_error_handler([this](const std::string& text) {
+        std::lock_guard lock(tls_mu_);
+        tls_error_ = text;
+      });
       opts.set_ssl(ssl);
     }
 
+    {
+      std::lock_guard lock(tls_mu_);
+      tls_error_.clear();
+    }
+    broker_max_packet_ = 0;
     auto tok = client_->connect(opts);
     while (!tok->wait_for(kPollInterval)) {
       if (stop.stop_requested()) {
@@ -212,14 +368,23 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
       }
     }
     // Version 5 or 3.1.1 as asked: Paho reports what the CONNACK came back on.
-    const int used = tok->get_connect_response().get_mqtt_version();
+    const mqtt::connect_response response = tok->get_connect_response();
+    const int used = response.get_mqtt_version();
     protocol_level_ = used != 0 ? used : level;
+    if (response.get_properties().contains(mqtt::property::MAXIMUM_PACKET_SIZE)) {
+      broker_max_packet_ =
+          mqtt::get<uint32_t>(response.get_properties(), mqtt::property::MAXIMUM_PACKET_SIZE);
+    }
     decided_level_ = level;
     connected_ = true;
     if (!client_->is_connected()) {
       // Lost between CONNACK and here: the handler fired before connected_ was set.
       connected_ = false;
-      return makeError("connect", "connection lost right after CONNACK");
+      return makeError("connect", "connection to " + options_.url +
+                                      " lost right after the broker accepted it: another agent "
+                                      "using the same mqtt.client_id \"" +
+                                      options_.client_id +
+                                      "\"? the broker's ACL or quota refusing this client?");
     }
     return {};
   } catch (const mqtt::exception& e) {
@@ -235,7 +400,7 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
       // The server answered (or hung up on) the CONNECT: it may not speak this version.
       ++auto_attempts_;
     }
-    return makeError("connect", e.what());
+    return makeError("connect", connectFailure(e));
   } catch (const std::exception& e) {  // Paho C++ also throws std::invalid_argument and friends
     client_.reset();
     return makeError("invalid", e.what());
@@ -266,6 +431,15 @@ Result<void> MqttLink::subscribe(const std::vector<std::string>& topics,
 Result<void> MqttLink::publish(MqttMessage message, uint64_t tag) {
   if (!client_ || !connected_) {
     return makeError("disconnected", "not connected");
+  }
+  if (const int64_t max = broker_max_packet_.load(); max > 0) {
+    const std::size_t bytes = publishPacketBytes(message.topic.size(), message.payload.size(),
+                                                 protocol_level_ == MQTTVERSION_5);
+    if (static_cast<int64_t>(bytes) > max) {
+      return makeError("too_large", "a " + std::to_string(bytes) +
+                                        "-byte packet is over the broker's maximum packet size (" +
+                                        std::to_string(max) + " bytes)");
+    }
   }
   try {
     auto msg = mqtt::make_message(std::move(message.topic), std::move(message.payload), kQos,

@@ -9,9 +9,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -22,6 +24,7 @@
 
 namespace mqtt {
 class async_client;
+class exception;
 }  // namespace mqtt
 
 namespace omniedge::sync {
@@ -47,7 +50,18 @@ struct MqttOptions {
   std::string topic_root;  // "omniedge/v1/{tenant}/{store_id}"
   int connect_timeout_s = 10;
   int64_t session_expiry_s = 7 * 24 * 3600;  // MQTT 5 only; 3.1.1 sessions never expire
+  /// The largest MQTT packet the broker takes (`mqtt.max_packet_bytes`); 0: what the broker
+  /// announces in its CONNACK (MQTT 5), else kSafeMaxPacketBytes. A 3.1.1 broker cannot say
+  /// its limit, and mosquitto's `message_size_limit` PUBACKs and drops what is larger: set it.
+  int64_t max_packet_bytes = 0;
+  /// A connection proves itself (and the reconnect backoff starts again from the shortest
+  /// delay) once a batch's PUBACK arrived on it or it stayed up this long.
+  int proven_after_ms = 30'000;
 };
+
+/// Used when neither the config nor the broker's CONNACK gives a maximum packet size: below
+/// what common brokers take by default (AWS IoT: 128 KB payloads; mosquitto, EMQX, HiveMQ: more).
+constexpr int64_t kSafeMaxPacketBytes = 128 * 1024;
 
 /// A message to publish (the will, a status document, a batch).
 struct MqttMessage {
@@ -61,9 +75,12 @@ struct MqttMessage {
 class MqttLink {
  public:
   /// A QoS 1 publish finished: `ok` when its PUBACK arrived (with a success reason code),
-  /// otherwise `error` says why. Runs on a Paho thread (or inside connect()/disconnect()/the
-  /// destructor when they drop unfinished publishes): must only hand the result over.
-  using DeliveryHandler = std::function<void(uint64_t tag, bool ok, const std::string& error)>;
+  /// otherwise `error` says why and `reason_code` is the MQTT 5 PUBACK reason code when the
+  /// broker refused the message (>= 0x80; 0 when it never answered). Runs on a Paho thread (or
+  /// inside connect()/disconnect()/the destructor when they drop unfinished publishes): must
+  /// only hand the result over.
+  using DeliveryHandler =
+      std::function<void(uint64_t tag, bool ok, int reason_code, const std::string& error)>;
   /// The connection established by connect() was lost. Runs on a Paho thread, once per
   /// connection; must only hand the news over.
   using LostHandler = std::function<void(const std::string& cause)>;
@@ -90,12 +107,16 @@ class MqttLink {
   /// Connects with a fresh client and `will` (published QoS 1 by the broker when this connection
   /// dies without a DISCONNECT). Thread: the owner. Blocks until CONNACK, connect_timeout_s, or
   /// `stop` (polled every 100 ms). Fails with "invalid" (bad URL, version, TLS files),
-  /// "connect" (refused, unreachable, TLS handshake) or "stopping". Never throws.
+  /// "connect" (refused, unreachable, TLS handshake, refused by the broker) or "stopping"; the
+  /// message names the URL, what went wrong and what to check. Never throws.
+  /// A publish still unfinished from the previous connection is dropped with the old client:
+  /// its DeliveryHandler may run (not ok) during this call, or not at all.
   Result<void> connect(const MqttMessage& will, std::stop_token stop);
 
   /// Queues a QoS 1 publish; the DeliveryHandler later reports `tag`'s outcome.
-  /// Thread: the owner. Never blocks on the network. Fails with "disconnected" or "io" (the
-  /// client refused it, e.g. too many queued); the handler is then not called for `tag`.
+  /// Thread: the owner. Never blocks on the network. Fails with "disconnected", "too_large"
+  /// (over the broker's announced maximum packet size: never sent) or "io" (the client refused
+  /// it, e.g. too many queued); the handler is then not called for `tag`.
   Result<void> publish(MqttMessage message, uint64_t tag);
 
   /// Publishes QoS 1 and waits for its PUBACK (the DeliveryHandler is not called).
@@ -111,12 +132,22 @@ class MqttLink {
   /// The protocol level in use since the last successful connect(): 4 (3.1.1) or 5.
   /// Thread: any.
   int protocolLevel() const { return protocol_level_.load(); }
+  /// The Maximum Packet Size the broker announced in its last CONNACK (MQTT 5); 0 when it
+  /// announced none (always 0 on 3.1.1). Thread: any.
+  int64_t brokerMaxPacketSize() const { return broker_max_packet_.load(); }
+
+  /// Bytes an MQTT PUBLISH of `payload_bytes` on `topic` takes on the wire at QoS 1 (fixed
+  /// header, topic, packet id, MQTT 5 property length). Thread: any.
+  static std::size_t publishPacketBytes(std::size_t topic_bytes, std::size_t payload_bytes,
+                                        bool v5);
 
  private:
   class PublishListener;
 
   void onConnectionLost(const std::string& cause);
-  void onDelivery(uint64_t tag, bool ok, const std::string& error);
+  void onDelivery(uint64_t tag, bool ok, int reason_code, const std::string& error);
+  std::string connectFailure(const mqtt::exception& e);
+  std::string disconnectCause(int reason) const;
   int nextProtocolLevel();
 
   MqttOptions options_;
@@ -127,6 +158,10 @@ class MqttLink {
   std::unique_ptr<mqtt::async_client> client_;  // owner thread only
   std::atomic<bool> connected_{false};
   std::atomic<int> protocol_level_{0};
+  std::atomic<int64_t> broker_max_packet_{0};
+  std::string
+      tls_error_;  // the last OpenSSL error of the client being connected; guarded by tls_mu_
+  std::mutex tls_mu_;
   int decided_level_ = 0;       // kAuto: the level that last worked (0: not known yet)
   unsigned auto_attempts_ = 0;  // kAuto: failed attempts so far, alternating 5 and 3.1.1
 };

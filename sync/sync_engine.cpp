@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cmath>
 #include <exception>
+#include <iterator>
+#include <limits>
 #include <utility>
 
 namespace omniedge::sync {
@@ -23,6 +25,38 @@ constexpr milliseconds kSignalWait{200};
 constexpr milliseconds kOfflinePubackWait{400};
 constexpr milliseconds kDisconnectWait{100};
 constexpr int kMaxBackoffDoublings = 30;
+constexpr std::size_t kMaxHeldEvents = 8;  // more refused alone: the broker refuses everything
+constexpr std::size_t kMaxSplits = 64;
+constexpr std::chrono::seconds kRightAfter{2};  // a loss this soon after a lone publish: its fault?
+constexpr int kStrikesToSplit = 2;
+constexpr std::chrono::seconds kDroppedAtOnce{5};
+constexpr int kStrikesToHold = 3;  // a single event needs more evidence: a flaky link also drops
+constexpr std::size_t kPublishOverhead = 16;  // PUBLISH header besides the topic, rounded up
+constexpr double kFillTarget = 0.9;
+constexpr int kMaxSkipsPerCall = 64;
+
+// PUBACK reason codes that are about the message itself (MQTT 5 §3.4.2.1): a smaller batch or
+// leaving one event out can help. The others (not authorised, topic invalid, quota) are about
+// this client and are never worked around by quarantining events.
+bool isEventRefusal(int reason_code) {
+  return reason_code == 0x80 || reason_code == 0x83 || reason_code == 0x95 || reason_code == 0x99;
+}
+
+std::string refusalAdvice(int reason_code, const std::string& error, const MqttOptions& mqtt,
+                          const std::string& topic) {
+  const std::string at =
+      "the broker at " + mqtt.url + " refused a batch on " + topic + " (" + error + ")";
+  switch (reason_code) {
+    case 0x87:
+      return at + ": let client id \"" + mqtt.client_id + "\" publish there in its ACL";
+    case 0x90:
+      return at + ": the topic is not valid on this broker; check store.tenant and store.id";
+    case 0x97:
+      return at + ": this client's quota is used up; lower sync.max_bytes_per_sec or raise it";
+    default:
+      return at;
+  }
+}
 
 int64_t nowMs() {
   return std::chrono::duration_cast<milliseconds>(
@@ -38,7 +72,8 @@ SyncEngine::SyncEngine(Outbox& outbox, MqttOptions mqtt, SyncOptions options,
       mqtt_(std::move(mqtt)),
       options_(std::move(options)),
       status_json_(std::move(status_json)),
-      on_message_(std::move(on_message)) {}
+      on_message_(std::move(on_message)),
+      topic_events_(mqtt_.topic_root + "/events") {}
 
 SyncEngine::~SyncEngine() { stop(); }
 
@@ -79,7 +114,6 @@ void SyncEngine::run(std::stop_token stop) {
   const double rate = static_cast<double>(options_.max_bytes_per_sec);
   tokens_ = rate;
   tokens_at_ = steady_clock::now();
-  int attempt = 0;
   bool back_off = false;  // the first connect is immediate; every later one waits first
   while (!stop.stop_requested()) {
     handleDeliveries();
@@ -89,22 +123,30 @@ void SyncEngine::run(std::stop_token stop) {
     }
     if (!session_up_) {
       if (back_off) {
-        waitSignal(stop, backoffDelay(attempt), false);
-        attempt = std::min(attempt + 1, kMaxBackoffDoublings);
+        const milliseconds delay = backoffDelay(attempt_);
+        setNextAttempt(nowMs() + delay.count());
+        waitSignal(stop, delay, false);
+        // Only a connection that proves itself starts the backoff again from the shortest
+        // delay: a broker that accepts and at once drops us is not hammered.
+        attempt_ = std::min(attempt_ + 1, kMaxBackoffDoublings);
         if (stop.stop_requested()) {
           break;
         }
       }
       back_off = true;
-      if (connectOnce(stop)) {
-        attempt = 0;
-      }
+      setNextAttempt(0);
+      connectOnce(stop);
       continue;
+    }
+    if (!proven_ &&
+        steady_clock::now() - connected_at_ >= milliseconds(std::max(0, mqtt_.proven_after_ms))) {
+      markProven();
     }
     if (steady_clock::now() >= status_due_) {
       publishStatus();
     }
-    if (inflight_ >= std::max(1, options_.max_inflight)) {
+    const int max_inflight = probe_ ? 1 : std::max(1, options_.max_inflight);
+    if (inflight_ >= max_inflight) {
       waitSignal(stop, kSignalWait, true);
       continue;
     }
@@ -123,10 +165,10 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
   if (!link_) {
     link_ = std::make_unique<MqttLink>(mqtt_);
     link_->setHandlers(
-        [this](uint64_t tag, bool ok, const std::string& error) {
+        [this](uint64_t tag, bool ok, int reason_code, const std::string& error) {
           {
             std::lock_guard lock(mu_);
-            deliveries_.push_back(Delivery{tag, ok, error});
+            deliveries_.push_back(Delivery{tag, ok, reason_code, error});
           }
           cv_.notify_all();
         },
@@ -146,14 +188,19 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
           cv_.notify_all();
         });
   }
+  {
+    std::lock_guard lock(status_mu_);
+    ++status_.connect_attempts;
+  }
+  // connect() destroys the previous connection's client first: what it had received (PUBACKs
+  // of forgotten batches) was queued by then and is applied here; nothing of it comes later.
   auto connected = link_->connect(MqttMessage{topic("status"), kOfflineStatus, true}, stop);
-  // Late PUBACKs of the previous connection were queued before its client went away.
   handleDeliveries();
   sent_.clear();
   if (!connected) {
     if (connected.error().code != "stopping") {
-      setError("connect " + mqtt_.url + ": " + connected.error().message);
-      spdlog::warn("sync: connect to {} failed: {}", mqtt_.url, connected.error().message);
+      setError(connected.error().message);
+      spdlog::warn("sync: {}", connected.error().message);
     }
     return false;
   }
@@ -163,17 +210,38 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
   }
   ++connection_;
   session_up_ = true;
+  proven_ = false;
+  acked_on_connection_ = false;
+  connected_at_ = steady_clock::now();
   inflight_ = 0;
   read_seq_ = 0;
+  resend_.clear();
+  const int64_t announced = link_->brokerMaxPacketSize();
+  std::string source = "default";
+  max_packet_ = kSafeMaxPacketBytes;
+  if (mqtt_.max_packet_bytes > 0) {
+    max_packet_ = mqtt_.max_packet_bytes;
+    source = "config";
+  }
+  if (announced > 0 && (mqtt_.max_packet_bytes <= 0 || announced < mqtt_.max_packet_bytes)) {
+    max_packet_ = announced;
+    source = "broker";
+  }
   {
     std::lock_guard lock(status_mu_);
     if (connection_ > 1) {
       ++status_.reconnects;
     }
+    status_.mqtt_version = link_->protocolLevel();
+    status_.max_packet_bytes = max_packet_;
+    status_.max_packet_source = source;
+    max_packet_source_ = source;
   }
   setConnected(true);
+  setResolved();
   publishInflight();
-  spdlog::info("sync: connected to {} (MQTT protocol level {})", mqtt_.url, link_->protocolLevel());
+  spdlog::info("sync: connected to {} (MQTT protocol level {}, batches up to {} bytes from {})",
+               mqtt_.url, link_->protocolLevel(), max_packet_, source);
   publishStatus();
   if (!options_.inbound.empty()) {
     std::vector<std::string> topics;
@@ -181,7 +249,7 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
       topics.push_back(topic(leaf.c_str()));
     }
     if (auto r = link_->subscribe(topics, milliseconds(5000)); !r) {
-      setError("subscribe: " + r.error().message);
+      setError("subscribe to " + mqtt_.url + ": " + r.error().message);
       spdlog::warn("sync: subscribing to {} inbound topics failed: {}", topics.size(),
                    r.error().message);
     }
@@ -223,7 +291,7 @@ void SyncEngine::handleDeliveries() {
     }
     auto it = sent_.find(d.tag);
     if (it == sent_.end()) {
-      continue;
+      continue;  // a batch of a connection whose client is gone: its events are resent
     }
     const InFlight batch = it->second;
     sent_.erase(it);
@@ -236,8 +304,20 @@ void SyncEngine::handleDeliveries() {
       outbox_.acknowledge(batch.first_seq, batch.last_seq);
       ++acked;
       delivered += batch.count;
+      onAcked(batch, d.tag, current);
     } else if (current && failure.empty()) {
-      failure = d.error;
+      if (isEventRefusal(d.reason_code)) {
+        if (!onRefused(batch, "the broker refused it: " + d.error, true)) {
+          failure = "the broker at " + mqtt_.url + " refused " +
+                    std::to_string(kMaxHeldEvents + 1) +
+                    " events sent alone and took nothing after them (" + d.error +
+                    "): it refuses every batch, not one event";
+        }
+      } else if (d.reason_code != 0) {
+        failure = refusalAdvice(d.reason_code, d.error, mqtt_, topic("events"));
+      } else {
+        failure = "publish to " + mqtt_.url + " failed: " + d.error;
+      }
     }
   }
   if (acked != 0) {
@@ -249,11 +329,112 @@ void SyncEngine::handleDeliveries() {
     publishInflight();
   }
   if (!failure.empty()) {
-    // The broker refused a batch (or Paho gave up on it): resend from the buffer on a new
-    // connection, after a backoff, rather than spinning on it.
-    dropConnection("publish failed: " + failure);
+    // Not something a smaller batch fixes: resend from the buffer on a new connection, after a
+    // backoff, rather than spinning on it.
+    dropConnection(failure);
   } else if (lost && session_up_ && !link_->connected()) {
     handleLoss(cause);
+  }
+}
+
+void SyncEngine::onAcked(const InFlight& batch, uint64_t tag, bool current) {
+  if (current) {
+    acked_on_connection_ = true;
+    probe_ = false;
+    strike_ = {};
+    markProven();
+  }
+  setResolved();
+  // Split ranges that this batch covered whole are done.
+  for (auto it = splits_.lower_bound(batch.first_seq);
+       it != splits_.end() && it->first <= batch.last_seq;) {
+    it = it->second.last_seq <= batch.last_seq ? splits_.erase(it) : std::next(it);
+  }
+  // The broker took a batch sent after these were refused alone: the refusal was about them.
+  for (auto it = held_.begin(); it != held_.end();) {
+    if (it->second.confirm_tag <= tag) {
+      quarantineEvent(it->first, it->second.reason);
+      it = held_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  std::lock_guard lock(status_mu_);
+  status_.events_held = held_.size();
+}
+
+bool SyncEngine::onRefused(const InFlight& batch, const std::string& reason, bool resend) {
+  {
+    std::lock_guard lock(status_mu_);
+    ++status_.batches_refused;
+  }
+  if (batch.count > 1) {
+    const std::size_t half = (batch.count + 1) / 2;
+    auto [it, fresh] = splits_.try_emplace(batch.first_seq, SplitRange{batch.last_seq, half});
+    if (!fresh) {
+      it->second.last_seq = std::max(it->second.last_seq, batch.last_seq);
+      it->second.max_events = std::min(it->second.max_events, half);
+    }
+    while (splits_.size() > kMaxSplits) {
+      splits_.erase(std::prev(splits_.end()));  // the last in the queue: if refused, it returns
+    }
+    if (resend) {
+      resend_.emplace_back(batch.first_seq, batch.last_seq);
+    }
+    spdlog::warn("sync: batch of {} events (seq {}-{}) refused, resending it in halves: {}",
+                 batch.count, batch.first_seq, batch.last_seq, reason);
+    std::lock_guard lock(status_mu_);
+    ++status_.batches_split;
+    return true;
+  }
+  if (resend && acked_on_connection_) {
+    // The broker said no to this event alone and yes to others on this connection.
+    quarantineEvent(batch.first_seq, reason + ", also when sent alone");
+    return true;
+  }
+  if (held_.size() >= kMaxHeldEvents) {
+    held_.clear();
+    std::lock_guard lock(status_mu_);
+    status_.events_held = 0;
+    return false;
+  }
+  held_[batch.first_seq] = Held{reason + ", also when sent alone", next_tag_};
+  spdlog::warn(
+      "sync: event seq {} refused when sent alone, held back until the broker takes a "
+      "later batch: {}",
+      batch.first_seq, reason);
+  std::lock_guard lock(status_mu_);
+  status_.events_held = held_.size();
+  return true;
+}
+
+void SyncEngine::strikeLoneBatch(const std::string& cause) {
+  const InFlight* lone = nullptr;
+  for (const auto& [tag, b] : sent_) {
+    if (b.connection == connection_) {
+      lone = &b;
+    }
+  }
+  if (lone == nullptr || steady_clock::now() - lone->sent_at > kRightAfter) {
+    strike_ = {};
+    return;
+  }
+  if (strike_.first_seq != lone->first_seq) {
+    strike_ = Strike{lone->first_seq, 0};
+  }
+  ++strike_.times;
+  const int needed = lone->count > 1 ? kStrikesToSplit : kStrikesToHold;
+  if (strike_.times < needed) {
+    return;
+  }
+  strike_ = {};
+  const InFlight batch = *lone;
+  if (!onRefused(batch, "the broker closed the connection each time right after it (" + cause + ")",
+                 false)) {
+    setError("the broker at " + mqtt_.url +
+             " closes the connection after every batch, even single events: check its ACL for "
+             "publishing to " +
+             topic("events") + " and its maximum packet size (mqtt.max_packet_bytes)");
   }
 }
 
@@ -261,13 +442,34 @@ void SyncEngine::handleLoss(const std::string& cause) {
   if (!session_up_) {
     return;
   }
+  const int inflight = inflight_;
+  if (inflight == 1) {
+    strikeLoneBatch(cause);
+  }
+  if (inflight > 0) {
+    probe_ = true;  // find out which batch (if any) the broker hangs up on
+  }
+  // A broker that takes the connection and drops it before any batch got through: say why
+  // that may be (a plain outage after a while needs no such guess).
+  const bool dropped_at_once =
+      !acked_on_connection_ && steady_clock::now() - connected_at_ < kDroppedAtOnce;
+  const auto up_ms =
+      std::chrono::duration_cast<milliseconds>(steady_clock::now() - connected_at_).count();
   session_up_ = false;
-  inflight_ = 0;  // forgotten; their entries stay in sent_ for late PUBACKs
+  inflight_ = 0;  // forgotten; their entries stay in sent_ until the next connect
   read_seq_ = 0;  // resend everything still pending
-  setError(cause);
+  resend_.clear();
+  std::string error = "connection to " + mqtt_.url + " lost: " + cause;
+  if (dropped_at_once) {
+    error += fmt::format(
+        " ({:.1f} s after the broker accepted it: another agent using the same mqtt.client_id "
+        "\"{}\"? the broker's ACL or quota? reconnecting with a growing backoff)",
+        static_cast<double>(up_ms) / 1000.0, mqtt_.client_id);
+  }
+  setError(error);
   setConnected(false);
   publishInflight();
-  spdlog::warn("sync: connection to {} lost: {}", mqtt_.url, cause);
+  spdlog::warn("sync: {}", error);
 }
 
 void SyncEngine::dropConnection(const std::string& cause) {
@@ -288,44 +490,164 @@ void SyncEngine::publishStatus() {
   }
   auto published = link_->publish(MqttMessage{topic("status"), std::move(doc), true}, kStatusTag);
   if (!published) {
-    setError("publish status: " + published.error().message);
+    setError("publish status to " + mqtt_.url + ": " + published.error().message);
   }
 }
 
+std::size_t SyncEngine::readBytesCap() const {
+  // Read about what fits in one packet once compressed, so that a batch rarely needs cutting.
+  const double room = static_cast<double>(max_packet_) - static_cast<double>(topic_events_.size()) -
+                      static_cast<double>(kPublishOverhead);
+  const double guess = std::max(1.0, room * ratio_ * kFillTarget);
+  return std::min(options_.batch_max_bytes, static_cast<std::size_t>(guess));
+}
+
+void SyncEngine::advanceCursor(bool resending, int64_t seq) {
+  if (!resending) {
+    read_seq_ = std::max(read_seq_, seq);
+    return;
+  }
+  resend_.front().first = seq + 1;
+  if (resend_.front().first > resend_.front().second) {
+    resend_.pop_front();
+  }
+}
+
+void SyncEngine::clipBatch(std::vector<PendingEvent>& events) const {
+  const int64_t first = events.front().seq;
+  int64_t end_before = std::numeric_limits<int64_t>::max();  // the batch ends before this seq
+  std::size_t max_events = events.size();
+  // A held event is never inside a batch: acknowledge(first, last) would take it with it.
+  if (auto h = held_.upper_bound(first); h != held_.end()) {
+    end_before = h->first;
+  }
+  for (const auto& [range_first, range] : splits_) {
+    if (range_first > first) {
+      end_before = std::min(end_before, range_first);  // so the range starts a batch of its own
+      break;
+    }
+    if (range.last_seq >= first) {
+      max_events = std::min(max_events, range.max_events);
+      end_before = std::min(end_before, range.last_seq + 1);
+    }
+  }
+  std::size_t n = 0;
+  while (n < events.size() && n < max_events && events[n].seq < end_before) {
+    ++n;
+  }
+  events.resize(std::max<std::size_t>(1, n));
+}
+
 bool SyncEngine::sendNextBatch() {
-  auto events = outbox_.readPending(read_seq_, options_.batch_max_events, options_.batch_max_bytes);
-  if (!events) {
-    setError("read outbox: " + events.error().message);
-    return false;
-  }
-  if (events->empty()) {
-    return false;
-  }
-  auto batch = buildBatch(*events, options_.store_id, options_.agent_version, options_.compression);
-  if (!batch) {
-    setError("build batch: " + batch.error().message);
-    return false;
-  }
-  const uint64_t tag = next_tag_++;
-  const std::size_t bytes = batch->payload.size();
-  sent_[tag] = InFlight{batch->first_seq, batch->last_seq, batch->count, connection_};
-  auto published =
-      link_->publish(MqttMessage{topic("events"), std::move(batch->payload), false}, tag);
-  if (!published) {
-    sent_.erase(tag);
-    dropConnection("publish batch: " + published.error().message);
+  for (int skips = 0; skips < kMaxSkipsPerCall; ++skips) {
+    const bool resending = !resend_.empty();
+    const int64_t after = resending ? resend_.front().first - 1 : read_seq_;
+    const int64_t upto = resending ? resend_.front().second : std::numeric_limits<int64_t>::max();
+    auto events = outbox_.readPending(after, options_.batch_max_events, readBytesCap());
+    if (!events) {
+      setError("read outbox: " + events.error().message);
+      return false;
+    }
+    events->erase(std::find_if(events->begin(), events->end(),
+                               [&](const PendingEvent& e) { return e.seq > upto; }),
+                  events->end());
+    if (events->empty()) {
+      if (resending) {
+        resend_.pop_front();
+        continue;
+      }
+      return false;
+    }
+    const int64_t first = events->front().seq;
+    if (!resending && after == 0) {
+      // Read from the start: split ranges wholly before the oldest pending event are done.
+      while (!splits_.empty() && splits_.begin()->second.last_seq < first) {
+        splits_.erase(splits_.begin());
+      }
+    }
+    if (held_.count(first) != 0) {
+      advanceCursor(resending, first);
+      continue;
+    }
+    clipBatch(*events);
+
+    // Cut the batch until its PUBLISH fits the broker's maximum packet size; an event that
+    // cannot fit alone is never sent (a 3.1.1 broker may PUBACK and drop it).
+    const bool v5 = link_->protocolLevel() == 5;
+    Result<Batch> batch = makeError("invalid", "not built");
+    for (;;) {
+      batch = buildBatch(*events, options_.store_id, options_.agent_version, options_.compression);
+      if (!batch) {
+        setError("build batch: " + batch.error().message);
+        return false;
+      }
+      const auto packet = static_cast<int64_t>(
+          MqttLink::publishPacketBytes(topic_events_.size(), batch->payload.size(), v5));
+      if (packet <= max_packet_) {
+        break;
+      }
+      if (events->size() == 1) {
+        quarantineEvent(first, fmt::format("the event is {} bytes ({} as sent with {}), over the "
+                                           "broker's maximum packet size of {} bytes ({})",
+                                           events->front().body.size(), packet,
+                                           compressionName(options_.compression), max_packet_,
+                                           max_packet_source_ == "config" ? "mqtt.max_packet_bytes"
+                                           : max_packet_source_ == "broker"
+                                               ? "announced in its CONNACK"
+                                               : "the default; set mqtt.max_packet_bytes"));
+        advanceCursor(resending, first);
+        return true;
+      }
+      const double fit = static_cast<double>(max_packet_) / static_cast<double>(packet);
+      const auto n = static_cast<std::size_t>(static_cast<double>(events->size()) * fit * 0.9);
+      events->resize(std::clamp<std::size_t>(n, 1, events->size() - 1));
+    }
+    if (!batch->payload.empty()) {
+      const double r =
+          static_cast<double>(batch->json_bytes) / static_cast<double>(batch->payload.size());
+      ratio_ = std::max(1.0, 0.8 * ratio_ + 0.2 * r);
+    }
+    const uint64_t tag = next_tag_++;
+    const std::size_t bytes = batch->payload.size();
+    sent_[tag] =
+        InFlight{batch->first_seq, batch->last_seq, batch->count, connection_, steady_clock::now()};
+    auto published =
+        link_->publish(MqttMessage{topic_events_, std::move(batch->payload), false}, tag);
+    if (!published) {
+      sent_.erase(tag);
+      dropConnection("publish batch: " + published.error().message);
+      return true;
+    }
+    advanceCursor(resending, batch->last_seq);
+    ++inflight_;
+    tokens_ -= static_cast<double>(bytes);
+    {
+      std::lock_guard lock(status_mu_);
+      ++status_.batches_sent;
+      status_.bytes_sent += bytes;
+      status_.inflight = inflight_;
+    }
     return true;
   }
-  read_seq_ = batch->last_seq;
-  ++inflight_;
-  tokens_ -= static_cast<double>(bytes);
+  return true;  // only skipped held events: the caller comes back at once
+}
+
+void SyncEngine::quarantineEvent(int64_t seq, const std::string& reason) {
+  spdlog::error("sync: event seq {} quarantined: {}", seq, reason);
   {
     std::lock_guard lock(status_mu_);
-    ++status_.batches_sent;
-    status_.bytes_sent += bytes;
-    status_.inflight = inflight_;
+    ++status_.events_quarantined;
+    status_.last_quarantine_reason = reason;
+    status_.last_quarantine_ms = nowMs();
   }
-  return true;
+  outbox_.quarantine(seq, seq, reason);
+}
+
+void SyncEngine::markProven() {
+  if (!proven_) {
+    proven_ = true;
+    attempt_ = 0;
+  }
 }
 
 void SyncEngine::waitIdle() {
@@ -411,6 +733,20 @@ void SyncEngine::setConnected(bool connected) {
 void SyncEngine::setError(const std::string& error) {
   std::lock_guard lock(status_mu_);
   status_.last_error = error;
+  status_.last_error_ms = nowMs();
+  status_.last_error_resolved = false;
+}
+
+void SyncEngine::setResolved() {
+  std::lock_guard lock(status_mu_);
+  if (!status_.last_error.empty()) {
+    status_.last_error_resolved = true;
+  }
+}
+
+void SyncEngine::setNextAttempt(int64_t at_ms) {
+  std::lock_guard lock(status_mu_);
+  status_.next_attempt_ms = at_ms;
 }
 
 void SyncEngine::publishInflight() {

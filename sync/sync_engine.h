@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -43,25 +44,58 @@ struct SyncOptions {
 /// Called on the sync thread, in arrival order; it may write to disk but must not block long.
 using InboundHandler = std::function<void(const std::string& leaf, const std::string& payload)>;
 
-/// A snapshot of the uplink, for `omniedge status` and metrics.
+/// A snapshot of the uplink, for `omniedge status` and metrics. Times are Unix ms, 0 = never.
 struct SyncStatus {
   bool connected = false;
-  int64_t since_ms = 0;    // Unix ms at which `connected` last changed (or start())
-  std::string last_error;  // the latest connect/publish/read failure; empty if none yet
+  int64_t since_ms = 0;  // when `connected` last changed (or start())
+  int mqtt_version = 0;  // protocol level of the current or last connection: 4 (3.1.1) or 5
+  /// The latest connect/publish/read failure, saying what to check; empty if none yet. Kept
+  /// after the uplink recovered (then `last_error_resolved`), so a technician sees what happened.
+  std::string last_error;
+  int64_t last_error_ms = 0;
+  bool last_error_resolved = false;  // a connect or a delivery succeeded after it
+  int64_t next_attempt_ms = 0;       // while disconnected: when the next connect attempt starts
+  uint64_t connect_attempts = 0;
   uint64_t batches_sent = 0;
   uint64_t batches_acked = 0;
   uint64_t events_delivered = 0;  // events in PUBACKed batches (resends counted again)
   uint64_t bytes_sent = 0;        // batch payload bytes published (compressed)
   uint64_t reconnects = 0;        // successful connects after the first
   int inflight = 0;               // batches awaiting their PUBACK on the current connection
+  /// The bound every PUBLISH of a batch stays within on this connection, and where it came
+  /// from: "broker" (CONNACK Maximum Packet Size), "config" (mqtt.max_packet_bytes), "default".
+  int64_t max_packet_bytes = 0;
+  std::string max_packet_source;
+  uint64_t batches_refused = 0;     // PUBACK reason >= 0x80, or the broker closed the connection
+  uint64_t batches_split = 0;       // refused batches resent in halves
+  uint64_t events_quarantined = 0;  // moved to the quarantine by this engine since start
+  std::string last_quarantine_reason;
+  int64_t last_quarantine_ms = 0;
+  /// Single events the broker refused, held back (not sent, not deleted) until it takes a later
+  /// batch: then they are quarantined; a broker that refuses everything quarantines nothing.
+  std::size_t events_held = 0;
 };
 
 /// Owns the sync thread and the MQTT connection.
 ///
-/// At least once: an event leaves the buffer only after its batch's PUBACK. When the connection
-/// drops, the batches in flight are forgotten and everything still pending is read again from
-/// the start (a PUBACK that still arrives for a forgotten batch acknowledges it: those events
-/// were delivered). Duplicates are possible, loss is not; the centre de-duplicates on `id`.
+/// At least once: an event leaves the buffer only after the PUBACK of a batch that carried it,
+/// or when it is quarantined (below). When the connection drops, the batches in flight are
+/// forgotten and everything still pending is read again from the start. A PUBACK Paho had
+/// already received for a forgotten batch before its client was destroyed (at the next
+/// connect) still acknowledges it: the broker has those events. None can come later: a PUBACK
+/// belongs to its network connection, every connect uses a fresh client that retransmits
+/// nothing, the old client's unfinished publishes fail or vanish with it, and tags are never
+/// reused, so such a late report cannot be taken for a newer batch. Duplicates are possible,
+/// loss is not; the centre de-duplicates on `id`.
+///
+/// Refusals: every batch is built to fit the broker's maximum packet size (after compression,
+/// with the PUBLISH header); an event that cannot fit even alone is quarantined without being
+/// sent, since a 3.1.1 broker may PUBACK and drop it. A batch the broker refuses (MQTT 5 PUBACK
+/// reason for that message, or the connection closed twice right after it was the only one in
+/// flight) is resent in halves; a single event refused is held back and quarantined once the
+/// broker has taken a later batch, so one bad event never blocks the queue and a broker that
+/// refuses everything quarantines nothing. The reconnect backoff restarts from the shortest
+/// delay only after a connection proved itself (a batch PUBACKed, or up for proven_after_ms).
 class SyncEngine {
  public:
   /// `status_json` returns the full online status document (`{"state":"online",…}`); it is
@@ -97,11 +131,29 @@ class SyncEngine {
     int64_t last_seq = 0;
     std::size_t count = 0;
     uint64_t connection = 0;  // which connection published it
+    std::chrono::steady_clock::time_point sent_at;
   };
   struct Delivery {
     uint64_t tag = 0;
     bool ok = false;
+    int reason_code = 0;
     std::string error;
+  };
+  /// Seqs first..last_seq (keyed by first) go out in batches of at most max_events.
+  struct SplitRange {
+    int64_t last_seq = 0;
+    std::size_t max_events = 0;
+  };
+  /// A single event the broker refused: quarantined once a batch with tag >= confirm_tag is
+  /// PUBACKed.
+  struct Held {
+    std::string reason;
+    uint64_t confirm_tag = 0;
+  };
+  /// The lone batch in flight at the latest connection losses that came right after it.
+  struct Strike {
+    int64_t first_seq = 0;
+    int times = 0;
   };
 
   void run(std::stop_token stop);
@@ -112,6 +164,16 @@ class SyncEngine {
   void dropConnection(const std::string& cause);
   void publishStatus();
   bool sendNextBatch();
+  void clipBatch(std::vector<PendingEvent>& events) const;
+  void advanceCursor(bool resending, int64_t seq);
+  std::size_t readBytesCap() const;
+  void onAcked(const InFlight& batch, uint64_t tag, bool current);
+  bool onRefused(const InFlight& batch, const std::string& reason, bool resend);
+  void strikeLoneBatch(const std::string& cause);
+  void quarantineEvent(int64_t seq, const std::string& reason);
+  void markProven();
+  void setNextAttempt(int64_t at_ms);
+  void setResolved();
   void waitIdle();
   void waitSignal(std::stop_token stop, std::chrono::milliseconds timeout, bool any_news);
   std::chrono::milliseconds backoffDelay(int attempt);
@@ -127,6 +189,7 @@ class SyncEngine {
   const SyncOptions options_;
   const std::function<std::string()> status_json_;
   const InboundHandler on_message_;
+  const std::string topic_events_;
 
   // Sync thread only.
   std::unique_ptr<MqttLink> link_;
@@ -137,7 +200,19 @@ class SyncEngine {
   uint64_t next_tag_ = 1;                        // 0 is the status document
   int64_t read_seq_ = 0;                         // last seq read on this connection
   int64_t newest_seen_ = 0;                      // waitForNewer()'s last answer
-  double tokens_ = 0;                            // bytes the rate limit allows now
+  int attempt_ = 0;                              // backoff doublings since the last proven link
+  bool proven_ = false;                          // this connection PUBACKed a batch or stayed up
+  bool acked_on_connection_ = false;             // a batch was PUBACKed on this connection
+  std::chrono::steady_clock::time_point connected_at_;
+  int64_t max_packet_ = kSafeMaxPacketBytes;  // bound on every batch PUBLISH, this connection
+  std::string max_packet_source_ = "default";
+  double ratio_ = 1.0;                              // batch JSON bytes per payload byte, smoothed
+  std::map<int64_t, SplitRange> splits_;            // refused ranges, by first seq
+  std::map<int64_t, Held> held_;                    // refused single events, by seq
+  std::deque<std::pair<int64_t, int64_t>> resend_;  // refused on this connection: resent first
+  bool probe_ = false;  // after a loss with batches in flight: one at a time until a PUBACK
+  Strike strike_;
+  double tokens_ = 0;  // bytes the rate limit allows now
   std::chrono::steady_clock::time_point tokens_at_;
   std::chrono::steady_clock::time_point status_due_;
   std::mt19937_64 rng_{std::random_device{}()};

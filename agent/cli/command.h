@@ -19,7 +19,15 @@ namespace omniedge::cli {
 namespace po = boost::program_options;
 
 /// Exit codes (contract §1, plus 78 for a bad configuration in every command that reads one).
-enum Exit : int { kOk = 0, kFailure = 1, kUsage = 2, kUnreachable = 3, kConfigError = 78 };
+/// 77 (EX_NOPERM): `run` on a data dir this user may not write.
+enum Exit : int {
+  kOk = 0,
+  kFailure = 1,
+  kUsage = 2,
+  kUnreachable = 3,
+  kNoPermission = 77,
+  kConfigError = 78
+};
 
 /// Where a store device keeps what the service uses (systemd/omniedge.service).
 inline constexpr const char* kDeviceConfigFile = "/etc/omniedge/omniedge.conf";

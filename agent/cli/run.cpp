@@ -41,6 +41,11 @@ int runDaemon(const CommandSpec& spec, const Invocation& inv) {
   auto agent = Agent::create(loaded->cfg);
   if (!agent) {
     spdlog::critical("cannot start: {}", agent.error().message);
+    if (agent.error().code == "permission") {
+      // The data dir or buffer files are not this user's: systemd restarts it (not 78), so it
+      // starts by itself once the ownership is fixed.
+      return kNoPermission;
+    }
     return agent.error().code == "config" ? kConfigError : kFailure;
   }
   return (*agent)->run();
@@ -56,7 +61,8 @@ Command runCommand() {
       "Runs until SIGTERM or SIGINT; tells systemd READY=1 once drivers and store are up.\n"
       "Reads --config FILE or $OMNIEDGE_CONFIG only (the unit passes --config\n"
       "/etc/omniedge/omniedge.conf); data.dir defaults to $STATE_DIRECTORY, else\n"
-      "./omniedge-data. Exit 78 on a bad configuration (systemd does not restart then).";
+      "./omniedge-data. Exit 78 on a bad configuration (systemd does not restart then), 77\n"
+      "when the data dir is not this user's to write.";
   return {spec, runDaemon};
 }
 

@@ -287,6 +287,11 @@ class StatusView {
       more(thousands(num(counters, "rejected_full")) +
            " appends were refused since start because the buffer was full");
     }
+    if (num(d, "io_errors") > 0) {
+      more(thousands(num(d, "io_errors")) +
+           " transactions failed on a disk error since start (retried; see `journalctl -u "
+           "omniedge`, `omniedge doctor`)");
+    }
     if (num(counters, "evicted") > 0) {
       more(thousands(num(counters, "evicted")) +
            " low-priority (beacon) events evicted to make room since start, each reported as "

@@ -176,7 +176,7 @@ TEST_CASE(
   agent.setLauncher(kDaemonUser.prefix());
   REQUIRE(agent.start());
   std::set<std::string> ids;
-  for (const char* type : {"pos.transaction", "kiosk.view", "beacon.enter"}) {
+  for (const char* type : {"kiosk.view", "kiosk.tap", "kiosk.cart_view"}) {
     json a = json::array();
     for (int i = 0; i < 20; ++i) {
       a.push_back({{"type", type}, {"data", {{"n", i}}}});

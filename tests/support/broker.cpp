@@ -108,7 +108,11 @@ bool sendAll(int fd, const char* data, std::size_t n) {
 // --- MosquittoBroker --------------------------------------------------------------------------
 
 MosquittoBroker::MosquittoBroker(bool start_now, std::optional<Tls> tls)
-    : port_(freePort()), tls_(tls.has_value()) {
+    : MosquittoBroker(Options{std::move(tls)}, start_now) {}
+
+MosquittoBroker::MosquittoBroker(const Options& options, bool start_now)
+    : port_(freePort()), tls_(options.tls.has_value()) {
+  const auto& tls = options.tls;
   std::string conf;
   conf += "listener " + std::to_string(port_) + " 127.0.0.1\n";
   if (tls) {
@@ -124,10 +128,17 @@ MosquittoBroker::MosquittoBroker(bool start_now, std::optional<Tls> tls)
   conf += "persistence_file mosquitto.db\n";
   conf += "autosave_interval 1\n";
   conf += "autosave_on_changes true\n";
-  conf += "max_queued_messages 0\n";
+  conf += "max_queued_messages " + std::to_string(options.max_queued_messages) + "\n";
   conf += "max_inflight_messages 0\n";
   conf += "log_dest file " + (dir_ / "mosquitto.log").string() + "\n";
   conf += "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n";
+  if (options.message_size_limit > 0) {
+    conf += "message_size_limit " + std::to_string(options.message_size_limit) + "\n";
+  }
+  if (options.max_packet_size > 0) {
+    conf += "max_packet_size " + std::to_string(options.max_packet_size) + "\n";
+  }
+  conf += options.extra_config;
   if (geteuid() == 0) {
     conf += "user root\n";  // else mosquitto drops to `mosquitto`, who cannot write our temp dir
   }
@@ -441,11 +452,26 @@ void TcpProxy::dropConnections() {
   cv_.wait_for(lock, std::chrono::seconds(5), [&] { return drop_done_ >= ticket; });
 }
 
+void TcpProxy::cutAfterFirstReply(std::optional<std::chrono::milliseconds> delay) {
+  std::lock_guard lock(mu_);
+  cut_after_ = delay;
+}
+
+void TcpProxy::holdReplies(bool hold) {
+  hold_replies_ = hold;
+  const char c = 'h';
+  (void)!write(wake_[1], &c, 1);
+}
+
 void TcpProxy::run() {
+  using Clock = std::chrono::steady_clock;
   struct Pair {
     int client;
     int upstream;
     bool dead;
+    bool replied = false;
+    std::optional<std::chrono::milliseconds> cut_after;
+    std::optional<Clock::time_point> cut_at;
   };
   std::vector<Pair> pairs;
   std::array<char, 64 * 1024> buf{};
@@ -453,11 +479,20 @@ void TcpProxy::run() {
     std::vector<pollfd> fds;
     fds.push_back({wake_[0], POLLIN, 0});
     fds.push_back({listen_fd_, POLLIN, 0});
+    const bool hold = hold_replies_.load();
+    int timeout_ms = -1;
+    const auto now = Clock::now();
     for (const auto& p : pairs) {
       fds.push_back({p.client, POLLIN, 0});
-      fds.push_back({p.upstream, POLLIN, 0});
+      fds.push_back({p.upstream, static_cast<short>(hold ? 0 : POLLIN), 0});
+      if (p.cut_at) {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(*p.cut_at - now).count();
+        const int ms = static_cast<int>(std::max<int64_t>(0, left)) + 1;
+        timeout_ms = timeout_ms < 0 ? ms : std::min(timeout_ms, ms);
+      }
     }
-    if (poll(fds.data(), fds.size(), -1) < 0) {
+    if (poll(fds.data(), fds.size(), timeout_ms) < 0) {
       if (errno == EINTR) {
         continue;
       }
@@ -484,12 +519,29 @@ void TcpProxy::run() {
         if ((fds[2 + 2 * i + side].revents & (POLLIN | POLLHUP | POLLERR)) == 0) {
           continue;
         }
+        if (side == 1 && hold) {
+          continue;  // held: even a hang-up of the target waits until the hold ends
+        }
         const int from = side == 0 ? p.client : p.upstream;
         const int to = side == 0 ? p.upstream : p.client;
         const ssize_t n = recv(from, buf.data(), buf.size(), 0);
         if (n <= 0 || !sendAll(to, buf.data(), static_cast<std::size_t>(n))) {
           p.dead = true;
+        } else if (side == 1 && !p.replied) {
+          p.replied = true;
+          if (p.cut_after) {
+            p.cut_at = Clock::now() + *p.cut_after;
+          }
         }
+      }
+    }
+    for (auto it = pairs.begin(); it != pairs.end();) {
+      if (it->cut_at && Clock::now() >= *it->cut_at) {
+        resetAndClose(it->client);
+        resetAndClose(it->upstream);
+        it = pairs.erase(it);
+      } else {
+        ++it;
       }
     }
     for (auto it = pairs.begin(); it != pairs.end();) {
@@ -508,7 +560,12 @@ void TcpProxy::run() {
         sockaddr_in addr = loopback(target_port_);
         if (upstream >= 0 &&
             connect(upstream, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-          pairs.push_back(Pair{client, upstream, false});
+          Pair pair{client, upstream, false};
+          {
+            std::lock_guard lock(mu_);
+            pair.cut_after = cut_after_;
+          }
+          pairs.push_back(pair);
           ++accepted_;
         } else {
           if (upstream >= 0) {

@@ -41,8 +41,25 @@ class MosquittoBroker {
     bool require_certificate = false;  // mutual TLS
   };
 
+  /// Everything that can be set, for tests of limits and refusals.
+  struct Options {
+    std::optional<Tls> tls;
+    /// mosquitto's `message_size_limit` (payload bytes; 0: none). Over it, mosquitto 2.0 drops
+    /// the message: a 3.1.1 client still gets a plain PUBACK, an MQTT 5 client PUBACK 0x95.
+    int64_t message_size_limit = 0;
+    /// mosquitto's `max_packet_size` (whole packet; 0: none): announced in an MQTT 5 CONNACK;
+    /// a client sending a larger packet is disconnected (0x95 on MQTT 5).
+    int64_t max_packet_size = 0;
+    /// 0: unlimited (what the R2 tests need). mosquitto 2.0.11 with 0 closes a client's
+    /// connection after dropping a message over message_size_limit: set a finite value to see
+    /// only the documented behaviour.
+    int64_t max_queued_messages = 0;
+    std::string extra_config;  // more mosquitto.conf lines
+  };
+
   /// Picks a port and writes the config; starts the broker unless `start_now` is false.
   explicit MosquittoBroker(bool start_now = true, std::optional<Tls> tls = std::nullopt);
+  explicit MosquittoBroker(const Options& options, bool start_now = true);
   /// Kills the broker (SIGKILL) if it runs.
   ~MosquittoBroker();
   MosquittoBroker(const MosquittoBroker&) = delete;
@@ -158,8 +175,16 @@ class TcpProxy {
   std::string url() const;
   /// Resets every open connection; returns once they are closed. New ones are still accepted.
   void dropConnections();
-  /// Connections accepted so far.
+  /// Connections accepted so far (and forwarded to the target).
   std::size_t accepted() const { return accepted_.load(); }
+
+  /// While set, each new connection is reset (RST) `delay` after the first bytes from the
+  /// target (the broker's CONNACK) went through: a broker that accepts a client, then drops it.
+  /// nullopt: connections stay. Thread: any.
+  void cutAfterFirstReply(std::optional<std::chrono::milliseconds> delay);
+  /// While true, nothing the target sends is forwarded (PUBACKs are withheld; they are sent on
+  /// once it is false again, unless the connection was dropped meanwhile). Thread: any.
+  void holdReplies(bool hold);
 
  private:
   void run();
@@ -172,8 +197,10 @@ class TcpProxy {
   std::atomic<std::size_t> accepted_{0};
   std::mutex mu_;
   std::condition_variable cv_;
-  uint64_t drop_requested_ = 0;  // guarded by mu_
-  uint64_t drop_done_ = 0;       // guarded by mu_
+  uint64_t drop_requested_ = 0;                         // guarded by mu_
+  uint64_t drop_done_ = 0;                              // guarded by mu_
+  std::optional<std::chrono::milliseconds> cut_after_;  // guarded by mu_
+  std::atomic<bool> hold_replies_{false};
   std::thread thread_;
 };
 

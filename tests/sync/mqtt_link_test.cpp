@@ -1,8 +1,14 @@
 #include "sync/mqtt_link.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <stop_token>
 #include <string>
@@ -51,7 +57,7 @@ TEST_CASE("the link connects with each MQTT version and reports every PUBACK",
   MqttLink link(optionsFor(broker.url(), version));
   Deliveries deliveries;
   link.setHandlers(
-      [&](uint64_t tag, bool ok, const std::string&) {
+      [&](uint64_t tag, bool ok, int, const std::string&) {
         std::lock_guard lock(deliveries.mu);
         deliveries.done.emplace_back(tag, ok);
         deliveries.cv.notify_all();
@@ -117,7 +123,7 @@ TEST_CASE("the link reports a lost connection once", "[integration][sync]") {
   std::mutex mu;
   std::condition_variable cv;
   int losses = 0;
-  link.setHandlers([](uint64_t, bool, const std::string&) {},
+  link.setHandlers([](uint64_t, bool, int, const std::string&) {},
                    [&](const std::string&) {
                      std::lock_guard lock(mu);
                      ++losses;
@@ -145,7 +151,7 @@ using testing::MosquittoBroker;
 
 Result<void> tryConnect(MqttOptions options) {
   MqttLink link(std::move(options));
-  link.setHandlers([](uint64_t, bool, const std::string&) {}, [](const std::string&) {});
+  link.setHandlers([](uint64_t, bool, int, const std::string&) {}, [](const std::string&) {});
   std::stop_source stop;
   auto r = link.connect({"omniedge/v1/t/s/status", "{}", true}, stop.get_token());
   if (r) {
@@ -193,6 +199,93 @@ TEST_CASE("over TLS the link verifies the broker and can present a client certif
     options.cert_file = pki.client_cert;
     options.key_file = pki.client_key;
     CHECK(tryConnect(options).has_value());
+  }
+}
+
+}  // namespace
+}  // namespace omniedge::sync
+
+namespace omniedge::sync {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::MosquittoBroker;
+
+std::string connectError(MqttOptions options) {
+  MqttLink link(std::move(options));
+  link.setHandlers([](uint64_t, bool, int, const std::string&) {}, [](const std::string&) {});
+  std::stop_source stop;
+  auto r = link.connect({"omniedge/v1/t/s/status", "{}", true}, stop.get_token());
+  if (r) {
+    link.disconnect(100ms);
+    return {};
+  }
+  CHECK(r.error().code == "connect");
+  return r.error().message;
+}
+
+bool has(const std::string& text, const std::string& part) {
+  INFO(text);
+  return text.find(part) != std::string::npos;
+}
+
+TEST_CASE("connect errors name the broker, say what went wrong and what to check",
+          "[integration][sync]") {
+  SECTION("nobody listening") {
+    const std::string url = "mqtt://127.0.0.1:" + std::to_string(testing::freePort());
+    const auto e = connectError(optionsFor(url, MqttVersion::kV311));
+    CHECK(has(e, "broker unreachable at " + url));
+    CHECK(has(e, "is it running"));
+    CHECK(has(e, "omniedge doctor"));
+  }
+  SECTION("a host name that does not resolve") {
+    const auto e = connectError(optionsFor("mqtt://no-such-host.invalid:1883", MqttVersion::kV311));
+    CHECK(has(e, "cannot resolve the broker's host name \"no-such-host.invalid\""));
+    CHECK(has(e, "DNS"));
+  }
+  SECTION("a listener that never answers") {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    REQUIRE(listen(fd, 4) == 0);  // the kernel completes the handshake; nobody speaks MQTT
+    const std::string url = "mqtt://127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+    auto options = optionsFor(url, MqttVersion::kV311);
+    options.connect_timeout_s = 1;
+    const auto e = connectError(options);
+    close(fd);
+    CHECK(has(e, "no answer from the broker at " + url + " within 1 s"));
+  }
+  SECTION("a broker certificate the agent does not trust") {
+    testing::TempDir pki_dir;
+    const auto pki = testing::makeTestPki(pki_dir.path());
+    MosquittoBroker broker(true, MosquittoBroker::Tls{pki.ca_cert, pki.rogue_server_cert,
+                                                      pki.rogue_server_key, false});
+    auto options = optionsFor(broker.url(), MqttVersion::kV311);
+    options.ca_file = pki.ca_cert;
+    const auto e = connectError(options);
+    CHECK(has(e, "TLS handshake with " + broker.url() + " failed (certificate verify failed)"));
+    CHECK(has(e, "mqtt.ca_file"));
+  }
+  SECTION("a broker that wants a password") {
+    testing::TempDir dir;
+    dir.write("passwords", "agent:secret\n");
+    REQUIRE(std::system(("mosquitto_passwd -U " + (dir / "passwords").string()).c_str()) == 0);
+    MosquittoBroker::Options o;
+    o.extra_config = "allow_anonymous false\npassword_file " + (dir / "passwords").string() + "\n";
+    MosquittoBroker broker(o);
+    const auto version = GENERATE(MqttVersion::kV311, MqttVersion::kV5);
+    auto options = optionsFor(broker.url(), version);
+    options.username = "agent";
+    options.password = "wrong";
+    const auto e = connectError(options);
+    CHECK(has(e, "the broker at " + broker.url() + " refused"));
+    CHECK(has(e, "mqtt.password_file"));
+    options.password = "secret";
+    CHECK(connectError(options).empty());
   }
 }
 
