@@ -6,6 +6,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <deque>
@@ -16,6 +17,7 @@
 
 #include "agent/api/time.h"
 #include "agent/control_socket.h"
+#include "agent/envelope.h"
 #include "agent/ingest.h"
 #include "agent/pii.h"
 #include "agent/source_runner.h"
@@ -127,51 +129,99 @@ class Rate {
   std::deque<std::pair<int64_t, uint64_t>> samples_;
 };
 
-// An envelope as `omniedge export` wrote it, back into an Event (received_at is set anew).
-Result<Event> eventFromEnvelope(const nlohmann::json& j, std::size_t index) {
-  const std::string at = "events[" + std::to_string(index) + "]";
-  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
-    return makeError("invalid", at + ".type is required", at + ".type");
-  }
-  Event e;
-  e.type = j["type"].get<std::string>();
-  for (auto [field, target] : {std::pair{"id", &e.id}, std::pair{"source", &e.source},
-                               std::pair{"store_id", &e.store_id}}) {
-    if (j.contains(field)) {
-      if (!j[field].is_string()) {
-        return makeError("invalid", at + "." + field + " must be a string", at + "." + field);
+// A control request's fields, read strictly: a wrong type, a value out of range or an unknown
+// field is an answer naming the field, never an exception out of the control thread.
+class RequestFields {
+ public:
+  explicit RequestFields(const nlohmann::json& request) : r_(request) {}
+
+  Result<void> only(std::initializer_list<std::string_view> allowed) const {
+    for (const auto& [key, value] : r_.items()) {
+      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+        std::string names;
+        for (const auto a : allowed) {
+          names += (names.empty() ? "" : ", ") + std::string(a);
+        }
+        return makeError("invalid_request",
+                         "unknown field '" + key + "' for this command (known: " + names + ")",
+                         key);
       }
-      *target = j[field].get<std::string>();
+    }
+    return {};
+  }
+
+  Result<std::string> text(const char* key, std::string fallback, std::size_t max_bytes) const {
+    if (!r_.contains(key)) {
+      return fallback;
+    }
+    const auto& v = r_[key];
+    if (!v.is_string() || v.get_ref<const std::string&>().size() > max_bytes) {
+      return bad(key, "must be a string of at most " + std::to_string(max_bytes) + " bytes");
+    }
+    return v.get<std::string>();
+  }
+
+  Result<int64_t> integer(const char* key, int64_t fallback, int64_t min, int64_t max) const {
+    if (!r_.contains(key)) {
+      return fallback;
+    }
+    const auto& v = r_[key];
+    const bool ok = (v.is_number_unsigned() && v.get<uint64_t>() <= static_cast<uint64_t>(max) &&
+                     static_cast<int64_t>(v.get<uint64_t>()) >= min) ||
+                    (v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() >= min &&
+                     v.get<int64_t>() <= max);
+    if (!ok) {
+      return bad(key,
+                 "must be an integer from " + std::to_string(min) + " to " + std::to_string(max));
+    }
+    return v.get<int64_t>();
+  }
+
+  Result<bool> boolean(const char* key, bool fallback) const {
+    if (!r_.contains(key)) {
+      return fallback;
+    }
+    if (!r_[key].is_boolean()) {
+      return bad(key, "must be true or false");
+    }
+    return r_[key].get<bool>();
+  }
+
+ private:
+  Error bad(const char* key, const std::string& why) const {
+    std::string got = r_[key].dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (got.size() > 40) {
+      got = got.substr(0, 37) + "...";
+    }
+    return makeError("invalid_request", std::string("field '") + key + "' " + why + ", got " + got,
+                     key);
+  }
+
+  const nlohmann::json& r_;
+};
+
+nlohmann::json refusal(const Error& e) {
+  nlohmann::json j = {{"ok", false}, {"error", e.message}, {"code", e.code}};
+  if (!e.field.empty()) {
+    j["field"] = e.field;
+  }
+  return j;
+}
+
+// Ingest names a field of a request's i-th event "[i].type": split it for the CLI, which knows
+// which line of its file the i-th event came from. Without an index (a full buffer), the whole
+// request was refused.
+nlohmann::json refusalAt(const Error& e) {
+  nlohmann::json j = refusal(e);
+  const std::string& field = e.field;
+  if (field.size() > 2 && field.front() == '[') {
+    const auto close = field.find(']');
+    if (close != std::string::npos) {
+      j["index"] = std::strtoull(field.c_str() + 1, nullptr, 10);
+      j["field"] = field.substr(std::min(field.size(), close + 2));
     }
   }
-  if (j.contains("occurred_at")) {
-    auto ms = j["occurred_at"].is_string() ? parseRfc3339(j["occurred_at"].get<std::string>())
-                                           : std::nullopt;
-    if (!ms) {
-      return makeError("invalid", at + ".occurred_at is not an RFC 3339 timestamp",
-                       at + ".occurred_at");
-    }
-    e.occurred_at_ms = *ms;
-  }
-  if (j.contains("customer")) {
-    if (!j["customer"].is_object()) {
-      return makeError("invalid", at + ".customer must be an object", at + ".customer");
-    }
-    for (const auto& [k, v] : j["customer"].items()) {
-      if (!v.is_string()) {
-        return makeError("invalid", at + ".customer." + k + " must be a string",
-                         at + ".customer." + k);
-      }
-      e.customer[k] = v.get<std::string>();
-    }
-  }
-  if (j.contains("data")) {
-    if (!j["data"].is_object()) {
-      return makeError("invalid", at + ".data must be an object", at + ".data");
-    }
-    e.data_json = j["data"].dump();
-  }
-  return e;
+  return j;
 }
 
 }  // namespace
@@ -228,12 +278,7 @@ std::string controlSocketPath(const config::Config& cfg) {
   return (dir / "omniedge.sock").string();
 }
 
-Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
-  auto p = std::make_unique<Parts>(cfg);
-  p->store_id = cfg.str("store.id");
-  p->tenant = cfg.str("store.tenant");
-  p->started_ms = p->clock.nowMs();
-
+Result<std::unique_ptr<PiiHasher>> makePiiHasher(const config::Config& cfg) {
   std::string hmac_key;
   if (!cfg.str("identity.hmac_key_file").empty()) {
     auto key = PiiHasher::readKeyFile(cfg.str("identity.hmac_key_file"));
@@ -264,10 +309,12 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
         "(reinstall omniedge, or set identity.phone_module)",
         module);
   }
-  p->pii = std::make_unique<PiiHasher>(hmac_key, region,
-                                       parseDataPiiPolicy(cfg.str("identity.data_pii")),
-                                       cfg.str("identity.phone_module"));
+  return std::make_unique<PiiHasher>(hmac_key, region,
+                                     parseDataPiiPolicy(cfg.str("identity.data_pii")),
+                                     cfg.str("identity.phone_module"));
+}
 
+store::BufferOptions bufferOptions(const config::Config& cfg) {
   store::BufferOptions bo;
   bo.dir = cfg.str("data.dir");
   bo.synchronous_full = cfg.str("buffer.synchronous") == "full";
@@ -275,26 +322,51 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   bo.min_free_disk = cfg.integer("buffer.min_free_disk");
   bo.retain_delivered_s = cfg.integer("buffer.retain_delivered");
   bo.recent_max_bytes = static_cast<std::size_t>(cfg.integer("buffer.recent_max_bytes"));
+  return bo;
+}
+
+IngestOptions ingestOptions(const config::Config& cfg) {
+  IngestOptions io;
+  io.store_id = cfg.str("store.id");
+  io.max_event_bytes = static_cast<std::size_t>(cfg.integer("buffer.max_event_bytes"));
+  return io;
+}
+
+Result<std::unique_ptr<store::ProfileCache>> openProfileCache(const config::Config& cfg) {
+  store::ProfileCacheOptions po;
+  po.dir = cfg.str("data.dir");
+  po.max_bytes = static_cast<std::size_t>(cfg.integer("profiles.max_bytes"));
+  po.max_disk_bytes = static_cast<std::size_t>(cfg.integer("profiles.max_disk_bytes"));
+  return store::ProfileCache::open(po);
+}
+
+Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
+  auto p = std::make_unique<Parts>(cfg);
+  p->store_id = cfg.str("store.id");
+  p->tenant = cfg.str("store.tenant");
+  p->started_ms = p->clock.nowMs();
+
+  auto pii = makePiiHasher(cfg);
+  if (!pii) {
+    return pii.error();
+  }
+  p->pii = std::move(*pii);
+
+  const store::BufferOptions bo = bufferOptions(cfg);
   auto buffer = store::Buffer::open(bo);
   if (!buffer) {
     return buffer.error();
   }
   p->buffer = std::move(*buffer);
 
-  store::ProfileCacheOptions po;
-  po.dir = bo.dir;
-  po.max_bytes = static_cast<std::size_t>(cfg.integer("profiles.max_bytes"));
-  po.max_disk_bytes = static_cast<std::size_t>(cfg.integer("profiles.max_disk_bytes"));
-  auto profiles = store::ProfileCache::open(po);
+  auto profiles = openProfileCache(cfg);
   if (!profiles) {
     return profiles.error();
   }
   p->profiles = std::move(*profiles);
 
-  IngestOptions io;
-  io.store_id = p->store_id;
-  io.max_event_bytes = static_cast<std::size_t>(cfg.integer("buffer.max_event_bytes"));
-  p->ingest = std::make_unique<Ingest>(io, *p->buffer, *p->pii, p->clock, p->profiles.get());
+  p->ingest = std::make_unique<Ingest>(ingestOptions(cfg), *p->buffer, *p->pii, p->clock,
+                                       p->profiles.get());
 
   auto listen = config::parseHostPort(cfg.str("http.listen"));
   if (!listen) {
@@ -547,8 +619,15 @@ nlohmann::json Agent::status() const {
       {"disk",
        {{"data_dir", p_->cfg.str("data.dir")},
         {"buffer_file_bytes", s.file_bytes},
+        {"wal_bytes", s.wal_bytes},
         {"buffer_used_bytes", s.used_bytes},
         {"buffer_cap_bytes", s.cap_bytes},
+        // Producers are being refused: the last request was refused "full", none got in since.
+        {"buffer_full", s.full_since_ms > 0},
+        {"full_since", s.full_since_ms > 0 ? formatRfc3339Ms(s.full_since_ms) : ""},
+        {"last_full_refusal_at", s.last_full_ms > 0 ? formatRfc3339Ms(s.last_full_ms) : ""},
+        {"io_errors", s.io_errors},
+        {"unclean_shutdown_before_start", p_->buffer->openReport().unclean_shutdown},
         {"free_bytes", free_bytes}}},
   };
 }
@@ -599,69 +678,119 @@ std::string Agent::metricsText() const {
 }
 
 nlohmann::json Agent::handleControl(const nlohmann::json& request) {
-  const std::string cmd = request.value("cmd", "");
-  if (cmd == "status") {
+  constexpr const char* kCommands = "status, tail, flush, import, test_event";
+  if (!request.contains("cmd") || !request["cmd"].is_string()) {
+    return refusal(makeError("invalid_request",
+                             std::string("field 'cmd' must be a string, one of ") + kCommands,
+                             "cmd"));
+  }
+  const std::string cmd = request["cmd"].get<std::string>();
+  const RequestFields fields(request);
+  if (cmd == "status" || cmd == "flush") {
+    if (auto r = fields.only({"cmd"}); !r) {
+      return refusal(r.error());
+    }
+    if (cmd == "flush") {
+      p_->sync->flushNow();
+      return {{"ok", true}};
+    }
     return {{"ok", true}, {"status", status()}};
   }
   if (cmd == "tail") {
+    constexpr auto kRing = static_cast<int64_t>(store::Buffer::kRecentEvents);
+    auto only = fields.only({"cmd", "after_seq", "limit", "type"});
+    auto after = fields.integer("after_seq", 0, 0, INT64_MAX);
+    auto limit = fields.integer("limit", 20, 0, kRing);
+    auto glob = fields.text("type", "*", 256);
+    for (const Error* e : {only ? nullptr : &only.error(), after ? nullptr : &after.error(),
+                           limit ? nullptr : &limit.error(), glob ? nullptr : &glob.error()}) {
+      if (e != nullptr) {
+        return refusal(*e);
+      }
+    }
     // From the ring of recent events: delivered events have left the file already.
-    const auto after = request.value("after_seq", int64_t{0});
-    const auto limit = request.value("limit", std::size_t{20});
-    const std::string glob = request.value("type", "*");
-    auto rows = p_->buffer->recent(after, store::Buffer::kRecentEvents);
-    nlohmann::json events = nlohmann::json::array();
-    std::size_t skip = 0;
+    const int64_t last_seq = p_->buffer->stats().last_seq;
+    auto rows = p_->buffer->recent(*after, store::Buffer::kRecentEvents);
     std::vector<const store::RecentEvent*> matching;
     for (const auto& r : rows) {
-      if (fnmatch(glob.c_str(), r.type.c_str(), 0) == 0) {
+      if (fnmatch(glob->c_str(), r.type.c_str(), 0) == 0) {
         matching.push_back(&r);
       }
     }
-    if (matching.size() > limit) {
-      skip = matching.size() - limit;
-    }
+    const std::size_t skip =
+        matching.size() > static_cast<std::size_t>(*limit) ? matching.size() - *limit : 0;
+    nlohmann::json events = nlohmann::json::array();
     for (std::size_t i = skip; i < matching.size(); ++i) {
       events.push_back(
           {{"seq", matching[i]->seq}, {"type", matching[i]->type}, {"body", matching[i]->body}});
     }
-    return {{"ok", true}, {"events", std::move(events)}};
+    return {{"ok", true},
+            {"events", std::move(events)},
+            {"last_seq", std::max(last_seq, rows.empty() ? int64_t{0} : rows.back().seq)},
+            {"ring_oldest_seq", rows.empty() ? int64_t{0} : rows.front().seq},
+            {"ring_events", rows.size()},
+            {"ring_size", kRing}};
   }
-  if (cmd == "flush") {
-    p_->sync->flushNow();
-    return {{"ok", true}};
-  }
-  if (cmd == "import" || cmd == "test_event") {
-    std::vector<Event> events;
-    if (cmd == "test_event") {
-      Event e;
-      e.type = request.value("type", "agent.test");
-      e.source = "cli";
-      e.data_json = R"({"note":"omniedge send-test-event"})";
-      events.push_back(std::move(e));
-    } else {
-      const auto& list = request.contains("events") ? request["events"] : nlohmann::json();
-      if (!list.is_array()) {
-        return {{"ok", false}, {"error", "events must be an array"}};
-      }
-      for (std::size_t i = 0; i < list.size(); ++i) {
-        auto e = eventFromEnvelope(list[i], i);
-        if (!e) {
-          return {{"ok", false}, {"error", e.error().message}, {"field", e.error().field}};
-        }
-        events.push_back(std::move(*e));
-      }
+  if (cmd == "test_event") {
+    auto only = fields.only({"cmd", "type"});
+    auto type = fields.text("type", "agent.test", 256);
+    if (!only || !type) {
+      return refusal(!only ? only.error() : type.error());
     }
-    // The control thread waits for this group commit like any producer (milliseconds).
-    auto r = p_->ingest->append(std::move(events));
+    Event e;
+    e.type = *type;
+    e.source = "cli";
+    e.data_json = R"({"note":"omniedge send-test-event"})";
+    // The worker waits for this group commit like any producer (milliseconds).
+    auto r = p_->ingest->append({std::move(e)});
     if (!r) {
-      return {{"ok", false},
-              {"error", r.error().message},
-              {"code", r.error().code},
-              {"field", r.error().field}};
+      return refusalAt(r.error());
     }
     return {{"ok", true}, {"ids", r->ids}, {"stored", r->stored}, {"duplicates", r->duplicates}};
   }
-  return {{"ok", false}, {"error", "unknown command '" + cmd + "'"}};
+  if (cmd == "import") {
+    auto only = fields.only({"cmd", "events", "dry_run"});
+    auto dry_run = fields.boolean("dry_run", false);
+    if (!only || !dry_run) {
+      return refusal(!only ? only.error() : dry_run.error());
+    }
+    if (!request.contains("events") || !request["events"].is_array()) {
+      return refusal(
+          makeError("invalid_request", "field 'events' must be an array of events", "events"));
+    }
+    const auto& list = request["events"];
+    std::vector<Event> events;
+    events.reserve(list.size());
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      auto e = eventFromEnvelope(list[i], "events[" + std::to_string(i) + "]");
+      if (!e) {
+        nlohmann::json j = refusal(e.error());
+        j["index"] = i;
+        return j;
+      }
+      events.push_back(std::move(*e));
+    }
+    if (*dry_run) {
+      // Ingest's own checks, without storing: `import` names a bad line before importing any.
+      const int64_t now = p_->clock.nowMs();
+      for (std::size_t i = 0; i < events.size(); ++i) {
+        if (auto prepared = p_->ingest->prepare(events[i], i, now); !prepared) {
+          return refusalAt(prepared.error());
+        }
+      }
+      return {{"ok", true}, {"valid", events.size()}};
+    }
+    auto r = p_->ingest->append(std::move(events));
+    if (!r) {
+      return refusalAt(r.error());
+    }
+    return {{"ok", true},
+            {"stored", r->stored},
+            {"duplicates", r->duplicates},
+            {"consent_dropped", r->consent_dropped}};
+  }
+  return refusal(makeError("invalid_request",
+                           "unknown command '" + cmd + "' (known: " + kCommands + ")", "cmd"));
 }
 
 void Agent::housekeeping() {

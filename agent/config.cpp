@@ -1321,16 +1321,22 @@ std::vector<std::string> Config::list(std::string_view key) const {
 
 std::string Config::toText() const {
   constexpr size_t kMaxValueWidth = 40;
-  const auto shown = [](const Entry& e) { return e.value.empty() ? std::string("\"\"") : e.value; };
+  // Sizes as they are written in a file (1GiB), not as a count of bytes.
+  const auto shown = [](const std::string& key, const Entry& e) {
+    if (e.value.empty()) {
+      return std::string("\"\"");
+    }
+    return knownKey(key).kind == Kind::kBytes ? humanBytes(std::stoll(e.value)) : e.value;
+  };
   size_t key_width = 0;
   size_t value_width = 0;
   for (const auto& [key, e] : entries_) {
     key_width = std::max(key_width, key.size());
-    value_width = std::max(value_width, std::min(kMaxValueWidth, shown(e).size()));
+    value_width = std::max(value_width, std::min(kMaxValueWidth, shown(key, e).size()));
   }
   std::string out;
   for (const auto& [key, e] : entries_) {
-    std::string value = shown(e);
+    std::string value = shown(key, e);
     std::string line = key + std::string(key_width - key.size(), ' ') + " = " + value;
     if (value.size() < value_width) {
       line += std::string(value_width - value.size(), ' ');
