@@ -193,9 +193,14 @@ class StatusView {
       std::string tail;
       const json& counters = member(d, "counters");
       if (counters.is_object()) {
+        // The text view shows what happened, not every gauge: counters that are zero, and
+        // byte figures, stay in --json.
+        int shown = 0;
         for (const auto& [name, value] : counters.items()) {
-          if (value.is_number()) {
+          if (value.is_number() && value.get<int64_t>() != 0 && !name.ends_with("_bytes") &&
+              name != "connected" && shown < 8) {
             tail += (tail.empty() ? "" : ", ") + thousands(value.get<int64_t>()) + " " + name;
+            ++shown;
           }
         }
       }
