@@ -286,6 +286,24 @@ DoctorCheck checkPiiKey(const std::string& path) {
             "HMAC-SHA256 with the key in " + path + " (" + std::to_string(key->size()) + " bytes)");
 }
 
+// Phone numbers are normalised by a module loaded on first use (agent/phone_module.h): a missing
+// one makes the daemon refuse every event that may hold a phone number.
+DoctorCheck checkPhoneModule(const std::string& configured, const std::string& region) {
+  const std::string name = "phone numbers";
+  const std::string path = PiiHasher::phoneModulePath(configured);
+  PiiHasher hasher("", region, DataPiiPolicy::kHash, configured);
+  auto probe = hasher.normalisePhone("+44 20 7946 0958");
+  if (!probe && probe.error().code == "io") {
+    return fail(name, probe.error().message +
+                          ": events that may hold a phone number are refused; reinstall omniedge "
+                          "or set identity.phone_module");
+  }
+  return ok(name, "libphonenumber module " + path +
+                      (region.empty() ? ", numbers without a country code refused "
+                                        "(identity.default_region not set)"
+                                      : ", national numbers read as " + region));
+}
+
 std::string utcText(std::time_t t, bool with_time) {
   std::tm tm{};
   gmtime_r(&t, &tm);
@@ -991,6 +1009,8 @@ std::vector<DoctorCheck> runDoctorChecks(const config::Config& cfg,
   }
   checks.push_back(checkClock());
   checks.push_back(checkPiiKey(cfg.str("identity.hmac_key_file")));
+  checks.push_back(checkPhoneModule(cfg.str("identity.phone_module"),
+                                    cfg.str("identity.default_region")));
   return checks;
 }
 

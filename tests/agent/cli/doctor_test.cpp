@@ -491,3 +491,20 @@ TEST_CASE("doctor --json parses and lists every check", "[unit][doctor]") {
   }
   CHECK(code == 0);
 }
+
+TEST_CASE("doctor fails when the phone number module is missing, and says what follows",
+          "[unit][doctor]") {
+  TempDir dir;
+  const auto checks = omniedge::runDoctorChecks(
+      makeConfig(dir, freePort(), {{"identity.phone_module", (dir / "missing.so").string()}}));
+  const auto& phone = find(checks, "phone numbers");
+  CHECK(phone.outcome == Outcome::kFail);
+  CHECK_THAT(phone.detail, Catch::Contains("missing.so"));
+  CHECK_THAT(phone.detail, Catch::Contains("refused"));
+}
+
+TEST_CASE("doctor finds the phone number module beside the binary", "[unit][doctor]") {
+  TempDir dir;
+  const auto checks = omniedge::runDoctorChecks(makeConfig(dir, freePort()));
+  CHECK(find(checks, "phone numbers").outcome == Outcome::kOk);
+}
