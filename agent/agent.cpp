@@ -12,12 +12,15 @@
 #include <deque>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
 
 #include "agent/api/time.h"
 #include "agent/commands.h"
 #include "agent/control_socket.h"
+#include "agent/envelope.h"
 #include "agent/ingest.h"
 #include "agent/log_ring.h"
 #include "agent/pii.h"
@@ -51,26 +54,51 @@ Result<std::string> readSecretFile(const std::string& path, const std::string& k
   return s;
 }
 
-Result<std::vector<std::string>> readTokens(const std::string& path) {
+// http.tokens_file: a token per line, optionally with the channels it may write
+// (kiosk::parseTokens says how).
+Result<std::vector<kiosk::ApiToken>> readTokens(const std::string& path) {
   auto text = readSecretFile(path, "http.tokens_file");
   if (!text) {
     return text.error();
   }
-  std::vector<std::string> tokens;
-  std::istringstream in(*text);
-  for (std::string line; std::getline(in, line);) {
-    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back())) != 0) {
-      line.pop_back();
-    }
-    if (!line.empty() && line.front() != '#') {
-      tokens.push_back(line);
-    }
-  }
-  if (tokens.empty()) {
-    return makeError("config", "http.tokens_file '" + path + "' holds no token",
+  auto tokens = kiosk::parseTokens(*text);
+  if (!tokens) {
+    return makeError("config", "http.tokens_file '" + path + "': " + tokens.error().message,
                      "http.tokens_file");
   }
+  for (const kiosk::ApiToken& token : *tokens) {
+    if (token.secret.size() < 16) {
+      // The lockout slows guessing from one address, but never refuses a valid token: what
+      // really keeps guesses out is the token's length.
+      spdlog::warn(
+          "http.tokens_file: a token of only {} characters is easy to guess; use 32 "
+          "random characters or more (e.g. openssl rand -hex 16)",
+          token.secret.size());
+    }
+  }
   return tokens;
+}
+
+// What the health check remembers between calls: when the buffer last refused an append.
+struct FullWatch {
+  std::mutex mu;
+  uint64_t rejected = 0;   // guarded by mu
+  int64_t changed_ms = 0;  // guarded by mu
+};
+
+nlohmann::json profilesJson(const store::ProfileCacheStats& s) {
+  return {
+      {"in_memory", s.in_memory},
+      {"memory_bytes", s.memory_bytes},
+      {"memory_max_bytes", s.memory_max_bytes},
+      {"memory_evictions", s.memory_evictions},
+      {"disk_reads", s.disk_reads},
+      {"on_disk", s.on_disk},
+      {"disk_bytes", s.disk_bytes},
+      {"disk_max_bytes", s.disk_max_bytes},
+      {"disk_evictions", s.disk_evictions},
+      {"local_carts", s.local_carts},
+  };
 }
 
 nlohmann::json queueJson(const store::BufferStats& s, int64_t now_ms) {
@@ -107,51 +135,99 @@ class Rate {
   std::deque<std::pair<int64_t, uint64_t>> samples_;
 };
 
-// An envelope as `omniedge export` wrote it, back into an Event (received_at is set anew).
-Result<Event> eventFromEnvelope(const nlohmann::json& j, std::size_t index) {
-  const std::string at = "events[" + std::to_string(index) + "]";
-  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
-    return makeError("invalid", at + ".type is required", at + ".type");
-  }
-  Event e;
-  e.type = j["type"].get<std::string>();
-  for (auto [field, target] : {std::pair{"id", &e.id}, std::pair{"source", &e.source},
-                               std::pair{"store_id", &e.store_id}}) {
-    if (j.contains(field)) {
-      if (!j[field].is_string()) {
-        return makeError("invalid", at + "." + field + " must be a string", at + "." + field);
+// A control request's fields, read strictly: a wrong type, a value out of range or an unknown
+// field is an answer naming the field, never an exception out of the control thread.
+class RequestFields {
+ public:
+  explicit RequestFields(const nlohmann::json& request) : r_(request) {}
+
+  Result<void> only(std::initializer_list<std::string_view> allowed) const {
+    for (const auto& [key, value] : r_.items()) {
+      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+        std::string names;
+        for (const auto a : allowed) {
+          names += (names.empty() ? "" : ", ") + std::string(a);
+        }
+        return makeError("invalid_request",
+                         "unknown field '" + key + "' for this command (known: " + names + ")",
+                         key);
       }
-      *target = j[field].get<std::string>();
+    }
+    return {};
+  }
+
+  Result<std::string> text(const char* key, std::string fallback, std::size_t max_bytes) const {
+    if (!r_.contains(key)) {
+      return fallback;
+    }
+    const auto& v = r_[key];
+    if (!v.is_string() || v.get_ref<const std::string&>().size() > max_bytes) {
+      return bad(key, "must be a string of at most " + std::to_string(max_bytes) + " bytes");
+    }
+    return v.get<std::string>();
+  }
+
+  Result<int64_t> integer(const char* key, int64_t fallback, int64_t min, int64_t max) const {
+    if (!r_.contains(key)) {
+      return fallback;
+    }
+    const auto& v = r_[key];
+    const bool ok = (v.is_number_unsigned() && v.get<uint64_t>() <= static_cast<uint64_t>(max) &&
+                     static_cast<int64_t>(v.get<uint64_t>()) >= min) ||
+                    (v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() >= min &&
+                     v.get<int64_t>() <= max);
+    if (!ok) {
+      return bad(key,
+                 "must be an integer from " + std::to_string(min) + " to " + std::to_string(max));
+    }
+    return v.get<int64_t>();
+  }
+
+  Result<bool> boolean(const char* key, bool fallback) const {
+    if (!r_.contains(key)) {
+      return fallback;
+    }
+    if (!r_[key].is_boolean()) {
+      return bad(key, "must be true or false");
+    }
+    return r_[key].get<bool>();
+  }
+
+ private:
+  Error bad(const char* key, const std::string& why) const {
+    std::string got = r_[key].dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (got.size() > 40) {
+      got = got.substr(0, 37) + "...";
+    }
+    return makeError("invalid_request", std::string("field '") + key + "' " + why + ", got " + got,
+                     key);
+  }
+
+  const nlohmann::json& r_;
+};
+
+nlohmann::json refusal(const Error& e) {
+  nlohmann::json j = {{"ok", false}, {"error", e.message}, {"code", e.code}};
+  if (!e.field.empty()) {
+    j["field"] = e.field;
+  }
+  return j;
+}
+
+// Ingest names a field of a request's i-th event "[i].type": split it for the CLI, which knows
+// which line of its file the i-th event came from. Without an index (a full buffer), the whole
+// request was refused.
+nlohmann::json refusalAt(const Error& e) {
+  nlohmann::json j = refusal(e);
+  const std::string& field = e.field;
+  if (field.size() > 2 && field.front() == '[') {
+    const auto close = field.find(']');
+    if (close != std::string::npos) {
+      j["index"] = std::strtoull(field.c_str() + 1, nullptr, 10);
+      j["field"] = field.substr(std::min(field.size(), close + 2));
     }
   }
-  if (j.contains("occurred_at")) {
-    auto ms = j["occurred_at"].is_string() ? parseRfc3339(j["occurred_at"].get<std::string>())
-                                           : std::nullopt;
-    if (!ms) {
-      return makeError("invalid", at + ".occurred_at is not an RFC 3339 timestamp",
-                       at + ".occurred_at");
-    }
-    e.occurred_at_ms = *ms;
-  }
-  if (j.contains("customer")) {
-    if (!j["customer"].is_object()) {
-      return makeError("invalid", at + ".customer must be an object", at + ".customer");
-    }
-    for (const auto& [k, v] : j["customer"].items()) {
-      if (!v.is_string()) {
-        return makeError("invalid", at + ".customer." + k + " must be a string",
-                         at + ".customer." + k);
-      }
-      e.customer[k] = v.get<std::string>();
-    }
-  }
-  if (j.contains("data")) {
-    if (!j["data"].is_object()) {
-      return makeError("invalid", at + ".data must be an object", at + ".data");
-    }
-    e.data_json = j["data"].dump();
-  }
-  return e;
+  return j;
 }
 
 // What the drivers take from the configuration (beacon.*, pos.*).
@@ -343,6 +419,68 @@ std::string controlSocketPath(const config::Config& cfg) {
   return (dir / "omniedge.sock").string();
 }
 
+Result<std::unique_ptr<PiiHasher>> makePiiHasher(const config::Config& cfg) {
+  std::string hmac_key;
+  if (!cfg.str("identity.hmac_key_file").empty()) {
+    auto key = PiiHasher::readKeyFile(cfg.str("identity.hmac_key_file"));
+    if (!key) {
+      return key.error();
+    }
+    hmac_key = *key;
+  } else {
+    spdlog::warn(
+        "identity.hmac_key_file is not set: e-mail and phone hashes are plain SHA-256, which can "
+        "be brute-forced; set a tenant key");
+  }
+  std::string region = cfg.str("identity.default_region");
+  if (region.empty() && !cfg.str("identity.default_country_code").empty()) {
+    region = PiiHasher::regionForCallingCode(cfg.str("identity.default_country_code"));
+    if (region.empty()) {
+      return makeError("config",
+                       "identity.default_country_code '" +
+                           cfg.str("identity.default_country_code") +
+                           "' is no country's calling code; set identity.default_region (e.g. GB)",
+                       "identity.default_country_code");
+    }
+  }
+  if (const auto module = PiiHasher::phoneModulePath(cfg.str("identity.phone_module"));
+      access(module.c_str(), R_OK) != 0) {
+    spdlog::warn(
+        "the phone number module {} is missing: events with phone numbers will be refused "
+        "(reinstall omniedge, or set identity.phone_module)",
+        module);
+  }
+  return std::make_unique<PiiHasher>(hmac_key, region,
+                                     parseDataPiiPolicy(cfg.str("identity.data_pii")),
+                                     cfg.str("identity.phone_module"));
+}
+
+store::BufferOptions bufferOptions(const config::Config& cfg) {
+  store::BufferOptions bo;
+  bo.dir = cfg.str("data.dir");
+  bo.synchronous_full = cfg.str("buffer.synchronous") == "full";
+  bo.max_bytes = cfg.integer("buffer.max_bytes");
+  bo.min_free_disk = cfg.integer("buffer.min_free_disk");
+  bo.retain_delivered_s = cfg.integer("buffer.retain_delivered");
+  bo.recent_max_bytes = static_cast<std::size_t>(cfg.integer("buffer.recent_max_bytes"));
+  return bo;
+}
+
+IngestOptions ingestOptions(const config::Config& cfg) {
+  IngestOptions io;
+  io.store_id = cfg.str("store.id");
+  io.max_event_bytes = static_cast<std::size_t>(cfg.integer("buffer.max_event_bytes"));
+  return io;
+}
+
+Result<std::unique_ptr<store::ProfileCache>> openProfileCache(const config::Config& cfg) {
+  store::ProfileCacheOptions po;
+  po.dir = cfg.str("data.dir");
+  po.max_bytes = static_cast<std::size_t>(cfg.integer("profiles.max_bytes"));
+  po.max_disk_bytes = static_cast<std::size_t>(cfg.integer("profiles.max_disk_bytes"));
+  return store::ProfileCache::open(po);
+}
+
 Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   // The remote layer the centre pushed (kept in data.dir) goes on the local layers first:
   // every part is built from the effective configuration.
@@ -377,53 +515,20 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   p->tenant = cfg.str("store.tenant");
   p->started_ms = p->clock.nowMs();
 
-  std::string hmac_key;
-  if (!cfg.str("identity.hmac_key_file").empty()) {
-    auto key = PiiHasher::readKeyFile(cfg.str("identity.hmac_key_file"));
-    if (!key) {
-      return key.error();
-    }
-    hmac_key = *key;
-  } else {
-    spdlog::warn(
-        "identity.hmac_key_file is not set: e-mail and phone hashes are plain SHA-256, which can "
-        "be brute-forced; set a tenant key");
+  auto pii = makePiiHasher(cfg);
+  if (!pii) {
+    return pii.error();
   }
-  std::string region = cfg.str("identity.default_region");
-  if (region.empty() && !cfg.str("identity.default_country_code").empty()) {
-    region = PiiHasher::regionForCallingCode(cfg.str("identity.default_country_code"));
-    if (region.empty()) {
-      return makeError("config",
-                       "identity.default_country_code '" +
-                           cfg.str("identity.default_country_code") +
-                           "' is no country's calling code; set identity.default_region (e.g. GB)",
-                       "identity.default_country_code");
-    }
-  }
-  if (const auto module = PiiHasher::phoneModulePath(cfg.str("identity.phone_module"));
-      access(module.c_str(), R_OK) != 0) {
-    spdlog::warn(
-        "the phone number module {} is missing: events with phone numbers will be refused "
-        "(reinstall omniedge, or set identity.phone_module)",
-        module);
-  }
-  p->pii = std::make_unique<PiiHasher>(hmac_key, region,
-                                       parseDataPiiPolicy(cfg.str("identity.data_pii")),
-                                       cfg.str("identity.phone_module"));
+  p->pii = std::move(*pii);
 
-  store::BufferOptions bo;
-  bo.dir = cfg.str("data.dir");
-  bo.synchronous_full = cfg.str("buffer.synchronous") == "full";
-  bo.max_bytes = cfg.integer("buffer.max_bytes");
-  bo.min_free_disk = cfg.integer("buffer.min_free_disk");
-  bo.retain_delivered_s = cfg.integer("buffer.retain_delivered");
+  const store::BufferOptions bo = bufferOptions(cfg);
   auto buffer = store::Buffer::open(bo);
   if (!buffer) {
     return buffer.error();
   }
   p->buffer = std::move(*buffer);
 
-  auto profiles = store::ProfileCache::open(bo.dir);
+  auto profiles = openProfileCache(cfg);
   if (!profiles) {
     return profiles.error();
   }
@@ -438,10 +543,8 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   }
   p->inbox = std::move(*inbox);
 
-  IngestOptions io;
-  io.store_id = p->store_id;
-  io.max_event_bytes = static_cast<std::size_t>(cfg.integer("buffer.max_event_bytes"));
-  p->ingest = std::make_unique<Ingest>(io, *p->buffer, *p->pii, p->clock, p->profiles.get());
+  p->ingest = std::make_unique<Ingest>(ingestOptions(cfg), *p->buffer, *p->pii, p->clock,
+                                       p->profiles.get());
 
   auto listen = config::parseHostPort(cfg.str("http.listen"));
   if (!listen) {
@@ -451,9 +554,19 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   ho.host = listen->host;
   ho.port = listen->port;
   ho.store_id = p->store_id;
+  ho.threads = static_cast<int>(cfg.integer("http.workers"));
+  ho.max_connections = static_cast<std::size_t>(cfg.integer("http.max_connections"));
+  ho.max_header_bytes = static_cast<std::size_t>(cfg.integer("http.max_header_bytes"));
+  ho.max_headers = static_cast<std::size_t>(cfg.integer("http.max_headers"));
+  ho.max_body_bytes = static_cast<std::size_t>(cfg.integer("http.max_body_bytes"));
+  ho.header_timeout = std::chrono::seconds(cfg.integer("http.header_timeout"));
+  ho.body_timeout = std::chrono::seconds(cfg.integer("http.body_timeout"));
+  ho.keep_alive_timeout = std::chrono::seconds(cfg.integer("http.keepalive_timeout"));
   ho.customer_lookup = [cache = p->profiles.get()](const std::string& key) {
-    auto doc = cache->lookup(key);
-    return doc ? std::optional<std::string>(doc->dump()) : std::nullopt;
+    return cache->profileJson(key);
+  };
+  ho.cart_lookup = [cache = p->profiles.get()](const std::string& key) {
+    return cache->cartJson(key);
   };
   ho.cart_add = [cache = p->profiles.get(), clock = &p->clock](
                     const std::string& key, const std::string& item) -> Result<std::string> {
@@ -493,16 +606,37 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   Agent* self = agent.get();
   parts.http = std::make_unique<kiosk::HttpApi>(
       ho, *parts.ingest,
-      [self] {
+      [self, seen = std::make_shared<FullWatch>()] {
         kiosk::HealthReport h;
         const auto s = self->p_->buffer->stats();
         if (self->p_->stopping.load()) {
           h.reason = "stopping";
-        } else if (s.cap_bytes > 0 && s.used_bytes >= s.cap_bytes - s.cap_bytes / 100) {
-          h.reason = "buffer full: new events are pushed back until the uplink drains it";
-        } else {
-          h.ready = true;
+          return h;
         }
+        // Producers are refused when the buffer is full and nothing low-priority is left to
+        // evict for them, or when an append was refused lately (the counter moved within the
+        // last 10 s) while it is still near full. A buffer filled with beacon.* events is not
+        // degraded: kiosk and POS events still get in by evicting them.
+        const int64_t now = self->p_->clock.nowMs();
+        bool refused_lately = false;
+        {
+          std::lock_guard lock(seen->mu);
+          if (s.rejected_full != seen->rejected) {
+            seen->rejected = s.rejected_full;
+            seen->changed_ms = now;
+          }
+          refused_lately = seen->changed_ms > 0 && now - seen->changed_ms < 10'000;
+        }
+        const bool near_full = s.cap_bytes > 0 && s.used_bytes >= s.cap_bytes - s.cap_bytes / 100;
+        if (near_full && (s.pending[2] == 0 || refused_lately)) {
+          h.degraded = true;
+          h.reason = fmt::format(
+              "buffer full ({} of {} bytes used, nothing left to evict): new events are refused "
+              "with 503 until the uplink drains it; {} appends refused since start",
+              s.used_bytes, s.cap_bytes, s.rejected_full);
+          return h;
+        }
+        h.ready = true;
         return h;
       },
       [self] { return self->metricsText(); });
@@ -576,6 +710,7 @@ nlohmann::json Agent::status() const {
       {"tenant", p_->tenant},
       {"config_version", p_->config_version.load()},
       {"profiles_cached", p_->profiles->size()},
+      {"profiles", profilesJson(p_->profiles->stats())},
       {"uplink",
        {{"mqtt",
          {{"state", u.connected ? "connected" : "disconnected"},
@@ -621,8 +756,15 @@ nlohmann::json Agent::status() const {
       {"disk",
        {{"data_dir", p_->cfg.str("data.dir")},
         {"buffer_file_bytes", s.file_bytes},
+        {"wal_bytes", s.wal_bytes},
         {"buffer_used_bytes", s.used_bytes},
         {"buffer_cap_bytes", s.cap_bytes},
+        // Producers are being refused: the last request was refused "full", none got in since.
+        {"buffer_full", s.full_since_ms > 0},
+        {"full_since", s.full_since_ms > 0 ? formatRfc3339Ms(s.full_since_ms) : ""},
+        {"last_full_refusal_at", s.last_full_ms > 0 ? formatRfc3339Ms(s.last_full_ms) : ""},
+        {"io_errors", s.io_errors},
+        {"unclean_shutdown_before_start", p_->buffer->openReport().unclean_shutdown},
         {"free_bytes", free_bytes}}},
   };
   addRemoteStatus(out);
@@ -675,69 +817,119 @@ std::string Agent::metricsText() const {
 }
 
 nlohmann::json Agent::handleControl(const nlohmann::json& request) {
-  const std::string cmd = request.value("cmd", "");
-  if (cmd == "status") {
+  constexpr const char* kCommands = "status, tail, flush, import, test_event";
+  if (!request.contains("cmd") || !request["cmd"].is_string()) {
+    return refusal(makeError("invalid_request",
+                             std::string("field 'cmd' must be a string, one of ") + kCommands,
+                             "cmd"));
+  }
+  const std::string cmd = request["cmd"].get<std::string>();
+  const RequestFields fields(request);
+  if (cmd == "status" || cmd == "flush") {
+    if (auto r = fields.only({"cmd"}); !r) {
+      return refusal(r.error());
+    }
+    if (cmd == "flush") {
+      p_->sync->flushNow();
+      return {{"ok", true}};
+    }
     return {{"ok", true}, {"status", status()}};
   }
   if (cmd == "tail") {
+    constexpr auto kRing = static_cast<int64_t>(store::Buffer::kRecentEvents);
+    auto only = fields.only({"cmd", "after_seq", "limit", "type"});
+    auto after = fields.integer("after_seq", 0, 0, INT64_MAX);
+    auto limit = fields.integer("limit", 20, 0, kRing);
+    auto glob = fields.text("type", "*", 256);
+    for (const Error* e : {only ? nullptr : &only.error(), after ? nullptr : &after.error(),
+                           limit ? nullptr : &limit.error(), glob ? nullptr : &glob.error()}) {
+      if (e != nullptr) {
+        return refusal(*e);
+      }
+    }
     // From the ring of recent events: delivered events have left the file already.
-    const auto after = request.value("after_seq", int64_t{0});
-    const auto limit = request.value("limit", std::size_t{20});
-    const std::string glob = request.value("type", "*");
-    auto rows = p_->buffer->recent(after, store::Buffer::kRecentEvents);
-    nlohmann::json events = nlohmann::json::array();
-    std::size_t skip = 0;
+    const int64_t last_seq = p_->buffer->stats().last_seq;
+    auto rows = p_->buffer->recent(*after, store::Buffer::kRecentEvents);
     std::vector<const store::RecentEvent*> matching;
     for (const auto& r : rows) {
-      if (fnmatch(glob.c_str(), r.type.c_str(), 0) == 0) {
+      if (fnmatch(glob->c_str(), r.type.c_str(), 0) == 0) {
         matching.push_back(&r);
       }
     }
-    if (matching.size() > limit) {
-      skip = matching.size() - limit;
-    }
+    const std::size_t skip =
+        matching.size() > static_cast<std::size_t>(*limit) ? matching.size() - *limit : 0;
+    nlohmann::json events = nlohmann::json::array();
     for (std::size_t i = skip; i < matching.size(); ++i) {
       events.push_back(
           {{"seq", matching[i]->seq}, {"type", matching[i]->type}, {"body", matching[i]->body}});
     }
-    return {{"ok", true}, {"events", std::move(events)}};
+    return {{"ok", true},
+            {"events", std::move(events)},
+            {"last_seq", std::max(last_seq, rows.empty() ? int64_t{0} : rows.back().seq)},
+            {"ring_oldest_seq", rows.empty() ? int64_t{0} : rows.front().seq},
+            {"ring_events", rows.size()},
+            {"ring_size", kRing}};
   }
-  if (cmd == "flush") {
-    p_->sync->flushNow();
-    return {{"ok", true}};
-  }
-  if (cmd == "import" || cmd == "test_event") {
-    std::vector<Event> events;
-    if (cmd == "test_event") {
-      Event e;
-      e.type = request.value("type", "agent.test");
-      e.source = "cli";
-      e.data_json = R"({"note":"omniedge send-test-event"})";
-      events.push_back(std::move(e));
-    } else {
-      const auto& list = request.contains("events") ? request["events"] : nlohmann::json();
-      if (!list.is_array()) {
-        return {{"ok", false}, {"error", "events must be an array"}};
-      }
-      for (std::size_t i = 0; i < list.size(); ++i) {
-        auto e = eventFromEnvelope(list[i], i);
-        if (!e) {
-          return {{"ok", false}, {"error", e.error().message}, {"field", e.error().field}};
-        }
-        events.push_back(std::move(*e));
-      }
+  if (cmd == "test_event") {
+    auto only = fields.only({"cmd", "type"});
+    auto type = fields.text("type", "agent.test", 256);
+    if (!only || !type) {
+      return refusal(!only ? only.error() : type.error());
     }
-    // The control thread waits for this group commit like any producer (milliseconds).
-    auto r = p_->ingest->append(std::move(events));
+    Event e;
+    e.type = *type;
+    e.source = "cli";
+    e.data_json = R"({"note":"omniedge send-test-event"})";
+    // The worker waits for this group commit like any producer (milliseconds).
+    auto r = p_->ingest->append({std::move(e)});
     if (!r) {
-      return {{"ok", false},
-              {"error", r.error().message},
-              {"code", r.error().code},
-              {"field", r.error().field}};
+      return refusalAt(r.error());
     }
     return {{"ok", true}, {"ids", r->ids}, {"stored", r->stored}, {"duplicates", r->duplicates}};
   }
-  return {{"ok", false}, {"error", "unknown command '" + cmd + "'"}};
+  if (cmd == "import") {
+    auto only = fields.only({"cmd", "events", "dry_run"});
+    auto dry_run = fields.boolean("dry_run", false);
+    if (!only || !dry_run) {
+      return refusal(!only ? only.error() : dry_run.error());
+    }
+    if (!request.contains("events") || !request["events"].is_array()) {
+      return refusal(
+          makeError("invalid_request", "field 'events' must be an array of events", "events"));
+    }
+    const auto& list = request["events"];
+    std::vector<Event> events;
+    events.reserve(list.size());
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      auto e = eventFromEnvelope(list[i], "events[" + std::to_string(i) + "]");
+      if (!e) {
+        nlohmann::json j = refusal(e.error());
+        j["index"] = i;
+        return j;
+      }
+      events.push_back(std::move(*e));
+    }
+    if (*dry_run) {
+      // Ingest's own checks, without storing: `import` names a bad line before importing any.
+      const int64_t now = p_->clock.nowMs();
+      for (std::size_t i = 0; i < events.size(); ++i) {
+        if (auto prepared = p_->ingest->prepare(events[i], i, now); !prepared) {
+          return refusalAt(prepared.error());
+        }
+      }
+      return {{"ok", true}, {"valid", events.size()}};
+    }
+    auto r = p_->ingest->append(std::move(events));
+    if (!r) {
+      return refusalAt(r.error());
+    }
+    return {{"ok", true},
+            {"stored", r->stored},
+            {"duplicates", r->duplicates},
+            {"consent_dropped", r->consent_dropped}};
+  }
+  return refusal(makeError("invalid_request",
+                           "unknown command '" + cmd + "' (known: " + kCommands + ")", "cmd"));
 }
 
 void Agent::housekeeping() {
@@ -776,13 +968,16 @@ void Agent::housekeeping() {
 int Agent::run() {
   Parts& p = *p_;
   const auto& report = p.buffer->openReport();
-  if (report.recovered) {
+  if (report.recovered || !report.picked_up.empty()) {
     Event e;
     e.type = "agent.buffer_recovered";
     e.source = "agent";
     e.data_json = nlohmann::json{{"problem", report.problem},
                                  {"moved_to", report.moved_to},
-                                 {"salvaged_events", report.salvaged}}
+                                 {"salvaged_events", report.salvaged},
+                                 {"resumed", report.resumed},
+                                 {"picked_up", report.picked_up},
+                                 {"picked_up_events", report.picked_up_events}}
                       .dump();
     if (auto r = p.ingest->append({e}); !r) {
       spdlog::error("could not record agent.buffer_recovered: {}", r.error().message);

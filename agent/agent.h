@@ -12,6 +12,10 @@
 #include "agent/api/clock.h"
 #include "agent/api/result.h"
 #include "agent/config.h"
+#include "agent/ingest.h"
+#include "agent/pii.h"
+#include "agent/store/buffer.h"
+#include "agent/store/profile_cache.h"
 
 namespace omniedge {
 
@@ -83,5 +87,19 @@ class Agent {
 
 /// Where the control socket lives: $RUNTIME_DIRECTORY (systemd) or else the data dir.
 std::string controlSocketPath(const config::Config& cfg);
+
+// The daemon's ingest path as the configuration makes it, built one way for the daemon and for
+// `omniedge import` with the daemon down, so that both check and hash events alike.
+
+/// The PII hasher: the tenant key (read now: the caller may be about to drop privileges),
+/// region, data policy and phone module. Warns through spdlog when no key is set. Fails
+/// "config" naming the key.
+Result<std::unique_ptr<PiiHasher>> makePiiHasher(const config::Config& cfg);
+/// The buffer's options (buffer.*, data.dir).
+store::BufferOptions bufferOptions(const config::Config& cfg);
+/// Ingest's options (store.id, buffer.max_event_bytes).
+IngestOptions ingestOptions(const config::Config& cfg);
+/// The profile cache Ingest resolves identities and consent with (data.dir/profiles.db).
+Result<std::unique_ptr<store::ProfileCache>> openProfileCache(const config::Config& cfg);
 
 }  // namespace omniedge

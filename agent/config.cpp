@@ -221,7 +221,75 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .help = "Address of the local kiosk API"},
     {.name = "http.tokens_file",
      .kind = Kind::kString,
-     .help = "Bearer tokens for the kiosk API, one per line (needed off loopback)"},
+     .help = "Bearer tokens for the kiosk API (needed off loopback): one token per line, "
+             "'#' starts a comment. A token writes kiosk.* events only, unless its line grants "
+             "more: '<token> channels=kiosk,beacon' (channels: kiosk, beacon, pos; agent.* "
+             "comes only from the agent). Without tokens (loopback) callers write kiosk.* only"},
+    {.name = "http.max_connections",
+     .kind = Kind::kInt,
+     .default_value = "256",
+     .help = "Kiosk API connections open at once; beyond, idle or unfinished ones are closed "
+             "to make room, else the newcomer gets 503",
+     .min = 8,
+     .max = 65536},
+    {.name = "http.workers",
+     .kind = Kind::kInt,
+     .default_value = "8",
+     .help = "Kiosk API requests handled at once (an idle connection holds none)",
+     .min = 1,
+     .max = 256},
+    {.name = "http.header_timeout",
+     .kind = Kind::kDuration,
+     .default_value = "10",
+     .help = "Time a client has to send a request's line and headers, from its first byte "
+             "(slow clients get 408)",
+     .min = 1,
+     .max = 3600},
+    {.name = "http.body_timeout",
+     .kind = Kind::kDuration,
+     .default_value = "30",
+     .help = "Time a client has to send a request body once its headers are in",
+     .min = 1,
+     .max = 3600},
+    {.name = "http.keepalive_timeout",
+     .kind = Kind::kDuration,
+     .default_value = "10",
+     .help = "Idle time after which a kept-alive kiosk API connection is closed",
+     .min = 1,
+     .max = 3600},
+    {.name = "http.max_header_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "16KiB",
+     .help = "Largest request line plus headers (larger: 431)",
+     .min = kKiB,
+     .max = kMiB},
+    {.name = "http.max_headers",
+     .kind = Kind::kInt,
+     .default_value = "64",
+     .help = "Most header fields in one request (more: 431)",
+     .min = 8,
+     .max = 1000},
+    {.name = "http.max_body_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "8MiB",
+     .help = "Largest request body (larger: 413)",
+     .min = 64 * kKiB,
+     .max = 256 * kMiB},
+
+    {.name = "profiles.max_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "4MiB",
+     .help = "Memory for cached customer profiles; the least recently used leave memory first "
+             "and are read back from profiles.db when asked for",
+     .min = 64 * kKiB,
+     .max = kGiB},
+    {.name = "profiles.max_disk_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "64MiB",
+     .help = "Largest size of the profiles kept in profiles.db; the ones the centre has not "
+             "mentioned for the longest go first (a resync brings them back)",
+     .min = kMiB,
+     .max = 64 * kGiB},
 
     {.name = "buffer.max_bytes",
      .kind = Kind::kBytes,
@@ -242,6 +310,12 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .default_value = "0",
      .help = "How long delivered events are kept for tail and export",
      .max = kTenYears},
+    {.name = "buffer.recent_max_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "1MiB",
+     .help = "Most bytes of event bodies kept in memory for tail (the last 1000 events at most)",
+     .min = 0,
+     .max = 64 * kMiB},
     {.name = "buffer.max_event_bytes",
      .kind = Kind::kBytes,
      .default_value = "65536",
@@ -1273,16 +1347,22 @@ std::vector<std::string> Config::list(std::string_view key) const {
 
 std::string Config::toText() const {
   constexpr size_t kMaxValueWidth = 40;
-  const auto shown = [](const Entry& e) { return e.value.empty() ? std::string("\"\"") : e.value; };
+  // Sizes as they are written in a file (1GiB), not as a count of bytes.
+  const auto shown = [](const std::string& key, const Entry& e) {
+    if (e.value.empty()) {
+      return std::string("\"\"");
+    }
+    return knownKey(key).kind == Kind::kBytes ? humanBytes(std::stoll(e.value)) : e.value;
+  };
   size_t key_width = 0;
   size_t value_width = 0;
   for (const auto& [key, e] : entries_) {
     key_width = std::max(key_width, key.size());
-    value_width = std::max(value_width, std::min(kMaxValueWidth, shown(e).size()));
+    value_width = std::max(value_width, std::min(kMaxValueWidth, shown(key, e).size()));
   }
   std::string out;
   for (const auto& [key, e] : entries_) {
-    std::string value = shown(e);
+    std::string value = shown(key, e);
     std::string line = key + std::string(key_width - key.size(), ' ') + " = " + value;
     if (value.size() < value_width) {
       line += std::string(value_width - value.size(), ' ');

@@ -8,6 +8,11 @@
 //   bench_buffer fill --dir DIR --events N --store ID [--event-bytes B]
 //       appends N events of about B bytes (the stored envelope) in batches of 1000 and prints
 //       "RESULT fill <events> <seconds> <events_per_s> <payload_bytes> <file_bytes>"
+//   bench_buffer wal --dir DIR [--events N] [--event-bytes B]
+//       the WAL's largest size (sampled every 2 ms) in three phases of N events each: full-speed
+//       ingest (4 producers x 100 events per call, nobody reading), ingest while a sync-like
+//       consumer reads and acknowledges at the same time, and the drain of an N-event backlog;
+//       prints "RESULT wal_<phase> <events> <seconds> <events_per_s> <max_wal_bytes>"
 //
 // Every loop is bounded in count and in time.
 #include <sqlite3.h>
@@ -18,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -345,6 +351,140 @@ int fill(const fs::path& dir, uint64_t events, const std::string& store_id, std:
   return done == events ? 0 : 1;
 }
 
+// Samples the size of DIR/buffer.db-wal every 2 ms on its own thread and keeps the largest.
+class WalSampler {
+ public:
+  explicit WalSampler(fs::path wal) : wal_(std::move(wal)), thread_([this] { run(); }) {}
+  ~WalSampler() { stop(); }
+  WalSampler(const WalSampler&) = delete;
+  WalSampler& operator=(const WalSampler&) = delete;
+  uint64_t stop() {
+    stop_ = true;
+    if (thread_.joinable()) {
+      thread_.join();
+    }
+    return max_;
+  }
+
+ private:
+  void run() {
+    while (!stop_) {
+      std::error_code ec;
+      const auto size = fs::file_size(wal_, ec);
+      if (!ec && size > max_) {
+        max_ = size;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+  fs::path wal_;
+  std::atomic<bool> stop_{false};
+  uint64_t max_ = 0;
+  std::thread thread_;
+};
+
+// Reads pending events in order and acknowledges them like the sync engine does: up to
+// `inflight` batches of 1000 read ahead, each acknowledged once it is the oldest of them.
+// Returns when `target` events were acknowledged, or `stop` is set and nothing is left.
+uint64_t consume(omniedge::store::Buffer& buf, uint64_t target, const std::atomic<bool>& stop,
+                 double max_s) {
+  std::deque<std::pair<int64_t, int64_t>> inflight;
+  int64_t after = 0;
+  uint64_t acked = 0;
+  const auto t0 = Clock::now();
+  while (acked < target && secondsSince(t0) < max_s) {
+    auto batch = buf.readPending(after, 1000, 1 << 20);
+    if (!batch) {
+      die("readPending: " + batch.error().message);
+    }
+    if (!batch->empty()) {
+      inflight.emplace_back(batch->front().seq, batch->back().seq);
+      after = batch->back().seq;
+      acked += batch->size();
+    }
+    if (inflight.size() > 8 || (batch->empty() && !inflight.empty())) {
+      buf.acknowledge(inflight.front().first, inflight.front().second);
+      inflight.pop_front();
+    } else if (batch->empty()) {
+      if (stop) {
+        break;
+      }
+      buf.waitForNewer(after, 20);
+    }
+  }
+  while (!inflight.empty()) {
+    buf.acknowledge(inflight.front().first, inflight.front().second);
+    inflight.pop_front();
+  }
+  buf.syncAcknowledgements();
+  return acked;
+}
+
+// One phase of `bench_buffer wal`: a fresh buffer (or the one left by the previous phase),
+// `producers` threads appending `events` in all, a consumer when `drain` is set.
+void walPhase(const fs::path& dir, const std::string& name, uint64_t events, std::size_t bytes,
+              int producers, bool drain, bool keep) {
+  if (!keep) {
+    fs::remove_all(dir);
+  }
+  omniedge::store::BufferOptions opts;
+  opts.dir = dir;
+  opts.synchronous_full = true;
+  opts.max_bytes = 16LL << 30;
+  auto buf = omniedge::store::Buffer::open(opts);
+  if (!buf) {
+    die("Buffer::open: " + buf.error().message);
+  }
+  const uint64_t backlog = [&] {
+    const auto s = (*buf)->stats();
+    return static_cast<uint64_t>(s.pending[0] + s.pending[1] + s.pending[2]);
+  }();
+  const uint64_t calls = producers > 0 ? events / 100 / static_cast<uint64_t>(producers) : 0;
+  WalSampler sampler(dir / "buffer.db-wal");
+  std::atomic<bool> produced{false};
+  const auto t0 = Clock::now();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < producers; ++t) {
+    // Events are made on the producer's thread (this phase measures the WAL, not the rate).
+    threads.emplace_back([&, t] {
+      std::minstd_rand rng(17 + t);
+      for (uint64_t c = 0; c < calls; ++c) {
+        std::vector<omniedge::store::StoredEvent> call;
+        call.reserve(100);
+        for (int i = 0; i < 100; ++i) {
+          call.push_back(makeEvent("bench", bytes, rng));
+        }
+        if (auto r = (*buf)->append(std::move(call)); !r) {
+          die("append: " + r.error().message);
+        }
+      }
+    });
+  }
+  uint64_t consumed = 0;
+  std::thread consumer;
+  if (drain) {
+    consumer = std::thread([&] {
+      consumed =
+          consume(**buf, backlog + calls * 100 * static_cast<uint64_t>(producers), produced, 600);
+    });
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  produced = true;
+  if (consumer.joinable()) {
+    consumer.join();
+  }
+  const double secs = secondsSince(t0);
+  const uint64_t max_wal = sampler.stop();
+  const uint64_t n = drain ? consumed : calls * 100 * static_cast<uint64_t>(producers);
+  std::printf("RESULT wal_%s %llu %.3f %.0f %llu\n", name.c_str(),
+              static_cast<unsigned long long>(n), secs, static_cast<double>(n) / secs,
+              static_cast<unsigned long long>(max_wal));
+  std::fflush(stdout);
+  (*buf)->close();
+}
+
 const char* arg(int argc, char** argv, const char* name, const char* fallback) {
   for (int i = 2; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], name) == 0) {
@@ -360,7 +500,8 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: bench_buffer p1 --dir DIR [--seconds S] [--events N]\n"
-                 "       bench_buffer fill --dir DIR --events N --store ID [--event-bytes B]\n");
+                 "       bench_buffer fill --dir DIR --events N --store ID [--event-bytes B]\n"
+                 "       bench_buffer wal --dir DIR [--events N] [--event-bytes B]\n");
     return 2;
   }
   const std::string mode = argv[1];
@@ -372,6 +513,16 @@ int main(int argc, char** argv) {
     return fill(dir, std::strtoull(arg(argc, argv, "--events", "200000"), nullptr, 10),
                 arg(argc, argv, "--store", "bench"),
                 std::strtoull(arg(argc, argv, "--event-bytes", "500"), nullptr, 10));
+  }
+  if (mode == "wal") {
+    const uint64_t n = std::strtoull(arg(argc, argv, "--events", "1000000"), nullptr, 10);
+    const std::size_t bytes = std::strtoull(arg(argc, argv, "--event-bytes", "500"), nullptr, 10);
+    walPhase(dir / "wal", "ingest", n, bytes, 4, false, false);
+    walPhase(dir / "wal", "ingest_and_drain", n, bytes, 4, true, false);
+    walPhase(dir / "wal", "fill", n, bytes, 4, false, false);
+    walPhase(dir / "wal", "drain", 0, bytes, 0, true, true);
+    fs::remove_all(dir / "wal");
+    return 0;
   }
   if (mode != "p1") {
     die("unknown mode " + mode);

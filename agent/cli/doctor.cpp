@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netdb.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -10,9 +11,11 @@
 #include <openssl/x509_vfy.h>
 #include <poll.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -36,9 +39,12 @@
 #include <thread>
 #include <utility>
 
-#include "agent/agent.h"
+#include "agent/cli/command.h"
+#include "agent/cli/control_client.h"
+#include "agent/cli/json_view.h"
 #include "agent/pii.h"
 #include "agent/store/buffer.h"
+#include "agent/store/buffer_reader.h"
 
 namespace omniedge {
 namespace {
@@ -101,10 +107,30 @@ fs::path existingAncestor(fs::path p) {
 
 // ---- local checks -------------------------------------------------------------------------
 
+std::string ownerText(const struct stat& st) {
+  std::string user = std::to_string(st.st_uid);
+  std::string group_name = std::to_string(st.st_gid);
+  if (const passwd* pw = getpwuid(st.st_uid); pw != nullptr) {
+    user = pw->pw_name;
+  }
+  if (const struct group* gr = getgrgid(st.st_gid); gr != nullptr) {
+    group_name = gr->gr_name;
+  }
+  char mode[8];
+  std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  return user + ":" + group_name + ", mode " + mode;
+}
+
+// Whether the daemon (the data dir's owner) can write its data dir, found without writing to
+// it: the technician's account may only read it, and a check must not leave traces.
 DoctorCheck checkDataDir(const fs::path& dir) {
   const std::string name = "data dir";
   std::error_code ec;
   if (!fs::exists(dir, ec)) {
+    if (ec == std::errc::permission_denied) {
+      return warn(name, "cannot look into " + dir.parent_path().string() +
+                            ": permission denied (run as root or a member of the service's group)");
+    }
     const fs::path parent = existingAncestor(dir);
     if (!parent.empty() && ::access(parent.c_str(), W_OK) == 0) {
       return warn(name, dir.string() + " does not exist yet (the daemon creates it on start)");
@@ -112,24 +138,44 @@ DoctorCheck checkDataDir(const fs::path& dir) {
     return fail(name, dir.string() + " does not exist and " + parent.string() +
                           " is not writable: create it for the user the daemon runs as");
   }
-  if (!fs::is_directory(dir, ec)) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return fail(name, dir.string() + " is not a directory");
   }
-  std::string tmpl = (dir / ".doctor-XXXXXX").string();
-  const int fd = ::mkstemp(tmpl.data());
-  if (fd < 0) {
-    return fail(name, "cannot create a file in " + dir.string() + ": " + errnoText(errno));
+  struct statvfs vfs {};
+  if (::statvfs(dir.c_str(), &vfs) == 0 && (vfs.f_flag & ST_RDONLY) != 0) {
+    return fail(name, dir.string() +
+                          " is on a read-only file system: the daemon cannot store "
+                          "events");
   }
-  const bool wrote = ::write(fd, "x", 1) == 1;
-  const int write_errno = errno;
-  ::close(fd);
-  if (::unlink(tmpl.c_str()) != 0) {
-    return fail(name, "cannot remove " + tmpl + ": " + errnoText(errno));
+  const std::string owner = ownerText(st);
+  if ((st.st_mode & S_IWUSR) == 0) {
+    return fail(name, dir.string() + " (" + owner + ") is not writable by its owner");
   }
-  if (!wrote) {
-    return fail(name, "cannot write to a file in " + dir.string() + ": " + errnoText(write_errno));
+  // Files the daemon cannot open because someone else created them (a CLI run as root).
+  std::vector<std::string> foreign;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    struct stat fst {};
+    if (::lstat(entry.path().c_str(), &fst) == 0 && fst.st_uid != st.st_uid &&
+        entry.path().filename().string().rfind("buffer.", 0) == 0) {
+      foreign.push_back(entry.path().filename().string() + " (" + ownerText(fst) + ")");
+    }
   }
-  return ok(name, dir.string() + " is writable");
+  if (!foreign.empty()) {
+    std::string list;
+    for (const auto& f : foreign) {
+      list += (list.empty() ? "" : ", ") + f;
+    }
+    return fail(name, "in " + dir.string() + " (" + owner + "), " + list +
+                          " belong to another user: the daemon may be unable to open them; "
+                          "chown them to the data dir's owner");
+  }
+  const uid_t me = ::geteuid();
+  if (me == st.st_uid && ::faccessat(AT_FDCWD, dir.c_str(), W_OK, AT_EACCESS) != 0) {
+    return fail(name, dir.string() + " (" + owner + ") is not writable: " + errnoText(errno));
+  }
+  return ok(name, dir.string() + " (" + owner + ") is writable by its owner" +
+                      (me == st.st_uid || me == 0 ? "" : " (checked without writing)"));
 }
 
 DoctorCheck checkFreeDisk(const fs::path& dir, int64_t min_free) {
@@ -196,29 +242,31 @@ DoctorCheck checkBuffer(const fs::path& dir) {
                         " (the daemon moves a corrupt buffer aside and salvages it on start)");
 }
 
-DoctorCheck checkDaemon(const std::string& socket_path, const fs::path& dir) {
+DoctorCheck checkDaemon(const std::vector<std::string>& sockets, const fs::path& dir) {
   const std::string name = "daemon";
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.size() >= sizeof(addr.sun_path)) {
-    return warn(name, "control socket path too long: " + socket_path);
+  std::string seen;
+  for (const auto& path : sockets) {
+    auto answer = controlRequest(path, {{"cmd", "status"}}, 2000);
+    if (answer) {
+      const auto& st = cli::member(*answer, "status");
+      if (!cli::flag(*answer, "ok") || !st.is_object()) {
+        return warn(name, "the daemon on " + path +
+                              " refused a status request: " + cli::str(*answer, "error", "?"));
+      }
+      return ok(name, "daemon running (pid " + std::to_string(cli::num(st, "pid")) + ", version " +
+                          cli::str(st, "version", "?") + ", control socket " + path + ")");
+    }
+    seen += (seen.empty() ? "" : "; ") + answer.error().message;
   }
-  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    return warn(name, "cannot create a socket: " + errnoText(errno));
-  }
-  const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
-  const int err = errno;
-  ::close(fd);
-  if (rc == 0) {
-    return ok(name, "daemon running (control socket " + socket_path + ")");
-  }
-  std::string detail = "daemon not running (" + socket_path + ": " + errnoText(err) + ")";
-  std::error_code ec;
-  if (fs::exists(dir / "buffer.lock", ec)) {
-    detail += "; " + (dir / "buffer.lock").string() +
-              " is left from a run that ended uncleanly (the next start checks the buffer)";
+  std::string detail = "daemon not running (" + seen + ")";
+  if (store::bufferOwner(dir) == store::Owner::kDaemon) {
+    detail = "a daemon holds the buffer but does not answer (" + seen + ")";
+  } else {
+    std::error_code ec;
+    if (fs::exists(dir / "buffer.lock", ec)) {
+      detail += "; " + (dir / "buffer.lock").string() +
+                " is left from a run that ended uncleanly (the next start checks the buffer)";
+    }
   }
   return warn(name, detail);
 }
@@ -236,6 +284,24 @@ DoctorCheck checkPiiKey(const std::string& path) {
   }
   return ok(name,
             "HMAC-SHA256 with the key in " + path + " (" + std::to_string(key->size()) + " bytes)");
+}
+
+// Phone numbers are normalised by a module loaded on first use (agent/phone_module.h): a missing
+// one makes the daemon refuse every event that may hold a phone number.
+DoctorCheck checkPhoneModule(const std::string& configured, const std::string& region) {
+  const std::string name = "phone numbers";
+  const std::string path = PiiHasher::phoneModulePath(configured);
+  PiiHasher hasher("", region, DataPiiPolicy::kHash, configured);
+  auto probe = hasher.normalisePhone("+44 20 7946 0958");
+  if (!probe && probe.error().code == "io") {
+    return fail(name, probe.error().message +
+                          ": events that may hold a phone number are refused; reinstall omniedge "
+                          "or set identity.phone_module");
+  }
+  return ok(name, "libphonenumber module " + path +
+                      (region.empty() ? ", numbers without a country code refused "
+                                        "(identity.default_region not set)"
+                                      : ", national numbers read as " + region));
 }
 
 std::string utcText(std::time_t t, bool with_time) {
@@ -914,13 +980,17 @@ const char* outcomeMark(Outcome o) {
 
 }  // namespace
 
-std::vector<DoctorCheck> runDoctorChecks(const config::Config& cfg) {
+std::vector<DoctorCheck> runDoctorChecks(const config::Config& cfg,
+                                         std::vector<std::string> control_sockets) {
   const fs::path dir = cfg.str("data.dir");
+  if (control_sockets.empty()) {
+    control_sockets = cli::controlSocketCandidates(cfg);
+  }
   std::vector<DoctorCheck> checks;
   checks.push_back(checkDataDir(dir));
   checks.push_back(checkFreeDisk(dir, cfg.integer("buffer.min_free_disk")));
   checks.push_back(checkBuffer(dir));
-  checks.push_back(checkDaemon(controlSocketPath(cfg), dir));
+  checks.push_back(checkDaemon(control_sockets, dir));
   {
     SigpipeGuard guard;
     checks.push_back(checkBroker(cfg));
@@ -939,6 +1009,8 @@ std::vector<DoctorCheck> runDoctorChecks(const config::Config& cfg) {
   }
   checks.push_back(checkClock());
   checks.push_back(checkPiiKey(cfg.str("identity.hmac_key_file")));
+  checks.push_back(checkPhoneModule(cfg.str("identity.phone_module"),
+                                    cfg.str("identity.default_region")));
   return checks;
 }
 

@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/program_options.hpp>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -13,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "agent/cli/commands.h"
 #include "sync/remote_config.h"
 #include "sync/signing.h"
 
@@ -20,11 +20,6 @@ namespace omniedge::cli {
 namespace {
 
 namespace fs = std::filesystem;
-namespace po = boost::program_options;
-
-constexpr int kOk = 0;
-constexpr int kFailure = 1;
-constexpr int kUsage = 2;
 
 // Creates `path` with `mode` (never over an existing file) and writes `text`.
 bool writeNew(const fs::path& path, const std::string& text, mode_t mode, std::ostream& err) {
@@ -157,67 +152,50 @@ config::Config withAppliedRemote(const config::Config& local, std::string& note)
   return *with;
 }
 
-int runConfigKeys(int argc, char** argv) {
-  const std::string sub = argc >= 3 ? argv[2] : "";
-  po::options_description own("omniedge config " + sub);
-  own.add_options()("help,h", "this help");
-  if (sub == "keygen") {
-    own.add_options()("out", po::value<std::string>()->default_value("."),
-                      "directory for NAME.key and NAME.pub")(
+Command configKeygenCommand() {
+  CommandSpec spec;
+  spec.name = "config keygen";
+  spec.synopsis = "[--out DIR] [--name NAME]";
+  spec.summary = "make an Ed25519 key pair for signing remote config";
+  spec.details =
+      "Writes DIR/NAME.key (the private key, PKCS#8 PEM, mode 0600: it signs configs, keep it\n"
+      "with ops) and DIR/NAME.pub (the public key: config.verify_key_file on every store).\n"
+      "Never overwrites a key. See docs/remote-config.md.";
+  spec.takes_config = false;
+  spec.options = [](po::options_description& o) {
+    o.add_options()("out", po::value<std::string>()->default_value("."),
+                    "directory for the keys")(
         "name", po::value<std::string>()->default_value("signing"), "file name of the keys");
-  } else {
-    own.add_options()("key", po::value<std::string>(), "the Ed25519 private key (PEM)")(
+  };
+  return {spec, [](const CommandSpec&, const Invocation& inv) {
+            return configKeygen(inv.vm["out"].as<std::string>(), inv.vm["name"].as<std::string>(),
+                                std::cout, std::cerr);
+          }};
+}
+
+Command configSignCommand() {
+  CommandSpec spec;
+  spec.name = "config sign";
+  spec.synopsis = "FILE --key KEY [--out FILE] [--no-check]";
+  spec.summary = "sign a remote config document for the centre to publish";
+  spec.details =
+      "Signs the exact bytes of FILE, a document {\"version\": N, \"settings\": {...},\n"
+      "\"expires_at\": \"...\"}, and prints the envelope to publish (retained, QoS 1) on\n"
+      "omniedge/v1/TENANT/STORE/config/desired or omniedge/v1/TENANT/all/config/desired.\n"
+      "The document is checked first as a store checks it: exit 1 naming the field or key.";
+  spec.min_args = 1;
+  spec.max_args = 1;
+  spec.takes_config = false;
+  spec.options = [](po::options_description& o) {
+    o.add_options()("key", po::value<std::string>()->required(), "the Ed25519 private key (PEM)")(
         "out", po::value<std::string>(), "write the envelope here (default: standard output)")(
         "no-check", "sign even when a setting is not a remote-settable key with a good value");
-  }
-  po::options_description hidden;
-  hidden.add_options()("positional", po::value<std::vector<std::string>>(), "");
-  po::options_description all;
-  all.add(own).add(hidden);
-  po::positional_options_description pos;
-  pos.add("positional", -1);
-  po::variables_map vm;
-  try {
-    std::vector<std::string> args(argv + 3, argv + argc);
-    po::store(po::command_line_parser(args).options(all).positional(pos).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "omniedge config " << sub << ": " << e.what() << "\n";
-    return kUsage;
-  }
-  const std::vector<std::string> positional =
-      vm.count("positional") != 0U ? vm["positional"].as<std::vector<std::string>>()
-                                   : std::vector<std::string>{};
-  if (sub == "keygen") {
-    if (vm.count("help") != 0U) {
-      std::cout << "usage: omniedge config keygen [--out DIR] [--name NAME]\n\n"
-                   "Makes an Ed25519 key pair for signing remote config: NAME.key (private,\n"
-                   "mode 0600) and NAME.pub (public: config.verify_key_file on the stores).\n\n"
-                << own;
-      return kOk;
-    }
-    if (!positional.empty()) {
-      std::cerr << "omniedge config keygen: no arguments expected\n";
-      return kUsage;
-    }
-    return configKeygen(vm["out"].as<std::string>(), vm["name"].as<std::string>(), std::cout,
-                        std::cerr);
-  }
-  if (vm.count("help") != 0U) {
-    std::cout << "usage: omniedge config sign FILE --key KEY [--out FILE] [--no-check]\n\n"
-                 "Signs the exact bytes of FILE, a config document {\"version\": N, \"settings\":\n"
-                 "{...}, \"expires_at\": \"...\"}, and prints what to publish (retained, QoS 1) on\n"
-                 "omniedge/v1/TENANT/STORE/config/desired or omniedge/v1/TENANT/all/config/desired.\n\n"
-              << own;
-    return kOk;
-  }
-  if (positional.size() != 1 || vm.count("key") == 0U) {
-    std::cerr << "usage: omniedge config sign FILE --key KEY [--out FILE] [--no-check]\n";
-    return kUsage;
-  }
-  return configSign(positional[0], vm["key"].as<std::string>(),
-                    vm.count("out") != 0U ? vm["out"].as<std::string>() : "",
-                    vm.count("no-check") == 0U, std::cout, std::cerr);
+  };
+  return {spec, [](const CommandSpec&, const Invocation& inv) {
+            return configSign(inv.args.at(0), inv.vm["key"].as<std::string>(),
+                              inv.has("out") ? inv.vm["out"].as<std::string>() : "",
+                              !inv.has("no-check"), std::cout, std::cerr);
+          }};
 }
 
 }  // namespace omniedge::cli

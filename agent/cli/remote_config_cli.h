@@ -6,6 +6,7 @@
 #include <ostream>
 #include <string>
 
+#include "agent/cli/commands.h"
 #include "agent/config.h"
 
 namespace omniedge::cli {
@@ -30,7 +31,8 @@ int configSign(const std::string& file, const std::string& key_file, const std::
 /// `note` ("" otherwise).
 config::Config withAppliedRemote(const config::Config& local, std::string& note);
 
-/// `omniedge config keygen|sign ...` with their options parsed (argv[2] is the subcommand).
-int runConfigKeys(int argc, char** argv);
+Command configKeygenCommand();
+Command configSignCommand();
+
 
 }  // namespace omniedge::cli

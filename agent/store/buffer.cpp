@@ -1,65 +1,50 @@
+// The running buffer: the writer thread, group commit, acknowledgements, the readers' side,
+// stats. Opening, checking and recovering the files is in buffer_open.cpp.
 #include "agent/store/buffer.h"
 
-#include <fcntl.h>
 #include <spdlog/spdlog.h>
-#include <sys/file.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
+
+#include "agent/store/buffer_sqlite.h"
 
 namespace omniedge::store {
 namespace {
 
 namespace fs = std::filesystem;
+using detail::highWater;
+using detail::kInsertEventSql;
+using detail::nowMs;
+using detail::openConnection;
+using detail::queryInt;
+using detail::sqliteError;
 
 // What a row costs beyond its strings: rowid, record header, the id index entry. The buffer's
 // accounting is in these logical bytes, so eviction frees exactly what it counts.
 constexpr int64_t kRowOverhead = 40;
-// Quick-check the whole file at every start while it is this small (milliseconds); a larger
-// file is checked at start only after an unclean shutdown (see docs/architecture.md).
-constexpr int64_t kAlwaysCheckBelow = 64LL << 20;
-// What the WAL may take beside the file: it is truncated to journal_size_limit (4 MiB) after a
-// checkpoint, and one group commit (at most max_group_bytes, 2 MiB) may add to it before that.
-constexpr int64_t kWalReserve = 8LL << 20;
+// The writer checkpoints the WAL once a commit leaves this much in it, and then waits (at most
+// kCheckpointWaitMs) for readers to leave it, so that the next commit starts the WAL over: a
+// reader that reads all the time (the sync thread during a drain) otherwise keeps SQLite from
+// ever rewinding it, and it grows by everything written (418 MB over a 1M-event drain).
+constexpr int64_t kWalCheckpointBytes = 4LL << 20;
+constexpr int kCheckpointWaitMs = 250;
+// What the WAL may take beside the file, kept out of the cap: the checkpoint threshold, one
+// group of appends (max_group_bytes, ~1.3x in pages) and one group of acknowledgements on top.
+// The measured peak is in docs/benchmarks.md.
+constexpr int64_t kWalReserve = 16LL << 20;
 // How long delivered POS ids are remembered to refuse a second copy of the same transaction.
 constexpr int64_t kDedupWindowMs = 35LL * 24 * 3600 * 1000;
-
-int64_t nowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+// After close() is asked, acknowledgements that keep failing are retried this long, then left
+// (their events stay pending and are sent again): SIGTERM must end (systemd: 20 s, issue: 5 s).
+constexpr auto kStopAckDeadline = std::chrono::seconds(2);
+// Sleep between rounds while the disk refuses acknowledgements: do not spin on it.
+constexpr auto kFailedAckPause = std::chrono::milliseconds(200);
 
 int64_t rowCost(const StoredEvent& e) {
   return static_cast<int64_t>(e.body.size() + e.id.size() + e.type.size()) + kRowOverhead;
-}
-
-std::string sqliteError(sqlite3* db, const std::string& what) {
-  return what + ": " + (db != nullptr ? sqlite3_errmsg(db) : "out of memory");
-}
-
-Result<void> exec(sqlite3* db, const char* sql) {
-  char* msg = nullptr;
-  if (sqlite3_exec(db, sql, nullptr, nullptr, &msg) != SQLITE_OK) {
-    std::string text = msg != nullptr ? msg : sqlite3_errmsg(db);
-    sqlite3_free(msg);
-    return makeError("io", std::string("SQLite: ") + text + " (in: " + sql + ")");
-  }
-  return {};
-}
-
-int64_t queryInt(sqlite3* db, const char* sql) {
-  sqlite3_stmt* st = nullptr;
-  int64_t v = 0;
-  if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW) {
-    v = sqlite3_column_int64(st, 0);
-  }
-  sqlite3_finalize(st);
-  return v;
 }
 
 // A prepared statement, reset after every use.
@@ -86,6 +71,11 @@ class Stmt {
     sqlite3_clear_bindings(st_);
   }
   int64_t col(int i) { return sqlite3_column_int64(st_, i); }
+  std::string text(int i) {
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(st_, i));
+    return p != nullptr ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(st_, i)))
+                        : std::string();
+  }
 
  private:
   sqlite3_stmt* st_ = nullptr;
@@ -98,62 +88,16 @@ bool run(Stmt& s) {
   return rc == SQLITE_DONE || rc == SQLITE_ROW;
 }
 
-const char* kSchema = R"sql(
-CREATE TABLE IF NOT EXISTS events(
-  seq INTEGER PRIMARY KEY,
-  id TEXT NOT NULL UNIQUE,
-  type TEXT NOT NULL,
-  prio INTEGER NOT NULL,
-  received_ms INTEGER NOT NULL,
-  body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS events_low ON events(seq) WHERE prio = 2;
-CREATE TABLE IF NOT EXISTS counters(
-  prio INTEGER PRIMARY KEY, events INTEGER NOT NULL, bytes INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS delivered(
-  seq INTEGER PRIMARY KEY,
-  id TEXT NOT NULL,
-  type TEXT NOT NULL,
-  received_ms INTEGER NOT NULL,
-  delivered_ms INTEGER NOT NULL,
-  body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS delivered_age ON delivered(delivered_ms);
-CREATE TABLE IF NOT EXISTS delivered_ids(
-  id TEXT PRIMARY KEY, delivered_ms INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS quarantine(
-  seq INTEGER PRIMARY KEY,
-  id TEXT NOT NULL,
-  type TEXT NOT NULL,
-  prio INTEGER NOT NULL,
-  received_ms INTEGER NOT NULL,
-  quarantined_ms INTEGER NOT NULL,
-  reason TEXT NOT NULL,
-  body TEXT NOT NULL);
-)sql";
+// Rows of the counters table beside the three priorities.
+constexpr int kCounterLastSeq = 3;     // events = the highest seq ever given
+constexpr int kCounterQuarantine = 4;  // events, bytes of the quarantine
 
-Result<sqlite3*> openConnection(const fs::path& file, bool synchronous_full) {
-  sqlite3* db = nullptr;
-  const int rc = sqlite3_open_v2(
-      file.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
-  if (rc != SQLITE_OK) {
-    std::string msg = sqliteError(db, "open " + file.string());
-    sqlite3_close(db);
-    return makeError(rc == SQLITE_CORRUPT || rc == SQLITE_NOTADB ? "corrupt" : "io", msg);
-  }
-  sqlite3_busy_timeout(db, 5000);
-  sqlite3_extended_result_codes(db, 1);
-  const std::string pragmas = std::string(
-                                  "PRAGMA auto_vacuum=INCREMENTAL;"
-                                  "PRAGMA journal_mode=WAL;"
-                                  "PRAGMA journal_size_limit=4194304;"
-                                  "PRAGMA temp_store=MEMORY;"
-                                  "PRAGMA synchronous=") +
-                              (synchronous_full ? "FULL;" : "NORMAL;");
-  if (auto r = exec(db, pragmas.c_str()); !r) {
-    sqlite3_close(db);
-    return makeError("corrupt", r.error().message);
-  }
-  return db;
+// Called by SQLite after every commit on the writer's connection, instead of its automatic
+// checkpoint: only notes the WAL's length (a checkpoint here would make COMMIT report its
+// failure although the transaction is committed). The writer checkpoints after answering.
+int walHook(void* frames, sqlite3* /*db*/, const char* /*name*/, int n) {
+  *static_cast<int*>(frames) = n;
+  return SQLITE_OK;
 }
 
 }  // namespace
@@ -161,177 +105,63 @@ Result<sqlite3*> openConnection(const fs::path& file, bool synchronous_full) {
 struct Buffer::Request {
   std::vector<StoredEvent> events;
   std::size_t bytes = 0;
+  bool essential = false;  // only agent.* reports: they may use a small reserve above the cap
   std::promise<Result<AppendCounts>> done;
+};
+
+struct Buffer::Job {  // retryQuarantine()
+  std::promise<Result<int64_t>> done;
+};
+
+// The counters table as committed (or as one transaction is changing it).
+struct Buffer::Counters {
+  int64_t events[3] = {0, 0, 0};
+  int64_t bytes[3] = {0, 0, 0};
+  int64_t last_seq = 0;  // the highest seq ever given, as saved
+  int64_t quarantine_events = 0;
+  int64_t quarantine_bytes = 0;
+  bool operator==(const Counters&) const = default;
+  int64_t used() const { return bytes[0] + bytes[1] + bytes[2]; }
+};
+
+// What one transaction did, or why it was lost. Writer thread only.
+struct Buffer::Attempt {
+  enum class Culprit { kNone, kAcks, kRequest };
+  bool committed = false;
+  bool acks_applied = false;
+  Culprit culprit = Culprit::kNone;
+  std::size_t culprit_index = 0;
+  Error error;
+  bool disk_full = false;
+  int64_t seq_end = 0;  // the next seq after those this attempt handed out
+  uint64_t stored = 0;
+  uint64_t duplicates = 0;
+  uint64_t acked = 0;
+  uint64_t quarantined = 0;
+  uint64_t rejected_full = 0;
+  bool accepted_plain = false;  // a request other than an agent.* report was stored
+  std::string quarantine_reason;
+  EvictionReport evicted;
+  std::vector<std::pair<int64_t, const StoredEvent*>> inserted;
+  int64_t max_seq = 0;
 };
 
 struct Buffer::Statements {
   Stmt begin, commit, rollback, savepoint, release, rollback_to;
+  Stmt savepoint_acks, release_acks, rollback_to_acks;
   Stmt insert, delete_range, copy_delivered, purge_delivered;
   Stmt select_low, delete_low, save_counter, oldest;
   Stmt page_count, freelist_count, incremental_vacuum;
   Stmt read_pending;  // on the reader connection
   Stmt remember_delivered, forget_delivered, copy_quarantine;
-  int64_t counter_events[3] = {0, 0, 0};
-  int64_t counter_bytes[3] = {0, 0, 0};
-  int64_t counter_last_seq = 0;  // as saved
-  int64_t next_seq = 1;          // writer thread: the next event's seq
+  Stmt quarantine_chunk, delete_quarantine, quarantine_oldest, quarantine_latest;
+  Stmt forget_recovery_report;
+  bool recovery_unreported = false;  // cleared in the first commit after open
+  Counters committed;                // what the counters table holds
+  int64_t next_seq = 1;              // writer thread: the next event's seq
 };
 
 Buffer::Buffer(BufferOptions options) : options_(std::move(options)) {}
-
-Result<std::unique_ptr<Buffer>> Buffer::open(const BufferOptions& options) {
-  std::error_code ec;
-  fs::create_directories(options.dir, ec);
-  if (ec) {
-    return makeError("io", "cannot create data dir " + options.dir.string() + ": " + ec.message());
-  }
-  std::unique_ptr<Buffer> b(new Buffer(options));
-  const fs::path file = options.dir / "buffer.db";
-
-  // The lock file says "a daemon owns this buffer"; it is removed on a clean close, so finding
-  // it at start means the previous run ended uncleanly (crash, kill -9, power cut).
-  const fs::path lock_path = options.dir / "buffer.lock";
-  b->open_report_.unclean_shutdown = fs::exists(lock_path);
-  const int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (lock_fd < 0) {
-    return makeError("io", "cannot create " + lock_path.string() + ": " + std::strerror(errno));
-  }
-  if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
-    ::close(lock_fd);
-    return makeError("busy", "another omniedge is running with data dir " + options.dir.string());
-  }
-  b->lock_fd_ = lock_fd;
-
-  const bool existed = fs::exists(file);
-  const int64_t size = existed ? static_cast<int64_t>(fs::file_size(file, ec)) : 0;
-  auto conn = openConnection(file, options.synchronous_full);
-  std::string problem;
-  if (conn) {
-    b->db_ = *conn;
-    if (auto r = exec(b->db_, kSchema); !r) {
-      problem = r.error().message;
-    } else if (existed && (b->open_report_.unclean_shutdown || size < kAlwaysCheckBelow)) {
-      b->open_report_.integrity_checked = true;
-      sqlite3_stmt* st = nullptr;
-      if (sqlite3_prepare_v2(b->db_, "PRAGMA quick_check", -1, &st, nullptr) != SQLITE_OK) {
-        problem = sqlite3_errmsg(b->db_);
-      } else {
-        while (sqlite3_step(st) == SQLITE_ROW) {
-          const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
-          if (text != nullptr && std::strcmp(text, "ok") != 0 && problem.size() < 500) {
-            problem += (problem.empty() ? "" : "; ") + std::string(text);
-          }
-        }
-        if (problem.empty() && sqlite3_errcode(b->db_) != SQLITE_DONE &&
-            sqlite3_errcode(b->db_) != SQLITE_OK) {
-          problem = sqlite3_errmsg(b->db_);
-        }
-        sqlite3_finalize(st);
-      }
-    }
-  } else if (conn.error().code == "corrupt") {
-    problem = conn.error().message;
-  } else {
-    return conn.error();
-  }
-
-  if (!problem.empty()) {
-    if (auto r = b->recover(problem); !r) {
-      return r.error();
-    }
-  }
-  if (auto r = b->prepare(); !r) {
-    return r.error();
-  }
-  b->writer_ = std::thread([p = b.get()] { p->writerLoop(); });
-  return b;
-}
-
-Result<void> Buffer::recover(const std::string& problem) {
-  const fs::path file = options_.dir / "buffer.db";
-  spdlog::error("buffer: {} is corrupt ({}); moving it aside and starting a fresh one",
-                file.string(), problem);
-  sqlite3_close(db_);
-  db_ = nullptr;
-  const fs::path aside = options_.dir / ("buffer.db.corrupt-" + std::to_string(nowMs()));
-  std::error_code ec;
-  fs::rename(file, aside, ec);
-  if (ec) {
-    return makeError("io", "cannot move corrupt buffer aside: " + ec.message());
-  }
-  fs::rename(fs::path(file.string() + "-wal"), fs::path(aside.string() + "-wal"), ec);
-  fs::remove(fs::path(file.string() + "-shm"), ec);
-  open_report_.recovered = true;
-  open_report_.moved_to = aside.string();
-  open_report_.problem = problem;
-
-  auto conn = openConnection(file, options_.synchronous_full);
-  if (!conn) {
-    return conn.error();
-  }
-  db_ = *conn;
-  if (auto r = exec(db_, kSchema); !r) {
-    return r;
-  }
-  open_report_.salvaged = salvage(aside);
-  return {};
-}
-
-int64_t Buffer::salvage(const fs::path& old_file) {
-  // Best effort: copy every pending event that can still be read from the corrupt file, in
-  // order, skipping ahead past unreadable stretches. Nothing is deleted from the old file.
-  sqlite3* old = nullptr;
-  if (sqlite3_open_v2(old_file.c_str(), &old, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-    sqlite3_close(old);
-    return 0;
-  }
-  sqlite3_stmt* sel = nullptr;
-  sqlite3_stmt* ins = nullptr;
-  int64_t copied = 0;
-  if (sqlite3_prepare_v2(old,
-                         "SELECT seq, id, type, prio, received_ms, body FROM events WHERE seq > ? "
-                         "ORDER BY seq",
-                         -1, &sel, nullptr) == SQLITE_OK &&
-      sqlite3_prepare_v2(db_,
-                         "INSERT OR IGNORE INTO events(seq, id, type, prio, received_ms, body) "
-                         "VALUES(?,?,?,?,?,?)",
-                         -1, &ins, nullptr) == SQLITE_OK) {
-    (void)exec(db_, "BEGIN");
-    int64_t after = 0;
-    int64_t skip = 1;
-    for (int errors = 0; errors < 32;) {
-      sqlite3_reset(sel);
-      sqlite3_bind_int64(sel, 1, after);
-      int rc = 0;
-      while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
-        after = sqlite3_column_int64(sel, 0);
-        for (int i = 0; i < 6; ++i) {
-          sqlite3_bind_value(ins, i + 1, sqlite3_column_value(sel, i));
-        }
-        if (sqlite3_step(ins) == SQLITE_DONE) {
-          ++copied;
-        }
-        sqlite3_reset(ins);
-      }
-      if (rc == SQLITE_DONE) {
-        break;
-      }
-      ++errors;
-      after += skip;
-      skip *= 4;
-    }
-    (void)exec(db_,
-               "DELETE FROM counters;"
-               "INSERT INTO counters SELECT prio, count(*), "
-               "sum(length(body) + length(id) + length(type) + 40) FROM events GROUP BY prio;"
-               "INSERT INTO counters VALUES(3, (SELECT coalesce(max(seq), 0) FROM events), 0);"
-               "COMMIT");
-  }
-  sqlite3_finalize(sel);
-  sqlite3_finalize(ins);
-  sqlite3_close(old);
-  return copied;
-}
 
 Result<void> Buffer::prepare() {
   st_ = std::make_unique<Statements>();
@@ -344,13 +174,10 @@ Result<void> Buffer::prepare() {
            {&s.savepoint, "SAVEPOINT request"},
            {&s.release, "RELEASE request"},
            {&s.rollback_to, "ROLLBACK TO request"},
-           // An id already in the buffer, or a high-priority one delivered within the dedup
-           // window, is not stored again: re-reading a POS file never yields a second event.
-           {&s.insert,
-            "INSERT INTO events(seq, id, type, prio, received_ms, body) "
-            "SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
-            "WHERE NOT EXISTS (SELECT 1 FROM delivered_ids WHERE id = ?2) "
-            "ON CONFLICT(id) DO NOTHING"},
+           {&s.savepoint_acks, "SAVEPOINT acks"},
+           {&s.release_acks, "RELEASE acks"},
+           {&s.rollback_to_acks, "ROLLBACK TO acks"},
+           {&s.insert, kInsertEventSql},
            {&s.remember_delivered,
             "INSERT OR IGNORE INTO delivered_ids(id, delivered_ms) "
             "SELECT id, ? FROM events WHERE seq BETWEEN ? AND ? AND prio = 0"},
@@ -365,7 +192,16 @@ Result<void> Buffer::prepare() {
            {&s.copy_quarantine,
             "INSERT OR IGNORE INTO quarantine(seq, id, type, prio, received_ms, quarantined_ms, "
             "reason, body) SELECT seq, id, type, prio, received_ms, ?, ?, body FROM events "
-            "WHERE seq BETWEEN ? AND ?"},
+            "WHERE seq BETWEEN ? AND ? RETURNING length(body) + length(id) + length(type)"},
+           {&s.quarantine_chunk,
+            "SELECT seq, id, type, prio, received_ms, body FROM quarantine ORDER BY seq LIMIT ?"},
+           {&s.delete_quarantine,
+            "DELETE FROM quarantine WHERE seq <= ? "
+            "RETURNING length(body) + length(id) + length(type)"},
+           {&s.quarantine_oldest,
+            "SELECT quarantined_ms FROM quarantine ORDER BY quarantined_ms LIMIT 1"},
+           {&s.quarantine_latest,
+            "SELECT reason FROM quarantine ORDER BY quarantined_ms DESC, seq DESC LIMIT 1"},
            {&s.select_low,
             "SELECT seq, received_ms, length(body) + length(id) + length(type) FROM events "
             "WHERE prio = 2 ORDER BY seq LIMIT 256"},
@@ -374,6 +210,7 @@ Result<void> Buffer::prepare() {
             "INSERT INTO counters(prio, events, bytes) VALUES(?,?,?) "
             "ON CONFLICT(prio) DO UPDATE SET events = excluded.events, bytes = excluded.bytes"},
            {&s.oldest, "SELECT received_ms FROM events ORDER BY seq LIMIT 1"},
+           {&s.forget_recovery_report, "DELETE FROM meta WHERE key = 'recovery.unreported'"},
            {&s.page_count, "PRAGMA page_count"},
            {&s.freelist_count, "PRAGMA freelist_count"},
            {&s.incremental_vacuum, "PRAGMA incremental_vacuum(2048)"},
@@ -382,10 +219,15 @@ Result<void> Buffer::prepare() {
       return r;
     }
   }
-  page_size_ = queryInt(db, "PRAGMA page_size");
-  loadCounters();
+  page_size_ = queryInt(db, "PRAGMA page_size").value_or(4096);
+  auto counters = loadCounters();
+  if (!counters) {
+    return counters.error();
+  }
+  s.committed = *counters;
+  s.recovery_unreported = open_report_.recovered;
 
-  auto reader = openConnection(options_.dir / "buffer.db", options_.synchronous_full);
+  auto reader = openConnection(options_.dir, options_.synchronous_full);
   if (!reader) {
     return reader.error();
   }
@@ -395,49 +237,89 @@ Result<void> Buffer::prepare() {
       !r) {
     return r;
   }
-  std::lock_guard lock(mu_);
   // Seqs are never reused: the highest ever given is kept in counters (row 3), written in the
   // same transaction as the rows (cheaper than AUTOINCREMENT's extra table page per commit).
-  s.next_seq =
-      std::max({queryInt(db, "SELECT coalesce(max(seq), 0) FROM events"),
-                queryInt(db, "SELECT coalesce(max(seq), 0) FROM delivered"), s.counter_last_seq}) +
-      1;
+  const auto high = highWater(db);
+  if (!high) {
+    return makeError("io", sqliteError(db, "reading the highest seq"));
+  }
+  s.next_seq = std::max(*high, s.committed.last_seq) + 1;
+  // The writer checkpoints itself (maybeCheckpoint), instead of SQLite's automatic checkpoint.
+  sqlite3_wal_hook(db_, walHook, &wal_frames_);
+  std::lock_guard lock(mu_);
   stats_.last_seq = s.next_seq - 1;
-  stats_.quarantine_events = queryInt(db, "SELECT count(*) FROM quarantine");
+  if (s.quarantine_oldest.step() == SQLITE_ROW) {
+    stats_.quarantine_oldest_ms = s.quarantine_oldest.col(0);
+  }
+  s.quarantine_oldest.reset();
+  if (s.quarantine_latest.step() == SQLITE_ROW) {
+    stats_.quarantine_last_reason = s.quarantine_latest.text(0);
+  }
+  s.quarantine_latest.reset();
+  std::error_code ec;
+  const auto wal = fs::file_size(options_.dir / "buffer.db-wal", ec);
+  wal_bytes_ = ec ? 0 : static_cast<int64_t>(wal);
+  capBytes(s.committed.used());
   refreshStatsLocked();
   return {};
 }
 
-void Buffer::loadCounters() {
-  auto& s = *st_;
-  for (int p = 0; p < 3; ++p) {
-    s.counter_events[p] = 0;
-    s.counter_bytes[p] = 0;
-  }
-  s.counter_last_seq = 0;
+Result<Buffer::Counters> Buffer::loadCounters() {
+  Counters c;
+  bool have_quarantine = false;
   sqlite3_stmt* st = nullptr;
-  if (sqlite3_prepare_v2(db_, "SELECT prio, events, bytes FROM counters", -1, &st, nullptr) ==
-      SQLITE_OK) {
-    while (sqlite3_step(st) == SQLITE_ROW) {
+  int rc = sqlite3_prepare_v2(db_, "SELECT prio, events, bytes FROM counters", -1, &st, nullptr);
+  if (rc == SQLITE_OK) {
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
       const auto p = sqlite3_column_int64(st, 0);
+      const auto events = sqlite3_column_int64(st, 1);
+      const auto bytes = sqlite3_column_int64(st, 2);
       if (p >= 0 && p < 3) {
-        s.counter_events[p] = sqlite3_column_int64(st, 1);
-        s.counter_bytes[p] = sqlite3_column_int64(st, 2);
-      } else if (p == 3) {
-        s.counter_last_seq = sqlite3_column_int64(st, 1);
+        c.events[p] = events;
+        c.bytes[p] = bytes;
+      } else if (p == kCounterLastSeq) {
+        c.last_seq = events;
+      } else if (p == kCounterQuarantine) {
+        c.quarantine_events = events;
+        c.quarantine_bytes = bytes;
+        have_quarantine = true;
       }
     }
   }
+  const std::string msg = sqlite3_errmsg(db_);
   sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) {
+    return makeError("io", "reading the counters: " + msg);
+  }
+  if (!have_quarantine) {
+    // A buffer from before the quarantine had its counter: count it once (it is small).
+    auto n = queryInt(db_, "SELECT count(*) FROM quarantine");
+    auto b = queryInt(db_,
+                      "SELECT coalesce(sum(length(body) + length(id) + length(type) + 40), 0) "
+                      "FROM quarantine");
+    if (!n || !b) {
+      return makeError("io", sqliteError(db_, "counting the quarantine"));
+    }
+    c.quarantine_events = *n;
+    c.quarantine_bytes = *b;
+  }
+  return c;
 }
 
-bool Buffer::saveCounters() {
+bool Buffer::saveCounters(const Counters& c) {
   auto& s = *st_;
-  s.counter_last_seq = s.next_seq - 1;
-  for (int p = 0; p < 4; ++p) {
+  for (int p = 0; p < 5; ++p) {
     s.save_counter.bind(1, p);
-    s.save_counter.bind(2, p < 3 ? s.counter_events[p] : s.counter_last_seq);
-    s.save_counter.bind(3, p < 3 ? s.counter_bytes[p] : 0);
+    if (p < 3) {
+      s.save_counter.bind(2, c.events[p]);
+      s.save_counter.bind(3, c.bytes[p]);
+    } else if (p == kCounterLastSeq) {
+      s.save_counter.bind(2, c.last_seq);
+      s.save_counter.bind(3, int64_t{0});
+    } else {
+      s.save_counter.bind(2, c.quarantine_events);
+      s.save_counter.bind(3, c.quarantine_bytes);
+    }
     if (!run(s.save_counter)) {
       return false;
     }
@@ -445,14 +327,10 @@ bool Buffer::saveCounters() {
   return true;
 }
 
-int64_t Buffer::usedBytes() const {
-  return st_->counter_bytes[0] + st_->counter_bytes[1] + st_->counter_bytes[2];
-}
-
-int64_t Buffer::capBytes() {
+int64_t Buffer::capBytes(int64_t used) {
   // The cap is the smaller of buffer.max_bytes and what the disk can still take without
-  // eating into buffer.min_free_disk. The file is also hard-capped (max_page_count) just below
-  // the free space, so SQLite itself can never wedge on a full disk.
+  // eating into buffer.min_free_disk or the WAL's room. The file is also hard-capped
+  // (max_page_count) just below the free space, so SQLite itself can never wedge on a full disk.
   const int64_t now = nowMs();
   if (now - free_disk_checked_ms_ >= 1000 || cap_cache_ == 0) {
     free_disk_checked_ms_ = now;
@@ -473,10 +351,12 @@ int64_t Buffer::capBytes() {
     }
     s.freelist_count.reset();
     const int64_t file_bytes = pages * page_size_;
-    // The WAL lives beside the file: keep room for it to reach its usual size again.
+    // The WAL lives beside the file and is bounded (maybeCheckpoint): keep room for it to reach
+    // its bound again; what it holds now is already out of free_bytes.
     std::error_code ec;
-    const auto wal = static_cast<int64_t>(fs::file_size(options_.dir / "buffer.db-wal", ec));
-    const int64_t wal_room = std::max<int64_t>(0, kWalReserve - (ec ? 0 : wal));
+    const auto wal = fs::file_size(options_.dir / "buffer.db-wal", ec);
+    wal_bytes_ = ec ? 0 : static_cast<int64_t>(wal);
+    const int64_t wal_room = std::max<int64_t>(0, kWalReserve - wal_bytes_);
     const int64_t growth = std::max<int64_t>(0, free_bytes - options_.min_free_disk - wal_room);
     const int64_t allowed_file = file_bytes + growth;
     const int64_t max_pages = std::max<int64_t>(pages + 16, allowed_file / page_size_);
@@ -489,12 +369,12 @@ int64_t Buffer::capBytes() {
     // Room left on disk for rows: free pages in the file plus growth, at ~80% fill.
     const int64_t room = (free_pages * page_size_ + growth) * 4 / 5;
     file_bytes_ = file_bytes;
-    cap_cache_ = std::min(options_.max_bytes, usedBytes() + room);
+    cap_cache_ = std::max<int64_t>(1, std::min(options_.max_bytes, used + room));
   }
   return cap_cache_;
 }
 
-int64_t Buffer::evictLow(int64_t bytes_needed, EvictionReport& report) {
+bool Buffer::evictLow(int64_t bytes_needed, Counters& work, EvictionReport& report) {
   auto& s = *st_;
   int64_t freed = 0;
   while (freed < bytes_needed) {
@@ -503,7 +383,8 @@ int64_t Buffer::evictLow(int64_t bytes_needed, EvictionReport& report) {
     int64_t bytes = 0;
     int64_t first_ms = 0;
     int64_t last_ms = 0;
-    while (freed + bytes < bytes_needed && s.select_low.step() == SQLITE_ROW) {
+    int rc = 0;
+    while (freed + bytes < bytes_needed && (rc = s.select_low.step()) == SQLITE_ROW) {
       last_seq = s.select_low.col(0);
       last_ms = s.select_low.col(1);
       if (n == 0) {
@@ -513,16 +394,19 @@ int64_t Buffer::evictLow(int64_t bytes_needed, EvictionReport& report) {
       ++n;
     }
     s.select_low.reset();
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+      return false;
+    }
     if (n == 0) {
       break;
     }
     s.delete_low.bind(1, last_seq);
     if (!run(s.delete_low)) {
-      break;
+      return false;
     }
     freed += bytes;
-    s.counter_events[2] -= n;
-    s.counter_bytes[2] -= bytes;
+    work.events[2] -= n;
+    work.bytes[2] -= bytes;
     if (report.events == 0) {
       report.oldest_received_ms = first_ms;
     }
@@ -530,8 +414,10 @@ int64_t Buffer::evictLow(int64_t bytes_needed, EvictionReport& report) {
     report.events += n;
     report.bytes += bytes;
   }
-  return freed;
+  return true;
 }
+
+// ---- producers and the sync engine -----------------------------------------------------------
 
 Result<AppendCounts> Buffer::append(std::vector<StoredEvent> events) {
   if (events.empty()) {
@@ -539,16 +425,24 @@ Result<AppendCounts> Buffer::append(std::vector<StoredEvent> events) {
   }
   auto req = std::make_shared<Request>();
   req->events = std::move(events);
+  req->essential = true;
   for (const auto& e : req->events) {
     req->bytes += e.body.size();
+    req->essential = req->essential && e.type.rfind("agent.", 0) == 0;
   }
   auto fut = req->done.get_future();
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
+    // The queue's memory is bounded: wait while it is full (one request alone always fits).
+    room_cv_.wait(lock, [&] {
+      return stopping_ || queued_bytes_ == 0 ||
+             queued_bytes_ + req->bytes <= options_.max_queue_bytes;
+    });
     if (stopping_) {
       return makeError("stopping", "the agent is shutting down; retry later");
     }
     queue_.push_back(req);
+    queued_bytes_ += req->bytes;
   }
   cv_.notify_one();
   return fut.get();
@@ -557,59 +451,9 @@ Result<AppendCounts> Buffer::append(std::vector<StoredEvent> events) {
 void Buffer::acknowledge(int64_t first_seq, int64_t last_seq) {
   {
     std::lock_guard lock(mu_);
-    ack_queue_.push_back(AckOp{first_seq, last_seq, {}});
-    ++acks_enqueued_;
+    ack_queue_.push_back(AckOp{first_seq, last_seq, {}, ++acks_enqueued_});
   }
   cv_.notify_one();
-}
-
-Result<int64_t> Buffer::retryQuarantine() {
-  std::vector<StoredEvent> events;
-  int64_t last_seq = 0;
-  {
-    std::lock_guard lock(reader_mu_);
-    sqlite3_stmt* st = nullptr;
-    if (sqlite3_prepare_v2(reader_,
-                           "SELECT seq, id, type, prio, received_ms, body FROM quarantine "
-                           "ORDER BY seq",
-                           -1, &st, nullptr) != SQLITE_OK) {
-      return makeError("io", sqliteError(reader_, "read the quarantine"));
-    }
-    int rc = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-      StoredEvent e;
-      last_seq = sqlite3_column_int64(st, 0);
-      e.id = reinterpret_cast<const char*>(sqlite3_column_text(st, 1));
-      e.type = reinterpret_cast<const char*>(sqlite3_column_text(st, 2));
-      e.priority = static_cast<Priority>(sqlite3_column_int(st, 3));
-      e.received_at_ms = sqlite3_column_int64(st, 4);
-      e.body.assign(static_cast<const char*>(sqlite3_column_blob(st, 5)),
-                    static_cast<std::size_t>(sqlite3_column_bytes(st, 5)));
-      events.push_back(std::move(e));
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-      return makeError("io", sqliteError(reader_, "read the quarantine"));
-    }
-  }
-  if (events.empty()) {
-    return int64_t{0};
-  }
-  const auto n = static_cast<int64_t>(events.size());
-  if (auto appended = append(std::move(events)); !appended) {
-    return appended.error();
-  }
-  {
-    // Rare and small: done on the reader's connection rather than through the writer's queue.
-    std::lock_guard lock(reader_mu_);
-    const std::string sql = "DELETE FROM quarantine WHERE seq <= " + std::to_string(last_seq);
-    if (sqlite3_exec(reader_, sql.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) {
-      return makeError("io", sqliteError(reader_, "empty the quarantine"));
-    }
-  }
-  std::lock_guard lock(mu_);
-  stats_.quarantine_events = std::max<int64_t>(0, stats_.quarantine_events - n);
-  return n;
 }
 
 void Buffer::quarantine(int64_t first_seq, int64_t last_seq, std::string reason) {
@@ -618,8 +462,7 @@ void Buffer::quarantine(int64_t first_seq, int64_t last_seq, std::string reason)
   }
   {
     std::lock_guard lock(mu_);
-    ack_queue_.push_back(AckOp{first_seq, last_seq, std::move(reason)});
-    ++acks_enqueued_;
+    ack_queue_.push_back(AckOp{first_seq, last_seq, std::move(reason), ++acks_enqueued_});
   }
   cv_.notify_one();
 }
@@ -628,6 +471,27 @@ void Buffer::syncAcknowledgements() {
   std::unique_lock lock(mu_);
   const uint64_t target = acks_enqueued_;
   acked_cv_.wait(lock, [&] { return acks_committed_ >= target || writer_done_; });
+}
+
+bool Buffer::syncAcknowledgementsFor(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  const uint64_t target = acks_enqueued_;
+  acked_cv_.wait_for(lock, timeout, [&] { return acks_committed_ >= target || writer_done_; });
+  return acks_committed_ >= target;
+}
+
+Result<int64_t> Buffer::retryQuarantine() {
+  auto job = std::make_shared<Job>();
+  auto fut = job->done.get_future();
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) {
+      return makeError("stopping", "the agent is shutting down; retry later");
+    }
+    jobs_.push_back(job);
+  }
+  cv_.notify_one();
+  return fut.get();
 }
 
 int64_t Buffer::waitForNewer(int64_t seq, int timeout_ms) {
@@ -639,6 +503,8 @@ int64_t Buffer::waitForNewer(int64_t seq, int timeout_ms) {
 
 Result<std::vector<PendingEvent>> Buffer::readPending(int64_t after_seq, std::size_t max_events,
                                                       std::size_t max_bytes) {
+  // One short read transaction per call (the statement is reset before returning): a read
+  // transaction held open would keep the WAL from being rewound (see maybeCheckpoint).
   std::lock_guard lock(reader_mu_);
   auto& s = st_->read_pending;
   s.bind(1, after_seq);
@@ -664,139 +530,416 @@ Result<std::vector<PendingEvent>> Buffer::readPending(int64_t after_seq, std::si
   return out;
 }
 
+// ---- the writer ------------------------------------------------------------------------------
+
+void Buffer::requeueAcksLocked(std::vector<AckOp>& acks) {
+  // Back to the front, in order; overlapping or adjacent delivered ranges are merged, so that
+  // acknowledgements that keep failing (and the sync engine's resends) cannot pile up.
+  for (auto it = acks.rbegin(); it != acks.rend(); ++it) {
+    ack_queue_.push_front(std::move(*it));
+  }
+  std::deque<AckOp> merged;
+  for (auto& op : ack_queue_) {
+    if (!merged.empty() && op.quarantine_reason.empty() &&
+        merged.back().quarantine_reason.empty() && op.first_seq <= merged.back().last_seq + 1 &&
+        op.last_seq >= merged.back().first_seq - 1) {
+      auto& m = merged.back();
+      m.first_seq = std::min(m.first_seq, op.first_seq);
+      m.last_seq = std::max(m.last_seq, op.last_seq);
+      m.number = std::min(m.number, op.number);
+    } else {
+      merged.push_back(std::move(op));
+    }
+  }
+  ack_queue_.swap(merged);
+}
+
+void Buffer::updateAckWatermarkLocked() {
+  if (acks_abandoned_) {
+    return;
+  }
+  // Every acknowledgement numbered below the oldest still queued is committed (or dropped).
+  uint64_t lowest = acks_enqueued_ + 1;
+  for (const auto& op : ack_queue_) {
+    lowest = std::min(lowest, op.number);
+  }
+  acks_committed_ = std::max(acks_committed_, lowest - 1);
+}
+
+// While the disk keeps failing the writer retries every 200 ms: one line per failure would
+// flood the journal. The first is logged, then one line every 10 s with how many were left out.
+void Buffer::logFailure(const std::string& what) {
+  const auto now = std::chrono::steady_clock::now();
+  if (failures_unlogged_ > 0 && now - failure_logged_at_ < std::chrono::seconds(10)) {
+    ++failures_unlogged_;
+    return;
+  }
+  if (failures_unlogged_ > 1) {
+    spdlog::error(
+        "buffer: {} (and {} more failures in the last {} s)", what, failures_unlogged_ - 1,
+        std::chrono::duration_cast<std::chrono::seconds>(now - failure_logged_at_).count());
+  } else {
+    spdlog::error("buffer: {}", what);
+  }
+  failure_logged_at_ = now;
+  failures_unlogged_ = 1;
+}
+
 void Buffer::writerLoop() {
-  std::vector<std::shared_ptr<Request>> group;
-  std::vector<AckOp> acks;
+  bool last_acks_failed = false;
   for (;;) {
-    uint64_t acks_taken = 0;
+    std::vector<std::shared_ptr<Request>> group;
+    std::vector<AckOp> acks;
+    std::shared_ptr<Job> job;
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty() || !ack_queue_.empty(); });
-      if (queue_.empty() && ack_queue_.empty()) {
+      if (last_acks_failed) {
+        // The disk refuses what frees it: pause (new requests are served at once), and after
+        // close() was asked, give up on acknowledgements after kStopAckDeadline.
+        cv_.wait_for(lock, kFailedAckPause, [&] { return !queue_.empty() || !jobs_.empty(); });
+        if (stopping_ && !ack_queue_.empty() &&
+            std::chrono::steady_clock::now() - stop_requested_ >= kStopAckDeadline) {
+          spdlog::error(
+              "buffer: stopping with {} acknowledgement(s) that could not be committed; those "
+              "events stay pending and are sent again after the restart",
+              ack_queue_.size());
+          ack_queue_.clear();
+          acks_abandoned_ = true;  // syncAcknowledgementsFor() must not report them done
+          acked_cv_.notify_all();
+        }
+      }
+      cv_.wait(lock, [&] {
+        return stopping_ || !queue_.empty() || !ack_queue_.empty() || !jobs_.empty();
+      });
+      if (queue_.empty() && ack_queue_.empty() && jobs_.empty()) {
         break;  // stopping, nothing left
       }
       std::size_t n = 0;
-      while (!queue_.empty() &&
-             (group.empty() || n + queue_.front()->events.size() <= options_.max_group_events)) {
-        n += queue_.front()->events.size();
+      std::size_t bytes = 0;
+      while (!queue_.empty()) {
+        const auto& next = queue_.front();
+        if (!group.empty() && (n + next->events.size() > options_.max_group_events ||
+                               bytes + next->bytes > options_.max_group_bytes)) {
+          break;
+        }
+        n += next->events.size();
+        bytes += next->bytes;
+        queued_bytes_ -= next->bytes;
         group.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
-      acks.swap(ack_queue_);
-      acks_taken = acks_enqueued_;
-    }
-    const bool acks_done = commitGroup(group, acks);
-    group.clear();
-    if (!acks_done) {
-      // The disk is full or failing: keep the acknowledgements for the next round (they are
-      // what frees the space) and do not spin on it.
-      {
-        std::lock_guard lock(mu_);
-        ack_queue_.insert(ack_queue_.begin(), acks.begin(), acks.end());
+      // Acknowledgements by width: a wide range is split, the rest stays at the front.
+      int64_t budget = std::max<int64_t>(1, options_.max_group_ack_seqs);
+      while (!ack_queue_.empty() && budget > 0) {
+        AckOp& op = ack_queue_.front();
+        if (op.last_seq < op.first_seq) {
+          ack_queue_.pop_front();
+          continue;
+        }
+        const int64_t width = op.last_seq - op.first_seq + 1;
+        if (width <= budget) {
+          budget -= width;
+          acks.push_back(std::move(op));
+          ack_queue_.pop_front();
+        } else {
+          AckOp part = op;
+          part.last_seq = op.first_seq + budget - 1;
+          op.first_seq = part.last_seq + 1;
+          acks.push_back(std::move(part));
+          budget = 0;
+        }
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    } else {
-      std::lock_guard lock(mu_);
-      acks_committed_ = acks_taken;
+      if (!jobs_.empty()) {
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      stats_.queued_requests = queue_.size();
+      stats_.queued_bytes = queued_bytes_;
     }
-    acks.clear();
+    room_cv_.notify_all();
+    bool acks_done = true;
+    if (!group.empty() || !acks.empty()) {
+      acks_done = commitGroup(group, acks);
+    }
+    group.clear();
+    if (job) {
+      runRetryQuarantine(*job);
+    }
+    {
+      std::lock_guard lock(mu_);
+      if (!acks_done) {
+        requeueAcksLocked(acks);
+      }
+      updateAckWatermarkLocked();
+    }
+    last_acks_failed = !acks_done;
     acked_cv_.notify_all();
     newer_cv_.notify_all();
+    maybeCheckpoint();
   }
   std::lock_guard lock(mu_);
   writer_done_ = true;
   acked_cv_.notify_all();
 }
 
+// One group: at most two transactions for the producers. SQLite may roll back the WHOLE
+// transaction on an error inside a statement (any SQLITE_IOERR; SQLITE_FULL without a statement
+// journal; a cache spill that fails) and return to autocommit: then nothing of the group was
+// committed, the requests before the failing one included. The first attempt's failing request
+// (if one is to blame) gets the error, and the others, not at fault, are tried once more in a
+// fresh transaction; whatever fails again gets the error. The in-memory state is restored from
+// what is really committed after each lost attempt, and the seqs it handed out are never given
+// again (a later acknowledge(first, last) can only ever cover rows of its own batch).
 bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group, std::vector<AckOp>& acks) {
-  auto& s = *st_;
   std::vector<std::optional<Result<AppendCounts>>> results(group.size());
-  const int64_t seq_at_begin = s.next_seq;
-  auto failAll = [&](const Error& e) {
-    for (std::size_t i = 0; i < group.size(); ++i) {
-      group[i]->done.set_value(e);
+  std::vector<std::size_t> active(group.size());
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    active[i] = i;
+  }
+  std::vector<AckOp> no_acks;
+  bool with_acks = !acks.empty();
+  bool acks_done = acks.empty();
+  bool disk_full = false;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    Attempt a = runTransaction(group, active, with_acks ? acks : no_acks, results);
+    if (a.committed) {
+      acks_done = acks_done || (with_acks && a.acks_applied);
+      publishCommitted(a);
+      active.clear();
+      break;
     }
-    loadCounters();
-    st_->next_seq = seq_at_begin;
+    restoreCommitted(a.seq_end);
+    for (std::size_t i : active) {
+      results[i].reset();  // nothing of the attempt was committed: no answer from it stands
+    }
+    disk_full = disk_full || a.disk_full;
+    logFailure(
+        fmt::format("transaction rolled back ({}), attempt {} of 2", a.error.message, attempt + 1));
+    {
+      std::lock_guard lock(mu_);
+      ++stats_.io_errors;
+    }
+    const bool last = attempt == 1 || active.empty();
+    if (a.culprit == Attempt::Culprit::kRequest) {
+      const std::size_t i = a.culprit_index;
+      results[i] = a.error;
+      active.erase(std::remove(active.begin(), active.end(), i), active.end());
+    } else if (a.culprit == Attempt::Culprit::kAcks) {
+      with_acks = false;  // retried by the writer loop, alone
+    } else if (a.disk_full) {
+      break;  // a full disk at commit: the same again would fail the same way
+    }
+    if (last || (active.empty() && !with_acks)) {
+      break;
+    }
+  }
+  for (std::size_t i : active) {
+    if (!results[i]) {
+      results[i] = disk_full ? makeError("full", "the disk is full; retry later")
+                             : makeError("io", "the buffer could not commit (an I/O error); retry");
+    }
+  }
+  // Every producer gets its answer: "ok" only from a committed transaction.
+  uint64_t full = 0;
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    if (!results[i]->has_value() && results[i]->error().code == "full") {
+      ++full;
+    }
+  }
+  if (full > 0) {
+    std::lock_guard lock(mu_);
+    const int64_t now = nowMs();
+    stats_.rejected_full += full;
+    stats_.last_full_ms = now;
+    if (stats_.full_since_ms == 0) {
+      stats_.full_since_ms = now;
+    }
+  }
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    group[i]->done.set_value(std::move(*results[i]));
+  }
+  if (!acks_done && disk_full) {
+    // Fold the WAL back into the file and shrink it, then try the acknowledgements alone:
+    // deleting delivered events is what makes room again.
+    sqlite3_busy_timeout(db_, kCheckpointWaitMs);
+    (void)sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+    sqlite3_busy_timeout(db_, 5000);
+    cap_cache_ = 0;
+    std::vector<std::shared_ptr<Request>> none;
+    std::vector<std::optional<Result<AppendCounts>>> no_results;
+    Attempt a = runTransaction(none, {}, acks, no_results);
+    if (a.committed) {
+      publishCommitted(a);
+      acks_done = a.acks_applied;
+    } else {
+      restoreCommitted(a.seq_end);
+    }
+  }
+  return acks_done;
+}
+
+Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& group,
+                                       const std::vector<std::size_t>& active,
+                                       const std::vector<AckOp>& acks,
+                                       std::vector<std::optional<Result<AppendCounts>>>& results) {
+  auto& s = *st_;
+  Attempt a;
+  Counters work = s.committed;
+  int64_t seq = s.next_seq;
+  a.seq_end = seq;
+  for (std::size_t i : active) {
+    results[i].reset();
+  }
+  // SQLite ends the transaction itself on some errors; nothing may run after that (a RELEASE
+  // would commit the rest on its own, a producer would be told "io" for a committed row).
+  auto ended = [&] { return sqlite3_get_autocommit(db_) != 0; };
+  auto lost = [&](Attempt::Culprit culprit, std::size_t index, const std::string& what) {
+    const int code = sqlite3_extended_errcode(db_);
+    a.committed = false;
+    a.culprit = culprit;
+    a.culprit_index = index;
+    a.disk_full = (code & 0xff) == SQLITE_FULL;
+    a.error =
+        makeError(a.disk_full ? "full" : "io",
+                  a.disk_full ? "the disk is full (" + sqliteError(db_, what) + "); retry later"
+                              : sqliteError(db_, what) + "; retry");
+    a.seq_end = std::max(a.seq_end, seq);
+    if (!ended()) {
+      (void)run(s.rollback);
+    }
+    return a;
   };
+  if (!ended()) {
+    (void)run(s.rollback);  // never left open, but never build on one left open either
+  }
   if (!run(s.begin)) {
-    failAll(makeError("io", sqliteError(db_, "begin")));
-    return acks.empty();
+    return lost(Attempt::Culprit::kNone, 0, "begin");
   }
   const int64_t now = nowMs();
-  uint64_t acked = 0;
-  uint64_t quarantined = 0;
-  for (const auto& op : acks) {
-    const int64_t first = op.first_seq;
-    const int64_t last = op.last_seq;
-    const bool to_quarantine = !op.quarantine_reason.empty();
-    if (to_quarantine) {
-      s.copy_quarantine.bind(1, now);
-      s.copy_quarantine.bind(2, op.quarantine_reason);
-      s.copy_quarantine.bind(3, first);
-      s.copy_quarantine.bind(4, last);
-      (void)run(s.copy_quarantine);
-    }
-    // Delivered POS ids are remembered for kDedupWindowMs, so that the same transaction read
-    // again (a file dropped twice, a crash between commit and move) is not sent again.
-    if (!to_quarantine) {
-      s.remember_delivered.bind(1, now);
-      s.remember_delivered.bind(2, first);
-      s.remember_delivered.bind(3, last);
-      (void)run(s.remember_delivered);
-    }
-    if (!to_quarantine && options_.retain_delivered_s > 0) {
-      s.copy_delivered.bind(1, now);
-      s.copy_delivered.bind(2, first);
-      s.copy_delivered.bind(3, last);
-      (void)run(s.copy_delivered);
-    }
-    s.delete_range.bind(1, first);
-    s.delete_range.bind(2, last);
-    while (s.delete_range.step() == SQLITE_ROW) {
-      const auto p = s.delete_range.col(0);
-      if (p >= 0 && p < 3) {
-        s.counter_events[p] -= 1;
-        s.counter_bytes[p] -= s.delete_range.col(1) + kRowOverhead;
+
+  // Acknowledgements and quarantines, all or none (a SAVEPOINT): a range copied to the
+  // quarantine but not deleted, or deleted but not remembered, must never happen.
+  if (!acks.empty()) {
+    const Counters before = work;
+    bool ok = run(s.savepoint_acks);
+    std::string failed_what = "savepoint";
+    for (std::size_t k = 0; ok && k < acks.size(); ++k) {
+      const auto& op = acks[k];
+      const bool to_quarantine = !op.quarantine_reason.empty();
+      if (to_quarantine) {
+        s.copy_quarantine.bind(1, now);
+        s.copy_quarantine.bind(2, op.quarantine_reason);
+        s.copy_quarantine.bind(3, op.first_seq);
+        s.copy_quarantine.bind(4, op.last_seq);
+        int rc = 0;
+        while ((rc = s.copy_quarantine.step()) == SQLITE_ROW) {
+          work.quarantine_events += 1;
+          work.quarantine_bytes += s.copy_quarantine.col(0) + kRowOverhead;
+        }
+        s.copy_quarantine.reset();
+        ok = rc == SQLITE_DONE;
+        failed_what = "quarantining events";
+      } else {
+        // Delivered POS ids are remembered for kDedupWindowMs, so that the same transaction
+        // read again (a file dropped twice, a crash between commit and move) is not sent again.
+        s.remember_delivered.bind(1, now);
+        s.remember_delivered.bind(2, op.first_seq);
+        s.remember_delivered.bind(3, op.last_seq);
+        ok = run(s.remember_delivered);
+        failed_what = "remembering delivered ids";
+        if (ok && options_.retain_delivered_s > 0) {
+          s.copy_delivered.bind(1, now);
+          s.copy_delivered.bind(2, op.first_seq);
+          s.copy_delivered.bind(3, op.last_seq);
+          ok = run(s.copy_delivered);
+          failed_what = "keeping delivered events";
+        }
       }
-      ++(to_quarantine ? quarantined : acked);
+      if (!ok) {
+        break;
+      }
+      s.delete_range.bind(1, op.first_seq);
+      s.delete_range.bind(2, op.last_seq);
+      int rc = 0;
+      uint64_t rows = 0;
+      while ((rc = s.delete_range.step()) == SQLITE_ROW) {
+        const auto p = s.delete_range.col(0);
+        if (p >= 0 && p < 3) {
+          work.events[p] -= 1;
+          work.bytes[p] -= s.delete_range.col(1) + kRowOverhead;
+        }
+        ++rows;
+      }
+      s.delete_range.reset();
+      ok = rc == SQLITE_DONE;
+      failed_what = "deleting acknowledged events";
+      if (ok) {
+        (to_quarantine ? a.quarantined : a.acked) += rows;
+        if (to_quarantine && rows > 0) {
+          a.quarantine_reason = op.quarantine_reason;
+        }
+      }
     }
-    s.delete_range.reset();
+    if (ok) {
+      ok = run(s.release_acks);
+      failed_what = "release";
+    }
+    if (!ok) {
+      if (ended()) {
+        return lost(Attempt::Culprit::kAcks, 0, failed_what);
+      }
+      // Only the acknowledgements' statement failed: undo them, keep the transaction.
+      const std::string msg = sqliteError(db_, failed_what);
+      if (!run(s.rollback_to_acks) || !run(s.release_acks) || ended()) {
+        return lost(Attempt::Culprit::kAcks, 0, failed_what);
+      }
+      logFailure("acknowledgements not committed this time (" + msg + ")");
+      work = before;
+      a.acked = 0;
+      a.quarantined = 0;
+      a.quarantine_reason.clear();
+    } else {
+      a.acks_applied = true;
+    }
   }
+  // Housekeeping in the same transaction; a failure here only postpones it.
   if (now - dedup_purged_ms_ >= 600000) {
     dedup_purged_ms_ = now;
     s.forget_delivered.bind(1, now - kDedupWindowMs);
-    (void)run(s.forget_delivered);
+    if (!run(s.forget_delivered) && ended()) {
+      return lost(Attempt::Culprit::kNone, 0, "forgetting old delivered ids");
+    }
   }
   if (options_.retain_delivered_s > 0 && now - purged_ms_ >= 10000) {
     purged_ms_ = now;  // expired delivered events go at most every 10 s, by index
     s.purge_delivered.bind(1, now - options_.retain_delivered_s * 1000);
-    (void)run(s.purge_delivered);
+    if (!run(s.purge_delivered) && ended()) {
+      return lost(Attempt::Culprit::kNone, 0, "purging delivered events");
+    }
   }
 
-  EvictionReport evicted;
-  std::vector<std::pair<int64_t, const StoredEvent*>> inserted;
-  uint64_t stored_total = 0;
-  uint64_t dup_total = 0;
-  uint64_t rejected = 0;
-  int64_t max_seq = 0;
-  for (std::size_t i = 0; i < group.size(); ++i) {
-    auto& events = group[i]->events;
+  for (std::size_t i : active) {
+    if (ended()) {
+      return lost(Attempt::Culprit::kNone, 0, "transaction ended");
+    }
+    auto& req = *group[i];
     int64_t add = 0;
-    bool essential = true;  // agent.* reports may use a small reserve above the cap
-    for (const auto& e : events) {
+    for (const auto& e : req.events) {
       add += rowCost(e);
-      essential = essential && e.type.rfind("agent.", 0) == 0;
     }
-    int64_t cap = capBytes();
-    if (essential) {
-      cap += std::max<int64_t>(64 << 10, cap / 100);
+    int64_t cap = capBytes(work.used());
+    if (req.essential) {
+      cap += std::max<int64_t>(64 << 10, cap / 100);  // agent.* reports: a small reserve
     }
-    if (usedBytes() + add > cap) {
-      evictLow(usedBytes() + add - cap, evicted);
-      if (usedBytes() + add > cap) {
-        ++rejected;
-        results[i] = makeError("full", "the buffer is full (" + std::to_string(usedBytes()) +
+    if (work.used() + add > cap) {
+      if (!evictLow(work.used() + add - cap, work, a.evicted)) {
+        if (ended()) {
+          return lost(Attempt::Culprit::kRequest, i, "evicting low-priority events");
+        }
+      }
+      if (work.used() + add > cap) {
+        ++a.rejected_full;
+        results[i] = makeError("full", "the buffer is full (" + std::to_string(work.used()) +
                                            " of " + std::to_string(cap) + " bytes); retry later");
         continue;
       }
@@ -804,11 +947,15 @@ bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group, std::vect
     int64_t delta_events[3] = {0, 0, 0};
     int64_t delta_bytes[3] = {0, 0, 0};
     AppendCounts counts;
+    const int64_t seq_at_savepoint = seq;
+    const std::size_t inserted_before = a.inserted.size();
+    if (!run(s.savepoint)) {
+      return lost(Attempt::Culprit::kRequest, i, "savepoint");
+    }
     int rc = SQLITE_DONE;
-    const int64_t seq_at_savepoint = s.next_seq;
-    (void)run(s.savepoint);
-    for (const auto& e : events) {
-      s.insert.bind(1, s.next_seq);
+    int64_t max_seq = 0;
+    for (const auto& e : req.events) {
+      s.insert.bind(1, seq);
       s.insert.bind(2, e.id);
       s.insert.bind(3, e.type);
       s.insert.bind(4, static_cast<int64_t>(e.priority));
@@ -824,22 +971,27 @@ bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group, std::vect
         delta_events[p] += 1;
         delta_bytes[p] += rowCost(e);
         ++counts.stored;
-        max_seq = s.next_seq;
-        inserted.emplace_back(s.next_seq, &e);
-        ++s.next_seq;
+        max_seq = seq;
+        a.inserted.emplace_back(seq, &e);
+        ++seq;
       } else {
         ++counts.duplicates;
       }
     }
     if (rc != SQLITE_DONE) {
-      const int primary = rc & 0xff;
+      if (ended()) {
+        return lost(Attempt::Culprit::kRequest, i, "storing events");
+      }
+      // Only this statement was undone: undo the request's others too (its SAVEPOINT).
+      const int code = sqlite3_extended_errcode(db_);
       const std::string msg = sqliteError(db_, "storing events");
-      inserted.resize(inserted.size() - counts.stored);
-      s.next_seq = seq_at_savepoint;
-      (void)run(s.rollback_to);
-      (void)run(s.release);
-      if (primary == SQLITE_FULL) {
-        ++rejected;
+      if (!run(s.rollback_to) || !run(s.release) || ended()) {
+        return lost(Attempt::Culprit::kRequest, i, "storing events");
+      }
+      a.inserted.resize(inserted_before);
+      seq = seq_at_savepoint;  // never committed, never seen: free to give again
+      if ((code & 0xff) == SQLITE_FULL) {
+        ++a.rejected_full;
         cap_cache_ = 0;  // re-read the disk next time
         results[i] = makeError("full", "the disk is full (" + msg + "); retry later");
       } else {
@@ -847,89 +999,285 @@ bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group, std::vect
       }
       continue;
     }
-    (void)run(s.release);
-    for (int p = 0; p < 3; ++p) {
-      s.counter_events[p] += delta_events[p];
-      s.counter_bytes[p] += delta_bytes[p];
+    if (!run(s.release)) {
+      return lost(Attempt::Culprit::kRequest, i, "release");
     }
-    stored_total += counts.stored;
-    dup_total += counts.duplicates;
+    for (int p = 0; p < 3; ++p) {
+      work.events[p] += delta_events[p];
+      work.bytes[p] += delta_bytes[p];
+    }
+    a.max_seq = std::max(a.max_seq, max_seq);
+    a.stored += counts.stored;
+    a.duplicates += counts.duplicates;
+    a.accepted_plain = a.accepted_plain || !req.essential;
     results[i] = counts;
   }
 
-  if (!saveCounters() || !run(s.commit)) {
-    const bool disk_full = (sqlite3_errcode(db_) & 0xff) == SQLITE_FULL;
-    const std::string msg = sqliteError(db_, "commit");
-    (void)run(s.rollback);
-    spdlog::error("buffer: {}", msg);
-    failAll(makeError(disk_full ? "full" : "io", msg));
-    {
-      std::lock_guard lock(mu_);
-      stats_.rejected_full += group.size();
-    }
-    if (disk_full) {
-      // Fold the WAL back into the file and shrink it, then try the acknowledgements alone:
-      // deleting delivered events is what makes room again.
-      (void)exec(db_, "PRAGMA wal_checkpoint(TRUNCATE)");
-      cap_cache_ = 0;
-      if (!group.empty() && !acks.empty()) {
-        std::vector<std::shared_ptr<Request>> none;
-        return commitGroup(none, acks);
-      }
-    }
-    return acks.empty();
+  work.last_seq = std::max(work.last_seq, seq - 1);
+  if (!saveCounters(work)) {
+    return lost(Attempt::Culprit::kNone, 0, "saving counters");
   }
+  if (s.recovery_unreported && !run(s.forget_recovery_report) && ended()) {
+    return lost(Attempt::Culprit::kNone, 0, "meta");
+  }
+  if (!run(s.commit)) {
+    return lost(Attempt::Culprit::kNone, 0, "commit");
+  }
+  s.recovery_unreported = false;
+  a.committed = true;
+  a.seq_end = seq;
+  s.committed = work;
+  s.next_seq = seq;
+  return a;
+}
 
-  {
-    std::lock_guard lock(mu_);
-    if (max_seq > stats_.last_seq) {
-      stats_.last_seq = max_seq;
+// After a lost transaction: the counters as the file really has them (the transaction should
+// have left nothing, but what the file says wins), and the next seq above everything handed
+// out in it, committed or not, so no seq can ever be given twice.
+void Buffer::restoreCommitted(int64_t burnt_up_to) {
+  auto& s = *st_;
+  if (auto c = loadCounters(); c) {
+    if (!(*c == s.committed)) {
+      spdlog::error(
+          "buffer: the counters in the file differ from the last commit after a failed "
+          "transaction; using the file's");
     }
-    stats_.appended += stored_total;
-    stats_.duplicates += dup_total;
-    stats_.acknowledged += acked;
-    stats_.quarantined += quarantined;
-    stats_.quarantine_events += static_cast<int64_t>(quarantined);
-    stats_.rejected_full += rejected;
-    stats_.commits += 1;
-    if (evicted.events > 0) {
-      stats_.evicted += static_cast<uint64_t>(evicted.events);
-      if (evictions_.events == 0) {
-        evictions_.oldest_received_ms = evicted.oldest_received_ms;
+    s.committed = *c;
+  }
+  const int64_t high = highWater(db_).value_or(0);
+  s.next_seq = std::max({s.next_seq, burnt_up_to, high + 1, s.committed.last_seq + 1});
+  cap_cache_ = 0;
+}
+
+void Buffer::publishCommitted(const Attempt& a) {
+  std::lock_guard lock(mu_);
+  if (a.max_seq > stats_.last_seq) {
+    stats_.last_seq = a.max_seq;
+  }
+  stats_.appended += a.stored;
+  stats_.duplicates += a.duplicates;
+  stats_.acknowledged += a.acked;
+  stats_.quarantined += a.quarantined;
+  stats_.commits += 1;  // "full" answers are counted by commitGroup(), from the answers
+  const int64_t now = nowMs();
+  if (a.accepted_plain) {
+    stats_.full_since_ms = 0;
+  }
+  if (a.quarantined > 0) {
+    if (stats_.quarantine_oldest_ms == 0) {
+      stats_.quarantine_oldest_ms = now;
+    }
+    stats_.quarantine_last_reason = a.quarantine_reason;
+  }
+  if (a.evicted.events > 0) {
+    stats_.evicted += static_cast<uint64_t>(a.evicted.events);
+    if (evictions_.events == 0) {
+      evictions_.oldest_received_ms = a.evicted.oldest_received_ms;
+    }
+    evictions_.newest_received_ms = a.evicted.newest_received_ms;
+    evictions_.events += a.evicted.events;
+    evictions_.bytes += a.evicted.bytes;
+  }
+  refreshStatsLocked();
+
+  // The ring behind `tail`: the newest events that fit in kRecentEvents and recent_max_bytes.
+  // Only those are copied (a group may hold 20,000 events).
+  const std::size_t max_bytes = options_.recent_max_bytes;
+  std::size_t take_bytes = 0;
+  std::size_t take = 0;
+  for (auto it = a.inserted.rbegin(); it != a.inserted.rend() && take < kRecentEvents; ++it) {
+    const std::size_t len = it->second->body.size();
+    if (take_bytes + len > max_bytes) {
+      // Within the count but over the bytes: left out, and counted.
+      stats_.recent_dropped += std::min(kRecentEvents, a.inserted.size()) - take;
+      break;
+    }
+    take_bytes += len;
+    ++take;
+  }
+  for (auto it = a.inserted.end() - static_cast<std::ptrdiff_t>(take); it != a.inserted.end();
+       ++it) {
+    recent_.push_back(RecentEvent{it->first, it->second->type, it->second->body});
+    recent_bytes_ += it->second->body.size();
+  }
+  while (!recent_.empty() && (recent_.size() > kRecentEvents || recent_bytes_ > max_bytes)) {
+    if (recent_.size() <= kRecentEvents) {
+      ++stats_.recent_dropped;
+    }
+    recent_bytes_ -= recent_.front().body.size();
+    recent_.pop_front();
+  }
+  stats_.recent_events = recent_.size();
+  stats_.recent_bytes = recent_bytes_;
+}
+
+void Buffer::runRetryQuarantine(Job& job) {
+  auto& s = *st_;
+  int64_t moved = 0;
+  uint64_t dropped = 0;
+  for (;;) {
+    Counters work = s.committed;
+    int64_t seq = s.next_seq;
+    int64_t last_row = 0;
+    int64_t add = 0;
+    int64_t moved_now = 0;
+    uint64_t dropped_now = 0;
+    bool ok = run(s.begin);
+    if (ok) {
+      s.quarantine_chunk.bind(1, static_cast<int64_t>(std::max<std::size_t>(
+                                     1, std::min<std::size_t>(options_.max_group_events, 1000))));
+      int rc = 0;
+      while (ok && (rc = s.quarantine_chunk.step()) == SQLITE_ROW) {
+        last_row = s.quarantine_chunk.col(0);
+        const std::string id = s.quarantine_chunk.text(1);
+        const std::string type = s.quarantine_chunk.text(2);
+        const int64_t prio = std::clamp<int64_t>(s.quarantine_chunk.col(3), 0, 2);
+        const std::string body = s.quarantine_chunk.text(5);
+        s.insert.bind(1, seq);
+        s.insert.bind(2, id);
+        s.insert.bind(3, type);
+        s.insert.bind(4, prio);
+        s.insert.bind(5, s.quarantine_chunk.col(4));
+        s.insert.bind(6, body);
+        const int irc = s.insert.step();
+        s.insert.reset();
+        if (irc != SQLITE_DONE) {
+          ok = false;
+        } else if (sqlite3_changes(db_) == 1) {
+          const int64_t cost =
+              static_cast<int64_t>(body.size() + id.size() + type.size()) + kRowOverhead;
+          work.events[prio] += 1;
+          work.bytes[prio] += cost;
+          add += cost;
+          ++seq;
+          ++moved_now;
+        } else {
+          ++dropped_now;  // pending again already, or delivered meanwhile
+        }
       }
-      evictions_.newest_received_ms = evicted.newest_received_ms;
-      evictions_.events += evicted.events;
-      evictions_.bytes += evicted.bytes;
+      s.quarantine_chunk.reset();
+      ok = ok && rc == SQLITE_DONE;
     }
+    if (ok && last_row == 0) {
+      (void)run(s.rollback);  // nothing left
+      break;
+    }
+    bool full = false;
+    if (ok && work.used() > capBytes(s.committed.used()) && add > 0) {
+      full = true;
+      ok = false;
+    }
+    if (ok) {
+      s.delete_quarantine.bind(1, last_row);
+      int rc = 0;
+      while ((rc = s.delete_quarantine.step()) == SQLITE_ROW) {
+        work.quarantine_events -= 1;
+        work.quarantine_bytes -= s.delete_quarantine.col(0) + kRowOverhead;
+      }
+      s.delete_quarantine.reset();
+      ok = rc == SQLITE_DONE;
+    }
+    work.last_seq = std::max(work.last_seq, seq - 1);
+    ok = ok && saveCounters(work) && run(s.commit);
+    if (!ok) {
+      const int code = sqlite3_extended_errcode(db_);
+      const std::string msg = sqliteError(db_, "moving quarantined events back");
+      if (sqlite3_get_autocommit(db_) == 0) {
+        (void)run(s.rollback);
+      }
+      restoreCommitted(seq);
+      std::lock_guard lock(mu_);
+      stats_.quarantine_retried += static_cast<uint64_t>(moved);
+      if (full || (code & 0xff) == SQLITE_FULL) {
+        job.done.set_value(makeError(
+            "full", "the quarantined events do not fit in the buffer (" + std::to_string(moved) +
+                        " were moved back); retry once the queue has drained"));
+      } else {
+        ++stats_.io_errors;
+        job.done.set_value(makeError(
+            "io", msg + " (" + std::to_string(moved) + " were moved back before); retry"));
+      }
+      return;
+    }
+    s.committed = work;
+    s.next_seq = seq;
+    moved += moved_now;
+    dropped += dropped_now;
+    std::lock_guard lock(mu_);
+    stats_.last_seq = std::max(stats_.last_seq, seq - 1);
+    stats_.commits += 1;
     refreshStatsLocked();
-    for (const auto& [seq, e] : inserted) {
-      recent_.push_back(RecentEvent{seq, e->type, e->body});
-    }
-    while (recent_.size() > kRecentEvents) {
-      recent_.pop_front();
+    newer_cv_.notify_all();
+  }
+  std::lock_guard lock(mu_);
+  stats_.quarantine_retried += static_cast<uint64_t>(moved);
+  if (dropped > 0) {
+    spdlog::info("buffer: {} quarantined events were pending or delivered already", dropped);
+  }
+  refreshStatsLocked();
+  job.done.set_value(moved);
+}
+
+// The WAL's bound: once a commit leaves kWalCheckpointBytes in it, checkpoint RESTART, which
+// copies it into the file and waits (kCheckpointWaitMs at most) until no reader still reads
+// from it, so that the next commit rewinds it. SQLite's automatic checkpoint is PASSIVE: with
+// a reader always in the middle of a read (a drain), the WAL is never rewound and grows by
+// everything written. If a long reader (an export, a CLI) holds on, PASSIVE copies what it
+// can meanwhile and RESTART is tried again a second later; the cap keeps room for the WAL.
+void Buffer::maybeCheckpoint() {
+  const int64_t frames = wal_frames_;
+  if (frames * (page_size_ + 24) >= kWalCheckpointBytes) {
+    const auto now = std::chrono::steady_clock::now();
+    const bool restart = now >= restart_retry_at_;
+    int log = 0;
+    int copied = 0;
+    sqlite3_busy_timeout(db_, kCheckpointWaitMs);
+    const int rc = sqlite3_wal_checkpoint_v2(
+        db_, nullptr, restart ? SQLITE_CHECKPOINT_RESTART : SQLITE_CHECKPOINT_PASSIVE, &log,
+        &copied);
+    sqlite3_busy_timeout(db_, 5000);
+    if (rc == SQLITE_OK && restart) {
+      wal_frames_ = 0;
+    } else if ((rc & 0xff) == SQLITE_BUSY) {
+      restart_retry_at_ = now + std::chrono::seconds(1);
+    } else if (rc != SQLITE_OK) {
+      logFailure(std::string("checkpoint failed: ") + sqlite3_errmsg(db_));
+      restart_retry_at_ = now + std::chrono::seconds(1);
     }
   }
-  for (std::size_t i = 0; i < group.size(); ++i) {
-    group[i]->done.set_value(std::move(*results[i]));
-  }
-  return true;
+  std::error_code ec;
+  const auto wal = fs::file_size(options_.dir / "buffer.db-wal", ec);
+  wal_bytes_ = ec ? 0 : static_cast<int64_t>(wal);
+  std::lock_guard lock(mu_);
+  stats_.wal_bytes = wal_bytes_;
+  stats_.wal_peak_bytes = std::max(stats_.wal_peak_bytes, wal_bytes_);
 }
 
 void Buffer::refreshStatsLocked() {
   auto& s = *st_;
   stats_.pending_bytes = 0;
   for (int p = 0; p < 3; ++p) {
-    stats_.pending[p] = s.counter_events[p];
-    stats_.pending_bytes += s.counter_bytes[p];
+    stats_.pending[p] = s.committed.events[p];
+    stats_.pending_bytes += s.committed.bytes[p];
   }
   stats_.oldest_pending_ms = 0;
   if (s.oldest.step() == SQLITE_ROW) {
     stats_.oldest_pending_ms = s.oldest.col(0);
   }
   s.oldest.reset();
-  stats_.used_bytes = usedBytes();
+  stats_.quarantine_events = s.committed.quarantine_events;
+  stats_.quarantine_bytes = s.committed.quarantine_bytes;
+  if (s.committed.quarantine_events == 0) {
+    stats_.quarantine_oldest_ms = 0;
+    stats_.quarantine_last_reason.clear();
+  }
+  stats_.used_bytes = s.committed.used();
   stats_.file_bytes = file_bytes_;
+  stats_.wal_bytes = wal_bytes_;
+  stats_.wal_peak_bytes = std::max(stats_.wal_peak_bytes, wal_bytes_);
   stats_.cap_bytes = cap_cache_;
+  stats_.queued_requests = queue_.size();
+  stats_.queued_bytes = queued_bytes_;
 }
 
 void Buffer::returnEvictions(const EvictionReport& report) {
@@ -966,7 +1314,10 @@ std::vector<RecentEvent> Buffer::recent(int64_t after_seq, std::size_t limit) co
 
 BufferStats Buffer::stats() const {
   std::lock_guard lock(mu_);
-  return stats_;
+  BufferStats s = stats_;
+  s.queued_requests = queue_.size();
+  s.queued_bytes = queued_bytes_;
+  return s;
 }
 
 void Buffer::close() {
@@ -975,16 +1326,22 @@ void Buffer::close() {
     if (stopping_ && !writer_.joinable()) {
       return;
     }
-    stopping_ = true;
+    if (!stopping_) {
+      stopping_ = true;
+      stop_requested_ = std::chrono::steady_clock::now();
+    }
   }
   cv_.notify_all();
+  room_cv_.notify_all();
   newer_cv_.notify_all();
-  if (writer_.joinable()) {
+  const bool opened = writer_.joinable();
+  if (opened) {
     writer_.join();
   }
-  if (st_ && db_ != nullptr) {
-    // Give back space left by a drain, a little at a time, and fold the WAL into the file.
-    if (st_->counter_events[0] + st_->counter_events[1] + st_->counter_events[2] == 0) {
+  if (opened && st_ && db_ != nullptr) {
+    // Give back space left by a drain, a little at a time.
+    const auto& c = st_->committed;
+    if (c.events[0] + c.events[1] + c.events[2] == 0) {
       (void)run(st_->incremental_vacuum);
     }
   }
@@ -997,8 +1354,10 @@ void Buffer::close() {
     reader_ = nullptr;
   }
   if (db_ != nullptr) {
-    (void)exec(db_, "PRAGMA wal_checkpoint(TRUNCATE)");
-    if (sqlite3_close(db_) == SQLITE_OK) {
+    // Fold the WAL into the file; bounded, like everything in close().
+    sqlite3_busy_timeout(db_, 1000);
+    (void)sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+    if (sqlite3_close(db_) == SQLITE_OK && opened) {
       std::error_code ec;
       fs::remove(options_.dir / "buffer.lock", ec);  // a clean shutdown
     }

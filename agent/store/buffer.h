@@ -9,6 +9,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -19,6 +20,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -35,7 +37,18 @@ struct BufferOptions {
   int64_t min_free_disk = 256LL << 20;    // buffer.min_free_disk: never grow into this
   int64_t retain_delivered_s = 0;         // keep delivered events this long (tail/export)
   std::size_t max_group_events = 20000;   // most events in one transaction
-  std::size_t max_group_bytes = 2 << 20;  // and most bytes (bounds the WAL)
+  std::size_t max_group_bytes = 2 << 20;  // and most bytes of bodies (bounds the WAL)
+  // Most seqs one transaction acknowledges (a wider range is split over several): bounds what
+  // deleting (and, with retain_delivered, copying) delivered events adds to the WAL.
+  int64_t max_group_ack_seqs = 8192;
+  std::size_t recent_max_bytes = 1 << 20;  // buffer.recent_max_bytes: bodies kept for `tail`
+  // Bodies queued for the writer and not yet taken: append() waits while the queue holds more
+  // (one request alone may exceed it), so producers can never pile up memory behind a slow disk.
+  std::size_t max_queue_bytes = 64 << 20;
+  // Tests only: called after each durable step of a recovery ("salvage-created",
+  // "salvage-written", "salvage-complete", "wal-moved", "original-moved", "salvage-in-place"),
+  // so that a test can end the process there as a crash would.
+  std::function<void(std::string_view step)> on_recovery_step;
 };
 
 /// An event ready to store: validated, completed and serialised by Ingest.
@@ -72,17 +85,36 @@ struct BufferStats {
   int64_t pending_bytes = 0;
   int64_t oldest_pending_ms = 0;  // received_at of the oldest pending event, 0 when none
   int64_t last_seq = 0;
-  int64_t used_bytes = 0;  // pages holding data
-  int64_t file_bytes = 0;
-  int64_t cap_bytes = 0;  // what the next append may grow to
-  uint64_t appended = 0;  // since start
+  int64_t used_bytes = 0;      // pages holding data
+  int64_t file_bytes = 0;      // buffer.db itself (pages in use and free)
+  int64_t wal_bytes = 0;       // buffer.db-wal now: the buffer takes file_bytes + wal_bytes on disk
+  int64_t wal_peak_bytes = 0;  // the largest WAL seen since start
+  int64_t cap_bytes = 0;       // what the next append may grow to
+  uint64_t appended = 0;       // since start
   uint64_t duplicates = 0;
   uint64_t acknowledged = 0;
-  uint64_t quarantined = 0;        // events moved to the quarantine since start
-  int64_t quarantine_events = 0;   // events in the quarantine table now
   uint64_t evicted = 0;
-  uint64_t rejected_full = 0;
+  uint64_t rejected_full = 0;  // requests refused with "full" since start
+  int64_t last_full_ms = 0;    // when a request was last refused with "full", 0 = never
+  // Since when producers are refused: the first "full" after the last accepted request (agent.*
+  // reports, which may use a reserve, do not count as accepted); 0 when the last one got in.
+  int64_t full_since_ms = 0;
   uint64_t commits = 0;
+  uint64_t io_errors = 0;  // transactions SQLite rolled back on an I/O error or a full disk
+  std::size_t queued_requests = 0;  // appends waiting for the writer now
+  std::size_t queued_bytes = 0;
+  // The quarantine (events the centre refused; Outbox::quarantine): kept, counted, reported.
+  uint64_t quarantined = 0;         // events moved to the quarantine since start
+  uint64_t quarantine_retried = 0;  // events moved back to pending by retryQuarantine()
+  int64_t quarantine_events = 0;    // events in the quarantine table now
+  int64_t quarantine_bytes = 0;
+  int64_t quarantine_oldest_ms = 0;    // when the oldest of them was quarantined, 0 = none
+  std::string quarantine_last_reason;  // the reason of the latest one
+  // The ring behind `omniedge tail`: the last Buffer::kRecentEvents events, at most
+  // BufferOptions::recent_max_bytes of bodies.
+  std::size_t recent_events = 0;
+  std::size_t recent_bytes = 0;
+  uint64_t recent_dropped = 0;  // bodies left out of the ring because of its byte bound
 };
 
 /// What open() found.
@@ -90,15 +122,26 @@ struct OpenReport {
   bool unclean_shutdown = false;   // the previous run did not close the buffer
   bool integrity_checked = false;  // PRAGMA quick_check ran at open
   bool recovered = false;          // the file was corrupt: moved aside, a fresh one started
+  bool resumed = false;            // ... by a recovery that an earlier start began
   std::string moved_to;            // where the corrupt file went
   std::string problem;             // what quick_check or SQLite said
   int64_t salvaged = 0;            // events copied from the corrupt file into the fresh one
+  // buffer.db.corrupt-* files an interrupted recovery left behind unsalvaged, picked up now
+  // (their readable events are pending again), and how many events they gave.
+  std::vector<std::string> picked_up;
+  int64_t picked_up_events = 0;
 };
 
 class Buffer final : public Outbox {
  public:
   /// Opens (creating) dir/buffer.db, checks it (see OpenReport), and starts the writer thread.
-  /// Fails with "io" when the directory or file cannot be used at all.
+  /// Only real corruption (SQLITE_CORRUPT, SQLITE_NOTADB, a failed quick_check) moves the file
+  /// aside (after its readable events, quarantine and POS dedup memory were salvaged into a
+  /// complete, synced new file); anything else leaves every file where it is and fails:
+  /// "permission" (a file or the dir this process cannot read and write: the message names it,
+  /// its owner and mode, and the fix), "busy" (another omniedge owns the data dir), "io"
+  /// (disk full, I/O error, ...: retry later). Thread: any; blocks for the checks (see
+  /// docs/reliability.md).
   static Result<std::unique_ptr<Buffer>> open(const BufferOptions& options);
   ~Buffer() override;
   Buffer(const Buffer&) = delete;
@@ -106,10 +149,12 @@ class Buffer final : public Outbox {
 
   const OpenReport& openReport() const { return open_report_; }
 
-  /// Stores `events` all-or-nothing in one group commit. Thread: any. Blocks until durable.
+  /// Stores `events` all-or-nothing in one group commit. Thread: any. Blocks until durable
+  /// (and, while more than max_queue_bytes wait for the writer, until there is room).
   /// Fails "full" when there is no room even after evicting low-priority events (an event with
   /// Priority::kLow never pushes out more than older low-priority events; agent.* events may use
-  /// a small reserve), "stopping", or "io".
+  /// a small reserve), "stopping", or "io". "ok" means committed; an error means not committed
+  /// (a retry is safe: ids already stored are counted as duplicates).
   Result<AppendCounts> append(std::vector<StoredEvent> events);
 
   // Outbox
@@ -119,13 +164,18 @@ class Buffer final : public Outbox {
   void quarantine(int64_t first_seq, int64_t last_seq, std::string reason) override;
   int64_t waitForNewer(int64_t seq, int timeout_ms) override;
 
-  /// Blocks until every acknowledgement queued so far is committed. Thread: any.
+  /// Blocks until every acknowledgement (and quarantine) queued so far is committed, or the
+  /// writer has stopped. Thread: any. While the disk keeps failing this waits for it: use
+  /// syncAcknowledgementsFor() where that matters.
   void syncAcknowledgements();
+  /// The same, giving up after `timeout`; true when everything queued was committed.
+  bool syncAcknowledgementsFor(std::chrono::milliseconds timeout);
 
-  /// Moves every quarantined event back to pending (appended again: a new seq, in their old
-  /// order), so the sync engine sends them again; returns how many. Thread: any; blocks until
-  /// committed. Fails "full", "stopping" or "io".
-  /// (A minimal version for the `retry-quarantine` command; the buffer's own replaces it.)
+  /// Moves every quarantined event back to pending, each with a NEW seq (in their old order),
+  /// so the sync engine sends them again; returns how many. Ids already pending again, or
+  /// high-priority ids delivered meanwhile, are dropped from the quarantine without a copy.
+  /// Thread: any; blocks until the writer has committed it. Fails "full" when they do not fit
+  /// (what was moved before stays moved), "stopping" or "io".
   Result<int64_t> retryQuarantine();
 
   /// Evictions since the last call (reset by the call). Thread: any.
@@ -135,38 +185,61 @@ class Buffer final : public Outbox {
   void returnEvictions(const EvictionReport& report);
 
   /// The newest stored events with seq > after_seq (at most `limit`, oldest first), from an
-  /// in-memory ring of the last kRecentEvents: delivered events leave the file at once, but
-  /// a technician's `tail --follow` still sees them. Thread: any.
+  /// in-memory ring of the last kRecentEvents (and at most recent_max_bytes of bodies):
+  /// delivered events leave the file at once, but a technician's `tail --follow` still sees
+  /// them. Thread: any.
   std::vector<RecentEvent> recent(int64_t after_seq, std::size_t limit) const;
   static constexpr std::size_t kRecentEvents = 1000;
 
-  /// Counters and queue depth. Thread: any; cheap (no scans).
+  /// Counters and queue depth. Thread: any; cheap (no scans, no I/O).
   BufferStats stats() const;
 
-  /// Stops the writer after it has committed what is queued; marks a clean shutdown.
+  /// Stops the writer after it has committed what is queued; marks a clean shutdown. Returns
+  /// within a few seconds even when the disk keeps failing: acknowledgements that cannot be
+  /// committed by then are dropped (their events stay pending and are sent again later).
+  /// Thread: any (not the writer); idempotent.
   void close();
 
  private:
   explicit Buffer(BufferOptions options);
   struct Request;
+  struct Job;
+  struct Counters;
+  struct Attempt;
   /// A range the centre has (delivered) or will never take (quarantine_reason set).
   struct AckOp {
     int64_t first_seq = 0;
     int64_t last_seq = 0;
     std::string quarantine_reason;  // "" = delivered
+    uint64_t number = 0;            // order of acknowledge()/quarantine() calls, from 1
   };
   void writerLoop();
-  /// One transaction; false when the acknowledgements in it could not be committed.
+  /// Commits a group: requests and acknowledgements in one transaction, retried once without
+  /// the request that broke it; answers every producer. False when the acknowledgements in it
+  /// could not be committed (they are to be retried).
   bool commitGroup(std::vector<std::shared_ptr<Request>>& group, std::vector<AckOp>& acks);
+  Attempt runTransaction(std::vector<std::shared_ptr<Request>>& group,
+                         const std::vector<std::size_t>& active, const std::vector<AckOp>& acks,
+                         std::vector<std::optional<Result<AppendCounts>>>& results);
+  void publishCommitted(const Attempt& a);
+  void restoreCommitted(int64_t burnt_up_to);
+  void runRetryQuarantine(Job& job);
+  void maybeCheckpoint();
   Result<void> prepare();
   Result<void> recover(const std::string& problem);
-  int64_t salvage(const std::filesystem::path& old_file);
-  int64_t usedBytes() const;
-  int64_t capBytes();
-  int64_t evictLow(int64_t bytes_needed, EvictionReport& report);
-  void loadCounters();
-  bool saveCounters();
+  Result<void> finishInterruptedRecovery();
+  Result<void> finishRecoveryFiles(int64_t ms);
+  Result<void> pickUpCorruptFiles();
+  void recoveryStep(std::string_view step);
+  int64_t capBytes(int64_t used);
+  bool evictLow(int64_t bytes_needed, Counters& work, EvictionReport& report);
+  Result<Counters> loadCounters();
+  bool saveCounters(const Counters& c);
+  int64_t committedHighWater();
   void refreshStatsLocked();
+  void requeueAcksLocked(std::vector<AckOp>& acks);
+  void updateAckWatermarkLocked();
+  void logFailure(const std::string& what);
 
   BufferOptions options_;
   OpenReport open_report_;
@@ -178,25 +251,36 @@ class Buffer final : public Outbox {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;        // writer waits for work
+  std::condition_variable room_cv_;   // producers wait for room in the queue
   std::condition_variable newer_cv_;  // sync waits for new events
   std::condition_variable acked_cv_;
-  std::deque<std::shared_ptr<Request>> queue_;          // guarded by mu_
-  std::vector<AckOp> ack_queue_;                        // guarded by mu_
-  uint64_t acks_enqueued_ = 0;                          // guarded by mu_
-  uint64_t acks_committed_ = 0;                         // guarded by mu_
-  bool stopping_ = false;                               // guarded by mu_
-  bool writer_done_ = false;                            // guarded by mu_
-  BufferStats stats_;                                   // guarded by mu_
-  EvictionReport evictions_;                            // guarded by mu_
-  std::deque<RecentEvent> recent_;                      // guarded by mu_
+  std::deque<std::shared_ptr<Request>> queue_;            // guarded by mu_
+  std::size_t queued_bytes_ = 0;                          // guarded by mu_
+  std::deque<std::shared_ptr<Job>> jobs_;                 // guarded by mu_
+  std::deque<AckOp> ack_queue_;                           // guarded by mu_
+  uint64_t acks_enqueued_ = 0;                            // guarded by mu_
+  uint64_t acks_committed_ = 0;                           // guarded by mu_
+  bool acks_abandoned_ = false;                           // guarded by mu_: close() gave up on some
+  bool stopping_ = false;                                 // guarded by mu_
+  std::chrono::steady_clock::time_point stop_requested_;  // guarded by mu_
+  bool writer_done_ = false;                              // guarded by mu_
+  BufferStats stats_;                                     // guarded by mu_
+  EvictionReport evictions_;                              // guarded by mu_
+  std::deque<RecentEvent> recent_;                        // guarded by mu_
+  std::size_t recent_bytes_ = 0;                          // guarded by mu_
   int64_t page_size_ = 4096;
   int lock_fd_ = -1;
   // Writer thread only:
   int64_t free_disk_checked_ms_ = 0;
   int64_t cap_cache_ = 0;
   int64_t file_bytes_ = 0;
+  int64_t wal_bytes_ = 0;
   int64_t purged_ms_ = 0;
   int64_t dedup_purged_ms_ = 0;
+  int wal_frames_ = 0;  // frames in the WAL after the last commit (sqlite3_wal_hook)
+  std::chrono::steady_clock::time_point restart_retry_at_;
+  std::chrono::steady_clock::time_point failure_logged_at_;
+  uint64_t failures_unlogged_ = 0;
   std::thread writer_;
 };
 

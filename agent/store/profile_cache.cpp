@@ -1,80 +1,634 @@
 #include "agent/store/profile_cache.h"
 
-#include <mutex>
+#include <algorithm>
+#include <set>
+#include <utility>
 
 #include "agent/api/time.h"
+#include "drivers/kiosk/customer_key.h"
 
 namespace omniedge::store {
 namespace {
+
+using nlohmann::json;
+
+// A profile larger than this is refused: a bound on what one message can make us hold.
+constexpr std::size_t kMaxProfileBytes = 64 * 1024;
+// What the in-memory index costs beyond the bytes themselves (hash nodes, list node, strings'
+// headers), estimated so that the memory bound counts what is really held.
+constexpr std::size_t kEntryOverhead = 192;
+constexpr std::size_t kKeyOverhead = 80;
+constexpr std::string_view kLocalPrefix = "local:";
+
+constexpr const char* kSchema =
+    "CREATE TABLE IF NOT EXISTS profiles(id TEXT PRIMARY KEY, doc TEXT NOT NULL,"
+    " heard_ms INTEGER NOT NULL, keys TEXT NOT NULL DEFAULT '', bytes INTEGER NOT NULL DEFAULT 0,"
+    " refused INTEGER NOT NULL DEFAULT 0, local INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS profile_keys(key TEXT PRIMARY KEY, id TEXT NOT NULL)"
+    " WITHOUT ROWID;";
+// Built after a migration may have added the columns they name.
+constexpr const char* kIndexes =
+    "CREATE INDEX IF NOT EXISTS profile_keys_by_id ON profile_keys(id);"
+    // Eviction order, and the counts at open without reading the documents.
+    "CREATE INDEX IF NOT EXISTS profiles_by_heard ON profiles(heard_ms, bytes, local);";
+constexpr const char* kColumns = "id, doc, heard_ms, keys, bytes, refused, local";
 
 Error invalid(const std::string& field, const std::string& why) {
   return makeError("invalid", field + " " + why, field);
 }
 
+std::string joinKeys(const std::vector<std::string>& keys) {
+  std::string out;
+  for (const std::string& k : keys) {
+    out += out.empty() ? "" : "\n";
+    out += k;
+  }
+  return out;
+}
+
+std::vector<std::string> splitKeys(std::string_view text) {
+  std::vector<std::string> keys;
+  while (!text.empty()) {
+    const std::size_t nl = text.find('\n');
+    keys.emplace_back(text.substr(0, nl));
+    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+  }
+  return keys;
+}
+
+bool refusesTracking(const json& doc) {
+  const auto consent = doc.find("consent");
+  if (consent == doc.end() || !consent->is_object()) {
+    return false;
+  }
+  const auto tracking = consent->find("tracking");
+  return tracking != consent->end() && *tracking == false;
+}
+
+std::string columnText(sqlite3_stmt* st, int i) {
+  const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st, i));
+  return text != nullptr ? std::string(text, static_cast<std::size_t>(sqlite3_column_bytes(st, i)))
+                         : std::string();
+}
+
+// "{...}" + freshness, without parsing the document.
+std::string withFreshness(const std::string& doc, int64_t heard_ms) {
+  std::string out = doc;
+  const std::string field = "\"freshness\":\"" + formatRfc3339Ms(heard_ms) + "\"";
+  const std::size_t close = out.rfind('}');
+  if (close == std::string::npos) {
+    return "{" + field + "}";
+  }
+  const std::size_t before = out.find_last_not_of(" \n\r\t", close - 1);
+  const bool empty = before == std::string::npos || out[before] == '{';
+  out.insert(close, empty ? field : "," + field);
+  return out;
+}
+
+}  // namespace
+
+std::size_t ProfileCache::memoryBytes(const Entry& e) {
+  std::size_t n = kEntryOverhead + e.doc.size() + e.id.size() * 3;
+  for (const std::string& k : e.keys) {
+    n += kKeyOverhead + k.size() * 2;
+  }
+  return n;
+}
+
+namespace {
+
+// The logical bytes of an entry in profiles.db: its document, id and keys (each key also in
+// profile_keys with the id).
+std::size_t diskBytes(const std::string& id, const std::string& doc,
+                      const std::vector<std::string>& keys) {
+  std::size_t n = doc.size() + id.size();
+  for (const std::string& k : keys) {
+    n += k.size() * 2 + id.size();
+  }
+  return n;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<ProfileCache>> ProfileCache::open(const std::filesystem::path& dir) {
-  std::unique_ptr<ProfileCache> c(new ProfileCache());
-  const auto file = dir / "profiles.db";
-  if (sqlite3_open_v2(file.c_str(), &c->db_,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                      nullptr) != SQLITE_OK ||
-      sqlite3_exec(c->db_,
-                   "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                   "CREATE TABLE IF NOT EXISTS profiles(id TEXT PRIMARY KEY, doc TEXT NOT NULL,"
-                   " heard_ms INTEGER NOT NULL) WITHOUT ROWID;",
-                   nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return makeError("io", "profile cache " + file.string() + ": " + sqlite3_errmsg(c->db_));
+  ProfileCacheOptions options;
+  options.dir = dir;
+  return open(options);
+}
+
+Result<std::unique_ptr<ProfileCache>> ProfileCache::open(const ProfileCacheOptions& options) {
+  std::unique_ptr<ProfileCache> c(new ProfileCache(options));
+  if (auto r = c->openDb(); !r) {
+    return r.error();
   }
+  // Counts from the index, then the most recently heard profiles into memory.
   sqlite3_stmt* st = nullptr;
-  if (sqlite3_prepare_v2(c->db_, "SELECT id, doc, heard_ms FROM profiles", -1, &st, nullptr) ==
-      SQLITE_OK) {
-    std::unique_lock lock(c->mu_);
+  if (sqlite3_prepare_v2(c->db_, "SELECT count(*), total(bytes), total(local) FROM profiles", -1,
+                         &st, nullptr) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW) {
+    c->disk_count_ = static_cast<std::size_t>(sqlite3_column_int64(st, 0));
+    c->disk_bytes_ = static_cast<std::size_t>(sqlite3_column_double(st, 1));
+    c->local_count_ = static_cast<std::size_t>(sqlite3_column_double(st, 2));
+  }
+  sqlite3_finalize(st);
+  st = nullptr;
+  const std::string load =
+      std::string("SELECT ") + kColumns + " FROM profiles ORDER BY heard_ms DESC";
+  std::vector<std::shared_ptr<const Entry>> loaded;
+  std::size_t bytes = 0;
+  if (sqlite3_prepare_v2(c->db_, load.c_str(), -1, &st, nullptr) == SQLITE_OK) {
     while (sqlite3_step(st) == SQLITE_ROW) {
-      auto doc = nlohmann::json::parse(reinterpret_cast<const char*>(sqlite3_column_text(st, 1)),
-                                       nullptr, false);
-      if (doc.is_discarded()) {
-        continue;
+      auto e = std::make_shared<Entry>();
+      fillEntry(st, *e);
+      bytes += memoryBytes(*e);
+      if (bytes > options.max_bytes) {
+        break;
       }
-      auto p = std::make_shared<Profile>(Profile{std::move(doc), sqlite3_column_int64(st, 2)});
-      c->indexLocked(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), p);
+      loaded.push_back(std::move(e));
     }
   }
   sqlite3_finalize(st);
+  std::lock_guard lock(c->mu_);
+  for (auto it = loaded.rbegin(); it != loaded.rend(); ++it) {  // the newest ends in front
+    c->insertLocked(*it);
+  }
   return c;
 }
 
-ProfileCache::~ProfileCache() { sqlite3_close(db_); }
-
-void ProfileCache::indexLocked(const std::string& id, const std::shared_ptr<const Profile>& p) {
-  unindexLocked(id);
-  by_id_[id] = p;
-  for (const auto& key : p->doc["keys"]) {
-    id_by_key_[key.get<std::string>()] = id;
+Result<void> ProfileCache::openDb() {
+  const auto file = options_.dir / "profiles.db";
+  auto fail = [&](sqlite3* db) {
+    return makeError("io", "profile cache " + file.string() + ": " +
+                               (db != nullptr ? sqlite3_errmsg(db) : "cannot open"));
+  };
+  if (sqlite3_open_v2(file.c_str(), &db_,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                      nullptr) != SQLITE_OK ||
+      sqlite3_exec(db_, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", nullptr, nullptr,
+                   nullptr) != SQLITE_OK ||
+      sqlite3_busy_timeout(db_, 5000) != SQLITE_OK ||
+      sqlite3_exec(db_, kSchema, nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return fail(db_);
   }
+  if (auto r = migrate(); !r) {
+    return r;
+  }
+  if (sqlite3_exec(db_, kIndexes, nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return fail(db_);
+  }
+  if (sqlite3_open_v2(file.c_str(), &rdb_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) !=
+          SQLITE_OK ||
+      sqlite3_busy_timeout(rdb_, 5000) != SQLITE_OK) {
+    return fail(rdb_);
+  }
+  return prepareStatements();
 }
 
-void ProfileCache::unindexLocked(const std::string& id) {
+// Files written before profiles were bounded hold only (id, doc, heard_ms): add the columns and
+// the key index, reading each document once.
+Result<void> ProfileCache::migrate() {
+  sqlite3_stmt* probe = nullptr;
+  const bool current =
+      sqlite3_prepare_v2(db_, "SELECT keys, bytes, refused, local FROM profiles LIMIT 0", -1,
+                         &probe, nullptr) == SQLITE_OK;
+  sqlite3_finalize(probe);
+  if (current) {
+    return {};
+  }
+  auto fail = [&] {
+    const std::string err = sqlite3_errmsg(db_);
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return makeError("io", "profile cache: upgrading profiles.db: " + err);
+  };
+  if (sqlite3_exec(db_,
+                   "BEGIN;"
+                   "ALTER TABLE profiles ADD COLUMN keys TEXT NOT NULL DEFAULT '';"
+                   "ALTER TABLE profiles ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;"
+                   "ALTER TABLE profiles ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;"
+                   "ALTER TABLE profiles ADD COLUMN local INTEGER NOT NULL DEFAULT 0;",
+                   nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return fail();
+  }
+  std::vector<std::pair<std::string, std::string>> rows;
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT id, doc FROM profiles", -1, &st, nullptr) != SQLITE_OK) {
+    return fail();
+  }
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    rows.emplace_back(columnText(st, 0), columnText(st, 1));
+  }
+  sqlite3_finalize(st);
+  sqlite3_stmt* update = nullptr;
+  sqlite3_stmt* key = nullptr;
+  bool ok =
+      sqlite3_prepare_v2(db_, "UPDATE profiles SET keys = ?, bytes = ?, refused = ? WHERE id = ?",
+                         -1, &update, nullptr) == SQLITE_OK &&
+      sqlite3_prepare_v2(db_, "INSERT OR REPLACE INTO profile_keys(key, id) VALUES(?, ?)", -1, &key,
+                         nullptr) == SQLITE_OK;
+  for (const auto& [id, text] : rows) {
+    const json doc = json::parse(text, nullptr, false);
+    std::vector<std::string> keys;
+    if (doc.is_object() && doc.contains("keys") && doc["keys"].is_array()) {
+      for (const auto& k : doc["keys"]) {
+        if (k.is_string()) {
+          keys.push_back(kiosk::canonicalCustomerKey(k.get<std::string>()));
+        }
+      }
+    }
+    const std::string joined = joinKeys(keys);
+    sqlite3_bind_text(update, 1, joined.c_str(), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(update, 2, static_cast<int64_t>(diskBytes(id, text, keys)));
+    sqlite3_bind_int(update, 3, doc.is_object() && refusesTracking(doc) ? 1 : 0);
+    sqlite3_bind_text(update, 4, id.c_str(), -1, SQLITE_TRANSIENT);
+    ok = ok && sqlite3_step(update) == SQLITE_DONE;
+    sqlite3_reset(update);
+    for (const std::string& k : keys) {
+      sqlite3_bind_text(key, 1, k.c_str(), -1, SQLITE_TRANSIENT);
+      sqlite3_bind_text(key, 2, id.c_str(), -1, SQLITE_TRANSIENT);
+      ok = ok && sqlite3_step(key) == SQLITE_DONE;
+      sqlite3_reset(key);
+    }
+  }
+  sqlite3_finalize(update);
+  sqlite3_finalize(key);
+  if (!ok || sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return fail();
+  }
+  return {};
+}
+
+Result<void> ProfileCache::prepareStatements() {
+  const std::string by_key = std::string("SELECT p.id, p.doc, p.heard_ms, p.keys, p.bytes,") +
+                             " p.refused, p.local FROM profile_keys k JOIN profiles p" +
+                             " ON p.id = k.id WHERE k.key = ?";
+  const std::string by_id = std::string("SELECT ") + kColumns + " FROM profiles WHERE id = ?";
+  const std::pair<sqlite3*, std::pair<sqlite3_stmt**, std::string>> statements[] = {
+      {db_,
+       {&put_, std::string("INSERT OR REPLACE INTO profiles(") + kColumns +
+                   ") VALUES(?, ?, ?, ?, ?, ?, ?)"}},
+      {db_, {&put_key_, "INSERT OR REPLACE INTO profile_keys(key, id) VALUES(?, ?)"}},
+      {db_, {&drop_keys_, "DELETE FROM profile_keys WHERE id = ?"}},
+      {db_, {&drop_, "DELETE FROM profiles WHERE id = ?"}},
+      {db_, {&w_by_key_, by_key}},
+      {db_, {&w_by_id_, by_id}},
+      {db_, {&oldest_, "SELECT id FROM profiles ORDER BY heard_ms LIMIT 64"}},
+      {rdb_, {&r_by_key_, by_key}},
+      {rdb_, {&r_by_id_, by_id}},
+  };
+  for (const auto& [db, statement] : statements) {
+    if (sqlite3_prepare_v3(db, statement.second.c_str(), -1, SQLITE_PREPARE_PERSISTENT,
+                           statement.first, nullptr) != SQLITE_OK) {
+      return makeError("io", std::string("profile cache: ") + sqlite3_errmsg(db));
+    }
+  }
+  return {};
+}
+
+ProfileCache::~ProfileCache() {
+  for (sqlite3_stmt* st :
+       {put_, put_key_, drop_keys_, drop_, w_by_key_, w_by_id_, oldest_, r_by_key_, r_by_id_}) {
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(rdb_);
+  sqlite3_close(db_);
+}
+
+// ---- memory (mu_ held) -----------------------------------------------------------------------
+
+void ProfileCache::insertLocked(const std::shared_ptr<const Entry>& e) const {
+  eraseLocked(e->id);
+  lru_.push_front(e->id);
+  by_id_.emplace(e->id, Slot{e, lru_.begin()});
+  for (const std::string& key : e->keys) {
+    id_by_key_[key] = e->id;
+  }
+  memory_bytes_ += memoryBytes(*e);
+}
+
+void ProfileCache::eraseLocked(const std::string& id) const {
   auto it = by_id_.find(id);
   if (it == by_id_.end()) {
     return;
   }
-  for (const auto& key : it->second->doc["keys"]) {
-    auto k = id_by_key_.find(key.get<std::string>());
+  const Entry& e = *it->second.entry;
+  for (const std::string& key : e.keys) {
+    auto k = id_by_key_.find(key);
     if (k != id_by_key_.end() && k->second == id) {
       id_by_key_.erase(k);
     }
   }
+  memory_bytes_ -= memoryBytes(e);
+  lru_.erase(it->second.lru);
   by_id_.erase(it);
+}
+
+void ProfileCache::shrinkLocked() const {
+  while (memory_bytes_ > options_.max_bytes && !lru_.empty()) {
+    const std::string id = lru_.back();
+    eraseLocked(id);
+    ++memory_evictions_;
+  }
+}
+
+void ProfileCache::promote(const std::shared_ptr<const Entry>& e, uint64_t seen_generation) const {
+  std::lock_guard lock(mu_);
+  ++disk_reads_;
+  // A write since the read may have changed or removed it: then the file's answer is given
+  // but not kept.
+  if (generation_ == seen_generation && by_id_.find(e->id) == by_id_.end()) {
+    insertLocked(e);
+    shrinkLocked();
+  }
+}
+
+// ---- reads -------------------------------------------------------------------------------------
+
+std::shared_ptr<const ProfileCache::Entry> ProfileCache::readDisk(sqlite3_stmt* st,
+                                                                  const std::string& value) const {
+  std::shared_ptr<Entry> e;
+  std::lock_guard lock(read_mu_);
+  sqlite3_bind_text(st, 1, value.c_str(), static_cast<int>(value.size()), SQLITE_STATIC);
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    e = std::make_shared<Entry>();
+    fillEntry(st, *e);
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  return e;
+}
+
+std::shared_ptr<const ProfileCache::Entry> ProfileCache::find(const std::string& key) const {
+  uint64_t generation = 0;
+  {
+    std::lock_guard lock(mu_);
+    auto k = id_by_key_.find(key);
+    if (k != id_by_key_.end()) {
+      Slot& slot = by_id_.at(k->second);
+      lru_.splice(lru_.begin(), lru_, slot.lru);
+      return slot.entry;
+    }
+    if (by_id_.size() >= disk_count_) {
+      return nullptr;  // everything the file holds is in memory: no need to ask it
+    }
+    generation = generation_;
+  }
+  auto e = readDisk(r_by_key_, key);
+  if (e) {
+    promote(e, generation);
+  }
+  return e;
+}
+
+std::shared_ptr<const ProfileCache::Entry> ProfileCache::findById(const std::string& id) const {
+  uint64_t generation = 0;
+  {
+    std::lock_guard lock(mu_);
+    auto it = by_id_.find(id);
+    if (it != by_id_.end()) {
+      return it->second.entry;
+    }
+    if (by_id_.size() >= disk_count_) {
+      return nullptr;
+    }
+    generation = generation_;
+  }
+  auto e = readDisk(r_by_id_, id);
+  if (e) {
+    promote(e, generation);
+  }
+  return e;
+}
+
+std::optional<std::string> ProfileCache::profileJson(std::string_view key) const {
+  auto e = find(kiosk::canonicalCustomerKey(key));
+  if (!e || e->local) {
+    return std::nullopt;
+  }
+  return withFreshness(e->doc, e->heard_ms);
+}
+
+std::optional<nlohmann::json> ProfileCache::lookup(std::string_view key) const {
+  auto text = profileJson(key);
+  if (!text) {
+    return std::nullopt;
+  }
+  return json::parse(*text, nullptr, false);
+}
+
+std::optional<std::string> ProfileCache::cartJson(std::string_view key) const {
+  auto e = find(kiosk::canonicalCustomerKey(key));
+  if (!e) {
+    return std::nullopt;
+  }
+  const json doc = json::parse(e->doc, nullptr, false);
+  if (doc.is_object() && doc.contains("cart") && doc["cart"].is_object()) {
+    return doc["cart"].dump();
+  }
+  return json{{"items", json::array()}}.dump();
+}
+
+std::size_t ProfileCache::size() const {
+  std::lock_guard lock(mu_);
+  return disk_count_;
+}
+
+ProfileCacheStats ProfileCache::stats() const {
+  std::lock_guard lock(mu_);
+  ProfileCacheStats s;
+  s.in_memory = by_id_.size();
+  s.memory_bytes = memory_bytes_;
+  s.memory_max_bytes = options_.max_bytes;
+  s.memory_evictions = memory_evictions_;
+  s.disk_reads = disk_reads_;
+  s.on_disk = disk_count_;
+  s.disk_bytes = disk_bytes_;
+  s.disk_max_bytes = options_.max_disk_bytes;
+  s.disk_evictions = disk_evictions_;
+  s.local_carts = local_count_;
+  return s;
+}
+
+std::map<std::string, std::string> ProfileCache::customerFor(std::string_view key) const {
+  std::map<std::string, std::string> out;
+  auto e = find(kiosk::canonicalCustomerKey(key));
+  if (!e || e->local) {
+    return out;
+  }
+  out["profile_id"] = e->id;
+  for (const std::string& full : e->keys) {
+    if (full.rfind("loyalty:", 0) == 0) {
+      out.try_emplace("loyalty_id", full.substr(8));
+    } else if (full.rfind("app:", 0) == 0) {
+      out.try_emplace("app_user_id", full.substr(4));
+    }
+  }
+  return out;
+}
+
+bool ProfileCache::trackingRefused(const std::map<std::string, std::string>& customer) const {
+  static const std::map<std::string, std::string, std::less<>> kPrefix = {
+      {"loyalty_id", "loyalty:"},
+      {"app_user_id", "app:"},
+      {"email_sha256", "email_sha256:"},
+      {"phone_sha256", "phone_sha256:"},
+      {"beacon", ""}};
+  for (const auto& [field, value] : customer) {
+    std::shared_ptr<const Entry> e;
+    if (field == "profile_id") {
+      e = findById(value);
+    } else if (auto prefix = kPrefix.find(field); prefix != kPrefix.end()) {
+      e = find(kiosk::canonicalCustomerKey(prefix->second + value));
+    }
+    if (e && e->refused) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// ---- writes (write_mu_ held) -----------------------------------------------------------------
+
+struct ProfileCache::Txn {
+  std::size_t count = 0;  // what the file holds, as the transaction goes
+  std::size_t bytes = 0;
+  std::size_t local = 0;
+  uint64_t evicted = 0;
+  std::set<std::string> gone;  // ids whose copy in memory is stale
+};
+
+void ProfileCache::fillEntry(sqlite3_stmt* st, Entry& e) {
+  e.id = columnText(st, 0);
+  e.doc = columnText(st, 1);
+  e.heard_ms = sqlite3_column_int64(st, 2);
+  e.keys = splitKeys(columnText(st, 3));
+  e.bytes = static_cast<std::size_t>(sqlite3_column_int64(st, 4));
+  e.refused = sqlite3_column_int(st, 5) != 0;
+  e.local = sqlite3_column_int(st, 6) != 0;
+}
+
+// On the write connection, which sees the transaction's own changes (memory does not yet).
+std::shared_ptr<ProfileCache::Entry> ProfileCache::rowLocked(sqlite3_stmt* st,
+                                                             const std::string& value) {
+  std::shared_ptr<Entry> e;
+  sqlite3_bind_text(st, 1, value.c_str(), static_cast<int>(value.size()), SQLITE_STATIC);
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    e = std::make_shared<Entry>();
+    fillEntry(st, *e);
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  return e;
+}
+
+bool ProfileCache::dropLocked(Txn& txn, const std::string& id) {
+  auto row = rowLocked(w_by_id_, id);
+  if (!row) {
+    return true;
+  }
+  bool ok = true;
+  for (sqlite3_stmt* st : {drop_keys_, drop_}) {
+    sqlite3_bind_text(st, 1, id.c_str(), static_cast<int>(id.size()), SQLITE_STATIC);
+    ok = ok && sqlite3_step(st) == SQLITE_DONE;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+  }
+  --txn.count;
+  txn.bytes -= std::min(txn.bytes, row->bytes);
+  txn.local -= row->local && txn.local > 0 ? 1 : 0;
+  txn.gone.insert(id);
+  return ok;
+}
+
+bool ProfileCache::putLocked(Txn& txn, const Entry& e) {
+  const std::string keys = joinKeys(e.keys);
+  sqlite3_bind_text(put_, 1, e.id.c_str(), static_cast<int>(e.id.size()), SQLITE_STATIC);
+  sqlite3_bind_text(put_, 2, e.doc.c_str(), static_cast<int>(e.doc.size()), SQLITE_STATIC);
+  sqlite3_bind_int64(put_, 3, e.heard_ms);
+  sqlite3_bind_text(put_, 4, keys.c_str(), static_cast<int>(keys.size()), SQLITE_STATIC);
+  sqlite3_bind_int64(put_, 5, static_cast<int64_t>(e.bytes));
+  sqlite3_bind_int(put_, 6, e.refused ? 1 : 0);
+  sqlite3_bind_int(put_, 7, e.local ? 1 : 0);
+  bool ok = sqlite3_step(put_) == SQLITE_DONE;
+  sqlite3_reset(put_);
+  sqlite3_clear_bindings(put_);
+  for (const std::string& key : e.keys) {
+    sqlite3_bind_text(put_key_, 1, key.c_str(), static_cast<int>(key.size()), SQLITE_STATIC);
+    sqlite3_bind_text(put_key_, 2, e.id.c_str(), static_cast<int>(e.id.size()), SQLITE_STATIC);
+    ok = ok && sqlite3_step(put_key_) == SQLITE_DONE;
+    sqlite3_reset(put_key_);
+    sqlite3_clear_bindings(put_key_);
+  }
+  ++txn.count;
+  txn.bytes += e.bytes;
+  txn.local += e.local ? 1 : 0;
+  txn.gone.insert(e.id);  // replaced by the new copy in commitLocked
+  return ok;
+}
+
+// Keeps the file under max_disk_bytes: the profiles heard of least recently go (never those in
+// `keep`, written by this transaction).
+bool ProfileCache::capLocked(Txn& txn, const std::vector<std::string>& keep) {
+  while (txn.bytes > options_.max_disk_bytes) {
+    std::vector<std::string> oldest;
+    while (sqlite3_step(oldest_) == SQLITE_ROW) {
+      oldest.push_back(columnText(oldest_, 0));
+    }
+    sqlite3_reset(oldest_);
+    bool progress = false;
+    for (const std::string& id : oldest) {
+      if (txn.bytes <= options_.max_disk_bytes) {
+        break;
+      }
+      if (std::find(keep.begin(), keep.end(), id) != keep.end()) {
+        continue;
+      }
+      if (!dropLocked(txn, id)) {
+        return false;
+      }
+      ++txn.evicted;
+      progress = true;
+    }
+    if (!progress) {
+      break;  // only what this transaction wrote is left: it stays, over the cap
+    }
+  }
+  return true;
+}
+
+Error ProfileCache::rollbackLocked() {
+  const std::string err = sqlite3_errmsg(db_);
+  sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  return makeError("io", "profile cache: " + err);
+}
+
+// Durable first, then visible.
+Result<void> ProfileCache::commitLocked(Txn& txn, std::vector<Entry> fresh) {
+  if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return rollbackLocked();
+  }
+  std::lock_guard lock(mu_);
+  for (const std::string& id : txn.gone) {
+    eraseLocked(id);
+  }
+  for (Entry& e : fresh) {
+    insertLocked(std::make_shared<const Entry>(std::move(e)));
+  }
+  ++generation_;
+  disk_count_ = txn.count;
+  disk_bytes_ = txn.bytes;
+  local_count_ = txn.local;
+  disk_evictions_ += txn.evicted;
+  shrinkLocked();
+  return {};
 }
 
 Result<ProfileUpdate> ProfileCache::apply(std::string_view payload, int64_t now_ms) {
   std::lock_guard write(write_mu_);
-  auto msg = nlohmann::json::parse(payload, nullptr, false);
+  auto msg = json::parse(payload, nullptr, false);
   if (msg.is_discarded() || !msg.is_object()) {
     return makeError("invalid_json", "an R/profiles message must be a JSON object");
   }
-  std::vector<std::pair<std::string, std::shared_ptr<const Profile>>> upserts;
+  std::vector<Entry> upserts;
   std::vector<std::string> deletes;
   if (msg.contains("upserts")) {
     if (!msg["upserts"].is_array()) {
@@ -87,17 +641,32 @@ Result<ProfileUpdate> ProfileCache::apply(std::string_view payload, int64_t now_
           p["id"].get<std::string>().empty()) {
         return invalid(at + ".id", "is required (a non-empty string)");
       }
+      if (p["id"].get<std::string>().rfind(kLocalPrefix, 0) == 0) {
+        return invalid(at + ".id", "must not start with \"local:\" (kept for kiosk carts)");
+      }
       if (!p.contains("keys") || !p["keys"].is_array()) {
         return invalid(at + ".keys", "is required (an array of identity keys)");
       }
+      Entry e;
+      e.id = p["id"].get<std::string>();
       for (const auto& k : p["keys"]) {
         if (!k.is_string() || k.get<std::string>().find(':') == std::string::npos) {
           return invalid(at + ".keys", "must hold keys like \"loyalty:ID\"");
         }
+        std::string key = kiosk::canonicalCustomerKey(k.get<std::string>());
+        if (std::find(e.keys.begin(), e.keys.end(), key) == e.keys.end()) {
+          e.keys.push_back(std::move(key));
+        }
       }
       p.erase("freshness");  // ours to say
-      upserts.emplace_back(p["id"].get<std::string>(),
-                           std::make_shared<Profile>(Profile{p, now_ms}));
+      e.doc = p.dump(-1, ' ', false, json::error_handler_t::replace);
+      if (e.doc.size() > kMaxProfileBytes) {
+        return invalid(at, "is larger than " + std::to_string(kMaxProfileBytes) + " bytes");
+      }
+      e.refused = refusesTracking(p);
+      e.heard_ms = now_ms;
+      e.bytes = diskBytes(e.id, e.doc, e.keys);
+      upserts.push_back(std::move(e));
     }
   }
   if (msg.contains("deletes")) {
@@ -108,115 +677,126 @@ Result<ProfileUpdate> ProfileCache::apply(std::string_view payload, int64_t now_
       if (!k.is_string()) {
         return invalid("deletes", "must be an array of keys");
       }
-      deletes.push_back(k.get<std::string>());
+      deletes.push_back(kiosk::canonicalCustomerKey(k.get<std::string>()));
     }
   }
 
-  // Durable first, then visible.
-  sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr);
-  sqlite3_stmt* put = nullptr;
-  sqlite3_stmt* del = nullptr;
-  sqlite3_prepare_v2(db_, "INSERT OR REPLACE INTO profiles(id, doc, heard_ms) VALUES(?,?,?)", -1,
-                     &put, nullptr);
-  sqlite3_prepare_v2(db_, "DELETE FROM profiles WHERE id = ?", -1, &del, nullptr);
-  bool ok = put != nullptr && del != nullptr;
-  for (const auto& [id, p] : upserts) {
-    const std::string doc = p->doc.dump();
-    sqlite3_bind_text(put, 1, id.c_str(), -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(put, 2, doc.c_str(), -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(put, 3, now_ms);
-    ok = ok && sqlite3_step(put) == SQLITE_DONE;
-    sqlite3_reset(put);
-  }
-  std::vector<std::string> deleted_ids;
+  Txn txn;
   {
-    std::shared_lock lock(mu_);
-    for (const auto& key : deletes) {
-      auto it = id_by_key_.find(key);
-      if (it != id_by_key_.end()) {
-        deleted_ids.push_back(it->second);
+    std::lock_guard lock(mu_);
+    txn.count = disk_count_;
+    txn.bytes = disk_bytes_;
+    txn.local = local_count_;
+  }
+  if (sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return rollbackLocked();
+  }
+  std::vector<std::string> written;
+  std::map<std::string, std::vector<std::string>> stolen;  // id -> keys another profile took
+  for (const Entry& u : upserts) {
+    for (const std::string& key : u.keys) {
+      if (auto holder = rowLocked(w_by_key_, key); holder && holder->id != u.id) {
+        stolen[holder->id].push_back(key);
       }
     }
+    if (!dropLocked(txn, u.id) || !putLocked(txn, u)) {
+      return rollbackLocked();
+    }
+    written.push_back(u.id);
   }
-  for (const auto& id : deleted_ids) {
-    sqlite3_bind_text(del, 1, id.c_str(), -1, SQLITE_TRANSIENT);
-    ok = ok && sqlite3_step(del) == SQLITE_DONE;
-    sqlite3_reset(del);
+  // A profile that lost keys keeps the others; one left without keys, or a kiosk cart whose
+  // customer the centre now sends, goes (the centre's profile carries the cart from then on:
+  // it received every kiosk.cart_add).
+  for (const auto& [id, keys] : stolen) {
+    if (std::find(written.begin(), written.end(), id) != written.end()) {
+      continue;
+    }
+    auto row = rowLocked(w_by_id_, id);
+    if (!row || !dropLocked(txn, id)) {
+      if (row) {
+        return rollbackLocked();
+      }
+      continue;
+    }
+    std::erase_if(row->keys, [&](const std::string& k) {
+      return std::find(keys.begin(), keys.end(), k) != keys.end();
+    });
+    if (row->local || row->keys.empty()) {
+      continue;
+    }
+    row->bytes = diskBytes(row->id, row->doc, row->keys);
+    if (!putLocked(txn, *row)) {
+      return rollbackLocked();
+    }
   }
-  sqlite3_finalize(put);
-  sqlite3_finalize(del);
-  if (!ok || sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
-    const std::string err = sqlite3_errmsg(db_);
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    return makeError("io", "profile cache: " + err);
+  int deleted = 0;
+  for (const std::string& key : deletes) {
+    if (auto row = rowLocked(w_by_key_, key)) {
+      if (!dropLocked(txn, row->id)) {
+        return rollbackLocked();
+      }
+      std::erase(written, row->id);
+      ++deleted;
+    }
   }
-  std::unique_lock lock(mu_);
-  for (const auto& [id, p] : upserts) {
-    indexLocked(id, p);
+  if (!capLocked(txn, written)) {
+    return rollbackLocked();
   }
-  for (const auto& id : deleted_ids) {
-    unindexLocked(id);
+  const int upserted = static_cast<int>(upserts.size());
+  std::vector<Entry> fresh;
+  for (Entry& u : upserts) {
+    if (std::find(written.begin(), written.end(), u.id) != written.end()) {
+      fresh.push_back(std::move(u));
+    }
   }
-  return ProfileUpdate{static_cast<int>(upserts.size()), static_cast<int>(deleted_ids.size())};
-}
-
-std::optional<nlohmann::json> ProfileCache::lookup(std::string_view key) const {
-  std::shared_lock lock(mu_);
-  auto k = id_by_key_.find(std::string(key));
-  if (k == id_by_key_.end()) {
-    return std::nullopt;
+  if (auto r = commitLocked(txn, std::move(fresh)); !r) {
+    return r.error();
   }
-  const auto& p = by_id_.at(k->second);
-  nlohmann::json doc = p->doc;
-  doc["freshness"] = formatRfc3339Ms(p->heard_ms);
-  return doc;
-}
-
-Result<void> ProfileCache::persist(const std::string& id, const Profile& p) {
-  sqlite3_stmt* put = nullptr;
-  const std::string doc = p.doc.dump();
-  bool ok =
-      sqlite3_prepare_v2(db_, "INSERT OR REPLACE INTO profiles(id, doc, heard_ms) VALUES(?,?,?)",
-                         -1, &put, nullptr) == SQLITE_OK;
-  if (ok) {
-    sqlite3_bind_text(put, 1, id.c_str(), -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(put, 2, doc.c_str(), -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(put, 3, p.heard_ms);
-    ok = sqlite3_step(put) == SQLITE_DONE;
-  }
-  sqlite3_finalize(put);
-  if (!ok) {
-    return makeError("io", std::string("profile cache: ") + sqlite3_errmsg(db_));
-  }
-  return {};
+  return ProfileUpdate{upserted, deleted};
 }
 
 Result<nlohmann::json> ProfileCache::addCartItem(std::string_view key, const nlohmann::json& item,
                                                  int64_t now_ms) {
   std::lock_guard write(write_mu_);
-  std::string id;
-  std::shared_ptr<const Profile> current;
+  const std::string canonical = kiosk::canonicalCustomerKey(key);
+  Txn txn;
   {
-    std::shared_lock lock(mu_);
-    auto k = id_by_key_.find(std::string(key));
-    if (k == id_by_key_.end()) {
-      return makeError("not_found", "no profile is cached for " + std::string(key));
-    }
-    id = k->second;
-    current = by_id_.at(id);
+    std::lock_guard lock(mu_);
+    txn.count = disk_count_;
+    txn.bytes = disk_bytes_;
+    txn.local = local_count_;
   }
-  auto next = std::make_shared<Profile>(*current);
-  auto& cart = next->doc["cart"];
+  if (sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return rollbackLocked();
+  }
+  Entry next;
+  json doc;
+  if (auto current = rowLocked(w_by_key_, canonical)) {
+    next = *current;
+    doc = json::parse(current->doc, nullptr, false);
+    if (!doc.is_object()) {
+      doc = json::object();
+    }
+  } else {
+    // A customer the centre has not sent (yet): the cart is kept under the key alone.
+    next.id = std::string(kLocalPrefix) + canonical;
+    next.keys = {canonical};
+    next.local = true;
+    next.heard_ms = now_ms;
+    doc = {{"id", next.id}, {"keys", {canonical}}, {"local", true}};
+  }
+  auto& cart = doc["cart"];
   if (!cart.is_object()) {
-    cart = nlohmann::json::object();
+    cart = json::object();
   }
   if (!cart.contains("items") || !cart["items"].is_array()) {
-    cart["items"] = nlohmann::json::array();
+    cart["items"] = json::array();
   }
   bool merged = false;
   for (auto& line : cart["items"]) {
     if (line.is_object() && line.value("sku", "") == item.value("sku", "") &&
-        line.value("channel", "") == item.value("channel", "") && line["qty"].is_number_integer()) {
+        line.value("channel", "") == item.value("channel", "") && line.contains("qty") &&
+        line["qty"].is_number_integer()) {
       line["qty"] = line["qty"].get<int64_t>() + item.value("qty", int64_t{1});
       merged = true;
       break;
@@ -226,69 +806,18 @@ Result<nlohmann::json> ProfileCache::addCartItem(std::string_view key, const nlo
     cart["items"].push_back(item);
   }
   cart["updated_at"] = formatRfc3339Ms(now_ms);
-  if (auto r = persist(id, *next); !r) {
+  json answer = cart;
+  next.doc = doc.dump(-1, ' ', false, json::error_handler_t::replace);
+  next.bytes = diskBytes(next.id, next.doc, next.keys);
+  if (!dropLocked(txn, next.id) || !putLocked(txn, next) || !capLocked(txn, {next.id})) {
+    return rollbackLocked();
+  }
+  std::vector<Entry> fresh;
+  fresh.push_back(std::move(next));
+  if (auto r = commitLocked(txn, std::move(fresh)); !r) {
     return r.error();
   }
-  std::unique_lock lock(mu_);
-  indexLocked(id, next);
-  return cart;
-}
-
-std::size_t ProfileCache::size() const {
-  std::shared_lock lock(mu_);
-  return by_id_.size();
-}
-
-std::map<std::string, std::string> ProfileCache::customerFor(std::string_view key) const {
-  std::shared_lock lock(mu_);
-  std::map<std::string, std::string> out;
-  auto k = id_by_key_.find(std::string(key));
-  if (k == id_by_key_.end()) {
-    return out;
-  }
-  const auto& p = by_id_.at(k->second);
-  out["profile_id"] = k->second;
-  for (const auto& key_json : p->doc["keys"]) {
-    const std::string full = key_json.get<std::string>();
-    if (full.rfind("loyalty:", 0) == 0) {
-      out.try_emplace("loyalty_id", full.substr(8));
-    } else if (full.rfind("app:", 0) == 0) {
-      out.try_emplace("app_user_id", full.substr(4));
-    }
-  }
-  return out;
-}
-
-bool ProfileCache::trackingRefused(const std::map<std::string, std::string>& customer) const {
-  static const std::map<std::string, std::string> kPrefix = {{"loyalty_id", "loyalty:"},
-                                                             {"app_user_id", "app:"},
-                                                             {"email_sha256", "email_sha256:"},
-                                                             {"phone_sha256", "phone_sha256:"},
-                                                             {"beacon", ""}};
-  std::shared_lock lock(mu_);
-  auto refused = [](const Profile& p) {
-    const auto& doc = p.doc;
-    return doc.contains("consent") && doc["consent"].is_object() &&
-           doc["consent"].contains("tracking") && doc["consent"]["tracking"] == false;
-  };
-  for (const auto& [field, value] : customer) {
-    if (field == "profile_id") {
-      auto it = by_id_.find(value);
-      if (it != by_id_.end() && refused(*it->second)) {
-        return true;
-      }
-      continue;
-    }
-    auto prefix = kPrefix.find(field);
-    if (prefix == kPrefix.end()) {
-      continue;
-    }
-    auto k = id_by_key_.find(prefix->second + value);
-    if (k != id_by_key_.end() && refused(*by_id_.at(k->second))) {
-      return true;
-    }
-  }
-  return false;
+  return answer;
 }
 
 }  // namespace omniedge::store

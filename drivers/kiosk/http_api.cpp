@@ -1,19 +1,18 @@
 #include "drivers/kiosk/http_api.h"
 
 #include <arpa/inet.h>
-#include <httplib.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
-#include <charconv>
 #include <cstring>
 #include <exception>
 #include <nlohmann/json.hpp>
 #include <string_view>
 
+#include "agent/api/json_string.h"
+#include "drivers/kiosk/customer_key.h"
 #include "drivers/kiosk/event_json.h"
 #include "drivers/pos/transaction.h"
 #include "drivers/pos/transaction_json.h"
@@ -32,13 +31,36 @@ constexpr std::string_view kMetricsPath = "/metrics";
 constexpr const char* kJsonType = "application/json";
 constexpr const char* kPrometheusType = "text/plain; version=0.0.4";
 
-// Brute force: this many failed attempts from one address within kFailureWindow lock it out
-// for kLockout.
-constexpr std::size_t kMaxFailures = 5;
-constexpr auto kFailureWindow = std::chrono::seconds(60);
-constexpr auto kLockout = std::chrono::seconds(60);
-// Beyond this many tracked addresses, expired ones are dropped on each new failure.
-constexpr std::size_t kPruneAbove = 4096;
+// The channels a caller may be allowed to write through POST /v1/events.
+constexpr unsigned kKiosk = 1;
+constexpr unsigned kBeacon = 2;
+constexpr unsigned kPos = 4;
+
+unsigned channelBit(std::string_view channel) {
+  if (channel == "kiosk") {
+    return kKiosk;
+  }
+  if (channel == "beacon") {
+    return kBeacon;
+  }
+  if (channel == "pos") {
+    return kPos;
+  }
+  return 0;
+}
+
+// "kiosk.*, beacon.*", for messages.
+std::string channelList(unsigned channels) {
+  std::string out;
+  for (const auto& [bit, name] :
+       {std::pair{kKiosk, "kiosk.*"}, std::pair{kBeacon, "beacon.*"}, std::pair{kPos, "pos.*"}}) {
+    if ((channels & bit) != 0) {
+      out += out.empty() ? "" : ", ";
+      out += name;
+    }
+  }
+  return out;
+}
 
 bool isLoopback(const std::string& host) {
   if (host == "localhost") {
@@ -56,11 +78,6 @@ bool isLoopback(const std::string& host) {
     return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
   }
   return false;
-}
-
-std::string hostPort(const std::string& host, int port) {
-  const bool v6 = host.find(':') != std::string::npos;
-  return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
 // Time depends on the length of `presented` only, never on where it differs from `expected`.
@@ -87,14 +104,14 @@ std::string_view trim(std::string_view text) {
   while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) {
     text.remove_prefix(1);
   }
-  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) {
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t' || text.back() == '\r')) {
     text.remove_suffix(1);
   }
   return text;
 }
 
 // The token of "Authorization: Bearer <token>", empty when there is none.
-std::string_view bearerToken(const std::string& header) {
+std::string_view bearerToken(std::string_view header) {
   constexpr std::string_view kScheme = "bearer ";
   std::string_view value = trim(header);
   if (value.size() <= kScheme.size() ||
@@ -108,12 +125,12 @@ std::string_view bearerToken(const std::string& header) {
 // application/json (and any +json type) pass; so do text/plain and
 // application/x-www-form-urlencoded, which is what `curl -d` sends when its user forgot -H:
 // refusing those would only make a technician's first try fail for no gain.
-bool isJsonContentType(const httplib::Request& req) {
-  if (!req.has_header("Content-Type")) {
+bool isJsonContentType(const HttpRequest& req) {
+  if (!req.hasHeader("Content-Type")) {
     return true;
   }
-  const std::string value = req.get_header_value("Content-Type");
-  const std::string_view type = trim(std::string_view(value).substr(0, value.find(';')));
+  const std::string_view value = req.header("Content-Type");
+  const std::string_view type = trim(value.substr(0, value.find(';')));
   constexpr std::string_view kJsonSuffix = "+json";
   return equalsIgnoreCase(type, kJsonType) || equalsIgnoreCase(type, "text/plain") ||
          equalsIgnoreCase(type, "application/x-www-form-urlencoded") ||
@@ -121,7 +138,7 @@ bool isJsonContentType(const httplib::Request& req) {
           equalsIgnoreCase(type.substr(type.size() - kJsonSuffix.size()), kJsonSuffix));
 }
 
-void sendError(httplib::Response& res, int status, std::string_view code, std::string_view message,
+void sendError(HttpResponse& res, int status, std::string_view code, std::string_view message,
                std::string_view field = {}) {
   // `field` is always there (empty when no single field is to blame), so a client can read
   // error.field without checking for it.
@@ -130,13 +147,6 @@ void sendError(httplib::Response& res, int status, std::string_view code, std::s
   res.set_content(
       Json{{"error", std::move(error)}}.dump(-1, ' ', false, Json::error_handler_t::replace),
       kJsonType);
-}
-
-// Reads the body and throws it away, so that the connection stays in step after an early
-// answer: httplib would otherwise parse the unread body as the next request. False when the
-// body could not be read (then the connection must close).
-bool drainBody(const httplib::ContentReader& reader) {
-  return reader([](const char*, std::size_t) { return true; });
 }
 
 // "[0].type" -> "type" when the body was a single object, so that the field names what the
@@ -149,66 +159,196 @@ std::string stripSingleIndex(std::string text) {
   return text;
 }
 
-std::string routeLabel(const std::string& path) {
-  for (std::string_view known : {kEventsPath, kPosPath, kHealthPath, kMetricsPath}) {
-    if (path == known) {
-      return std::string(known);
-    }
-  }
-  if (path.rfind(kCustomersPrefix, 0) == 0) {
-    return "/v1/customers";
-  }
-  return "other";
-}
-
-// For httplib's own refusals, which come without a body.
-std::pair<std::string, std::string> defaultError(int status) {
+// For the protocol layer's refusals.
+std::string_view errorCode(int status) {
   switch (status) {
     case 400:
-      return {"bad_request", "the request is malformed"};
-    case 404:
-      return {"not_found", "no such endpoint"};
+      return "bad_request";
+    case 408:
+      return "timeout";
     case 413:
-      return {"too_large", "the body is too large"};
+      return "too_large";
     case 414:
-      return {"uri_too_long", "the request URI is too long"};
+      return "uri_too_long";
+    case 415:
+      return "unsupported_media_type";
+    case 417:
+      return "expectation_failed";
+    case 431:
+      return "headers_too_large";
+    case 501:
+      return "not_implemented";
+    case 503:
+      return "busy";
+    case 505:
+      return "http_version";
     default:
-      if (status >= 500) {
-        return {"internal", "internal error"};
-      }
-      return {"error", "HTTP status " + std::to_string(status)};
+      return status >= 500 ? "internal" : "error";
   }
 }
 
-// Content-Length as a number; 0 when absent or malformed (httplib then refuses it itself).
-std::uint64_t contentLength(const httplib::Request& req) {
-  const std::string value = req.get_header_value("Content-Length");
-  std::uint64_t length = 0;
-  std::from_chars(value.data(), value.data() + value.size(), length);
-  return length;
+// The path of a customer route, split: key and what follows it ("", "/cart", "/cart/items").
+bool splitCustomerPath(std::string_view path, std::string_view& key, std::string_view& tail) {
+  if (path.rfind(kCustomersPrefix, 0) != 0) {
+    return false;
+  }
+  path.remove_prefix(kCustomersPrefix.size());
+  const std::size_t slash = path.find('/');
+  key = path.substr(0, slash);
+  tail = slash == std::string_view::npos ? std::string_view() : path.substr(slash);
+  return !key.empty();
 }
 
-HttpApiOptions withoutEmptyTokens(HttpApiOptions options) {
+HttpApiOptions normalised(HttpApiOptions options) {
   auto& tokens = options.tokens;
-  tokens.erase(std::remove(tokens.begin(), tokens.end(), std::string()), tokens.end());
+  tokens.erase(std::remove_if(tokens.begin(), tokens.end(),
+                              [](const ApiToken& t) { return t.secret.empty(); }),
+               tokens.end());
   options.threads = std::max(options.threads, 1);
-  options.keep_alive_timeout_s = std::max(options.keep_alive_timeout_s, 1);
+  options.max_tracked_addresses = std::max<std::size_t>(options.max_tracked_addresses, 1);
+  options.auth_max_failures = std::max(options.auth_max_failures, 1);
   return options;
+}
+
+}  // namespace
+
+Result<std::vector<ApiToken>> parseTokens(std::string_view text) {
+  std::vector<ApiToken> tokens;
+  int number = 0;
+  while (!text.empty()) {
+    const std::size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+    ++number;
+    auto isSpace = [](char c) { return c == ' ' || c == '\t' || c == '\r'; };
+    while (!line.empty() && isSpace(line.front())) {
+      line.remove_prefix(1);
+    }
+    while (!line.empty() && isSpace(line.back())) {
+      line.remove_suffix(1);
+    }
+    if (line.empty() || line.front() == '#') {
+      continue;
+    }
+    const std::string where = "line " + std::to_string(number) + ": ";
+    ApiToken token;
+    std::size_t end = 0;
+    while (end < line.size() && !isSpace(line[end])) {
+      ++end;
+    }
+    token.secret = line.substr(0, end);
+    line.remove_prefix(end);
+    bool granted = false;
+    while (!line.empty()) {
+      while (!line.empty() && isSpace(line.front())) {
+        line.remove_prefix(1);
+      }
+      end = 0;
+      while (end < line.size() && !isSpace(line[end])) {
+        ++end;
+      }
+      const std::string_view attribute = line.substr(0, end);
+      line.remove_prefix(end);
+      constexpr std::string_view kChannels = "channels=";
+      if (attribute.rfind(kChannels, 0) != 0) {
+        return makeError("config", where + "'" + std::string(attribute) +
+                                       "' is not understood (a token may be followed by "
+                                       "channels=kiosk,beacon,pos)");
+      }
+      if (granted) {
+        return makeError("config", where + "channels= is given twice");
+      }
+      granted = true;
+      token.channels.clear();
+      std::string_view list = attribute.substr(kChannels.size());
+      while (true) {
+        const std::size_t comma = list.find(',');
+        std::string_view channel = list.substr(0, comma);
+        if (channel.size() > 2 && channel.substr(channel.size() - 2) == ".*") {
+          channel.remove_suffix(2);  // "kiosk.*" reads as "kiosk"
+        }
+        if (channel == "agent") {
+          return makeError("config", where +
+                                         "agent.* events come only from the agent itself; no "
+                                         "token can be granted them");
+        }
+        if (channelBit(channel) == 0) {
+          return makeError("config", where + "'" + std::string(channel) +
+                                         "' is not a channel a token can write (kiosk, beacon, "
+                                         "pos)");
+        }
+        if (std::find(token.channels.begin(), token.channels.end(), channel) ==
+            token.channels.end()) {
+          token.channels.emplace_back(channel);
+        }
+        if (comma == std::string_view::npos) {
+          break;
+        }
+        list.remove_prefix(comma + 1);
+      }
+    }
+    for (const ApiToken& other : tokens) {
+      if (other.secret == token.secret) {
+        return makeError("config", where + "this token is already listed above");
+      }
+    }
+    tokens.push_back(std::move(token));
+  }
+  if (tokens.empty()) {
+    return makeError("config", "it holds no token");
+  }
+  return tokens;
+}
+
+std::size_t HttpApi::AddrKeyHash::operator()(const AddrKey& k) const {
+  uint64_t a = 0;
+  uint64_t b = 0;
+  std::memcpy(&a, k.bytes.data(), 8);
+  std::memcpy(&b, k.bytes.data() + 8, 8);
+  return std::hash<uint64_t>()(a * 0x9E3779B97F4A7C15ULL ^ b);
+}
+
+namespace {
+
+// Who a failure is counted against: an IPv4 address, or an IPv6 /64 (one host's share of
+// addresses: rotating through it must not buy fresh attempts).
+std::array<uint8_t, 16> addressKey(const sockaddr_storage& peer) {
+  std::array<uint8_t, 16> key{};
+  if (peer.ss_family == AF_INET) {
+    key[10] = key[11] = 0xff;
+    std::memcpy(&key[12], &reinterpret_cast<const sockaddr_in&>(peer).sin_addr, 4);
+  } else if (peer.ss_family == AF_INET6) {
+    const in6_addr& a = reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(&a)) {
+      std::memcpy(key.data(), a.s6_addr, 16);
+    } else {
+      std::memcpy(key.data(), a.s6_addr, 8);
+    }
+  }
+  return key;
 }
 
 }  // namespace
 
 HttpApi::HttpApi(HttpApiOptions options, EventWriter& writer, std::function<HealthReport()> health,
                  std::function<std::string()> metrics)
-    : options_(withoutEmptyTokens(std::move(options))),
+    : options_(normalised(std::move(options))),
       writer_(writer),
       health_(std::move(health)),
-      metrics_(std::move(metrics)) {}
+      metrics_(std::move(metrics)) {
+  for (const ApiToken& token : options_.tokens) {
+    unsigned bits = 0;
+    for (const std::string& channel : token.channels) {
+      bits |= channelBit(channel);
+    }
+    token_channels_.push_back(bits);
+  }
+}
 
 HttpApi::~HttpApi() { stop(); }
 
 Result<void> HttpApi::start() {
-  if (thread_.joinable()) {
+  if (port_.load() != 0) {
     return makeError("invalid_state", "the HTTP API is already started");
   }
   if (options_.tokens.empty() && !isLoopback(options_.host)) {
@@ -216,331 +356,323 @@ Result<void> HttpApi::start() {
                      "refusing to serve the HTTP API on " + options_.host +
                          " without tokens: configure http.tokens_file or bind to 127.0.0.1");
   }
-  try {
-    server_ = std::make_unique<httplib::Server>();
-    installRoutes();
-    errno = 0;
-    int bound = -1;
-    if (options_.port == 0) {
-      bound = server_->bind_to_any_port(options_.host);
-    } else if (server_->bind_to_port(options_.host, options_.port)) {
-      bound = options_.port;
-    }
-    if (bound <= 0) {
-      const int err = errno;
-      std::string message = "cannot listen on " + hostPort(options_.host, options_.port);
-      if (err != 0) {
-        message += ": ";
-        message += std::strerror(err);
-      }
-      server_.reset();
-      return makeError("io", std::move(message));
-    }
-    port_ = bound;
-    auto done = std::make_shared<std::atomic<bool>>(false);
-    thread_ = std::thread([server = server_.get(), done] {
-      server->listen_after_bind();
-      done->store(true);
-    });
-    // httplib's stop() is a no-op until listen has begun: wait for it, so that stop() never
-    // races the thread's start. Takes microseconds.
-    while (!server_->is_running() && !done->load()) {
-      std::this_thread::yield();
-    }
-  } catch (const std::exception& e) {
-    stop();
-    return makeError("io", "cannot start the HTTP API on " +
-                               hostPort(options_.host, options_.port) + ": " + e.what());
+  HttpServerOptions so;
+  so.host = options_.host;
+  so.port = options_.port;
+  so.workers = options_.threads;
+  so.max_connections = options_.max_connections;
+  so.max_header_bytes = options_.max_header_bytes;
+  so.max_headers = options_.max_headers;
+  so.max_body_bytes = options_.max_body_bytes;
+  so.max_buffered_body_bytes = std::max(options_.max_body_bytes * 4, std::size_t{32} << 20);
+  so.header_timeout = options_.header_timeout;
+  so.body_timeout = options_.body_timeout;
+  so.keep_alive_timeout = options_.keep_alive_timeout;
+  auto server = std::make_shared<HttpServer>(
+      so, [this](HttpRequest& req, HttpResponse& res) { return onHead(req, res); },
+      [this](HttpRequest& req, HttpResponse& res) { onRequest(req, res); },
+      [this](const HttpRequest* req, int status, std::string_view message, HttpResponse& res) {
+        onError(req, status, message, res);
+      });
+  {
+    std::lock_guard lock(server_mu_);
+    server_ = server;
   }
+  if (auto started = server->start(); !started) {
+    std::lock_guard lock(server_mu_);
+    server_.reset();
+    return started.error();
+  }
+  port_ = server->port();
   return {};
 }
 
 void HttpApi::stop() {
-  if (server_) {
-    server_->stop();
+  std::shared_ptr<HttpServer> server;
+  {
+    std::lock_guard lock(server_mu_);
+    server = std::move(server_);
   }
-  if (thread_.joinable()) {
-    thread_.join();
+  if (server) {
+    server->stop();
   }
-  server_.reset();
+  // The event thread is gone: the lockout table is ours again.
+  failures_.clear();
+  tracked_ = 0;
+  port_ = 0;
 }
 
-int HttpApi::port() const { return port_; }
+int HttpApi::port() const { return port_.load(); }
+
+namespace {
+
+std::string_view routeLabel(int route) {
+  static constexpr std::array<std::string_view, 8> kLabels = {"/v1/events",
+                                                              "/v1/pos/transactions",
+                                                              "/v1/customers/{key}",
+                                                              "/v1/customers/{key}/cart",
+                                                              "/v1/customers/{key}/cart/items",
+                                                              "/v1/health",
+                                                              "/metrics",
+                                                              "other"};
+  return route >= 0 && route < static_cast<int>(kLabels.size()) ? kLabels[route] : "other";
+}
+
+}  // namespace
 
 std::string HttpApi::metricsText() const {
-  std::lock_guard lock(stats_mu_);
   std::string text =
       "# HELP omniedge_http_requests_total Requests answered by the local HTTP API.\n"
       "# TYPE omniedge_http_requests_total counter\n";
-  for (const auto& [key, count] : requests_) {
-    text += "omniedge_http_requests_total{route=\"" + key.first + "\",code=\"" +
-            std::to_string(key.second) + "\"} " + std::to_string(count) + "\n";
+  uint64_t accepted = 0;
+  {
+    std::lock_guard lock(stats_mu_);
+    for (const auto& [key, count] : requests_) {
+      text += "omniedge_http_requests_total{route=\"";
+      text += routeLabel(static_cast<int>(key.first));
+      text += "\",code=\"" + std::to_string(key.second) + "\"} " + std::to_string(count) + "\n";
+    }
+    accepted = events_accepted_;
   }
   text +=
       "# HELP omniedge_http_events_accepted_total Events the local HTTP API acknowledged as "
       "durable.\n"
       "# TYPE omniedge_http_events_accepted_total counter\n"
       "omniedge_http_events_accepted_total " +
-      std::to_string(events_accepted_) + "\n";
+      std::to_string(accepted) + "\n";
+  HttpServerStats s;
+  {
+    std::lock_guard lock(server_mu_);
+    if (server_) {
+      s = server_->stats();
+    }
+  }
+  auto metric = [&text](std::string_view name, std::string_view type, std::string_view help,
+                        std::initializer_list<std::pair<std::string_view, uint64_t>> values) {
+    text += "# HELP ";
+    text += name;
+    text += ' ';
+    text += help;
+    text += "\n# TYPE ";
+    text += name;
+    text += ' ';
+    text += type;
+    text += '\n';
+    for (const auto& [labels, value] : values) {
+      text += name;
+      text += labels;
+      text += ' ' + std::to_string(value) + '\n';
+    }
+  };
+  metric("omniedge_http_connections_open", "gauge", "Connections open now.", {{"", s.open}});
+  metric("omniedge_http_connections_accepted_total", "counter", "Connections accepted.",
+         {{"", s.accepted}});
+  metric("omniedge_http_connections_refused_total", "counter",
+         "Requests answered 503 at once because the server was at its limits.",
+         {{"{reason=\"connections\"}", s.refused_busy},
+          {"{reason=\"body_bytes\"}", s.body_budget_busy}});
+  metric("omniedge_http_connections_closed_total", "counter",
+         "Connections the server closed: evicted to make room, timed out, idle.",
+         {{"{reason=\"evicted\"}", s.evicted},
+          {"{reason=\"head_timeout\"}", s.head_timeouts},
+          {"{reason=\"body_timeout\"}", s.body_timeouts},
+          {"{reason=\"idle\"}", s.idle_closed}});
+  metric("omniedge_http_auth_failures_total", "counter",
+         "Requests refused for a missing or wrong bearer token (401 and 429).",
+         {{"", auth_failures_.load()}});
+  metric("omniedge_http_auth_lockouts_total", "counter",
+         "Addresses locked out after repeated authentication failures.", {{"", lockouts_.load()}});
+  metric("omniedge_http_auth_tracked_addresses", "gauge",
+         "Addresses the brute-force lockout remembers.", {{"", tracked_.load()}});
   return text;
 }
 
-void HttpApi::installRoutes() {
-  httplib::Server& s = *server_;
-  const int threads = options_.threads;
-  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  // httplib's default sets SO_REUSEPORT, which would let a second agent bind the same port
-  // and steal half the requests; SO_REUSEADDR is enough for fast restarts.
-  s.set_socket_options([](int sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-  });
-  s.set_tcp_nodelay(true);
-  s.set_keep_alive_max_count(100000);
-  s.set_keep_alive_timeout(options_.keep_alive_timeout_s);
-  s.set_read_timeout(5);
-  s.set_write_timeout(5);
-  s.set_payload_max_length(options_.max_body_bytes);
-
-  // Fills a JSON body into httplib's own refusals (bad request line, URI too long, ...), which
-  // never reach a handler, and counts them; our handlers' errors already have a body.
-  s.set_error_handler(httplib::Server::HandlerWithResponse(
-      [this](const httplib::Request& req, httplib::Response& res) {
-        if (!res.body.empty()) {
-          return httplib::Server::HandlerResponse::Unhandled;
-        }
-        const auto [code, message] = defaultError(res.status);
-        sendError(res, res.status, code, message);
-        countRequest(req, res);
-        return httplib::Server::HandlerResponse::Handled;
-      }));
-  // A backstop only: serve() already turns exceptions into 500s.
-  s.set_exception_handler(
-      [](const httplib::Request&, httplib::Response& res, const std::exception_ptr&) {
-        sendError(res, 500, "internal", "unexpected error");
-      });
-  // A client that asks before sending its body learns of a refusal without uploading it.
-  s.set_expect_100_continue_handler([this](const httplib::Request& req, httplib::Response& res) {
-    try {
-      if (checkAccess(req, res) == Access::kAllowed) {
-        if (contentLength(req) <= options_.max_body_bytes) {
-          return 100;
-        }
-        sendError(res, 413, "too_large",
-                  "the body exceeds " + std::to_string(options_.max_body_bytes) + " bytes");
-      }
-      // This answer goes out without httplib's usual framing: add the length ourselves, or a
-      // kept-alive client could not tell where the body ends.
-      res.set_header("Content-Length", std::to_string(res.body.size()));
-      countRequest(req, res);
-      return res.status;
-    } catch (...) {
-      return 100;  // out of memory at worst: let the request proceed to its handler
+HeadAction HttpApi::onHead(HttpRequest& req, HttpResponse& res) {
+  const bool get = req.method == "GET" || req.method == "HEAD";
+  const bool post = req.method == "POST";
+  Route route = Route::kOther;
+  bool method_ok = false;
+  std::string_view key;
+  std::string_view tail;
+  if (req.path == kEventsPath) {
+    route = Route::kEvents;
+    method_ok = post;
+  } else if (req.path == kPosPath) {
+    route = Route::kPos;
+    method_ok = post;
+  } else if (req.path == kHealthPath) {
+    route = Route::kHealth;
+    method_ok = get;
+  } else if (req.path == kMetricsPath) {
+    route = Route::kMetrics;
+    method_ok = get;
+  } else if (splitCustomerPath(req.path, key, tail)) {
+    if (tail.empty()) {
+      route = Route::kCustomer;
+      method_ok = get;
+    } else if (tail == "/cart") {
+      route = Route::kCustomerCart;
+      method_ok = get;
+    } else if (tail == "/cart/items") {
+      route = Route::kCartItems;
+      method_ok = post;
     }
-  });
-
-  s.Post(std::string(kEventsPath), [this](const httplib::Request& req, httplib::Response& res,
-                                          const httplib::ContentReader& reader) {
-    serve(req, res, [&] { routeEvents(req, res, reader); });
-  });
-  s.Post(std::string(kPosPath), [this](const httplib::Request& req, httplib::Response& res,
-                                       const httplib::ContentReader& reader) {
-    serve(req, res, [&] { routeEvents(req, res, reader); });
-  });
-  s.Post(R"(/v1/customers/([^/]+)/cart/items)",
-         [this](const httplib::Request& req, httplib::Response& res,
-                const httplib::ContentReader& reader) {
-           serve(req, res, [&] { routeEvents(req, res, reader); });
-         });
-  s.Get(std::string(kHealthPath), [this](const httplib::Request& req, httplib::Response& res) {
-    serve(req, res, [&] {
-      if (checkAccess(req, res) == Access::kAllowed) {
-        handleHealth(res);
-      }
-    });
-  });
-  // GET /v1/customers/{key} and /v1/customers/{key}/cart: answered from the local profile
-  // cache, so a kiosk gets its answer with the uplink down.
-  s.Get(R"(/v1/customers/([^/]+)(/cart)?)",
-        [this](const httplib::Request& req, httplib::Response& res) {
-          serve(req, res, [&] {
-            if (checkAccess(req, res) != Access::kAllowed) {
-              return;
-            }
-            const std::string key = req.matches[1];
-            auto profile = options_.customer_lookup ? options_.customer_lookup(key) : std::nullopt;
-            if (!profile) {
-              sendError(res, 404, "not_found", "no profile is cached for " + key, "key");
-              return;
-            }
-            if (req.matches[2].length() == 0) {
-              res.set_content(*profile, kJsonType);
-              return;
-            }
-            const auto doc = Json::parse(*profile, nullptr, false);
-            Json cart = doc.is_object() && doc.contains("cart") ? doc["cart"]
-                                                                : Json{{"items", Json::array()}};
-            res.set_content(cart.dump(), kJsonType);
-          });
-        });
-  s.Get(std::string(kMetricsPath), [this](const httplib::Request& req, httplib::Response& res) {
-    serve(req, res, [&] {
-      if (checkAccess(req, res) == Access::kAllowed) {
-        handleMetrics(res);
-      }
-    });
-  });
-
-  // Everything else: 404 for unknown paths, 405 for known ones with the wrong method. Bodies
-  // are drained, never buffered (httplib would buffer them whole before a plain handler).
-  auto other = [this](const httplib::Request& req, httplib::Response& res) {
-    serve(req, res, [&] { routeOther(req, res, nullptr); });
+  }
+  req.route = static_cast<int>(route);
+  auto answered = [&] {
+    countRequest(route, res.status);
+    return HeadAction::kRespond;
   };
-  auto other_with_body = [this](const httplib::Request& req, httplib::Response& res,
-                                const httplib::ContentReader& reader) {
-    serve(req, res, [&] { routeOther(req, res, &reader); });
-  };
-  const std::string any = ".*";
-  s.Get(any, other);
-  s.Options(any, other);
-  s.Post(any, other_with_body);
-  s.Put(any, other_with_body);
-  s.Patch(any, other_with_body);
-  s.Delete(any, other_with_body);
+
+  const std::optional<int> caller = authenticate(req, res);
+  if (!caller) {
+    return answered();
+  }
+  req.caller = *caller;
+  if (route == Route::kOther) {
+    sendError(res, 404, "not_found", "no such endpoint: " + req.path);
+    return answered();
+  }
+  if (!method_ok) {
+    const bool post_route =
+        route == Route::kEvents || route == Route::kPos || route == Route::kCartItems;
+    res.set_header("Allow", post_route ? "POST" : "GET, HEAD");
+    sendError(res, 405, "method_not_allowed",
+              std::string(req.method) + " is not allowed on " + req.path);
+    return answered();
+  }
+  if (post && !isJsonContentType(req)) {
+    sendError(res, 415, "unsupported_media_type", "the body must be application/json");
+    return answered();
+  }
+  return HeadAction::kReadBody;
 }
 
-void HttpApi::serve(const httplib::Request& req, httplib::Response& res,
-                    const std::function<void()>& handler) {
+void HttpApi::onRequest(HttpRequest& req, HttpResponse& res) {
+  const auto route = static_cast<Route>(req.route);
   try {
-    handler();
+    if (route == Route::kEvents || route == Route::kPos || route == Route::kCartItems) {
+      if (auto decoded = HttpServer::decodeBody(req, options_.max_body_bytes); !decoded) {
+        const Error& e = decoded.error();
+        const int status =
+            e.code == "too_large" ? 413 : (e.code == "unsupported_media_type" ? 415 : 400);
+        sendError(res, status, e.code, e.message, e.field);
+      } else if (route == Route::kEvents) {
+        handleEvents(res, std::move(req.body), channelsOf(req.caller));
+      } else if (route == Route::kPos) {
+        handlePosTransactions(res, std::move(req.body));
+      } else {
+        std::string_view key;
+        std::string_view tail;
+        splitCustomerPath(req.path, key, tail);
+        handleCartAdd(res, std::string(key), std::move(req.body));
+      }
+    } else if (route == Route::kCustomer || route == Route::kCustomerCart) {
+      std::string_view key;
+      std::string_view tail;
+      splitCustomerPath(req.path, key, tail);
+      handleCustomer(res, std::string(key), route == Route::kCustomerCart);
+    } else if (route == Route::kHealth) {
+      handleHealth(res);
+    } else if (route == Route::kMetrics) {
+      handleMetrics(res);
+    } else {
+      sendError(res, 404, "not_found", "no such endpoint: " + req.path);
+    }
   } catch (const std::exception& e) {
     sendError(res, 500, "internal", std::string("unexpected error: ") + e.what());
   } catch (...) {
     sendError(res, 500, "internal", "unexpected error");
   }
   // Counted before the answer goes out, so that a client that got it sees it in the metrics.
-  countRequest(req, res);
+  countRequest(route, res.status);
 }
 
-void HttpApi::routeEvents(const httplib::Request& req, httplib::Response& res,
-                          const httplib::ContentReader& reader) {
-  const std::size_t max = options_.max_body_bytes;
-  if (checkAccess(req, res) == Access::kDenied) {
-    if (!drainBody(reader)) {
-      res.set_header("Connection", "close");
-    }
-    return;
-  }
-  if (!isJsonContentType(req)) {
-    if (!drainBody(reader)) {
-      res.set_header("Connection", "close");
-    }
-    sendError(res, 415, "unsupported_media_type", "the body must be application/json");
-    return;
-  }
-  std::string body;
-  std::size_t seen = 0;
-  bool too_large = false;
-  // httplib refuses an oversized Content-Length itself (status 413, body skipped unread).
-  // Bodies without one (chunked, or compressed) are capped here: past the limit the rest is
-  // read and dropped, never held, and never left in the connection (see drainBody()).
-  const bool complete = reader([&](const char* data, std::size_t n) {
-    seen += n;
-    if (seen > max) {
-      if (!too_large) {
-        too_large = true;
-        std::string().swap(body);
-      }
-      return true;
-    }
-    body.append(data, n);
-    return true;
-  });
-  if (!complete && res.status == 413) {
-    too_large = true;
-  } else if (!complete) {
-    res.set_header("Connection", "close");
-    sendError(res, 400, "bad_request", "the body could not be read");
-    return;
-  }
-  if (too_large) {
-    sendError(res, 413, "too_large", "the body exceeds " + std::to_string(max) + " bytes");
-    return;
-  }
-  if (req.path == kPosPath) {
-    handlePosTransactions(res, std::move(body));
-  } else if (req.path.rfind(kCustomersPrefix, 0) == 0) {
-    handleCartAdd(res, std::string(req.matches[1]), std::move(body));
-  } else {
-    handleEvents(res, std::move(body));
-  }
+void HttpApi::onError(const HttpRequest* req, int status, std::string_view message,
+                      HttpResponse& res) {
+  sendError(res, status, errorCode(status), message);
+  countRequest(req != nullptr && req->route >= 0 ? static_cast<Route>(req->route) : Route::kOther,
+               status);
 }
 
-void HttpApi::routeOther(const httplib::Request& req, httplib::Response& res,
-                         const httplib::ContentReader* reader) {
-  if (reader != nullptr && !drainBody(*reader)) {
-    res.set_header("Connection", "close");
-  }
-  if (checkAccess(req, res) == Access::kDenied) {
-    return;
-  }
-  if (routeLabel(req.path) == "other") {
-    sendError(res, 404, "not_found", "no such endpoint: " + req.path);
-  } else {
-    sendError(res, 405, "method_not_allowed", req.method + " is not allowed on " + req.path);
-  }
-}
-
-HttpApi::Access HttpApi::checkAccess(const httplib::Request& req, httplib::Response& res) {
+std::optional<int> HttpApi::authenticate(const HttpRequest& req, HttpResponse& res) {
   if (options_.tokens.empty()) {
-    return Access::kAllowed;
+    return -1;
   }
+  // A valid token is always let in, also from an address that is locked out: the lockout
+  // exists to make guessing slow, never to shut out a kiosk that shares a NAT address (or an
+  // IPv6 /64) with whoever guesses.
+  const std::string_view presented = bearerToken(req.header("Authorization"));
+  int match = -1;
+  for (std::size_t i = 0; i < options_.tokens.size(); ++i) {
+    // No early exit: the same time whichever token matches.
+    if (equalConstantTime(presented, options_.tokens[i].secret)) {
+      match = static_cast<int>(i);
+    }
+  }
+  if (match >= 0) {
+    return match;
+  }
+  ++auth_failures_;
   const auto now = Clock::now();
-  std::lock_guard lock(auth_mu_);
-  auto found = failures_.find(req.remote_addr);
+  const AddrKey key{addressKey(req.peer)};
+  auto found = failures_.find(key);
   if (found != failures_.end() && found->second.locked_until > now) {
     const auto left = std::chrono::ceil<std::chrono::seconds>(found->second.locked_until - now);
     res.set_header("Retry-After", std::to_string(std::max<int64_t>(left.count(), 1)));
     sendError(res, 429, "too_many_requests",
               "too many failed authentication attempts from this address; retry later");
-    return Access::kDenied;
+    return std::nullopt;
   }
-
-  const std::string authorization = req.get_header_value("Authorization");
-  const std::string_view presented = bearerToken(authorization);
-  bool match = false;
-  for (const std::string& token : options_.tokens) {
-    match |= equalConstantTime(presented, token);  // no early exit: same time for any token
-  }
-  if (match) {
-    return Access::kAllowed;
-  }
-
-  if (found == failures_.end()) {
-    if (failures_.size() >= kPruneAbove) {
-      std::erase_if(failures_, [now](const auto& entry) {
-        const Failures& f = entry.second;
-        return f.locked_until <= now &&
-               (f.recent.empty() || f.recent.back() + kFailureWindow <= now);
-      });
-    }
-    found = failures_.emplace(req.remote_addr, Failures{}).first;
-  }
-  Failures& failures = found->second;
-  std::erase_if(failures.recent, [now](Clock::time_point t) { return t + kFailureWindow <= now; });
-  failures.recent.push_back(now);
-  if (failures.recent.size() >= kMaxFailures) {
-    failures.recent.clear();
-    failures.locked_until = now + kLockout;
-  }
+  recordFailure(key, now);
   res.set_header("WWW-Authenticate", "Bearer");
   sendError(res, 401, "unauthorized",
             presented.empty() ? "an Authorization: Bearer token is required"
                               : "the bearer token is not valid");
-  return Access::kDenied;
+  return std::nullopt;
 }
 
-void HttpApi::handleEvents(httplib::Response& res, std::string body) {
+void HttpApi::recordFailure(const AddrKey& key, Clock::time_point now) {
+  auto found = failures_.find(key);
+  if (found == failures_.end()) {
+    if (failures_.size() >= options_.max_tracked_addresses) {
+      // Full (addresses rotating, or many clients failing): forget what has expired; if
+      // nothing has, the address heard from least recently. The table never grows past its
+      // bound, whatever the number of addresses.
+      std::erase_if(failures_, [&](const auto& entry) {
+        const Failures& f = entry.second;
+        return f.locked_until <= now && f.first + options_.auth_window <= now;
+      });
+      if (failures_.size() >= options_.max_tracked_addresses) {
+        auto oldest = std::min_element(
+            failures_.begin(), failures_.end(),
+            [](const auto& a, const auto& b) { return a.second.last < b.second.last; });
+        failures_.erase(oldest);
+      }
+    }
+    found = failures_.emplace(key, Failures{0, now, now, {}}).first;
+  }
+  Failures& f = found->second;
+  if (f.first + options_.auth_window <= now) {
+    f.count = 0;
+    f.first = now;
+  }
+  f.last = now;
+  if (++f.count >= options_.auth_max_failures) {
+    f.count = 0;
+    f.first = now;
+    f.locked_until = now + options_.auth_lockout;
+    ++lockouts_;
+  }
+  tracked_ = failures_.size();
+}
+
+unsigned HttpApi::channelsOf(int caller) const {
+  return caller >= 0 && caller < static_cast<int>(token_channels_.size()) ? token_channels_[caller]
+                                                                          : kKiosk;
+}
+
+void HttpApi::handleEvents(HttpResponse& res, std::string body, unsigned channels) {
   bool was_array = false;
   auto events = parseEvents(body, options_.max_events_per_request, &was_array);
   if (!events) {
@@ -554,6 +686,44 @@ void HttpApi::handleEvents(httplib::Response& res, std::string body) {
     }
     return;
   }
+  // Only the channels this caller may write. A type that is not even dotted lower-case words
+  // is left to the writer, whose message says what a type must look like.
+  for (std::size_t i = 0; i < events->size(); ++i) {
+    const std::string& type = (*events)[i].type;
+    const std::size_t dot = type.find('.');
+    const std::string_view channel = std::string_view(type).substr(0, dot);
+    if (dot == std::string::npos || channel.empty() ||
+        !std::all_of(channel.begin(), channel.end(), [](char c) {
+          return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+        })) {
+      continue;
+    }
+    const unsigned bit = channelBit(channel);
+    if ((bit & channels) != 0) {
+      continue;
+    }
+    const std::string field = "[" + std::to_string(i) + "].type";
+    std::string message = field + " " + type + ": ";
+    if (channel == "agent") {
+      message += "agent.* events come only from the agent itself";
+    } else if (bit == kPos) {
+      message +=
+          "this caller may not write pos.* events (POS transactions go to POST "
+          "/v1/pos/transactions)";
+    } else if (bit != 0) {
+      message += "this caller may not write " + std::string(channel) + ".* events";
+    } else {
+      message += "'" + std::string(channel) + "' is not a channel (kiosk, pos, beacon, agent)";
+    }
+    message += "; this caller may write " + channelList(channels);
+    if (was_array) {
+      sendError(res, 400, "channel_not_allowed", message, field);
+    } else {
+      sendError(res, 400, "channel_not_allowed", stripSingleIndex(message),
+                stripSingleIndex(field));
+    }
+    return;
+  }
   body.clear();
   body.shrink_to_fit();
   answerAppend(res, std::move(*events), was_array);
@@ -564,7 +734,7 @@ void HttpApi::handleEvents(httplib::Response& res, std::string body) {
 // the event's occurred_at; an oversized event by its transaction, not "[0]"). The parse is held
 // to 8 times the body limit (64 MiB by default): arrays are mapped element by element, so that
 // is far more than 1000 real transactions need, and a body of a million empty lines stops there.
-void HttpApi::handlePosTransactions(httplib::Response& res, std::string body) {
+void HttpApi::handlePosTransactions(HttpResponse& res, std::string body) {
   bool was_array = false;
   pos::Parsed parsed = pos::parseJsonTransactions(body, options_.max_events_per_request, &was_array,
                                                   8 * options_.max_body_bytes);
@@ -615,20 +785,31 @@ void HttpApi::handlePosTransactions(httplib::Response& res, std::string body) {
                   kJsonType);
 }
 
-void HttpApi::answerAppend(httplib::Response& res, std::vector<Event> events, bool was_array) {
+void HttpApi::answerAppend(HttpResponse& res, std::vector<Event> events, bool was_array) {
   auto outcome = appendOrRefuse(res, std::move(events), was_array);
   if (!outcome) {
     return;
   }
+  // Written by hand: this is the answer to every accepted request (quality.md P2).
   const std::vector<std::string>& ids = outcome->ids;
+  std::string body;
+  body.reserve(32 + ids.size() * 40);
+  body += "{\"accepted\":";
+  body += std::to_string(ids.size());
+  body += ",\"ids\":[";
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (i > 0) {
+      body += ',';
+    }
+    appendJsonString(body, ids[i]);
+  }
+  body += "]}";
   res.status = 202;
-  res.set_content(Json{{"accepted", ids.size()}, {"ids", ids}}.dump(-1, ' ', false,
-                                                                    Json::error_handler_t::replace),
-                  kJsonType);
+  res.set_content(std::move(body), kJsonType);
 }
 
-std::optional<AppendOutcome> HttpApi::appendOrRefuse(httplib::Response& res,
-                                                     std::vector<Event> events, bool was_array) {
+std::optional<AppendOutcome> HttpApi::appendOrRefuse(HttpResponse& res, std::vector<Event> events,
+                                                     bool was_array) {
   Result<AppendOutcome> outcome = makeError("io", "not appended");
   try {
     outcome = writer_.append(std::move(events));
@@ -658,12 +839,52 @@ std::optional<AppendOutcome> HttpApi::appendOrRefuse(httplib::Response& res,
   return std::move(*outcome);
 }
 
-// POST /v1/customers/{key}/cart/items: the kiosk adds an item. The kiosk.cart_add event for the
-// centre is made durable first; only then does the local cart change, so the two never disagree
-// after a crash by more than a resend.
-void HttpApi::handleCartAdd(httplib::Response& res, const std::string& key, std::string body) {
-  if (!options_.customer_lookup || !options_.cart_add || !options_.customer_lookup(key)) {
-    sendError(res, 404, "not_found", "no profile is cached for " + key, "key");
+// GET /v1/customers/{key} and /v1/customers/{key}/cart: answered from the local profile cache,
+// so a kiosk gets its answer with the uplink down.
+void HttpApi::handleCustomer(HttpResponse& res, const std::string& key, bool cart) {
+  auto canonical = parseCustomerKey(key);
+  if (!canonical) {
+    sendError(res, 400, canonical.error().code, canonical.error().message, "key");
+    return;
+  }
+  if (!cart) {
+    auto profile = options_.customer_lookup ? options_.customer_lookup(*canonical) : std::nullopt;
+    if (!profile) {
+      sendError(res, 404, "not_found", "no profile is cached for " + *canonical, "key");
+      return;
+    }
+    res.set_content(std::move(*profile), kJsonType);
+    return;
+  }
+  std::optional<std::string> found;
+  if (options_.cart_lookup) {
+    found = options_.cart_lookup(*canonical);
+  } else if (auto profile =
+                 options_.customer_lookup ? options_.customer_lookup(*canonical) : std::nullopt) {
+    const auto doc = Json::parse(*profile, nullptr, false);
+    const Json cart_json =
+        doc.is_object() && doc.contains("cart") ? doc["cart"] : Json{{"items", Json::array()}};
+    found = cart_json.dump();
+  }
+  if (!found) {
+    sendError(res, 404, "not_found", "no cart or profile is cached for " + *canonical, "key");
+    return;
+  }
+  res.set_content(std::move(*found), kJsonType);
+}
+
+// POST /v1/customers/{key}/cart/items: the kiosk adds an item, also for a customer the cache
+// does not know yet (the cart is then kept locally until the centre sends the profile). The
+// kiosk.cart_add event for the centre is made durable first; only then does the local cart
+// change, so the two never disagree after a crash by more than a resend.
+void HttpApi::handleCartAdd(HttpResponse& res, const std::string& key, std::string body) {
+  auto canonical = parseCustomerKey(key);
+  if (!canonical) {
+    sendError(res, 400, canonical.error().code, canonical.error().message, "key");
+    return;
+  }
+  if (!options_.cart_add) {
+    sendError(res, 404, "not_found", "carts are not kept by this agent", "key");
     return;
   }
   const Json in = Json::parse(body, nullptr, false);
@@ -698,42 +919,33 @@ void HttpApi::handleCartAdd(httplib::Response& res, const std::string& key, std:
   Event e;
   e.type = "kiosk.cart_add";
   e.source = "kiosk";
-  const auto colon = key.find(':');
-  const std::string kind = key.substr(0, colon);
-  const std::string value = colon == std::string::npos ? key : key.substr(colon + 1);
-  if (kind == "loyalty") {
-    e.customer["loyalty_id"] = value;
-  } else if (kind == "app") {
-    e.customer["app_user_id"] = value;
-  } else if (kind == "email_sha256" || kind == "phone_sha256") {
-    e.customer[kind] = value;
-  } else {
-    e.customer["beacon"] = key;
-  }
-  e.data_json = Json{{"key", key}, {"item", item}}.dump();
+  auto [field, value] = customerFieldOf(*canonical);
+  e.customer.emplace(std::move(field), std::move(value));
+  e.data_json = Json{{"key", *canonical}, {"item", item}}.dump();
   if (!appendOrRefuse(res, {std::move(e)}, false)) {
     return;
   }
-  auto cart = options_.cart_add(key, item.dump());
+  auto cart = options_.cart_add(*canonical, item.dump());
   if (!cart) {
     sendError(res, cart.error().code == "not_found" ? 404 : 500, cart.error().code,
               cart.error().message, "key");
     return;
   }
   res.status = 201;
-  res.set_content(*cart, kJsonType);
+  res.set_content(std::move(*cart), kJsonType);
 }
 
-void HttpApi::handleHealth(httplib::Response& res) {
-  HealthReport report{true, {}};
+void HttpApi::handleHealth(HttpResponse& res) {
+  HealthReport report{true, {}, false};
   if (health_) {
     try {
       report = health_();
     } catch (const std::exception& e) {
-      report = HealthReport{false, std::string("health check failed: ") + e.what()};
+      report = HealthReport{false, std::string("health check failed: ") + e.what(), false};
     }
   }
-  Json body = {{"status", report.ready ? "ready" : "not_ready"}};
+  const char* status = report.ready ? "ready" : (report.degraded ? "degraded" : "not_ready");
+  Json body = {{"status", status}};
   if (!report.ready) {
     body["reason"] = report.reason;
   }
@@ -741,7 +953,7 @@ void HttpApi::handleHealth(httplib::Response& res) {
   res.set_content(body.dump(-1, ' ', false, Json::error_handler_t::replace), kJsonType);
 }
 
-void HttpApi::handleMetrics(httplib::Response& res) {
+void HttpApi::handleMetrics(HttpResponse& res) {
   try {
     res.set_content(metrics_ ? metrics_() : metricsText(), kPrometheusType);
     res.status = 200;
@@ -750,9 +962,9 @@ void HttpApi::handleMetrics(httplib::Response& res) {
   }
 }
 
-void HttpApi::countRequest(const httplib::Request& req, const httplib::Response& res) {
+void HttpApi::countRequest(Route route, int status) {
   std::lock_guard lock(stats_mu_);
-  ++requests_[{routeLabel(req.path), res.status}];
+  ++requests_[{route, status}];
 }
 
 }  // namespace omniedge::kiosk

@@ -1,6 +1,7 @@
 // The kiosk / local HTTP API (contract §4): events in, health and metrics out.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -11,51 +12,80 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "agent/api/event.h"
 #include "agent/api/event_writer.h"
 #include "agent/api/result.h"
-
-namespace httplib {
-class ContentReader;
-class Server;
-struct Request;
-struct Response;
-}  // namespace httplib
+#include "drivers/kiosk/http_server.h"
 
 namespace omniedge::kiosk {
 
+/// A bearer token and the event channels its holder may write with POST /v1/events.
+struct ApiToken {
+  std::string secret;
+  std::vector<std::string> channels = {"kiosk"};  // of "kiosk", "beacon", "pos"
+};
+
+/// Parses http.tokens_file: one token per line, optionally followed by the channels it may
+/// write (`<token> channels=kiosk,beacon`); without them a token writes kiosk.* only. Blank
+/// lines and lines starting with '#' are skipped; trailing whitespace is ignored. Fails with
+/// "config" naming the line: an unknown channel or attribute, "agent" (agent.* events come
+/// only from the agent), a token given twice, or no token at all.
+/// Thread: any. Never throws.
+Result<std::vector<ApiToken>> parseTokens(std::string_view text);
+
 struct HttpApiOptions {
   std::string host = "127.0.0.1";
-  int port = 8787;                  // 0 = an ephemeral port, see HttpApi::port()
-  std::vector<std::string> tokens;  // bearer tokens; empty = no auth (loopback only)
+  int port = 8787;               // 0 = an ephemeral port, see HttpApi::port()
+  std::vector<ApiToken> tokens;  // empty = no auth (loopback only; kiosk.* events only)
   std::size_t max_body_bytes = std::size_t{8} << 20;
   std::size_t max_events_per_request = 1000;
-  int threads = 8;               // connections served at once (a keep-alive connection holds one)
-  int retry_after_s = 5;         // Retry-After of a 503 when the buffer pushes back
-  int keep_alive_timeout_s = 1;  // idle keep-alive connections close after this; bounds stop()
-  /// The cached profile (JSON) for a key such as "loyalty:ID"; empty when unknown. Called on the
-  /// server's threads. Unset: GET /v1/customers/... answers 404.
+  int threads = 8;        // requests handled at once (idle connections hold none)
+  int retry_after_s = 5;  // Retry-After of a 503 when the buffer pushes back
+  // Connections and the limits of the request head (see HttpServerOptions).
+  std::size_t max_connections = 256;
+  std::size_t max_header_bytes = 16 * 1024;
+  std::size_t max_headers = 64;
+  std::chrono::milliseconds header_timeout{10000};
+  std::chrono::milliseconds body_timeout{30000};
+  std::chrono::milliseconds keep_alive_timeout{10000};
+  // Brute force: this many failed authentications from one address (an IPv6 /64 counts as
+  // one) within auth_window lock it out for auth_lockout; at most max_tracked_addresses are
+  // remembered (the oldest forgotten first).
+  int auth_max_failures = 5;
+  std::chrono::seconds auth_window{60};
+  std::chrono::seconds auth_lockout{60};
+  std::size_t max_tracked_addresses = 1024;
+  /// The cached profile (JSON) for a canonical key such as "loyalty:ID"; empty when unknown.
+  /// Called on the server's threads. Unset: GET /v1/customers/{key} answers 404.
   std::function<std::optional<std::string>(const std::string& key)> customer_lookup;
-  /// Adds an item (JSON {"sku","qty","price"?,"channel":"store"}) to the cached cart of `key`
-  /// and returns the updated cart as JSON; fails "not_found" for an unknown key. Called on the
-  /// server's threads, after the kiosk.cart_add event is durable. Unset: 404.
+  /// The cart (JSON) kept for a canonical key: the profile's, or one started at a kiosk for a
+  /// customer the centre has not sent yet; empty when there is none. Called on the server's
+  /// threads. Unset: the cart of customer_lookup's profile.
+  std::function<std::optional<std::string>(const std::string& key)> cart_lookup;
+  /// Adds an item (JSON {"sku","qty","price"?,"channel":"store"}) to the cart kept for `key`
+  /// (canonical), starting one when the customer is not known yet, and returns the updated cart
+  /// as JSON. Called on the server's threads, after the kiosk.cart_add event is durable.
+  /// Unset: 404.
   std::function<Result<std::string>(const std::string& key, const std::string& item)> cart_add;
   std::string store_id;  // store.id: the first part of POS transaction ids
 };
 
 struct HealthReport {
   bool ready = false;
-  std::string reason;  // why not ready
+  std::string reason;     // why not ready
+  bool degraded = false;  // running, but producers are being refused (buffer full)
 };
 
 /// Serves contract §4's POST /v1/events, POST /v1/pos/transactions (the JSON transaction form of
-/// docs/pos.md, mapped exactly as the POS spool maps it), GET /v1/health and GET /metrics.
-/// With tokens configured every request needs `Authorization: Bearer <token>`; an address that
-/// fails 5 times within 60 s is answered 429 for 60 s.
+/// docs/pos.md, mapped exactly as the POS spool maps it), GET /v1/customers/{key}[/cart],
+/// POST /v1/customers/{key}/cart/items, GET /v1/health and GET /metrics.
+/// With tokens configured every request needs `Authorization: Bearer <token>`; see
+/// HttpApiOptions for the lockout. A valid token is never refused by the lockout.
 class HttpApi {
  public:
   /// `writer`, and whatever the callbacks use, must outlive this object. `health` and `metrics`
@@ -68,15 +98,14 @@ class HttpApi {
   HttpApi& operator=(const HttpApi&) = delete;
 
   /// Binds host:port and serves on its own threads until stop().
-  /// Thread: the owner's. Blocks only while binding and until the server accepts (ms).
+  /// Thread: the owner's. Blocks only while binding.
   /// Fails with "config" when the host is not a loopback address and no tokens are configured,
   /// or with "io" naming the address when it cannot bind (port in use, unknown host), or
   /// "invalid_state" when already started. Never throws.
   Result<void> start();
 
   /// Stops accepting, lets requests in flight finish and joins the threads. Idempotent.
-  /// Thread: the owner's. Blocks until in-flight appends return and idle keep-alive
-  /// connections time out (keep_alive_timeout_s). Never fails or throws.
+  /// Thread: the owner's. Blocks until in-flight appends return. Never fails or throws.
   void stop();
 
   /// The bound port (the ephemeral one when options.port was 0); 0 before start().
@@ -84,54 +113,86 @@ class HttpApi {
   int port() const;
 
   /// Requests answered, by route and status, as Prometheus text
-  /// (omniedge_http_requests_total{route="/v1/events",code="202"} 12), plus accepted events.
+  /// (omniedge_http_requests_total{route="/v1/events",code="202"} 12), accepted events,
+  /// connection and authentication counters. Routes are the templates
+  /// ("/v1/customers/{key}"), never a customer's key.
   /// Thread: any. Blocks only on a short internal lock. Never fails.
   std::string metricsText() const;
 
+  /// Addresses the brute-force lockout remembers now (at most max_tracked_addresses).
+  /// Thread: any. Never blocks.
+  std::size_t trackedAddresses() const { return tracked_.load(); }
+
  private:
-  enum class Access { kAllowed, kDenied };
+  enum class Route {
+    kEvents,
+    kPos,
+    kCustomer,
+    kCustomerCart,
+    kCartItems,
+    kHealth,
+    kMetrics,
+    kOther,
+  };
+  static constexpr int kRoutes = 8;
 
-  void installRoutes();
-  Access checkAccess(const httplib::Request& req, httplib::Response& res);
-  // Runs a route's handler: turns exceptions into 500s and counts the answer.
-  void serve(const httplib::Request& req, httplib::Response& res,
-             const std::function<void()>& handler);
-  void routeEvents(const httplib::Request& req, httplib::Response& res,
-                   const httplib::ContentReader& reader);
-  void routeOther(const httplib::Request& req, httplib::Response& res,
-                  const httplib::ContentReader* reader);
-  void handleEvents(httplib::Response& res, std::string body);
-  void handlePosTransactions(httplib::Response& res, std::string body);
-  // Appends `events` and answers 202 with their ids, or the writer's error.
-  void answerAppend(httplib::Response& res, std::vector<Event> events, bool was_array);
-  // Appends; on failure answers the error (400/413/503/500) and returns nullopt.
-  std::optional<AppendOutcome> appendOrRefuse(httplib::Response& res, std::vector<Event> events,
-                                              bool was_array);
-  void handleCartAdd(httplib::Response& res, const std::string& key, std::string body);
-  void handleHealth(httplib::Response& res);
-  void handleMetrics(httplib::Response& res);
-  void countRequest(const httplib::Request& req, const httplib::Response& res);
-
+  struct AddrKey {
+    std::array<uint8_t, 16> bytes{};
+    bool operator==(const AddrKey&) const = default;
+  };
+  struct AddrKeyHash {
+    std::size_t operator()(const AddrKey& k) const;
+  };
   struct Failures {
-    std::vector<std::chrono::steady_clock::time_point> recent;  // within the window
+    int count = 0;
+    std::chrono::steady_clock::time_point first{};  // of the current window
+    std::chrono::steady_clock::time_point last{};
     std::chrono::steady_clock::time_point locked_until{};
   };
+
+  HeadAction onHead(HttpRequest& req, HttpResponse& res);
+  void onRequest(HttpRequest& req, HttpResponse& res);
+  void onError(const HttpRequest* req, int status, std::string_view message, HttpResponse& res);
+  // Authenticates `req`: the index of its token in options_.tokens (-1: no tokens configured),
+  // or nullopt after filling a 401 or 429 into res.
+  std::optional<int> authenticate(const HttpRequest& req, HttpResponse& res);
+  void recordFailure(const AddrKey& key, std::chrono::steady_clock::time_point now);
+  unsigned channelsOf(int caller) const;
+  void handleEvents(HttpResponse& res, std::string body, unsigned channels);
+  void handlePosTransactions(HttpResponse& res, std::string body);
+  // Appends `events` and answers 202 with their ids, or the writer's error.
+  void answerAppend(HttpResponse& res, std::vector<Event> events, bool was_array);
+  // Appends; on failure answers the error (400/413/503/500) and returns nullopt.
+  std::optional<AppendOutcome> appendOrRefuse(HttpResponse& res, std::vector<Event> events,
+                                              bool was_array);
+  void handleCustomer(HttpResponse& res, const std::string& key, bool cart);
+  void handleCartAdd(HttpResponse& res, const std::string& key, std::string body);
+  void handleHealth(HttpResponse& res);
+  void handleMetrics(HttpResponse& res);
+  void countRequest(Route route, int status);
 
   const HttpApiOptions options_;
   EventWriter& writer_;
   const std::function<HealthReport()> health_;
   const std::function<std::string()> metrics_;
+  std::vector<unsigned> token_channels_;  // by token index
 
-  std::unique_ptr<httplib::Server> server_;  // owner's thread only (start/stop)
-  std::thread thread_;                       // owner's thread only
+  // Set and cleared by start()/stop() on the owner's thread; read by metricsText() from any.
+  // Never held while the server stops: a worker answering GET /metrics may need it.
+  mutable std::mutex server_mu_;
+  std::shared_ptr<HttpServer> server_;  // guarded by server_mu_
   std::atomic<int> port_{0};
 
-  mutable std::mutex auth_mu_;
-  std::map<std::string, Failures> failures_;  // by remote address; guarded by auth_mu_
+  // The lockout: touched only on the server's event thread (authentication happens there,
+  // before any body is read).
+  std::unordered_map<AddrKey, Failures, AddrKeyHash> failures_;
+  std::atomic<std::size_t> tracked_{0};
+  std::atomic<uint64_t> auth_failures_{0};
+  std::atomic<uint64_t> lockouts_{0};
 
   mutable std::mutex stats_mu_;
-  std::map<std::pair<std::string, int>, uint64_t> requests_;  // guarded by stats_mu_
-  uint64_t events_accepted_ = 0;                              // guarded by stats_mu_
+  std::map<std::pair<Route, int>, uint64_t> requests_;  // guarded by stats_mu_
+  uint64_t events_accepted_ = 0;                        // guarded by stats_mu_
 };
 
 }  // namespace omniedge::kiosk

@@ -352,3 +352,162 @@ TEST_CASE("sequence numbers keep growing across restarts even when everything wa
   REQUIRE(p->size() == 1);
   CHECK(p->front().seq > last);
 }
+
+TEST_CASE("quarantined events leave the queue, are counted and summarised, and survive a restart",
+          "[unit][buffer]") {
+  TempDir dir;
+  std::vector<StoredEvent> batch;
+  for (int i = 0; i < 10; ++i) {
+    batch.push_back(makeEvent(i < 2 ? "pos.transaction" : "kiosk.view", 300, 100 + i));
+  }
+  int64_t first = 0;
+  int64_t used_before = 0;
+  {
+    auto b = openBuffer(dir);
+    REQUIRE(b->append(batch).has_value());
+    used_before = b->stats().pending_bytes;
+    auto p = b->readPending(0, 100, 1 << 20);
+    REQUIRE(p.has_value());
+    first = p->front().seq;
+    b->quarantine(first, first + 3, "HTTP 422: data.sku is required");
+    b->quarantine(first + 4, first + 4, "");
+    b->syncAcknowledgements();
+    const auto s = b->stats();
+    CHECK(s.quarantined == 5);
+    CHECK(s.quarantine_events == 5);
+    CHECK(s.pending[0] + s.pending[1] + s.pending[2] == 5);
+    CHECK(s.pending[0] == 0);  // both sales were in the refused range
+    // The bytes moved from the queue to the quarantine, exactly.
+    CHECK(s.quarantine_bytes + s.pending_bytes == used_before);
+    CHECK(s.quarantine_oldest_ms > 0);
+    CHECK(s.quarantine_last_reason == "refused by the centre");
+    CHECK(s.acknowledged == 0);
+    auto rest = b->readPending(0, 100, 1 << 20);
+    REQUIRE(rest.has_value());
+    CHECK(rest->front().seq == first + 5);
+  }
+  auto b = openBuffer(dir);
+  const auto s = b->stats();
+  CHECK(s.quarantine_events == 5);
+  CHECK(s.quarantine_bytes + s.pending_bytes == used_before);
+  CHECK(s.quarantine_last_reason == "refused by the centre");
+  CHECK(s.quarantined == 0);  // since this start
+}
+
+TEST_CASE("retryQuarantine moves quarantined events back to pending with new seqs",
+          "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir);
+  std::vector<StoredEvent> batch;
+  for (int i = 0; i < 6; ++i) {
+    batch.push_back(makeEvent("kiosk.view", 200, 200 + i));
+  }
+  REQUIRE(b->append(batch).has_value());
+  auto p = b->readPending(0, 100, 1 << 20);
+  REQUIRE(p.has_value());
+  const int64_t first = p->front().seq;
+  b->quarantine(first, first + 3, "schema");
+  b->syncAcknowledgements();
+  REQUIRE(b->stats().quarantine_events == 4);
+  const int64_t last_before = b->stats().last_seq;
+  const int64_t bytes_before = b->stats().pending_bytes + b->stats().quarantine_bytes;
+
+  auto moved = b->retryQuarantine();
+  REQUIRE(moved.has_value());
+  CHECK(*moved == 4);
+  const auto s = b->stats();
+  CHECK(s.quarantine_events == 0);
+  CHECK(s.quarantine_bytes == 0);
+  CHECK(s.quarantine_oldest_ms == 0);
+  CHECK(s.quarantine_last_reason.empty());
+  CHECK(s.quarantine_retried == 4);
+  CHECK(s.pending[1] == 6);
+  CHECK(s.pending_bytes == bytes_before);
+  auto all = b->readPending(0, 100, 1 << 20);
+  REQUIRE(all.has_value());
+  REQUIRE(all->size() == 6);
+  // The two that were never quarantined first, then the four again, in their old order, each
+  // with a seq never given before: an old acknowledgement cannot touch them.
+  CHECK(all->at(0).seq == first + 4);
+  for (int i = 0; i < 4; ++i) {
+    CHECK(all->at(2 + i).seq > last_before);
+    CHECK(all->at(2 + i).body.find(batch[i].id) != std::string::npos);
+  }
+  b->acknowledge(first, first + 3);  // the old range: nothing there any more
+  b->syncAcknowledgements();
+  CHECK(pendingTotal(*b) == 6);
+  // Nothing left: zero, not an error.
+  auto none = b->retryQuarantine();
+  REQUIRE(none.has_value());
+  CHECK(*none == 0);
+}
+
+TEST_CASE("the tail ring is bounded by bytes as well as by count, and says what it left out",
+          "[unit][buffer]") {
+  TempDir dir;
+  BufferOptions o;
+  o.dir = dir.path();
+  o.min_free_disk = 0;
+  o.recent_max_bytes = 10000;
+  auto opened = Buffer::open(o);
+  REQUIRE(opened.has_value());
+  auto& b = *opened;
+  std::vector<StoredEvent> big;
+  for (int i = 0; i < 30; ++i) {
+    big.push_back(makeEvent("kiosk.view", 1000, 300 + i));
+  }
+  REQUIRE(b->append(big).has_value());
+  auto tail = b->recent(0, Buffer::kRecentEvents);
+  REQUIRE_FALSE(tail.empty());
+  std::size_t bytes = 0;
+  for (const auto& r : tail) {
+    bytes += r.body.size();
+  }
+  CHECK(bytes <= 10000);
+  CHECK(tail.size() < 30);
+  // The newest are kept.
+  CHECK(tail.back().body.find(big.back().id) != std::string::npos);
+  const auto s = b->stats();
+  CHECK(s.recent_events == tail.size());
+  CHECK(s.recent_bytes == bytes);
+  CHECK(s.recent_dropped == 30 - tail.size());
+  // One body larger than the whole ring is not kept, and counted.
+  REQUIRE(b->append({makeEvent("kiosk.view", 20000, 999)}).has_value());
+  CHECK(b->stats().recent_dropped == 30 - tail.size() + 1);
+  CHECK(b->recent(0, Buffer::kRecentEvents).back().body.find(big.back().id) != std::string::npos);
+}
+
+TEST_CASE("status learns the WAL's size and since when producers are refused", "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir, 32 * 1024);
+  REQUIRE(b->append({makeEvent("kiosk.view", 200, 1)}).has_value());
+  auto s = b->stats();
+  CHECK(s.wal_bytes > 0);
+  CHECK(s.wal_peak_bytes >= s.wal_bytes);
+  CHECK(s.file_bytes > 0);
+  CHECK(s.last_full_ms == 0);
+  CHECK(s.full_since_ms == 0);
+  omniedge::Error refused;
+  for (int i = 0; i < 200 && refused.code.empty(); ++i) {
+    auto r = b->append({makeEvent("pos.transaction", 400, 10 + i)});
+    if (!r) {
+      refused = r.error();
+    }
+  }
+  REQUIRE(refused.code == "full");
+  s = b->stats();
+  CHECK(s.last_full_ms > 0);
+  CHECK(s.full_since_ms > 0);
+  CHECK(s.full_since_ms <= s.last_full_ms);
+  const int64_t since = s.full_since_ms;
+  CHECK_FALSE(b->append({makeEvent("pos.transaction", 400, 5000)}).has_value());
+  CHECK(b->stats().full_since_ms == since);  // still the same stretch of refusals
+  // Room again: the next accepted request ends the stretch.
+  auto p = b->readPending(0, 1000, 1 << 20);
+  REQUIRE(p.has_value());
+  b->acknowledge(p->front().seq, p->back().seq);
+  b->syncAcknowledgements();
+  REQUIRE(b->append({makeEvent("pos.transaction", 400, 6000)}).has_value());
+  CHECK(b->stats().full_since_ms == 0);
+  CHECK(b->stats().last_full_ms >= since);
+}

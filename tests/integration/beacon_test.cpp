@@ -315,7 +315,10 @@ TEST_CASE("profiles pushed on R/profiles answer the kiosk offline and attribute 
   auto bad_qty = agent.post("/v1/customers/loyalty:LOY-1/cart/items", R"({"sku":"S","qty":0})");
   CHECK(bad_qty.first == 400);
   CHECK(json::parse(bad_qty.second)["error"]["field"] == "qty");
-  CHECK(agent.post("/v1/customers/loyalty:NOPE/cart/items", R"({"sku":"S"})").first == 404);
+  // A customer the cache does not know yet: the cart is kept locally, kiosk.cart_add goes up.
+  CHECK(agent.post("/v1/customers/loyalty:NOPE/cart/items", R"({"sku":"S"})").first == 201);
+  CHECK(agent.get("/v1/customers/loyalty:NOPE").first == 404);
+  CHECK(json::parse(agent.get("/v1/customers/loyalty:NOPE/cart").second)["items"][0]["sku"] == "S");
   REQUIRE(sub.waitFor(
       [](const auto& msgs) {
         for (const auto& m : msgs) {

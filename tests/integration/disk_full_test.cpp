@@ -41,12 +41,24 @@ class SmallDisk {
   bool mounted_ = false;
 };
 
+// POS sales in the web hook's JSON transaction form (docs/pos.md): pos.* events come in
+// through POST /v1/pos/transactions, never /v1/events.
 std::string sales(int n, int offset) {
   json a = json::array();
   for (int i = 0; i < n; ++i) {
-    a.push_back({{"type", "pos.transaction"},
-                 {"id", "ws-1:2026-11-22:" + std::to_string(offset + i)},
-                 {"data", {{"sequence", offset + i}, {"pad", std::string(500, 'x')}}}});
+    a.push_back({{"workstation", "1"},
+                 {"sequence", std::to_string(offset + i)},
+                 {"business_day", "2026-11-22"},
+                 {"ended_at", "2026-11-22T13:32:42.123Z"},
+                 {"currency", "EUR"},
+                 {"lines",
+                  {{{"item_id", "pad"},
+                    {"description", std::string(500, 'x')},
+                    {"quantity", 1},
+                    {"unit_price", 1.5},
+                    {"amount", 1.5}}}},
+                 {"tenders", {{{"type", "cash"}, {"amount", 1.5}}}},
+                 {"totals", {{"grand", 1.5}, {"tax", 0}}}});
   }
   return a.dump();
 }
@@ -75,7 +87,7 @@ TEST_CASE("a full disk pushes POS producers back with 503, loses nothing, and re
   std::set<std::string> acked;
   int pushed_back = 0;
   for (int r = 0; r < 2000 && pushed_back < 3; ++r) {
-    auto [status, body] = agent.post("/v1/events", sales(50, r * 50));
+    auto [status, body] = agent.post("/v1/pos/transactions", sales(50, r * 50));
     if (status == 202) {
       const auto answer = json::parse(body);
       for (const auto& id : answer["ids"]) {
@@ -90,7 +102,10 @@ TEST_CASE("a full disk pushes POS producers back with 503, loses nothing, and re
   }
   REQUIRE(pushed_back == 3);
   REQUIRE(acked.size() > 1000);
-  CHECK(agent.get("/v1/health").first == 503);
+  const auto [health_code, health] = agent.get("/v1/health");
+  CHECK(health_code == 503);
+  CHECK(json::parse(health)["status"] == "degraded");
+  CHECK_THAT(json::parse(health)["reason"].get<std::string>(), Catch::Contains("buffer full"));
   // Still alive and answering: SQLite did not wedge.
   auto st = agent.cli({"status", "--json"});
   REQUIRE(st.exit_code == 0);
@@ -102,7 +117,7 @@ TEST_CASE("a full disk pushes POS producers back with 503, loses nothing, and re
   REQUIRE(flushed.exit_code == 0);
   CHECK(omniedge::testing::waitForAllIds(sub, {acked.begin(), acked.end()}, 60s) == 0);
   // Room again: the same producer is accepted.
-  CHECK(agent.post("/v1/events", sales(50, 1000000)).first == 202);
+  CHECK(agent.post("/v1/pos/transactions", sales(50, 1000000)).first == 202);
   CHECK(agent.stop() == 0);
 }
 
@@ -124,7 +139,7 @@ TEST_CASE("a disk filled by someone else pushes back, and the agent recovers whe
   REQUIRE(agent.start());
   std::vector<std::string> acked;
   auto post = [&](int offset) {
-    auto [status, body] = agent.post("/v1/events", sales(50, offset));
+    auto [status, body] = agent.post("/v1/pos/transactions", sales(50, offset));
     if (status == 202) {
       const auto answer = json::parse(body);
       for (const auto& id : answer["ids"]) {

@@ -32,6 +32,20 @@ std::string eventsArray(int n, int offset, const std::string& type = "kiosk.view
   return a.dump();
 }
 
+// POS transactions in the web hook's JSON form: pos.* comes in through /v1/pos/transactions.
+std::string posTransactions(int n) {
+  json a = json::array();
+  for (int i = 0; i < n; ++i) {
+    a.push_back({{"workstation", "1"},
+                 {"sequence", std::to_string(i)},
+                 {"business_day", "2026-11-22"},
+                 {"ended_at", "2026-11-22T13:32:42.123Z"},
+                 {"lines", {{{"item_id", "A"}, {"quantity", 1}, {"amount", 2.5}}}},
+                 {"totals", {{"grand", 2.5}}}});
+  }
+  return a.dump();
+}
+
 std::vector<std::string> acceptedIds(const std::string& body) {
   return json::parse(body)["ids"].get<std::vector<std::string>>();
 }
@@ -229,7 +243,7 @@ TEST_CASE("status answers with the daemon up and, from the buffer, with it down"
   TempDir tmp;
   AgentProcess agent(tmp / "data", envFor(broker));
   REQUIRE(agent.start());
-  REQUIRE(agent.post("/v1/events", eventsArray(5, 0, "pos.transaction")).first == 202);
+  REQUIRE(agent.post("/v1/pos/transactions", posTransactions(5)).first == 202);
   auto up = agent.cli({"status", "--json"});
   REQUIRE(up.exit_code == 0);
   CHECK(json::parse(up.out)["daemon"] == "running");

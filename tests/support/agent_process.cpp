@@ -109,7 +109,9 @@ std::vector<std::string> AgentProcess::environment() const {
 }
 
 bool AgentProcess::start(std::chrono::milliseconds timeout) {
-  pid_ = spawn({OMNIEDGE_BINARY, "run"}, environment(), log_path_.string(), true);
+  std::vector<std::string> argv = launcher_;
+  argv.insert(argv.end(), {OMNIEDGE_BINARY, "run"});
+  pid_ = spawn(argv, environment(), log_path_.string(), true);
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     int status = 0;

@@ -28,6 +28,8 @@ class AgentProcess {
   AgentProcess(const AgentProcess&) = delete;
   AgentProcess& operator=(const AgentProcess&) = delete;
 
+  /// Runs the daemon through `prefix` (e.g. setpriv as another uid): `prefix... omniedge run`.
+  void setLauncher(std::vector<std::string> prefix) { launcher_ = std::move(prefix); }
   /// Starts `omniedge run` and waits until GET /v1/health answers 200 (false after `timeout`).
   bool start(std::chrono::milliseconds timeout = std::chrono::seconds(20));
   /// SIGTERM and wait for the exit; returns the exit code.
@@ -59,6 +61,7 @@ class AgentProcess {
   std::map<std::string, std::string> env_;
   int http_port_ = 0;
   pid_t pid_ = -1;
+  std::vector<std::string> launcher_;
 };
 
 }  // namespace omniedge::testing

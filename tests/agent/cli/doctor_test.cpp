@@ -10,6 +10,7 @@
 #include <openssl/x509v3.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "agent/config.h"
+#include "agent/control_socket.h"
 #include "agent/store/buffer.h"
 #include "tests/support/net.h"
 #include "tests/support/temp_dir.h"
@@ -323,20 +325,71 @@ TEST_CASE("doctor sees a running daemon on the control socket", "[unit][doctor]"
   TempDir dir;
   std::filesystem::create_directories(dir / "data");
   const auto cfg = makeConfig(dir, freePort());
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
   const std::string path = (dir / "data" / "omniedge.sock").string();
-  REQUIRE(path.size() < sizeof(addr.sun_path));
-  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  REQUIRE(listen(fd, 4) == 0);
-  if (std::getenv("RUNTIME_DIRECTORY") == nullptr) {
-    const auto checks = omniedge::runDoctorChecks(cfg);
+  SECTION("a daemon that answers") {
+    omniedge::ControlServer server(path, [](const nlohmann::json&) {
+      return nlohmann::json{{"ok", true}, {"status", {{"pid", 4242}, {"version", "9.9"}}}};
+    });
+    REQUIRE(server.start().has_value());
+    const auto checks = omniedge::runDoctorChecks(cfg, {path});
     CHECK(find(checks, "daemon").outcome == Outcome::kOk);
-    CHECK_THAT(find(checks, "daemon").detail, Catch::Contains("daemon running"));
+    CHECK_THAT(find(checks, "daemon").detail, Catch::Contains("daemon running (pid 4242"));
   }
-  close(fd);
+  SECTION("a socket nobody listens on") {
+    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+    REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    close(fd);  // bound, never listened: what a killed daemon leaves
+    const auto checks = omniedge::runDoctorChecks(cfg, {path});
+    CHECK(find(checks, "daemon").outcome == Outcome::kWarn);
+    CHECK_THAT(find(checks, "daemon").detail, Catch::Contains("nobody listens"));
+  }
+}
+
+TEST_CASE("doctor checks the data dir without writing to it", "[unit][doctor]") {
+  TempDir dir;
+  {
+    omniedge::store::BufferOptions options;
+    options.dir = dir / "data";
+    auto buffer = omniedge::store::Buffer::open(options);
+    REQUIRE(buffer.has_value());
+    (*buffer)->close();
+  }
+  const auto listing = [&] {
+    std::set<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(dir / "data")) {
+      names.insert(e.path().filename().string());
+    }
+    return names;
+  };
+  struct stat before {};
+  REQUIRE(stat((dir / "data").c_str(), &before) == 0);
+  const auto names = listing();
+  const auto checks = omniedge::runDoctorChecks(makeConfig(dir, freePort()));
+  const auto& d = find(checks, "data dir");
+  CHECK(d.outcome == Outcome::kOk);
+  CHECK_THAT(d.detail, Catch::Contains("is writable by its owner"));
+  struct stat after {};
+  REQUIRE(stat((dir / "data").c_str(), &after) == 0);
+  // Nothing created, not even for a moment: the directory was not modified at all.
+  CHECK(listing() == names);
+  CHECK(after.st_mtim.tv_sec == before.st_mtim.tv_sec);
+  CHECK(after.st_mtim.tv_nsec == before.st_mtim.tv_nsec);
+
+  if (geteuid() == 0) {
+    SECTION("files the daemon's user does not own are named") {
+      REQUIRE(chown((dir / "data").c_str(), 6001, 6001) == 0);
+      REQUIRE(chown((dir / "data" / "buffer.db").c_str(), 6001, 6001) == 0);
+      dir.write("data/buffer.db-shm", "");  // root's, as a CLI run as root once left it
+      const auto again = omniedge::runDoctorChecks(makeConfig(dir, freePort()));
+      const auto& bad = find(again, "data dir");
+      CHECK(bad.outcome == Outcome::kFail);
+      CHECK_THAT(bad.detail, Catch::Contains("buffer.db-shm (root:root"));
+      CHECK_THAT(bad.detail, Catch::Contains("chown"));
+    }
+  }
 }
 
 TEST_CASE("doctor checks certificate expiry", "[unit][doctor]") {
@@ -437,4 +490,21 @@ TEST_CASE("doctor --json parses and lists every check", "[unit][doctor]") {
     CHECK(names.count(name) == 1);
   }
   CHECK(code == 0);
+}
+
+TEST_CASE("doctor fails when the phone number module is missing, and says what follows",
+          "[unit][doctor]") {
+  TempDir dir;
+  const auto checks = omniedge::runDoctorChecks(
+      makeConfig(dir, freePort(), {{"identity.phone_module", (dir / "missing.so").string()}}));
+  const auto& phone = find(checks, "phone numbers");
+  CHECK(phone.outcome == Outcome::kFail);
+  CHECK_THAT(phone.detail, Catch::Contains("missing.so"));
+  CHECK_THAT(phone.detail, Catch::Contains("refused"));
+}
+
+TEST_CASE("doctor finds the phone number module beside the binary", "[unit][doctor]") {
+  TempDir dir;
+  const auto checks = omniedge::runDoctorChecks(makeConfig(dir, freePort()));
+  CHECK(find(checks, "phone numbers").outcome == Outcome::kOk);
 }

@@ -5,9 +5,13 @@
 #include <array>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "tests/support/recording_writer.h"
 
@@ -107,7 +111,7 @@ TEST_CASE("POST /v1/events answers 202 with the ids once the writer took them",
   }
   SECTION("an array, on a kept-alive connection, twice") {
     for (int round = 0; round < 2; ++round) {
-      auto res = c.Post("/v1/events", R"([{"type":"a.b"},{"type":"c.d","data":{"x":1}}])",
+      auto res = c.Post("/v1/events", R"([{"type":"kiosk.a"},{"type":"kiosk.c","data":{"x":1}}])",
                         "application/json; charset=utf-8");
       REQUIRE(res);
       CHECK(res->status == 202);
@@ -119,7 +123,7 @@ TEST_CASE("POST /v1/events answers 202 with the ids once the writer took them",
     CHECK(f.writer.events()[1].data_json == R"({"x":1})");
   }
   SECTION("without a Content-Type") {
-    const std::string body = R"({"type":"a.b"})";
+    const std::string body = R"({"type":"kiosk.a"})";
     const std::string response =
         rawExchange(f.api->port(),
                     "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
@@ -145,7 +149,7 @@ TEST_CASE("bad events get 400 naming the field, and nothing of them is taken",
     CHECK(e["message"] == "type is required");
   }
   SECTION("an array: the field keeps the index") {
-    auto res = c.Post("/v1/events", R"([{"type":"a.b"},{"type":3}])", "application/json");
+    auto res = c.Post("/v1/events", R"([{"type":"kiosk.a"},{"type":3}])", "application/json");
     REQUIRE(res);
     CHECK(res->status == 400);
     const json e = errorBody(res);
@@ -167,7 +171,7 @@ TEST_CASE("bad events get 400 naming the field, and nothing of them is taken",
     CHECK(errorBody(res)["field"] == "type");
   }
   SECTION("a content type that cannot be JSON is 415") {
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/xml");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/xml");
     REQUIRE(res);
     CHECK(res->status == 415);
     CHECK(errorBody(res)["code"] == "unsupported_media_type");
@@ -190,7 +194,7 @@ TEST_CASE("too large: bodies and event counts over the limits get 413", "[integr
   options.max_events_per_request = 3;
   Fixture f(options);
   auto c = f.client();
-  const std::string big = R"({"type":"a.b","data":{"pad":")" + std::string(4000, 'x') + "\"}}";
+  const std::string big = R"({"type":"kiosk.a","data":{"pad":")" + std::string(4000, 'x') + "\"}}";
 
   SECTION("by Content-Length") {
     auto res = c.Post("/v1/events", big, "application/json");
@@ -226,20 +230,21 @@ TEST_CASE("too large: bodies and event counts over the limits get 413", "[integr
   }
   SECTION("more events than allowed in one request") {
     auto res =
-        c.Post("/v1/events", R"([{"type":"a.b"},{"type":"a.b"},{"type":"a.b"},{"type":"a.b"}])",
+        c.Post("/v1/events",
+               R"([{"type":"kiosk.a"},{"type":"kiosk.a"},{"type":"kiosk.a"},{"type":"kiosk.a"}])",
                "application/json");
     REQUIRE(res);
     CHECK(res->status == 413);
   }
   SECTION("the writer says too_large") {
     f.writer.failNextAppend(makeError("too_large", "[0].data is over 64 KiB", "[0].data"));
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 413);
     CHECK(errorBody(res)["field"] == "data");
   }
   // The server is still there, and the same connection still works.
-  auto again = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+  auto again = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
   REQUIRE(again);
   CHECK(again->status == 202);
   CHECK(f.writer.events().size() == 1);
@@ -254,7 +259,7 @@ TEST_CASE("backpressure and buffer failures map to 503 with Retry-After and 500"
 
   SECTION("full") {
     f.writer.failNextAppend(makeError("full", "the buffer is full"));
-    auto res = c.Post("/v1/events", R"({"type":"pos.sale"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.sale"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 503);
     CHECK(res->get_header_value("Retry-After") == "7");
@@ -262,32 +267,32 @@ TEST_CASE("backpressure and buffer failures map to 503 with Retry-After and 500"
   }
   SECTION("stopping") {
     f.writer.failNextAppend(makeError("stopping", "the agent is stopping"));
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 503);
     CHECK(res->get_header_value("Retry-After") == "7");
   }
   SECTION("io") {
     f.writer.failNextAppend(makeError("io", "disk I/O error"));
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 500);
     CHECK(errorBody(res)["code"] == "io");
   }
   // The next one goes through.
-  auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+  auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
   REQUIRE(res);
   CHECK(res->status == 202);
 }
 
 TEST_CASE("with tokens, every request needs a valid bearer token", "[integration][kiosk]") {
   HttpApiOptions options;
-  options.tokens = {"old-token", "s3cret-token"};
+  options.tokens = {{"old-token"}, {"s3cret-token"}};
   Fixture f(options);
   auto c = f.client();
 
   SECTION("no token: 401 with WWW-Authenticate, nothing taken") {
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 401);
     CHECK(res->get_header_value("WWW-Authenticate") == "Bearer");
@@ -299,7 +304,7 @@ TEST_CASE("with tokens, every request needs a valid bearer token", "[integration
   }
   SECTION("a wrong token: 401") {
     c.set_bearer_token_auth("s3cret-tokem");
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 401);
     auto prefix = c.Get("/metrics", {{"Authorization", "Bearer s3cret"}});
@@ -308,7 +313,7 @@ TEST_CASE("with tokens, every request needs a valid bearer token", "[integration
   }
   SECTION("either configured token: accepted") {
     c.set_bearer_token_auth("s3cret-token");
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
     REQUIRE(res);
     CHECK(res->status == 202);
     auto other = f.client();
@@ -326,21 +331,26 @@ TEST_CASE("with tokens, every request needs a valid bearer token", "[integration
     CHECK(response.rfind("HTTP/1.1 401", 0) == 0);
     CHECK(response.find("WWW-Authenticate: Bearer") != std::string::npos);
   }
-  SECTION("5 failures from one address: 429 with Retry-After, even with the right token") {
+  SECTION("5 failures from one address: 429 with Retry-After, but the right token still works") {
     for (int i = 0; i < 5; ++i) {
       auto res = c.Get("/v1/health", {{"Authorization", "Bearer guess-" + std::to_string(i)}});
       REQUIRE(res);
       CHECK(res->status == 401);
     }
-    c.set_bearer_token_auth("s3cret-token");
-    auto res = c.Post("/v1/events", R"({"type":"a.b"})", "application/json");
-    REQUIRE(res);
-    CHECK(res->status == 429);
-    const int retry_after = std::stoi(res->get_header_value("Retry-After"));
+    auto locked = c.Get("/v1/health", {{"Authorization", "Bearer guess-5"}});
+    REQUIRE(locked);
+    CHECK(locked->status == 429);
+    const int retry_after = std::stoi(locked->get_header_value("Retry-After"));
     CHECK(retry_after > 0);
     CHECK(retry_after <= 60);
-    CHECK(errorBody(res)["code"] == "too_many_requests");
+    CHECK(errorBody(locked)["code"] == "too_many_requests");
     CHECK(f.writer.appendCalls() == 0);
+
+    c.set_bearer_token_auth("s3cret-token");
+    auto res = c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json");
+    REQUIRE(res);
+    CHECK(res->status == 202);
+    CHECK(f.writer.events().size() == 1);
   }
 }
 
@@ -363,9 +373,9 @@ TEST_CASE("GET /v1/health reports readiness", "[integration][kiosk]") {
 TEST_CASE("GET /metrics serves Prometheus text with the request counts", "[integration][kiosk]") {
   Fixture f;
   auto c = f.client();
-  REQUIRE(c.Post("/v1/events", R"({"type":"a.b"})", "application/json")->status == 202);
-  REQUIRE(c.Post("/v1/events", R"({"type":"a.b"},{"type":"c.d"}])", "application/json")->status ==
-          400);
+  REQUIRE(c.Post("/v1/events", R"({"type":"kiosk.a"})", "application/json")->status == 202);
+  REQUIRE(c.Post("/v1/events", R"({"type":"kiosk.a"},{"type":"kiosk.c"}])", "application/json")
+              ->status == 400);
   REQUIRE(c.Get("/nowhere")->status == 404);
 
   auto res = c.Get("/metrics");
@@ -386,7 +396,7 @@ TEST_CASE("GET /metrics serves Prometheus text with the request counts", "[integ
 TEST_CASE("unknown paths are 404 and wrong methods 405, as JSON", "[integration][kiosk]") {
   Fixture f;
   auto c = f.client();
-  auto missing = c.Post("/v1/nope", R"({"type":"a.b"})", "application/json");
+  auto missing = c.Post("/v1/nope", R"({"type":"kiosk.a"})", "application/json");
   REQUIRE(missing);
   CHECK(missing->status == 404);
   CHECK(errorBody(missing)["code"] == "not_found");
@@ -405,6 +415,177 @@ TEST_CASE("unknown paths are 404 and wrong methods 405, as JSON", "[integration]
   CAPTURE(garbage);
   CHECK(garbage.rfind("HTTP/1.1 400", 0) == 0);
   CHECK(garbage.find(R"("code":"bad_request")") != std::string::npos);
+}
+
+TEST_CASE("POST /v1/events takes only the channels the caller may write", "[integration][kiosk]") {
+  SECTION("on loopback without tokens: kiosk.* only, the field and the channel named") {
+    Fixture f;
+    auto c = f.client();
+    auto pos = c.Post("/v1/events", R"({"type":"pos.transaction"})", "application/json");
+    REQUIRE(pos);
+    CHECK(pos->status == 400);
+    json e = errorBody(pos);
+    CHECK(e["code"] == "channel_not_allowed");
+    CHECK(e["field"] == "type");
+    CHECK_THAT(e["message"].get<std::string>(), Catch::Contains("pos.transaction") &&
+                                                    Catch::Contains("/v1/pos/transactions") &&
+                                                    Catch::Contains("may write kiosk.*"));
+
+    auto agent = c.Post("/v1/events", R"([{"type":"kiosk.view"},{"type":"agent.started"}])",
+                        "application/json");
+    REQUIRE(agent);
+    CHECK(agent->status == 400);
+    e = errorBody(agent);
+    CHECK(e["field"] == "[1].type");
+    CHECK_THAT(e["message"].get<std::string>(), Catch::Contains("only from the agent"));
+
+    auto unknown = c.Post("/v1/events", R"({"type":"foo.bar"})", "application/json");
+    REQUIRE(unknown);
+    CHECK(unknown->status == 400);
+    CHECK_THAT(errorBody(unknown)["message"].get<std::string>(),
+               Catch::Contains("'foo' is not a channel"));
+
+    auto beacon = c.Post("/v1/events", R"({"type":"beacon.enter"})", "application/json");
+    REQUIRE(beacon);
+    CHECK(beacon->status == 400);
+    CHECK(f.writer.appendCalls() == 0);
+
+    auto kiosk = c.Post("/v1/events", R"({"type":"kiosk.view"})", "application/json");
+    REQUIRE(kiosk);
+    CHECK(kiosk->status == 202);
+  }
+  SECTION("a token granted beacon.* may write it; a plain token may not") {
+    HttpApiOptions options;
+    options.tokens = {{"plain-token"}, {"gateway-token", {"kiosk", "beacon"}}};
+    Fixture f(options);
+    auto plain = f.client();
+    plain.set_bearer_token_auth("plain-token");
+    auto refused = plain.Post("/v1/events", R"({"type":"beacon.enter"})", "application/json");
+    REQUIRE(refused);
+    CHECK(refused->status == 400);
+    CHECK_THAT(errorBody(refused)["message"].get<std::string>(),
+               Catch::Contains("may not write beacon.*"));
+    auto gateway = f.client();
+    gateway.set_bearer_token_auth("gateway-token");
+    auto taken = gateway.Post("/v1/events", R"([{"type":"beacon.enter"},{"type":"kiosk.view"}])",
+                              "application/json");
+    REQUIRE(taken);
+    CHECK(taken->status == 202);
+    auto pos = gateway.Post("/v1/events", R"({"type":"pos.transaction"})", "application/json");
+    REQUIRE(pos);
+    CHECK(pos->status == 400);
+    CHECK_THAT(errorBody(pos)["message"].get<std::string>(),
+               Catch::Contains("may write kiosk.*, beacon.*"));
+    REQUIRE(f.writer.events().size() == 2);
+    CHECK(f.writer.events()[0].type == "beacon.enter");
+  }
+}
+
+TEST_CASE("customer routes read keys in their forms, hex in any case", "[integration][kiosk]") {
+  const std::string hash(64, 'c');
+  HttpApiOptions options;
+  std::vector<std::string> asked;
+  std::mutex asked_mu;
+  options.customer_lookup = [&](const std::string& key) -> std::optional<std::string> {
+    std::lock_guard lock(asked_mu);
+    asked.push_back(key);
+    if (key == "email_sha256:" + hash) {
+      return R"({"id":"c-1","segments":["vip"]})";
+    }
+    return std::nullopt;
+  };
+  std::map<std::string, json> carts;
+  options.cart_lookup = [&](const std::string& key) -> std::optional<std::string> {
+    std::lock_guard lock(asked_mu);
+    auto found = carts.find(key);
+    return found == carts.end() ? std::nullopt : std::optional<std::string>(found->second.dump());
+  };
+  options.cart_add = [&](const std::string& key, const std::string& item) -> Result<std::string> {
+    std::lock_guard lock(asked_mu);
+    json& cart = carts[key];
+    cart["items"].push_back(json::parse(item));
+    return cart.dump();
+  };
+  Fixture f(options);
+  auto c = f.client();
+
+  SECTION("an upper-case hash finds the profile") {
+    auto res = c.Get("/v1/customers/email_sha256:" + std::string(64, 'C'));
+    REQUIRE(res);
+    CHECK(res->status == 200);
+    CHECK(json::parse(res->body)["id"] == "c-1");
+    CHECK(asked.back() == "email_sha256:" + hash);
+  }
+  SECTION("a key of no known form is a 400 naming the forms") {
+    auto res = c.Get("/v1/customers/bogus");
+    REQUIRE(res);
+    CHECK(res->status == 400);
+    const json e = errorBody(res);
+    CHECK(e["field"] == "key");
+    CHECK_THAT(e["message"].get<std::string>(),
+               Catch::Contains("'bogus' is not a customer key") && Catch::Contains("loyalty:ID"));
+    CHECK(asked.empty());
+  }
+  SECTION("an unknown but well-formed key is a 404") {
+    auto res = c.Get("/v1/customers/loyalty:NOBODY");
+    REQUIRE(res);
+    CHECK(res->status == 404);
+  }
+  SECTION("a cart can start for a customer the cache does not know; kiosk.cart_add goes up") {
+    auto added = c.Post("/v1/customers/IBEACON:F7826DA6-4FA2-4E98-8024-BC5B71E0893E:1:2/cart/items",
+                        R"({"sku":"SKU-1","qty":2})", "application/json");
+    REQUIRE(added);
+    CHECK(added->status == 201);
+    CHECK(json::parse(added->body)["items"][0]["sku"] == "SKU-1");
+    const std::vector<Event> events = f.writer.events();
+    REQUIRE(events.size() == 1);
+    const Event& e = events[0];
+    CHECK(e.type == "kiosk.cart_add");
+    CHECK(e.customer.at("beacon") == "ibeacon:f7826da6-4fa2-4e98-8024-bc5b71e0893e:1:2");
+    auto cart = c.Get("/v1/customers/ibeacon:f7826da6-4fa2-4e98-8024-bc5b71e0893e:1:2/cart");
+    REQUIRE(cart);
+    CHECK(cart->status == 200);
+    CHECK(json::parse(cart->body)["items"][0]["qty"] == 2);
+  }
+  SECTION("metrics label customer routes by template and real status, never by key") {
+    REQUIRE(c.Get("/v1/customers/email_sha256:" + hash)->status == 200);
+    REQUIRE(c.Get("/v1/customers/loyalty:SECRET-1")->status == 404);
+    REQUIRE(c.Get("/v1/customers/loyalty:SECRET-1/cart")->status == 404);
+    const std::string text = f.api->metricsText();
+    CHECK_THAT(text,
+               Catch::Contains(
+                   "omniedge_http_requests_total{route=\"/v1/customers/{key}\",code=\"200\"} 1\n"));
+    CHECK_THAT(text,
+               Catch::Contains(
+                   "omniedge_http_requests_total{route=\"/v1/customers/{key}\",code=\"404\"} 1\n"));
+    CHECK_THAT(
+        text,
+        Catch::Contains(
+            "omniedge_http_requests_total{route=\"/v1/customers/{key}/cart\",code=\"404\"} 1\n"));
+    CHECK(text.find("SECRET") == std::string::npos);
+    CHECK(text.find("code=\"-1\"") == std::string::npos);
+  }
+}
+
+TEST_CASE("GET /v1/health says degraded, with the reason, when producers are refused",
+          "[integration][kiosk]") {
+  RecordingWriter writer;
+  HttpApiOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  HttpApi api(
+      options, writer,
+      [] {
+        return HealthReport{false, "buffer full: new events are refused with 503", true};
+      },
+      [] { return std::string(); });
+  REQUIRE(api.start().has_value());
+  httplib::Client c("127.0.0.1", api.port());
+  auto res = c.Get("/v1/health");
+  REQUIRE(res);
+  CHECK(res->status == 503);
+  CHECK(json::parse(res->body) ==
+        json{{"status", "degraded"}, {"reason", "buffer full: new events are refused with 503"}});
 }
 
 TEST_CASE("start refuses what it cannot do safely or at all", "[integration][kiosk]") {

@@ -1,0 +1,974 @@
+// Opening, checking and recovering the buffer's files (see buffer.h and docs/reliability.md):
+// permission and I/O problems are told apart from corruption, and a corrupt file is salvaged
+// crash-safely before it is moved aside.
+#include "agent/store/buffer.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <spdlog/spdlog.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "agent/store/buffer_sqlite.h"
+
+namespace omniedge::store {
+
+// ---- the helpers buffer_sqlite.h declares ------------------------------------------------------
+
+namespace detail {
+
+namespace fs = std::filesystem;
+
+// The WAL file is cut back to this when SQLite rewinds it (see maybeCheckpoint in buffer.cpp).
+constexpr int64_t kJournalSizeLimit = 8LL << 20;
+
+int64_t nowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string sqliteError(sqlite3* db, const std::string& what) {
+  return what + ": " + (db != nullptr ? sqlite3_errmsg(db) : "out of memory");
+}
+
+Failure classify(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return Failure::kCorrupt;
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+    case SQLITE_CANTOPEN:
+      return Failure::kPermission;
+    case SQLITE_FULL:
+      return Failure::kFull;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return Failure::kBusy;
+    default:
+      return Failure::kIo;
+  }
+}
+
+const char* codeOf(Failure f) {
+  switch (f) {
+    case Failure::kCorrupt:
+      return "corrupt";
+    case Failure::kPermission:
+      return "permission";
+    case Failure::kFull:
+      return "full";
+    case Failure::kBusy:
+      return "busy";
+    case Failure::kIo:
+      break;
+  }
+  return "io";
+}
+
+ExecResult execRc(sqlite3* db, const char* sql) {
+  char* msg = nullptr;
+  const int rc = sqlite3_exec(db, sql, nullptr, nullptr, &msg);
+  if (rc == SQLITE_OK) {
+    return {};
+  }
+  std::string text = msg != nullptr ? msg : sqlite3_errmsg(db);
+  sqlite3_free(msg);
+  return ExecResult{sqlite3_extended_errcode(db),
+                    std::string("SQLite: ") + text + " (in: " + sql + ")"};
+}
+
+Result<void> exec(sqlite3* db, const char* sql) {
+  if (auto r = execRc(db, sql); !r) {
+    return makeError(codeOf(classify(r.rc)), r.message);
+  }
+  return {};
+}
+
+// One integer from a query; nullopt when it cannot be read.
+std::optional<int64_t> queryInt(sqlite3* db, const char* sql) {
+  sqlite3_stmt* st = nullptr;
+  std::optional<int64_t> v;
+  if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK) {
+    const int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      v = sqlite3_column_int64(st, 0);
+    } else if (rc == SQLITE_DONE) {
+      v = 0;
+    }
+  }
+  sqlite3_finalize(st);
+  return v;
+}
+
+// The highest seq `db` has ever given; nullopt when it cannot be read.
+std::optional<int64_t> highWater(sqlite3* db) {
+  int64_t high = 0;
+  for (const char* sql :
+       {"SELECT coalesce(max(events), 0) FROM counters WHERE prio = 3",
+        "SELECT coalesce(max(seq), 0) FROM events", "SELECT coalesce(max(seq), 0) FROM delivered",
+        "SELECT coalesce(max(seq), 0) FROM quarantine"}) {
+    auto v = queryInt(db, sql);
+    if (!v) {
+      return std::nullopt;
+    }
+    high = std::max(high, *v);
+  }
+  return high;
+}
+
+// How an event is stored: an id already in the buffer, or a high-priority one delivered within
+// the dedup window, is not stored again (re-reading a POS file never yields a second event).
+extern const char* const kInsertEventSql;
+const char* const kInsertEventSql =
+    "INSERT INTO events(seq, id, type, prio, received_ms, body) "
+    "SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
+    "WHERE NOT EXISTS (SELECT 1 FROM delivered_ids WHERE id = ?2) "
+    "ON CONFLICT(id) DO NOTHING";
+
+}  // namespace detail
+
+namespace {
+
+namespace fs = std::filesystem;
+using detail::classify;
+using detail::codeOf;
+using detail::exec;
+using detail::execRc;
+using detail::ExecResult;
+using detail::Failure;
+using detail::highWater;
+using detail::kFileName;
+using detail::kInsertEventSql;
+using detail::nowMs;
+using detail::queryInt;
+using detail::sqliteError;
+
+// Quick-check the whole file at every start while it is this small (milliseconds); a larger
+// file is checked at start only after an unclean shutdown (see docs/architecture.md).
+constexpr int64_t kAlwaysCheckBelow = 64LL << 20;
+const char* const kCorruptPrefix = "buffer.db.corrupt-";
+const char* const kSalvagingPrefix = "buffer.db.salvage-";  // being written: incomplete
+const char* const kSalvagedPrefix = "buffer.db.salvaged-";  // complete and synced
+
+bool startsWith(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
+
+std::string userName(uid_t uid) {
+  passwd pw{};
+  passwd* found = nullptr;
+  char buf[1024];
+  if (getpwuid_r(uid, &pw, buf, sizeof buf, &found) == 0 && found != nullptr) {
+    return found->pw_name;
+  }
+  return std::to_string(uid);
+}
+
+std::string groupName(gid_t gid) {
+  group gr{};
+  group* found = nullptr;
+  char buf[1024];
+  if (getgrgid_r(gid, &gr, buf, sizeof buf, &found) == 0 && found != nullptr) {
+    return found->gr_name;
+  }
+  return std::to_string(gid);
+}
+
+// A permission problem on `path`, said so that a technician can fix it: who owns it, what mode
+// it has, who we are, and the command that fixes it. Nothing is moved or changed.
+Error permissionError(const fs::path& path, const fs::path& dir, const std::string& what) {
+  struct stat st {};
+  std::string owner = "unknown owner";
+  std::string mode;
+  if (::stat(path.c_str(), &st) == 0) {
+    owner = userName(st.st_uid) + ":" + groupName(st.st_gid) + " (uid " +
+            std::to_string(st.st_uid) + ")";
+    char m[8];
+    std::snprintf(m, sizeof m, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    mode = m;
+  }
+  const uid_t me = geteuid();
+  const std::string us = userName(me);
+  const std::string our_group = groupName(getegid());
+  std::string fix;
+  if (::stat(path.c_str(), &st) == 0 && st.st_uid != me) {
+    fix = "chown -R " + us + ":" + our_group + " " + dir.string() +
+          " (the files were probably created by a run as another user, e.g. root), or run "
+          "omniedge as " +
+          userName(st.st_uid);
+  } else {
+    fix = "chmod u+rw" + std::string(fs::is_directory(path) ? "x " : " ") + path.string();
+  }
+  return makeError("permission",
+                   "the buffer cannot be used: " + path.string() + " " + what +
+                       "; it is owned by " + owner + (mode.empty() ? "" : " with mode " + mode) +
+                       ", and omniedge runs as " + us + " (uid " + std::to_string(me) +
+                       "). Nothing was moved or changed. Fix: " + fix +
+                       ", then start omniedge again");
+}
+
+// Every file of the buffer that exists must be readable and writable by us, and the data dir
+// writable (SQLite creates the -wal and -shm beside the file). SQLite itself would open a file
+// it cannot write read-only and fail later with "attempt to write a readonly database", which
+// must never be mistaken for corruption.
+Result<void> checkAccess(const fs::path& dir) {
+  for (const fs::path& p :
+       {dir, dir / kFileName, dir / "buffer.db-wal", dir / "buffer.db-shm", dir / "buffer.lock"}) {
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0) {
+      if (errno == ENOENT) {
+        continue;
+      }
+      if (errno == EACCES) {
+        return permissionError(dir, dir, "cannot be searched");
+      }
+      return makeError("io", "cannot inspect " + p.string() + ": " + std::strerror(errno));
+    }
+    const bool is_dir = S_ISDIR(st.st_mode);
+    const int need = R_OK | W_OK | (is_dir ? X_OK : 0);
+    if (faccessat(AT_FDCWD, p.c_str(), need, AT_EACCESS) == 0) {
+      continue;
+    }
+    if (errno == EROFS) {
+      return makeError("permission", "the buffer cannot be used: the file system holding " +
+                                         p.string() +
+                                         " is mounted read-only. Nothing was moved or changed. "
+                                         "Fix: give omniedge a writable data.dir");
+    }
+    if (errno == EACCES || errno == EPERM) {
+      return permissionError(p, dir, is_dir ? "is not writable" : "is not readable and writable");
+    }
+    return makeError("io", "cannot check " + p.string() + ": " + std::strerror(errno));
+  }
+  return {};
+}
+
+// fsync of a file or a directory (after a rename, so that the new name survives a power cut).
+bool syncPath(const fs::path& p, bool directory) {
+  const int fd = ::open(p.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDWR) | O_CLOEXEC);
+  if (fd < 0) {
+    return false;
+  }
+  const bool ok = ::fsync(fd) == 0;
+  ::close(fd);
+  return ok;
+}
+
+const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS events(
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  type TEXT NOT NULL,
+  prio INTEGER NOT NULL,
+  received_ms INTEGER NOT NULL,
+  body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_low ON events(seq) WHERE prio = 2;
+CREATE TABLE IF NOT EXISTS counters(
+  prio INTEGER PRIMARY KEY, events INTEGER NOT NULL, bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS delivered(
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  received_ms INTEGER NOT NULL,
+  delivered_ms INTEGER NOT NULL,
+  body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS delivered_age ON delivered(delivered_ms);
+CREATE TABLE IF NOT EXISTS delivered_ids(
+  id TEXT PRIMARY KEY, delivered_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine(
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  prio INTEGER NOT NULL,
+  received_ms INTEGER NOT NULL,
+  quarantined_ms INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS quarantine_age ON quarantine(quarantined_ms);
+CREATE INDEX IF NOT EXISTS quarantine_id ON quarantine(id);
+)sql";
+
+// Reads the rows of `sql` (its one parameter: the last seq read) in seq order, stepping over
+// stretches SQLite cannot read (ever larger steps, at most 32 times); calls `row` for each.
+// False only when `row` failed (the destination could not be written).
+template <class F>
+bool readBySeq(sqlite3* src, const char* sql, F row) {
+  sqlite3_stmt* sel = nullptr;
+  if (sqlite3_prepare_v2(src, sql, -1, &sel, nullptr) != SQLITE_OK) {
+    sqlite3_finalize(sel);
+    return true;  // the table itself is unreadable: nothing to copy from it
+  }
+  int64_t after = 0;
+  int64_t skip = 1;
+  bool ok = true;
+  for (int errors = 0; errors < 32;) {
+    sqlite3_reset(sel);
+    sqlite3_bind_int64(sel, 1, after);
+    int rc = 0;
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+      after = sqlite3_column_int64(sel, 0);
+      if (!row(sel)) {
+        ok = false;
+        break;
+      }
+    }
+    if (!ok || rc == SQLITE_DONE) {
+      break;
+    }
+    ++errors;
+    after += skip;
+    skip = std::min<int64_t>(skip * 4, int64_t{1} << 40);
+  }
+  sqlite3_finalize(sel);
+  return ok;
+}
+
+// The same for a table keyed by text (delivered_ids): past an unreadable stretch, the search
+// goes on after ever shorter prefixes of the last key read.
+template <class F>
+bool readByKey(sqlite3* src, const char* sql, F row) {
+  sqlite3_stmt* sel = nullptr;
+  if (sqlite3_prepare_v2(src, sql, -1, &sel, nullptr) != SQLITE_OK) {
+    sqlite3_finalize(sel);
+    return true;
+  }
+  std::string after;
+  std::string last;
+  bool ok = true;
+  for (std::size_t errors = 0; errors < 32;) {
+    sqlite3_reset(sel);
+    sqlite3_bind_text(sel, 1, after.data(), static_cast<int>(after.size()), SQLITE_TRANSIENT);
+    int rc = 0;
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+      const auto* k = reinterpret_cast<const char*>(sqlite3_column_text(sel, 0));
+      last.assign(k != nullptr ? k : "", static_cast<std::size_t>(sqlite3_column_bytes(sel, 0)));
+      errors = 0;
+      if (!row(sel)) {
+        ok = false;
+        break;
+      }
+    }
+    if (!ok || rc == SQLITE_DONE) {
+      break;
+    }
+    ++errors;
+    // Skip every key that starts with the last key's first (len - errors) bytes.
+    std::string prefix = last.substr(0, last.size() > errors ? last.size() - errors : 0);
+    while (!prefix.empty() && static_cast<unsigned char>(prefix.back()) == 0xff) {
+      prefix.pop_back();
+    }
+    if (prefix.empty()) {
+      break;
+    }
+    prefix.back() = static_cast<char>(static_cast<unsigned char>(prefix.back()) + 1);
+    after = prefix;
+    last = prefix;
+  }
+  sqlite3_finalize(sel);
+  return ok;
+}
+
+// What salvage copied.
+struct Salvaged {
+  int64_t events = 0;
+  int64_t quarantined = 0;
+  int64_t delivered_ids = 0;
+};
+
+// Copies everything still readable from the file `src_file` into `dst` in ONE transaction: the
+// pending events (in order, with new seqs above everything either file ever gave), the
+// quarantine, the POS dedup memory (delivered_ids) and the retained delivered events; recounts
+// dst's counters; records in dst's meta that `source_name` was salvaged. Nothing is written
+// to `src_file`. Fails only when dst cannot be written (disk full, I/O): then nothing is.
+Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::string& source_name,
+                             const std::string& problem, bool fresh) {
+  // Even a read-only connection creates an empty -wal and a -shm beside a WAL-mode file: what
+  // it made is removed again, so that the original is left exactly as it was.
+  const fs::path src_wal(src_file.string() + "-wal");
+  const fs::path src_shm(src_file.string() + "-shm");
+  const bool had_wal = fs::exists(src_wal);
+  const bool had_shm = fs::exists(src_shm);
+  sqlite3* src = nullptr;
+  if (sqlite3_open_v2(src_file.c_str(), &src, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    sqlite3_close(src);
+    src = nullptr;  // unreadable from its header on: the fresh file starts empty
+  } else {
+    sqlite3_busy_timeout(src, 1000);
+  }
+  int64_t next = std::max(highWater(dst).value_or(0),
+                          src != nullptr ? highWater(src).value_or(0) : int64_t{0}) +
+                 1;
+  Salvaged got;
+  std::string failure;
+  auto write = [&](sqlite3_stmt* st) {
+    const int rc = sqlite3_step(st);
+    const int changes = sqlite3_changes(dst);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && (rc & 0xff) != SQLITE_CONSTRAINT) {
+      failure = sqlite3_errmsg(dst);
+      return -1;
+    }
+    return rc == SQLITE_DONE ? changes : 0;
+  };
+  sqlite3_stmt* ins_event = nullptr;
+  sqlite3_stmt* ins_quarantine = nullptr;
+  sqlite3_stmt* ins_id = nullptr;
+  sqlite3_stmt* ins_delivered = nullptr;
+  auto finish = [&] {
+    for (auto* st : {ins_event, ins_quarantine, ins_id, ins_delivered}) {
+      sqlite3_finalize(st);
+    }
+    sqlite3_close(src);
+    std::error_code ec;
+    if (!had_wal && fs::file_size(src_wal, ec) == 0 && !ec) {
+      fs::remove(src_wal, ec);
+    }
+    if (!had_shm) {
+      fs::remove(src_shm, ec);
+    }
+  };
+  if (auto r = execRc(dst, "BEGIN IMMEDIATE"); !r) {
+    finish();
+    return makeError(codeOf(classify(r.rc)), "salvage: " + r.message);
+  }
+  bool ok =
+      sqlite3_prepare_v2(dst, kInsertEventSql, -1, &ins_event, nullptr) == SQLITE_OK &&
+      sqlite3_prepare_v2(dst,
+                         "INSERT INTO quarantine(seq, id, type, prio, received_ms, quarantined_ms, "
+                         "reason, body) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 "
+                         "WHERE NOT EXISTS (SELECT 1 FROM quarantine WHERE id = ?2)",
+                         -1, &ins_quarantine, nullptr) == SQLITE_OK &&
+      sqlite3_prepare_v2(dst, "INSERT OR IGNORE INTO delivered_ids(id, delivered_ms) VALUES(?, ?)",
+                         -1, &ins_id, nullptr) == SQLITE_OK &&
+      sqlite3_prepare_v2(dst,
+                         "INSERT OR IGNORE INTO delivered(seq, id, type, received_ms, "
+                         "delivered_ms, body) VALUES(?,?,?,?,?,?)",
+                         -1, &ins_delivered, nullptr) == SQLITE_OK;
+  if (!ok) {
+    failure = sqlite3_errmsg(dst);
+  }
+  if (ok && src != nullptr) {
+    ok = readBySeq(src,
+                   "SELECT seq, id, type, prio, received_ms, body FROM events WHERE seq > ? "
+                   "ORDER BY seq",
+                   [&](sqlite3_stmt* row) {
+                     sqlite3_bind_int64(ins_event, 1, next);
+                     for (int i = 1; i < 6; ++i) {
+                       sqlite3_bind_value(ins_event, i + 1, sqlite3_column_value(row, i));
+                     }
+                     const int n = write(ins_event);
+                     if (n > 0) {
+                       ++got.events;
+                       ++next;
+                     }
+                     return n >= 0;
+                   }) &&
+         readBySeq(src,
+                   "SELECT seq, id, type, prio, received_ms, quarantined_ms, reason, body FROM "
+                   "quarantine WHERE seq > ? ORDER BY seq",
+                   [&](sqlite3_stmt* row) {
+                     sqlite3_bind_int64(ins_quarantine, 1, next);
+                     for (int i = 1; i < 8; ++i) {
+                       sqlite3_bind_value(ins_quarantine, i + 1, sqlite3_column_value(row, i));
+                     }
+                     const int n = write(ins_quarantine);
+                     if (n > 0) {
+                       ++got.quarantined;
+                       ++next;
+                     }
+                     return n >= 0;
+                   }) &&
+         readBySeq(src,
+                   "SELECT seq, id, type, received_ms, delivered_ms, body FROM delivered "
+                   "WHERE seq > ? ORDER BY seq",
+                   [&](sqlite3_stmt* row) {
+                     for (int i = 0; i < 6; ++i) {
+                       sqlite3_bind_value(ins_delivered, i + 1, sqlite3_column_value(row, i));
+                     }
+                     return write(ins_delivered) >= 0;
+                   }) &&
+         readByKey(src, "SELECT id, delivered_ms FROM delivered_ids WHERE id > ? ORDER BY id",
+                   [&](sqlite3_stmt* row) {
+                     sqlite3_bind_value(ins_id, 1, sqlite3_column_value(row, 0));
+                     sqlite3_bind_value(ins_id, 2, sqlite3_column_value(row, 1));
+                     const int n = write(ins_id);
+                     got.delivered_ids += n > 0 ? 1 : 0;
+                     return n >= 0;
+                   });
+  }
+  if (ok) {
+    const std::string sql =
+        "DELETE FROM counters;"
+        "INSERT INTO counters SELECT prio, count(*), "
+        "sum(length(body) + length(id) + length(type) + 40) FROM events GROUP BY prio;"
+        "INSERT INTO counters VALUES(3, " +
+        std::to_string(next - 1) +
+        ", 0);"
+        "INSERT INTO counters SELECT 4, count(*), "
+        "coalesce(sum(length(body) + length(id) + length(type) + 40), 0) FROM quarantine;";
+    auto r = execRc(dst, sql.c_str());
+    ok = static_cast<bool>(r);
+    if (!ok) {
+      failure = r.message;
+    }
+  }
+  if (ok) {
+    sqlite3_stmt* meta = nullptr;
+    ok = sqlite3_prepare_v2(dst, "INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", -1, &meta,
+                            nullptr) == SQLITE_OK;
+    std::vector<std::pair<std::string, std::string>> rows = {
+        {"salvaged:" + source_name, std::to_string(got.events)}};
+    if (fresh) {
+      // Until the first commit after it (the agent's agent.buffer_recovered report, as a rule),
+      // every start reports this recovery: a crash right after it cannot swallow the report.
+      rows.emplace_back("recovery.unreported", "1");
+      rows.emplace_back("recovery.problem", problem);
+      rows.emplace_back("recovery.moved_to", source_name);
+      rows.emplace_back("recovery.salvaged", std::to_string(got.events));
+    }
+    for (const auto& [k, v] : rows) {
+      if (!ok) {
+        break;
+      }
+      sqlite3_bind_text(meta, 1, k.data(), static_cast<int>(k.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_text(meta, 2, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+      ok = write(meta) >= 0;
+    }
+    sqlite3_finalize(meta);
+    if (!ok && failure.empty()) {
+      failure = sqlite3_errmsg(dst);
+    }
+  }
+  if (ok) {
+    if (auto r = execRc(dst, "COMMIT"); !r) {
+      ok = false;
+      failure = r.message;
+    }
+  }
+  const int code = sqlite3_extended_errcode(dst);
+  if (!ok) {
+    if (sqlite3_get_autocommit(dst) == 0) {
+      (void)execRc(dst, "ROLLBACK");
+    }
+    finish();
+    return makeError(codeOf(classify(code)) == std::string("full") ? "full" : "io",
+                     "salvaging " + src_file.string() + ": " + failure);
+  }
+  finish();
+  return got;
+}
+
+// Only the plain name of a recovery file ("buffer.db.corrupt-123"), not its -wal, -shm or
+// -journal: the part after the prefix is all digits.
+std::optional<int64_t> recoveryStamp(const std::string& name, const char* prefix) {
+  if (!startsWith(name, prefix)) {
+    return std::nullopt;
+  }
+  const std::string rest = name.substr(std::strlen(prefix));
+  if (rest.empty() ||
+      !std::all_of(rest.begin(), rest.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return std::nullopt;
+  }
+  return std::stoll(rest);
+}
+
+// What a connection's open or set-up said, classified.
+Error openError(int rc, const std::string& message, const fs::path& dir) {
+  const Failure f = classify(rc);
+  if (f == Failure::kPermission) {
+    // SQLite's word for it ("unable to open", "readonly database") does not say why: if the
+    // files show why, say that; otherwise it is an I/O problem, not corruption either way.
+    if (auto access = checkAccess(dir); !access) {
+      return access.error();
+    }
+    return makeError("io", message + " (check that " + dir.string() +
+                               " and its buffer.db* files are writable by omniedge)");
+  }
+  return makeError(codeOf(f), message);
+}
+
+}  // namespace
+
+namespace detail {
+
+Result<sqlite3*> openConnection(const fs::path& dir, bool synchronous_full) {
+  const fs::path file = dir / kFileName;
+  sqlite3* db = nullptr;
+  const int rc = sqlite3_open_v2(
+      file.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    const int code = db != nullptr ? sqlite3_extended_errcode(db) : rc;
+    std::string msg = sqliteError(db, "open " + file.string());
+    sqlite3_close(db);
+    return openError(code, msg, dir);
+  }
+  sqlite3_busy_timeout(db, 5000);
+  sqlite3_extended_result_codes(db, 1);
+  // SQLite opens a file it may not write read-only without a word; writes would then fail.
+  if (sqlite3_db_readonly(db, "main") == 1) {
+    sqlite3_close(db);
+    if (auto access = checkAccess(dir); !access) {
+      return access.error();
+    }
+    return permissionError(file, dir, "can only be opened read-only");
+  }
+  // secure_delete=FAST: Debian's SQLite zeroes every freed page by default, which during a drain
+  // writes the whole deleted backlog to the WAL once more (flash wear, WAL size); FAST still
+  // zeroes deleted rows on pages that are written anyway. Stored events never hold raw PII.
+  // auto_vacuum only on a new, empty file (it cannot change later without a VACUUM anyway):
+  // on an existing one the pragma writes a cookie into page 1, a commit at every start, and it
+  // would change a corrupt original that is about to be salvaged.
+  const bool empty = queryInt(db, "PRAGMA page_count").value_or(1) == 0;
+  const std::string pragmas = std::string(empty ? "PRAGMA auto_vacuum=INCREMENTAL;" : "") +
+                              "PRAGMA journal_mode=WAL;"
+                              "PRAGMA secure_delete=FAST;"
+                              "PRAGMA temp_store=MEMORY;"
+                              "PRAGMA journal_size_limit=" +
+                              std::to_string(kJournalSizeLimit) +
+                              ";PRAGMA synchronous=" + (synchronous_full ? "FULL;" : "NORMAL;");
+  if (auto r = execRc(db, pragmas.c_str()); !r) {
+    sqlite3_close(db);
+    return openError(r.rc, "setting up " + file.string() + ": " + r.message, dir);
+  }
+  return db;
+}
+
+}  // namespace detail
+
+using detail::openConnection;
+
+Result<std::unique_ptr<Buffer>> Buffer::open(const BufferOptions& options) {
+  std::error_code ec;
+  fs::create_directories(options.dir, ec);
+  if (ec) {
+    return makeError(ec == std::errc::permission_denied ? "permission" : "io",
+                     "cannot create data dir " + options.dir.string() + ": " + ec.message());
+  }
+  if (auto r = checkAccess(options.dir); !r) {
+    return r.error();
+  }
+  std::unique_ptr<Buffer> b(new Buffer(options));
+  const fs::path file = options.dir / kFileName;
+
+  // The lock file says "a daemon owns this buffer"; it is removed on a clean close, so finding
+  // it at start means the previous run ended uncleanly (crash, kill -9, power cut).
+  const fs::path lock_path = options.dir / "buffer.lock";
+  b->open_report_.unclean_shutdown = fs::exists(lock_path);
+  const int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0) {
+    if (errno == EACCES || errno == EPERM) {
+      return permissionError(lock_path, options.dir, "cannot be opened for writing");
+    }
+    return makeError("io", "cannot create " + lock_path.string() + ": " + std::strerror(errno));
+  }
+  if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(lock_fd);
+    return makeError("busy", "another omniedge is running with data dir " + options.dir.string());
+  }
+  b->lock_fd_ = lock_fd;
+
+  // A recovery that a crash interrupted is finished before anything opens the file.
+  if (auto r = b->finishInterruptedRecovery(); !r) {
+    return r.error();
+  }
+
+  const bool existed = fs::exists(file);
+  const int64_t size = existed ? static_cast<int64_t>(fs::file_size(file, ec)) : 0;
+  auto conn = openConnection(options.dir, options.synchronous_full);
+  std::string problem;
+  if (!conn) {
+    if (conn.error().code != "corrupt") {
+      return conn.error();  // not corruption: leave every file where it is
+    }
+    problem = conn.error().message;
+  } else {
+    b->db_ = *conn;
+    if (auto r = execRc(b->db_, kSchema); !r) {
+      if (classify(r.rc) != Failure::kCorrupt) {
+        return openError(r.rc, "setting up " + file.string() + ": " + r.message, options.dir);
+      }
+      problem = r.message;
+    } else if (existed && (b->open_report_.unclean_shutdown || size < kAlwaysCheckBelow)) {
+      b->open_report_.integrity_checked = true;
+      sqlite3_stmt* st = nullptr;
+      int rc = sqlite3_prepare_v2(b->db_, "PRAGMA quick_check", -1, &st, nullptr);
+      if (rc == SQLITE_OK) {
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+          const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+          if (text != nullptr && std::strcmp(text, "ok") != 0 && problem.size() < 500) {
+            problem += (problem.empty() ? "" : "; ") + std::string(text);
+          }
+        }
+      }
+      const int code = sqlite3_extended_errcode(b->db_);
+      const std::string msg = sqlite3_errmsg(b->db_);
+      sqlite3_finalize(st);
+      if (rc != SQLITE_DONE && problem.empty()) {
+        // quick_check could not read the file to the end. Only SQLite's word "corrupt" means
+        // corrupt: an I/O error (EIO, a missing device) is reported and retried, never acted on.
+        if (classify(code) != Failure::kCorrupt) {
+          return makeError(codeOf(classify(code)) == std::string("busy") ? "busy" : "io",
+                           "checking " + file.string() + " (PRAGMA quick_check) failed: " + msg +
+                               "; the buffer was left where it is, retry later");
+        }
+        problem = msg;
+      }
+    }
+  }
+  if (!problem.empty()) {
+    if (auto r = b->recover(problem); !r) {
+      return r.error();
+    }
+  } else if (queryInt(b->db_, "SELECT count(*) FROM meta WHERE key = 'recovery.unreported'")
+                 .value_or(0) > 0) {
+    // A recovery (finished by this start or an earlier one) not reported yet.
+    auto meta = [&](const char* key) {
+      std::string v;
+      sqlite3_stmt* st = nullptr;
+      if (sqlite3_prepare_v2(b->db_, "SELECT value FROM meta WHERE key = ?", -1, &st, nullptr) ==
+          SQLITE_OK) {
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+          v = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+        }
+      }
+      sqlite3_finalize(st);
+      return v;
+    };
+    b->open_report_.recovered = true;
+    b->open_report_.problem = meta("recovery.problem");
+    b->open_report_.moved_to = (options.dir / meta("recovery.moved_to")).string();
+    b->open_report_.salvaged = std::atoll(meta("recovery.salvaged").c_str());
+  }
+  if (auto r = b->pickUpCorruptFiles(); !r) {
+    return r.error();
+  }
+  if (auto r = b->prepare(); !r) {
+    return r.error();
+  }
+  b->writer_ = std::thread([p = b.get()] { p->writerLoop(); });
+  return b;
+}
+
+void Buffer::recoveryStep(std::string_view step) {
+  if (options_.on_recovery_step) {
+    options_.on_recovery_step(step);
+  }
+}
+
+// Crash-safe recovery. The corrupt original stays where it is while its readable content is
+// copied into buffer.db.salvage-<ms> (fsynced), which is then renamed buffer.db.salvaged-<ms>
+// (the mark of a complete salvage; directory fsynced). Only then are the original's WAL and the
+// original moved aside to buffer.db.corrupt-<ms>[-wal] and the salvaged file renamed
+// buffer.db. A start that finds a buffer.db.salvaged-* finishes those renames; one that finds a
+// buffer.db.salvage-* deletes it (incomplete) and, the original being still in place and
+// corrupt, salvages again. See docs/reliability.md.
+Result<void> Buffer::recover(const std::string& problem) {
+  const fs::path& dir = options_.dir;
+  const fs::path file = dir / kFileName;
+  spdlog::error("buffer: {} is corrupt ({}); salvaging what can be read into a fresh buffer",
+                file.string(), problem);
+  if (db_ != nullptr) {
+    sqlite3_close(db_);
+    db_ = nullptr;
+  }
+  const int64_t ms = nowMs();
+  const std::string aside_name = kCorruptPrefix + std::to_string(ms);
+  const fs::path tmp = dir / (kSalvagingPrefix + std::to_string(ms));
+  const fs::path done = dir / (kSalvagedPrefix + std::to_string(ms));
+  std::error_code ec;
+  fs::remove(tmp, ec);
+  fs::remove(fs::path(tmp.string() + "-journal"), ec);
+  auto fail = [&](const std::string& why) -> Result<void> {
+    fs::remove(tmp, ec);
+    fs::remove(fs::path(tmp.string() + "-journal"), ec);
+    return makeError("io", "buffer " + file.string() + " is corrupt (" + problem +
+                               ") but could not be salvaged: " + why +
+                               "; it was left where it is, and the next start tries again");
+  };
+
+  sqlite3* out = nullptr;
+  if (sqlite3_open_v2(tmp.c_str(), &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
+      SQLITE_OK) {
+    std::string msg = sqliteError(out, "create " + tmp.string());
+    sqlite3_close(out);
+    return fail(msg);
+  }
+  sqlite3_extended_result_codes(out, 1);
+  if (auto r = execRc(out,
+                      "PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=DELETE;"
+                      "PRAGMA synchronous=FULL;");
+      !r) {
+    sqlite3_close(out);
+    return fail(r.message);
+  }
+  if (auto r = execRc(out, kSchema); !r) {
+    sqlite3_close(out);
+    return fail(r.message);
+  }
+  recoveryStep("salvage-created");
+  auto got = salvageInto(out, file, aside_name, problem, /*fresh=*/true);
+  sqlite3_close(out);
+  if (!got) {
+    return fail(got.error().message);
+  }
+  if (!syncPath(tmp, false)) {
+    return fail("fsync " + tmp.string() + ": " + std::strerror(errno));
+  }
+  recoveryStep("salvage-written");
+  fs::rename(tmp, done, ec);
+  if (ec || !syncPath(dir, true)) {
+    return fail("rename " + tmp.string() + ": " + (ec ? ec.message() : std::strerror(errno)));
+  }
+  recoveryStep("salvage-complete");
+  spdlog::warn("buffer: salvaged {} pending events, {} quarantined, {} delivered POS ids",
+               got->events, got->quarantined, got->delivered_ids);
+  open_report_.recovered = true;
+  open_report_.problem = problem;
+  open_report_.moved_to = (dir / aside_name).string();
+  open_report_.salvaged = got->events;
+
+  // From here on the salvage is complete: whatever happens, the next start finishes it.
+  if (auto r = finishRecoveryFiles(ms); !r) {
+    return r;
+  }
+  auto conn = openConnection(dir, options_.synchronous_full);
+  if (!conn) {
+    return conn.error();
+  }
+  db_ = *conn;
+  return exec(db_, kSchema);
+}
+
+// The renames that end a recovery whose salvage (buffer.db.salvaged-<ms>) is complete. Each
+// step is atomic and the directory is fsynced after it; any prefix of them is resumed by the
+// next start. The WAL goes first: a WAL left beside the salvaged file would be applied to it.
+Result<void> Buffer::finishRecoveryFiles(int64_t ms) {
+  const fs::path& dir = options_.dir;
+  const fs::path file = dir / kFileName;
+  const fs::path aside = dir / (kCorruptPrefix + std::to_string(ms));
+  const fs::path done = dir / (kSalvagedPrefix + std::to_string(ms));
+  const fs::path wal(file.string() + "-wal");
+  std::error_code ec;
+  auto fail = [&](const std::string& what) -> Result<void> {
+    return makeError("io", "finishing the recovery of " + file.string() + ": " + what +
+                               "; the next start finishes it");
+  };
+  if (fs::exists(wal)) {
+    fs::rename(wal, fs::path(aside.string() + "-wal"), ec);
+    if (ec) {
+      return fail("move " + wal.string() + " aside: " + ec.message());
+    }
+  }
+  fs::remove(fs::path(file.string() + "-shm"), ec);
+  if (!syncPath(dir, true)) {
+    return fail(std::string("fsync ") + dir.string() + ": " + std::strerror(errno));
+  }
+  recoveryStep("wal-moved");
+  if (fs::exists(file)) {
+    // Never overwrite: the original goes to its own name even if (impossibly) one is taken.
+    const fs::path target =
+        fs::exists(aside) ? fs::path(aside.string() + "." + std::to_string(nowMs())) : aside;
+    fs::rename(file, target, ec);
+    if (ec || !syncPath(dir, true)) {
+      return fail("move " + file.string() +
+                  " aside: " + (ec ? ec.message() : std::strerror(errno)));
+    }
+  }
+  recoveryStep("original-moved");
+  fs::rename(done, file, ec);
+  if (ec || !syncPath(dir, true)) {
+    return fail("rename " + done.string() + ": " + (ec ? ec.message() : std::strerror(errno)));
+  }
+  recoveryStep("salvage-in-place");
+  return {};
+}
+
+Result<void> Buffer::finishInterruptedRecovery() {
+  const fs::path& dir = options_.dir;
+  std::vector<int64_t> complete;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (startsWith(name, kSalvagingPrefix)) {
+      // An incomplete salvage (and its journal): the original is still in place.
+      spdlog::warn("buffer: removing {} left by an interrupted recovery", name);
+      fs::remove(entry.path(), ec);
+    } else if (auto ms = recoveryStamp(name, kSalvagedPrefix)) {
+      complete.push_back(*ms);
+    }
+  }
+  if (ec) {
+    return makeError("io", "cannot list " + dir.string() + ": " + ec.message());
+  }
+  if (complete.empty()) {
+    return {};
+  }
+  std::sort(complete.begin(), complete.end());
+  // Only one can be in progress; an older one (never seen in practice) keeps its content as a
+  // corrupt-* file, which pickUpCorruptFiles() copies from.
+  for (std::size_t i = 0; i + 1 < complete.size(); ++i) {
+    const std::string old = kSalvagedPrefix + std::to_string(complete[i]);
+    fs::rename(dir / old, dir / (kCorruptPrefix + std::to_string(complete[i])), ec);
+  }
+  spdlog::warn("buffer: finishing the recovery an earlier start began");
+  if (auto r = finishRecoveryFiles(complete.back()); !r) {
+    return r;
+  }
+  open_report_.recovered = true;
+  open_report_.resumed = true;
+  return {};
+}
+
+// A buffer.db.corrupt-* whose content this buffer never received (its meta has no
+// "salvaged:<name>"): left by a recovery interrupted under an older version, or copied in by
+// hand. Its readable events, quarantine and POS dedup memory are copied in (ids already here
+// are skipped), so nothing stays stranded in it.
+Result<void> Buffer::pickUpCorruptFiles() {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(options_.dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (recoveryStamp(name, kCorruptPrefix)) {
+      names.push_back(name);
+    }
+  }
+  std::sort(names.begin(), names.end());
+  for (const auto& name : names) {
+    sqlite3_stmt* st = nullptr;
+    bool known = false;
+    if (sqlite3_prepare_v2(db_, "SELECT 1 FROM meta WHERE key = ?", -1, &st, nullptr) ==
+        SQLITE_OK) {
+      const std::string key = "salvaged:" + name;
+      sqlite3_bind_text(st, 1, key.data(), static_cast<int>(key.size()), SQLITE_TRANSIENT);
+      known = sqlite3_step(st) == SQLITE_ROW;
+    }
+    sqlite3_finalize(st);
+    if (known) {
+      continue;
+    }
+    auto got = salvageInto(db_, options_.dir / name, name, "", /*fresh=*/false);
+    if (!got) {
+      return makeError(got.error().code, got.error().message + " (copying from " + name +
+                                             ", left by an " +
+                                             "interrupted recovery; the next start tries again)");
+    }
+    spdlog::warn("buffer: {} was never salvaged completely: {} events copied from it again", name,
+                 got->events);
+    open_report_.picked_up.push_back(name);
+    open_report_.picked_up_events += got->events;
+  }
+  return {};
+}
+
+}  // namespace omniedge::store

@@ -1,0 +1,64 @@
+// Running a program (usually the real omniedge binary) as a user would: its own environment,
+// stdout and stderr kept apart, bounded in time, optionally as another uid through setpriv.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace omniedge::testing {
+
+struct CommandOutput {
+  int exit_code = -1;  // 128 + signal when killed; -1 when it had to be killed at the deadline
+  std::string out;
+  std::string err;
+};
+
+/// Another identity for a child: setpriv --reuid/--regid, with these supplementary groups.
+struct RunAs {
+  unsigned uid = 0;
+  unsigned gid = 0;
+  std::vector<unsigned> groups;
+  std::string umask;  // e.g. "027"; empty: inherited
+  /// The argv prefix that runs a program as this identity.
+  std::vector<std::string> prefix() const;
+};
+
+/// The test's environment without OMNIEDGE_* and systemd variables, plus `env`.
+std::vector<std::string> cleanEnvironment(const std::map<std::string, std::string>& env);
+
+/// Runs `argv` (argv[0] a path) with cleanEnvironment(env), stdin from /dev/null, in `cwd`
+/// when given; SIGKILL at `timeout`.
+CommandOutput runCommand(const std::vector<std::string>& argv,
+                         const std::map<std::string, std::string>& env = {},
+                         std::chrono::milliseconds timeout = std::chrono::seconds(60),
+                         const std::string& cwd = "");
+
+/// `omniedge ARGS...`, optionally as `as`.
+CommandOutput omniedge(const std::vector<std::string>& args,
+                       const std::map<std::string, std::string>& env = {},
+                       const std::optional<RunAs>& as = std::nullopt,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+/// A long-running command (tail --follow) in the background, stdout and stderr to `out_path`.
+class BackgroundCommand {
+ public:
+  BackgroundCommand(const std::vector<std::string>& argv,
+                    const std::map<std::string, std::string>& env, std::string out_path);
+  /// SIGKILL if still running.
+  ~BackgroundCommand();
+  BackgroundCommand(const BackgroundCommand&) = delete;
+  BackgroundCommand& operator=(const BackgroundCommand&) = delete;
+  /// What it printed so far.
+  std::string output() const;
+  /// SIGTERM and wait; returns the exit code (128 + signal).
+  int stop();
+
+ private:
+  std::string out_path_;
+  int pid_ = -1;
+};
+
+}  // namespace omniedge::testing
