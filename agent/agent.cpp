@@ -1169,18 +1169,27 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
     change.uplink_reconnects = uplinkConnectionChanged(*old, next);
   }
   for (const auto& name : drivers) {
-    std::unique_ptr<SourceRunner> runner;
-    for (auto& source : fresh) {
-      if (source && source->name() == name) {
-        runner = std::make_unique<SourceRunner>(std::move(source), *p.ingest);
+    std::unique_ptr<Source> source;
+    for (auto& s : fresh) {
+      if (s && s->name() == name) {
+        source = std::move(s);
       }
     }
     std::unique_ptr<SourceRunner> gone;
+    bool start = false;
     {
       std::lock_guard lock(p.sources_mu);
       auto it = std::find_if(p.sources.begin(), p.sources.end(), [&name](const auto& r) {
         return r->state().value("name", "") == name;
       });
+      if (it != p.sources.end() && source && (*it)->adopt(*source)) {
+        // In place: the beacon driver keeps who is where for new zones and offsets. The fresh
+        // source was only looked at; it never started.
+        spdlog::info("config: the {} driver took the new settings in place", name);
+        continue;
+      }
+      auto runner =
+          source ? std::make_unique<SourceRunner>(std::move(source), *p.ingest) : nullptr;
       if (it != p.sources.end()) {
         gone = std::move(*it);
         if (runner) {
@@ -1191,16 +1200,20 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
       } else if (runner) {
         p.sources.push_back(std::move(runner));
       }
+      start = true;
     }
     // The old one first: both would read the same spool, or connect with the same client id.
     if (gone) {
       gone->stop();
     }
-    std::lock_guard lock(p.sources_mu);
-    for (auto& r : p.sources) {
-      if (r->state().value("name", "") == name) {
-        r->start();
+    if (start) {
+      std::lock_guard lock(p.sources_mu);
+      for (auto& r : p.sources) {
+        if (r->state().value("name", "") == name) {
+          r->start();
+        }
       }
+      spdlog::info("config: the {} driver restarted with the new settings", name);
     }
   }
   if (!change.keys.empty()) {

@@ -24,6 +24,9 @@ class SourceRunner {
   void start();
   /// Asks the source to stop and joins (a poll returns within ~1 s). Thread: the owner.
   void stop();
+  /// New settings for the source, as `fresh`: true when it takes them in place (see
+  /// Source::adopt), false when the caller must replace the runner. Thread: any.
+  bool adopt(Source& fresh) { return source_->adopt(fresh); }
   /// {"name", "state": "running" | "failing" | "stopped", "errors" (failed rounds + refused
   /// inputs), "poll_errors", "input_errors", "last_error", "counters" (the source's own)}.
   /// Thread: any.

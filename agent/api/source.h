@@ -35,6 +35,11 @@ class Source {
   /// Counters and the latest refused input. Thread: any (status and metrics call it while
   /// poll() runs). Cheap, never blocks for long, never throws.
   virtual SourceHealth health() const { return {}; }
+  /// New settings, as `fresh` (a source of the same driver built from them): true when this
+  /// source takes them in place, keeping its state (from its next poll()); false (the default)
+  /// when it cannot, and the caller replaces it by `fresh`. Thread: any (poll() may be
+  /// running). Never blocks for long, never throws.
+  virtual bool adopt(Source& fresh) { return (void)fresh, false; }
 };
 
 }  // namespace omniedge

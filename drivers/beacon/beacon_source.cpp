@@ -74,6 +74,40 @@ BeaconSource::BeaconSource(BeaconOptions options)
 
 BeaconSource::~BeaconSource() { dropClient(); }
 
+namespace {
+
+// Everything but the placement (zones, scanner offsets), which a running engine can take.
+bool sameButPlacement(const BeaconOptions& a, const BeaconOptions& b) {
+  const PresenceOptions& p = a.presence;
+  const PresenceOptions& q = b.presence;
+  return a.mqtt_url == b.mqtt_url && a.topics == b.topics && a.qos == b.qos &&
+         a.max_message_bytes == b.max_message_bytes && a.queue_max_bytes == b.queue_max_bytes &&
+         a.pending_max_bytes == b.pending_max_bytes && a.queue_capacity == b.queue_capacity &&
+         a.max_pending_events == b.max_pending_events && a.tick_interval_ms == b.tick_interval_ms &&
+         a.max_clock_skew_ms == b.max_clock_skew_ms && p.exit_after_ms == q.exit_after_ms &&
+         p.enter_after_sightings == q.enter_after_sightings && p.window_ms == q.window_ms &&
+         p.switch_margin_db == q.switch_margin_db && p.switch_hold_ms == q.switch_hold_ms &&
+         p.ewma_alpha == q.ewma_alpha && p.scanner_stale_ms == q.scanner_stale_ms &&
+         p.max_tracked == q.max_tracked && p.max_state_bytes == q.max_state_bytes &&
+         p.ignore_prefixes == q.ignore_prefixes && p.path_loss_exponent == q.path_loss_exponent &&
+         p.default_rssi_at_1m == q.default_rssi_at_1m;
+}
+
+}  // namespace
+
+bool BeaconSource::adopt(Source& fresh) {
+  auto* other = dynamic_cast<BeaconSource*>(&fresh);
+  if (other == nullptr || !sameButPlacement(options_, other->options_)) {
+    return false;
+  }
+  {
+    std::lock_guard lock(mu_);
+    retune_.emplace(other->options_.presence.zones, other->options_.presence.scanner_offsets);
+  }
+  cv_.notify_all();
+  return true;
+}
+
 std::string_view BeaconSource::name() const { return "beacon"; }
 
 void BeaconSource::dropClient() {
@@ -226,6 +260,15 @@ Result<void> BeaconSource::manageConnection(int64_t now) {
 
 Result<void> BeaconSource::poll(EventWriter& out, std::stop_token stop) {
   int64_t now = clock_->nowMs();
+  {
+    std::unique_lock lock(mu_);
+    if (retune_) {
+      auto [zones, offsets] = std::move(*retune_);
+      retune_.reset();
+      lock.unlock();
+      engine_.retune(std::move(zones), std::move(offsets));
+    }
+  }
   Result<void> connection;
   if (!options_.mqtt_url.empty()) {
     connection = manageConnection(now);

@@ -7,8 +7,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -115,6 +117,11 @@ class BeaconSource final : public Source {
   /// Counters. Thread: any. Blocks only on a short internal lock.
   BeaconStats stats() const;
 
+  /// Takes `fresh`'s beacon.zones and beacon.scanner_offsets in place (at the next poll(),
+  /// keeping every track) when nothing else of its options differs; false otherwise (the
+  /// caller restarts the driver). Thread: any. Never blocks for long.
+  bool adopt(Source& fresh) override;
+
  private:
   struct Message {
     std::string topic;
@@ -155,6 +162,9 @@ class BeaconSource final : public Source {
   std::size_t queue_bytes_ = 0;  // guarded by mu_
   bool lost_ = false;            // guarded by mu_: the connection dropped
   BeaconStats stats_;            // guarded by mu_
+  /// New zones and offsets for engine_, taken by the next poll(); guarded by mu_.
+  std::optional<std::pair<std::map<std::string, std::string>, std::map<std::string, double>>>
+      retune_;
 };
 
 /// The beacon source as the agent runs it. Thread: any. Does no I/O. Never throws (but bad_alloc).

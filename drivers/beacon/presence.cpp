@@ -141,6 +141,14 @@ uint32_t PresenceEngine::internScanner(const std::string& name) {
   ScannerInfo& info = scanners_[slot];
   info = ScannerInfo{};
   info.name = &it->first;
+  placeScanner(slot);
+  scanners_bytes_ += kNodeBytes + heapBytes(it->first);
+  return slot;
+}
+
+void PresenceEngine::placeScanner(uint32_t slot) {
+  ScannerInfo& info = scanners_[slot];
+  const std::string& name = *info.name;
   if (const auto z = options_.zones.find(name); z != options_.zones.end()) {
     info.zone = zone_index_.at(z->second);
   } else if (const auto same = zone_index_.find(name); same != zone_index_.end()) {
@@ -148,12 +156,29 @@ uint32_t PresenceEngine::internScanner(const std::string& name) {
   } else {
     info.zone = kSelfZone | slot;
   }
+  info.offset_log = 0;
   if (const auto o = options_.scanner_offsets.find(name); o != options_.scanner_offsets.end()) {
     // +dB: the scanner hears too weakly, so its estimates come nearer.
     info.offset_log = static_cast<float>(-o->second / (10.0 * options_.path_loss_exponent));
   }
-  scanners_bytes_ += kNodeBytes + heapBytes(it->first);
-  return slot;
+}
+
+void PresenceEngine::retune(std::map<std::string, std::string> zones,
+                            std::map<std::string, double> offsets) {
+  options_.zones = std::move(zones);
+  options_.scanner_offsets = std::move(offsets);
+  // Zone ids only grow: tracks keep theirs, and a zone no longer configured keeps its name for
+  // the zone_change that moves its customers out.
+  for (const auto& [scanner, zone] : options_.zones) {
+    if (zone_index_.emplace(zone, static_cast<uint32_t>(zone_names_.size())).second) {
+      zone_names_.push_back(zone);
+    }
+  }
+  for (uint32_t slot = 0; slot < scanners_.size(); ++slot) {
+    if (scanners_[slot].name != nullptr) {
+      placeScanner(slot);
+    }
+  }
 }
 
 std::size_t PresenceEngine::trackBytes(const Track& track) const {

@@ -99,6 +99,12 @@ class PresenceEngine {
   /// Counters. Thread: the owner. O(1).
   PresenceStats stats() const;
 
+  /// New beacon.zones and beacon.scanner_offsets, keeping every track: each known scanner is
+  /// placed in its new zone at once, and an identity whose nearest scanner is now in another
+  /// zone gets a beacon.zone_change under the usual margin and hold. Offsets apply to the
+  /// sightings from now on. Thread: the owner.
+  void retune(std::map<std::string, std::string> zones, std::map<std::string, double> offsets);
+
  private:
   static constexpr uint32_t kNone = 0xFFFFFFFF;
   static constexpr uint32_t kSelfZone = 0x80000000;  // | scanner slot: a zone of its own name
@@ -135,6 +141,7 @@ class PresenceEngine {
   };
 
   uint32_t internScanner(const std::string& name);
+  void placeScanner(uint32_t slot);
   void ref(uint32_t slot) { ++scanners_[slot].refs; }
   void unref(uint32_t slot) { --scanners_[slot].refs; }
   std::string_view zoneName(uint32_t zone) const;

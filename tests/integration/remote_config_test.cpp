@@ -414,3 +414,36 @@ TEST_CASE("ops make keys and signed documents with omniedge alone, and the agent
   c.waitReport(n, 9, "applied");
   CHECK(c.shown("log.level") == std::pair<json, std::string>("debug", "remote v9 for this store"));
 }
+
+TEST_CASE("new beacon zones are taken by the running driver; other beacon keys restart only it",
+          "[integration][remote][beacon]") {
+  MosquittoBroker gateways;
+  Centre c(Centre::Env{{"OMNIEDGE_BEACON_MQTT_URL", gateways.url()},
+                       {"OMNIEDGE_BEACON_ZONES", "s1=door"}});
+  const auto n = c.reports().size();
+  c.publishConfig(1, R"({"beacon.zones": ["s1=till", "s2=till"]})");
+  c.waitReport(n, 1, "applied");
+  CHECK(c.shown("beacon.zones") ==
+        std::pair<json, std::string>(json::array({"s1=till", "s2=till"}), "remote v1 for this store"));
+  CHECK_THAT(c.agent().log(), Contains("the beacon driver took the new settings in place"));
+  CHECK_THAT(c.agent().log(), !Contains("the beacon driver restarted"));
+
+  c.publishConfig(2, R"({"beacon.zones": ["s1=till"], "beacon.exit_after": 60})");
+  c.waitReport(n, 2, "applied");
+  CHECK_THAT(c.agent().log(), Contains("the beacon driver restarted with the new settings"));
+  // Running again (its first connect to the gateways' broker may still be under way).
+  bool beacon_running = false;
+  json drivers;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (!beacon_running && std::chrono::steady_clock::now() < deadline) {
+    drivers = c.status()["drivers"];
+    for (const auto& d : drivers) {
+      beacon_running = beacon_running || (d["name"] == "beacon" && d["state"] == "running");
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  INFO(drivers.dump());
+  CHECK(beacon_running);
+  // The uplink never noticed.
+  CHECK(c.status()["uplink"]["mqtt"]["reconnects"] == 0);
+}
