@@ -1188,8 +1188,7 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
         spdlog::info("config: the {} driver took the new settings in place", name);
         continue;
       }
-      auto runner =
-          source ? std::make_unique<SourceRunner>(std::move(source), *p.ingest) : nullptr;
+      auto runner = source ? std::make_unique<SourceRunner>(std::move(source), *p.ingest) : nullptr;
       if (it != p.sources.end()) {
         gone = std::move(*it);
         if (runner) {
@@ -1308,9 +1307,10 @@ void Agent::applyRemoteLayer(const sync::RemoteLayer& layer, const sync::ConfigR
       p.watch = Parts::UplinkWatch{change->uplink_generation, p.clock.nowMs() + wait_s * 1000,
                                    liveConfig()->str("mqtt.url")};
       p.watch_deadline_ms = p.watch->deadline_ms;
-      spdlog::info("remote config: the uplink has {} s to connect to {}, or the config is rolled "
-                   "back (config.rollback_after)",
-                   wait_s, p.watch->url);
+      spdlog::info(
+          "remote config: the uplink has {} s to connect to {}, or the config is rolled "
+          "back (config.rollback_after)",
+          wait_s, p.watch->url);
     } else if (!p.watch) {
       // Nothing it changed can cut the store off: good at once. (While an uplink change
       // waits for its proof, nothing is confirmed: a rollback goes back before both.)
@@ -1323,12 +1323,13 @@ void Agent::applyRemoteLayer(const sync::RemoteLayer& layer, const sync::ConfigR
   Event e;
   e.type = "agent.config_applied";
   e.source = "agent";
-  e.data_json = nlohmann::json{{"status", final_report.status},
-                               {"version", final_report.version},
-                               {"source", std::string(sync::sourceName(final_report.source))},
-                               {"error", final_report.error},
-                               {"keys", keys}}
-                    .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  e.data_json = nlohmann::json{
+      {"status", final_report.status},
+      {"version", final_report.version},
+      {"source", std::string(sync::sourceName(final_report.source))},
+      {"error", final_report.error},
+      {"keys",
+       keys}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   if (auto r = p.ingest->append({e}); !r) {
     spdlog::warn("could not record agent.config_applied: {}", r.error().message);
   }
@@ -1401,13 +1402,13 @@ void Agent::remoteTick() {
       Event e;
       e.type = "agent.config_applied";
       e.source = "agent";
-      e.data_json =
-          nlohmann::json{{"status", back.report.status},
-                         {"version", back.report.version},
-                         {"source", std::string(sync::sourceName(back.report.source))},
-                         {"error", back.report.error},
-                         {"keys", keys}}
-              .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      e.data_json = nlohmann::json{
+          {"status", back.report.status},
+          {"version", back.report.version},
+          {"source", std::string(sync::sourceName(back.report.source))},
+          {"error", back.report.error},
+          {"keys",
+           keys}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       if (auto r = p.ingest->append({e}); !r) {
         spdlog::warn("could not record agent.config_applied: {}", r.error().message);
       }
@@ -1431,13 +1432,13 @@ void Agent::addRemoteStatus(nlohmann::json& out) const {
     out["log_level_until"] = p.level_until_ms != 0 ? formatRfc3339Ms(p.level_until_ms) : "";
   }
   const auto layer = p.remote->layer();
-  nlohmann::json rc = {{"store_version", layer.store_version},
-                       {"all_version", layer.all_version},
-                       {"keys", layer.settings.size()},
-                       {"confirmed", p.remote->confirmed()},
-                       {"rollback_at", p.watch_deadline_ms.load() != 0
-                                           ? formatRfc3339Ms(p.watch_deadline_ms.load())
-                                           : ""}};
+  nlohmann::json rc = {
+      {"store_version", layer.store_version},
+      {"all_version", layer.all_version},
+      {"keys", layer.settings.size()},
+      {"confirmed", p.remote->confirmed()},
+      {"rollback_at",
+       p.watch_deadline_ms.load() != 0 ? formatRfc3339Ms(p.watch_deadline_ms.load()) : ""}};
   if (auto r = p.remote->lastReport()) {
     rc["last_report"] = nlohmann::json::parse(r->toJson());
   }
@@ -1494,7 +1495,7 @@ Result<nlohmann::json> Agent::CentreCommands::resyncProfiles() {
 }
 
 Result<nlohmann::json> Agent::CentreCommands::setLogLevel(const std::string& level,
-                                                           int64_t duration_s) {
+                                                          int64_t duration_s) {
   Parts& p = *agent_.p_;
   const auto previous = spdlog::level::to_string_view(spdlog::get_level());
   const int64_t until = p.clock.nowMs() + duration_s * 1000;
@@ -1521,9 +1522,8 @@ nlohmann::json Agent::CentreCommands::diagnostics(std::size_t max_bytes) {
   }
   nlohmann::json logs = nlohmann::json::array();
   for (const auto& line : p.log_ring->lines()) {
-    logs.push_back({{"at", formatRfc3339Ms(line.at_ms)},
-                    {"level", line.level},
-                    {"message", line.message}});
+    logs.push_back(
+        {{"at", formatRfc3339Ms(line.at_ms)}, {"level", line.level}, {"message", line.message}});
   }
   nlohmann::json bundle = {{"generated_at", formatRfc3339Ms(p.clock.nowMs())},
                            {"status", agent_.status()},
@@ -1536,8 +1536,8 @@ nlohmann::json Agent::CentreCommands::diagnostics(std::size_t max_bytes) {
   // Bounded: the oldest log lines go first, then the config, then the status.
   while (size() > max_bytes && !bundle["recent_logs"].empty()) {
     auto& l = bundle["recent_logs"];
-    l.erase(l.begin(), l.begin() + static_cast<std::ptrdiff_t>(std::max<std::size_t>(
-                                       1, l.size() / 4)));
+    l.erase(l.begin(),
+            l.begin() + static_cast<std::ptrdiff_t>(std::max<std::size_t>(1, l.size() / 4)));
     bundle["truncated"] = true;
   }
   for (const char* part : {"config", "status"}) {

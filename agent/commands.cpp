@@ -13,7 +13,7 @@ using nlohmann::json;
 constexpr std::size_t kMaxIdBytes = 128;
 constexpr int64_t kDefaultLevelSeconds = 900;
 constexpr int64_t kMaxLevelSeconds = 86400;
-constexpr std::array<std::string_view, 7> kLevels = {"trace", "debug", "info",    "warn",
+constexpr std::array<std::string_view, 7> kLevels = {"trace", "debug",    "info", "warn",
                                                      "error", "critical", "off"};
 constexpr char kKnown[] =
     "diagnostics, flush, ping, resync-profiles, retry-quarantine, set-log-level";
@@ -161,8 +161,7 @@ std::string CommandRunner::handle(std::string_view payload) {
       known = known || l == level;
     }
     if (!known) {
-      return refuse(id, bad("args.level must be one of " + levels + ", got " +
-                                shown(args["level"]),
+      return refuse(id, bad("args.level must be one of " + levels + ", got " + shown(args["level"]),
                             "args.level"));
     }
     int64_t duration = kDefaultLevelSeconds;

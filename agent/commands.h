@@ -48,8 +48,7 @@ class CommandRunner {
   static constexpr std::size_t kMaxDiagnosticsBytes = 64 * 1024;
 
   /// `journal` and `target` must outlive the runner.
-  CommandRunner(store::InboxStore& journal, CommandTarget& target,
-                std::function<int64_t()> now_ms);
+  CommandRunner(store::InboxStore& journal, CommandTarget& target, std::function<int64_t()> now_ms);
 
   /// Handles one R/cmd payload and returns the R/cmd/result payload to publish (always one:
   /// a message without a usable id is answered with "id": ""). Thread: the sync thread (one

@@ -18,14 +18,15 @@ std::vector<LogLine> RecentLogSink::lines() {
 
 void RecentLogSink::sink_it_(const spdlog::details::log_msg& msg) {
   LogLine line;
-  line.at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch())
-                   .count();
+  line.at_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch()).count();
   const auto level = spdlog::level::to_string_view(msg.level);
   line.level.assign(level.data(), level.size());
   line.message.assign(msg.payload.data(), std::min(msg.payload.size(), max_line_bytes_));
   if (msg.payload.size() > max_line_bytes_) {
     // Never cut a UTF-8 sequence in two: back off to the start of the last character.
-    while (!line.message.empty() && (static_cast<unsigned char>(line.message.back()) & 0xC0) == 0x80) {
+    while (!line.message.empty() &&
+           (static_cast<unsigned char>(line.message.back()) & 0xC0) == 0x80) {
       line.message.pop_back();
     }
     if (!line.message.empty() && (static_cast<unsigned char>(line.message.back()) & 0x80) != 0) {

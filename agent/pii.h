@@ -79,7 +79,9 @@ class PiiHasher {
   DataPiiPolicy dataPolicy() const { return data_policy_.load(std::memory_order_relaxed); }
   /// identity.data_pii changed (remote config, reload): events scrubbed from now on follow it.
   /// Thread: any.
-  void setDataPolicy(DataPiiPolicy policy) { data_policy_.store(policy, std::memory_order_relaxed); }
+  void setDataPolicy(DataPiiPolicy policy) {
+    data_policy_.store(policy, std::memory_order_relaxed);
+  }
 
  private:
   std::string key_;

@@ -91,9 +91,9 @@ Result<std::string> settingValue(const std::string& key, const json& v) {
                        "must be a string or a number, got " + shown(item));
       }
       if (text.find(',') != std::string::npos) {
-        return invalid(field + "[" + std::to_string(i) + "]",
-                       "must not contain ',' (list items are joined with commas), got " +
-                           shown(item));
+        return invalid(
+            field + "[" + std::to_string(i) + "]",
+            "must not contain ',' (list items are joined with commas), got " + shown(item));
       }
       joined += (i == 0 ? "" : ",") + text;
     }
@@ -187,8 +187,8 @@ std::string ConfigReport::toJson() const {
 Result<ConfigDocument> parseConfigDocument(std::string_view bytes) {
   if (bytes.size() > kMaxDocumentBytes) {
     return makeError("invalid", "the document is " + std::to_string(bytes.size()) +
-                                    " bytes, more than the " +
-                                    std::to_string(kMaxDocumentBytes) + " a config may have");
+                                    " bytes, more than the " + std::to_string(kMaxDocumentBytes) +
+                                    " a config may have");
   }
   const json doc = json::parse(bytes, nullptr, false);
   if (doc.is_discarded() || !doc.is_object()) {
@@ -198,8 +198,9 @@ Result<ConfigDocument> parseConfigDocument(std::string_view bytes) {
   ConfigDocument out;
   for (const auto& [field, value] : doc.items()) {
     if (field != "version" && field != "settings" && field != "expires_at") {
-      return invalid(field, "is not a field of a config document (version, settings, "
-                            "expires_at)");
+      return invalid(field,
+                     "is not a field of a config document (version, settings, "
+                     "expires_at)");
     }
   }
   if (!doc.contains("version")) {
@@ -228,8 +229,8 @@ Result<ConfigDocument> parseConfigDocument(std::string_view bytes) {
     const auto& e = doc["expires_at"];
     auto ms = e.is_string() ? parseRfc3339(e.get<std::string>()) : std::nullopt;
     if (!ms) {
-      return invalid("expires_at", "must be an RFC 3339 time (2027-01-31T00:00:00Z), got " +
-                                       shown(e));
+      return invalid("expires_at",
+                     "must be an RFC 3339 time (2027-01-31T00:00:00Z), got " + shown(e));
     }
     out.expires_at_ms = *ms;
   }
@@ -251,9 +252,8 @@ Result<std::unique_ptr<RemoteConfig>> RemoteConfig::open(RemoteConfigOptions opt
     auto key = VerifyKey::fromPem(*pem);
     if (!key) {
       return makeError("config",
-                       "config.verify_key_file '" + rc->options_.verify_key_file +
-                           "': " + key.error().message +
-                           " (make one with `omniedge config keygen`)",
+                       "config.verify_key_file '" + rc->options_.verify_key_file + "': " +
+                           key.error().message + " (make one with `omniedge config keygen`)",
                        "config.verify_key_file");
     }
     rc->key_ = std::move(*key);
@@ -394,8 +394,8 @@ RemoteConfig::Outcome RemoteConfig::receive(ConfigSource source, std::string_vie
     out.verdict = Verdict::kRejected;
     out.report = r;
     report(r);
-    spdlog::warn("remote config: {} config version {} rejected: {}", sourceName(source),
-                 r.version, e.message);
+    spdlog::warn("remote config: {} config version {} rejected: {}", sourceName(source), r.version,
+                 e.message);
     return out;
   };
   auto doc = checkDoc(source, payload, false, r.version);
@@ -412,13 +412,13 @@ RemoteConfig::Outcome RemoteConfig::receive(ConfigSource source, std::string_vie
   next.of(source) = *doc;
   RemoteLayer layer = layerOf(next);
   if (auto merged = options_.check(layer.settings); !merged) {
-    return reject(makeError(merged.error().code,
-                            merged.error().message + " (with " +
-                                std::string(sourceName(source == ConfigSource::kStore
-                                                           ? ConfigSource::kAll
-                                                           : ConfigSource::kStore)) +
-                                " config applied)",
-                            merged.error().field));
+    return reject(makeError(
+        merged.error().code,
+        merged.error().message + " (with " +
+            std::string(sourceName(source == ConfigSource::kStore ? ConfigSource::kAll
+                                                                  : ConfigSource::kStore)) +
+            " config applied)",
+        merged.error().field));
   }
   // Persist first: what is applied survives a restart, and a replay after it is refused.
   const Docs saved_docs = docs_;
@@ -661,8 +661,8 @@ Result<void> RemoteConfig::load() {
     r.version = docs_.all ? docs_.all->version : 0;
     r.status = "rejected";
     r.at_ms = now();
-    r.error = "the applied config is not valid any more with this store's own: " +
-              merged.error().message;
+    r.error =
+        "the applied config is not valid any more with this store's own: " + merged.error().message;
     startup_reports_.push_back(r);
     last_report_ = r;
     docs_.all.reset();

@@ -67,9 +67,9 @@ struct RemoteLayer {
 using LayerCheck = std::function<Result<void>(const std::map<std::string, std::string>&)>;
 
 struct RemoteConfigOptions {
-  std::filesystem::path dir;    // data.dir: the state is dir/remote-config.json
-  std::string verify_key_file;  // config.verify_key_file; "" accepts unsigned documents
-  LayerCheck check;             // required
+  std::filesystem::path dir;        // data.dir: the state is dir/remote-config.json
+  std::string verify_key_file;      // config.verify_key_file; "" accepts unsigned documents
+  LayerCheck check;                 // required
   std::function<int64_t()> now_ms;  // empty: the system clock
 };
 
@@ -166,12 +166,12 @@ class RemoteConfig {
   RemoteConfigOptions options_;
   std::optional<VerifyKey> key_;
   mutable std::mutex mu_;
-  Docs docs_;                          // guarded by mu_
-  Docs good_;                          // guarded by mu_
-  bool confirmed_ = true;              // guarded by mu_
-  int64_t floor_[2] = {0, 0};          // guarded by mu_: highest version accepted, per topic
-  std::string seen_[2];                // guarded by mu_: sha256 of the payload applied last
-  std::string handled_[2];             // guarded by mu_: sha256 of the payload handled last
+  Docs docs_;                  // guarded by mu_
+  Docs good_;                  // guarded by mu_
+  bool confirmed_ = true;      // guarded by mu_
+  int64_t floor_[2] = {0, 0};  // guarded by mu_: highest version accepted, per topic
+  std::string seen_[2];        // guarded by mu_: sha256 of the payload applied last
+  std::string handled_[2];     // guarded by mu_: sha256 of the payload handled last
   ConfigSource last_source_ = ConfigSource::kStore;  // guarded by mu_
   std::optional<ConfigReport> last_report_;          // guarded by mu_
   std::vector<ConfigReport> startup_reports_;        // guarded by mu_

@@ -102,17 +102,15 @@ std::optional<std::string> base64Decode(std::string_view text) {
 }
 
 Result<SigningKeyPair> generateSigningKey() {
-  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(EVP_PKEY_Q_keygen(nullptr, nullptr,
-                                                                            "ED25519"),
-                                                          &EVP_PKEY_free);
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
+      EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"), &EVP_PKEY_free);
   if (!key) {
     return makeError("crypto", opensslError("cannot generate an Ed25519 key"));
   }
   std::unique_ptr<BIO, decltype(&BIO_free)> priv(BIO_new(BIO_s_mem()), &BIO_free);
   std::unique_ptr<BIO, decltype(&BIO_free)> pub(BIO_new(BIO_s_mem()), &BIO_free);
   if (!priv || !pub ||
-      PEM_write_bio_PrivateKey(priv.get(), key.get(), nullptr, nullptr, 0, nullptr, nullptr) !=
-          1 ||
+      PEM_write_bio_PrivateKey(priv.get(), key.get(), nullptr, nullptr, 0, nullptr, nullptr) != 1 ||
       PEM_write_bio_PUBKEY(pub.get(), key.get()) != 1) {
     return makeError("crypto", opensslError("cannot write the key as PEM"));
   }
@@ -146,8 +144,7 @@ Result<VerifyKey> VerifyKey::fromPem(std::string_view pem) {
   auto bio = memoryBio(pem);
   EVP_PKEY* raw = bio ? PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr) : nullptr;
   if (raw == nullptr) {
-    return makeError("invalid",
-                     opensslError("not a PEM public key (-----BEGIN PUBLIC KEY-----)"));
+    return makeError("invalid", opensslError("not a PEM public key (-----BEGIN PUBLIC KEY-----)"));
   }
   VerifyKey k;
   k.key_.reset(raw, &EVP_PKEY_free);

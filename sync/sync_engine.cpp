@@ -341,9 +341,10 @@ void SyncEngine::onInboundMessage(std::string topic, std::string payload) {
       cv_.notify_all();
       return;
     }
-    spdlog::error("sync: a message on {} ({} bytes) could not be stored before its "
-                  "acknowledgement ({}): handled from memory, a crash before that loses it",
-                  topic, payload.size(), stored.error().message);
+    spdlog::error(
+        "sync: a message on {} ({} bytes) could not be stored before its "
+        "acknowledgement ({}): handled from memory, a crash before that loses it",
+        topic, payload.size(), stored.error().message);
     std::lock_guard lock(status_mu_);
     ++status_.inbound_not_durable;
   }
@@ -351,9 +352,10 @@ void SyncEngine::onInboundMessage(std::string topic, std::string payload) {
     std::lock_guard lock(mu_);
     const std::size_t bytes = topic.size() + payload.size();
     if (inbound_bytes_ + bytes > inbound_max_bytes_.load()) {
-      spdlog::error("sync: dropped a message on {} ({} bytes): {} bytes of inbound messages wait "
-                    "already (sync.inbound_max_bytes)",
-                    topic, payload.size(), inbound_bytes_);
+      spdlog::error(
+          "sync: dropped a message on {} ({} bytes): {} bytes of inbound messages wait "
+          "already (sync.inbound_max_bytes)",
+          topic, payload.size(), inbound_bytes_);
       std::lock_guard status_lock(status_mu_);
       ++status_.inbound_dropped;
       return;

@@ -84,11 +84,11 @@ struct SyncStatus {
   /// The reconfigure() generation the current (or next) connection uses: 0 for the options
   /// given to the constructor.
   uint64_t generation = 0;
-  uint64_t inbound_handled = 0;       // messages from the centre handed to on_message
-  uint64_t inbound_not_durable = 0;   // the inbox refused them: kept in memory only
-  uint64_t inbound_dropped = 0;       // ... and dropped: memory bound (inbound_max_bytes) passed
-  std::size_t control_queued = 0;     // reports and results waiting to be published
-  uint64_t control_dropped = 0;       // dropped: the queue's bound, or the broker refused them
+  uint64_t inbound_handled = 0;      // messages from the centre handed to on_message
+  uint64_t inbound_not_durable = 0;  // the inbox refused them: kept in memory only
+  uint64_t inbound_dropped = 0;      // ... and dropped: memory bound (inbound_max_bytes) passed
+  std::size_t control_queued = 0;    // reports and results waiting to be published
+  uint64_t control_dropped = 0;      // dropped: the queue's bound, or the broker refused them
 };
 
 /// Owns the sync thread and the MQTT connection.
@@ -264,18 +264,18 @@ class SyncEngine {
   std::chrono::steady_clock::time_point tokens_at_;
   std::chrono::steady_clock::time_point status_due_;
   std::mt19937_64 rng_{std::random_device{}()};
-  uint64_t generation_ = 0;                     // of mqtt_ and options_
+  uint64_t generation_ = 0;                       // of mqtt_ and options_
   std::map<uint64_t, MqttMessage> control_sent_;  // publish()es awaiting their PUBACK, by tag
   uint64_t next_control_tag_ = 0;
 
   // Handed over by Paho's threads and flushNow().
   mutable std::mutex mu_;
   std::condition_variable_any cv_;
-  std::deque<Delivery> deliveries_;                          // guarded by mu_
-  std::deque<std::pair<std::string, std::string>> inbound_;  // guarded by mu_
-  bool lost_ = false;                                        // guarded by mu_
-  std::string lost_cause_;                                   // guarded by mu_
-  bool flush_ = false;                                       // guarded by mu_
+  std::deque<Delivery> deliveries_;                                 // guarded by mu_
+  std::deque<std::pair<std::string, std::string>> inbound_;         // guarded by mu_
+  bool lost_ = false;                                               // guarded by mu_
+  std::string lost_cause_;                                          // guarded by mu_
+  bool flush_ = false;                                              // guarded by mu_
   std::optional<std::pair<MqttOptions, SyncOptions>> next_config_;  // guarded by mu_
   uint64_t requested_generation_ = 0;                               // guarded by mu_
   std::deque<MqttMessage> control_;                                 // guarded by mu_

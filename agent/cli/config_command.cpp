@@ -26,8 +26,7 @@ int runShow(const CommandSpec& spec, const Invocation& inv) {
     std::cerr << "omniedge config show: " << note << "\n";
   }
   if (inv.has("json")) {
-    std::cout << cfg.toJson().dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
-              << "\n";
+    std::cout << cfg.toJson().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::cout << "# " << loaded->describe() << "\n" << cfg.toText();
   }

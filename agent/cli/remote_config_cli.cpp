@@ -25,8 +25,8 @@ namespace fs = std::filesystem;
 bool writeNew(const fs::path& path, const std::string& text, mode_t mode, std::ostream& err) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
   if (fd < 0) {
-    err << "omniedge config keygen: cannot create " << path.string() << ": "
-        << std::strerror(errno) << (errno == EEXIST ? " (not overwritten)" : "") << "\n";
+    err << "omniedge config keygen: cannot create " << path.string() << ": " << std::strerror(errno)
+        << (errno == EEXIST ? " (not overwritten)" : "") << "\n";
     return false;
   }
   ::fchmod(fd, mode);  // whatever the umask
@@ -77,7 +77,8 @@ int configKeygen(const std::string& dir, const std::string& name, std::ostream& 
     fs::remove(priv, ec);
     return kFailure;
   }
-  out << "private key: " << priv.string() << " (signs configs: keep it with ops, never on a store)\n"
+  out << "private key: " << priv.string()
+      << " (signs configs: keep it with ops, never on a store)\n"
       << "public key:  " << pub.string() << " (config.verify_key_file on every store)\n";
   return kOk;
 }
@@ -91,8 +92,8 @@ int configSign(const std::string& file, const std::string& key_file, const std::
   }
   std::string key;
   if (!readAll(key_file, key)) {
-    err << "omniedge config sign: cannot read the key " << key_file << ": "
-        << std::strerror(errno) << "\n";
+    err << "omniedge config sign: cannot read the key " << key_file << ": " << std::strerror(errno)
+        << "\n";
     return kUsage;
   }
   auto doc = sync::parseConfigDocument(document);
@@ -163,8 +164,7 @@ Command configKeygenCommand() {
       "Never overwrites a key. See docs/remote-config.md.";
   spec.takes_config = false;
   spec.options = [](po::options_description& o) {
-    o.add_options()("out", po::value<std::string>()->default_value("."),
-                    "directory for the keys")(
+    o.add_options()("out", po::value<std::string>()->default_value("."), "directory for the keys")(
         "name", po::value<std::string>()->default_value("signing"), "file name of the keys");
   };
   return {spec, [](const CommandSpec&, const Invocation& inv) {

@@ -34,5 +34,4 @@ config::Config withAppliedRemote(const config::Config& local, std::string& note)
 Command configKeygenCommand();
 Command configSignCommand();
 
-
 }  // namespace omniedge::cli

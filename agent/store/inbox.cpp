@@ -121,8 +121,9 @@ Result<std::unique_ptr<InboxStore>> InboxStore::open(const InboxOptions& options
       {&st.put, "INSERT INTO inbound(topic, payload) VALUES(?, ?)"},
       {&st.pending, "SELECT id, topic, payload FROM inbound ORDER BY id LIMIT ?"},
       {&st.remove, "DELETE FROM inbound WHERE id = ? RETURNING length(topic) + length(payload)"},
-      {&st.bytes_of, "SELECT count(*), coalesce(sum(length(topic) + length(payload)), 0) "
-                     "FROM inbound"},
+      {&st.bytes_of,
+       "SELECT count(*), coalesce(sum(length(topic) + length(payload)), 0) "
+       "FROM inbound"},
       {&st.find_command, "SELECT name, done, result, at_ms FROM commands WHERE id = ?"},
       {&st.start_command,
        "INSERT OR IGNORE INTO commands(id, name, done, result, at_ms) VALUES(?, ?, 0, '', ?)"},

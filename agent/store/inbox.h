@@ -81,10 +81,10 @@ class InboxStore final : public Inbox {
   Result<void> exec(const char* sql);
 
   InboxOptions options_;
-  mutable std::mutex mu_;  // one connection, shared by Paho's callback and the sync thread
-  sqlite3* db_ = nullptr;                   // guarded by mu_
-  std::unique_ptr<Statements> st_;          // guarded by mu_
-  InboxStats stats_;                        // guarded by mu_
+  mutable std::mutex mu_;           // one connection, shared by Paho's callback and the sync thread
+  sqlite3* db_ = nullptr;           // guarded by mu_
+  std::unique_ptr<Statements> st_;  // guarded by mu_
+  InboxStats stats_;                // guarded by mu_
 };
 
 }  // namespace omniedge::store

@@ -85,8 +85,9 @@ TEST_CASE("malformed commands, unknown names and bad arguments are answered ok:f
   CHECK(error(R"({"id": ")" + std::string(200, 'x') + R"(", "name": "ping"})").first.empty());
   CHECK(error(R"({"id": "n1"})") ==
         std::pair<std::string, std::string>(
-            "n1", "name is required (one of diagnostics, flush, ping, resync-profiles, "
-                  "retry-quarantine, set-log-level)"));
+            "n1",
+            "name is required (one of diagnostics, flush, ping, resync-profiles, "
+            "retry-quarantine, set-log-level)"));
   CHECK_THAT(error(R"({"id": "n2", "name": "reboot"})").second,
              Contains("unknown command 'reboot'"));
   CHECK_THAT(error(R"({"id": "n3", "name": "ping", "args": [1]})").second,
@@ -95,17 +96,15 @@ TEST_CASE("malformed commands, unknown names and bad arguments are answered ok:f
              Contains("flush takes no arguments, got args.wait"));
   CHECK_THAT(error(R"({"id": "n5", "name": "set-log-level", "args": {}})").second,
              Contains("args.level is required"));
-  CHECK_THAT(error(R"({"id": "n6", "name": "set-log-level", "args": {"level": "verbose"}})")
-                 .second,
+  CHECK_THAT(error(R"({"id": "n6", "name": "set-log-level", "args": {"level": "verbose"}})").second,
              Contains("args.level must be one of") && Contains("\"verbose\""));
   CHECK_THAT(
       error(R"({"id": "n7", "name": "set-log-level", "args": {"level": "debug", "duration": -1}})")
           .second,
       Contains("args.duration must be a whole number of seconds from 1 to 86400, got -1"));
-  CHECK_THAT(
-      error(R"({"id": "n8", "name": "set-log-level", "args": {"level": "debug", "for": 9}})")
-          .second,
-      Contains("args.for is not an argument of set-log-level (level, duration)"));
+  CHECK_THAT(error(R"({"id": "n8", "name": "set-log-level", "args": {"level": "debug", "for": 9}})")
+                 .second,
+             Contains("args.for is not an argument of set-log-level (level, duration)"));
   CHECK(f.target.level.empty());
   CHECK(f.runner->stats().refused == 12);
   CHECK(f.runner->stats().executed == 0);
@@ -125,8 +124,9 @@ TEST_CASE("each command reaches its target; a failure is answered with its reaso
   const auto failed = f.handle(R"({"id": "c", "name": "resync-profiles"})");
   CHECK(failed["ok"] == false);
   CHECK(failed["error"] == "disk gone");
-  CHECK(f.handle(R"({"id": "d", "name": "set-log-level", "args": {"level": "warn", "duration": 60}})")
-            ["result"]["level"] == "warn");
+  CHECK(
+      f.handle(R"({"id": "d", "name": "set-log-level", "args": {"level": "warn", "duration": 60}})")
+          ["result"]["level"] == "warn");
   CHECK(f.target.duration == 60);
 }
 

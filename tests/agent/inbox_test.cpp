@@ -136,8 +136,8 @@ TEST_CASE("a message the inbox kept before a crash is handled by the next sync e
     REQUIRE(cv.wait_for(lock, 20s, [&] { return handled.size() >= 2; }));
   }
   engine.stop();
-  CHECK(handled == std::vector<std::string>{"omniedge/v1/t/s/cmd survivor",
-                                            "omniedge/v1/t/s/cmd fresh"});
+  CHECK(handled ==
+        std::vector<std::string>{"omniedge/v1/t/s/cmd survivor", "omniedge/v1/t/s/cmd fresh"});
   CHECK(inbox->stats().pending == 0);
   CHECK(inbox->stats().stored == 1);
   CHECK(engine.status().inbound_handled == 2);

@@ -55,7 +55,7 @@ json status(const AgentProcess& agent) {
 // `central-sim cmd NAME --wait 20`; returns (exit code, the result document).
 std::pair<int, json> command(const MosquittoBroker& broker, const std::string& name,
                              const std::string& args = "", const std::string& id = "") {
-  std::vector<std::string> argv = {"cmd",   "--mqtt",    broker.url(), "--tenant", "default",
+  std::vector<std::string> argv = {"cmd",     "--mqtt",    broker.url(), "--tenant", "default",
                                    "--store", "store-042", name,         "--wait",   "20"};
   if (!args.empty()) {
     argv.insert(argv.end(), {"--args", args});
@@ -153,14 +153,12 @@ TEST_CASE("every command answers through central-sim, and a bad one says why",
     CHECK_THAT(raw.out, !Contains("hmac-secret-never-in-diagnostics"));
     const auto r = json::parse(raw.out);
     CHECK(r["result"]["status"]["store_id"] == "store-042");
-    CHECK(r["result"]["config"]["identity.hmac_key_file"]["value"] ==
-          (tmp / "hmac.key").string());
+    CHECK(r["result"]["config"]["identity.hmac_key_file"]["value"] == (tmp / "hmac.key").string());
     CHECK(r["result"]["config"]["mqtt.url"]["value"] == broker.url());
     bool reported = false;
     for (const auto& line : r["result"]["recent_logs"]) {
-      reported = reported || (line["level"] == "error" &&
-                              line["message"].get<std::string>().find("quarantined") !=
-                                  std::string::npos);
+      reported = reported || (line["level"] == "error" && line["message"].get<std::string>().find(
+                                                              "quarantined") != std::string::npos);
     }
     CHECK(reported);
     CHECK(r["result"]["truncated"] == false);
@@ -274,9 +272,10 @@ TEST_CASE("a command id is executed once, also when delivered twice and across a
   CHECK(s["commands"]["answered_again"] == 1);
 }
 
-TEST_CASE("profiles and commands that arrive just before a SIGKILL are applied and answered after "
-          "the restart",
-          "[integration][commands][fault]") {
+TEST_CASE(
+    "profiles and commands that arrive just before a SIGKILL are applied and answered after "
+    "the restart",
+    "[integration][commands][fault]") {
   MosquittoBroker broker;
   Subscriber sub(broker.url(), std::string(kRoot) + "/cmd/result");
   TempDir tmp;
@@ -291,8 +290,7 @@ TEST_CASE("profiles and commands that arrive just before a SIGKILL are applied a
     publishMqtt(broker.url(), std::string(kRoot) + "/cmd",
                 R"({"id": "k-)" + n + R"(", "name": "ping"})");
     publishMqtt(broker.url(), std::string(kRoot) + "/profiles",
-                R"({"upserts": [{"id": "p-)" + n + R"(", "keys": ["loyalty:K-)" + n +
-                    R"("]}]})");
+                R"({"upserts": [{"id": "p-)" + n + R"(", "keys": ["loyalty:K-)" + n + R"("]}]})");
     // Dead while the messages arrive, or just after the broker had them acknowledged.
     std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 120));
     agent.kill9();

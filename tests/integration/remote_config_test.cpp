@@ -32,8 +32,7 @@ constexpr const char* kRoot = "omniedge/v1/default/store-042";
 class Centre {
  public:
   using Env = std::map<std::string, std::string>;
-  explicit Centre(Env extra_env = {}, bool with_key = true)
-      : sub_(broker_.url(), "omniedge/v1/#") {
+  explicit Centre(Env extra_env = {}, bool with_key = true) : sub_(broker_.url(), "omniedge/v1/#") {
     auto keys = centralSim({"keygen", "--out", (tmp_ / "keys").string()});
     REQUIRE(keys.exit_code == 0);
     key_ = json::parse(keys.out)["private_key"].get<std::string>();
@@ -68,8 +67,7 @@ class Centre {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < deadline) {
       auto r = agent_->cli({"status", "--json"});
-      if (r.exit_code == 0 &&
-          json::parse(r.out)["uplink"]["mqtt"]["state"] == "connected") {
+      if (r.exit_code == 0 && json::parse(r.out)["uplink"]["mqtt"]["state"] == "connected") {
         return true;
       }
       std::this_thread::sleep_for(100ms);
@@ -93,8 +91,9 @@ class Centre {
   /// returns the payload published.
   std::string publishConfig(int version, const std::string& settings,
                             std::vector<std::string> extra = {}, const std::string& key = "") {
-    std::vector<std::string> args = {"config", "--mqtt", broker_.url(), "--tenant", "default",
-                                     "--version", std::to_string(version), "--settings", settings};
+    std::vector<std::string> args = {"config",  "--mqtt",    broker_.url(),           "--tenant",
+                                     "default", "--version", std::to_string(version), "--settings",
+                                     settings};
     if (std::find(extra.begin(), extra.end(), "--all") == extra.end()) {
       args.insert(args.end(), {"--store", kStore});
     }
@@ -165,9 +164,10 @@ std::string eventsArray(int n) {
 
 }  // namespace
 
-TEST_CASE("a signed config is applied hot: the log level changes without a reconnect and the "
-          "next batches are smaller",
-          "[integration][remote]") {
+TEST_CASE(
+    "a signed config is applied hot: the log level changes without a reconnect and the "
+    "next batches are smaller",
+    "[integration][remote]") {
   Centre c;
   const auto before = c.status()["uplink"]["mqtt"];
   CHECK(c.shown("log.level") == std::pair<json, std::string>("info", "env OMNIEDGE_LOG_LEVEL"));
@@ -336,9 +336,10 @@ TEST_CASE("the store's own config wins over the tenant-wide one, key by key",
   CHECK(s["log_level"] == "debug");
 }
 
-TEST_CASE("a config whose broker URL leads nowhere is rolled back when the uplink does not come "
-          "back",
-          "[integration][remote][fault]") {
+TEST_CASE(
+    "a config whose broker URL leads nowhere is rolled back when the uplink does not come "
+    "back",
+    "[integration][remote][fault]") {
   Centre c(Centre::Env{{"OMNIEDGE_CONFIG_ROLLBACK_AFTER", "10"}});
   const std::string nowhere = "mqtt://127.0.0.1:" + std::to_string(omniedge::testing::freePort());
   const auto n = c.reports().size();
@@ -355,7 +356,8 @@ TEST_CASE("a config whose broker URL leads nowhere is rolled back when the uplin
              Contains("the uplink did not connect to " + nowhere + " within 10 s") &&
                  Contains("config.rollback_after") && Contains("back to no store config"));
   REQUIRE(c.waitConnected());
-  CHECK(c.shown("mqtt.url") == std::pair<json, std::string>(c.broker().url(), "env OMNIEDGE_MQTT_URL"));
+  CHECK(c.shown("mqtt.url") ==
+        std::pair<json, std::string>(c.broker().url(), "env OMNIEDGE_MQTT_URL"));
   CHECK(c.shown("log.level") == std::pair<json, std::string>("info", "env OMNIEDGE_LOG_LEVEL"));
   CHECK(c.status()["config_version"] == 0);
   CHECK(omniedge::testing::waitForAllIds(c.sub(), ids, 30s) == 0);
@@ -376,7 +378,8 @@ TEST_CASE("a config whose broker URL leads nowhere is rolled back when the uplin
   REQUIRE(c.agent().stop() == 0);
   REQUIRE(c.agent().start());
   REQUIRE(c.waitConnected());
-  CHECK(c.shown("mqtt.url") == std::pair<json, std::string>(c.broker().url(), "env OMNIEDGE_MQTT_URL"));
+  CHECK(c.shown("mqtt.url") ==
+        std::pair<json, std::string>(c.broker().url(), "env OMNIEDGE_MQTT_URL"));
 }
 
 TEST_CASE("ops make keys and signed documents with omniedge alone, and the agent applies them",
@@ -393,9 +396,9 @@ TEST_CASE("ops make keys and signed documents with omniedge alone, and the agent
   CHECK_THAT(again.out, Contains("not overwritten"));
 
   ops.write("doc.json", "{\"version\": 9,\n \"settings\": {\"log.level\": \"debug\"}}\n");
-  auto sign = tool.cli({"config", "sign", (ops / "doc.json").string(), "--key",
-                        (ops / "keys/signing.key").string(), "--out",
-                        (ops / "signed.json").string()});
+  auto sign =
+      tool.cli({"config", "sign", (ops / "doc.json").string(), "--key",
+                (ops / "keys/signing.key").string(), "--out", (ops / "signed.json").string()});
   REQUIRE(sign.exit_code == 0);
   ops.write("bad.json", R"({"version": 1, "settings": {"data.dir": "/elsewhere"}})");
   auto bad = tool.cli({"config", "sign", (ops / "bad.json").string(), "--key",
@@ -407,10 +410,9 @@ TEST_CASE("ops make keys and signed documents with omniedge alone, and the agent
   const auto n = c.reports().size();
   // Signed by central-sim's key: not the one this store trusts.
   c.publishConfig(8, R"({"log.level": "warn"})");
-  CHECK_THAT(c.waitReport(n, 8, "rejected")["error"].get<std::string>(),
-             Contains("bad signature"));
-  publishMqtt(c.broker().url(), std::string(kRoot) + "/config/desired",
-              ops.read("signed.json"), true);
+  CHECK_THAT(c.waitReport(n, 8, "rejected")["error"].get<std::string>(), Contains("bad signature"));
+  publishMqtt(c.broker().url(), std::string(kRoot) + "/config/desired", ops.read("signed.json"),
+              true);
   c.waitReport(n, 9, "applied");
   CHECK(c.shown("log.level") == std::pair<json, std::string>("debug", "remote v9 for this store"));
 }
@@ -423,8 +425,8 @@ TEST_CASE("new beacon zones are taken by the running driver; other beacon keys r
   const auto n = c.reports().size();
   c.publishConfig(1, R"({"beacon.zones": ["s1=till", "s2=till"]})");
   c.waitReport(n, 1, "applied");
-  CHECK(c.shown("beacon.zones") ==
-        std::pair<json, std::string>(json::array({"s1=till", "s2=till"}), "remote v1 for this store"));
+  CHECK(c.shown("beacon.zones") == std::pair<json, std::string>(json::array({"s1=till", "s2=till"}),
+                                                                "remote v1 for this store"));
   CHECK_THAT(c.agent().log(), Contains("the beacon driver took the new settings in place"));
   CHECK_THAT(c.agent().log(), !Contains("the beacon driver restarted"));
 

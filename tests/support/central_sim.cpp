@@ -1,6 +1,7 @@
 #include "tests/support/central_sim.h"
 
 #include <fcntl.h>
+#include <mqtt/async_client.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,7 +10,6 @@
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
-#include <mqtt/async_client.h>
 #include <sstream>
 #include <stdexcept>
 
@@ -27,10 +27,10 @@ std::string slurp(const std::string& path) {
 
 SimResult centralSim(const std::vector<std::string>& args) {
   static std::atomic<int> counter{0};
-  const std::string base = (std::filesystem::temp_directory_path() /
-                            ("central-sim-" + std::to_string(getpid()) + "-" +
-                             std::to_string(counter++)))
-                               .string();
+  const std::string base =
+      (std::filesystem::temp_directory_path() /
+       ("central-sim-" + std::to_string(getpid()) + "-" + std::to_string(counter++)))
+          .string();
   const std::string out = base + ".out";
   const std::string err = base + ".err";
   std::vector<std::string> argv = {"/usr/bin/python3",
@@ -75,8 +75,8 @@ void publishMqtt(const std::string& url, const std::string& topic, const std::st
     uri = "tcp://" + uri.substr(7);
   }
   static std::atomic<int> counter{0};
-  mqtt::async_client client(uri, "test-publisher-" + std::to_string(getpid()) + "-" +
-                                     std::to_string(counter++));
+  mqtt::async_client client(
+      uri, "test-publisher-" + std::to_string(getpid()) + "-" + std::to_string(counter++));
   mqtt::connect_options opts;
   opts.set_clean_session(true);
   opts.set_connect_timeout(10);

@@ -27,8 +27,8 @@ void publishFromOutside(int port, const char* topic, const char* payload) {
   const pid_t pid = fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
-    execl("/usr/bin/mosquitto_pub", "mosquitto_pub", "-h", "127.0.0.1", "-p", p.c_str(), "-q",
-          "1", "-t", topic, "-m", payload, static_cast<char*>(nullptr));
+    execl("/usr/bin/mosquitto_pub", "mosquitto_pub", "-h", "127.0.0.1", "-p", p.c_str(), "-q", "1",
+          "-t", topic, "-m", payload, static_cast<char*>(nullptr));
     _exit(127);
   }
   int status = 0;

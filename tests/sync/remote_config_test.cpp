@@ -24,8 +24,7 @@ Result<void> fakeCheck(const std::map<std::string, std::string>& settings) {
                        key);
     }
     if (key == "log.level" && value != "debug" && value != "info" && value != "warn") {
-      return makeError("config", "log.level = \"" + value + "\" (from remote config): bad",
-                       key);
+      return makeError("config", "log.level = \"" + value + "\" (from remote config): bad", key);
     }
   }
   const auto low = settings.find("x.low");
@@ -67,9 +66,10 @@ struct Fixture {
   }
 };
 
-TEST_CASE("a signed config is accepted, persisted, and its version only rises, also after a "
-          "restart",
-          "[unit][remote]") {
+TEST_CASE(
+    "a signed config is accepted, persisted, and its version only rises, also after a "
+    "restart",
+    "[unit][remote]") {
   Fixture f;
   const auto v2 = f.signedDoc(2, R"({"log.level":"debug"})");
   {
@@ -96,9 +96,9 @@ TEST_CASE("a signed config is accepted, persisted, and its version only rises, a
     auto out = rc->receive(ConfigSource::kStore, f.signedDoc(version, R"({"log.level":"warn"})"));
     CHECK(out.verdict == Verdict::kRejected);
     CHECK(out.report.version == version);
-    CHECK_THAT(out.report.error, Contains("version " + std::to_string(version) +
-                                          " is not greater than 2") &&
-                                     Contains("replay"));
+    CHECK_THAT(out.report.error,
+               Contains("version " + std::to_string(version) + " is not greater than 2") &&
+                   Contains("replay"));
   }
   CHECK(rc->layer().settings.at("log.level") == "debug");
   CHECK(rc->receive(ConfigSource::kStore, f.signedDoc(3, R"({"log.level":"warn"})")).verdict ==
@@ -129,12 +129,12 @@ TEST_CASE("forged and unsigned configs are refused with the reason while a key i
 
   CHECK_THAT(rc->receive(ConfigSource::kStore, "{not json").report.error,
              Contains("not a JSON object"));
-  CHECK_THAT(rc->receive(ConfigSource::kStore, R"({"document": "!!", "signature": "AA=="})")
-                 .report.error,
-             Contains("document is not base64"));
-  CHECK_THAT(rc->receive(ConfigSource::kStore, R"({"document": "e30=", "sig": "AA=="})")
-                 .report.error,
-             Contains("signature is required"));
+  CHECK_THAT(
+      rc->receive(ConfigSource::kStore, R"({"document": "!!", "signature": "AA=="})").report.error,
+      Contains("document is not base64"));
+  CHECK_THAT(
+      rc->receive(ConfigSource::kStore, R"({"document": "e30=", "sig": "AA=="})").report.error,
+      Contains("signature is required"));
   CHECK(rc->layer().settings.empty());
   CHECK(rc->lastReport()->status == "rejected");
 }
@@ -152,14 +152,14 @@ TEST_CASE("without a verify key, unsigned documents and envelopes are taken", "[
 TEST_CASE("an expired document is refused; one expiring later is taken", "[unit][remote]") {
   Fixture f;
   auto rc = f.open();
-  auto expired =
-      rc->receive(ConfigSource::kStore,
-                  f.signedDoc(1, R"({"log.level":"debug"})", R"(,"expires_at":"2027-01-01T00:00:00Z")"));
+  auto expired = rc->receive(
+      ConfigSource::kStore,
+      f.signedDoc(1, R"({"log.level":"debug"})", R"(,"expires_at":"2027-01-01T00:00:00Z")"));
   CHECK(expired.verdict == Verdict::kRejected);
   CHECK_THAT(expired.report.error,
              Contains("expired at 2027-01-01T00:00:00.000Z") && Contains("agent time 2027-01-15"));
-  CHECK(rc->receive(ConfigSource::kStore,
-                    f.signedDoc(1, R"({"log.level":"debug"})", R"(,"expires_at":"2027-02-01T00:00:00Z")"))
+  CHECK(rc->receive(ConfigSource::kStore, f.signedDoc(1, R"({"log.level":"debug"})",
+                                                      R"(,"expires_at":"2027-02-01T00:00:00Z")"))
             .verdict == Verdict::kAccepted);
 }
 
@@ -177,7 +177,8 @@ TEST_CASE("settings are checked alone and merged; the store's own document wins 
   REQUIRE(rc->receive(ConfigSource::kAll,
                       f.signedDoc(3, R"({"log.level":"warn","x.low":"5","x.other":"a"})"))
               .verdict == Verdict::kAccepted);
-  auto own = rc->receive(ConfigSource::kStore, f.signedDoc(1, R"({"log.level":"debug","x.high":"9"})"));
+  auto own =
+      rc->receive(ConfigSource::kStore, f.signedDoc(1, R"({"log.level":"debug","x.high":"9"})"));
   REQUIRE(own.verdict == Verdict::kAccepted);
   CHECK(own.layer.settings.at("log.level") == "debug");
   CHECK(own.layer.details.at("log.level") == "v1 for this store");
@@ -194,9 +195,10 @@ TEST_CASE("settings are checked alone and merged; the store's own document wins 
   CHECK(rc->layer().settings.at("x.high") == "9");
 }
 
-TEST_CASE("a rollback returns to the last-known-good layer and the version given up stays "
-          "refused",
-          "[unit][remote]") {
+TEST_CASE(
+    "a rollback returns to the last-known-good layer and the version given up stays "
+    "refused",
+    "[unit][remote]") {
   Fixture f;
   const auto v2 = f.signedDoc(2, R"({"log.level":"warn"})");
   {
@@ -223,10 +225,12 @@ TEST_CASE("a rollback returns to the last-known-good layer and the version given
   auto reopened = f.open();
   CHECK(reopened->receive(ConfigSource::kStore, v2).verdict == Verdict::kIgnored);
   CHECK(reopened->layer().settings.at("log.level") == "debug");
-  CHECK(reopened->receive(ConfigSource::kStore, f.signedDoc(2, R"({"log.level":"info"})")).verdict ==
-        Verdict::kRejected);
-  CHECK(reopened->receive(ConfigSource::kStore, f.signedDoc(3, R"({"log.level":"info"})")).verdict ==
-        Verdict::kAccepted);
+  CHECK(
+      reopened->receive(ConfigSource::kStore, f.signedDoc(2, R"({"log.level":"info"})")).verdict ==
+      Verdict::kRejected);
+  CHECK(
+      reopened->receive(ConfigSource::kStore, f.signedDoc(3, R"({"log.level":"info"})")).verdict ==
+      Verdict::kAccepted);
 }
 
 TEST_CASE("at start an applied document that fails the current checks is reported, not applied",

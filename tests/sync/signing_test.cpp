@@ -15,8 +15,8 @@ TEST_CASE("base64 is the standard padded alphabet, decoded strictly", "[unit][re
   CHECK(base64Encode("fo") == "Zm8=");
   CHECK(base64Encode("foo") == "Zm9v");
   CHECK(base64Encode(std::string("\xff\xfe\x00", 3)) == "//4A");
-  for (const std::string& s : std::vector<std::string>{"", "a", "ab", "abc", "abcd",
-                                                      std::string("\0\x01\x80\xff", 4)}) {
+  for (const std::string& s :
+       std::vector<std::string>{"", "a", "ab", "abc", "abcd", std::string("\0\x01\x80\xff", 4)}) {
     CHECK(base64Decode(base64Encode(s)) == s);
   }
   CHECK_FALSE(base64Decode("Zg="));     // not a multiple of 4
