@@ -195,6 +195,15 @@ void SyncEngine::run(std::stop_token stop) {
         if (stop.stop_requested()) {
           break;
         }
+        bool new_settings = false;
+        {
+          std::lock_guard lock(mu_);
+          new_settings = next_config_.has_value();
+        }
+        if (new_settings) {
+          back_off = false;  // the next attempt, at once, uses them (a rollback, new broker)
+          continue;
+        }
       }
       back_off = true;
       setNextAttempt(0);
@@ -453,13 +462,15 @@ void SyncEngine::closeForReconfigure() {
       setError("publish offline status: " + published.error().message);
     }
     handleDeliveries();
-    link_->disconnect(kDisconnectWait);
+    if (link_) {
+      link_->disconnect(kDisconnectWait);
+    }
   }
-  link_.reset();  // the next connect builds a client with the new options
+  session_up_ = false;  // before the link goes: nothing below may touch it
+  link_.reset();        // the next connect builds a client with the new options
   handleDeliveries();
   requeueControl();
   sent_.clear();
-  session_up_ = false;
   inflight_ = 0;
   read_seq_ = 0;
   resend_.clear();
