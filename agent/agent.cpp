@@ -1253,7 +1253,7 @@ void Agent::onCentreMessage(const std::string& topic, const std::string& payload
   } else if (topic == p.topic_all_config) {
     receiveConfig(true, payload);
   } else if (topic == p.topic_root + "/cmd") {
-    p.sync->publish({p.topic_root + "/cmd/result", p.commands->handle(payload), false});
+    publishCommandResult(p.commands->handle(payload));
   }
 }
 
@@ -1280,6 +1280,24 @@ void Agent::receiveConfig(bool all_stores, const std::string& payload) {
       return;
     }
   }
+}
+
+void Agent::publishCommandResult(const std::string& result) {
+  // The journal keeps the answer until the broker has it: one lost with the connection or a
+  // crash is sent again (at the next start), not only when the centre asks again.
+  std::string id;
+  const auto doc = nlohmann::json::parse(result, nullptr, false);
+  if (doc.is_object() && doc.contains("id") && doc["id"].is_string()) {
+    id = doc["id"].get<std::string>();
+  }
+  p_->sync->publish({p_->topic_root + "/cmd/result", result, false}, [self = this, id] {
+    if (id.empty()) {
+      return;
+    }
+    if (auto r = self->p_->inbox->commandReported(id); !r) {
+      spdlog::warn("command {}: {}", id, r.error().message);
+    }
+  });
 }
 
 void Agent::publishConfigReport(const sync::ConfigReport& report) {
@@ -1339,6 +1357,14 @@ void Agent::remoteStart() {
   Parts& p = *p_;
   for (const auto& r : p.remote->takeStartupReports()) {
     publishConfigReport(r);
+  }
+  // Answers the broker never acknowledged before the last stop.
+  if (auto unsent = p.inbox->unreportedCommands(256)) {
+    for (const auto& c : *unsent) {
+      publishCommandResult(c.result);
+    }
+  } else {
+    spdlog::warn("commands: {}", unsent.error().message);
   }
   p.config_version = static_cast<int>(p.remote->layer().store_version);
   if (p.remote->confirmed()) {

@@ -78,6 +78,7 @@ class Agent {
   void receiveConfig(bool all_stores, const std::string& payload);
   void applyRemoteLayer(const sync::RemoteLayer& layer, const sync::ConfigReport& report);
   void publishConfigReport(const sync::ConfigReport& report);
+  void publishCommandResult(const std::string& result);
   void remoteStart();
   void remoteTick();
   void addRemoteStatus(nlohmann::json& status) const;

@@ -154,16 +154,17 @@ uint64_t SyncEngine::reconfigure(MqttOptions mqtt, SyncOptions options) {
   return generation;
 }
 
-void SyncEngine::publish(MqttMessage message) {
+void SyncEngine::publish(MqttMessage message, std::function<void()> on_acked) {
   {
     std::lock_guard lock(mu_);
     control_bytes_ += message.topic.size() + message.payload.size();
-    control_.push_back(std::move(message));
+    control_.push_back(Outgoing{std::move(message), std::move(on_acked)});
     while (control_.size() > kMaxControlMessages ||
            (control_.size() > 1 && control_bytes_ > kMaxControlBytes)) {
-      control_bytes_ -= control_.front().topic.size() + control_.front().payload.size();
-      spdlog::warn("sync: dropped an unsent message on {}: more than {} waiting",
-                   control_.front().topic, kMaxControlMessages);
+      const auto& m = control_.front().message;
+      control_bytes_ -= m.topic.size() + m.payload.size();
+      spdlog::warn("sync: dropped an unsent message on {}: more than {} waiting", m.topic,
+                   kMaxControlMessages);
       control_.pop_front();
       std::lock_guard status_lock(status_mu_);
       ++status_.control_dropped;
@@ -320,11 +321,11 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
     std::lock_guard lock(mu_);
     for (auto& m : messages) {
       const bool queued = std::any_of(control_.begin(), control_.end(), [&m](const auto& q) {
-        return q.topic == m.topic && q.payload == m.payload;
+        return q.message.topic == m.topic && q.message.payload == m.payload;
       });
       if (!queued) {
         control_bytes_ += m.topic.size() + m.payload.size();
-        control_.push_back(std::move(m));
+        control_.push_back(Outgoing{std::move(m), {}});
       }
     }
   }
@@ -482,25 +483,25 @@ void SyncEngine::closeForReconfigure() {
 
 void SyncEngine::sendControl() {
   while (control_sent_.size() < kControlInflight && session_up_ && link_->connected()) {
-    MqttMessage message;
+    Outgoing out;
     {
       std::lock_guard lock(mu_);
       if (control_.empty()) {
         return;
       }
-      message = std::move(control_.front());
+      out = std::move(control_.front());
       control_.pop_front();
-      control_bytes_ -= message.topic.size() + message.payload.size();
+      control_bytes_ -= out.message.topic.size() + out.message.payload.size();
     }
     const uint64_t tag = next_control_tag_++;
-    auto copy = message;
+    auto copy = out.message;
     if (auto r = link_->publish(std::move(copy), tag); !r) {
       std::lock_guard lock(mu_);
-      control_bytes_ += message.topic.size() + message.payload.size();
-      control_.push_front(std::move(message));
+      control_bytes_ += out.message.topic.size() + out.message.payload.size();
+      control_.push_front(std::move(out));
       return;  // the connection is going; it is sent again on the next one
     }
-    control_sent_.emplace(tag, std::move(message));
+    control_sent_.emplace(tag, std::move(out));
   }
 }
 
@@ -510,7 +511,7 @@ void SyncEngine::requeueControl() {
   }
   std::lock_guard lock(mu_);
   for (auto it = control_sent_.rbegin(); it != control_sent_.rend(); ++it) {
-    control_bytes_ += it->second.topic.size() + it->second.payload.size();
+    control_bytes_ += it->second.message.topic.size() + it->second.message.payload.size();
     control_.push_front(std::move(it->second));
   }
   control_sent_.clear();
@@ -543,9 +544,12 @@ void SyncEngine::handleDeliveries() {
         continue;  // not answered: sent again on the next connection (requeueControl)
       }
       if (!d.ok) {
-        spdlog::warn("sync: the broker refused a message on {}: {}", it->second.topic, d.error);
+        spdlog::warn("sync: the broker refused a message on {}: {}", it->second.message.topic,
+                     d.error);
         std::lock_guard lock(status_mu_);
         ++status_.control_dropped;
+      } else if (it->second.on_acked) {
+        it->second.on_acked();
       }
       control_sent_.erase(it);
       continue;

@@ -157,10 +157,12 @@ class SyncEngine {
   uint64_t reconfigure(MqttOptions mqtt, SyncOptions options);
 
   /// Queues a QoS 1 publish (a config report, a command result): sent in order while
-  /// connected, kept until its PUBACK and sent again after a reconnect. Bounded (256 messages,
-  /// 4 MiB): beyond, the oldest is dropped and counted. A message the broker refuses (PUBACK
-  /// reason >= 0x80) is dropped and counted. Thread: any. Never blocks.
-  void publish(MqttMessage message);
+  /// connected, kept until its PUBACK and sent again after a reconnect; then `on_acked` runs
+  /// (on the sync thread; it must not block long). Bounded (256 messages, 4 MiB): beyond, the
+  /// oldest is dropped and counted. A message the broker refuses (PUBACK reason >= 0x80) is
+  /// dropped and counted. Queued messages are lost when the engine stops: who needs more keeps
+  /// its own record until `on_acked`. Thread: any. Never blocks.
+  void publish(MqttMessage message, std::function<void()> on_acked = {});
 
   /// A consistent snapshot. Thread: any. Never blocks for long (a short mutex).
   SyncStatus status() const;
@@ -172,6 +174,10 @@ class SyncEngine {
     std::size_t count = 0;
     uint64_t connection = 0;  // which connection published it
     std::chrono::steady_clock::time_point sent_at;
+  };
+  struct Outgoing {
+    MqttMessage message;
+    std::function<void()> on_acked;
   };
   struct Delivery {
     uint64_t tag = 0;
@@ -264,8 +270,8 @@ class SyncEngine {
   std::chrono::steady_clock::time_point tokens_at_;
   std::chrono::steady_clock::time_point status_due_;
   std::mt19937_64 rng_{std::random_device{}()};
-  uint64_t generation_ = 0;                       // of mqtt_ and options_
-  std::map<uint64_t, MqttMessage> control_sent_;  // publish()es awaiting their PUBACK, by tag
+  uint64_t generation_ = 0;                    // of mqtt_ and options_
+  std::map<uint64_t, Outgoing> control_sent_;  // publish()es awaiting their PUBACK, by tag
   uint64_t next_control_tag_ = 0;
 
   // Handed over by Paho's threads and flushNow().
@@ -278,7 +284,7 @@ class SyncEngine {
   bool flush_ = false;                                              // guarded by mu_
   std::optional<std::pair<MqttOptions, SyncOptions>> next_config_;  // guarded by mu_
   uint64_t requested_generation_ = 0;                               // guarded by mu_
-  std::deque<MqttMessage> control_;                                 // guarded by mu_
+  std::deque<Outgoing> control_;                                    // guarded by mu_
   std::size_t control_bytes_ = 0;                                   // guarded by mu_
   std::size_t inbound_bytes_ = 0;                                   // guarded by mu_
   std::atomic<std::size_t> inbound_max_bytes_{16u << 20};

@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS commands(
   name TEXT NOT NULL,
   done INTEGER NOT NULL,
   result TEXT NOT NULL,
-  at_ms INTEGER NOT NULL) WITHOUT ROWID;
+  at_ms INTEGER NOT NULL,
+  reported INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS commands_age ON commands(at_ms);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 )sql";
@@ -83,7 +84,7 @@ class Use {
 
 struct InboxStore::Statements {
   Stmt put, pending, remove, bytes_of, find_command, start_command, finish_command, forget_old,
-      forget_excess, count_commands, get_meta, set_meta, delete_meta;
+      forget_excess, count_commands, get_meta, set_meta, delete_meta, report_command, unreported;
 };
 
 InboxStore::InboxStore(InboxOptions options)
@@ -136,6 +137,10 @@ Result<std::unique_ptr<InboxStore>> InboxStore::open(const InboxOptions& options
       {&st.get_meta, "SELECT value FROM meta WHERE key = ?"},
       {&st.set_meta, "INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)"},
       {&st.delete_meta, "DELETE FROM meta WHERE key = ?"},
+      {&st.report_command, "UPDATE commands SET reported = 1 WHERE id = ?"},
+      {&st.unreported,
+       "SELECT id, name, result, at_ms FROM commands WHERE done = 1 AND reported = 0 "
+       "ORDER BY at_ms, id LIMIT ?"},
   };
   for (const auto& [stmt, sql] : statements) {
     if (!stmt->prepare(s->db_, sql)) {
@@ -255,6 +260,29 @@ Result<void> InboxStore::commandFinished(const std::string& id, const std::strin
     return makeError("io", sqliteError(db_, "record command result"));
   }
   return {};
+}
+
+Result<void> InboxStore::commandReported(const std::string& id) {
+  std::lock_guard lock(mu_);
+  if (!Use(st_->report_command).bind(1, id).done()) {
+    return makeError("io", sqliteError(db_, "record a command answer sent"));
+  }
+  return {};
+}
+
+Result<std::vector<CommandRecord>> InboxStore::unreportedCommands(std::size_t max) {
+  std::lock_guard lock(mu_);
+  std::vector<CommandRecord> out;
+  Use q(st_->unreported);
+  q.bind(1, static_cast<int64_t>(max));
+  int rc = 0;
+  while ((rc = q.step()) == SQLITE_ROW) {
+    out.push_back(CommandRecord{q.text(0), q.text(1), true, q.text(2), q.integer(3)});
+  }
+  if (rc != SQLITE_DONE) {
+    return makeError("io", sqliteError(db_, "read unsent answers"));
+  }
+  return out;
 }
 
 Result<std::string> InboxStore::meta(const std::string& key) {

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "agent/api/inbox.h"
 #include "agent/api/result.h"
@@ -66,6 +67,11 @@ class InboxStore final : public Inbox {
   Result<void> commandStarted(const std::string& id, const std::string& name, int64_t now_ms);
   /// Records the answer to command `id`. Thread: any. Fails "io".
   Result<void> commandFinished(const std::string& id, const std::string& result_json);
+  /// The broker has the answer to command `id` (its PUBACK came). Thread: any. Fails "io".
+  Result<void> commandReported(const std::string& id);
+  /// Answers recorded but never acknowledged by the broker (the agent stopped first), oldest
+  /// first, at most `max`: to be published again. Thread: any. Fails "io".
+  Result<std::vector<CommandRecord>> unreportedCommands(std::size_t max);
 
   /// A small durable value ("" when unset). Thread: any. Fails "io".
   Result<std::string> meta(const std::string& key);

@@ -92,6 +92,16 @@ TEST_CASE("the command journal remembers ids and answers, bounded by count and a
   CHECK_FALSE(*inbox->findCommand("b"));
   CHECK(*inbox->findCommand("e"));
 
+  // Answers the broker never acknowledged are found again (to be sent at the next start).
+  REQUIRE(inbox->commandFinished("e", R"({"id":"e","ok":true})"));
+  auto unsent = inbox->unreportedCommands(10);
+  REQUIRE(unsent);
+  REQUIRE(unsent->size() == 1);
+  CHECK((*unsent)[0].id == "e");
+  CHECK((*unsent)[0].result == R"({"id":"e","ok":true})");
+  REQUIRE(inbox->commandReported("e"));
+  CHECK(inbox->unreportedCommands(10)->empty());
+
   REQUIRE(inbox->setMeta("profile_cursor", "rev-9"));
   CHECK(*inbox->meta("profile_cursor") == "rev-9");
   REQUIRE(inbox->setMeta("profile_cursor", ""));
