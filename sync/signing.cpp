@@ -90,6 +90,11 @@ std::optional<std::string> base64Decode(std::string_view text) {
       }
       v = v << 6 | static_cast<uint32_t>(d);
     }
+    // Canonical only (RFC 4648 §3.5): the bits the padding leaves over must be zero, so that
+    // one byte string has one text.
+    if ((pad == 1 && (v & 0xFF) != 0) || (pad == 2 && (v & 0xFFFF) != 0)) {
+      return std::nullopt;
+    }
     out += static_cast<char>(v >> 16 & 0xFF);
     if (pad < 2) {
       out += static_cast<char>(v >> 8 & 0xFF);

@@ -16,8 +16,9 @@ namespace omniedge::sync {
 
 /// Standard base64 with padding. Thread: any.
 std::string base64Encode(std::string_view bytes);
-/// Strict: the standard alphabet, length a multiple of 4, '=' only as padding; whitespace is
-/// not allowed. nullopt for anything else. Thread: any.
+/// Strict: the standard alphabet, length a multiple of 4, '=' only as padding, the bits under
+/// the padding zero (canonical); whitespace is not allowed. nullopt for anything else.
+/// Thread: any.
 std::optional<std::string> base64Decode(std::string_view text);
 
 /// A new Ed25519 key pair as PEM: the private key PKCS#8, the public key SubjectPublicKeyInfo

@@ -24,6 +24,9 @@ TEST_CASE("base64 is the standard padded alphabet, decoded strictly", "[unit][re
   CHECK_FALSE(base64Decode("Z-8_"));    // the URL alphabet
   CHECK_FALSE(base64Decode("Zm9v\n"));  // whitespace
   CHECK_FALSE(base64Decode("=Zm9"));
+  CHECK_FALSE(base64Decode("9Oe="));  // not canonical: "9Oc=" is those bytes (found by fuzzing)
+  CHECK_FALSE(base64Decode("Zh=="));  // idem: "Zg=="
+  CHECK(base64Decode("9Oc=") == std::string("\xf4\xe7", 2));
 }
 
 TEST_CASE("an Ed25519 signature verifies only over the exact bytes with the matching key",
