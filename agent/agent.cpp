@@ -23,6 +23,7 @@
 #include "agent/version.h"
 #include "drivers/builtin.h"
 #include "drivers/kiosk/http_api.h"
+#include "sync/https_uplink.h"
 #include "sync/sync_engine.h"
 
 namespace omniedge {
@@ -147,6 +148,48 @@ Result<Event> eventFromEnvelope(const nlohmann::json& j, std::size_t index) {
   return e;
 }
 
+// Reports of seq ranges (evicted, quarantined, skipped, recovered) for the centre's gap check:
+// `data` gets "epoch", "ranges" and "reason" (tools/central-sim/README.md). Many ranges are cut
+// into several events (`part`, `parts`), each well below buffer.max_event_bytes; all of them go
+// in one append, all or nothing.
+std::vector<Event> rangeReports(const std::string& type, const std::string& source,
+                                const std::string& epoch, const std::string& reason,
+                                const store::SeqRanges& ranges, const nlohmann::json& extra,
+                                std::size_t max_event_bytes) {
+  const std::size_t per_event = std::max<std::size_t>(8, (max_event_bytes / 2) / 48);
+  const std::size_t parts = std::max<std::size_t>(1, (ranges.size() + per_event - 1) / per_event);
+  std::vector<Event> out;
+  for (std::size_t part = 0; part < parts; ++part) {
+    nlohmann::json data = extra;
+    data["epoch"] = epoch;
+    data["reason"] = reason;
+    nlohmann::json list = nlohmann::json::array();
+    for (std::size_t i = part * per_event; i < std::min(ranges.size(), (part + 1) * per_event);
+         ++i) {
+      list.push_back({ranges[i].first, ranges[i].second});
+    }
+    data["ranges"] = std::move(list);
+    if (parts > 1) {
+      data["part"] = part + 1;
+      data["parts"] = parts;
+    }
+    Event e;
+    e.type = type;
+    e.source = source;
+    e.data_json = data.dump();
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+int64_t seqCount(const store::SeqRanges& ranges) {
+  int64_t n = 0;
+  for (const auto& [a, b] : ranges) {
+    n += b - a + 1;
+  }
+  return n;
+}
+
 }  // namespace
 
 struct Agent::Parts {
@@ -158,6 +201,7 @@ struct Agent::Parts {
   std::unique_ptr<Ingest> ingest;
   std::unique_ptr<kiosk::HttpApi> http;
   std::unique_ptr<sync::SyncEngine> sync;
+  std::unique_ptr<sync::HttpsUplink> https;  // null when https.base_url is empty
   std::unique_ptr<ControlServer> control;
   std::vector<std::unique_ptr<SourceRunner>> sources;
   std::string store_id;
@@ -188,6 +232,9 @@ Agent::~Agent() {
   }
   if (p_->sync) {
     p_->sync->stop();
+  }
+  if (p_->https) {
+    p_->https->stop();
   }
   if (p_->buffer) {
     p_->buffer->close();
@@ -327,7 +374,8 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   }
 
   sync::MqttOptions mo;
-  mo.url = cfg.str("mqtt.url");
+  mo.urls = cfg.list("mqtt.url");
+  mo.url = mo.urls.front();
   mo.client_id = cfg.str("mqtt.client_id").empty() ? "omniedge-" + p->tenant + "-" + p->store_id
                                                    : cfg.str("mqtt.client_id");
   mo.username = cfg.str("mqtt.username");
@@ -359,6 +407,10 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
   so.max_bytes_per_sec = cfg.integer("sync.max_bytes_per_sec");
   so.status_interval_s = static_cast<int>(cfg.integer("sync.status_interval"));
   so.inbound = {"profiles"};
+  // Both uplinks drain one queue (sync/claims.h) under one bandwidth cap.
+  so.space = sync::SeqSpace{p->buffer->epoch(), p->buffer->epochStartSeq()};
+  so.claims = std::make_shared<sync::ClaimBook>();
+  so.rate = std::make_shared<sync::RateLimit>(so.max_bytes_per_sec);
 
   std::unique_ptr<Agent> agent(new Agent(std::move(p)));
   Parts& parts = *agent->p_;
@@ -390,6 +442,47 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
           }
         }
       });
+  if (!parts.cfg.str("https.base_url").empty()) {
+    sync::HttpsOptions hs;
+    hs.client.base_url = parts.cfg.str("https.base_url");
+    hs.client.ca_file = parts.cfg.str("https.ca_file");
+    hs.client.cert_file = parts.cfg.str("https.cert_file");
+    hs.client.key_file = parts.cfg.str("https.key_file");
+    hs.client.insecure_skip_verify = parts.cfg.boolean("https.insecure_skip_verify");
+    hs.client.pinned_pubkey = parts.cfg.str("https.pinned_pubkey");
+    hs.client.timeout_s = static_cast<int>(parts.cfg.integer("https.timeout"));
+    hs.client.user_agent = std::string("omniedge/") + kVersion;
+    if (hs.client.insecure_skip_verify) {
+      spdlog::warn(
+          "https.insecure_skip_verify is true: the HTTPS server's certificate is NOT verified; "
+          "anyone on the path can read and change what goes to the centre");
+    }
+    hs.store_id = parts.store_id;
+    hs.agent_version = kVersion;
+    hs.space = so.space;
+    hs.batch_max_events = so.batch_max_events;
+    hs.batch_max_bytes = so.batch_max_bytes;
+    hs.backfill_threshold = parts.cfg.integer("sync.backfill_threshold");
+    hs.failover_after_ms = static_cast<int>(parts.cfg.integer("https.failover_after") * 1000);
+    hs.retry_min_ms = mo.reconnect_min_ms;
+    hs.retry_max_ms = mo.reconnect_max_ms;
+    hs.pending_count = [buffer = parts.buffer.get()] {
+      const auto st = buffer->stats();
+      return st.pending[0] + st.pending[1] + st.pending[2];
+    };
+    hs.cursor_file = fs::path(parts.cfg.str("data.dir")) / "profiles.cursor";
+    hs.profile_resync_after_ms = parts.cfg.integer("sync.profile_resync_after") * 1000;
+    parts.https = std::make_unique<sync::HttpsUplink>(
+        *parts.buffer, hs, so.claims, so.rate, [self](const std::string& payload) -> Result<void> {
+          auto r = self->p_->profiles->apply(payload, self->p_->clock.nowMs());
+          if (!r) {
+            return r.error();
+          }
+          spdlog::debug("profiles: snapshot page: {} upserted, {} deleted", r->upserts,
+                        r->deletes);
+          return {};
+        });
+  }
   parts.control = std::make_unique<ControlServer>(
       controlSocketPath(parts.cfg),
       [self](const nlohmann::json& r) { return self->handleControl(r); });
@@ -402,9 +495,50 @@ std::string Agent::uplinkStatusJson() const {
       {"version", kVersion},
       {"started_at", formatRfc3339Ms(p_->started_ms)},
       {"config_version", p_->config_version.load()},
-      {"queue", queueJson(p_->buffer->stats(), p_->clock.nowMs())},
   };
+  // The epoch and the highest seq given so far let the centre see the tail after the last
+  // batch (tools/central-sim/README.md): with nothing pending, every seq up to seq_last arrived
+  // or was reported dropped. Read together with the queue, from one snapshot.
+  const auto st = p_->buffer->stats();
+  j["epoch"] = p_->buffer->epoch();
+  j["seq_last"] = st.last_seq;
+  j["queue"] = queueJson(st, p_->clock.nowMs());
   return j.dump();
+}
+
+// The `uplink.https` object of status (docs in sync/https_uplink.h).
+nlohmann::json httpsStatusJson(const sync::HttpsUplink* https) {
+  if (https == nullptr) {
+    return {{"state", "not_configured"}};
+  }
+  const auto h = https->status();
+  auto at = [](int64_t ms) { return ms > 0 ? formatRfc3339Ms(ms) : std::string(); };
+  return {
+      {"state", h.state},
+      {"since", at(h.since_ms)},
+      {"base_url", h.base_url},
+      {"last_error", h.last_error},
+      {"last_error_at", at(h.last_error_ms)},
+      {"last_error_resolved", h.last_error_resolved},
+      {"next_attempt_at", h.state == "backoff" ? at(h.next_attempt_ms) : ""},
+      {"last_status_code", h.last_status_code},
+      {"requests", h.requests},
+      {"batches", h.batches},
+      {"batches_conflict", h.batches_conflict},
+      {"events", h.events},
+      {"bytes_sent", h.bytes_sent},
+      {"batches_refused", h.batches_refused},
+      {"batches_split", h.batches_split},
+      {"quarantined", h.quarantined},
+      {"events_held", h.events_held},
+      {"backfill_floor_seq", h.floor_seq},
+      {"profiles",
+       {{"pending", h.profiles_pending},
+        {"pages", h.profile_pages},
+        {"received", h.profiles_received},
+        {"last_snapshot_at", at(h.profiles_last_ms)},
+        {"cursor", h.profiles_cursor}}},
+  };
 }
 
 nlohmann::json Agent::status() const {
@@ -443,7 +577,9 @@ nlohmann::json Agent::status() const {
        {{"mqtt",
          {{"state", u.connected ? "connected" : "disconnected"},
           {"since", u.since_ms > 0 ? formatRfc3339Ms(u.since_ms) : ""},
-          {"url", p_->cfg.str("mqtt.url")},
+          {"url", u.url},
+          {"node", u.node},
+          {"nodes", p_->cfg.list("mqtt.url")},
           {"mqtt_version", u.mqtt_version == 5   ? "5"
                            : u.mqtt_version == 4 ? "3.1.1"
                                                  : ""},
@@ -465,12 +601,18 @@ nlohmann::json Agent::status() const {
           {"events_held", u.events_held},
           {"bytes_sent", u.bytes_sent},
           {"inflight_batches", u.inflight}}},
-        {"https", {{"state", "not_configured"}}}}},
+        {"https", httpsStatusJson(p_->https.get())}}},
       {"quarantine",
        {{"events", s.quarantine_events},
+        {"bytes", s.quarantine_bytes},
         {"quarantined_since_start", s.quarantined},
-        {"latest_reason", u.last_quarantine_reason},
+        {"retried_since_start", s.quarantine_retried},
+        {"latest_reason",
+         !s.quarantine_last_reason.empty() ? s.quarantine_last_reason : u.last_quarantine_reason},
+        {"oldest_at", s.quarantine_oldest_ms > 0 ? formatRfc3339Ms(s.quarantine_oldest_ms) : ""},
         {"latest_at", u.last_quarantine_ms > 0 ? formatRfc3339Ms(u.last_quarantine_ms) : ""}}},
+      {"epoch", p_->buffer->epoch()},
+      {"seq_last", s.last_seq},
       {"queue", queueJson(s, now)},
       {"rates", {{"ingest_per_s", ingest_rate}, {"delivery_per_s", delivery_rate}}},
       {"drivers", drivers},
@@ -531,6 +673,32 @@ std::string Agent::metricsText() const {
   line("omniedge_mqtt_events_quarantined_total", "counter",
        "Events the uplink moved to the quarantine (the broker will never take them).",
        u.events_quarantined);
+  if (p_->https) {
+    const auto h = p_->https->status();
+    line("omniedge_https_up", "gauge",
+         "1 while the HTTPS uplink is usable (not backing off, libcurl loaded).",
+         h.state == "backoff" || h.state == "unavailable" || h.state == "stopped" ? 0 : 1);
+    line("omniedge_https_backfilling", "gauge",
+         "1 while HTTPS sends batches (backfill or MQTT failover).",
+         h.state == "backfill" || h.state == "failover" ? 1 : 0);
+    line("omniedge_https_requests_total", "counter", "Batch POSTs made over HTTPS.", h.requests);
+    line("omniedge_https_batches_total", "counter", "Batches delivered over HTTPS (2xx or 409).",
+         h.batches);
+    line("omniedge_https_events_total", "counter", "Events in batches delivered over HTTPS.",
+         h.events);
+    line("omniedge_https_bytes_sent_total", "counter", "Batch bodies sent over HTTPS (gzip).",
+         h.bytes_sent);
+    line("omniedge_https_batches_refused_total", "counter",
+         "HTTPS batches answered with a 4xx about the batch.", h.batches_refused);
+    line("omniedge_https_events_quarantined_total", "counter",
+         "Events moved to the quarantine after an HTTPS 4xx.", h.quarantined);
+    line("omniedge_https_last_status_code", "gauge", "Status of the latest HTTPS answer.",
+         h.last_status_code);
+    line("omniedge_https_profile_pages_total", "counter", "Profile snapshot pages fetched.",
+         h.profile_pages);
+  }
+  line("omniedge_quarantine_events", "gauge", "Events in the quarantine table.",
+       s.quarantine_events);
   m += p_->http->metricsText();
   return m;
 }
@@ -565,7 +733,27 @@ nlohmann::json Agent::handleControl(const nlohmann::json& request) {
   }
   if (cmd == "flush") {
     p_->sync->flushNow();
+    if (p_->https) {
+      p_->https->flushNow();
+    }
     return {{"ok", true}};
+  }
+  if (cmd == "resync_profiles") {
+    if (!p_->https) {
+      return {{"ok", false},
+              {"error", "the profile snapshot needs the HTTPS uplink: set https.base_url"}};
+    }
+    p_->https->requestProfileResync();
+    return {{"ok", true}};
+  }
+  if (cmd == "retry_quarantine") {
+    // The writer moves them back (new seqs) in its own transactions: milliseconds to seconds.
+    auto moved = p_->buffer->retryQuarantine();
+    if (!moved) {
+      return {{"ok", false}, {"error", moved.error().message}, {"code", moved.error().code}};
+    }
+    p_->sync->flushNow();
+    return {{"ok", true}, {"moved", *moved}};
   }
   if (cmd == "import" || cmd == "test_event") {
     std::vector<Event> events;
@@ -609,27 +797,56 @@ void Agent::housekeeping() {
     p_->ingest_rate.sample(now, s.appended);
     p_->delivery_rate.sample(now, s.acknowledged);
   }
-  // Every eviction is reported upstream: nothing is dropped silently.
+  // Every eviction and quarantine is reported upstream with the seqs it took, so the centre can
+  // tell them from a loss: nothing is dropped silently.
+  const std::string& epoch = p_->buffer->epoch();
+  const auto max_event = static_cast<std::size_t>(p_->cfg.integer("buffer.max_event_bytes"));
   const auto dropped = p_->buffer->takeEvictions();
-  if (dropped.events > 0) {
-    spdlog::warn("buffer: evicted {} low-priority events ({} bytes) to make room", dropped.events,
-                 dropped.bytes);
-    Event e;
-    e.type = "agent.data_dropped";
-    e.source = "agent";
-    e.data_json = nlohmann::json{
-        {"reason", "buffer full: low-priority events evicted oldest-first"},
-        {"priority", "low"},
-        {"events", dropped.events},
-        {"bytes", dropped.bytes},
-        {"oldest_received_at", formatRfc3339Ms(dropped.oldest_received_ms)},
-        {"newest_received_at", formatRfc3339Ms(dropped.newest_received_ms)},
-        {"evicted_total",
-         s.evicted}}.dump();
-    if (auto r = p_->ingest->append({e}); !r) {
+  if (!dropped.empty()) {
+    std::vector<Event> reports;
+    if (dropped.events > 0) {
+      spdlog::warn("buffer: evicted {} low-priority events ({} bytes) to make room",
+                   dropped.events, dropped.bytes);
+      reports = rangeReports("agent.data_dropped", "agent", epoch,
+                             "buffer full: low-priority events evicted oldest-first",
+                             dropped.ranges,
+                             {{"priority", "low"},
+                              {"events", dropped.events},
+                              {"bytes", dropped.bytes},
+                              {"oldest_received_at", formatRfc3339Ms(dropped.oldest_received_ms)},
+                              {"newest_received_at", formatRfc3339Ms(dropped.newest_received_ms)},
+                              {"evicted_total", s.evicted}},
+                             max_event);
+    }
+    if (!dropped.skipped.empty()) {
+      auto more = rangeReports(
+          "agent.seqs_skipped", "agent", epoch,
+          "no event: seqs numbered by a buffer transaction that rolled back (nothing was lost)",
+          dropped.skipped, {{"events", 0}, {"seqs", seqCount(dropped.skipped)}}, max_event);
+      reports.insert(reports.end(), more.begin(), more.end());
+    }
+    if (auto r = p_->ingest->append(std::move(reports)); !r) {
       // Kept for the next round: every eviction reaches the centre.
       p_->buffer->returnEvictions(dropped);
       spdlog::error("buffer: could not record agent.data_dropped yet: {}", r.error().message);
+    }
+  }
+  const auto quarantined = p_->buffer->takeQuarantines();
+  if (!quarantined.empty()) {
+    std::vector<Event> reports;
+    for (const auto& q : quarantined) {
+      auto more = rangeReports("agent.data_quarantined", "agent", epoch, q.reason, q.ranges,
+                               {{"events", q.events},
+                                {"bytes", q.bytes},
+                                {"quarantine_events_now", s.quarantine_events},
+                                {"retry", "omniedge retry-quarantine"}},
+                               max_event);
+      reports.insert(reports.end(), more.begin(), more.end());
+    }
+    if (auto r = p_->ingest->append(std::move(reports)); !r) {
+      p_->buffer->returnQuarantines(quarantined);
+      spdlog::error("buffer: could not record agent.data_quarantined yet: {}",
+                    r.error().message);
     }
   }
 }
@@ -638,17 +855,46 @@ int Agent::run() {
   Parts& p = *p_;
   const auto& report = p.buffer->openReport();
   if (report.recovered || !report.picked_up.empty()) {
-    Event e;
-    e.type = "agent.buffer_recovered";
-    e.source = "agent";
-    e.data_json = nlohmann::json{{"problem", report.problem},
-                                 {"moved_to", report.moved_to},
-                                 {"salvaged_events", report.salvaged},
-                                 {"resumed", report.resumed},
-                                 {"picked_up", report.picked_up},
-                                 {"picked_up_events", report.picked_up_events}}
-                      .dump();
-    if (auto r = p.ingest->append({e}); !r) {
+    const auto max_event = static_cast<std::size_t>(p.cfg.integer("buffer.max_event_bytes"));
+    const nlohmann::json about = {{"problem", report.problem},
+                                  {"moved_to", report.moved_to},
+                                  {"salvaged_events", report.salvaged},
+                                  {"resumed", report.resumed},
+                                  {"picked_up", report.picked_up},
+                                  {"picked_up_events", report.picked_up_events},
+                                  {"new_epoch", p.buffer->epoch()}};
+    std::vector<Event> events;
+    if (!report.previous_epoch.empty()) {
+      // The corrupt file's seqs of the events salvaged are retired: those events are pending
+      // again under new seqs of the new epoch (the centre de-duplicates on id).
+      events = rangeReports("agent.buffer_recovered", "agent", report.previous_epoch,
+                            "buffer file corrupt: its pending events were recovered and are sent "
+                            "again with seqs of epoch " +
+                                p.buffer->epoch(),
+                            report.recovered_seqs, about, max_event);
+      if (!report.unreadable_seqs.empty()) {
+        auto lost = rangeReports("agent.data_dropped", "agent", report.previous_epoch,
+                                 "buffer file corrupt: these seqs could not be read from it",
+                                 report.unreadable_seqs, {{"moved_to", report.moved_to}},
+                                 max_event);
+        events.insert(events.end(), lost.begin(), lost.end());
+      }
+    } else {
+      Event e;
+      e.type = "agent.buffer_recovered";
+      e.source = "agent";
+      e.data_json = about.dump();
+      events.push_back(std::move(e));
+    }
+    if (!report.skipped_seqs.empty()) {
+      auto skipped = rangeReports("agent.seqs_skipped", "agent", p.buffer->epoch(),
+                                  "no event: seqs passed over while picking up " +
+                                      (report.picked_up.empty() ? std::string("a corrupt file")
+                                                                : report.picked_up.front()),
+                                  report.skipped_seqs, {{"events", 0}}, max_event);
+      events.insert(events.end(), skipped.begin(), skipped.end());
+    }
+    if (auto r = p.ingest->append(std::move(events)); !r) {
       spdlog::error("could not record agent.buffer_recovered: {}", r.error().message);
     }
   }
@@ -664,6 +910,9 @@ int Agent::run() {
     return 1;
   }
   p.sync->start();
+  if (p.https) {
+    p.https->start();
+  }
   {
     Event e;
     e.type = "agent.started";
@@ -676,8 +925,9 @@ int Agent::run() {
                       .dump();
     (void)p.ingest->append({e});
   }
-  spdlog::info("omniedge {} running: store {} (tenant {}), kiosk API on {}, uplink {}", kVersion,
-               p.store_id, p.tenant, p.http_listen, p.cfg.str("mqtt.url"));
+  spdlog::info("omniedge {} running: store {} (tenant {}), kiosk API on {}, uplink {}{}", kVersion,
+               p.store_id, p.tenant, p.http_listen, p.cfg.str("mqtt.url"),
+               p.https ? " and " + p.cfg.str("https.base_url") : std::string());
   systemdNotify("READY=1");
 
   const bool watchdog = systemdWatchdogInterval().has_value();
@@ -710,6 +960,9 @@ int Agent::run() {
   }
   p.control->stop();
   p.sync->stop();
+  if (p.https) {
+    p.https->stop();
+  }
   p.buffer->close();
   spdlog::info("stopped cleanly");
   return 0;

@@ -124,6 +124,24 @@ Result<std::string> checkScannerOffset(std::string_view v) {
   return std::string(v);
 }
 
+std::string lower(std::string_view s);
+
+// One node of mqtt.url's list (a broker cluster): an MQTT URL like any url-kind value.
+Result<std::string> checkMqttUrl(std::string_view v) {
+  const auto sep = v.find("://");
+  const std::string scheme = sep == std::string_view::npos ? "" : lower(v.substr(0, sep));
+  if (scheme != "mqtt" && scheme != "mqtts" && scheme != "ws" && scheme != "wss") {
+    return reason("item \"" + std::string(v) +
+                  "\" is not an MQTT URL; expected scheme://host[:port] with scheme mqtt, mqtts, "
+                  "ws or wss");
+  }
+  auto url = parseUrl(v);
+  if (!url) {
+    return reason("item \"" + std::string(v) + "\": " + url.error().message);
+  }
+  return std::string(v);
+}
+
 // The single definition of every key. Keep sorted by section; names are section.key.
 constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "store.id",
@@ -145,10 +163,12 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .computed_default = true},
 
     {.name = "mqtt.url",
-     .kind = Kind::kUrl,
+     .kind = Kind::kList,
      .default_value = "mqtt://127.0.0.1:1883",
-     .help = "Uplink MQTT broker",
-     .choices = "mqtt|mqtts|ws|wss"},
+     .help = "Uplink MQTT broker; a comma-separated list names the nodes of a broker cluster, "
+             "tried in turn (mqtt://, mqtts://, ws://, wss://)",
+     .min = 1,
+     .check = checkMqttUrl},
     {.name = "mqtt.client_id",
      .kind = Kind::kString,
      .help = "MQTT client id (empty: derived by the agent)"},
@@ -207,6 +227,23 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .kind = Kind::kBool,
      .default_value = "false",
      .help = "Do not verify the server certificate (unsafe; doctor warns)"},
+    {.name = "https.pinned_pubkey",
+     .kind = Kind::kString,
+     .help = "Pin the server's public key: a PEM or DER public key file, or "
+             "sha256//BASE64[;sha256//BASE64...] (empty: no pinning)"},
+    {.name = "https.timeout",
+     .kind = Kind::kDuration,
+     .default_value = "30",
+     .help = "Longest an HTTPS request may take before it is retried",
+     .min = 1,
+     .max = 600},
+    {.name = "https.failover_after",
+     .kind = Kind::kDuration,
+     .default_value = "10",
+     .remote = true,
+     .help = "After MQTT has been unreachable this long, HTTPS sends every batch",
+     .min = 0,
+     .max = 86400},
 
     {.name = "http.listen",
      .kind = Kind::kHostPort,
@@ -287,6 +324,14 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .remote = true,
      .help = "Pending events above which the backlog is sent over HTTPS",
      .min = 1},
+    {.name = "sync.profile_resync_after",
+     .kind = Kind::kDuration,
+     .default_value = "3600",
+     .remote = true,
+     .help = "After an MQTT disconnection this long, ask the HTTPS profile snapshot for the "
+             "changes (also this often while MQTT stays down)",
+     .min = 1,
+     .max = 30 * 86400},
     {.name = "sync.status_interval",
      .kind = Kind::kDuration,
      .default_value = "60",
@@ -826,6 +871,9 @@ Result<std::string> normalise(const KeyDef& def, std::string_view raw) {
           normal = std::move(*checked);
         }
         out += (out.empty() ? "" : ",") + normal;
+      }
+      if (out.empty() && def.min > 0) {
+        return reason("must name at least one item");
       }
       return out;
     }

@@ -56,6 +56,8 @@ constexpr Command kCommands[] = {
     {"send-test-event", "send a test event through the whole pipeline, report its delivery"},
     {"doctor", "a check per line (disk, buffer, broker, TLS, certificates, clock); exit 1 on any"},
     {"config", "config show [--json] | config validate FILE"},
+    {"retry-quarantine", "move every quarantined event back to the queue, to be sent again"},
+    {"resync-profiles", "fetch the whole profile snapshot again over HTTPS"},
     {"version", "version, git revision, build type, library versions"},
 };
 
@@ -266,7 +268,23 @@ void printStatusText(const nlohmann::json& s) {
     if (!m.value("last_error", "").empty()) {
       std::cout << ", last error: " << m.value("last_error", "");
     }
-    std::cout << "\n          https " << s["uplink"]["https"].value("state", "") << "\n";
+    std::cout << "\n";
+    const auto& h = s["uplink"]["https"];
+    std::cout << "          https " << h.value("state", "");
+    if (h.contains("base_url")) {
+      std::cout << " since " << h.value("since", "") << " (" << h.value("base_url", "") << "), "
+                << h.value("events", 0) << " events delivered";
+      if (!h.value("last_error", "").empty()) {
+        std::cout << ", last error" << (h.value("last_error_resolved", false) ? " (resolved)" : "")
+                  << ": " << h.value("last_error", "");
+      }
+    }
+    std::cout << "\n";
+    if (s.contains("quarantine") && s["quarantine"].value("events", 0) > 0) {
+      std::cout << "quarantine " << s["quarantine"].value("events", 0)
+                << " events kept (latest reason: " << s["quarantine"].value("latest_reason", "")
+                << "); `omniedge retry-quarantine` sends them again\n";
+    }
   }
   if (s.contains("queue")) {
     const auto& q = s["queue"];
@@ -593,6 +611,38 @@ int cmdFlush(int argc, char** argv) {
   return kFailure;
 }
 
+// ---- retry-quarantine / resync-profiles ---------------------------------------------------
+
+// A command the daemon carries out at once: `control` is its control-socket name.
+int cmdDaemonAction(int argc, char** argv, const std::string& name, const std::string& control) {
+  po::options_description own("omniedge " + name);
+  int code = kOk;
+  auto p = parse(name, argc, argv, 2, own, code);
+  if (!p) {
+    return code;
+  }
+  auto cfg = loadConfig(p->vm);
+  if (!cfg) {
+    std::cerr << "omniedge " << name << ": configuration error:\n" << cfg.error().message << "\n";
+    return kUsage;
+  }
+  auto answer = controlRequest(controlSocketPath(*cfg), {{"cmd", control}}, 60000);
+  if (!answer) {
+    std::cerr << "omniedge " << name << ": " << answer.error().message << "\n";
+    return kUnreachable;
+  }
+  if (!answer->value("ok", false)) {
+    std::cerr << "omniedge " << name << ": " << answer->value("error", "refused") << "\n";
+    return kFailure;
+  }
+  if (answer->contains("moved")) {
+    std::cout << (*answer)["moved"].get<int64_t>() << " quarantined events queued again\n";
+  } else {
+    std::cout << name << " requested\n";
+  }
+  return kOk;
+}
+
 // ---- import / send-test-event ------------------------------------------------------------
 
 // Sends the events gathered so far to the daemon in one request; false (message printed) on
@@ -856,6 +906,12 @@ int runCli(int argc, char** argv) {
   }
   if (cmd == "version" || cmd == "--version") {
     return cmdVersion();
+  }
+  if (cmd == "retry-quarantine") {
+    return cmdDaemonAction(argc, argv, cmd, "retry_quarantine");
+  }
+  if (cmd == "resync-profiles") {
+    return cmdDaemonAction(argc, argv, cmd, "resync_profiles");
   }
   std::cerr << "omniedge: unknown command '" << cmd << "'\n\n";
   printUsage(std::cerr);
