@@ -343,6 +343,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
 
   drivers::BuiltinSettings ds;
   ds.store_id = p->store_id;
+  ds.buffer_epoch = p->buffer->epoch();
   ds.pos_spool_dir = cfg.str("pos.spool_dir");
   ds.pos_keep_processed = cfg.boolean("pos.keep_processed");
   ds.pos_keep_processed_days = static_cast<int>(cfg.integer("pos.keep_processed_days"));

@@ -128,16 +128,20 @@ std::string lower(std::string_view s);
 
 // One node of mqtt.url's list (a broker cluster): an MQTT URL like any url-kind value.
 Result<std::string> checkMqttUrl(std::string_view v) {
+  const std::string item = "item \"" + std::string(v) + "\": ";
   const auto sep = v.find("://");
-  const std::string scheme = sep == std::string_view::npos ? "" : lower(v.substr(0, sep));
+  if (sep == std::string_view::npos) {
+    return reason(item + "not a URL; expected scheme://host[:port] with scheme mqtt, mqtts, ws "
+                         "or wss");
+  }
+  const std::string scheme = lower(v.substr(0, sep));
   if (scheme != "mqtt" && scheme != "mqtts" && scheme != "ws" && scheme != "wss") {
-    return reason("item \"" + std::string(v) +
-                  "\" is not an MQTT URL; expected scheme://host[:port] with scheme mqtt, mqtts, "
-                  "ws or wss");
+    return reason(item + "scheme \"" + scheme +
+                  "\" is not allowed here; use mqtt, mqtts, ws or wss");
   }
   auto url = parseUrl(v);
   if (!url) {
-    return reason("item \"" + std::string(v) + "\": " + url.error().message);
+    return reason(item + url.error().message);
   }
   return std::string(v);
 }
