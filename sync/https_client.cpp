@@ -122,6 +122,8 @@ int onDebug(CURL*, curl_infotype type, char* data, size_t size, void* user) {
     if (at != std::string::npos) {
       std::string alert = line.substr(at + mark.size());
       alert.resize(std::min(alert.find(" ("), alert.size()));
+      std::transform(alert.begin(), alert.end(), alert.begin(),
+                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
       *static_cast<std::string*>(user) = alert;
     }
   }

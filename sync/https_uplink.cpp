@@ -230,6 +230,11 @@ void HttpsUplink::dropFloor() {
 }
 
 bool HttpsUplink::sendNext(Mode mode, std::stop_token stop) {
+  for (const auto& [seq, held] : held_) {
+    if (held.recheck) {
+      return recheckHeld(stop);
+    }
+  }
   const int64_t limit =
       mode == Mode::kBackfill ? floor_ : std::numeric_limits<int64_t>::max();
   for (int skips = 0; skips < kMaxSkips; ++skips) {
@@ -285,69 +290,92 @@ bool HttpsUplink::sendNext(Mode mode, std::stop_token stop) {
     events->erase(std::find_if(events->begin(), events->end(),
                                [&](const PendingEvent& e) { return e.seq > grant.last; }),
                   events->end());
-    auto batch = buildBatch(*events, options_.store_id, options_.agent_version,
-                            Compression::kGzip, options_.space);
-    if (!batch) {
-      claims_->release(Uplink::kHttps, first);
-      fail("build batch: " + batch.error().message, -1);
-      return true;
-    }
-    const int64_t last = batch->last_seq;
-    const std::size_t count = batch->count;
-    rate_->spend(static_cast<int64_t>(batch->payload.size()));
-    ++request_no_;
-    {
-      std::lock_guard lock(status_mu_);
-      ++status_.requests;
-      status_.bytes_sent += batch->payload.size();
-    }
-    auto answer = client_->post(events_path_, batch->payload, "gzip", stop);
-    if (!answer) {
-      claims_->release(Uplink::kHttps, first);
-      cursor_ = 0;
-      if (answer.error().code != "stopping") {
-        fail(answer.error().message, -1);
-      }
-      return true;
-    }
-    {
-      std::lock_guard lock(status_mu_);
-      status_.last_status_code = answer->status;
-    }
-    const std::string url = options_.client.base_url + events_path_;
-    switch (classify(answer->status)) {
-      case Answer::kDelivered:
-        outbox_.acknowledge(first, last);
-        claims_->done(Uplink::kHttps, first);
-        onDelivered(first, last, count, answer->status);
-        break;
-      case Answer::kBatchRefused:
-        claims_->done(Uplink::kHttps, first);
-        onRefused(first, last, count,
-                  "the centre refused it: HTTP " + std::to_string(answer->status) + " " +
-                      serverMessage(answer->body));
-        break;
-      case Answer::kLinkRefused:
-        claims_->release(Uplink::kHttps, first);
-        cursor_ = 0;
-        fail("the centre at " + url + " answered HTTP " + std::to_string(answer->status) + " (" +
-                 serverMessage(answer->body) + ")" +
-                 (answer->status == 404 || answer->status == 405
-                      ? ": check https.base_url"
-                      : ": it does not accept this agent; check the client certificate "
-                        "(https.cert_file: its CN must be the store id if the centre checks it) "
-                        "and store.id"),
-             answer->retry_after_s);
-        break;
-      case Answer::kRetry:
-        claims_->release(Uplink::kHttps, first);
-        cursor_ = 0;
-        fail("the centre at " + url + " answered HTTP " + std::to_string(answer->status) + " (" +
-                 serverMessage(answer->body) + "); retrying with backoff",
-             answer->retry_after_s);
-        break;
+    return post(first, *events, stop);
+  }
+  return true;
+}
+
+bool HttpsUplink::recheckHeld(std::stop_token stop) {
+  auto it = std::find_if(held_.begin(), held_.end(), [](const auto& h) { return h.second.recheck; });
+  const int64_t seq = it->first;
+  auto events = outbox_.readPending(seq - 1, 1, options_.batch_max_bytes);
+  if (!events) {
+    fail("read outbox: " + events.error().message, -1);
+    return true;
+  }
+  if (events->empty() || events->front().seq != seq) {
+    held_.erase(it);  // delivered by MQTT meanwhile, or gone
+    return true;
+  }
+  if (!claims_->claim(Uplink::kHttps, seq, seq).granted) {
+    held_.erase(it);  // MQTT is sending it: its outcome decides
+    return true;
+  }
+  return post(seq, *events, stop);
+}
+
+bool HttpsUplink::post(int64_t first, std::vector<PendingEvent>& events, std::stop_token stop) {
+  auto batch = buildBatch(events, options_.store_id, options_.agent_version, Compression::kGzip,
+                          options_.space);
+  if (!batch) {
+    claims_->release(Uplink::kHttps, first);
+    fail("build batch: " + batch.error().message, -1);
+    return true;
+  }
+  const int64_t last = batch->last_seq;
+  const std::size_t count = batch->count;
+  rate_->spend(static_cast<int64_t>(batch->payload.size()));
+  ++request_no_;
+  {
+    std::lock_guard lock(status_mu_);
+    ++status_.requests;
+    status_.bytes_sent += batch->payload.size();
+  }
+  auto answer = client_->post(events_path_, batch->payload, "gzip", stop);
+  if (!answer) {
+    claims_->release(Uplink::kHttps, first);
+    cursor_ = 0;
+    if (answer.error().code != "stopping") {
+      fail(answer.error().message, -1);
     }
     return true;
+  }
+  {
+    std::lock_guard lock(status_mu_);
+    status_.last_status_code = answer->status;
+  }
+  const std::string url = options_.client.base_url + events_path_;
+  switch (classify(answer->status)) {
+    case Answer::kDelivered:
+      onDelivered(first, last, count, answer->status);  // status first: it is what tests read
+      outbox_.acknowledge(first, last);
+      claims_->done(Uplink::kHttps, first);
+      break;
+    case Answer::kBatchRefused:
+      claims_->done(Uplink::kHttps, first);
+      onRefused(first, last, count,
+                "the centre refused it: HTTP " + std::to_string(answer->status) + " " +
+                    serverMessage(answer->body));
+      break;
+    case Answer::kLinkRefused:
+      claims_->release(Uplink::kHttps, first);
+      cursor_ = 0;
+      fail("the centre at " + url + " answered HTTP " + std::to_string(answer->status) + " (" +
+               serverMessage(answer->body) + ")" +
+               (answer->status == 404 || answer->status == 405
+                    ? ": check https.base_url"
+                    : ": it does not accept this agent; check the client certificate "
+                      "(https.cert_file: its CN must be the store id if the centre checks it) "
+                      "and store.id"),
+           answer->retry_after_s);
+      break;
+    case Answer::kRetry:
+      claims_->release(Uplink::kHttps, first);
+      cursor_ = 0;
+      fail("the centre at " + url + " answered HTTP " + std::to_string(answer->status) + " (" +
+               serverMessage(answer->body) + "); retrying with backoff",
+           answer->retry_after_s);
+      break;
   }
   return true;
 }
@@ -359,17 +387,17 @@ void HttpsUplink::onDelivered(int64_t first, int64_t last, std::size_t count,
   if (split_last_ >= 0 && last >= split_last_) {
     split_last_ = -1;
   }
-  // The centre took a batch sent after these were refused alone: the refusal was about them.
   for (auto it = held_.begin(); it != held_.end();) {
-    if (it->second.confirm_after < request_no_) {
-      spdlog::error("https: event seq {} quarantined: {}", it->first, it->second.reason);
-      outbox_.quarantine(it->first, it->first, it->second.reason);
-      std::lock_guard lock(status_mu_);
-      ++status_.quarantined;
-      it = held_.erase(it);
-    } else {
-      ++it;
+    if (it->first >= first && it->first <= last) {
+      it = held_.erase(it);  // taken after all (sent again alone)
+      continue;
     }
+    // The centre took a batch sent after this one was refused alone: send it alone once more
+    // to tell a bad event from the centre's passing trouble.
+    if (it->second.confirm_after < request_no_) {
+      it->second.recheck = true;
+    }
+    ++it;
   }
   std::lock_guard lock(status_mu_);
   ++status_.batches;
@@ -381,7 +409,6 @@ void HttpsUplink::onDelivered(int64_t first, int64_t last, std::size_t count,
   if (!status_.last_error.empty()) {
     status_.last_error_resolved = true;
   }
-  (void)first;
 }
 
 void HttpsUplink::onRefused(int64_t first, int64_t last, std::size_t count,
@@ -404,6 +431,16 @@ void HttpsUplink::onRefused(int64_t first, int64_t last, std::size_t count,
                  count, first, last, reason);
     std::lock_guard lock(status_mu_);
     ++status_.batches_split;
+    return;
+  }
+  if (auto it = held_.find(first); it != held_.end() && it->second.recheck) {
+    // Refused alone, a later batch taken, refused alone again: it is this event.
+    spdlog::error("https: event seq {} quarantined: {}", first, it->second.reason);
+    outbox_.quarantine(first, first, it->second.reason);
+    held_.erase(it);
+    std::lock_guard lock(status_mu_);
+    ++status_.quarantined;
+    status_.events_held = held_.size();
     return;
   }
   if (held_.size() >= kMaxHeld) {

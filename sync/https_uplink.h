@@ -115,14 +115,20 @@ class HttpsUplink {
 
  private:
   enum class Mode { kIdle, kBackfill, kFailover };
+  /// A single event the centre refused. Once a later batch is taken (a request numbered above
+  /// confirm_after), it is sent alone once more (recheck): refused again, it is quarantined;
+  /// taken, the refusal was the centre's passing trouble.
   struct Held {
     std::string reason;
-    uint64_t confirm_after = 0;  // quarantined once a request numbered higher is delivered
+    uint64_t confirm_after = 0;
+    bool recheck = false;
   };
 
   void run(std::stop_token stop);
   Mode decide(int64_t now_ms);
   bool sendNext(Mode mode, std::stop_token stop);
+  bool recheckHeld(std::stop_token stop);
+  bool post(int64_t first, std::vector<PendingEvent>& events, std::stop_token stop);
   void onDelivered(int64_t first, int64_t last, std::size_t count, long status);  // NOLINT
   void onRefused(int64_t first, int64_t last, std::size_t count, const std::string& reason);
   void fail(const std::string& error, int64_t retry_after_s);
