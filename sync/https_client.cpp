@@ -1,5 +1,7 @@
 #include "sync/https_client.h"
 
+#include "sync/tls_probe.h"
+
 #include <curl/curl.h>
 #include <dlfcn.h>
 
@@ -110,24 +112,6 @@ size_t onWrite(char* data, size_t size, size_t n, void* user) {
 // Called about once a second even while nothing moves: how a blocking transfer hears stop.
 int onProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
   return static_cast<Transfer*>(user)->stop.stop_requested() ? 1 : 0;
-}
-
-// The probe's verbose lines: "TLSv1.2 (IN), TLS alert, certificate expired (557):" -> the
-// alert's name.
-int onDebug(CURL*, curl_infotype type, char* data, size_t size, void* user) {
-  if (type == CURLINFO_TEXT) {
-    const std::string line(data, size);
-    const std::string mark = "(IN), TLS alert, ";
-    const auto at = line.find(mark);
-    if (at != std::string::npos) {
-      std::string alert = line.substr(at + mark.size());
-      alert.resize(std::min(alert.find(" ("), alert.size()));
-      std::transform(alert.begin(), alert.end(), alert.begin(),
-                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-      *static_cast<std::string*>(user) = alert;
-    }
-  }
-  return 0;
 }
 
 }  // namespace
@@ -278,8 +262,7 @@ Result<HttpResponse> HttpsClient::perform(std::string_view path, const std::stri
                            (rc == CURLE_PEER_FAILED_VERIFICATION && verify == 0);
     if (alert.empty() && ambiguous && options_.base_url.rfind("https://", 0) == 0) {
       // With TLS 1.3 a server refuses a client certificate after the handshake, and libcurl
-      // often reports only the broken pipe: ask once more, with TLS 1.2, where the refusal is
-      // an alert inside the handshake, so that the technician learns why.
+      // often reports only the broken pipe: ask the server once more what it objects to.
       alert = probeTlsAlert();
     }
     return makeError("transport", transportError(rc, detail, alert));
@@ -297,35 +280,11 @@ Result<HttpResponse> HttpsClient::perform(std::string_view path, const std::stri
 }
 
 std::string HttpsClient::probeTlsAlert() {
-  const CurlApi& api = *h_->api;
-  CURL* probe = api.easy_init();
-  if (probe == nullptr) {
-    return "";
-  }
-  auto set = api.easy_setopt;
   const auto& o = options_;
-  std::string alert;
-  set(probe, CURLOPT_NOSIGNAL, 1L);
-  set(probe, CURLOPT_URL, o.base_url.c_str());
-  set(probe, CURLOPT_CONNECT_ONLY, 1L);
-  set(probe, CURLOPT_SSLVERSION,
-      static_cast<long>(CURL_SSLVERSION_TLSv1_2) | static_cast<long>(CURL_SSLVERSION_MAX_TLSv1_2));  // NOLINT
-  set(probe, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(o.connect_timeout_s) * 1000);  // NOLINT
-  set(probe, CURLOPT_SSL_VERIFYPEER, o.insecure_skip_verify ? 0L : 1L);
-  set(probe, CURLOPT_SSL_VERIFYHOST, o.insecure_skip_verify ? 0L : 2L);
-  if (!o.ca_file.empty()) {
-    set(probe, CURLOPT_CAINFO, o.ca_file.c_str());
-  }
-  if (!o.cert_file.empty()) {
-    set(probe, CURLOPT_SSLCERT, o.cert_file.c_str());
-    set(probe, CURLOPT_SSLKEY, (o.key_file.empty() ? o.cert_file : o.key_file).c_str());
-  }
-  set(probe, CURLOPT_VERBOSE, 1L);
-  set(probe, CURLOPT_DEBUGFUNCTION, &onDebug);
-  set(probe, CURLOPT_DEBUGDATA, &alert);
-  (void)api.easy_perform(probe);
-  api.easy_cleanup(probe);
-  return alert == "protocol version" ? "" : alert;  // a TLS 1.3-only server: no answer here
+  const auto probe = probeTls(o.base_url, o.ca_file, o.cert_file, o.key_file,
+                              !o.insecure_skip_verify,
+                              std::chrono::seconds(std::max(1, o.connect_timeout_s)));
+  return probe.alert;
 }
 
 std::string HttpsClient::transportError(int code, const std::string& detail,

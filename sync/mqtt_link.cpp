@@ -1,6 +1,8 @@
 #include "sync/mqtt_link.h"
 
 #include <mqtt/async_client.h>
+
+#include "sync/tls_probe.h"
 #include <spdlog/fmt/fmt.h>
 #include <unistd.h>
 
@@ -241,13 +243,34 @@ std::string MqttLink::connectFailure(const mqtt::exception& e) {
     std::lock_guard lock(tls_mu_);
     tls_error = tls_error_;
   }
+  const std::string message = e.get_message();
+  const bool tls_url = options_.url.rfind("mqtts://", 0) == 0 ||
+                       options_.url.rfind("wss://", 0) == 0 || options_.url.rfind("ssl://", 0) == 0;
+  if (tls_url && message.find("timeout") == std::string::npos) {
+    // Paho says "connect failure" whether the broker refused our certificate or is down:
+    // ask the broker once more, on our own, what it objects to.
+    const auto probe = probeTls(options_.url, options_.ca_file, options_.cert_file,
+                                options_.key_file, true, std::chrono::seconds(3));
+    if (auto refusal =
+            describeCertificateRefusal("broker", options_.url, probe.alert, options_.cert_file,
+                                       "mqtt.cert_file", "mqtt.key_file");
+        !refusal.empty()) {
+      return refusal + kDoctor;
+    }
+    if (!probe.verify_error.empty()) {
+      return "TLS handshake with " + options_.url + " failed (certificate verify failed: " +
+             probe.verify_error +
+             "): check mqtt.ca_file (does it sign the broker's certificate, for this host name, "
+             "still valid?); a certificate from another CA may be a man in the middle" +
+             kDoctor;
+    }
+  }
   if (!tls_error.empty()) {
     return "TLS handshake with " + options_.url + " failed (" + shortTlsError(tls_error) +
            "): check mqtt.ca_file (does it sign the broker's certificate, for this host name, "
            "still valid?), mqtt.cert_file and mqtt.key_file" +
            kDoctor;
   }
-  const std::string message = e.get_message();
   if (message.find("timeout") != std::string::npos) {
     return "no answer from the broker at " + options_.url + " within " +
            std::to_string(options_.connect_timeout_s) +

@@ -40,6 +40,7 @@
 #include "agent/agent.h"
 #include "agent/pii.h"
 #include "agent/store/buffer.h"
+#include "sync/tls_probe.h"
 
 namespace omniedge {
 namespace {
@@ -817,8 +818,22 @@ DoctorCheck checkBroker(const config::Config& cfg, const std::string& node,
                                   : "check mqtt.cert_file '" + cfg.str("mqtt.cert_file") +
                                         "': signed by the CA the broker trusts, not expired, not "
                                         "revoked";
+  // With TLS 1.3 the broker judges the client certificate after the handshake and may just
+  // close: ask it once more (sync/tls_probe.h) for the alert that says why.
+  auto probeAlert = [&]() -> std::string {
+    if (!tls) {
+      return "";
+    }
+    const auto probe = sync::probeTls(node, cfg.str("mqtt.ca_file"), cfg.str("mqtt.cert_file"),
+                                      cfg.str("mqtt.key_file"), true, kNetworkTimeout);
+    return probe.alert;
+  };
   if (auto r = conn.sendAll(mqttConnectPacket(username, password), deadline); !r) {
-    if (const auto alert = tlsAlert(r.error().message); !alert.empty()) {
+    std::string alert = tlsAlert(r.error().message);
+    if (alert.empty()) {
+      alert = probeAlert();
+    }
+    if (!alert.empty()) {
       return fail(name, where + ": the broker refused the TLS connection (alert: " + alert +
                             "): " + presented);
     }
@@ -826,7 +841,11 @@ DoctorCheck checkBroker(const config::Config& cfg, const std::string& node,
   }
   auto connack = conn.receive(4, deadline);
   if (!connack) {
-    if (const auto alert = tlsAlert(connack.error().message); !alert.empty()) {
+    std::string alert = tlsAlert(connack.error().message);
+    if (alert.empty() && connack.error().code != "timeout") {
+      alert = probeAlert();
+    }
+    if (!alert.empty()) {
       // TLS 1.3: the broker checks the client certificate after the handshake.
       return fail(name, where + ": the broker refused the TLS connection (alert: " + alert +
                             "): " + presented);
