@@ -251,18 +251,18 @@ std::string MqttLink::connectFailure(const mqtt::exception& e) {
     // ask the broker once more, on our own, what it objects to.
     const auto probe = probeTls(options_.url, options_.ca_file, options_.cert_file,
                                 options_.key_file, true, std::chrono::seconds(3));
-    if (auto refusal =
-            describeCertificateRefusal("broker", options_.url, probe.alert, options_.cert_file,
-                                       "mqtt.cert_file", "mqtt.key_file");
-        !refusal.empty()) {
-      return refusal + kDoctor;
-    }
     if (!probe.verify_error.empty()) {
       return "TLS handshake with " + options_.url + " failed (certificate verify failed: " +
              probe.verify_error +
              "): check mqtt.ca_file (does it sign the broker's certificate, for this host name, "
              "still valid?); a certificate from another CA may be a man in the middle" +
              kDoctor;
+    }
+    if (auto refusal =
+            describeCertificateRefusal("broker", options_.url, probe.alert, options_.cert_file,
+                                       "mqtt.cert_file", "mqtt.key_file");
+        !refusal.empty()) {
+      return refusal + kDoctor;
     }
   }
   if (!tls_error.empty()) {

@@ -83,7 +83,8 @@ std::string lower(std::string s) {
 }
 
 void onInfo(const SSL* ssl, int where, int ret) {
-  if ((where & SSL_CB_READ_ALERT) != 0) {
+  // Only alerts the peer sent (SSL_CB_READ_ALERT shares its SSL_CB_ALERT bit with ours).
+  if ((where & SSL_CB_ALERT) != 0 && (where & SSL_CB_READ) != 0) {
     auto* alert = static_cast<std::string*>(SSL_get_app_data(ssl));
     if (alert != nullptr && (ret & 0xff) != 0) {  // 0: close_notify, not a refusal
       *alert = lower(SSL_alert_desc_string_long(ret));
