@@ -479,8 +479,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& cfg) {
           if (!r) {
             return r.error();
           }
-          spdlog::debug("profiles: snapshot page: {} upserted, {} deleted", r->upserts,
-                        r->deletes);
+          spdlog::debug("profiles: snapshot page: {} upserted, {} deleted", r->upserts, r->deletes);
           return {};
         });
   }
@@ -806,18 +805,18 @@ void Agent::housekeeping() {
   if (!dropped.empty()) {
     std::vector<Event> reports;
     if (dropped.events > 0) {
-      spdlog::warn("buffer: evicted {} low-priority events ({} bytes) to make room",
-                   dropped.events, dropped.bytes);
-      reports = rangeReports("agent.data_dropped", "agent", epoch,
-                             "buffer full: low-priority events evicted oldest-first",
-                             dropped.ranges,
-                             {{"priority", "low"},
-                              {"events", dropped.events},
-                              {"bytes", dropped.bytes},
-                              {"oldest_received_at", formatRfc3339Ms(dropped.oldest_received_ms)},
-                              {"newest_received_at", formatRfc3339Ms(dropped.newest_received_ms)},
-                              {"evicted_total", s.evicted}},
-                             max_event);
+      spdlog::warn("buffer: evicted {} low-priority events ({} bytes) to make room", dropped.events,
+                   dropped.bytes);
+      reports =
+          rangeReports("agent.data_dropped", "agent", epoch,
+                       "buffer full: low-priority events evicted oldest-first", dropped.ranges,
+                       {{"priority", "low"},
+                        {"events", dropped.events},
+                        {"bytes", dropped.bytes},
+                        {"oldest_received_at", formatRfc3339Ms(dropped.oldest_received_ms)},
+                        {"newest_received_at", formatRfc3339Ms(dropped.newest_received_ms)},
+                        {"evicted_total", s.evicted}},
+                       max_event);
     }
     if (!dropped.skipped.empty()) {
       auto more = rangeReports(
@@ -846,8 +845,7 @@ void Agent::housekeeping() {
     }
     if (auto r = p_->ingest->append(std::move(reports)); !r) {
       p_->buffer->returnQuarantines(quarantined);
-      spdlog::error("buffer: could not record agent.data_quarantined yet: {}",
-                    r.error().message);
+      spdlog::error("buffer: could not record agent.data_quarantined yet: {}", r.error().message);
     }
   }
 }
@@ -857,13 +855,11 @@ int Agent::run() {
   const auto& report = p.buffer->openReport();
   if (report.recovered || !report.picked_up.empty()) {
     const auto max_event = static_cast<std::size_t>(p.cfg.integer("buffer.max_event_bytes"));
-    const nlohmann::json about = {{"problem", report.problem},
-                                  {"moved_to", report.moved_to},
-                                  {"salvaged_events", report.salvaged},
-                                  {"resumed", report.resumed},
-                                  {"picked_up", report.picked_up},
-                                  {"picked_up_events", report.picked_up_events},
-                                  {"new_epoch", p.buffer->epoch()}};
+    const nlohmann::json about = {
+        {"problem", report.problem},          {"moved_to", report.moved_to},
+        {"salvaged_events", report.salvaged}, {"resumed", report.resumed},
+        {"picked_up", report.picked_up},      {"picked_up_events", report.picked_up_events},
+        {"new_epoch", p.buffer->epoch()}};
     std::vector<Event> events;
     if (!report.previous_epoch.empty()) {
       // The corrupt file's seqs of the events salvaged are retired: those events are pending
@@ -874,10 +870,10 @@ int Agent::run() {
                                 p.buffer->epoch(),
                             report.recovered_seqs, about, max_event);
       if (!report.unreadable_seqs.empty()) {
-        auto lost = rangeReports("agent.data_dropped", "agent", report.previous_epoch,
-                                 "buffer file corrupt: these seqs could not be read from it",
-                                 report.unreadable_seqs, {{"moved_to", report.moved_to}},
-                                 max_event);
+        auto lost =
+            rangeReports("agent.data_dropped", "agent", report.previous_epoch,
+                         "buffer file corrupt: these seqs could not be read from it",
+                         report.unreadable_seqs, {{"moved_to", report.moved_to}}, max_event);
         events.insert(events.end(), lost.begin(), lost.end());
       }
     } else {
@@ -888,11 +884,11 @@ int Agent::run() {
       events.push_back(std::move(e));
     }
     if (!report.skipped_seqs.empty()) {
-      auto skipped = rangeReports("agent.seqs_skipped", "agent", p.buffer->epoch(),
-                                  "no event: seqs passed over while picking up " +
-                                      (report.picked_up.empty() ? std::string("a corrupt file")
-                                                                : report.picked_up.front()),
-                                  report.skipped_seqs, {{"events", 0}}, max_event);
+      auto skipped = rangeReports(
+          "agent.seqs_skipped", "agent", p.buffer->epoch(),
+          "no event: seqs passed over while picking up " +
+              (report.picked_up.empty() ? std::string("a corrupt file") : report.picked_up.front()),
+          report.skipped_seqs, {{"events", 0}}, max_event);
       events.insert(events.end(), skipped.begin(), skipped.end());
     }
     if (auto r = p.ingest->append(std::move(events)); !r) {

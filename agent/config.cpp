@@ -131,8 +131,9 @@ Result<std::string> checkMqttUrl(std::string_view v) {
   const std::string item = "item \"" + std::string(v) + "\": ";
   const auto sep = v.find("://");
   if (sep == std::string_view::npos) {
-    return reason(item + "not a URL; expected scheme://host[:port] with scheme mqtt, mqtts, ws "
-                         "or wss");
+    return reason(item +
+                  "not a URL; expected scheme://host[:port] with scheme mqtt, mqtts, ws "
+                  "or wss");
   }
   const std::string scheme = lower(v.substr(0, sep));
   if (scheme != "mqtt" && scheme != "mqtts" && scheme != "ws" && scheme != "wss") {

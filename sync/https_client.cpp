@@ -1,7 +1,5 @@
 #include "sync/https_client.h"
 
-#include "sync/tls_probe.h"
-
 #include <curl/curl.h>
 #include <dlfcn.h>
 
@@ -10,6 +8,8 @@
 #include <cstring>
 #include <mutex>
 #include <utility>
+
+#include "sync/tls_probe.h"
 
 namespace omniedge::sync {
 namespace {
@@ -281,20 +281,19 @@ Result<HttpResponse> HttpsClient::perform(std::string_view path, const std::stri
 
 std::string HttpsClient::probeTlsAlert() {
   const auto& o = options_;
-  const auto probe = probeTls(o.base_url, o.ca_file, o.cert_file, o.key_file,
-                              !o.insecure_skip_verify,
-                              std::chrono::seconds(std::max(1, o.connect_timeout_s)));
+  const auto probe =
+      probeTls(o.base_url, o.ca_file, o.cert_file, o.key_file, !o.insecure_skip_verify,
+               std::chrono::seconds(std::max(1, o.connect_timeout_s)));
   return probe.alert;
 }
 
 std::string HttpsClient::transportError(int code, const std::string& detail,
                                         const std::string& alert) const {
   const std::string& base = options_.base_url;
-  if (!alert.empty() &&
-      (alert.find("certificate") != std::string::npos ||
-       alert.find("unknown ca") != std::string::npos ||
-       alert.find("handshake failure") != std::string::npos ||
-       alert.find("access denied") != std::string::npos)) {
+  if (!alert.empty() && (alert.find("certificate") != std::string::npos ||
+                         alert.find("unknown ca") != std::string::npos ||
+                         alert.find("handshake failure") != std::string::npos ||
+                         alert.find("access denied") != std::string::npos)) {
     // The server refused the certificate we presented (or the lack of one).
     const std::string what =
         options_.cert_file.empty()

@@ -18,10 +18,10 @@ namespace omniedge::sync {
 
 /// The `https.*` settings of the connection.
 struct HttpsClientOptions {
-  std::string base_url;    // https.base_url, e.g. "https://central.example.com"
-  std::string ca_file;     // https.ca_file; empty: the system store
-  std::string cert_file;   // https.cert_file: client certificate (mutual TLS); empty: none
-  std::string key_file;    // https.key_file
+  std::string base_url;   // https.base_url, e.g. "https://central.example.com"
+  std::string ca_file;    // https.ca_file; empty: the system store
+  std::string cert_file;  // https.cert_file: client certificate (mutual TLS); empty: none
+  std::string key_file;   // https.key_file
   bool insecure_skip_verify = false;  // https.insecure_skip_verify: no server verification
   std::string pinned_pubkey;          // https.pinned_pubkey: a PEM/DER file or "sha256//BASE64"
   int timeout_s = 30;                 // https.timeout: a whole request
@@ -55,8 +55,8 @@ class HttpsClient {
   /// Content-Encoding `encoding`. Blocks up to timeout_s (returns within ~1 s of `stop`).
   /// Any HTTP status is a response; fails "transport" (no answer: refused, DNS, TLS, timeout,
   /// reset; the message names the URL, what went wrong and what to check) or "stopping".
-  Result<HttpResponse> post(std::string_view path, std::string_view body,
-                            std::string_view encoding, std::stop_token stop);
+  Result<HttpResponse> post(std::string_view path, std::string_view body, std::string_view encoding,
+                            std::stop_token stop);
   /// GETs base_url + `path_and_query`; a body over `max_body_bytes` fails "too_large".
   /// Otherwise as post().
   Result<HttpResponse> get(std::string_view path_and_query, std::size_t max_body_bytes,

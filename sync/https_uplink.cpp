@@ -235,8 +235,7 @@ bool HttpsUplink::sendNext(Mode mode, std::stop_token stop) {
       return recheckHeld(stop);
     }
   }
-  const int64_t limit =
-      mode == Mode::kBackfill ? floor_ : std::numeric_limits<int64_t>::max();
+  const int64_t limit = mode == Mode::kBackfill ? floor_ : std::numeric_limits<int64_t>::max();
   for (int skips = 0; skips < kMaxSkips; ++skips) {
     auto events = outbox_.readPending(cursor_, options_.batch_max_events, options_.batch_max_bytes);
     if (!events) {
@@ -296,7 +295,8 @@ bool HttpsUplink::sendNext(Mode mode, std::stop_token stop) {
 }
 
 bool HttpsUplink::recheckHeld(std::stop_token stop) {
-  auto it = std::find_if(held_.begin(), held_.end(), [](const auto& h) { return h.second.recheck; });
+  auto it =
+      std::find_if(held_.begin(), held_.end(), [](const auto& h) { return h.second.recheck; });
   const int64_t seq = it->first;
   auto events = outbox_.readPending(seq - 1, 1, options_.batch_max_bytes);
   if (!events) {
@@ -427,8 +427,8 @@ void HttpsUplink::onRefused(int64_t first, int64_t last, std::size_t count,
       split_max_ = half;
     }
     cursor_ = first - 1;
-    spdlog::warn("https: batch of {} events (seq {}-{}) refused, resending it in halves: {}",
-                 count, first, last, reason);
+    spdlog::warn("https: batch of {} events (seq {}-{}) refused, resending it in halves: {}", count,
+                 first, last, reason);
     std::lock_guard lock(status_mu_);
     ++status_.batches_split;
     return;
@@ -591,8 +591,9 @@ void HttpsUplink::fetchProfiles(std::stop_token stop) {
       return;
     }
     nlohmann::json message = {
-        {"upserts", doc.contains("profiles") && doc["profiles"].is_array() ? doc["profiles"]
-                                                                           : nlohmann::json::array()},
+        {"upserts", doc.contains("profiles") && doc["profiles"].is_array()
+                        ? doc["profiles"]
+                        : nlohmann::json::array()},
         {"deletes", doc.contains("deletes") && doc["deletes"].is_array() ? doc["deletes"]
                                                                          : nlohmann::json::array()},
         {"cursor", doc["next_cursor"]}};

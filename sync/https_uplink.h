@@ -64,9 +64,9 @@ struct HttpsStatus {
   int64_t last_error_ms = 0;
   bool last_error_resolved = false;
   int64_t next_attempt_ms = 0;
-  long last_status_code = 0;  // NOLINT(runtime/int): of the latest answer; 0 = none yet
-  uint64_t requests = 0;      // batch POSTs made
-  uint64_t batches = 0;       // batches delivered (2xx or 409)
+  long last_status_code = 0;      // NOLINT(runtime/int): of the latest answer; 0 = none yet
+  uint64_t requests = 0;          // batch POSTs made
+  uint64_t batches = 0;           // batches delivered (2xx or 409)
   uint64_t batches_conflict = 0;  // of which 409: the centre had every event already
   uint64_t events = 0;            // events in delivered batches
   uint64_t bytes_sent = 0;        // request bodies (gzip)
@@ -78,7 +78,7 @@ struct HttpsStatus {
   // Profile snapshot.
   uint64_t profile_pages = 0;
   uint64_t profiles_received = 0;
-  int64_t profiles_last_ms = 0;  // when the last snapshot run ended
+  int64_t profiles_last_ms = 0;   // when the last snapshot run ended
   bool profiles_pending = false;  // a snapshot is due (resync asked, first start, ...)
   std::string profiles_cursor;
 };
@@ -173,9 +173,9 @@ class HttpsUplink {
 
   mutable std::mutex mu_;
   std::condition_variable_any cv_;
-  bool flush_ = false;            // guarded by mu_
+  bool flush_ = false;             // guarded by mu_
   bool resync_requested_ = false;  // guarded by mu_: from an empty cursor
-  bool profiles_due_ = false;     // guarded by mu_: from the saved cursor
+  bool profiles_due_ = false;      // guarded by mu_: from the saved cursor
 
   mutable std::mutex status_mu_;
   HttpsStatus status_;  // guarded by status_mu_

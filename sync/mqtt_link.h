@@ -40,11 +40,11 @@ struct MqttOptions {
   /// The nodes of a broker cluster (mqtt.url's comma-separated items), tried in turn by the
   /// sync engine: a failed connect or a lost connection moves on to the next one. Empty: {url}.
   std::vector<std::string> urls;
-  std::string client_id;                      // stable per store: the session is persistent
-  std::string username;                       // empty: none
-  std::string password;                       // the content of mqtt.password_file
-  std::string ca_file;                        // mqtts/wss: trust anchors; empty: the system store
-  std::string cert_file;                      // client certificate (mutual TLS); empty: none
+  std::string client_id;  // stable per store: the session is persistent
+  std::string username;   // empty: none
+  std::string password;   // the content of mqtt.password_file
+  std::string ca_file;    // mqtts/wss: trust anchors; empty: the system store
+  std::string cert_file;  // client certificate (mutual TLS); empty: none
   std::string key_file;
   int keepalive_s = 30;
   MqttVersion version = MqttVersion::kAuto;  // kAuto tries 5, then 3.1.1, and keeps what worked

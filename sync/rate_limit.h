@@ -27,7 +27,7 @@ class RateLimit {
 
   const int64_t rate_;
   std::mutex mu_;
-  double tokens_;                                                     // guarded by mu_
+  double tokens_;                                                                // guarded by mu_
   std::chrono::steady_clock::time_point at_ = std::chrono::steady_clock::now();  // guarded by mu_
 };
 

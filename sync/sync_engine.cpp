@@ -76,7 +76,8 @@ SyncEngine::SyncEngine(Outbox& outbox, MqttOptions mqtt, SyncOptions options,
       topic_events_(mqtt_.topic_root + "/events"),
       urls_(mqtt_.urls.empty() ? std::vector<std::string>{mqtt_.url} : mqtt_.urls),
       claims_(options_.claims ? options_.claims : std::make_shared<ClaimBook>()),
-      rate_(options_.rate ? options_.rate : std::make_shared<RateLimit>(options_.max_bytes_per_sec)) {
+      rate_(options_.rate ? options_.rate
+                          : std::make_shared<RateLimit>(options_.max_bytes_per_sec)) {
   status_.url = urls_.front();
   status_.nodes = urls_.size();
 }

@@ -42,7 +42,7 @@ struct SyncOptions {
   /// without double work and sync.max_bytes_per_sec caps their sum; null: the engine's own.
   std::shared_ptr<ClaimBook> claims;
   std::shared_ptr<RateLimit> rate;
-  int status_interval_s = 60;     // R/status is also republished after every connect
+  int status_interval_s = 60;  // R/status is also republished after every connect
   /// Topics under R the centre writes to (e.g. "profiles"), subscribed at QoS 1 after every
   /// connect; what arrives goes to the `on_message` given to the engine.
   std::vector<std::string> inbound;

@@ -1,5 +1,6 @@
 #include "sync/tls_probe.h"
 
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -9,7 +10,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <arpa/inet.h>
 #include <cctype>
 #include <memory>
 

@@ -813,11 +813,11 @@ DoctorCheck checkBroker(const config::Config& cfg, const std::string& node,
     password = *pw;
   }
   const std::string presented = cfg.str("mqtt.cert_file").empty()
-                                  ? "this agent presents no client certificate: set "
-                                    "mqtt.cert_file and mqtt.key_file"
-                                  : "check mqtt.cert_file '" + cfg.str("mqtt.cert_file") +
-                                        "': signed by the CA the broker trusts, not expired, not "
-                                        "revoked";
+                                    ? "this agent presents no client certificate: set "
+                                      "mqtt.cert_file and mqtt.key_file"
+                                    : "check mqtt.cert_file '" + cfg.str("mqtt.cert_file") +
+                                          "': signed by the CA the broker trusts, not expired, not "
+                                          "revoked";
   // With TLS 1.3 the broker judges the client certificate after the handshake and may just
   // close: ask it once more (sync/tls_probe.h) for the alert that says why.
   auto probeAlert = [&]() -> std::string {
@@ -917,9 +917,8 @@ Result<std::vector<std::string>> allowedPins(const std::string& pinned) {
   std::stringstream ss;
   ss << in.rdbuf();
   const std::string text = ss.str();
-  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_mem_buf(text.data(),
-                                                                static_cast<int>(text.size())),
-                                                &BIO_free);
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+      BIO_new_mem_buf(text.data(), static_cast<int>(text.size())), &BIO_free);
   EVP_PKEY* key = PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr);
   if (key == nullptr) {
     const auto* p = reinterpret_cast<const unsigned char*>(text.data());

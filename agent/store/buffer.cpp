@@ -58,7 +58,8 @@ void appendRanges(SeqRanges& to, const SeqRanges& from) {
   normaliseRanges(to);
 }
 
-void mergeQuarantines(std::vector<QuarantineReport>& to, const std::vector<QuarantineReport>& from) {
+void mergeQuarantines(std::vector<QuarantineReport>& to,
+                      const std::vector<QuarantineReport>& from) {
   for (const auto& q : from) {
     auto it = std::find_if(to.begin(), to.end(),
                            [&](const QuarantineReport& t) { return t.reason == q.reason; });

@@ -328,7 +328,7 @@ class Buffer final : public Outbox {
   std::chrono::steady_clock::time_point restart_retry_at_;
   std::chrono::steady_clock::time_point failure_logged_at_;
   uint64_t failures_unlogged_ = 0;
-  SeqRanges burnt_;              // seqs of lost transactions, reported after the next commit
+  SeqRanges burnt_;               // seqs of lost transactions, reported after the next commit
   int64_t burnt_tracked_to_ = 0;  // the highest seq already in burnt_ (or reported)
   std::thread writer_;
 };

@@ -1121,9 +1121,9 @@ Result<void> Buffer::loadEpoch() {
   const std::string sql = "INSERT OR REPLACE INTO meta(key, value) VALUES('epoch', '" + epoch_ +
                           "'), ('epoch_start_seq', '" + std::to_string(epoch_start_seq_) + "')";
   if (auto r = execRc(db_, sql.c_str()); !r) {
-    return openError(r.rc, "starting an epoch in " + (options_.dir / kFileName).string() + ": " +
-                               r.message,
-                     options_.dir);
+    return openError(
+        r.rc, "starting an epoch in " + (options_.dir / kFileName).string() + ": " + r.message,
+        options_.dir);
   }
   return {};
 }

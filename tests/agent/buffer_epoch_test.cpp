@@ -171,8 +171,8 @@ TEST_CASE("seqs burnt by a transaction that rolled back are reported once a comm
   REQUIRE(b->append({makeEvent("kiosk.view", 50, 1)}).has_value());  // seq 1
   // Every WAL write fails: both attempts of the next group roll back after numbering it.
   vfs.fail(FaultVfs::Op::kWrite, FaultVfs::kWal, 0, 2, SQLITE_IOERR_WRITE);
-  CHECK_FALSE(b->append({makeEvent("kiosk.view", 50, 2), makeEvent("kiosk.view", 50, 3)})
-                  .has_value());
+  CHECK_FALSE(
+      b->append({makeEvent("kiosk.view", 50, 2), makeEvent("kiosk.view", 50, 3)}).has_value());
   CHECK(b->takeEvictions().skipped.empty());  // not final yet: a crash now would reuse them
   vfs.clear();
   REQUIRE(b->append({makeEvent("kiosk.view", 50, 4)}).has_value());

@@ -101,8 +101,12 @@ SimPki makeSimPki(const std::filesystem::path& dir, const std::string& stores) {
 CentralSim::CentralSim(Options options) : options_(std::move(options)) {
   pki_ = options_.pki_dir.empty() ? makeSimPki(dir_ / "pki", options_.stores)
                                   : SimPki{options_.pki_dir};
-  std::vector<std::string> args = {"serve", "--db", db(), "--ready-file",
-                                   (dir_ / "ready.json").string(), "--fail-file",
+  std::vector<std::string> args = {"serve",
+                                   "--db",
+                                   db(),
+                                   "--ready-file",
+                                   (dir_ / "ready.json").string(),
+                                   "--fail-file",
                                    (dir_ / "fail.json").string()};
   if (!options_.mqtt_url.empty()) {
     args.insert(args.end(), {"--mqtt", options_.mqtt_url});
@@ -164,8 +168,7 @@ std::string CentralSim::log() const { return slurp(dir_ / "serve.log"); }
 nlohmann::json CentralSim::report(const std::string& store) const {
   auto r = runCentralSim({"report", "--db", db(), "--json", "--store", store});
   auto j = nlohmann::json::parse(r.out, nullptr, false);
-  if (!j.is_object() || !j.contains("stores") || !j["stores"].is_array() ||
-      j["stores"].empty()) {
+  if (!j.is_object() || !j.contains("stores") || !j["stores"].is_array() || j["stores"].empty()) {
     return nullptr;
   }
   return j["stores"][0];
@@ -177,8 +180,7 @@ std::string CentralSim::reportText(const std::string& store) const {
 
 SimResult CentralSim::verify(const std::filesystem::path& accepted,
                              const std::string& store) const {
-  return runCentralSim(
-      {"verify", "--db", db(), "--accepted", accepted.string(), "--store", store});
+  return runCentralSim({"verify", "--db", db(), "--accepted", accepted.string(), "--store", store});
 }
 
 void CentralSim::fail(const std::vector<std::string>& args) const {

@@ -28,8 +28,8 @@ TEST_CASE("a batch names its epoch and the seq range it covers", "[unit][sync]")
 }
 
 TEST_CASE("a batch with holes lists exactly the seqs it holds", "[unit][sync]") {
-  const auto doc = nlohmann::json::parse(buildBatchJson(
-      "b-1", "store-1", "1.0", events({5, 6, 9, 12, 13, 14}), SeqSpace{"ep-1", 1}));
+  const auto doc = nlohmann::json::parse(
+      buildBatchJson("b-1", "store-1", "1.0", events({5, 6, 9, 12, 13, 14}), SeqSpace{"ep-1", 1}));
   CHECK(doc["seq_first"] == 5);
   CHECK(doc["seq_last"] == 14);
   CHECK(doc["seq_ranges"] == nlohmann::json::parse("[[5,6],[9,9],[12,14]]"));
@@ -43,8 +43,8 @@ TEST_CASE("without an epoch a batch has no seq fields, as before", "[unit][sync]
 }
 
 TEST_CASE("buildBatch carries the seq fields through compression", "[unit][sync]") {
-  auto batch = buildBatch(events({1, 2, 4}), "store-1", "1.0", Compression::kGzip,
-                          SeqSpace{"ep-9", 1});
+  auto batch =
+      buildBatch(events({1, 2, 4}), "store-1", "1.0", Compression::kGzip, SeqSpace{"ep-9", 1});
   REQUIRE(batch.has_value());
   auto json = decompress(batch->payload);
   REQUIRE(json.has_value());

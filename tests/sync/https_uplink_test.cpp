@@ -29,7 +29,8 @@ using testing::TempDir;
 constexpr auto kBound = 60s;
 const std::string kStore = "store-1";
 
-bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = kBound) {
+bool eventually(const std::function<bool()>& condition,
+                std::chrono::milliseconds timeout = kBound) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (!condition()) {
     if (std::chrono::steady_clock::now() > deadline) {
@@ -152,17 +153,18 @@ TEST_CASE("answers: 409 delivered, 5xx and timeouts retried, a refused event qua
     CHECK_THAT(running->status().last_error, Catch::Contains("no answer from " + sim.baseUrl()));
     REQUIRE(eventually([&] { return sim.uniqueEvents(kStore) == 5; }));
   }
-  SECTION("a 400 about one event: halves until it is alone, sent alone again after a later "
-          "batch was taken, then quarantined; nothing else is lost") {
+  SECTION(
+      "a 400 about one event: halves until it is alone, sent alone again after a later "
+      "batch was taken, then quarantined; nothing else is lost") {
     fill(outbox, 3);
     outbox.add(R"({"type":"kiosk.view","data":{"note":"no id: the centre refuses it"}})");
     fill(outbox, 4);
     start();
     REQUIRE(eventually([&] { return outbox.quarantined().size() == 1; }));
     CHECK(outbox.quarantined().begin()->first == 4);
-    CHECK_THAT(outbox.quarantined().begin()->second,
-               Catch::Contains("HTTP 400") && Catch::Contains("events[0].id") &&
-                   Catch::Contains("also when sent alone"));
+    CHECK_THAT(outbox.quarantined().begin()->second, Catch::Contains("HTTP 400") &&
+                                                         Catch::Contains("events[0].id") &&
+                                                         Catch::Contains("also when sent alone"));
     REQUIRE(outbox.waitUntilEmpty(kBound));
     REQUIRE(eventually([&] { return running->status().quarantined == 1; }));
     CHECK(running->status().batches_split >= 2);
@@ -214,10 +216,10 @@ TEST_CASE("TLS refusals name the reason: client certificates and a MITM server",
     std::string expect;
   };
   // No certificate: TLS 1.3 says "certificate required", TLS 1.2 "handshake failure".
-  const Case c = GENERATE(Case{"", ""}, Case{"client-selfsigned", "unknown ca"},
-                          Case{"client-expired", "certificate expired"},
-                          Case{"client-other-ca", "unknown ca"},
-                          Case{"client-revoked", "certificate revoked"});
+  const Case c =
+      GENERATE(Case{"", ""}, Case{"client-selfsigned", "unknown ca"},
+               Case{"client-expired", "certificate expired"}, Case{"client-other-ca", "unknown ca"},
+               Case{"client-revoked", "certificate revoked"});
   CAPTURE(c.cert);
   auto client = HttpsClient::create(options(sim, c.cert).client);
   REQUIRE(client.has_value());
@@ -249,9 +251,9 @@ TEST_CASE("a server with a certificate from a rogue CA is refused, and so is a w
     REQUIRE(client.has_value());
     auto r = (*client)->post("/v1/stores/store-1/events:batch", "{}", "", {});
     REQUIRE_FALSE(r.has_value());
-    CHECK_THAT(r.error().message, Catch::Contains("server certificate of " + rogue.baseUrl() +
-                                                  " is not trusted") &&
-                                      Catch::Contains("https.ca_file"));
+    CHECK_THAT(r.error().message,
+               Catch::Contains("server certificate of " + rogue.baseUrl() + " is not trusted") &&
+                   Catch::Contains("https.ca_file"));
   }
   SECTION("a pin of another key") {
     CentralSim sim(sharedPki(pki, false));
@@ -267,8 +269,7 @@ TEST_CASE("a server with a certificate from a rogue CA is refused, and so is a w
     CentralSim sim(sharedPki(pki, false));
     // The public key of server.crt, as a PEM file (what an operator extracts with openssl).
     const std::string pub = (pki_dir / "server.pub").string();
-    REQUIRE(std::system(("openssl x509 -in " + pki.file("server.crt") + " -pubkey -noout > " +
-                         pub)
+    REQUIRE(std::system(("openssl x509 -in " + pki.file("server.crt") + " -pubkey -noout > " + pub)
                             .c_str()) == 0);
     auto o = options(sim).client;
     o.pinned_pubkey = pub;
@@ -355,8 +356,8 @@ TEST_CASE("profile snapshot pages are applied with a cursor kept across restarts
   {
     std::string lines;
     for (int i = 0; i < 250; ++i) {
-      lines += R"({"id":"c-)" + std::to_string(i) + R"(","keys":["loyalty:L)" +
-               std::to_string(i) + R"("],"segments":["vip"]})" + "\n";
+      lines += R"({"id":"c-)" + std::to_string(i) + R"(","keys":["loyalty:L)" + std::to_string(i) +
+               R"("],"segments":["vip"]})" + "\n";
     }
     dir.write("profiles.jsonl", lines);
     auto r = testing::runCentralSim({"profiles", "load", "--db", sim.db(), "--store", kStore,

@@ -25,7 +25,8 @@ constexpr auto kBound = 60s;
 const std::string kRoot = "omniedge/v1/tenant-1/store-1";
 const std::string kOnline = R"({"state":"online","version":"test"})";
 
-bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = kBound) {
+bool eventually(const std::function<bool()>& condition,
+                std::chrono::milliseconds timeout = kBound) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (!condition()) {
     if (std::chrono::steady_clock::now() > deadline) {
@@ -129,16 +130,17 @@ TEST_CASE("node A killed under load: the engine moves to node B and nothing is l
   engine.stop();
 }
 
-TEST_CASE("MQTT never sends seqs HTTPS holds, skips the backfill below the floor, and takes "
-          "everything back when HTTPS gives it up",
-          "[integration][sync][claims]") {
+TEST_CASE(
+    "MQTT never sends seqs HTTPS holds, skips the backfill below the floor, and takes "
+    "everything back when HTTPS gives it up",
+    "[integration][sync][claims]") {
   MosquittoBroker broker;
   Subscriber sub(broker.url(), kRoot + "/events");
   MemoryOutbox outbox;
   const auto ids = fill(outbox, 300);
   auto book = std::make_shared<ClaimBook>();
   REQUIRE(book->claim(Uplink::kHttps, 1, 100).granted);  // a batch in flight on HTTPS
-  book->setFloor(200);                                    // and a backfill round up to 200
+  book->setFloor(200);                                   // and a backfill round up to 200
   auto options = syncOptions();
   options.claims = book;
   SyncEngine engine(outbox, mqttOptions({broker.url()}), options, [] { return kOnline; });
