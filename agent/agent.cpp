@@ -541,6 +541,21 @@ nlohmann::json httpsStatusJson(const sync::HttpsUplink* https) {
   };
 }
 
+// The newest quarantined events (`omniedge retry-quarantine` sends them all again).
+nlohmann::json quarantineList(store::Buffer& buffer) {
+  nlohmann::json list = nlohmann::json::array();
+  if (auto q = buffer.quarantined(10); q) {
+    for (const auto& e : *q) {
+      list.push_back({{"seq", e.seq},
+                      {"id", e.id},
+                      {"type", e.type},
+                      {"quarantined_at", formatRfc3339Ms(e.quarantined_ms)},
+                      {"reason", e.reason}});
+    }
+  }
+  return list;
+}
+
 nlohmann::json Agent::status() const {
   const int64_t now = p_->clock.nowMs();
   const auto s = p_->buffer->stats();
@@ -613,6 +628,7 @@ nlohmann::json Agent::status() const {
         {"latest_at", u.last_quarantine_ms > 0 ? formatRfc3339Ms(u.last_quarantine_ms) : ""}}},
       {"epoch", p_->buffer->epoch()},
       {"seq_last", s.last_seq},
+      {"quarantined_events", quarantineList(*p_->buffer)},
       {"queue", queueJson(s, now)},
       {"rates", {{"ingest_per_s", ingest_rate}, {"delivery_per_s", delivery_rate}}},
       {"drivers", drivers},

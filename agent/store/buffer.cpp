@@ -1375,6 +1375,33 @@ void Buffer::returnEvictions(const EvictionReport& report) {
   appendRanges(evictions_.ranges, report.ranges);
 }
 
+Result<std::vector<QuarantinedEvent>> Buffer::quarantined(std::size_t limit) {
+  std::lock_guard lock(reader_mu_);
+  sqlite3_stmt* st = nullptr;
+  std::vector<QuarantinedEvent> out;
+  int rc = sqlite3_prepare_v2(reader_,
+                              "SELECT seq, id, type, quarantined_ms, reason FROM quarantine "
+                              "ORDER BY quarantined_ms DESC, seq DESC LIMIT ?",
+                              -1, &st, nullptr);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, static_cast<int64_t>(limit));
+    auto text = [&](int i) {
+      const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(st, i));
+      return p != nullptr ? std::string(p) : std::string();
+    };
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      out.push_back(QuarantinedEvent{sqlite3_column_int64(st, 0), text(1), text(2),
+                                     sqlite3_column_int64(st, 3), text(4)});
+    }
+  }
+  const std::string msg = sqlite3_errmsg(reader_);
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) {
+    return makeError("io", "reading the quarantine: " + msg);
+  }
+  return out;
+}
+
 std::vector<QuarantineReport> Buffer::takeQuarantines() {
   std::lock_guard lock(mu_);
   std::vector<QuarantineReport> r;

@@ -94,6 +94,15 @@ struct QuarantineReport {
   SeqRanges ranges;  // the seqs of the events moved (exactly)
 };
 
+/// An event in the quarantine, for `omniedge status`.
+struct QuarantinedEvent {
+  int64_t seq = 0;
+  std::string id;
+  std::string type;
+  int64_t quarantined_ms = 0;
+  std::string reason;
+};
+
 /// A recently stored event, for `omniedge tail` while the daemon runs.
 struct RecentEvent {
   int64_t seq = 0;
@@ -216,6 +225,10 @@ class Buffer final : public Outbox {
   /// Thread: any; blocks until the writer has committed it. Fails "full" when they do not fit
   /// (what was moved before stays moved), "stopping" or "io".
   Result<int64_t> retryQuarantine();
+
+  /// The newest `limit` quarantined events (newest first), without their bodies. Thread: any;
+  /// a short read on the reader connection. Fails "io".
+  Result<std::vector<QuarantinedEvent>> quarantined(std::size_t limit);
 
   /// Evictions since the last call (reset by the call). Thread: any.
   EvictionReport takeEvictions();
