@@ -32,6 +32,7 @@
 #include "agent/version.h"
 #include "drivers/builtin.h"
 #include "drivers/kiosk/http_api.h"
+#include "sync/https_uplink.h"
 #include "sync/remote_config.h"
 #include "sync/sync_engine.h"
 
@@ -231,9 +232,11 @@ nlohmann::json refusalAt(const Error& e) {
 }
 
 // What the drivers take from the configuration (beacon.*, pos.*).
-drivers::BuiltinSettings driverSettings(const config::Config& cfg, const std::string& store_id) {
+drivers::BuiltinSettings driverSettings(const config::Config& cfg, const std::string& store_id,
+                                        const std::string& buffer_epoch) {
   drivers::BuiltinSettings ds;
   ds.store_id = store_id;
+  ds.buffer_epoch = buffer_epoch;
   ds.pos_spool_dir = cfg.str("pos.spool_dir");
   ds.pos_keep_processed = cfg.boolean("pos.keep_processed");
   ds.pos_keep_processed_days = static_cast<int>(cfg.integer("pos.keep_processed_days"));
@@ -279,7 +282,8 @@ Result<UplinkOptions> uplinkOptions(const config::Config& cfg) {
   UplinkOptions u;
   const std::string store_id = cfg.str("store.id");
   sync::MqttOptions& mo = u.mqtt;
-  mo.url = cfg.str("mqtt.url");
+  mo.urls = cfg.list("mqtt.url");
+  mo.url = mo.urls.empty() ? std::string() : mo.urls.front();
   mo.client_id = cfg.str("mqtt.client_id").empty()
                      ? "omniedge-" + cfg.str("store.tenant") + "-" + store_id
                      : cfg.str("mqtt.client_id");
@@ -317,6 +321,48 @@ Result<UplinkOptions> uplinkOptions(const config::Config& cfg) {
   return u;
 }
 
+// Reports of seq ranges (evicted, quarantined, skipped, recovered) for the centre's gap check:
+// `data` gets "epoch", "ranges" and "reason" (tools/central-sim/README.md). Many ranges are cut
+// into several events (`part`, `parts`), each well below buffer.max_event_bytes; all of them go
+// in one append, all or nothing.
+std::vector<Event> rangeReports(const std::string& type, const std::string& source,
+                                const std::string& epoch, const std::string& reason,
+                                const store::SeqRanges& ranges, const nlohmann::json& extra,
+                                std::size_t max_event_bytes) {
+  const std::size_t per_event = std::max<std::size_t>(8, (max_event_bytes / 2) / 48);
+  const std::size_t parts = std::max<std::size_t>(1, (ranges.size() + per_event - 1) / per_event);
+  std::vector<Event> out;
+  for (std::size_t part = 0; part < parts; ++part) {
+    nlohmann::json data = extra;
+    data["epoch"] = epoch;
+    data["reason"] = reason;
+    nlohmann::json list = nlohmann::json::array();
+    for (std::size_t i = part * per_event; i < std::min(ranges.size(), (part + 1) * per_event);
+         ++i) {
+      list.push_back({ranges[i].first, ranges[i].second});
+    }
+    data["ranges"] = std::move(list);
+    if (parts > 1) {
+      data["part"] = part + 1;
+      data["parts"] = parts;
+    }
+    Event e;
+    e.type = type;
+    e.source = source;
+    e.data_json = data.dump();
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+int64_t seqCount(const store::SeqRanges& ranges) {
+  int64_t n = 0;
+  for (const auto& [a, b] : ranges) {
+    n += b - a + 1;
+  }
+  return n;
+}
+
 }  // namespace
 
 // The commands from the centre, acting on the agent (definitions in the section at the end).
@@ -344,6 +390,13 @@ struct Agent::Parts {
   std::unique_ptr<Ingest> ingest;
   std::unique_ptr<kiosk::HttpApi> http;
   std::unique_ptr<sync::SyncEngine> sync;
+  // The HTTPS uplink: null when https.base_url is empty; replaced by applyConfig (main
+  // thread), read by any thread through Agent::https().
+  std::shared_ptr<sync::HttpsUplink> https;  // guarded by https_mu
+  mutable std::mutex https_mu;
+  // Shared by both uplinks: who sends which seqs, and sync.max_bytes_per_sec for their sum.
+  std::shared_ptr<sync::ClaimBook> claims;
+  std::shared_ptr<sync::RateLimit> rate;
   std::unique_ptr<ControlServer> control;
   std::vector<std::unique_ptr<SourceRunner>> sources;
   std::string store_id;
@@ -351,6 +404,7 @@ struct Agent::Parts {
   std::string http_listen;
   int64_t started_ms = 0;
   std::atomic<bool> stopping{false};
+  std::atomic<bool> running{false};  // run() started the parts
   std::atomic<int> config_version{0};
   mutable std::mutex rates_mu;
   Rate ingest_rate;    // guarded by rates_mu
@@ -402,6 +456,9 @@ Agent::~Agent() {
   }
   if (p_->sync) {
     p_->sync->stop();
+  }
+  if (auto https = this->https()) {
+    https->stop();
   }
   if (p_->buffer) {
     p_->buffer->close();
@@ -585,7 +642,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
     ho.tokens = std::move(*tokens);
   }
 
-  const drivers::BuiltinSettings ds = driverSettings(cfg, p->store_id);
+  const drivers::BuiltinSettings ds = driverSettings(cfg, p->store_id, p->buffer->epoch());
   auto sources = drivers::makeBuiltinSources(ds);
   if (!sources) {
     return sources.error();
@@ -600,6 +657,10 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   }
   p->topic_root = topicRoot(cfg);
   p->topic_all_config = allConfigTopic(cfg);
+  // Both uplinks drain one queue (sync/claims.h) under one bandwidth cap.
+  uplink->sync.space = sync::SeqSpace{p->buffer->epoch(), p->buffer->epochStartSeq()};
+  uplink->sync.claims = std::make_shared<sync::ClaimBook>();
+  uplink->sync.rate = std::make_shared<sync::RateLimit>(uplink->sync.max_bytes_per_sec);
 
   std::unique_ptr<Agent> agent(new Agent(std::move(p)));
   Parts& parts = *agent->p_;
@@ -658,10 +719,64 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   parts.commands = std::make_unique<CommandRunner>(*parts.inbox, *parts.command_target,
                                                    [self] { return self->p_->clock.nowMs(); });
 
+  parts.claims = uplink->sync.claims;
+  parts.rate = uplink->sync.rate;
+  parts.https = self->makeHttpsUplink(parts.cfg);
   parts.control = std::make_unique<ControlServer>(
       controlSocketPath(parts.cfg),
       [self](const nlohmann::json& r) { return self->handleControl(r); });
   return agent;
+}
+
+std::shared_ptr<sync::HttpsUplink> Agent::makeHttpsUplink(const config::Config& cfg) {
+  Parts& p = *p_;
+  if (cfg.str("https.base_url").empty()) {
+    return nullptr;
+  }
+  Agent* self = this;
+  sync::HttpsOptions hs;
+  hs.client.base_url = cfg.str("https.base_url");
+  hs.client.ca_file = cfg.str("https.ca_file");
+  hs.client.cert_file = cfg.str("https.cert_file");
+  hs.client.key_file = cfg.str("https.key_file");
+  hs.client.insecure_skip_verify = cfg.boolean("https.insecure_skip_verify");
+  hs.client.pinned_pubkey = cfg.str("https.pinned_pubkey");
+  hs.client.timeout_s = static_cast<int>(cfg.integer("https.timeout"));
+  hs.client.user_agent = std::string("omniedge/") + kVersion;
+  if (hs.client.insecure_skip_verify) {
+    spdlog::warn(
+        "https.insecure_skip_verify is true: the HTTPS server's certificate is NOT verified; "
+        "anyone on the path can read and change what goes to the centre");
+  }
+  hs.store_id = p.store_id;
+  hs.agent_version = kVersion;
+  hs.space = sync::SeqSpace{p.buffer->epoch(), p.buffer->epochStartSeq()};
+  hs.batch_max_events = static_cast<std::size_t>(cfg.integer("sync.batch_max_events"));
+  hs.batch_max_bytes = static_cast<std::size_t>(cfg.integer("sync.batch_max_bytes"));
+  hs.backfill_threshold = cfg.integer("sync.backfill_threshold");
+  hs.failover_after_ms = static_cast<int>(cfg.integer("https.failover_after") * 1000);
+  hs.retry_min_ms = static_cast<int>(cfg.integer("mqtt.reconnect_min") * 1000);
+  hs.retry_max_ms = static_cast<int>(cfg.integer("mqtt.reconnect_max") * 1000);
+  hs.pending_count = [buffer = p.buffer.get()] {
+    const auto st = buffer->stats();
+    return st.pending[0] + st.pending[1] + st.pending[2];
+  };
+  hs.cursor_file = fs::path(cfg.str("data.dir")) / "profiles.cursor";
+  hs.profile_resync_after_ms = cfg.integer("sync.profile_resync_after") * 1000;
+  return std::make_shared<sync::HttpsUplink>(
+      *p.buffer, hs, p.claims, p.rate, [self](const std::string& payload) -> Result<void> {
+        auto r = self->p_->profiles->apply(payload, self->p_->clock.nowMs());
+        if (!r) {
+          return r.error();
+        }
+        spdlog::debug("profiles: snapshot page: {} upserted, {} deleted", r->upserts, r->deletes);
+        return {};
+      });
+}
+
+std::shared_ptr<sync::HttpsUplink> Agent::https() const {
+  std::lock_guard lock(p_->https_mu);
+  return p_->https;
 }
 
 std::string Agent::uplinkStatusJson() const {
@@ -670,9 +785,65 @@ std::string Agent::uplinkStatusJson() const {
       {"version", kVersion},
       {"started_at", formatRfc3339Ms(p_->started_ms)},
       {"config_version", p_->config_version.load()},
-      {"queue", queueJson(p_->buffer->stats(), p_->clock.nowMs())},
   };
+  // The epoch and the highest seq given so far let the centre see the tail after the last
+  // batch (tools/central-sim/README.md): with nothing pending, every seq up to seq_last arrived
+  // or was reported dropped. Read together with the queue, from one snapshot.
+  const auto st = p_->buffer->stats();
+  j["epoch"] = p_->buffer->epoch();
+  j["seq_last"] = st.last_seq;
+  j["queue"] = queueJson(st, p_->clock.nowMs());
   return j.dump();
+}
+
+// The `uplink.https` object of status (docs in sync/https_uplink.h).
+nlohmann::json httpsStatusJson(const sync::HttpsUplink* https) {
+  if (https == nullptr) {
+    return {{"state", "not_configured"}};
+  }
+  const auto h = https->status();
+  auto at = [](int64_t ms) { return ms > 0 ? formatRfc3339Ms(ms) : std::string(); };
+  return {
+      {"state", h.state},
+      {"since", at(h.since_ms)},
+      {"base_url", h.base_url},
+      {"last_error", h.last_error},
+      {"last_error_at", at(h.last_error_ms)},
+      {"last_error_resolved", h.last_error_resolved},
+      {"next_attempt_at", h.state == "backoff" ? at(h.next_attempt_ms) : ""},
+      {"last_status_code", h.last_status_code},
+      {"requests", h.requests},
+      {"batches", h.batches},
+      {"batches_conflict", h.batches_conflict},
+      {"events", h.events},
+      {"bytes_sent", h.bytes_sent},
+      {"batches_refused", h.batches_refused},
+      {"batches_split", h.batches_split},
+      {"quarantined", h.quarantined},
+      {"events_held", h.events_held},
+      {"backfill_floor_seq", h.floor_seq},
+      {"profiles",
+       {{"pending", h.profiles_pending},
+        {"pages", h.profile_pages},
+        {"received", h.profiles_received},
+        {"last_snapshot_at", at(h.profiles_last_ms)},
+        {"cursor", h.profiles_cursor}}},
+  };
+}
+
+// The newest quarantined events (`omniedge retry-quarantine` sends them all again).
+nlohmann::json quarantineList(store::Buffer& buffer) {
+  nlohmann::json list = nlohmann::json::array();
+  if (auto q = buffer.quarantined(10); q) {
+    for (const auto& e : *q) {
+      list.push_back({{"seq", e.seq},
+                      {"id", e.id},
+                      {"type", e.type},
+                      {"quarantined_at", formatRfc3339Ms(e.quarantined_ms)},
+                      {"reason", e.reason}});
+    }
+  }
+  return list;
 }
 
 nlohmann::json Agent::status() const {
@@ -715,7 +886,9 @@ nlohmann::json Agent::status() const {
        {{"mqtt",
          {{"state", u.connected ? "connected" : "disconnected"},
           {"since", u.since_ms > 0 ? formatRfc3339Ms(u.since_ms) : ""},
-          {"url", liveConfig()->str("mqtt.url")},
+          {"url", u.url},
+          {"node", u.node},
+          {"nodes", liveConfig()->list("mqtt.url")},
           {"mqtt_version", u.mqtt_version == 5   ? "5"
                            : u.mqtt_version == 4 ? "3.1.1"
                                                  : ""},
@@ -737,12 +910,19 @@ nlohmann::json Agent::status() const {
           {"events_held", u.events_held},
           {"bytes_sent", u.bytes_sent},
           {"inflight_batches", u.inflight}}},
-        {"https", {{"state", "not_configured"}}}}},
+        {"https", httpsStatusJson(https().get())}}},
       {"quarantine",
        {{"events", s.quarantine_events},
+        {"bytes", s.quarantine_bytes},
         {"quarantined_since_start", s.quarantined},
-        {"latest_reason", u.last_quarantine_reason},
+        {"retried_since_start", s.quarantine_retried},
+        {"latest_reason",
+         !s.quarantine_last_reason.empty() ? s.quarantine_last_reason : u.last_quarantine_reason},
+        {"oldest_at", s.quarantine_oldest_ms > 0 ? formatRfc3339Ms(s.quarantine_oldest_ms) : ""},
         {"latest_at", u.last_quarantine_ms > 0 ? formatRfc3339Ms(u.last_quarantine_ms) : ""}}},
+      {"epoch", p_->buffer->epoch()},
+      {"seq_last", s.last_seq},
+      {"quarantined_events", quarantineList(*p_->buffer)},
       {"queue", queueJson(s, now)},
       {"rates", {{"ingest_per_s", ingest_rate}, {"delivery_per_s", delivery_rate}}},
       {"drivers", drivers},
@@ -812,12 +992,39 @@ std::string Agent::metricsText() const {
   line("omniedge_mqtt_events_quarantined_total", "counter",
        "Events the uplink moved to the quarantine (the broker will never take them).",
        u.events_quarantined);
+  if (const auto https = this->https()) {
+    const auto h = https->status();
+    line("omniedge_https_up", "gauge",
+         "1 while the HTTPS uplink is usable (not backing off, libcurl loaded).",
+         h.state == "backoff" || h.state == "unavailable" || h.state == "stopped" ? 0 : 1);
+    line("omniedge_https_backfilling", "gauge",
+         "1 while HTTPS sends batches (backfill or MQTT failover).",
+         h.state == "backfill" || h.state == "failover" ? 1 : 0);
+    line("omniedge_https_requests_total", "counter", "Batch POSTs made over HTTPS.", h.requests);
+    line("omniedge_https_batches_total", "counter", "Batches delivered over HTTPS (2xx or 409).",
+         h.batches);
+    line("omniedge_https_events_total", "counter", "Events in batches delivered over HTTPS.",
+         h.events);
+    line("omniedge_https_bytes_sent_total", "counter", "Batch bodies sent over HTTPS (gzip).",
+         h.bytes_sent);
+    line("omniedge_https_batches_refused_total", "counter",
+         "HTTPS batches answered with a 4xx about the batch.", h.batches_refused);
+    line("omniedge_https_events_quarantined_total", "counter",
+         "Events moved to the quarantine after an HTTPS 4xx.", h.quarantined);
+    line("omniedge_https_last_status_code", "gauge", "Status of the latest HTTPS answer.",
+         h.last_status_code);
+    line("omniedge_https_profile_pages_total", "counter", "Profile snapshot pages fetched.",
+         h.profile_pages);
+  }
+  line("omniedge_quarantine_events", "gauge", "Events in the quarantine table.",
+       s.quarantine_events);
   m += p_->http->metricsText();
   return m;
 }
 
 nlohmann::json Agent::handleControl(const nlohmann::json& request) {
-  constexpr const char* kCommands = "status, tail, flush, import, test_event";
+  constexpr const char* kCommands =
+      "status, tail, flush, import, test_event, retry_quarantine, resync_profiles";
   if (!request.contains("cmd") || !request["cmd"].is_string()) {
     return refusal(makeError("invalid_request",
                              std::string("field 'cmd' must be a string, one of ") + kCommands,
@@ -830,10 +1037,28 @@ nlohmann::json Agent::handleControl(const nlohmann::json& request) {
       return refusal(r.error());
     }
     if (cmd == "flush") {
-      p_->sync->flushNow();
-      return {{"ok", true}};
+      return {{"ok", true}, {"result", p_->command_target->flush()}};
     }
     return {{"ok", true}, {"status", status()}};
+  }
+  // The same actions as the centre's commands (R/cmd), from the technician's CLI.
+  if (cmd == "retry_quarantine" || cmd == "resync_profiles") {
+    if (auto r = fields.only({"cmd"}); !r) {
+      return refusal(r.error());
+    }
+    if (cmd == "retry_quarantine") {
+      // The writer moves them back (new seqs) in its own transactions: milliseconds to seconds.
+      auto moved = p_->command_target->retryQuarantine();
+      if (!moved) {
+        return refusal(moved.error());
+      }
+      return {{"ok", true}, {"moved", *moved}};
+    }
+    auto r = p_->command_target->resyncProfiles();
+    if (!r) {
+      return refusal(r.error());
+    }
+    return {{"ok", true}, {"result", *r}};
   }
   if (cmd == "tail") {
     constexpr auto kRing = static_cast<int64_t>(store::Buffer::kRecentEvents);
@@ -940,27 +1165,55 @@ void Agent::housekeeping() {
     p_->ingest_rate.sample(now, s.appended);
     p_->delivery_rate.sample(now, s.acknowledged);
   }
-  // Every eviction is reported upstream: nothing is dropped silently.
+  // Every eviction and quarantine is reported upstream with the seqs it took, so the centre can
+  // tell them from a loss: nothing is dropped silently.
+  const std::string& epoch = p_->buffer->epoch();
+  const auto max_event = static_cast<std::size_t>(p_->cfg.integer("buffer.max_event_bytes"));
   const auto dropped = p_->buffer->takeEvictions();
-  if (dropped.events > 0) {
-    spdlog::warn("buffer: evicted {} low-priority events ({} bytes) to make room", dropped.events,
-                 dropped.bytes);
-    Event e;
-    e.type = "agent.data_dropped";
-    e.source = "agent";
-    e.data_json = nlohmann::json{
-        {"reason", "buffer full: low-priority events evicted oldest-first"},
-        {"priority", "low"},
-        {"events", dropped.events},
-        {"bytes", dropped.bytes},
-        {"oldest_received_at", formatRfc3339Ms(dropped.oldest_received_ms)},
-        {"newest_received_at", formatRfc3339Ms(dropped.newest_received_ms)},
-        {"evicted_total",
-         s.evicted}}.dump();
-    if (auto r = p_->ingest->append({e}); !r) {
+  if (!dropped.empty()) {
+    std::vector<Event> reports;
+    if (dropped.events > 0) {
+      spdlog::warn("buffer: evicted {} low-priority events ({} bytes) to make room", dropped.events,
+                   dropped.bytes);
+      reports =
+          rangeReports("agent.data_dropped", "agent", epoch,
+                       "buffer full: low-priority events evicted oldest-first", dropped.ranges,
+                       {{"priority", "low"},
+                        {"events", dropped.events},
+                        {"bytes", dropped.bytes},
+                        {"oldest_received_at", formatRfc3339Ms(dropped.oldest_received_ms)},
+                        {"newest_received_at", formatRfc3339Ms(dropped.newest_received_ms)},
+                        {"evicted_total", s.evicted}},
+                       max_event);
+    }
+    if (!dropped.skipped.empty()) {
+      auto more = rangeReports(
+          "agent.seqs_skipped", "agent", epoch,
+          "no event: seqs numbered by a buffer transaction that rolled back (nothing was lost)",
+          dropped.skipped, {{"events", 0}, {"seqs", seqCount(dropped.skipped)}}, max_event);
+      reports.insert(reports.end(), more.begin(), more.end());
+    }
+    if (auto r = p_->ingest->append(std::move(reports)); !r) {
       // Kept for the next round: every eviction reaches the centre.
       p_->buffer->returnEvictions(dropped);
       spdlog::error("buffer: could not record agent.data_dropped yet: {}", r.error().message);
+    }
+  }
+  const auto quarantined = p_->buffer->takeQuarantines();
+  if (!quarantined.empty()) {
+    std::vector<Event> reports;
+    for (const auto& q : quarantined) {
+      auto more = rangeReports("agent.data_quarantined", "agent", epoch, q.reason, q.ranges,
+                               {{"events", q.events},
+                                {"bytes", q.bytes},
+                                {"quarantine_events_now", s.quarantine_events},
+                                {"retry", "omniedge retry-quarantine"}},
+                               max_event);
+      reports.insert(reports.end(), more.begin(), more.end());
+    }
+    if (auto r = p_->ingest->append(std::move(reports)); !r) {
+      p_->buffer->returnQuarantines(quarantined);
+      spdlog::error("buffer: could not record agent.data_quarantined yet: {}", r.error().message);
     }
   }
 }
@@ -969,17 +1222,44 @@ int Agent::run() {
   Parts& p = *p_;
   const auto& report = p.buffer->openReport();
   if (report.recovered || !report.picked_up.empty()) {
-    Event e;
-    e.type = "agent.buffer_recovered";
-    e.source = "agent";
-    e.data_json = nlohmann::json{{"problem", report.problem},
-                                 {"moved_to", report.moved_to},
-                                 {"salvaged_events", report.salvaged},
-                                 {"resumed", report.resumed},
-                                 {"picked_up", report.picked_up},
-                                 {"picked_up_events", report.picked_up_events}}
-                      .dump();
-    if (auto r = p.ingest->append({e}); !r) {
+    const auto max_event = static_cast<std::size_t>(p.cfg.integer("buffer.max_event_bytes"));
+    const nlohmann::json about = {
+        {"problem", report.problem},          {"moved_to", report.moved_to},
+        {"salvaged_events", report.salvaged}, {"resumed", report.resumed},
+        {"picked_up", report.picked_up},      {"picked_up_events", report.picked_up_events},
+        {"new_epoch", p.buffer->epoch()}};
+    std::vector<Event> events;
+    if (!report.previous_epoch.empty()) {
+      // The corrupt file's seqs of the events salvaged are retired: those events are pending
+      // again under new seqs of the new epoch (the centre de-duplicates on id).
+      events = rangeReports("agent.buffer_recovered", "agent", report.previous_epoch,
+                            "buffer file corrupt: its pending events were recovered and are sent "
+                            "again with seqs of epoch " +
+                                p.buffer->epoch(),
+                            report.recovered_seqs, about, max_event);
+      if (!report.unreadable_seqs.empty()) {
+        auto lost =
+            rangeReports("agent.data_dropped", "agent", report.previous_epoch,
+                         "buffer file corrupt: these seqs could not be read from it",
+                         report.unreadable_seqs, {{"moved_to", report.moved_to}}, max_event);
+        events.insert(events.end(), lost.begin(), lost.end());
+      }
+    } else {
+      Event e;
+      e.type = "agent.buffer_recovered";
+      e.source = "agent";
+      e.data_json = about.dump();
+      events.push_back(std::move(e));
+    }
+    if (!report.skipped_seqs.empty()) {
+      auto skipped = rangeReports(
+          "agent.seqs_skipped", "agent", p.buffer->epoch(),
+          "no event: seqs passed over while picking up " +
+              (report.picked_up.empty() ? std::string("a corrupt file") : report.picked_up.front()),
+          report.skipped_seqs, {{"events", 0}}, max_event);
+      events.insert(events.end(), skipped.begin(), skipped.end());
+    }
+    if (auto r = p.ingest->append(std::move(events)); !r) {
       spdlog::error("could not record agent.buffer_recovered: {}", r.error().message);
     }
   }
@@ -996,6 +1276,10 @@ int Agent::run() {
   }
   p.sync->start();
   remoteStart();
+  if (auto https = this->https()) {
+    https->start();
+  }
+  p.running.store(true);
   {
     Event e;
     e.type = "agent.started";
@@ -1008,8 +1292,9 @@ int Agent::run() {
                       .dump();
     (void)p.ingest->append({e});
   }
-  spdlog::info("omniedge {} running: store {} (tenant {}), kiosk API on {}, uplink {}", kVersion,
-               p.store_id, p.tenant, p.http_listen, p.cfg.str("mqtt.url"));
+  spdlog::info("omniedge {} running: store {} (tenant {}), kiosk API on {}, uplink {}{}", kVersion,
+               p.store_id, p.tenant, p.http_listen, p.cfg.str("mqtt.url"),
+               https() ? " and " + p.cfg.str("https.base_url") : std::string());
   systemdNotify("READY=1");
 
   const bool watchdog = systemdWatchdogInterval().has_value();
@@ -1043,6 +1328,9 @@ int Agent::run() {
   }
   p.control->stop();
   p.sync->stop();
+  if (auto https = this->https()) {
+    https->stop();
+  }
   p.buffer->close();
   spdlog::info("stopped cleanly");
   return 0;
@@ -1091,6 +1379,7 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
   bool log_level = false;
   bool data_pii = false;
   bool uplink = false;
+  bool https_link = false;           // the HTTPS uplink restarts with the new settings
   std::vector<std::string> drivers;  // names of the drivers to restart
   const auto restartDriver = [&drivers](const char* name) {
     if (std::find(drivers.begin(), drivers.end(), name) == drivers.end()) {
@@ -1113,6 +1402,12 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
       change.restart_needed.push_back(key);
     } else if (key.starts_with("mqtt.") || key.starts_with("sync.")) {
       uplink = true;
+      // What the HTTPS uplink also reads (its batches, thresholds and retry bounds).
+      https_link = https_link || key.starts_with("sync.batch_") ||
+                   key == "sync.backfill_threshold" || key == "sync.profile_resync_after" ||
+                   key.starts_with("mqtt.reconnect_");
+    } else if (key.starts_with("https.")) {
+      https_link = true;
     } else if (key.starts_with("pos.")) {
       restartDriver("pos");
     } else if (key.starts_with("beacon.")) {
@@ -1133,7 +1428,7 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
   }
   std::vector<std::unique_ptr<Source>> fresh;
   if (!drivers.empty()) {
-    drivers::BuiltinSettings ds = driverSettings(next, p.store_id);
+    drivers::BuiltinSettings ds = driverSettings(next, p.store_id, p.buffer->epoch());
     const auto wanted = [&drivers](const char* name) {
       return std::find(drivers.begin(), drivers.end(), name) != drivers.end();
     };
@@ -1167,6 +1462,24 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
   if (up) {
     change.uplink_generation = p.sync->reconfigure(up->mqtt, up->sync);
     change.uplink_reconnects = uplinkConnectionChanged(*old, next);
+  }
+  if (https_link) {
+    // Restarted in-process with the same claims: a request in flight is abandoned and its
+    // events stay pending for whichever link sends next.
+    auto https_next = makeHttpsUplink(next);
+    std::shared_ptr<sync::HttpsUplink> https_gone;
+    {
+      std::lock_guard lock(p.https_mu);
+      https_gone = std::exchange(p.https, https_next);
+    }
+    if (https_gone) {
+      https_gone->stop();
+    }
+    if (https_next && p.running.load()) {
+      https_next->start();
+    }
+    spdlog::info("config: the HTTPS uplink {}", https_next ? "restarted with the new settings"
+                                                           : "is off (https.base_url is empty)");
   }
   for (const auto& name : drivers) {
     std::unique_ptr<Source> source;
@@ -1245,6 +1558,9 @@ void Agent::onCentreMessage(const std::string& topic, const std::string& payload
         if (auto saved = p.inbox->setMeta("profile_cursor", msg["cursor"].get<std::string>());
             !saved) {
           spdlog::warn("profiles: cursor not kept: {}", saved.error().message);
+        }
+        if (auto https = this->https()) {
+          https->noteProfileCursor(msg["cursor"].get<std::string>());
         }
       }
     }
@@ -1499,6 +1815,9 @@ nlohmann::json Agent::CentreCommands::ping() {
 nlohmann::json Agent::CentreCommands::flush() {
   Parts& p = *agent_.p_;
   p.sync->flushNow();
+  if (auto https = agent_.https()) {
+    https->flushNow();
+  }
   const auto s = p.buffer->stats();
   return {{"flushing", true}, {"pending", s.pending[0] + s.pending[1] + s.pending[2]}};
 }
@@ -1512,12 +1831,23 @@ Result<nlohmann::json> Agent::CentreCommands::resyncProfiles() {
   if (auto r = p.inbox->setMeta("profile_cursor", ""); !r) {
     return r.error();
   }
-  return nlohmann::json{
+  nlohmann::json answer = {
       {"cursor_cleared", true},
-      {"previous_cursor", previous->empty() ? nlohmann::json() : nlohmann::json(*previous)},
-      {"snapshot",
-       "not started: this agent has no HTTPS profile snapshot yet; the next one starts from the "
-       "beginning, and R/profiles keeps arriving meanwhile"}};
+      {"previous_cursor", previous->empty() ? nlohmann::json() : nlohmann::json(*previous)}};
+  if (auto https = agent_.https()) {
+    const auto before = https->status();
+    https->requestProfileResync();
+    if (!before.profiles_cursor.empty()) {
+      answer["previous_cursor"] = before.profiles_cursor;
+    }
+    answer["snapshot"] = "started: the whole snapshot is fetched again over HTTPS from " +
+                         before.base_url + " (status: uplink.https.profiles)";
+  } else {
+    answer["snapshot"] =
+        "not started: the profile snapshot needs the HTTPS uplink (https.base_url); R/profiles "
+        "keeps arriving meanwhile";
+  }
+  return answer;
 }
 
 Result<nlohmann::json> Agent::CentreCommands::setLogLevel(const std::string& level,

@@ -18,6 +18,9 @@
 #include "agent/store/profile_cache.h"
 
 namespace omniedge {
+namespace sync {
+class HttpsUplink;
+}  // namespace sync
 
 namespace sync {
 struct RemoteLayer;
@@ -82,6 +85,10 @@ class Agent {
   void remoteStart();
   void remoteTick();
   void addRemoteStatus(nlohmann::json& status) const;
+  /// The HTTPS uplink `cfg` asks for (null when https.base_url is empty); not started.
+  std::shared_ptr<sync::HttpsUplink> makeHttpsUplink(const config::Config& cfg);
+  /// The HTTPS uplink now (null when off). Thread: any.
+  std::shared_ptr<sync::HttpsUplink> https() const;
 
   std::unique_ptr<Parts> p_;
 };

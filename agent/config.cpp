@@ -124,6 +124,29 @@ Result<std::string> checkScannerOffset(std::string_view v) {
   return std::string(v);
 }
 
+std::string lower(std::string_view s);
+
+// One node of mqtt.url's list (a broker cluster): an MQTT URL like any url-kind value.
+Result<std::string> checkMqttUrl(std::string_view v) {
+  const std::string item = "item \"" + std::string(v) + "\": ";
+  const auto sep = v.find("://");
+  if (sep == std::string_view::npos) {
+    return reason(item +
+                  "not a URL; expected scheme://host[:port] with scheme mqtt, mqtts, ws "
+                  "or wss");
+  }
+  const std::string scheme = lower(v.substr(0, sep));
+  if (scheme != "mqtt" && scheme != "mqtts" && scheme != "ws" && scheme != "wss") {
+    return reason(item + "scheme \"" + scheme +
+                  "\" is not allowed here; use mqtt, mqtts, ws or wss");
+  }
+  auto url = parseUrl(v);
+  if (!url) {
+    return reason(item + url.error().message);
+  }
+  return std::string(v);
+}
+
 // The single definition of every key. Keep sorted by section; names are section.key.
 constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "store.id",
@@ -145,11 +168,13 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .computed_default = true},
 
     {.name = "mqtt.url",
-     .kind = Kind::kUrl,
+     .kind = Kind::kList,
      .default_value = "mqtt://127.0.0.1:1883",
      .remote = true,
-     .help = "Uplink MQTT broker",
-     .choices = "mqtt|mqtts|ws|wss"},
+     .help = "Uplink MQTT broker; a comma-separated list names the nodes of a broker cluster, "
+             "tried in turn (mqtt://, mqtts://, ws://, wss://)",
+     .min = 1,
+     .check = checkMqttUrl},
     {.name = "mqtt.client_id",
      .kind = Kind::kString,
      .help = "MQTT client id (empty: derived by the agent)"},
@@ -206,18 +231,45 @@ constexpr auto kKeys = std::to_array<KeyDef>({
 
     {.name = "https.base_url",
      .kind = Kind::kUrl,
+     .remote = true,
      .help = "Central HTTPS service (empty: HTTPS uplink off)",
      .choices = "https|http",
      .allow_empty = true},
-    {.name = "https.ca_file", .kind = Kind::kString, .help = "CA certificates for HTTPS (PEM)"},
+    {.name = "https.ca_file",
+     .kind = Kind::kString,
+     .remote = true,
+     .help = "CA certificates for HTTPS (PEM)"},
     {.name = "https.cert_file",
      .kind = Kind::kString,
+     .remote = true,
      .help = "Client certificate for mutual TLS over HTTPS (PEM)"},
-    {.name = "https.key_file", .kind = Kind::kString, .help = "Client private key for HTTPS (PEM)"},
+    {.name = "https.key_file",
+     .kind = Kind::kString,
+     .remote = true,
+     .help = "Client private key for HTTPS (PEM)"},
     {.name = "https.insecure_skip_verify",
      .kind = Kind::kBool,
      .default_value = "false",
      .help = "Do not verify the server certificate (unsafe; doctor warns)"},
+    {.name = "https.pinned_pubkey",
+     .kind = Kind::kString,
+
+     .help = "Pin the server's public key: a PEM or DER public key file, or "
+             "sha256//BASE64[;sha256//BASE64...] (empty: no pinning)"},
+    {.name = "https.timeout",
+     .kind = Kind::kDuration,
+     .default_value = "30",
+     .remote = true,
+     .help = "Longest an HTTPS request may take before it is retried",
+     .min = 1,
+     .max = 600},
+    {.name = "https.failover_after",
+     .kind = Kind::kDuration,
+     .default_value = "10",
+     .remote = true,
+     .help = "After MQTT has been unreachable this long, HTTPS sends every batch",
+     .min = 0,
+     .max = 86400},
 
     {.name = "http.listen",
      .kind = Kind::kHostPort,
@@ -365,6 +417,14 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .remote = true,
      .help = "Pending events above which the backlog is sent over HTTPS",
      .min = 1},
+    {.name = "sync.profile_resync_after",
+     .kind = Kind::kDuration,
+     .default_value = "3600",
+     .remote = true,
+     .help = "After an MQTT disconnection this long, ask the HTTPS profile snapshot for the "
+             "changes (also this often while MQTT stays down)",
+     .min = 1,
+     .max = 30 * 86400},
     {.name = "sync.status_interval",
      .kind = Kind::kDuration,
      .default_value = "60",
@@ -922,6 +982,9 @@ Result<std::string> normalise(const KeyDef& def, std::string_view raw) {
           normal = std::move(*checked);
         }
         out += (out.empty() ? "" : ",") + normal;
+      }
+      if (out.empty() && def.min > 0) {
+        return reason("must name at least one item");
       }
       return out;
     }

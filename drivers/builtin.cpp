@@ -33,6 +33,7 @@ Result<std::vector<std::unique_ptr<Source>>> makeBuiltinSources(const BuiltinSet
     o.topics = settings.beacon_topics;
     o.qos = settings.beacon_qos;
     o.client_id = "omniedge-beacon-" + settings.store_id;
+    o.buffer_epoch = settings.buffer_epoch;
     o.presence.zones = std::move(*zones);
     o.presence.exit_after_ms = settings.beacon_exit_after_s * 1000;
     o.presence.enter_after_sightings = settings.beacon_enter_after_sightings;

@@ -14,6 +14,7 @@ namespace omniedge::drivers {
 /// What the drivers need from the configuration (drivers cannot see agent/config).
 struct BuiltinSettings {
   std::string store_id;
+  std::string buffer_epoch;  // the buffer's epoch, named in drop reports (issue 14 point 7)
   // POS spool (pos.*): off when spool_dir is empty.
   std::string pos_spool_dir;
   bool pos_keep_processed = true;

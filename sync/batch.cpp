@@ -176,12 +176,36 @@ std::string_view compressionName(Compression compression) {
 }
 
 std::string buildBatchJson(std::string_view batch_id, std::string_view store_id,
-                           std::string_view agent_version,
-                           const std::vector<PendingEvent>& events) {
-  const std::string head = "{\"batch_id\":" + jsonString(batch_id) +
-                           ",\"store_id\":" + jsonString(store_id) +
-                           ",\"agent_version\":" + jsonString(agent_version) +
-                           ",\"count\":" + std::to_string(events.size()) + ",\"events\":[";
+                           std::string_view agent_version, const std::vector<PendingEvent>& events,
+                           const SeqSpace& space) {
+  std::string head = "{\"batch_id\":" + jsonString(batch_id) +
+                     ",\"store_id\":" + jsonString(store_id) +
+                     ",\"agent_version\":" + jsonString(agent_version) +
+                     ",\"count\":" + std::to_string(events.size());
+  if (!space.epoch.empty() && !events.empty()) {
+    const int64_t first = events.front().seq;
+    const int64_t last = events.back().seq;
+    head += ",\"epoch\":" + jsonString(space.epoch) +
+            ",\"epoch_start_seq\":" + std::to_string(space.epoch_start_seq) +
+            ",\"seq_first\":" + std::to_string(first) + ",\"seq_last\":" + std::to_string(last);
+    if (static_cast<int64_t>(events.size()) < last - first + 1) {
+      // Holes (events delivered, evicted or quarantined before): say exactly what is here, so
+      // that the centre needs no promise about the holes.
+      head += ",\"seq_ranges\":[";
+      int64_t run_first = first;
+      for (std::size_t i = 1; i <= events.size(); ++i) {
+        if (i == events.size() || events[i].seq != events[i - 1].seq + 1) {
+          head += (run_first == first ? "[" : ",[") + std::to_string(run_first) + "," +
+                  std::to_string(events[i - 1].seq) + "]";
+          if (i < events.size()) {
+            run_first = events[i].seq;
+          }
+        }
+      }
+      head += "]";
+    }
+  }
+  head += ",\"events\":[";
   std::size_t size = head.size() + 2 + events.size();
   for (const auto& e : events) {
     size += e.body.size();
@@ -230,7 +254,8 @@ Result<std::string> decompress(std::string_view data, std::size_t max_bytes) {
 }
 
 Result<Batch> buildBatch(const std::vector<PendingEvent>& events, std::string_view store_id,
-                         std::string_view agent_version, Compression compression) {
+                         std::string_view agent_version, Compression compression,
+                         const SeqSpace& space) {
   if (events.empty()) {
     return makeError("invalid", "a batch needs at least one event");
   }
@@ -241,7 +266,7 @@ Result<Batch> buildBatch(const std::vector<PendingEvent>& events, std::string_vi
   batch.first_seq = events.front().seq;
   batch.last_seq = events.back().seq;
   batch.count = events.size();
-  std::string json = buildBatchJson(batch.id, store_id, agent_version, events);
+  std::string json = buildBatchJson(batch.id, store_id, agent_version, events, space);
   batch.json_bytes = json.size();
   if (compression == Compression::kNone) {
     batch.payload = std::move(json);

@@ -21,11 +21,21 @@ std::optional<Compression> parseCompression(std::string_view name);
 /// The config spelling of `compression`.
 std::string_view compressionName(Compression compression);
 
-/// The batch document `{"batch_id":…,"store_id":…,"agent_version":…,"count":N,"events":[…]}`
-/// with each body copied verbatim (each must already be one JSON object).
-/// Thread: any. Never blocks, never fails.
+/// The buffer's seq space, for the centre's gap check (issue 14 point 7): every batch says
+/// which epoch and which seqs it covers, so the centre can prove it holds every event.
+struct SeqSpace {
+  std::string epoch;            // "" = the batch carries no seq fields
+  int64_t epoch_start_seq = 1;  // the first seq the epoch ever gave
+};
+
+/// The batch document `{"batch_id":…,"store_id":…,"agent_version":…,"count":N,"epoch":…,
+/// "epoch_start_seq":K,"seq_first":A,"seq_last":B,["seq_ranges":[[a,b],…],]"events":[…]}`
+/// with each body copied verbatim (each must already be one JSON object). The seq fields only
+/// with a non-empty `space.epoch`; `seq_ranges` (exactly the seqs held) only when the batch has
+/// holes (count < seq_last - seq_first + 1). Thread: any. Never blocks, never fails.
 std::string buildBatchJson(std::string_view batch_id, std::string_view store_id,
-                           std::string_view agent_version, const std::vector<PendingEvent>& events);
+                           std::string_view agent_version, const std::vector<PendingEvent>& events,
+                           const SeqSpace& space = {});
 
 /// `data` compressed: kGzip is a gzip stream (1f 8b, zlib level 1), kZstd a zstd frame
 /// (level 1), kNone a copy. Thread: any (per-thread compression contexts are reused).
@@ -50,6 +60,7 @@ struct Batch {
 /// Wraps `events` (non-empty, seq order) into a compressed batch with a fresh batch_id.
 /// Thread: any. Fails with "invalid" when `events` is empty, "io" when compression fails.
 Result<Batch> buildBatch(const std::vector<PendingEvent>& events, std::string_view store_id,
-                         std::string_view agent_version, Compression compression);
+                         std::string_view agent_version, Compression compression,
+                         const SeqSpace& space = {});
 
 }  // namespace omniedge::sync

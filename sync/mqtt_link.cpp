@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "sync/tls_probe.h"
+
 namespace omniedge::sync {
 namespace {
 
@@ -241,13 +243,43 @@ std::string MqttLink::connectFailure(const mqtt::exception& e) {
     std::lock_guard lock(tls_mu_);
     tls_error = tls_error_;
   }
+  const std::string message = e.get_message();
   if (!tls_error.empty()) {
-    return "TLS handshake with " + options_.url + " failed (" + shortTlsError(tls_error) +
+    const std::string reason = shortTlsError(tls_error);
+    // "tlsv13 alert certificate required": the broker's verdict on our certificate.
+    const auto at = reason.find("alert ");
+    if (auto refusal = describeCertificateRefusal(
+            "broker", options_.url, at == std::string::npos ? "" : reason.substr(at + 6),
+            options_.cert_file, "mqtt.cert_file", "mqtt.key_file");
+        !refusal.empty()) {
+      return refusal + kDoctor;
+    }
+    return "TLS handshake with " + options_.url + " failed (" + reason +
            "): check mqtt.ca_file (does it sign the broker's certificate, for this host name, "
            "still valid?), mqtt.cert_file and mqtt.key_file" +
            kDoctor;
   }
-  const std::string message = e.get_message();
+  const bool tls_url = options_.url.rfind("mqtts://", 0) == 0 ||
+                       options_.url.rfind("wss://", 0) == 0 || options_.url.rfind("ssl://", 0) == 0;
+  if (tls_url && message.find("timeout") == std::string::npos) {
+    // Paho says "connect failure" whether the broker refused our certificate or is down:
+    // ask the broker once more, on our own, what it objects to.
+    const auto probe = probeTls(options_.url, options_.ca_file, options_.cert_file,
+                                options_.key_file, true, std::chrono::seconds(3));
+    if (!probe.verify_error.empty()) {
+      return "TLS handshake with " + options_.url +
+             " failed (certificate verify failed: " + probe.verify_error +
+             "): check mqtt.ca_file (does it sign the broker's certificate, for this host name, "
+             "still valid?); a certificate from another CA may be a man in the middle" +
+             kDoctor;
+    }
+    if (auto refusal =
+            describeCertificateRefusal("broker", options_.url, probe.alert, options_.cert_file,
+                                       "mqtt.cert_file", "mqtt.key_file");
+        !refusal.empty()) {
+      return refusal + kDoctor;
+    }
+  }
   if (message.find("timeout") != std::string::npos) {
     return "no answer from the broker at " + options_.url + " within " +
            std::to_string(options_.connect_timeout_s) +

@@ -37,11 +37,14 @@ std::optional<MqttVersion> parseMqttVersion(std::string_view name);
 /// The `mqtt.*` settings the uplink needs.
 struct MqttOptions {
   std::string url = "mqtt://127.0.0.1:1883";  // mqtt://, mqtts://, ws://, wss://
-  std::string client_id;                      // stable per store: the session is persistent
-  std::string username;                       // empty: none
-  std::string password;                       // the content of mqtt.password_file
-  std::string ca_file;                        // mqtts/wss: trust anchors; empty: the system store
-  std::string cert_file;                      // client certificate (mutual TLS); empty: none
+  /// The nodes of a broker cluster (mqtt.url's comma-separated items), tried in turn by the
+  /// sync engine: a failed connect or a lost connection moves on to the next one. Empty: {url}.
+  std::vector<std::string> urls;
+  std::string client_id;  // stable per store: the session is persistent
+  std::string username;   // empty: none
+  std::string password;   // the content of mqtt.password_file
+  std::string ca_file;    // mqtts/wss: trust anchors; empty: the system store
+  std::string cert_file;  // client certificate (mutual TLS); empty: none
   std::string key_file;
   int keepalive_s = 30;
   MqttVersion version = MqttVersion::kAuto;  // kAuto tries 5, then 3.1.1, and keeps what worked
@@ -94,6 +97,10 @@ class MqttLink {
 
   /// A message arrived on a subscribed topic. Runs on a Paho thread: must only hand it over.
   using MessageHandler = std::function<void(std::string topic, std::string payload)>;
+
+  /// The broker node the next connect() goes to (failover between a cluster's nodes).
+  /// Thread: the owner, between connections. Never blocks.
+  void setUrl(std::string url) { options_.url = std::move(url); }
 
   /// Thread: the owner, before connect(). Never blocks.
   void setHandlers(DeliveryHandler on_delivery, LostHandler on_lost,

@@ -45,12 +45,12 @@ bool isControlTag(uint64_t tag) { return tag >= kControlTagBase; }
 
 // What makes a new connection necessary; the reconnect bounds apply to the next wait.
 bool sameConnection(const MqttOptions& a, const MqttOptions& b) {
-  return a.url == b.url && a.client_id == b.client_id && a.username == b.username &&
-         a.password == b.password && a.ca_file == b.ca_file && a.cert_file == b.cert_file &&
-         a.key_file == b.key_file && a.keepalive_s == b.keepalive_s && a.version == b.version &&
-         a.topic_root == b.topic_root && a.connect_timeout_s == b.connect_timeout_s &&
-         a.session_expiry_s == b.session_expiry_s && a.max_packet_bytes == b.max_packet_bytes &&
-         a.proven_after_ms == b.proven_after_ms;
+  return a.url == b.url && a.urls == b.urls && a.client_id == b.client_id &&
+         a.username == b.username && a.password == b.password && a.ca_file == b.ca_file &&
+         a.cert_file == b.cert_file && a.key_file == b.key_file && a.keepalive_s == b.keepalive_s &&
+         a.version == b.version && a.topic_root == b.topic_root &&
+         a.connect_timeout_s == b.connect_timeout_s && a.session_expiry_s == b.session_expiry_s &&
+         a.max_packet_bytes == b.max_packet_bytes && a.proven_after_ms == b.proven_after_ms;
 }
 
 // PUBACK reason codes that are about the message itself (MQTT 5 §3.4.2.1): a smaller batch or
@@ -61,9 +61,9 @@ bool isEventRefusal(int reason_code) {
 }
 
 std::string refusalAdvice(int reason_code, const std::string& error, const MqttOptions& mqtt,
-                          const std::string& topic) {
+                          const std::string& url, const std::string& topic) {
   const std::string at =
-      "the broker at " + mqtt.url + " refused a batch on " + topic + " (" + error + ")";
+      "the broker at " + url + " refused a batch on " + topic + " (" + error + ")";
   switch (reason_code) {
     case 0x87:
       return at + ": let client id \"" + mqtt.client_id + "\" publish there in its ACL";
@@ -92,8 +92,15 @@ SyncEngine::SyncEngine(Outbox& outbox, MqttOptions mqtt, SyncOptions options,
       status_json_(std::move(status_json)),
       on_message_(std::move(on_message)),
       topic_events_(mqtt_.topic_root + "/events"),
+      urls_(mqtt_.urls.empty() ? std::vector<std::string>{mqtt_.url} : mqtt_.urls),
+      claims_(options_.claims ? options_.claims : std::make_shared<ClaimBook>()),
+      rate_(options_.rate ? options_.rate
+                          : std::make_shared<RateLimit>(options_.max_bytes_per_sec)),
       next_control_tag_(kControlTagBase),
-      inbound_max_bytes_(options_.inbound_max_bytes) {}
+      inbound_max_bytes_(options_.inbound_max_bytes) {
+  status_.url = urls_.front();
+  status_.nodes = urls_.size();
+}
 
 SyncEngine::~SyncEngine() { stop(); }
 
@@ -106,6 +113,7 @@ void SyncEngine::start() {
     status_.connected = false;
     status_.since_ms = nowMs();
   }
+  claims_->setMqttUp(false, nowMs());
   thread_ = std::jthread([this](std::stop_token stop) { run(stop); });
 }
 
@@ -174,9 +182,6 @@ void SyncEngine::publish(MqttMessage message, std::function<void()> on_acked) {
 }
 
 void SyncEngine::run(std::stop_token stop) {
-  const double rate = static_cast<double>(options_.max_bytes_per_sec);
-  tokens_ = rate;
-  tokens_at_ = steady_clock::now();
   bool back_off = false;  // the first connect is immediate; every later one waits first
   while (!stop.stop_requested()) {
     applyReconfigure(back_off);
@@ -237,7 +242,9 @@ void SyncEngine::run(std::stop_token stop) {
 
 bool SyncEngine::connectOnce(std::stop_token stop) {
   if (!link_) {
-    link_ = std::make_unique<MqttLink>(mqtt_);
+    MqttOptions first = mqtt_;
+    first.url = nodeUrl();
+    link_ = std::make_unique<MqttLink>(first);
     link_->setHandlers(
         [this](uint64_t tag, bool ok, int reason_code, const std::string& error) {
           {
@@ -258,9 +265,12 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
           onInboundMessage(std::move(topic), std::move(payload));
         });
   }
+  link_->setUrl(nodeUrl());
   {
     std::lock_guard lock(status_mu_);
     ++status_.connect_attempts;
+    status_.url = nodeUrl();
+    status_.node = node_;
   }
   // connect() destroys the previous connection's client first: what it had received (PUBACKs
   // of forgotten batches) was queued by then and is applied here; nothing of it comes later.
@@ -272,6 +282,7 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
     if (connected.error().code != "stopping") {
       setError(connected.error().message);
       spdlog::warn("sync: {}", connected.error().message);
+      nextNode();  // a cluster: the next attempt (after the same backoff) tries another node
     }
     return false;
   }
@@ -313,7 +324,7 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
   setResolved();
   publishInflight();
   spdlog::info("sync: connected to {} (MQTT protocol level {}, batches up to {} bytes from {})",
-               mqtt_.url, link_->protocolLevel(), max_packet_, source);
+               nodeUrl(), link_->protocolLevel(), max_packet_, source);
   publishStatus();
   if (connect_messages_) {
     // After what is queued already (which they may repeat: then not again).
@@ -333,7 +344,7 @@ bool SyncEngine::connectOnce(std::stop_token stop) {
     // Retained messages (config) come again with every SUBSCRIBE; the handler ignores a
     // document it has applied already.
     if (auto r = link_->subscribe(options_.inbound, milliseconds(5000)); !r) {
-      setError("subscribe to " + mqtt_.url + ": " + r.error().message);
+      setError("subscribe to " + nodeUrl() + ": " + r.error().message);
       spdlog::warn("sync: subscribing to {} inbound topics failed: {}", options_.inbound.size(),
                    r.error().message);
     }
@@ -436,16 +447,28 @@ void SyncEngine::applyReconfigure(bool& back_off) {
   auto& [mqtt, options] = *next;
   const bool reconnect = !sameConnection(mqtt_, mqtt) || options_.inbound != options.inbound;
   if (options.max_bytes_per_sec != options_.max_bytes_per_sec) {
-    tokens_ = static_cast<double>(options.max_bytes_per_sec);
-    tokens_at_ = steady_clock::now();
+    rate_->setBytesPerSec(options.max_bytes_per_sec);  // shared with the HTTPS uplink
   }
+  // The seq space, the claims and the rate limit stay those shared with the HTTPS uplink.
+  options.space = options_.space;
+  options.claims = claims_;
+  options.rate = rate_;
   options_ = std::move(options);
   generation_ = generation;
   if (reconnect) {
-    spdlog::info("sync: new uplink settings: reconnecting to {}", mqtt.url);
+    spdlog::info("sync: new uplink settings: reconnecting to {}",
+                 mqtt.urls.empty() ? mqtt.url : mqtt.urls.front());
     closeForReconfigure();
     mqtt_ = std::move(mqtt);
     topic_events_ = mqtt_.topic_root + "/events";
+    urls_ = mqtt_.urls.empty() ? std::vector<std::string>{mqtt_.url} : mqtt_.urls;
+    node_ = 0;
+    {
+      std::lock_guard lock(status_mu_);
+      status_.url = urls_.front();
+      status_.node = 0;
+      status_.nodes = urls_.size();
+    }
     attempt_ = 0;
     back_off = false;  // connect at once with the new settings
     return;
@@ -473,6 +496,7 @@ void SyncEngine::closeForReconfigure() {
   requeueControl();
   sent_.clear();
   inflight_ = 0;
+  claims_->releaseAll(Uplink::kMqtt);  // their seqs are free for HTTPS now
   read_seq_ = 0;
   resend_.clear();
   probe_ = false;
@@ -563,6 +587,9 @@ void SyncEngine::handleDeliveries() {
     const bool current = session_up_ && batch.connection == connection_;
     if (current) {
       --inflight_;
+      // Delivered or refused, the claim ends (a refused range is claimed again when resent);
+      // a forgotten batch's claim was released with its connection.
+      claims_->done(Uplink::kMqtt, batch.first_seq);
     }
     if (d.ok) {
       // A forgotten batch's PUBACK counts too: the broker has those events.
@@ -573,15 +600,15 @@ void SyncEngine::handleDeliveries() {
     } else if (current && failure.empty()) {
       if (isEventRefusal(d.reason_code)) {
         if (!onRefused(batch, "the broker refused it: " + d.error, true)) {
-          failure = "the broker at " + mqtt_.url + " refused " +
+          failure = "the broker at " + nodeUrl() + " refused " +
                     std::to_string(kMaxHeldEvents + 1) +
                     " events sent alone and took nothing after them (" + d.error +
                     "): it refuses every batch, not one event";
         }
       } else if (d.reason_code != 0) {
-        failure = refusalAdvice(d.reason_code, d.error, mqtt_, topic("events"));
+        failure = refusalAdvice(d.reason_code, d.error, mqtt_, nodeUrl(), topic("events"));
       } else {
-        failure = "publish to " + mqtt_.url + " failed: " + d.error;
+        failure = "publish to " + nodeUrl() + " failed: " + d.error;
       }
     }
   }
@@ -696,7 +723,7 @@ void SyncEngine::strikeLoneBatch(const std::string& cause) {
   const InFlight batch = *lone;
   if (!onRefused(batch, "the broker closed the connection each time right after it (" + cause + ")",
                  false)) {
-    setError("the broker at " + mqtt_.url +
+    setError("the broker at " + nodeUrl() +
              " closes the connection after every batch, even single events: check its ACL for "
              "publishing to " +
              topic("events") + " and its maximum packet size (mqtt.max_packet_bytes)");
@@ -725,7 +752,8 @@ void SyncEngine::handleLoss(const std::string& cause) {
   read_seq_ = 0;  // resend everything still pending
   resend_.clear();
   requeueControl();
-  std::string error = "connection to " + mqtt_.url + " lost: " + cause;
+  claims_->releaseAll(Uplink::kMqtt);  // their seqs are free for HTTPS now
+  std::string error = "connection to " + nodeUrl() + " lost: " + cause;
   if (dropped_at_once) {
     error += fmt::format(
         " ({:.1f} s after the broker accepted it: another agent using the same mqtt.client_id "
@@ -736,6 +764,13 @@ void SyncEngine::handleLoss(const std::string& cause) {
   setConnected(false);
   publishInflight();
   spdlog::warn("sync: {}", error);
+  nextNode();  // the node may be gone: try the next one of a cluster first
+}
+
+void SyncEngine::nextNode() {
+  if (urls_.size() > 1) {
+    node_ = (node_ + 1) % urls_.size();
+  }
 }
 
 void SyncEngine::dropConnection(const std::string& cause) {
@@ -756,7 +791,7 @@ void SyncEngine::publishStatus() {
   }
   auto published = link_->publish(MqttMessage{topic("status"), std::move(doc), true}, kStatusTag);
   if (!published) {
-    setError("publish status to " + mqtt_.url + ": " + published.error().message);
+    setError("publish status to " + nodeUrl() + ": " + published.error().message);
   }
 }
 
@@ -805,6 +840,12 @@ void SyncEngine::clipBatch(std::vector<PendingEvent>& events) const {
 }
 
 bool SyncEngine::sendNextBatch() {
+  if (const uint64_t g = claims_->generation(); g != claims_generation_) {
+    claims_generation_ = g;
+    read_seq_ = 0;  // seqs came back to the pool (HTTPS failed, a backfill ended): from the head
+  }
+  // During an HTTPS backfill round the backlog up to the floor is HTTPS's; the newest is ours.
+  read_seq_ = std::max(read_seq_, claims_->floor());
   for (int skips = 0; skips < kMaxSkipsPerCall; ++skips) {
     const bool resending = !resend_.empty();
     const int64_t after = resending ? resend_.front().first - 1 : read_seq_;
@@ -836,14 +877,25 @@ bool SyncEngine::sendNextBatch() {
       continue;
     }
     clipBatch(*events);
+    // No seq goes out on both links at once (sync/claims.h).
+    const auto grant = claims_->claim(Uplink::kMqtt, first, events->back().seq);
+    if (!grant.granted) {
+      advanceCursor(resending, std::min(grant.last, upto));
+      continue;
+    }
+    events->erase(std::find_if(events->begin(), events->end(),
+                               [&](const PendingEvent& e) { return e.seq > grant.last; }),
+                  events->end());
 
     // Cut the batch until its PUBLISH fits the broker's maximum packet size; an event that
     // cannot fit alone is never sent (a 3.1.1 broker may PUBACK and drop it).
     const bool v5 = link_->protocolLevel() == 5;
     Result<Batch> batch = makeError("invalid", "not built");
     for (;;) {
-      batch = buildBatch(*events, options_.store_id, options_.agent_version, options_.compression);
+      batch = buildBatch(*events, options_.store_id, options_.agent_version, options_.compression,
+                         options_.space);
       if (!batch) {
+        claims_->release(Uplink::kMqtt, first);
         setError("build batch: " + batch.error().message);
         return false;
       }
@@ -853,6 +905,7 @@ bool SyncEngine::sendNextBatch() {
         break;
       }
       if (events->size() == 1) {
+        claims_->done(Uplink::kMqtt, first);
         quarantineEvent(first, fmt::format("the event is {} bytes ({} as sent with {}), over the "
                                            "broker's maximum packet size of {} bytes ({})",
                                            events->front().body.size(), packet,
@@ -877,16 +930,21 @@ bool SyncEngine::sendNextBatch() {
     const std::size_t bytes = batch->payload.size();
     sent_[tag] =
         InFlight{batch->first_seq, batch->last_seq, batch->count, connection_, steady_clock::now()};
+    if (batch->last_seq < grant.last) {
+      // Cut to fit the packet: the rest of the claim is free again.
+      claims_->shrink(Uplink::kMqtt, first, batch->last_seq);
+    }
     auto published =
         link_->publish(MqttMessage{topic_events_, std::move(batch->payload), false}, tag);
     if (!published) {
       sent_.erase(tag);
+      claims_->release(Uplink::kMqtt, first);
       dropConnection("publish batch: " + published.error().message);
       return true;
     }
     advanceCursor(resending, batch->last_seq);
     ++inflight_;
-    tokens_ -= static_cast<double>(bytes);
+    rate_->spend(static_cast<int64_t>(bytes));
     {
       std::lock_guard lock(status_mu_);
       ++status_.batches_sent;
@@ -946,21 +1004,7 @@ milliseconds SyncEngine::backoffDelay(int attempt) {
   return milliseconds(full_jitter(rng_));
 }
 
-int64_t SyncEngine::throttleWaitMs() {
-  if (options_.max_bytes_per_sec <= 0) {
-    return 0;
-  }
-  const double rate = static_cast<double>(options_.max_bytes_per_sec);
-  const auto now = steady_clock::now();
-  const double elapsed_s = std::chrono::duration<double>(now - tokens_at_).count();
-  tokens_at_ = now;
-  // A bucket of one second's worth; a batch larger than that just runs it into debt.
-  tokens_ = std::min(rate, tokens_ + elapsed_s * rate);
-  if (tokens_ >= 0) {
-    return 0;
-  }
-  return static_cast<int64_t>(std::ceil(-tokens_ / rate * 1000.0));
-}
+int64_t SyncEngine::throttleWaitMs() { return rate_->waitMs(); }
 
 void SyncEngine::shutdown() {
   if (link_ && session_up_ && link_->connected()) {
@@ -978,6 +1022,7 @@ void SyncEngine::shutdown() {
   link_.reset();
   handleDeliveries();  // what the link dropped on its way out: nothing to resend now
   sent_.clear();
+  claims_->releaseAll(Uplink::kMqtt);
   inflight_ = 0;
   read_seq_ = 0;
   {
@@ -991,6 +1036,7 @@ void SyncEngine::shutdown() {
 }
 
 void SyncEngine::setConnected(bool connected) {
+  claims_->setMqttUp(connected, nowMs());
   std::lock_guard lock(status_mu_);
   if (status_.connected != connected) {
     status_.connected = connected;

@@ -24,7 +24,9 @@
 #include "agent/api/inbox.h"
 #include "agent/api/outbox.h"
 #include "sync/batch.h"
+#include "sync/claims.h"
 #include "sync/mqtt_link.h"
+#include "sync/rate_limit.h"
 
 namespace omniedge::sync {
 
@@ -36,8 +38,14 @@ struct SyncOptions {
   std::size_t batch_max_bytes = 1024 * 1024;  // of event bodies, before compression
   Compression compression = Compression::kGzip;
   int max_inflight = 4;           // batches published and not yet PUBACKed
-  int64_t max_bytes_per_sec = 0;  // on the wire; 0 = unlimited
-  int status_interval_s = 60;     // R/status is also republished after every connect
+  int64_t max_bytes_per_sec = 0;  // on the wire; 0 = unlimited (ignored when `rate` is given)
+  /// The buffer's seq space: every batch carries its epoch and seq range (issue 14 point 7).
+  SeqSpace space;
+  /// Shared with the HTTPS uplink when there is one (sync/claims.h), so both drain one queue
+  /// without double work and sync.max_bytes_per_sec caps their sum; null: the engine's own.
+  std::shared_ptr<ClaimBook> claims;
+  std::shared_ptr<RateLimit> rate;
+  int status_interval_s = 60;  // R/status is also republished after every connect
   /// Topics the centre writes to (R/profiles, R/config/desired, R/cmd, the tenant's
   /// all/config/desired), subscribed at QoS 1 after every connect; what arrives goes to the
   /// `on_message` given to the engine.
@@ -54,6 +62,10 @@ using InboundHandler = std::function<void(const std::string& topic, const std::s
 /// A snapshot of the uplink, for `omniedge status` and metrics. Times are Unix ms, 0 = never.
 struct SyncStatus {
   bool connected = false;
+  /// The broker node in use (or tried last) of mqtt.url's list, and its index there.
+  std::string url;
+  std::size_t node = 0;
+  std::size_t nodes = 1;
   int64_t since_ms = 0;  // when `connected` last changed (or start())
   int mqtt_version = 0;  // protocol level of the current or last connection: 4 (3.1.1) or 5
   /// The latest connect/publish/read failure, saying what to check; empty if none yet. Kept
@@ -230,6 +242,8 @@ class SyncEngine {
   void waitSignal(std::stop_token stop, std::chrono::milliseconds timeout, bool any_news);
   std::chrono::milliseconds backoffDelay(int attempt);
   int64_t throttleWaitMs();
+  const std::string& nodeUrl() const { return urls_[node_]; }
+  void nextNode();
   void shutdown();
   void setConnected(bool connected);
   void setError(const std::string& error);
@@ -244,8 +258,13 @@ class SyncEngine {
   std::string topic_events_;  // idem
   Inbox* inbox_ = nullptr;
   std::function<std::vector<MqttMessage>()> connect_messages_;
+  std::vector<std::string> urls_;  // the broker cluster's nodes (mqtt.url's items); idem
+  const std::shared_ptr<ClaimBook> claims_;
+  const std::shared_ptr<RateLimit> rate_;
 
   // Sync thread only.
+  std::size_t node_ = 0;            // the node of urls_ connected to, or to try next
+  uint64_t claims_generation_ = 0;  // claims_->generation() last seen
   std::unique_ptr<MqttLink> link_;
   std::unordered_map<uint64_t, InFlight> sent_;  // current and forgotten batches by tag
   int inflight_ = 0;                             // entries of sent_ on the current connection
@@ -266,8 +285,6 @@ class SyncEngine {
   std::deque<std::pair<int64_t, int64_t>> resend_;  // refused on this connection: resent first
   bool probe_ = false;  // after a loss with batches in flight: one at a time until a PUBACK
   Strike strike_;
-  double tokens_ = 0;  // bytes the rate limit allows now
-  std::chrono::steady_clock::time_point tokens_at_;
   std::chrono::steady_clock::time_point status_due_;
   std::mt19937_64 rng_{std::random_device{}()};
   uint64_t generation_ = 0;                    // of mqtt_ and options_

@@ -23,7 +23,8 @@ class Outbox {
 
   /// Pending events with seq > after_seq, in seq order, at most max_events and about
   /// max_bytes of bodies (always at least one event when any is pending).
-  /// Thread: the sync thread only. Does not block on writers (own read connection, WAL).
+  /// Thread: any (the MQTT and HTTPS uplinks' threads; calls are serialised on one read
+  /// connection). Does not block on writers (WAL).
   virtual Result<std::vector<PendingEvent>> readPending(int64_t after_seq, std::size_t max_events,
                                                         std::size_t max_bytes) = 0;
 
@@ -39,7 +40,7 @@ class Outbox {
   virtual void quarantine(int64_t first_seq, int64_t last_seq, std::string reason) = 0;
 
   /// Wakes `waiter` when new events are pending (or after `timeout_ms`), whichever is first.
-  /// Returns the newest seq stored so far. Thread: the sync thread.
+  /// Returns the newest seq stored so far (at once with timeout_ms 0). Thread: any.
   virtual int64_t waitForNewer(int64_t seq, int timeout_ms) = 0;
 };
 

@@ -15,12 +15,20 @@ using cli::Command;
 // "config keygen" and "config sign" are reached as `omniedge config SUBCOMMAND`.
 const std::vector<Command>& commands() {
   static const std::vector<Command> all = {
-      cli::runCommand(),           cli::statusCommand(),
-      cli::tailCommand(),          cli::flushCommand(),
-      cli::exportCommand(),        cli::importCommand(),
-      cli::sendTestEventCommand(), cli::doctorCommand(),
-      cli::configShowCommand(),    cli::configValidateCommand(),
-      cli::configKeygenCommand(),  cli::configSignCommand(),
+      cli::runCommand(),
+      cli::statusCommand(),
+      cli::tailCommand(),
+      cli::flushCommand(),
+      cli::exportCommand(),
+      cli::importCommand(),
+      cli::sendTestEventCommand(),
+      cli::doctorCommand(),
+      cli::configShowCommand(),
+      cli::configValidateCommand(),
+      cli::configKeygenCommand(),
+      cli::configSignCommand(),
+      cli::retryQuarantineCommand(),
+      cli::resyncProfilesCommand(),
       cli::versionCommand(),
   };
   return all;

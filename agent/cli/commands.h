@@ -13,18 +13,20 @@ struct Command {
   std::function<int(const CommandSpec& spec, const Invocation& inv)> run;
 };
 
-Command runCommand();             // run.cpp
-Command statusCommand();          // status.cpp
-Command tailCommand();            // tail.cpp
-Command exportCommand();          // export.cpp
-Command importCommand();          // import.cpp
-Command flushCommand();           // flush.cpp
-Command sendTestEventCommand();   // flush.cpp
-Command doctorCommand();          // doctor.cpp
-Command configShowCommand();      // config_command.cpp
-Command configValidateCommand();  // config_command.cpp
-Command versionCommand();         // config_command.cpp
-Command configKeygenCommand();    // remote_config_cli.cpp
-Command configSignCommand();      // remote_config_cli.cpp
+Command runCommand();              // run.cpp
+Command statusCommand();           // status.cpp
+Command tailCommand();             // tail.cpp
+Command exportCommand();           // export.cpp
+Command importCommand();           // import.cpp
+Command flushCommand();            // flush.cpp
+Command sendTestEventCommand();    // flush.cpp
+Command doctorCommand();           // doctor.cpp
+Command configShowCommand();       // config_command.cpp
+Command configValidateCommand();   // config_command.cpp
+Command versionCommand();          // config_command.cpp
+Command configKeygenCommand();     // remote_config_cli.cpp
+Command configSignCommand();       // remote_config_cli.cpp
+Command retryQuarantineCommand();  // daemon_action.cpp
+Command resyncProfilesCommand();   // daemon_action.cpp
 
 }  // namespace omniedge::cli

@@ -5,6 +5,7 @@
 #include <grp.h>
 #include <netdb.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -45,6 +46,7 @@
 #include "agent/pii.h"
 #include "agent/store/buffer.h"
 #include "agent/store/buffer_reader.h"
+#include "sync/tls_probe.h"
 
 namespace omniedge {
 namespace {
@@ -93,6 +95,21 @@ std::string opensslError(const std::string& fallback) {
   char buf[256];
   ERR_error_string_n(e, buf, sizeof(buf));
   return buf;
+}
+
+/// "error:0A00045C:SSL routines::tlsv13 alert certificate required" -> "certificate required":
+/// what a TLS peer said about our certificate, if it said anything ("" otherwise).
+std::string tlsAlert(const std::string& error) {
+  const auto at = error.find("alert ");
+  if (at == std::string::npos) {
+    return "";
+  }
+  std::string alert = error.substr(at + 6);
+  const auto end = alert.find_first_of(":,\n");
+  if (end != std::string::npos) {
+    alert.resize(end);
+  }
+  return alert;
 }
 
 /// The directory itself, or its nearest existing ancestor (for statvfs on a missing data dir).
@@ -632,6 +649,9 @@ class Connection {
     return {};
   }
 
+  /// The server's certificate after startTls() (caller frees), or nullptr.
+  X509* peerCertificate() { return ssl_ ? SSL_get1_peer_certificate(ssl_.get()) : nullptr; }
+
   Result<void> sendAll(std::string_view data, Deadline deadline) {
     while (!data.empty()) {
       ssize_t n = 0;
@@ -817,9 +837,9 @@ Result<std::string> readSecret(const std::string& path) {
   return s;
 }
 
-DoctorCheck checkBroker(const config::Config& cfg) {
-  const std::string name = "mqtt broker";
-  auto url = config::parseUrl(cfg.str("mqtt.url"));
+DoctorCheck checkBroker(const config::Config& cfg, const std::string& node,
+                        const std::string& name) {
+  auto url = config::parseUrl(node);
   if (!url) {
     return fail(name, "mqtt.url: " + url.error().message);
   }
@@ -858,11 +878,44 @@ DoctorCheck checkBroker(const config::Config& cfg) {
     }
     password = *pw;
   }
+  const std::string presented = cfg.str("mqtt.cert_file").empty()
+                                    ? "this agent presents no client certificate: set "
+                                      "mqtt.cert_file and mqtt.key_file"
+                                    : "check mqtt.cert_file '" + cfg.str("mqtt.cert_file") +
+                                          "': signed by the CA the broker trusts, not expired, not "
+                                          "revoked";
+  // With TLS 1.3 the broker judges the client certificate after the handshake and may just
+  // close: ask it once more (sync/tls_probe.h) for the alert that says why.
+  auto probeAlert = [&]() -> std::string {
+    if (!tls) {
+      return "";
+    }
+    const auto probe = sync::probeTls(node, cfg.str("mqtt.ca_file"), cfg.str("mqtt.cert_file"),
+                                      cfg.str("mqtt.key_file"), true, kNetworkTimeout);
+    return probe.alert;
+  };
   if (auto r = conn.sendAll(mqttConnectPacket(username, password), deadline); !r) {
+    std::string alert = tlsAlert(r.error().message);
+    if (alert.empty()) {
+      alert = probeAlert();
+    }
+    if (!alert.empty()) {
+      return fail(name, where + ": the broker refused the TLS connection (alert: " + alert +
+                            "): " + presented);
+    }
     return fail(name, detail + ", but sending MQTT CONNECT failed: " + r.error().message);
   }
   auto connack = conn.receive(4, deadline);
   if (!connack) {
+    std::string alert = tlsAlert(connack.error().message);
+    if (alert.empty() && connack.error().code != "timeout") {
+      alert = probeAlert();
+    }
+    if (!alert.empty()) {
+      // TLS 1.3: the broker checks the client certificate after the handshake.
+      return fail(name, where + ": the broker refused the TLS connection (alert: " + alert +
+                            "): " + presented);
+    }
     if (connack.error().code == "timeout") {
       return fail(name, detail + ", but no MQTT answer to CONNECT within " +
                             std::to_string(kNetworkTimeout.count()) + " s (is this an MQTT port?)");
@@ -887,6 +940,66 @@ DoctorCheck checkBroker(const config::Config& cfg) {
                           connackReason(rc) + ")");
   }
   return fail(name, detail + ", but MQTT login " + as + " refused: " + connackReason(rc));
+}
+
+/// The SHA-256 of the SubjectPublicKeyInfo of `cert`, base64: how https.pinned_pubkey names a
+/// key ("sha256//BASE64").
+std::string pubkeyPin(X509* cert) {
+  EVP_PKEY* key = X509_get0_pubkey(cert);
+  unsigned char* der = nullptr;
+  const int len = key != nullptr ? i2d_PUBKEY(key, &der) : -1;
+  if (len <= 0) {
+    return "";
+  }
+  unsigned char digest[32];
+  unsigned int digest_len = 0;
+  EVP_Digest(der, static_cast<std::size_t>(len), digest, &digest_len, EVP_sha256(), nullptr);
+  OPENSSL_free(der);
+  unsigned char b64[64];
+  const int n = EVP_EncodeBlock(b64, digest, static_cast<int>(digest_len));
+  return "sha256//" + std::string(reinterpret_cast<char*>(b64), static_cast<std::size_t>(n));
+}
+
+/// The pins https.pinned_pubkey allows: its "sha256//…" items, or the pin of the public key in
+/// the PEM or DER file it names. Fails with a message naming the file.
+Result<std::vector<std::string>> allowedPins(const std::string& pinned) {
+  std::vector<std::string> pins;
+  if (pinned.rfind("sha256//", 0) == 0) {
+    std::size_t from = 0;
+    while (from < pinned.size()) {
+      auto semi = pinned.find(';', from);
+      if (semi == std::string::npos) {
+        semi = pinned.size();
+      }
+      pins.push_back(pinned.substr(from, semi - from));
+      from = semi + 1;
+    }
+    return pins;
+  }
+  std::ifstream in(pinned, std::ios::binary);
+  if (!in) {
+    return makeError("io", "https.pinned_pubkey: cannot read '" + pinned + "'");
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+      BIO_new_mem_buf(text.data(), static_cast<int>(text.size())), &BIO_free);
+  EVP_PKEY* key = PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr);
+  if (key == nullptr) {
+    const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+    key = d2i_PUBKEY(nullptr, &p, static_cast<long>(text.size()));  // NOLINT(runtime/int)
+  }
+  ERR_clear_error();
+  if (key == nullptr) {
+    return makeError("invalid", "https.pinned_pubkey: '" + pinned +
+                                    "' holds no public key (PEM or DER SubjectPublicKeyInfo)");
+  }
+  std::unique_ptr<X509, decltype(&X509_free)> holder(X509_new(), &X509_free);
+  X509_set_pubkey(holder.get(), key);
+  EVP_PKEY_free(key);
+  pins.push_back(pubkeyPin(holder.get()));
+  return pins;
 }
 
 DoctorCheck checkHttps(const config::Config& cfg) {
@@ -914,14 +1027,99 @@ DoctorCheck checkHttps(const config::Config& cfg) {
                        cfg.str("https.key_file"), !skip_verify};
   std::string summary;
   if (auto r = conn.startTls(url->host, settings, deadline, summary); !r) {
+    if (const auto alert = tlsAlert(r.error().message); !alert.empty()) {
+      return fail(name, where + ": the server refused the TLS connection (alert: " + alert + ")");
+    }
     return fail(name, where + ": " + r.error().message);
   }
-  if (skip_verify) {
-    return warn(name, where + " reachable (" + summary +
-                          "), but the server certificate is NOT verified "
-                          "(https.insecure_skip_verify = true)");
+  if (const std::string pinned = cfg.str("https.pinned_pubkey"); !pinned.empty()) {
+    auto pins = allowedPins(pinned);
+    if (!pins) {
+      return fail(name, pins.error().message);
+    }
+    std::unique_ptr<X509, decltype(&X509_free)> peer(conn.peerCertificate(), &X509_free);
+    const std::string got = peer ? pubkeyPin(peer.get()) : "";
+    if (std::find(pins->begin(), pins->end(), got) == pins->end()) {
+      return fail(name, where + " presented the public key " + got +
+                            ", which https.pinned_pubkey does not allow: a man in the middle, or "
+                            "the centre changed its key (then update https.pinned_pubkey)");
+    }
+    summary += ", public key pinned";
   }
-  return ok(name, where + " reachable, TLS verified (" + summary + ")");
+  // A request shows what TLS alone cannot: with TLS 1.3 the server checks the client
+  // certificate after the handshake, and the path may be wrong.
+  const std::string path = url->path + "/v1/stores/" + cfg.str("store.id") + "/profiles?limit=1";
+  const std::string request = "GET " + path + " HTTP/1.1\r\nHost: " + hostPort(*url) +
+                              "\r\nUser-Agent: omniedge-doctor\r\nConnection: close\r\n\r\n";
+  const std::string presented = cfg.str("https.cert_file").empty()
+                                    ? "this agent presents no client certificate: set "
+                                      "https.cert_file and https.key_file"
+                                    : "check https.cert_file '" + cfg.str("https.cert_file") +
+                                          "': signed by the CA the centre trusts, not expired, "
+                                          "not revoked";
+  std::string status_line;
+  auto sent = conn.sendAll(request, deadline);
+  if (sent) {
+    for (;;) {
+      auto c = conn.receive(1, deadline);
+      if (!c) {
+        if (const auto alert = tlsAlert(c.error().message); !alert.empty()) {
+          return fail(name, where + ": the server refused the TLS connection (alert: " + alert +
+                                "): " + presented);
+        }
+        if (status_line.empty()) {
+          return fail(name, where + " completed the TLS handshake (" + summary +
+                                ") but closed the connection without answering (" +
+                                c.error().message + "): did it refuse the client certificate? " +
+                                presented);
+        }
+        break;
+      }
+      if ((*c)[0] == '\n' || status_line.size() > 200) {
+        break;
+      }
+      if ((*c)[0] != '\r') {
+        status_line += *c;
+      }
+    }
+  } else {
+    // The server may have hung up with an alert that is still to be read.
+    std::string alert = tlsAlert(sent.error().message);
+    if (alert.empty()) {
+      auto c = conn.receive(1, deadline);
+      alert = c ? "" : tlsAlert(c.error().message);
+    }
+    if (!alert.empty()) {
+      return fail(name, where + ": the server refused the TLS connection (alert: " + alert +
+                            "): " + presented);
+    }
+    return fail(name, where + " completed the TLS handshake (" + summary +
+                          ") but closed the connection before the request was sent (" +
+                          sent.error().message + "): did it refuse the client certificate? " +
+                          presented);
+  }
+  const auto space = status_line.find(' ');
+  const int status = space != std::string::npos ? std::atoi(status_line.c_str() + space + 1) : 0;
+  std::string detail = where + " reachable, TLS verified (" + summary + ")";
+  if (skip_verify) {
+    detail = where + " reachable (" + summary +
+             "), but the server certificate is NOT verified (https.insecure_skip_verify = true)";
+  }
+  if (status == 401 || status == 403) {
+    return fail(name, detail + ", but GET " + path + " answered " + std::to_string(status) +
+                          ": the centre does not accept this agent (its client certificate's CN "
+                          "must be the store id if the centre checks it)");
+  }
+  if (status == 404) {
+    return fail(name, detail + ", but GET " + path + " answered 404: check https.base_url");
+  }
+  if (status == 0) {
+    return warn(name, detail + ", but no HTTP answer to GET " + path);
+  }
+  if (skip_verify) {
+    return warn(name, detail);
+  }
+  return ok(name, detail + ", HTTP " + std::to_string(status));
 }
 
 /// Blocks SIGPIPE on this thread while TLS writes may hit a closed socket, and swallows any
@@ -993,7 +1191,14 @@ std::vector<DoctorCheck> runDoctorChecks(const config::Config& cfg,
   checks.push_back(checkDaemon(control_sockets, dir));
   {
     SigpipeGuard guard;
-    checks.push_back(checkBroker(cfg));
+    const auto nodes = cfg.list("mqtt.url");
+    for (std::size_t i = 0; i < nodes.size(); ++i) {
+      checks.push_back(checkBroker(cfg, nodes[i],
+                                   nodes.size() == 1
+                                       ? std::string("mqtt broker")
+                                       : "mqtt broker (node " + std::to_string(i + 1) + " of " +
+                                             std::to_string(nodes.size()) + ")"));
+    }
     checks.push_back(checkHttps(cfg));
   }
   bool any_cert = false;
@@ -1009,8 +1214,8 @@ std::vector<DoctorCheck> runDoctorChecks(const config::Config& cfg,
   }
   checks.push_back(checkClock());
   checks.push_back(checkPiiKey(cfg.str("identity.hmac_key_file")));
-  checks.push_back(checkPhoneModule(cfg.str("identity.phone_module"),
-                                    cfg.str("identity.default_region")));
+  checks.push_back(
+      checkPhoneModule(cfg.str("identity.phone_module"), cfg.str("identity.default_region")));
   return checks;
 }
 

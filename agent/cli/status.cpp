@@ -167,11 +167,24 @@ class StatusView {
       std::string state = str(h, "state", "unknown");
       std::replace(state.begin(), state.end(), '_', ' ');
       std::string text = "https " + state;
-      if (!str(h, "url").empty()) {
-        text += " (" + str(h, "url") + ")";
+      const std::string since = ageOf(h, "since", now);
+      if (!since.empty()) {
+        text += " for " + since;
       }
-      if (str(h, "state") != "connected" && !str(h, "last_error").empty()) {
+      for (const char* key : {"base_url", "url"}) {
+        if (!str(h, key).empty()) {
+          text += " (" + str(h, key) + ")";
+          break;
+        }
+      }
+      if (has(h, "events")) {
+        text += "; " + thousands(num(h, "events")) + " events delivered";
+      }
+      if (!str(h, "last_error").empty() && !flag(h, "last_error_resolved")) {
         text += ": " + str(h, "last_error");
+      }
+      if (auto ago = secondsSince(str(h, "next_attempt_at"), now); ago && *ago < 0) {
+        text += "; next attempt in " + humanAge(-*ago);
       }
       m.is_object() ? more(text) : line("uplink", text);
     }
@@ -249,6 +262,7 @@ class StatusView {
         }
       }
       line("quarantine", qt);
+      more("`omniedge retry-quarantine` queues them again once the centre takes them");
     }
   }
 

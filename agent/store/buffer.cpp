@@ -43,6 +43,37 @@ constexpr auto kStopAckDeadline = std::chrono::seconds(2);
 // Sleep between rounds while the disk refuses acknowledgements: do not spin on it.
 constexpr auto kFailedAckPause = std::chrono::milliseconds(200);
 
+// Adds `seq` to `ranges`, extending the last range when it follows it (seqs mostly come in
+// order); normaliseRanges() sorts out the rest.
+void addSeq(SeqRanges& ranges, int64_t seq) {
+  if (!ranges.empty() && ranges.back().second + 1 == seq) {
+    ranges.back().second = seq;
+  } else {
+    ranges.emplace_back(seq, seq);
+  }
+}
+
+void appendRanges(SeqRanges& to, const SeqRanges& from) {
+  to.insert(to.end(), from.begin(), from.end());
+  normaliseRanges(to);
+}
+
+void mergeQuarantines(std::vector<QuarantineReport>& to,
+                      const std::vector<QuarantineReport>& from) {
+  for (const auto& q : from) {
+    auto it = std::find_if(to.begin(), to.end(),
+                           [&](const QuarantineReport& t) { return t.reason == q.reason; });
+    if (it == to.end()) {
+      to.push_back(q);
+      normaliseRanges(to.back().ranges);
+      continue;
+    }
+    it->events += q.events;
+    it->bytes += q.bytes;
+    appendRanges(it->ranges, q.ranges);
+  }
+}
+
 int64_t rowCost(const StoredEvent& e) {
   return static_cast<int64_t>(e.body.size() + e.id.size() + e.type.size()) + kRowOverhead;
 }
@@ -102,6 +133,23 @@ int walHook(void* frames, sqlite3* /*db*/, const char* /*name*/, int n) {
 
 }  // namespace
 
+void normaliseRanges(SeqRanges& ranges) {
+  if (ranges.size() < 2) {
+    return;
+  }
+  std::sort(ranges.begin(), ranges.end());
+  SeqRanges out;
+  out.reserve(ranges.size());
+  for (const auto& r : ranges) {
+    if (!out.empty() && r.first <= out.back().second + 1) {
+      out.back().second = std::max(out.back().second, r.second);
+    } else {
+      out.push_back(r);
+    }
+  }
+  ranges.swap(out);
+}
+
 struct Buffer::Request {
   std::vector<StoredEvent> events;
   std::size_t bytes = 0;
@@ -141,6 +189,7 @@ struct Buffer::Attempt {
   uint64_t rejected_full = 0;
   bool accepted_plain = false;  // a request other than an agent.* report was stored
   std::string quarantine_reason;
+  std::vector<QuarantineReport> quarantines;  // what moved to the quarantine, by reason
   EvictionReport evicted;
   std::vector<std::pair<int64_t, const StoredEvent*>> inserted;
   int64_t max_seq = 0;
@@ -192,7 +241,7 @@ Result<void> Buffer::prepare() {
            {&s.copy_quarantine,
             "INSERT OR IGNORE INTO quarantine(seq, id, type, prio, received_ms, quarantined_ms, "
             "reason, body) SELECT seq, id, type, prio, received_ms, ?, ?, body FROM events "
-            "WHERE seq BETWEEN ? AND ? RETURNING length(body) + length(id) + length(type)"},
+            "WHERE seq BETWEEN ? AND ? RETURNING seq, length(body) + length(id) + length(type)"},
            {&s.quarantine_chunk,
             "SELECT seq, id, type, prio, received_ms, body FROM quarantine ORDER BY seq LIMIT ?"},
            {&s.delete_quarantine,
@@ -384,8 +433,10 @@ bool Buffer::evictLow(int64_t bytes_needed, Counters& work, EvictionReport& repo
     int64_t first_ms = 0;
     int64_t last_ms = 0;
     int rc = 0;
+    SeqRanges seqs;
     while (freed + bytes < bytes_needed && (rc = s.select_low.step()) == SQLITE_ROW) {
       last_seq = s.select_low.col(0);
+      addSeq(seqs, last_seq);
       last_ms = s.select_low.col(1);
       if (n == 0) {
         first_ms = last_ms;
@@ -413,6 +464,7 @@ bool Buffer::evictLow(int64_t bytes_needed, Counters& work, EvictionReport& repo
     report.newest_received_ms = last_ms;
     report.events += n;
     report.bytes += bytes;
+    report.ranges.insert(report.ranges.end(), seqs.begin(), seqs.end());
   }
   return true;
 }
@@ -832,9 +884,17 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
         s.copy_quarantine.bind(3, op.first_seq);
         s.copy_quarantine.bind(4, op.last_seq);
         int rc = 0;
+        QuarantineReport moved{op.quarantine_reason, 0, 0, {}};
         while ((rc = s.copy_quarantine.step()) == SQLITE_ROW) {
+          const int64_t cost = s.copy_quarantine.col(1) + kRowOverhead;
           work.quarantine_events += 1;
-          work.quarantine_bytes += s.copy_quarantine.col(0) + kRowOverhead;
+          work.quarantine_bytes += cost;
+          moved.events += 1;
+          moved.bytes += cost;
+          addSeq(moved.ranges, s.copy_quarantine.col(0));
+        }
+        if (moved.events > 0) {
+          mergeQuarantines(a.quarantines, {moved});
         }
         s.copy_quarantine.reset();
         ok = rc == SQLITE_DONE;
@@ -898,6 +958,7 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
       a.acked = 0;
       a.quarantined = 0;
       a.quarantine_reason.clear();
+      a.quarantines.clear();
     } else {
       a.acks_applied = true;
     }
@@ -1046,6 +1107,14 @@ void Buffer::restoreCommitted(int64_t burnt_up_to) {
   }
   const int64_t high = highWater(db_).value_or(0);
   s.next_seq = std::max({s.next_seq, burnt_up_to, high + 1, s.committed.last_seq + 1});
+  // Seqs above the last committed one that this lost attempt handed out are never given again:
+  // for the centre's gap check they are reported as given to no event, once a commit made
+  // the new high-water mark durable (publishCommitted).
+  const int64_t from = std::max(s.committed.last_seq, burnt_tracked_to_) + 1;
+  if (s.next_seq - 1 >= from) {
+    burnt_.emplace_back(from, s.next_seq - 1);
+    burnt_tracked_to_ = s.next_seq - 1;
+  }
   cap_cache_ = 0;
 }
 
@@ -1077,7 +1146,14 @@ void Buffer::publishCommitted(const Attempt& a) {
     evictions_.newest_received_ms = a.evicted.newest_received_ms;
     evictions_.events += a.evicted.events;
     evictions_.bytes += a.evicted.bytes;
+    appendRanges(evictions_.ranges, a.evicted.ranges);
   }
+  if (!burnt_.empty()) {
+    // This commit saved a high-water mark above them: they are final now.
+    appendRanges(evictions_.skipped, burnt_);
+    burnt_.clear();
+  }
+  mergeQuarantines(quarantines_, a.quarantines);
   refreshStatsLocked();
 
   // The ring behind `tail`: the newest events that fit in kRecentEvents and recent_max_bytes.
@@ -1281,10 +1357,14 @@ void Buffer::refreshStatsLocked() {
 }
 
 void Buffer::returnEvictions(const EvictionReport& report) {
-  if (report.events == 0) {
+  if (report.empty()) {
     return;
   }
   std::lock_guard lock(mu_);
+  appendRanges(evictions_.skipped, report.skipped);
+  if (report.events == 0) {
+    return;
+  }
   if (evictions_.events == 0 || report.oldest_received_ms < evictions_.oldest_received_ms) {
     evictions_.oldest_received_ms = report.oldest_received_ms;
   }
@@ -1292,6 +1372,46 @@ void Buffer::returnEvictions(const EvictionReport& report) {
       std::max(evictions_.newest_received_ms, report.newest_received_ms);
   evictions_.events += report.events;
   evictions_.bytes += report.bytes;
+  appendRanges(evictions_.ranges, report.ranges);
+}
+
+Result<std::vector<QuarantinedEvent>> Buffer::quarantined(std::size_t limit) {
+  std::lock_guard lock(reader_mu_);
+  sqlite3_stmt* st = nullptr;
+  std::vector<QuarantinedEvent> out;
+  int rc = sqlite3_prepare_v2(reader_,
+                              "SELECT seq, id, type, quarantined_ms, reason FROM quarantine "
+                              "ORDER BY quarantined_ms DESC, seq DESC LIMIT ?",
+                              -1, &st, nullptr);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, static_cast<int64_t>(limit));
+    auto text = [&](int i) {
+      const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(st, i));
+      return p != nullptr ? std::string(p) : std::string();
+    };
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      out.push_back(QuarantinedEvent{sqlite3_column_int64(st, 0), text(1), text(2),
+                                     sqlite3_column_int64(st, 3), text(4)});
+    }
+  }
+  const std::string msg = sqlite3_errmsg(reader_);
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) {
+    return makeError("io", "reading the quarantine: " + msg);
+  }
+  return out;
+}
+
+std::vector<QuarantineReport> Buffer::takeQuarantines() {
+  std::lock_guard lock(mu_);
+  std::vector<QuarantineReport> r;
+  r.swap(quarantines_);
+  return r;
+}
+
+void Buffer::returnQuarantines(const std::vector<QuarantineReport>& reports) {
+  std::lock_guard lock(mu_);
+  mergeQuarantines(quarantines_, reports);
 }
 
 EvictionReport Buffer::takeEvictions() {

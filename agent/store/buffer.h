@@ -65,12 +65,42 @@ struct AppendCounts {
   std::size_t duplicates = 0;
 };
 
-/// What an eviction removed, for the agent.data_dropped report.
+/// Inclusive seq ranges [first, last], ascending and disjoint once normalised.
+using SeqRanges = std::vector<std::pair<int64_t, int64_t>>;
+
+/// Sorts `ranges` and merges overlapping or adjacent ones. Thread: any.
+void normaliseRanges(SeqRanges& ranges);
+
+/// What an eviction removed, for the agent.data_dropped report. The seq ranges let the centre
+/// tell an evicted event from a lost one (issue 14 point 7).
 struct EvictionReport {
   int64_t events = 0;
   int64_t bytes = 0;
   int64_t oldest_received_ms = 0;
   int64_t newest_received_ms = 0;
+  SeqRanges ranges;  // the seqs evicted (exactly: low-priority ones only)
+  /// Seqs handed to no event: a transaction that rolled back after numbering its events (an I/O
+  /// error, a full disk) burns its seqs, which are never given again. Reported once a later
+  /// commit has made them final (a crash before that gives them again).
+  SeqRanges skipped;
+  bool empty() const { return events == 0 && skipped.empty(); }
+};
+
+/// What moved to the quarantine since the last report, for each reason.
+struct QuarantineReport {
+  std::string reason;
+  int64_t events = 0;
+  int64_t bytes = 0;
+  SeqRanges ranges;  // the seqs of the events moved (exactly)
+};
+
+/// An event in the quarantine, for `omniedge status`.
+struct QuarantinedEvent {
+  int64_t seq = 0;
+  std::string id;
+  std::string type;
+  int64_t quarantined_ms = 0;
+  std::string reason;
 };
 
 /// A recently stored event, for `omniedge tail` while the daemon runs.
@@ -130,6 +160,16 @@ struct OpenReport {
   // (their readable events are pending again), and how many events they gave.
   std::vector<std::string> picked_up;
   int64_t picked_up_events = 0;
+  // For the centre's gap check (issue 14 point 7). A recovered buffer starts a new epoch; the
+  // corrupt file's epoch (previous_epoch, "" when unreadable) loses the seqs of the events
+  // salvaged (they are pending again under new seqs: recovered_seqs) and of the stretches that
+  // could not be read (unreadable_seqs). Kept in meta until reported, like the rest.
+  std::string previous_epoch;
+  SeqRanges recovered_seqs;
+  SeqRanges unreadable_seqs;
+  /// Seqs of the current epoch a pick-up gave to no pending event (a jump above the picked-up
+  /// file's seqs, its quarantined events).
+  SeqRanges skipped_seqs;
 };
 
 class Buffer final : public Outbox {
@@ -148,6 +188,14 @@ class Buffer final : public Outbox {
   Buffer& operator=(const Buffer&) = delete;
 
   const OpenReport& openReport() const { return open_report_; }
+
+  /// The buffer's epoch: a random id naming its seq space, made with the file and kept in its
+  /// meta table; a recovered (corrupt) buffer starts a new one. Seqs are never reused within an
+  /// epoch. Thread: any (fixed after open).
+  const std::string& epoch() const { return epoch_; }
+  /// The first seq the epoch ever gave (1 for a new file; higher for a buffer made before
+  /// epochs existed or recovered from a corrupt one). Thread: any.
+  int64_t epochStartSeq() const { return epoch_start_seq_; }
 
   /// Stores `events` all-or-nothing in one group commit. Thread: any. Blocks until durable
   /// (and, while more than max_queue_bytes wait for the writer, until there is room).
@@ -178,11 +226,19 @@ class Buffer final : public Outbox {
   /// (what was moved before stays moved), "stopping" or "io".
   Result<int64_t> retryQuarantine();
 
+  /// The newest `limit` quarantined events (newest first), without their bodies. Thread: any;
+  /// a short read on the reader connection. Fails "io".
+  Result<std::vector<QuarantinedEvent>> quarantined(std::size_t limit);
+
   /// Evictions since the last call (reset by the call). Thread: any.
   EvictionReport takeEvictions();
   /// Puts back a report taken by takeEvictions() that could not be sent on (the next take
   /// includes it again), so an eviction is never reported to nobody. Thread: any.
   void returnEvictions(const EvictionReport& report);
+  /// Quarantines committed since the last call, one report per reason (reset by the call);
+  /// returnQuarantines() puts back what could not be reported. Thread: any.
+  std::vector<QuarantineReport> takeQuarantines();
+  void returnQuarantines(const std::vector<QuarantineReport>& reports);
 
   /// The newest stored events with seq > after_seq (at most `limit`, oldest first), from an
   /// in-memory ring of the last kRecentEvents (and at most recent_max_bytes of bodies):
@@ -230,6 +286,7 @@ class Buffer final : public Outbox {
   Result<void> finishInterruptedRecovery();
   Result<void> finishRecoveryFiles(int64_t ms);
   Result<void> pickUpCorruptFiles();
+  Result<void> loadEpoch();
   void recoveryStep(std::string_view step);
   int64_t capBytes(int64_t used);
   bool evictLow(int64_t bytes_needed, Counters& work, EvictionReport& report);
@@ -266,10 +323,13 @@ class Buffer final : public Outbox {
   bool writer_done_ = false;                              // guarded by mu_
   BufferStats stats_;                                     // guarded by mu_
   EvictionReport evictions_;                              // guarded by mu_
+  std::vector<QuarantineReport> quarantines_;             // guarded by mu_
   std::deque<RecentEvent> recent_;                        // guarded by mu_
   std::size_t recent_bytes_ = 0;                          // guarded by mu_
   int64_t page_size_ = 4096;
   int lock_fd_ = -1;
+  std::string epoch_;  // fixed once open() returns
+  int64_t epoch_start_seq_ = 1;
   // Writer thread only:
   int64_t free_disk_checked_ms_ = 0;
   int64_t cap_cache_ = 0;
@@ -281,6 +341,8 @@ class Buffer final : public Outbox {
   std::chrono::steady_clock::time_point restart_retry_at_;
   std::chrono::steady_clock::time_point failure_logged_at_;
   uint64_t failures_unlogged_ = 0;
+  SeqRanges burnt_;               // seqs of lost transactions, reported after the next commit
+  int64_t burnt_tracked_to_ = 0;  // the highest seq already in burnt_ (or reported)
   std::thread writer_;
 };
 

@@ -1,8 +1,6 @@
 // Opening, checking and recovering the buffer's files (see buffer.h and docs/reliability.md):
 // permission and I/O problems are told apart from corruption, and a corrupt file is salvaged
 // crash-safely before it is moved aside.
-#include "agent/store/buffer.h"
-
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
@@ -16,7 +14,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 
+#include "agent/api/uuid.h"
+#include "agent/store/buffer.h"
 #include "agent/store/buffer_sqlite.h"
 
 namespace omniedge::store {
@@ -299,10 +300,11 @@ CREATE INDEX IF NOT EXISTS quarantine_id ON quarantine(id);
 )sql";
 
 // Reads the rows of `sql` (its one parameter: the last seq read) in seq order, stepping over
-// stretches SQLite cannot read (ever larger steps, at most 32 times); calls `row` for each.
+// stretches SQLite cannot read (ever larger steps, at most 32 times); calls `row` for each, and
+// `skipped(first, last)` for each stretch stepped over (last = INT64_MAX when it gave up).
 // False only when `row` failed (the destination could not be written).
-template <class F>
-bool readBySeq(sqlite3* src, const char* sql, F row) {
+template <class F, class G>
+bool readBySeq(sqlite3* src, const char* sql, F row, G skipped) {
   sqlite3_stmt* sel = nullptr;
   if (sqlite3_prepare_v2(src, sql, -1, &sel, nullptr) != SQLITE_OK) {
     sqlite3_finalize(sel);
@@ -326,11 +328,68 @@ bool readBySeq(sqlite3* src, const char* sql, F row) {
       break;
     }
     ++errors;
+    if (errors == 32) {
+      skipped(after + 1, std::numeric_limits<int64_t>::max());
+      break;
+    }
+    skipped(after + 1, after + skip);
     after += skip;
     skip = std::min<int64_t>(skip * 4, int64_t{1} << 40);
   }
   sqlite3_finalize(sel);
   return ok;
+}
+
+template <class F>
+bool readBySeq(sqlite3* src, const char* sql, F row) {
+  return readBySeq(src, sql, row, [](int64_t, int64_t) {});
+}
+
+// Seq ranges as text for the meta table: "1-5,9-9".
+std::string rangesText(const SeqRanges& ranges) {
+  std::string out;
+  for (const auto& [a, b] : ranges) {
+    out += (out.empty() ? "" : ",") + std::to_string(a) + "-" + std::to_string(b);
+  }
+  return out;
+}
+
+SeqRanges parseRanges(const std::string& text) {
+  SeqRanges out;
+  std::size_t from = 0;
+  while (from < text.size()) {
+    std::size_t comma = text.find(',', from);
+    if (comma == std::string::npos) {
+      comma = text.size();
+    }
+    const std::string item = text.substr(from, comma - from);
+    const auto dash = item.find('-');
+    if (dash != std::string::npos) {
+      const int64_t a = std::atoll(item.substr(0, dash).c_str());
+      const int64_t b = std::atoll(item.substr(dash + 1).c_str());
+      if (a >= 1 && b >= a) {
+        out.emplace_back(a, b);
+      }
+    }
+    from = comma + 1;
+  }
+  return out;
+}
+
+// One value of the meta table ("" when absent or unreadable).
+std::string metaValue(sqlite3* db, const char* key) {
+  std::string v;
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?", -1, &st, nullptr) ==
+      SQLITE_OK) {
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+      const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+      v = text != nullptr ? text : "";
+    }
+  }
+  sqlite3_finalize(st);
+  return v;
 }
 
 // The same for a table keyed by text (delivered_ids): past an unreadable stretch, the search
@@ -383,13 +442,20 @@ struct Salvaged {
   int64_t events = 0;
   int64_t quarantined = 0;
   int64_t delivered_ids = 0;
+  // For the gap check (see OpenReport).
+  std::string previous_epoch;
+  SeqRanges recovered_seqs;   // old seqs of the events read (copied, or already there)
+  SeqRanges unreadable_seqs;  // old seqs that could not be read
+  SeqRanges skipped_seqs;     // seqs of dst's epoch given to no pending event (not fresh)
 };
 
 // Copies everything still readable from the file `src_file` into `dst` in ONE transaction: the
-// pending events (in order, with new seqs above everything either file ever gave), the
-// quarantine, the POS dedup memory (delivered_ids) and the retained delivered events; recounts
+// quarantine, then the pending events (in order, with new seqs above everything either file
+// ever gave), the POS dedup memory (delivered_ids) and the retained delivered events; recounts
 // dst's counters; records in dst's meta that `source_name` was salvaged. Nothing is written
 // to `src_file`. Fails only when dst cannot be written (disk full, I/O): then nothing is.
+// A `fresh` dst gets a new epoch starting at the first salvaged event's seq (the quarantine's
+// new seqs come before it, so the centre expects none of them).
 Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::string& source_name,
                              const std::string& problem, bool fresh) {
   // Even a read-only connection creates an empty -wal and a -shm beside a WAL-mode file: what
@@ -405,10 +471,15 @@ Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::
   } else {
     sqlite3_busy_timeout(src, 1000);
   }
-  int64_t next = std::max(highWater(dst).value_or(0),
-                          src != nullptr ? highWater(src).value_or(0) : int64_t{0}) +
-                 1;
+  const int64_t dst_high = highWater(dst).value_or(0);
+  // -1: the corrupt file's highest seq could not be read.
+  const int64_t src_high = src != nullptr ? highWater(src).value_or(-1) : -1;
+  int64_t next = std::max(dst_high, src_high) + 1;
   Salvaged got;
+  if (src != nullptr) {
+    got.previous_epoch = metaValue(src, "epoch");
+  }
+  int64_t events_first = 0;  // dst's seq of the first salvaged event
   std::string failure;
   auto write = [&](sqlite3_stmt* st) {
     const int rc = sqlite3_step(st);
@@ -458,22 +529,8 @@ Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::
     failure = sqlite3_errmsg(dst);
   }
   if (ok && src != nullptr) {
+    // The quarantine first: its new seqs then lie below the events' (see above).
     ok = readBySeq(src,
-                   "SELECT seq, id, type, prio, received_ms, body FROM events WHERE seq > ? "
-                   "ORDER BY seq",
-                   [&](sqlite3_stmt* row) {
-                     sqlite3_bind_int64(ins_event, 1, next);
-                     for (int i = 1; i < 6; ++i) {
-                       sqlite3_bind_value(ins_event, i + 1, sqlite3_column_value(row, i));
-                     }
-                     const int n = write(ins_event);
-                     if (n > 0) {
-                       ++got.events;
-                       ++next;
-                     }
-                     return n >= 0;
-                   }) &&
-         readBySeq(src,
                    "SELECT seq, id, type, prio, received_ms, quarantined_ms, reason, body FROM "
                    "quarantine WHERE seq > ? ORDER BY seq",
                    [&](sqlite3_stmt* row) {
@@ -487,7 +544,47 @@ Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::
                        ++next;
                      }
                      return n >= 0;
-                   }) &&
+                   });
+    events_first = next;
+    ok = ok &&
+         readBySeq(
+             src,
+             "SELECT seq, id, type, prio, received_ms, body FROM events WHERE seq > ? "
+             "ORDER BY seq",
+             [&](sqlite3_stmt* row) {
+               sqlite3_bind_int64(ins_event, 1, next);
+               for (int i = 1; i < 6; ++i) {
+                 sqlite3_bind_value(ins_event, i + 1, sqlite3_column_value(row, i));
+               }
+               const int n = write(ins_event);
+               if (n > 0) {
+                 ++got.events;
+                 ++next;
+               }
+               // Copied, or already pending or delivered (a duplicate id): either way its old
+               // seq is retired, not lost.
+               if (n >= 0) {
+                 const int64_t old = sqlite3_column_int64(row, 0);
+                 if (!got.recovered_seqs.empty() && got.recovered_seqs.back().second + 1 == old) {
+                   got.recovered_seqs.back().second = old;
+                 } else {
+                   got.recovered_seqs.emplace_back(old, old);
+                 }
+               }
+               return n >= 0;
+             },
+             [&](int64_t first, int64_t last) {
+               // Unreadable: lost with the file, as far as anyone can tell. Only seqs the file
+               // ever gave can have held an event.
+               if (src_high >= 0) {
+                 last = std::min(last, src_high);
+               } else if (last == std::numeric_limits<int64_t>::max()) {
+                 return;
+               }
+               if (last >= first) {
+                 got.unreadable_seqs.emplace_back(first, last);
+               }
+             }) &&
          readBySeq(src,
                    "SELECT seq, id, type, received_ms, delivered_ms, body FROM delivered "
                    "WHERE seq > ? ORDER BY seq",
@@ -522,6 +619,12 @@ Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::
       failure = r.message;
     }
   }
+  normaliseRanges(got.recovered_seqs);
+  normaliseRanges(got.unreadable_seqs);
+  if (!fresh && events_first > dst_high + 1) {
+    // dst's epoch goes on: the seqs from its old top to the first salvaged event hold nothing.
+    got.skipped_seqs.emplace_back(dst_high + 1, events_first - 1);
+  }
   if (ok) {
     sqlite3_stmt* meta = nullptr;
     ok = sqlite3_prepare_v2(dst, "INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", -1, &meta,
@@ -535,6 +638,13 @@ Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::
       rows.emplace_back("recovery.problem", problem);
       rows.emplace_back("recovery.moved_to", source_name);
       rows.emplace_back("recovery.salvaged", std::to_string(got.events));
+      rows.emplace_back("recovery.previous_epoch", got.previous_epoch);
+      rows.emplace_back("recovery.recovered_seqs", rangesText(got.recovered_seqs));
+      rows.emplace_back("recovery.unreadable_seqs", rangesText(got.unreadable_seqs));
+      // A new seq space: the corrupt file's seqs are retired (reported above), the salvaged
+      // events are numbered from events_first on.
+      rows.emplace_back("epoch", makeUuidV7(nowMs()));
+      rows.emplace_back("epoch_start_seq", std::to_string(events_first > 0 ? events_first : next));
     }
     for (const auto& [k, v] : rows) {
       if (!ok) {
@@ -749,8 +859,14 @@ Result<std::unique_ptr<Buffer>> Buffer::open(const BufferOptions& options) {
     b->open_report_.problem = meta("recovery.problem");
     b->open_report_.moved_to = (options.dir / meta("recovery.moved_to")).string();
     b->open_report_.salvaged = std::atoll(meta("recovery.salvaged").c_str());
+    b->open_report_.previous_epoch = meta("recovery.previous_epoch");
+    b->open_report_.recovered_seqs = parseRanges(meta("recovery.recovered_seqs"));
+    b->open_report_.unreadable_seqs = parseRanges(meta("recovery.unreadable_seqs"));
   }
   if (auto r = b->pickUpCorruptFiles(); !r) {
+    return r.error();
+  }
+  if (auto r = b->loadEpoch(); !r) {
     return r.error();
   }
   if (auto r = b->prepare(); !r) {
@@ -837,6 +953,9 @@ Result<void> Buffer::recover(const std::string& problem) {
   open_report_.problem = problem;
   open_report_.moved_to = (dir / aside_name).string();
   open_report_.salvaged = got->events;
+  open_report_.previous_epoch = got->previous_epoch;
+  open_report_.recovered_seqs = got->recovered_seqs;
+  open_report_.unreadable_seqs = got->unreadable_seqs;
 
   // From here on the salvage is complete: whatever happens, the next start finishes it.
   if (auto r = finishRecoveryFiles(ms); !r) {
@@ -967,6 +1086,43 @@ Result<void> Buffer::pickUpCorruptFiles() {
                  got->events);
     open_report_.picked_up.push_back(name);
     open_report_.picked_up_events += got->events;
+    auto append = [](SeqRanges& to, const SeqRanges& from) {
+      to.insert(to.end(), from.begin(), from.end());
+      normaliseRanges(to);
+    };
+    append(open_report_.skipped_seqs, got->skipped_seqs);
+    if (!got->recovered_seqs.empty() || !got->unreadable_seqs.empty()) {
+      // Its events' old seqs belong to its own epoch (a recovery interrupted long ago).
+      open_report_.previous_epoch = got->previous_epoch;
+      append(open_report_.recovered_seqs, got->recovered_seqs);
+      append(open_report_.unreadable_seqs, got->unreadable_seqs);
+    }
+  }
+  return {};
+}
+
+// The epoch names the buffer's seq space for the centre's gap check. A file made before epochs
+// existed gets one now, starting at its oldest pending event: what it delivered before was sent
+// without seqs, and the centre must not expect those.
+Result<void> Buffer::loadEpoch() {
+  epoch_ = metaValue(db_, "epoch");
+  if (!epoch_.empty()) {
+    epoch_start_seq_ = std::max<int64_t>(1, std::atoll(metaValue(db_, "epoch_start_seq").c_str()));
+    return {};
+  }
+  const auto oldest = queryInt(db_, "SELECT coalesce(min(seq), 0) FROM events");
+  const auto high = highWater(db_);
+  if (!oldest || !high) {
+    return makeError("io", sqliteError(db_, "reading the seqs to start an epoch"));
+  }
+  epoch_ = makeUuidV7(nowMs());
+  epoch_start_seq_ = *oldest > 0 ? *oldest : *high + 1;
+  const std::string sql = "INSERT OR REPLACE INTO meta(key, value) VALUES('epoch', '" + epoch_ +
+                          "'), ('epoch_start_seq', '" + std::to_string(epoch_start_seq_) + "')";
+  if (auto r = execRc(db_, sql.c_str()); !r) {
+    return openError(
+        r.rc, "starting an epoch in " + (options_.dir / kFileName).string() + ": " + r.message,
+        options_.dir);
   }
   return {};
 }

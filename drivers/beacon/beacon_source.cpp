@@ -412,7 +412,10 @@ Result<void> BeaconSource::appendPending(EventWriter& out) {
                        {"events", unreported_events_},
                        {"bytes", unreported_bytes_},
                        {"oldest_occurred_at", formatRfc3339Ms(unreported_first_ms_)},
-                       {"newest_occurred_at", formatRfc3339Ms(unreported_last_ms_)}}
+                       {"newest_occurred_at", formatRfc3339Ms(unreported_last_ms_)},
+                       // Dropped before the buffer numbered them: no seq of the epoch is missing.
+                       {"epoch", options_.buffer_epoch},
+                       {"ranges", nlohmann::json::array()}}
             .dump();
     batch.push_back(std::move(e));
   }

@@ -48,6 +48,9 @@ struct BeaconOptions {
   int reconnect_max_ms = 30'000;
   int64_t max_clock_skew_ms = 60'000;  // a gateway timestamp further off than this is ignored
   std::shared_ptr<const Clock> clock;  // empty: the system clock
+  // The buffer's epoch, for the centre's gap check: a drop report names it with no seq ranges
+  // (the events dropped here never reached the buffer, so they never had seqs).
+  std::string buffer_epoch;
 };
 
 /// Counters since construction. Thread: any (a copy).

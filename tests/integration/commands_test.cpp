@@ -154,7 +154,7 @@ TEST_CASE("every command answers through central-sim, and a bad one says why",
     const auto r = json::parse(raw.out);
     CHECK(r["result"]["status"]["store_id"] == "store-042");
     CHECK(r["result"]["config"]["identity.hmac_key_file"]["value"] == (tmp / "hmac.key").string());
-    CHECK(r["result"]["config"]["mqtt.url"]["value"] == broker.url());
+    CHECK(r["result"]["config"]["mqtt.url"]["value"] == nlohmann::json::array({broker.url()}));
     bool reported = false;
     for (const auto& line : r["result"]["recent_logs"]) {
       reported = reported || (line["level"] == "error" && line["message"].get<std::string>().find(

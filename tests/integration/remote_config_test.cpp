@@ -357,7 +357,7 @@ TEST_CASE(
                  Contains("config.rollback_after") && Contains("back to no store config"));
   REQUIRE(c.waitConnected());
   CHECK(c.shown("mqtt.url") ==
-        std::pair<json, std::string>(c.broker().url(), "env OMNIEDGE_MQTT_URL"));
+        std::pair<json, std::string>(json::array({c.broker().url()}), "env OMNIEDGE_MQTT_URL"));
   CHECK(c.shown("log.level") == std::pair<json, std::string>("info", "env OMNIEDGE_LOG_LEVEL"));
   CHECK(c.status()["config_version"] == 0);
   CHECK(omniedge::testing::waitForAllIds(c.sub(), ids, 30s) == 0);
@@ -379,7 +379,7 @@ TEST_CASE(
   REQUIRE(c.agent().start());
   REQUIRE(c.waitConnected());
   CHECK(c.shown("mqtt.url") ==
-        std::pair<json, std::string>(c.broker().url(), "env OMNIEDGE_MQTT_URL"));
+        std::pair<json, std::string>(json::array({c.broker().url()}), "env OMNIEDGE_MQTT_URL"));
 }
 
 TEST_CASE("ops make keys and signed documents with omniedge alone, and the agent applies them",

@@ -165,6 +165,9 @@ std::pair<int, std::string> AgentProcess::post(const std::string& path, const st
   c.set_connection_timeout(2);
   c.set_read_timeout(timeout_s);
   c.set_write_timeout(timeout_s);
+  if (!token_.empty()) {
+    c.set_bearer_token_auth(token_);
+  }
   auto res = c.Post(path.c_str(), body, "application/json");
   if (!res) {
     return {-1, ""};
@@ -176,6 +179,9 @@ std::pair<int, std::string> AgentProcess::get(const std::string& path) const {
   httplib::Client c("127.0.0.1", http_port_);
   c.set_connection_timeout(1);
   c.set_read_timeout(5);
+  if (!token_.empty()) {
+    c.set_bearer_token_auth(token_);
+  }
   auto res = c.Get(path.c_str());
   if (!res) {
     return {-1, ""};

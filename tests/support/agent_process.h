@@ -52,6 +52,8 @@ class AgentProcess {
   std::pair<int, std::string> post(const std::string& path, const std::string& body,
                                    int timeout_s = 10) const;
   std::pair<int, std::string> get(const std::string& path) const;
+  /// post() and get() send `Authorization: Bearer TOKEN` from now on ("" stops it).
+  void setBearerToken(std::string token) { token_ = std::move(token); }
 
  private:
   std::vector<std::string> environment() const;
@@ -62,6 +64,7 @@ class AgentProcess {
   int http_port_ = 0;
   pid_t pid_ = -1;
   std::vector<std::string> launcher_;
+  std::string token_;
 };
 
 }  // namespace omniedge::testing

@@ -3,68 +3,98 @@
 #include <fcntl.h>
 #include <mqtt/async_client.h>
 #include <signal.h>
+#include <sqlite3.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
-#include <filesystem>
+#include <chrono>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 namespace omniedge::testing {
 namespace {
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+const std::string kPython = "/usr/bin/python3";
+const std::string kSim = std::string(OMNIEDGE_SOURCE_DIR) + "/tools/central-sim/central-sim";
 
-}  // namespace
-
-SimResult centralSim(const std::vector<std::string>& args) {
-  static std::atomic<int> counter{0};
-  const std::string base =
-      (std::filesystem::temp_directory_path() /
-       ("central-sim-" + std::to_string(getpid()) + "-" + std::to_string(counter++)))
-          .string();
-  const std::string out = base + ".out";
-  const std::string err = base + ".err";
-  std::vector<std::string> argv = {"/usr/bin/python3",
-                                   OMNIEDGE_SOURCE_DIR "/tools/central-sim/central-sim"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  std::vector<char*> cargv;
-  for (auto& a : argv) {
-    cargv.push_back(a.data());
+pid_t spawn(const std::vector<std::string>& args, const std::string& out_path,
+            const std::string& err_path) {
+  std::vector<std::string> all = {kPython, kSim};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) {
+    argv.push_back(a.data());
   }
-  cargv.push_back(nullptr);
+  argv.push_back(nullptr);
   const pid_t pid = fork();
   if (pid < 0) {
     throw std::runtime_error("fork failed");
   }
   if (pid == 0) {
-    const int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(o, 1);
-    dup2(e, 2);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
+    const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (out >= 0) {
+      dup2(out, 1);
+      close(out);
+    }
+    if (err >= 0) {
+      dup2(err, 2);
+      close(err);
+    }
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
-    execv(cargv[0], cargv.data());
+    execv(argv[0], argv.data());
     _exit(127);
   }
+  return pid;
+}
+
+int waitExit(pid_t pid) {
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+SimResult centralSim(const std::vector<std::string>& args) {
+  char out_template[] = "/tmp/omniedge-sim-out-XXXXXX";
+  const int fd = mkstemp(out_template);
+  if (fd < 0) {
+    throw std::runtime_error("mkstemp failed");
+  }
+  close(fd);
+  const std::string out = out_template;
+  const pid_t pid = spawn(args, out, out + ".err");
   SimResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.exit_code = waitExit(pid);
   r.out = slurp(out);
-  r.err = slurp(err);
+  r.err = slurp(out + ".err");
   std::filesystem::remove(out);
-  std::filesystem::remove(err);
+  std::filesystem::remove(out + ".err");
+  return r;
+}
+
+SimResult runCentralSim(const std::vector<std::string>& args) {
+  SimResult r = centralSim(args);
+  if (r.exit_code != 0 && r.exit_code != 1) {
+    r.out += r.err;
+  }
   return r;
 }
 
@@ -88,6 +118,129 @@ void publishMqtt(const std::string& url, const std::string& topic, const std::st
     throw std::runtime_error("publishMqtt: no PUBACK from " + url);
   }
   client.disconnect()->wait_for(std::chrono::seconds(5));
+}
+
+SimPki makeSimPki(const std::filesystem::path& dir, const std::string& stores) {
+  auto r = runCentralSim({"certs", "--out", dir.string(), "--stores", stores});
+  if (r.exit_code != 0) {
+    throw std::runtime_error("central-sim certs failed: " + r.out);
+  }
+  return SimPki{dir};
+}
+
+CentralSim::CentralSim(Options options) : options_(std::move(options)) {
+  pki_ = options_.pki_dir.empty() ? makeSimPki(dir_ / "pki", options_.stores)
+                                  : SimPki{options_.pki_dir};
+  std::vector<std::string> args = {"serve",
+                                   "--db",
+                                   db(),
+                                   "--ready-file",
+                                   (dir_ / "ready.json").string(),
+                                   "--fail-file",
+                                   (dir_ / "fail.json").string()};
+  if (!options_.mqtt_url.empty()) {
+    args.insert(args.end(), {"--mqtt", options_.mqtt_url});
+  }
+  if (options_.https) {
+    args.insert(args.end(), {"--https-listen", "127.0.0.1:0", "--cert-dir", pki_.dir.string()});
+    if (options_.mtls) {
+      args.push_back("--mtls");
+    }
+    if (!options_.server_cert.empty()) {
+      args.insert(args.end(),
+                  {"--server-cert", options_.server_cert, "--server-key", options_.server_key});
+    }
+  }
+  pid_ = spawn(args, (dir_ / "serve.out").string(), (dir_ / "serve.log").string());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  for (;;) {
+    const std::string ready = slurp(dir_ / "ready.json");
+    if (!ready.empty()) {
+      auto j = nlohmann::json::parse(ready, nullptr, false);
+      if (j.is_object()) {
+        port_ = j.value("https_port", 0);
+        break;
+      }
+    }
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      throw std::runtime_error("central-sim serve exited: " + log());
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      throw std::runtime_error("central-sim serve not ready within 30 s: " + log());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+CentralSim::~CentralSim() {
+  if (pid_ <= 0) {
+    return;
+  }
+  kill(pid_, SIGTERM);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  int status = 0;
+  while (waitpid(pid_, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid_, SIGKILL);
+      waitExit(pid_);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+std::string CentralSim::baseUrl() const { return "https://127.0.0.1:" + std::to_string(port_); }
+
+std::string CentralSim::log() const { return slurp(dir_ / "serve.log"); }
+
+nlohmann::json CentralSim::report(const std::string& store) const {
+  auto r = runCentralSim({"report", "--db", db(), "--json", "--store", store});
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  if (!j.is_object() || !j.contains("stores") || !j["stores"].is_array() || j["stores"].empty()) {
+    return nullptr;
+  }
+  return j["stores"][0];
+}
+
+std::string CentralSim::reportText(const std::string& store) const {
+  return runCentralSim({"report", "--db", db(), "--store", store}).out;
+}
+
+SimResult CentralSim::verify(const std::filesystem::path& accepted,
+                             const std::string& store) const {
+  return runCentralSim({"verify", "--db", db(), "--accepted", accepted.string(), "--store", store});
+}
+
+void CentralSim::fail(const std::vector<std::string>& args) const {
+  std::vector<std::string> all = {"fail", "--fail-file", (dir_ / "fail.json").string()};
+  all.insert(all.end(), args.begin(), args.end());
+  auto r = runCentralSim(all);
+  if (r.exit_code != 0) {
+    throw std::runtime_error("central-sim fail: " + r.out);
+  }
+  // serve re-reads the file at the next request (it compares inode, mtime and size).
+}
+
+int64_t CentralSim::query(const std::string& sql) const {
+  sqlite3* db = nullptr;
+  int64_t v = -1;
+  if (sqlite3_open_v2(this->db().c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+    sqlite3_busy_timeout(db, 5000);
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+      v = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(db);
+  return v;
+}
+
+int64_t CentralSim::uniqueEvents(const std::string& store) const {
+  return query("SELECT count(*) FROM events WHERE store_id = '" + store + "'");
 }
 
 }  // namespace omniedge::testing

@@ -120,11 +120,11 @@ class MemoryOutbox final : public Outbox {
  private:
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
-  std::map<int64_t, std::string> pending_;  // guarded by mu_
-  int64_t newest_ = 0;                      // guarded by mu_
-  std::size_t acknowledge_calls_ = 0;       // guarded by mu_
-  std::size_t acknowledged_events_ = 0;     // guarded by mu_
-  std::optional<Error> next_read_error_;    // guarded by mu_
+  std::map<int64_t, std::string> pending_;      // guarded by mu_
+  int64_t newest_ = 0;                          // guarded by mu_
+  std::size_t acknowledge_calls_ = 0;           // guarded by mu_
+  std::size_t acknowledged_events_ = 0;         // guarded by mu_
+  std::optional<Error> next_read_error_;        // guarded by mu_
   std::map<int64_t, std::string> quarantined_;  // guarded by mu_
 };
 
