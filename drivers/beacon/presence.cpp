@@ -302,6 +302,17 @@ void PresenceEngine::expire(int64_t now, std::vector<Event>& out) {
 void PresenceEngine::tick(int64_t now_ms, std::vector<Event>& out) {
   now_ms_ = std::max(now_ms_, now_ms);
   expire(now_ms_, out);
+  // A device heard often enough, all within the window, and then quiet: its window closes now
+  // (it must not wait for a sighting that may never come).
+  if (waiting_ > 0) {
+    std::size_t still = 0;
+    for (auto& [identity, track] : tracks_) {
+      if (!track.present && !tryEnter(track, now_ms_, out)) {
+        ++still;
+      }
+    }
+    waiting_ = still;
+  }
   // Scanners no track refers to any more (also a flood of made-up names) leave the table.
   for (uint32_t slot = 0; slot < scanners_.size(); ++slot) {
     ScannerInfo& info = scanners_[slot];
@@ -365,6 +376,7 @@ void PresenceEngine::observe(const Sighting& sighting, int64_t now_ms, std::vect
     fresh.first_ms = t;
     fresh.readings.reserve(kInitialReadings);
     account(fresh);
+    ++waiting_;
   }
   ++stats_.sightings;
   Track& track = it->second;
@@ -430,21 +442,29 @@ void PresenceEngine::observe(const Sighting& sighting, int64_t now_ms, std::vect
   decide(track, t, out);
 }
 
+bool PresenceEngine::tryEnter(Track& track, int64_t t, std::vector<Event>& out) {
+  if (t - track.first_ms < options_.window_ms ||
+      track.sightings < static_cast<uint32_t>(options_.enter_after_sightings)) {
+    return false;
+  }
+  const Reading* best = nearest(track, kNone, t, /*fresh_only=*/true);
+  if (best == nullptr) {
+    return false;  // every scanner went stale: the next sighting decides
+  }
+  track.present = true;
+  track.zone = scanners_[best->scanner].zone;
+  track.zone_scanner = best->scanner;
+  ref(best->scanner);
+  // It entered when first heard; the window only gathered the evidence.
+  out.push_back(makeEvent("beacon.enter", track, best, track.first_ms, best->scanner));
+  ++stats_.enters;
+  return true;
+}
+
 void PresenceEngine::decide(Track& track, int64_t t, std::vector<Event>& out) {
   if (!track.present) {
     track.sightings = std::min<uint32_t>(track.sightings + 1, 1'000'000);
-    if (t - track.first_ms < options_.window_ms ||
-        track.sightings < static_cast<uint32_t>(options_.enter_after_sightings)) {
-      return;
-    }
-    const Reading* best = nearest(track, kNone, t, /*fresh_only=*/true);
-    track.present = true;
-    track.zone = scanners_[best->scanner].zone;
-    track.zone_scanner = best->scanner;
-    ref(best->scanner);
-    // It entered when first heard; the window only gathered the evidence.
-    out.push_back(makeEvent("beacon.enter", track, best, track.first_ms, best->scanner));
-    ++stats_.enters;
+    tryEnter(track, t, out);
     return;
   }
   const Reading* best = nearest(track, kNone, t, /*fresh_only=*/true);

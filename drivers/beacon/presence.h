@@ -142,6 +142,9 @@ class PresenceEngine {
 
   uint32_t internScanner(const std::string& name);
   void placeScanner(uint32_t slot);
+  /// Enters `track` (not present) when its window closed by `t` with enough sightings: a
+  /// beacon.enter into the zone of its nearest fresh scanner. False when not (yet).
+  bool tryEnter(Track& track, int64_t t, std::vector<Event>& out);
   void ref(uint32_t slot) { ++scanners_[slot].refs; }
   void unref(uint32_t slot) { --scanners_[slot].refs; }
   std::string_view zoneName(uint32_t zone) const;
@@ -161,6 +164,7 @@ class PresenceEngine {
   double margin_log_ = 0;
   int64_t now_ms_ = 0;
   std::unordered_map<std::string, Track> tracks_;
+  std::size_t waiting_ = 0;  // tracks that may still be waiting to enter (an upper bound)
   Track* newest_ = nullptr;  // LRU list ends
   Track* oldest_ = nullptr;
   std::vector<ScannerInfo> scanners_;

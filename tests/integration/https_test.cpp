@@ -496,4 +496,17 @@ TEST_CASE("resync-profiles fetches the HTTPS snapshot into the profile cache",
   CHECK(r.exit_code == 0);
   REQUIRE(eventually([&] { return agent.get("/v1/customers/loyalty:LOY-2").first == 200; }));
   CHECK(status(agent)["uplink"]["https"]["profiles"]["pages"].get<int>() >= 2);
+
+  // Offline after a restart: neither the broker nor the centre answers, the kiosk still gets
+  // both profiles from the cache on disk.
+  REQUIRE(agent.stop() == 0);
+  auto offline = httpsEnv(sim, deadBroker());
+  offline["OMNIEDGE_HTTPS_BASE_URL"] =
+      "https://127.0.0.1:" + std::to_string(omniedge::testing::freePort());
+  AgentProcess cut_off(tmp / "data", offline);
+  REQUIRE(cut_off.start());
+  auto [code, body] = cut_off.get("/v1/customers/loyalty:LOY-1");
+  CHECK(code == 200);
+  CHECK(json::parse(body)["tier"] == "gold");
+  CHECK(cut_off.get("/v1/customers/loyalty:LOY-2").first == 200);
 }

@@ -268,6 +268,28 @@ TEST_CASE("the enter waits for the window, so the first scanners to speak do not
   CHECK(events[0].occurred_at_ms == kStart);
 }
 
+TEST_CASE("a device heard only inside the window is entered when the window closes, unheard",
+          "[unit][beacon]") {
+  PresenceOptions options;
+  options.window_ms = 5'000;
+  PresenceEngine engine(options);
+  std::vector<Event> events;
+  // A burst of sightings in the first two seconds (a gateway flushing its cache), then quiet.
+  for (int64_t t = 0; t < 2'000; t += 200) {
+    engine.observe({"far", kPhone, -85, -59, kStart + t, {}}, 0, events);
+    engine.observe({"near", kPhone, -60, -59, kStart + t + 50, {}}, 0, events);
+  }
+  engine.tick(kStart + 4'000, events);
+  CHECK(events.empty());  // the window is still open
+  engine.tick(kStart + 5'000, events);
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].type == "beacon.enter");
+  CHECK(zoneOf(events[0]) == "near");
+  CHECK(events[0].occurred_at_ms == kStart);
+  engine.tick(kStart + 6'000, events);
+  CHECK(events.size() == 1);  // once
+}
+
 TEST_CASE("a noisy walk A → B → C is placed in each room in turn, with one change per move",
           "[unit][beacon]") {
   World world;
