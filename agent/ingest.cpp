@@ -211,6 +211,10 @@ Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t 
                      "[" + std::to_string(index) + "]." + scrubbed.error().field);
   }
 
+  if (enricher_ != nullptr) {
+    enricher_->enrich(e);
+  }
+
   store::StoredEvent out;
   out.body = serialiseEvent(e);
   if (out.body.size() > options_.max_event_bytes) {
@@ -239,6 +243,7 @@ Result<AppendOutcome> Ingest::validateAndAppend(std::vector<Event> events, bool 
   const int64_t now = clock_.nowMs();
   std::vector<store::StoredEvent> stored;
   stored.reserve(events.size());
+  std::vector<const Event*> kept;  // for the observers
   AppendOutcome outcome;
   outcome.ids.reserve(events.size());
   for (std::size_t i = 0; i < events.size(); ++i) {
@@ -258,6 +263,9 @@ Result<AppendOutcome> Ingest::validateAndAppend(std::vector<Event> events, bool 
     }
     outcome.ids.push_back(prepared->id);
     stored.push_back(std::move(*prepared));
+    if (!observers_.empty()) {
+      kept.push_back(&events[i]);
+    }
   }
   if (stored.empty()) {
     return outcome;
@@ -268,6 +276,9 @@ Result<AppendOutcome> Ingest::validateAndAppend(std::vector<Event> events, bool 
   }
   outcome.stored = counts->stored;
   outcome.duplicates = counts->duplicates;
+  for (EventObserver* o : observers_) {
+    o->onStored(kept);
+  }
   return outcome;
 }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "agent/api/clock.h"
+#include "agent/api/event_hooks.h"
 #include "agent/api/event_writer.h"
 #include "agent/api/identity_resolver.h"
 #include "agent/pii.h"
@@ -32,6 +33,12 @@ class Ingest final : public EventWriter {
   /// it. Thread: any; pure apart from the clock and id generation.
   Result<store::StoredEvent> prepare(Event& e, std::size_t index, int64_t now_ms) const;
 
+  /// The enricher every event passes before it is stored (null: none), and the observers that
+  /// see it once it is durable (agent/api/event_hooks.h). Thread: the owner, before any
+  /// producer starts; they must outlive the Ingest.
+  void setEnricher(const EventEnricher* enricher) { enricher_ = enricher; }
+  void addObserver(EventObserver* observer) { observers_.push_back(observer); }
+
  private:
   Result<AppendOutcome> validateAndAppend(std::vector<Event> events, bool skip_invalid);
 
@@ -40,6 +47,8 @@ class Ingest final : public EventWriter {
   const PiiHasher& pii_;
   const Clock& clock_;
   const IdentityResolver* resolver_;
+  const EventEnricher* enricher_ = nullptr;
+  std::vector<EventObserver*> observers_;
 };
 
 /// The envelope of contract §3 as compact JSON. Thread: any.

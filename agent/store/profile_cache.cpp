@@ -56,13 +56,22 @@ std::vector<std::string> splitKeys(std::string_view text) {
   return keys;
 }
 
-bool refusesTracking(const json& doc) {
+// The ConsentPurpose bits a profile refuses (consent.<purpose> == false).
+unsigned refusedPurposes(const json& doc) {
   const auto consent = doc.find("consent");
   if (consent == doc.end() || !consent->is_object()) {
-    return false;
+    return 0;
   }
-  const auto tracking = consent->find("tracking");
-  return tracking != consent->end() && *tracking == false;
+  unsigned bits = 0;
+  for (const auto& [name, bit] : {std::pair{"tracking", ConsentPurpose::kTracking},
+                                  std::pair{"personalization", ConsentPurpose::kPersonalization},
+                                  std::pair{"marketing", ConsentPurpose::kMarketing}}) {
+    const auto v = consent->find(name);
+    if (v != consent->end() && *v == false) {
+      bits |= static_cast<unsigned>(bit);
+    }
+  }
+  return bits;
 }
 
 std::string columnText(sqlite3_stmt* st, int i) {
@@ -238,7 +247,7 @@ Result<void> ProfileCache::migrate() {
     const std::string joined = joinKeys(keys);
     sqlite3_bind_text(update, 1, joined.c_str(), -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(update, 2, static_cast<int64_t>(diskBytes(id, text, keys)));
-    sqlite3_bind_int(update, 3, doc.is_object() && refusesTracking(doc) ? 1 : 0);
+    sqlite3_bind_int(update, 3, doc.is_object() ? static_cast<int>(refusedPurposes(doc)) : 0);
     sqlite3_bind_text(update, 4, id.c_str(), -1, SQLITE_TRANSIENT);
     ok = ok && sqlite3_step(update) == SQLITE_DONE;
     sqlite3_reset(update);
@@ -465,7 +474,8 @@ std::map<std::string, std::string> ProfileCache::customerFor(std::string_view ke
   return out;
 }
 
-bool ProfileCache::trackingRefused(const std::map<std::string, std::string>& customer) const {
+std::shared_ptr<const ProfileCache::Entry> ProfileCache::entryFor(
+    const std::map<std::string, std::string>& customer) const {
   static const std::map<std::string, std::string, std::less<>> kPrefix = {
       {"loyalty_id", "loyalty:"},
       {"app_user_id", "app:"},
@@ -479,11 +489,37 @@ bool ProfileCache::trackingRefused(const std::map<std::string, std::string>& cus
     } else if (auto prefix = kPrefix.find(field); prefix != kPrefix.end()) {
       e = find(kiosk::canonicalCustomerKey(prefix->second + value));
     }
-    if (e && e->refused) {
+    if (e && !e->local) {
+      return e;
+    }
+  }
+  return nullptr;
+}
+
+bool ProfileCache::refused(const std::map<std::string, std::string>& customer,
+                           ConsentPurpose purpose) const {
+  // Every key is asked: should two keys of one event lead to two profiles, a refusal by either
+  // wins (privacy first).
+  for (const auto& [field, value] : customer) {
+    const auto e = entryFor({{field, value}});
+    if (e && (e->refused & static_cast<unsigned>(purpose)) != 0) {
       return true;
     }
   }
   return false;
+}
+
+std::optional<nlohmann::json> ProfileCache::profileFor(
+    const std::map<std::string, std::string>& customer) const {
+  const auto e = entryFor(customer);
+  if (!e) {
+    return std::nullopt;
+  }
+  auto doc = nlohmann::json::parse(e->doc, nullptr, false);
+  if (doc.is_discarded()) {
+    return std::nullopt;
+  }
+  return doc;
 }
 
 // ---- writes (write_mu_ held) -----------------------------------------------------------------
@@ -502,7 +538,7 @@ void ProfileCache::fillEntry(sqlite3_stmt* st, Entry& e) {
   e.heard_ms = sqlite3_column_int64(st, 2);
   e.keys = splitKeys(columnText(st, 3));
   e.bytes = static_cast<std::size_t>(sqlite3_column_int64(st, 4));
-  e.refused = sqlite3_column_int(st, 5) != 0;
+  e.refused = static_cast<unsigned>(sqlite3_column_int(st, 5));
   e.local = sqlite3_column_int(st, 6) != 0;
 }
 
@@ -546,7 +582,7 @@ bool ProfileCache::putLocked(Txn& txn, const Entry& e) {
   sqlite3_bind_int64(put_, 3, e.heard_ms);
   sqlite3_bind_text(put_, 4, keys.c_str(), static_cast<int>(keys.size()), SQLITE_STATIC);
   sqlite3_bind_int64(put_, 5, static_cast<int64_t>(e.bytes));
-  sqlite3_bind_int(put_, 6, e.refused ? 1 : 0);
+  sqlite3_bind_int(put_, 6, static_cast<int>(e.refused));
   sqlite3_bind_int(put_, 7, e.local ? 1 : 0);
   bool ok = sqlite3_step(put_) == SQLITE_DONE;
   sqlite3_reset(put_);
@@ -663,7 +699,7 @@ Result<ProfileUpdate> ProfileCache::apply(std::string_view payload, int64_t now_
       if (e.doc.size() > kMaxProfileBytes) {
         return invalid(at, "is larger than " + std::to_string(kMaxProfileBytes) + " bytes");
       }
-      e.refused = refusesTracking(p);
+      e.refused = refusedPurposes(p);
       e.heard_ms = now_ms;
       e.bytes = diskBytes(e.id, e.doc, e.keys);
       upserts.push_back(std::move(e));

@@ -101,7 +101,13 @@ class ProfileCache final : public IdentityResolver {
 
   // IdentityResolver
   std::map<std::string, std::string> customerFor(std::string_view key) const override;
-  bool trackingRefused(const std::map<std::string, std::string>& customer) const override;
+  bool refused(const std::map<std::string, std::string>& customer,
+               ConsentPurpose purpose) const override;
+  /// The profile (parsed, without freshness) of an event's customer, by any of its keys
+  /// (loyalty_id, app_user_id, email_sha256, phone_sha256, beacon, profile_id); empty when
+  /// none is known. Thread: any. As lookup().
+  std::optional<nlohmann::json> profileFor(
+      const std::map<std::string, std::string>& customer) const;
 
  private:
   struct Entry {
@@ -109,7 +115,7 @@ class ProfileCache final : public IdentityResolver {
     std::string doc;  // compact JSON as the centre sent it (or a kiosk cart), no freshness
     std::vector<std::string> keys;  // canonical
     int64_t heard_ms = 0;
-    bool refused = false;   // consent.tracking == false
+    unsigned refused = 0;   // ConsentPurpose bits whose consent is false
     bool local = false;     // a kiosk cart for a customer the centre has not sent
     std::size_t bytes = 0;  // logical size on disk
   };
@@ -130,6 +136,7 @@ class ProfileCache final : public IdentityResolver {
   // (then kept in memory).
   std::shared_ptr<const Entry> find(const std::string& key) const;
   std::shared_ptr<const Entry> findById(const std::string& id) const;
+  std::shared_ptr<const Entry> entryFor(const std::map<std::string, std::string>& customer) const;
   std::shared_ptr<const Entry> readDisk(sqlite3_stmt* st, const std::string& value) const;
   void promote(const std::shared_ptr<const Entry>& e, uint64_t seen_generation) const;
 

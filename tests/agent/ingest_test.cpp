@@ -173,9 +173,11 @@ class OptedOut final : public omniedge::IdentityResolver {
     }
     return {};
   }
-  bool trackingRefused(const std::map<std::string, std::string>& customer) const override {
+  bool refused(const std::map<std::string, std::string>& customer,
+               omniedge::ConsentPurpose purpose) const override {
     auto it = customer.find("loyalty_id");
-    return it != customer.end() && it->second == "L-OPTOUT";
+    return purpose == omniedge::ConsentPurpose::kTracking && it != customer.end() &&
+           it->second == "L-OPTOUT";
   }
 };
 

@@ -75,6 +75,33 @@ TEST_CASE("the profile cache tells who refused tracking, by any of their keys",
   CHECK_FALSE((*cache)->trackingRefused({{"loyalty_id", "unknown"}}));
 }
 
+TEST_CASE("the profile cache tells each consent purpose apart, and finds a customer's profile",
+          "[unit][profiles][consent]") {
+  using omniedge::ConsentPurpose;
+  TempDir dir;
+  auto cache = ProfileCache::open(dir.path());
+  REQUIRE(cache.has_value());
+  REQUIRE((*cache)
+              ->apply(R"({"upserts":[
+      {"id":"c-1","keys":["loyalty:L1"],"tier":"gold",
+       "consent":{"tracking":true,"personalization":false,"marketing":false}},
+      {"id":"c-2","keys":["loyalty:L2"],"consent":{"marketing":false}}]})",
+                      1)
+              .has_value());
+  CHECK_FALSE((*cache)->refused({{"loyalty_id", "L1"}}, ConsentPurpose::kTracking));
+  CHECK((*cache)->refused({{"loyalty_id", "L1"}}, ConsentPurpose::kPersonalization));
+  CHECK((*cache)->refused({{"loyalty_id", "L1"}}, ConsentPurpose::kMarketing));
+  CHECK_FALSE((*cache)->refused({{"loyalty_id", "L2"}}, ConsentPurpose::kPersonalization));
+  CHECK((*cache)->refused({{"loyalty_id", "L2"}}, ConsentPurpose::kMarketing));
+  // Two keys of one event: a refusal by either profile wins.
+  CHECK((*cache)->refused({{"app_user_id", "nobody"}, {"loyalty_id", "L2"}},
+                          ConsentPurpose::kMarketing));
+  auto p = (*cache)->profileFor({{"app_user_id", "nobody"}, {"loyalty_id", "L1"}});
+  REQUIRE(p.has_value());
+  CHECK((*p)["tier"] == "gold");
+  CHECK_FALSE((*cache)->profileFor({{"loyalty_id", "unknown"}}).has_value());
+}
+
 namespace {
 
 using omniedge::store::ProfileCacheOptions;
