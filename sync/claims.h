@@ -10,11 +10,14 @@
 //  - MQTT up, backlog <= sync.backfill_threshold: MQTT sends everything, oldest first; HTTPS
 //    idles.
 //  - MQTT up, backlog over the threshold: a backfill round. HTTPS sets the floor to the newest
-//    seq at that moment and sends the OLDEST events from the head up to the floor; MQTT reads
-//    only above the floor, so the newest (real-time) events go at once and are never starved
-//    by a slow backfill. When HTTPS has taken everything up to the floor, a new round starts
-//    if the backlog is still over the threshold; otherwise the floor drops to 0 and MQTT reads
-//    from the head again (whatever HTTPS could not deliver is still pending there).
+//    seq at that moment minus sync.backfill_threshold and sends the OLDEST events from the head
+//    up to the floor; MQTT reads only above the floor, so the newest (real-time) events, and
+//    the threshold's worth before them, go at once and are never starved by a slow backfill.
+//    When HTTPS has taken everything up to the floor, a new round starts if the backlog is
+//    still over the threshold (its floor again leaves the newest threshold's worth to MQTT: a
+//    round never sweeps up the real-time events MQTT has not sent yet); otherwise the floor
+//    drops to 0 and MQTT reads from the head again (whatever HTTPS could not deliver is still
+//    pending there).
 //  - MQTT down (not connected for https.failover_after): HTTPS sends everything, oldest first.
 //    Once MQTT is back, it reads from the head and skips what HTTPS holds.
 //  - HTTPS failing (5xx, timeouts, unreachable): it releases its claim and drops the floor

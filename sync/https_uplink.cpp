@@ -19,7 +19,6 @@ using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 
 constexpr milliseconds kIdleWait{200};
-constexpr std::size_t kMaxHeld = 8;  // more refused alone: the centre refuses everything
 constexpr int kMaxSkips = 64;
 constexpr std::size_t kMaxPageBytes = 32u << 20;
 constexpr int kMaxPagesPerRun = 1000;
@@ -215,18 +214,31 @@ HttpsUplink::Mode HttpsUplink::decide(int64_t now_ms) {
   if (round_active_) {
     return Mode::kBackfill;
   }
-  const int64_t pending = options_.pending_count ? options_.pending_count() : 0;
-  if (pending > options_.backfill_threshold) {
+  if (newBacklog()) {
     startRound();
     return Mode::kBackfill;
   }
   return Mode::kIdle;
 }
 
+bool HttpsUplink::newBacklog() {
+  const int64_t pending = options_.pending_count ? options_.pending_count() : 0;
+  if (pending <= options_.backfill_threshold) {
+    return false;
+  }
+  // Over the threshold with nothing below the next floor that the last round did not take:
+  // the rest is the newest threshold's worth, MQTT's (a round now would only spin).
+  const int64_t newest = outbox_.waitForNewer(std::numeric_limits<int64_t>::max(), 0);
+  return newest - options_.backfill_threshold > done_floor_;
+}
+
 void HttpsUplink::startRound() {
-  // Everything stored so far is the backlog HTTPS takes from the head; MQTT sends what comes
-  // after (sync/claims.h).
-  floor_ = outbox_.waitForNewer(std::numeric_limits<int64_t>::max(), 0);
+  // The backlog HTTPS takes from the head is what exceeds the threshold; MQTT sends the newest
+  // threshold's worth and what comes after (sync/claims.h). Over the threshold, the head is
+  // below this floor.
+  const int64_t newest = outbox_.waitForNewer(std::numeric_limits<int64_t>::max(), 0);
+  floor_ = std::max<int64_t>(0, newest - options_.backfill_threshold);
+  done_floor_ = floor_;
   claims_->setFloor(floor_);
   round_active_ = true;
   cursor_ = 0;
@@ -245,11 +257,6 @@ void HttpsUplink::dropFloor() {
 }
 
 bool HttpsUplink::sendNext(Mode mode, std::stop_token stop) {
-  for (const auto& [seq, held] : held_) {
-    if (held.recheck) {
-      return recheckHeld(stop);
-    }
-  }
   const int64_t limit = mode == Mode::kBackfill ? floor_ : std::numeric_limits<int64_t>::max();
   for (int skips = 0; skips < kMaxSkips; ++skips) {
     auto events = outbox_.readPending(cursor_, options_.batch_max_events, options_.batch_max_bytes);
@@ -263,8 +270,7 @@ bool HttpsUplink::sendNext(Mode mode, std::stop_token stop) {
     if (events->empty()) {
       if (mode == Mode::kBackfill) {
         // The round's backlog is taken: another round if it is still over the threshold.
-        const int64_t pending = options_.pending_count ? options_.pending_count() : 0;
-        if (pending > options_.backfill_threshold) {
+        if (newBacklog()) {
           startRound();
           return true;
         }
@@ -273,29 +279,6 @@ bool HttpsUplink::sendNext(Mode mode, std::stop_token stop) {
       return false;
     }
     const int64_t first = events->front().seq;
-    if (held_.count(first) != 0) {
-      cursor_ = first;
-      continue;
-    }
-    // A held event is never inside a batch: acknowledging the range would take it along.
-    int64_t end_before = std::numeric_limits<int64_t>::max();
-    if (auto h = held_.upper_bound(first); h != held_.end()) {
-      end_before = h->first;
-    }
-    std::size_t max_events = events->size();
-    if (split_last_ >= first) {
-      if (split_first_ <= first) {
-        max_events = std::min(max_events, split_max_);
-        end_before = std::min(end_before, split_last_ + 1);
-      } else {
-        end_before = std::min(end_before, split_first_);
-      }
-    }
-    std::size_t n = 0;
-    while (n < events->size() && n < max_events && (*events)[n].seq < end_before) {
-      ++n;
-    }
-    events->resize(std::max<std::size_t>(1, n));
     const auto grant = claims_->claim(Uplink::kHttps, first, events->back().seq);
     if (!grant.granted) {
       cursor_ = grant.last;  // in flight on MQTT: not ours
@@ -307,26 +290,6 @@ bool HttpsUplink::sendNext(Mode mode, std::stop_token stop) {
     return post(first, *events, stop);
   }
   return true;
-}
-
-bool HttpsUplink::recheckHeld(std::stop_token stop) {
-  auto it =
-      std::find_if(held_.begin(), held_.end(), [](const auto& h) { return h.second.recheck; });
-  const int64_t seq = it->first;
-  auto events = outbox_.readPending(seq - 1, 1, options_.batch_max_bytes);
-  if (!events) {
-    fail("read outbox: " + events.error().message, -1);
-    return true;
-  }
-  if (events->empty() || events->front().seq != seq) {
-    held_.erase(it);  // delivered by MQTT meanwhile, or gone
-    return true;
-  }
-  if (!claims_->claim(Uplink::kHttps, seq, seq).granted) {
-    held_.erase(it);  // MQTT is sending it: its outcome decides
-    return true;
-  }
-  return post(seq, *events, stop);
 }
 
 bool HttpsUplink::post(int64_t first, std::vector<PendingEvent>& events, std::stop_token stop) {
@@ -362,7 +325,7 @@ bool HttpsUplink::post(int64_t first, std::vector<PendingEvent>& events, std::st
   const std::string url = options_.client.base_url + events_path_;
   switch (classify(answer->status)) {
     case Answer::kDelivered:
-      onDelivered(first, last, count, answer->status);  // status first: it is what tests read
+      onDelivered(last, count, answer->status);  // status first: it is what tests read
       outbox_.acknowledge(first, last);
       claims_->done(Uplink::kHttps, first);
       break;
@@ -395,32 +358,16 @@ bool HttpsUplink::post(int64_t first, std::vector<PendingEvent>& events, std::st
   return true;
 }
 
-void HttpsUplink::onDelivered(int64_t first, int64_t last, std::size_t count,
+void HttpsUplink::onDelivered(int64_t last, std::size_t count,
                               long status) {  // NOLINT(runtime/int)
   cursor_ = std::max(cursor_, last);
   attempt_ = 0;
-  if (split_last_ >= 0 && last >= split_last_) {
-    split_last_ = -1;
-  }
-  for (auto it = held_.begin(); it != held_.end();) {
-    if (it->first >= first && it->first <= last) {
-      it = held_.erase(it);  // taken after all (sent again alone)
-      continue;
-    }
-    // The centre took a batch sent after this one was refused alone: send it alone once more
-    // to tell a bad event from the centre's passing trouble.
-    if (it->second.confirm_after < request_no_) {
-      it->second.recheck = true;
-    }
-    ++it;
-  }
   std::lock_guard lock(status_mu_);
   ++status_.batches;
   status_.events += count;
   if (status == 409) {
     ++status_.batches_conflict;
   }
-  status_.events_held = held_.size();
   if (!status_.last_error.empty()) {
     status_.last_error_resolved = true;
   }
@@ -428,57 +375,22 @@ void HttpsUplink::onDelivered(int64_t first, int64_t last, std::size_t count,
 
 void HttpsUplink::onRefused(int64_t first, int64_t last, std::size_t count,
                             const std::string& reason) {
-  {
-    std::lock_guard lock(status_mu_);
-    ++status_.batches_refused;
-  }
-  if (count > 1) {
-    const std::size_t half = (count + 1) / 2;
-    if (split_last_ >= first && split_first_ <= first) {
-      split_max_ = std::min(split_max_, half);
-    } else {
-      split_first_ = first;
-      split_last_ = last;
-      split_max_ = half;
-    }
-    cursor_ = first - 1;
-    spdlog::warn("https: batch of {} events (seq {}-{}) refused, resending it in halves: {}", count,
-                 first, last, reason);
-    std::lock_guard lock(status_mu_);
-    ++status_.batches_split;
-    return;
-  }
-  if (auto it = held_.find(first); it != held_.end() && it->second.recheck) {
-    // Refused alone, a later batch taken, refused alone again: it is this event.
-    spdlog::error("https: event seq {} quarantined: {}", first, it->second.reason);
-    outbox_.quarantine(first, first, it->second.reason);
-    held_.erase(it);
-    std::lock_guard lock(status_mu_);
-    ++status_.quarantined;
-    status_.events_held = held_.size();
-    return;
-  }
-  if (held_.size() >= kMaxHeld) {
-    held_.clear();
-    {
-      std::lock_guard lock(status_mu_);
-      status_.events_held = 0;
-    }
-    cursor_ = 0;
-    fail("the centre at " + options_.client.base_url + " refused " + std::to_string(kMaxHeld + 1) +
-             " events sent alone and took nothing after them (" + reason +
-             "): it refuses every batch, not one event; nothing was quarantined",
-         -1);
-    return;
-  }
-  held_[first] = Held{reason + ", also when sent alone", request_no_};
-  cursor_ = std::max(cursor_, first);
-  spdlog::warn(
-      "https: event seq {} refused when sent alone, held back until the centre takes a later "
-      "batch: {}",
-      first, reason);
+  // Contract §6: the batch goes to the quarantine table, kept and reported upstream with its
+  // ranges (agent.data_quarantined), listed by `status`, sent again by `retry-quarantine`. The
+  // next batches go on: one bad batch never stops the rest.
+  spdlog::error("https: batch of {} events (seq {}-{}) quarantined: {}", count, first, last,
+                reason);
+  outbox_.quarantine(first, last, reason);
+  cursor_ = std::max(cursor_, last);
   std::lock_guard lock(status_mu_);
-  status_.events_held = held_.size();
+  ++status_.batches_refused;
+  status_.quarantined += count;
+  status_.last_error = "the centre at " + options_.client.base_url + events_path_ + " refused " +
+                       std::to_string(count) + " events (seq " + std::to_string(first) + "-" +
+                       std::to_string(last) + "), moved to the quarantine: " + reason +
+                       "; `omniedge retry-quarantine` sends them again";
+  status_.last_error_ms = nowMs();
+  status_.last_error_resolved = false;
 }
 
 void HttpsUplink::fail(const std::string& error, int64_t retry_after_s) {

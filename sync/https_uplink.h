@@ -71,11 +71,9 @@ struct HttpsStatus {
   uint64_t batches_conflict = 0;  // of which 409: the centre had every event already
   uint64_t events = 0;            // events in delivered batches
   uint64_t bytes_sent = 0;        // request bodies (gzip)
-  uint64_t batches_refused = 0;   // 4xx about the batch: split, then single events held
-  uint64_t batches_split = 0;
-  uint64_t quarantined = 0;  // events moved to the quarantine after a 4xx
-  std::size_t events_held = 0;
-  int64_t floor_seq = 0;  // backfill: HTTPS takes seqs up to this, MQTT those above
+  uint64_t batches_refused = 0;   // 4xx about the batch: quarantined
+  uint64_t quarantined = 0;       // events moved to the quarantine after a 4xx
+  int64_t floor_seq = 0;          // backfill: HTTPS takes seqs up to this, MQTT those above
   // Profile snapshot.
   uint64_t profile_pages = 0;
   uint64_t profiles_received = 0;
@@ -85,13 +83,13 @@ struct HttpsStatus {
 };
 
 /// Owns the HTTPS thread. At least once, like MQTT: an event leaves the buffer only after a
-/// 2xx or 409 for a batch that carried it, or when it is quarantined. Answers: 2xx and 409 are
-/// delivered; 5xx, 408, 425, 429, timeouts and transport errors retry with backoff (Retry-After
-/// honoured, capped); 401, 403, 404, 405, 407, 421 and 426 say this agent or its URL is wrong
-/// (the same batch would be refused whatever it held): backoff and an actionable error, nothing
-/// quarantined; any other 4xx is about the batch: it is resent in halves, and a single event
-/// refused is held back and quarantined once the centre has taken a later batch (so a centre
-/// that refuses everything quarantines nothing, as on MQTT).
+/// 2xx or 409 for a batch that carried it, or when it is quarantined. Answers (contract §6):
+/// 2xx and 409 are delivered; 5xx, 408, 425, 429, timeouts and transport errors retry with
+/// backoff (Retry-After honoured, capped); 401, 403, 404, 405, 407, 421 and 426 say this agent
+/// or its URL is wrong (the same batch would be refused whatever it held): backoff and an
+/// actionable error, nothing quarantined; any other 4xx is about the batch: it is moved to the
+/// quarantine table (kept, counted, reported upstream with its seq ranges, listed by status,
+/// sent again by `retry-quarantine`), and the next batches go on.
 class HttpsUplink {
  public:
   /// `outbox`, `claims` and `rate` must outlive the uplink. Thread: any. Never blocks.
@@ -119,24 +117,17 @@ class HttpsUplink {
 
  private:
   enum class Mode { kIdle, kBackfill, kFailover };
-  /// A single event the centre refused. Once a later batch is taken (a request numbered above
-  /// confirm_after), it is sent alone once more (recheck): refused again, it is quarantined;
-  /// taken, the refusal was the centre's passing trouble.
-  struct Held {
-    std::string reason;
-    uint64_t confirm_after = 0;
-    bool recheck = false;
-  };
 
   void run(std::stop_token stop);
   Mode decide(int64_t now_ms);
   bool sendNext(Mode mode, std::stop_token stop);
-  bool recheckHeld(std::stop_token stop);
   bool post(int64_t first, std::vector<PendingEvent>& events, std::stop_token stop);
-  void onDelivered(int64_t first, int64_t last, std::size_t count, long status);  // NOLINT
+  void onDelivered(int64_t last, std::size_t count, long status);  // NOLINT
   void onRefused(int64_t first, int64_t last, std::size_t count, const std::string& reason);
   void fail(const std::string& error, int64_t retry_after_s);
   void startRound();
+  /// Over sync.backfill_threshold with events below a new floor that no round has taken yet.
+  bool newBacklog();
   void dropFloor();
   void fetchProfiles(std::stop_token stop);
   void loadCursor();
@@ -160,14 +151,11 @@ class HttpsUplink {
   int64_t cursor_ = 0;  // the last seq handled; reads continue after it
   uint64_t generation_ = 0;
   bool round_active_ = false;
+  int64_t done_floor_ = 0;  // the floor of the latest round: a new one must go higher
   int64_t floor_ = 0;
   int attempt_ = 0;
   std::chrono::steady_clock::time_point backoff_until_;
   uint64_t request_no_ = 0;
-  std::map<int64_t, Held> held_;  // refused single events, by seq
-  int64_t split_first_ = 0;       // a refused range resent in smaller batches
-  int64_t split_last_ = -1;
-  std::size_t split_max_ = 0;
   std::string profile_cursor_;
   bool profiles_complete_ = true;
   bool mqtt_was_up_ = false;

@@ -154,35 +154,32 @@ TEST_CASE("answers: 409 delivered, 5xx and timeouts retried, a refused event qua
     REQUIRE(eventually([&] { return sim.uniqueEvents(kStore) == 5; }));
   }
   SECTION(
-      "a 400 about one event: halves until it is alone, sent alone again after a later "
-      "batch was taken, then quarantined; nothing else is lost") {
+      "a 400 about a batch: the batch is quarantined with the centre's reason, the next "
+      "batches go on, retry-quarantine sends it again") {
     fill(outbox, 3);
     outbox.add(R"({"type":"kiosk.view","data":{"note":"no id: the centre refuses it"}})");
-    fill(outbox, 4);
     start();
-    REQUIRE(eventually([&] { return outbox.quarantined().size() == 1; }));
-    CHECK(outbox.quarantined().begin()->first == 4);
-    CHECK_THAT(outbox.quarantined().begin()->second, Catch::Contains("HTTP 400") &&
-                                                         Catch::Contains("events[0].id") &&
-                                                         Catch::Contains("also when sent alone"));
+    REQUIRE(eventually([&] { return outbox.quarantined().size() == 4; }));
+    CHECK(outbox.quarantined().begin()->first == 1);
+    CHECK_THAT(outbox.quarantined().begin()->second,
+               Catch::Contains("HTTP 400") && Catch::Contains("events[3].id"));
+    REQUIRE(eventually([&] { return running->status().quarantined == 4; }));
+    CHECK(running->status().batches_refused == 1);
+    CHECK_THAT(running->status().last_error,
+               Catch::Contains("moved to the quarantine") && Catch::Contains("retry-quarantine"));
+    fill(outbox, 4);  // later batches are delivered
     REQUIRE(outbox.waitUntilEmpty(kBound));
-    REQUIRE(eventually([&] { return running->status().quarantined == 1; }));
-    CHECK(running->status().batches_split >= 2);
-    CHECK(sim.uniqueEvents(kStore) == 7);
+    CHECK(sim.uniqueEvents(kStore) == 4);
   }
-  SECTION("an event refused once and taken when sent again is not quarantined") {
+  SECTION("a 400 once: that batch is quarantined, the rest delivered") {
     sim.fail({"--status", "400", "--count", "1", "--match", "events:batch"});
-    fill(outbox, 1);
+    fill(outbox, 2);
     start();
-    REQUIRE(eventually([&] { return running->status().events_held == 1; }));
-    std::this_thread::sleep_for(300ms);
-    CHECK(outbox.quarantined().empty());
-    CHECK(outbox.pendingCount() == 1);  // held back, not lost, not quarantined
-    fill(outbox, 1);                    // a later batch is taken: seq 1 is sent alone again
+    REQUIRE(eventually([&] { return outbox.quarantined().size() == 2; }));
+    fill(outbox, 1);
     REQUIRE(outbox.waitUntilEmpty(kBound));
-    CHECK(outbox.quarantined().empty());
-    REQUIRE(eventually([&] { return running->status().events_held == 0; }));
-    CHECK(sim.uniqueEvents(kStore) == 2);
+    CHECK(outbox.quarantined().size() == 2);
+    CHECK(sim.uniqueEvents(kStore) == 1);
   }
   SECTION("a 403 is about this agent: nothing quarantined, the error says what to check") {
     sim.fail({"--status", "403", "--count", "3"});
@@ -192,19 +189,6 @@ TEST_CASE("answers: 409 delivered, 5xx and timeouts retried, a refused event qua
     CHECK(outbox.quarantined().empty());
     CHECK_THAT(running->status().last_error,
                Catch::Contains("HTTP 403") && Catch::Contains("https.cert_file"));
-  }
-  SECTION("a centre refusing every event alone quarantines nothing") {
-    sim.fail({"--status", "400", "--count", "-1"});
-    fill(outbox, 12);
-    start();
-    REQUIRE(eventually([&] {
-      return running->status().last_error.find("refuses every batch") != std::string::npos;
-    }));
-    CHECK(outbox.quarantined().empty());
-    CHECK(outbox.pendingCount() == 12);
-    sim.fail({"--clear"});
-    REQUIRE(outbox.waitUntilEmpty(kBound));
-    CHECK(outbox.quarantined().empty());
   }
 }
 
@@ -306,22 +290,30 @@ TEST_CASE("a backfill takes the oldest events up to the floor and leaves the new
   o.pending_count = [&] { return static_cast<int64_t>(outbox.pendingCount()); };
   HttpsUplink uplink(outbox, o, book, std::make_shared<RateLimit>(0));
   uplink.start();
-  REQUIRE(eventually([&] { return book->floor() == 500; }));
-  // HTTPS takes 1-200 and 251-500; 201-250 is MQTT's.
-  REQUIRE(eventually([&] { return outbox.pendingCount() == 50; }));
+  // The floor leaves the newest threshold's worth (401-500) to MQTT.
+  REQUIRE(eventually([&] { return book->floor() == 400; }));
+  // HTTPS takes 1-200 and 251-400; 201-250 is MQTT's.
+  REQUIRE(eventually([&] { return outbox.pendingCount() == 150; }));
   auto left = outbox.readPending(0, 1000, 1 << 30);
   REQUIRE(left.has_value());
   CHECK(left->front().seq == 201);
-  CHECK(left->back().seq == 250);
-  // The backlog is under the threshold now: the round ends, the floor drops, MQTT reads from
-  // the head again.
+  CHECK((*left)[49].seq == 250);
+  CHECK((*left)[50].seq == 401);
+  CHECK(left->back().seq == 500);
+  // Nothing new below a higher floor: the round ends, the floor drops, MQTT reads from the
+  // head again (no round spins on the threshold's worth MQTT keeps).
   REQUIRE(eventually([&] { return book->floor() == 0; }));
   CHECK(book->generation() > generation);
   REQUIRE(eventually([&] { return uplink.status().state == "idle"; }));
-  // Events that came after the floor are MQTT's while HTTPS idles.
+  std::this_thread::sleep_for(300ms);
+  CHECK(outbox.pendingCount() == 150);
+  // Ten more (MQTT is not draining here): the backlog grew by ten, a round takes 401-410.
   fill(outbox, 10);
-  std::this_thread::sleep_for(500ms);
-  CHECK(outbox.pendingCount() == 60);
+  REQUIRE(eventually([&] { return outbox.pendingCount() == 150; }));
+  left = outbox.readPending(0, 1000, 1 << 30);
+  REQUIRE(left.has_value());
+  CHECK((*left)[50].seq == 411);
+  CHECK(left->back().seq == 510);
   uplink.stop();
 }
 
