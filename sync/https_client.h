@@ -1,9 +1,10 @@
 // One HTTPS connection to the centre (contract §6), over libcurl.
 //
-// libcurl and what it pulls in (GnuTLS through librtmp, LDAP, Kerberos, SSH) cost ~3.8 MB of
-// resident memory in every agent (measured: 13.1 -> 16.9 MB idle), so it is not linked: it is
+// libcurl and what it pulls in (GnuTLS through librtmp, LDAP, Kerberos, SSH) cost ~4.7 MB of
+// resident memory in every agent (docs/benchmarks.md, "libcurl"), so it is not linked: it is
 // loaded with dlopen("libcurl.so.4") only when https.base_url is set, as agent/phone_module.h
-// does for libphonenumber. Without it the HTTPS link says so in status and doctor; MQTT goes on.
+// does for libphonenumber. Without it the HTTPS link says so in status ("unavailable"); MQTT
+// goes on. (doctor probes the endpoint with OpenSSL, so it does not need libcurl.)
 #pragma once
 
 #include <cstdint>
