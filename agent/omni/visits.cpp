@@ -83,10 +83,10 @@ json cartLines(const json& data, const json& cart_items) {
         continue;
       }
       const std::string sku = skuKey(item["sku"].get<std::string>());
-      const bool match = (!stringField(line, {"item_id"}).empty() &&
-                          skuKey(stringField(line, {"item_id"})) == sku) ||
-                         (!stringField(line, {"gtin"}).empty() &&
-                          skuKey(stringField(line, {"gtin"})) == sku);
+      const bool match =
+          (!stringField(line, {"item_id"}).empty() &&
+           skuKey(stringField(line, {"item_id"})) == sku) ||
+          (!stringField(line, {"gtin"}).empty() && skuKey(stringField(line, {"gtin"})) == sku);
       if (match) {
         out.push_back({{"line", i},
                        {"sku", item["sku"]},
@@ -317,12 +317,11 @@ Result<void> VisitTracker::openDb() {
     return sqliteError(db_, "cannot open " + path);
   }
   sqlite3_busy_timeout(db_, 5000);
-  const std::string pragmas = std::string("PRAGMA journal_mode=WAL; PRAGMA secure_delete=ON; ") +
-                              "PRAGMA synchronous=" +
-                              (options_.synchronous_full ? "FULL" : "NORMAL") + ";";
+  const std::string pragmas =
+      std::string("PRAGMA journal_mode=WAL; PRAGMA secure_delete=ON; ") +
+      "PRAGMA synchronous=" + (options_.synchronous_full ? "FULL" : "NORMAL") + ";";
   if (!exec(db_, pragmas.c_str()) ||
-      !exec(db_,
-            "CREATE TABLE IF NOT EXISTS visits (id TEXT PRIMARY KEY, state TEXT NOT NULL)")) {
+      !exec(db_, "CREATE TABLE IF NOT EXISTS visits (id TEXT PRIMARY KEY, state TEXT NOT NULL)")) {
     return sqliteError(db_, "cannot set up " + path);
   }
   if (sqlite3_prepare_v2(db_, "INSERT OR REPLACE INTO visits (id, state) VALUES (?1, ?2)", -1,
@@ -389,8 +388,7 @@ void VisitTracker::run(std::stop_token stop, EventWriter* out) {
   while (!stop.stop_requested()) {
     step(*out);
     std::unique_lock lock(queue_mu_);
-    queue_cv_.wait_for(lock, stop, std::chrono::seconds(1),
-                       [this] { return wake_; });
+    queue_cv_.wait_for(lock, stop, std::chrono::seconds(1), [this] { return wake_; });
     wake_ = false;
   }
   step(*out);  // what the last events changed goes to visits.db before the thread ends
@@ -421,9 +419,8 @@ std::vector<std::string> VisitTracker::keysOf(const std::map<std::string, std::s
     add("profile:" + *profile_id);
   }
   static constexpr std::pair<const char*, const char*> kOrder[] = {
-      {"profile_id", "profile:"},         {"loyalty_id", "loyalty:"},
-      {"app_user_id", "app:"},            {"email_sha256", "email_sha256:"},
-      {"phone_sha256", "phone_sha256:"},  {"beacon", ""}};
+      {"profile_id", "profile:"},        {"loyalty_id", "loyalty:"},        {"app_user_id", "app:"},
+      {"email_sha256", "email_sha256:"}, {"phone_sha256", "phone_sha256:"}, {"beacon", ""}};
   for (const auto& [field, prefix] : kOrder) {
     if (auto it = customer.find(field); it != customer.end()) {
       add(field == std::string_view("profile_id")
@@ -597,9 +594,9 @@ void VisitTracker::onStored(const std::vector<const Event*>& events) {
       }
       if (auto attr = data.find("attribution"); attr != data.end() && attr->is_object()) {
         for (const auto& cl : attr->value("cart_lines", json::array())) {
-          const bool known = std::any_of(
-              v->cart_bought.begin(), v->cart_bought.end(),
-              [&cl](const json& b) { return b["sku"] == cl.value("sku", json()); });
+          const bool known =
+              std::any_of(v->cart_bought.begin(), v->cart_bought.end(),
+                          [&cl](const json& b) { return b["sku"] == cl.value("sku", json()); });
           if (!known && cl.is_object()) {
             v->cart_bought.push_back(
                 {{"sku", cl.value("sku", json())}, {"channel", cl.value("channel", json())}});
@@ -739,9 +736,8 @@ std::size_t VisitTracker::step(EventWriter& out) {
     }
   }
   // In the order the customers were last heard of: the summaries go up as the visits ended.
-  std::stable_sort(closing.begin(), closing.end(), [](const Closing& a, const Closing& b) {
-    return a.heard_ms < b.heard_ms;
-  });
+  std::stable_sort(closing.begin(), closing.end(),
+                   [](const Closing& a, const Closing& b) { return a.heard_ms < b.heard_ms; });
   // visits.db first: a summary is appended only for a visit whose closing is on disk.
   bool ok = exec(db_, "BEGIN IMMEDIATE");
   for (const Row& r : rows) {
@@ -854,10 +850,10 @@ void VisitTracker::enrich(Event& event) const {
         const int64_t entered = z["entered_at"].get<int64_t>();
         zones.push_back(
             {{"zone", z["zone"]},
-             {"dwell_ms", z.contains("dwell_ms")
-                              ? z["dwell_ms"].get<int64_t>()
-                              : std::max<int64_t>(0, std::max(v->last_ms, event.occurred_at_ms) -
-                                                         entered)}});
+             {"dwell_ms",
+              z.contains("dwell_ms")
+                  ? z["dwell_ms"].get<int64_t>()
+                  : std::max<int64_t>(0, std::max(v->last_ms, event.occurred_at_ms) - entered)}});
       }
       json screens = json::array();
       json triggers = json::array();
@@ -900,8 +896,8 @@ void VisitTracker::enrich(Event& event) const {
   attr["cart_lines"] = cartLines(data, cart_items);
   // Spliced in, not re-serialised: the data's amounts keep the till's own digits.
   std::string& d = event.data_json;
-  while (!d.empty() && (d.back() == ' ' || d.back() == '\n' || d.back() == '\r' ||
-                        d.back() == '\t')) {
+  while (!d.empty() &&
+         (d.back() == ' ' || d.back() == '\n' || d.back() == '\r' || d.back() == '\t')) {
     d.pop_back();
   }
   if (d.empty() || d.back() != '}') {

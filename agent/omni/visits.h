@@ -43,7 +43,7 @@ namespace omniedge::omni {
 struct VisitOptions {
   std::filesystem::path dir;  // visits.db goes here
   std::string store_id;
-  bool synchronous_full = true;                 // buffer.synchronous
+  bool synchronous_full = true;                  // buffer.synchronous
   int64_t timeout_ms = int64_t{30} * 60 * 1000;  // visits.timeout
   std::size_t max_bytes = std::size_t{8} << 20;  // visits.max_bytes: the open visits' state
 };
@@ -141,8 +141,8 @@ class VisitTracker final : public EventObserver, public EventEnricher, public Pe
   // customer's next event starts a new visit). Guarded by state_mu_.
   std::unordered_map<std::string, std::string> subject_by_key_;
   std::vector<std::string> erased_;  // visits dropped from memory, still in visits.db; state_mu_
-  std::size_t bytes_ = 0;                                        // guarded by state_mu_
-  VisitStats counters_;                                          // guarded by state_mu_
+  std::size_t bytes_ = 0;            // guarded by state_mu_
+  VisitStats counters_;              // guarded by state_mu_
 
   std::mutex queue_mu_;
   std::condition_variable_any queue_cv_;

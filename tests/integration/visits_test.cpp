@@ -2,9 +2,8 @@
 // (the real ESPresense trace), uses the kiosk, pays (the real NCR ACS POSLog with its loyalty
 // id) and leaves; the uplink gets one visit.summary telling that story, and the sale carries
 // its attribution. A visit open at kill -9 goes on after the restart and is summarised once.
-#include <sqlite3.h>
-
 #include <mqtt/async_client.h>
+#include <sqlite3.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -66,8 +65,8 @@ void pushProfiles(mqtt::async_client& centre, const AgentProcess& agent, const j
   for (int i = 0; i < 100 && got.first != 200; ++i) {
     centre
         .publish("omniedge/v1/default/store-042/profiles",
-                 json{{"upserts", profiles}, {"deletes", json::array()}, {"cursor", "1"}}.dump(),
-                 1, false)
+                 json{{"upserts", profiles}, {"deletes", json::array()}, {"cursor", "1"}}.dump(), 1,
+                 false)
         ->wait();
     std::this_thread::sleep_for(200ms);
     got = agent.get("/v1/customers/" + key);
@@ -158,9 +157,8 @@ TEST_CASE(
   REQUIRE(view.first == 202);
   // The refuser looks at the kiosk and pays too.
   REQUIRE(agent
-              .post("/v1/events",
-                    R"({"type":"kiosk.view","customer":{"loyalty_id":"REFUSER-1"},)"
-                    R"("data":{"screen":"home"}})")
+              .post("/v1/events", R"({"type":"kiosk.view","customer":{"loyalty_id":"REFUSER-1"},)"
+                                  R"("data":{"screen":"home"}})")
               .first == 202);
   REQUIRE(agent
               .post("/v1/pos/transactions",
@@ -181,7 +179,17 @@ TEST_CASE(
   present.store(false);  // the customer leaves
   gateways.request_stop();
   gateways.join();
-  REQUIRE(uplinkHas(sub, "\"visit.summary\"", 90s));
+  const bool summarised = uplinkHas(sub, "\"visit.summary\"", 90s);
+  if (!summarised) {
+    for (const char* type : {"beacon.enter", "beacon.exit", "kiosk.view", "pos.transaction"}) {
+      for (const auto& e : uplinkEvents(sub, type)) {
+        UNSCOPED_INFO(e.dump());
+      }
+    }
+    UNSCOPED_INFO(agent.cli({"status", "--json"}).out);
+    UNSCOPED_INFO(agent.log());
+  }
+  REQUIRE(summarised);
   REQUIRE(agent.cli({"flush", "--wait", "30"}).exit_code == 0);
 
   // The sale, attributed.
@@ -220,8 +228,8 @@ TEST_CASE(
   for (const auto& tp : v["touchpoints"]) {
     types.push_back(tp["type"]);
   }
-  CHECK(types == std::vector<std::string>{"beacon.enter", "kiosk.view", "pos.transaction",
-                                          "beacon.exit"});
+  CHECK(types ==
+        std::vector<std::string>{"beacon.enter", "kiosk.view", "pos.transaction", "beacon.exit"});
   REQUIRE(v["transactions"].size() == 1);
   CHECK(v["transactions"][0]["total"] == 1.07);
   CHECK(v["converted"] == true);
@@ -239,9 +247,13 @@ TEST_CASE(
   MosquittoBroker broker;
   Subscriber sub(broker.url(), "omniedge/v1/+/+/events");
   TempDir tmp;
+  // Presence comes through the API as a gateway bridge posts it: with a token granted beacon.
+  std::ofstream(tmp / "tokens") << "bridge-token-0123456789 channels=kiosk,beacon,pos\n";
   AgentProcess agent(tmp / "data", {{"OMNIEDGE_MQTT_URL", broker.url()},
                                     {"OMNIEDGE_STORE_ID", "store-042"},
+                                    {"OMNIEDGE_HTTP_TOKENS_FILE", (tmp / "tokens").string()},
                                     {"OMNIEDGE_SYNC_COMPRESSION", "none"}});
+  agent.setBearerToken("bridge-token-0123456789");
   REQUIRE(agent.start());
   mqtt::async_client centre(broker.url(), "test-centre");
   centre.connect()->wait();
@@ -260,9 +272,8 @@ TEST_CASE(
                                       .dump())
               .first == 202);
   REQUIRE(agent
-              .post("/v1/events",
-                    R"({"type":"kiosk.view","customer":{"loyalty_id":"L-RESTART"},)"
-                    R"("data":{"screen":"lookbook"}})")
+              .post("/v1/events", R"({"type":"kiosk.view","customer":{"loyalty_id":"L-RESTART"},)"
+                                  R"("data":{"screen":"lookbook"}})")
               .first == 202);
   // Once the visit thread has written the kiosk view to visits.db, the agent dies.
   const auto deadline = std::chrono::steady_clock::now() + 30s;
@@ -299,8 +310,8 @@ TEST_CASE(
   for (const auto& tp : v["touchpoints"]) {
     types.push_back(tp["type"]);
   }
-  CHECK(types == std::vector<std::string>{"beacon.enter", "kiosk.view", "pos.transaction",
-                                          "beacon.exit"});
+  CHECK(types ==
+        std::vector<std::string>{"beacon.enter", "kiosk.view", "pos.transaction", "beacon.exit"});
   CHECK(v["touchpoints"][1]["screen"] == "lookbook");
   CHECK(v["transactions"][0]["total"] == 12.5);
   CHECK(v["cart_items_bought"] == json{{{"sku", "SKU-1"}, {"channel", "web"}}});

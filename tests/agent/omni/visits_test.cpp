@@ -155,8 +155,8 @@ Event beacon(const std::string& type, const std::string& zone, int64_t at,
   return e;
 }
 
-Event kiosk(const std::string& type, const std::map<std::string, std::string>& customer,
-            json data, int64_t at) {
+Event kiosk(const std::string& type, const std::map<std::string, std::string>& customer, json data,
+            int64_t at) {
   Event e;
   e.type = type;
   e.source = "kiosk";
@@ -184,8 +184,8 @@ TEST_CASE(
   const int64_t t0 = s.clock.now - 600'000;
   s.append(beacon("beacon.enter", "entrance", t0));
   s.append(beacon("beacon.zone_change", "produce", t0 + 60'000));
-  s.append(kiosk("kiosk.view", {{"app_user_id", "A-9"}}, {{"screen", "product:67591"}},
-                 t0 + 90'000));
+  s.append(
+      kiosk("kiosk.view", {{"app_user_id", "A-9"}}, {{"screen", "product:67591"}}, t0 + 90'000));
   s.pay();  // loyalty id 40000066677 at the till; it is the profile's
   auto exit = beacon("beacon.exit", "produce", t0 + 400'000);
   exit.data_json = json{{"identity", kWatch}, {"zone", "produce"}, {"dwell_ms", 370'000}}.dump();
@@ -223,8 +223,9 @@ TEST_CASE(
   CHECK(summaries[0]["customer"]["beacon"] == kWatch);
   CHECK(v["closed_by"] == "exit");
   REQUIRE(v["zones"].size() == 2);
-  CHECK(v["zones"][0] ==
-        json{{"zone", "entrance"}, {"entered_at", "2026-11-18T10:56:40.000Z"}, {"dwell_ms", 60000}});
+  CHECK(v["zones"][0] == json{{"zone", "entrance"},
+                              {"entered_at", "2026-11-18T10:56:40.000Z"},
+                              {"dwell_ms", 60000}});
   // The beacon was last seen at enter + dwell_ms: the produce stay ends there.
   CHECK(v["zones"][1]["dwell_ms"] == 310'000);
   std::vector<std::string> types;
@@ -338,8 +339,8 @@ TEST_CASE(
   Store s;
   s.append(kiosk("kiosk.view", {{"loyalty_id", "LOY-SECRET-77"}}, {{"screen", "secret-screen"}},
                  s.clock.now));
-  s.append(kiosk("kiosk.view", {{"loyalty_id", "LOY-OTHER-1"}}, {{"screen", "other"}},
-                 s.clock.now));
+  s.append(
+      kiosk("kiosk.view", {{"loyalty_id", "LOY-OTHER-1"}}, {{"screen", "other"}}, s.clock.now));
   CHECK(s.visits->step(*s.ingest) == 0);
   REQUIRE(s.visits->stats().open == 2);
   const fs::path db = s.dir / "data" / "visits.db";
