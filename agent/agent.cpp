@@ -109,9 +109,9 @@ nlohmann::json visitsJson(const omni::VisitTracker* visits) {
     return {{"enabled", false}};
   }
   const auto s = visits->stats();
-  return {{"enabled", true},       {"open", s.open},
-          {"bytes", s.bytes},      {"emitted", s.emitted},
-          {"refused", s.refused},  {"capacity_closed", s.capacity_closed},
+  return {{"enabled", true},           {"open", s.open},
+          {"bytes", s.bytes},          {"emitted", s.emitted},
+          {"refused", s.refused},      {"capacity_closed", s.capacity_closed},
           {"last_error", s.last_error}};
 }
 
