@@ -886,12 +886,23 @@ void VisitTracker::enrich(Event& event) const {
       attr["touchpoints"] = std::move(tps);
     }
   }
-  if (attr.empty() && profile_id.empty()) {
-    return;  // nobody this agent knows: nothing to attribute
-  }
   json cart_items = json::array();
   if (profile.is_object() && profile.contains("cart") && profile["cart"].is_object()) {
     cart_items = profile["cart"].value("items", json::array());
+  } else if (profiles_ != nullptr) {
+    // A cart started at a kiosk for a customer the centre has not sent (yet).
+    for (const auto& key : keys) {
+      if (auto cart = profiles_->cartJson(key)) {
+        json doc = json::parse(*cart, nullptr, false);
+        if (doc.is_object() && doc.contains("items") && doc["items"].is_array()) {
+          cart_items = std::move(doc["items"]);
+          break;
+        }
+      }
+    }
+  }
+  if (attr.empty() && profile_id.empty() && cart_items.empty()) {
+    return;  // nobody this agent knows: nothing to attribute
   }
   attr["cart_lines"] = cartLines(data, cart_items);
   // Spliced in, not re-serialised: the data's amounts keep the till's own digits.

@@ -400,6 +400,17 @@ TEST_CASE(
   const std::string before = stranger.data_json;
   s.visits->enrich(stranger);
   CHECK(stranger.data_json == before);
+
+  // A cart the kiosk started for a customer the centre has not sent yet counts too.
+  REQUIRE(s.profiles
+              ->addCartItem("loyalty:NEWCOMER",
+                            json{{"sku", "X-1"}, {"qty", 1}, {"channel", "store"}}, s.clock.now)
+              .has_value());
+  Event newcomer = sale;
+  newcomer.customer = {{"loyalty_id", "NEWCOMER"}};
+  s.visits->enrich(newcomer);
+  CHECK(json::parse(newcomer.data_json)["attribution"]["cart_lines"] ==
+        json{{{"line", 0}, {"sku", "X-1"}, {"channel", "store"}, {"qty", 1}}});
 }
 
 TEST_CASE("past visits.max_bytes the visit heard of least recently closes first, by capacity",
