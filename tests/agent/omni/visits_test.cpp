@@ -432,3 +432,68 @@ TEST_CASE("past visits.max_bytes the visit heard of least recently closes first,
   CHECK(summaries[0]["data"]["closed_by"] == "capacity");
   CHECK(summaries[0]["customer"]["loyalty_id"] == "L0");  // the oldest first
 }
+
+TEST_CASE(
+    "a trigger shown to the customer is a touchpoint of the visit and named in the sale's "
+    "attribution",
+    "[unit][visits][attribution]") {
+  Store s;
+  s.push(profile("c-7", {"loyalty:" + std::string(kLoyalty), kWatch}));
+  s.append(beacon("beacon.enter", "shoes", s.clock.now));
+  Event shown;
+  shown.type = "trigger.shown";
+  shown.source = "triggers";
+  shown.customer["profile_id"] = "c-7";
+  shown.data_json = R"({"trigger_id":"welcome-gold","zone":"shoes","channel":"kiosk"})";
+  s.append(shown);
+  s.pay();
+  const auto sale = s.stored("pos.transaction").at(0);
+  CHECK(sale["data"]["attribution"]["triggers"] == json{"welcome-gold"});
+  CHECK(sale["data"]["attribution"]["zones"][0]["zone"] == "shoes");
+  s.clock.now += 3600 * 1000;
+  REQUIRE(s.visits->step(*s.ingest) == 1);
+  const json v = s.stored("visit.summary").at(0)["data"];
+  CHECK(v["touchpoints"][1] == json{{"at", v["touchpoints"][1]["at"]},
+                                    {"type", "trigger.shown"},
+                                    {"trigger", "welcome-gold"},
+                                    {"zone", "shoes"}});
+}
+
+TEST_CASE(
+    "a summary the buffer cannot take now (full) is tried again next round; one too large for "
+    "buffer.max_event_bytes goes with less detail, saying how many touchpoints it left out",
+    "[unit][visits]") {
+  Store s;
+  for (int i = 0; i < 150; ++i) {
+    s.append(kiosk("kiosk.view", {{"loyalty_id", "L-BUSY"}},
+                   {{"screen", "screen-" + std::to_string(i) + std::string(60, 's')}},
+                   s.clock.now + i));
+  }
+  s.clock.now += 3600 * 1000;
+  RecordingWriter writer;
+  writer.failNextAppend(omniedge::makeError("full", "the buffer is full"));
+  CHECK(s.visits->step(writer) == 0);
+  CHECK(s.visits->stats().open == 1);
+  CHECK(s.visits->step(writer) == 1);
+  REQUIRE(writer.events().size() == 1);
+  CHECK(s.visits->stats().open == 0);
+
+  // Through the real ingest with a 4 KiB event limit: the summary still goes, shortened.
+  Store small;
+  small.ingest = std::make_unique<omniedge::Ingest>(omniedge::IngestOptions{"store-042", 8 * 1024},
+                                                    *small.buffer, small.pii, small.clock,
+                                                    small.profiles.get());
+  small.ingest->setEnricher(small.visits.get());
+  small.ingest->addObserver(small.visits.get());
+  for (int i = 0; i < 150; ++i) {
+    small.append(kiosk("kiosk.view", {{"loyalty_id", "L-BUSY"}},
+                       {{"screen", "screen-" + std::to_string(i) + std::string(60, 's')}},
+                       small.clock.now + i));
+  }
+  small.clock.now += 3600 * 1000;
+  CHECK(small.visits->step(*small.ingest) == 1);
+  const json v = small.stored("visit.summary").at(0)["data"];
+  CHECK(v["touchpoints"].size() < 150);
+  CHECK(v["touchpoints"].size() + v["touchpoints_dropped"].get<std::size_t>() == 150);
+  CHECK(v["closed_by"] == "timeout");
+}
