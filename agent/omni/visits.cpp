@@ -706,6 +706,19 @@ std::size_t VisitTracker::step(EventWriter& out) {
       ++counters_.capacity_closed;
       bytes -= std::min(bytes, v->bytes);  // it leaves once its summary is durable
     }
+    // A customer who withdrew consent to tracking during the visit: it ends without a summary.
+    std::vector<std::string> withdrawn;
+    for (auto& [id, v] : visits_) {
+      if (!v->closed_by.empty() && profiles_ != nullptr &&
+          profiles_->refused(v->customer(), ConsentPurpose::kTracking)) {
+        withdrawn.push_back(id);
+      }
+    }
+    for (const auto& id : withdrawn) {
+      eraseLocked(id);
+      rows.push_back({id, ""});
+      ++counters_.refused;
+    }
     bytes_ = 0;
     for (auto& [id, v] : visits_) {
       if (!v->closed_by.empty()) {
@@ -738,6 +751,9 @@ std::size_t VisitTracker::step(EventWriter& out) {
   // In the order the customers were last heard of: the summaries go up as the visits ended.
   std::stable_sort(closing.begin(), closing.end(),
                    [](const Closing& a, const Closing& b) { return a.heard_ms < b.heard_ms; });
+  if (rows.empty() && closing.empty()) {
+    return 0;  // an idle round touches no file
+  }
   // visits.db first: a summary is appended only for a visit whose closing is on disk.
   bool ok = exec(db_, "BEGIN IMMEDIATE");
   for (const Row& r : rows) {
