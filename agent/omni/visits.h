@@ -78,11 +78,12 @@ class VisitTracker final : public EventObserver, public EventEnricher, public Pe
   void stop();
 
   /// One round of the visit thread's work on the caller's thread: persists the visits that
-  /// changed, closes the visits whose exit came or whose timeout
-  /// passed, and appends their summaries to `out` (a summary that cannot be appended stays
-  /// closing and is tried again next round). Returns how many summaries became durable.
-  /// Thread: the visit thread, or a test's without start(); never two at once.
-  /// Blocks on visits.db and on `out`.
+  /// changed, closes the visits whose exit came or whose timeout passed (or the least recently
+  /// heard past visits.max_bytes), and appends their summaries to `out`; a summary the buffer
+  /// cannot take now ("full", "io", "stopping") stays closing and is tried again next round,
+  /// one too large goes with less detail. Returns how many summaries became durable.
+  /// Thread: the visit thread (each second, and at once when a visit changed), or a test's
+  /// without start(); never two at once. Blocks on visits.db and on `out`.
   std::size_t step(EventWriter& out);
 
   /// Thread: any. Never blocks on I/O.
@@ -104,8 +105,10 @@ class VisitTracker final : public EventObserver, public EventEnricher, public Pe
 
   // PersonalData
   std::string_view name() const override { return "visits"; }
-  /// Drops the open visits of the subject (secure_delete, then a WAL checkpoint), without a
-  /// summary. Thread: any; waits for the visit thread's current round.
+  /// Drops the open (and closing) visits of the subject known by any of `keys`, from memory
+  /// and visits.db (secure_delete, then a WAL checkpoint TRUNCATE), without a summary; returns
+  /// how many. Fails "io" (the rows are then deleted at the next round; the checkpoint is
+  /// retried by the next forget). Thread: any; waits for the visit thread's current round.
   Result<int64_t> forget(const SubjectKeys& keys) override;
 
  private:
