@@ -23,6 +23,7 @@
 #include "agent/envelope.h"
 #include "agent/ingest.h"
 #include "agent/log_ring.h"
+#include "agent/omni/visits.h"
 #include "agent/pii.h"
 #include "agent/source_runner.h"
 #include "agent/store/buffer.h"
@@ -100,6 +101,18 @@ nlohmann::json profilesJson(const store::ProfileCacheStats& s) {
       {"disk_evictions", s.disk_evictions},
       {"local_carts", s.local_carts},
   };
+}
+
+// Store-visit journeys (status "visits"); {"enabled": false} when visits.enabled is off.
+nlohmann::json visitsJson(const omni::VisitTracker* visits) {
+  if (visits == nullptr) {
+    return {{"enabled", false}};
+  }
+  const auto s = visits->stats();
+  return {{"enabled", true},           {"open", s.open},
+          {"bytes", s.bytes},          {"emitted", s.emitted},
+          {"refused", s.refused},      {"capacity_closed", s.capacity_closed},
+          {"last_error", s.last_error}};
 }
 
 nlohmann::json queueJson(const store::BufferStats& s, int64_t now_ms) {
@@ -388,6 +401,12 @@ struct Agent::Parts {
   std::unique_ptr<store::Buffer> buffer;
   std::unique_ptr<store::ProfileCache> profiles;
   std::unique_ptr<Ingest> ingest;
+  // Store-visit journeys and attribution (null with visits.enabled=false): Ingest's enricher
+  // and an observer; its thread is started and stopped by run().
+  std::unique_ptr<omni::VisitTracker> visits;
+  // Every holder of customers' personal data outside the buffer and the profile cache, for
+  // erasure (agent/api/personal_data.h). The lead reconciles this with the consent branch.
+  std::vector<PersonalData*> personal_data;
   std::unique_ptr<kiosk::HttpApi> http;
   std::unique_ptr<sync::SyncEngine> sync;
   // The HTTPS uplink: null when https.base_url is empty; replaced by applyConfig (main
@@ -450,6 +469,9 @@ Agent::~Agent() {
   }
   for (auto& s : p_->sources) {
     s->stop();
+  }
+  if (p_->visits) {
+    p_->visits->stop();
   }
   if (p_->control) {
     p_->control->stop();
@@ -602,6 +624,22 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
 
   p->ingest = std::make_unique<Ingest>(ingestOptions(cfg), *p->buffer, *p->pii, p->clock,
                                        p->profiles.get());
+  if (cfg.boolean("visits.enabled")) {
+    omni::VisitOptions vo;
+    vo.dir = bo.dir;
+    vo.store_id = p->store_id;
+    vo.synchronous_full = bo.synchronous_full;
+    vo.timeout_ms = cfg.integer("visits.timeout") * 1000;
+    vo.max_bytes = static_cast<std::size_t>(cfg.integer("visits.max_bytes"));
+    auto visits = omni::VisitTracker::open(vo, p->profiles.get(), p->clock);
+    if (!visits) {
+      return visits.error();
+    }
+    p->visits = std::move(*visits);
+    p->ingest->setEnricher(p->visits.get());
+    p->ingest->addObserver(p->visits.get());
+    p->personal_data.push_back(p->visits.get());
+  }
 
   auto listen = config::parseHostPort(cfg.str("http.listen"));
   if (!listen) {
@@ -880,6 +918,7 @@ nlohmann::json Agent::status() const {
       {"config_version", p_->config_version.load()},
       {"profiles_cached", p_->profiles->size()},
       {"profiles", profilesJson(p_->profiles->stats())},
+      {"visits", visitsJson(p_->visits.get())},
       {"uplink",
        {{"mqtt",
          {{"state", u.connected ? "connected" : "disconnected"},
@@ -1261,6 +1300,9 @@ int Agent::run() {
       spdlog::error("could not record agent.buffer_recovered: {}", r.error().message);
     }
   }
+  if (p.visits) {
+    p.visits->start(*p.ingest);
+  }
   if (auto r = p.http->start(); !r) {
     spdlog::critical("kiosk API: {}", r.error().message);
     return r.error().code == "config" ? 78 : 1;
@@ -1323,6 +1365,9 @@ int Agent::run() {
   p.http->stop();
   for (auto& source : p.sources) {
     source->stop();
+  }
+  if (p.visits) {
+    p.visits->stop();  // after the producers: their last events reach visits.db
   }
   p.control->stop();
   p.sync->stop();

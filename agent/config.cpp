@@ -347,6 +347,26 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .min = kMiB,
      .max = 64 * kGiB},
 
+    // Store-visit journeys and attribution (agent/omni/visits.h, docs/omnichannel.md).
+    {.name = "visits.enabled",
+     .kind = Kind::kBool,
+     .default_value = "true",
+     .help = "Join a customer's beacon, kiosk and POS events into visit.summary events and add "
+             "data.attribution to their POS transactions"},
+    {.name = "visits.timeout",
+     .kind = Kind::kDuration,
+     .default_value = "1800",
+     .help = "A visit without beacon.exit closes after no event of its customer for this long",
+     .min = 1,
+     .max = 7 * 24 * 3600},
+    {.name = "visits.max_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "8MiB",
+     .help = "Largest size of the open visits (memory and visits.db); past it the visit heard "
+             "of least recently closes first (closed_by capacity)",
+     .min = 64 * kKiB,
+     .max = kGiB},
+
     {.name = "buffer.max_bytes",
      .kind = Kind::kBytes,
      .default_value = "1GiB",
