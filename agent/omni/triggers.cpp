@@ -298,12 +298,14 @@ std::shared_ptr<const TriggerEngine::Facts> TriggerEngine::factsFor(const Event&
   std::lock_guard lock(facts_mu_);
   if (facts_generation_ == generation) {
     const std::size_t cap = options_.max_state_bytes / 2;
+    bool counted = false;  // the facts once, each key that leads to them
     for (const auto& [field, value] : event.customer) {
       const int f = fieldIndex(field);
       if (f < 0) {
         continue;
       }
-      const std::size_t add = value.size() + kEntryOverhead + facts->bytes;
+      const std::size_t add = value.size() + kEntryOverhead + (counted ? 0 : facts->bytes);
+      counted = true;
       if (facts_bytes_ + add > cap) {
         // Past the bound: start again empty. Facts are a cache; the next look reads again.
         for (auto& m : facts_) {
@@ -317,6 +319,20 @@ std::shared_ptr<const TriggerEngine::Facts> TriggerEngine::factsFor(const Event&
     }
   }
   return facts->known ? facts : nullptr;
+}
+
+bool TriggerEngine::rateOpen(const std::string& profile_id, const TriggerRule& rule,
+                             int64_t now_ms) const {
+  std::string key;
+  key.reserve(profile_id.size() + rule.id.size() + 1);
+  key += profile_id;
+  key += '\n';
+  key += rule.id;
+  std::lock_guard lock(rate_mu_);
+  auto it = rate_.find(key);
+  return it == rate_.end() || it->second.count < rule.rate_count ||
+         now_ms - it->second.window_start_ms >= rule.rate_window_ms ||
+         now_ms < it->second.window_start_ms;
 }
 
 bool TriggerEngine::takeRate(const std::string& profile_id, const TriggerRule& rule,
@@ -428,6 +444,12 @@ std::size_t TriggerEngine::evaluate(const Event& event, int64_t now_ms, std::vec
       zone_read = true;
     }
     if (!rule.zones.empty() && (!zone || !contains(rule.zones, *zone))) {
+      return;
+    }
+    // A customer already served by this rule lately: nothing more to ask (the common case of
+    // a customer walking about, and the cheapest answer).
+    if (!rateOpen(facts->profile_id, rule, now_ms)) {
+      ++counters_.rate_limited;
       return;
     }
     // Consent as the profile cache knows it now (every key of the event asked): refused

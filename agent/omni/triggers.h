@@ -135,6 +135,9 @@ class TriggerEngine final : public EventObserver, public PersonalData {
   };
 
   std::shared_ptr<const Facts> factsFor(const Event& event);
+  // Whether the rule's rate limit lets it fire for the customer now (no change), and taking
+  // one firing of it (false when it does not).
+  bool rateOpen(const std::string& profile_id, const TriggerRule& rule, int64_t now_ms) const;
   bool takeRate(const std::string& profile_id, const TriggerRule& rule, int64_t now_ms);
   void enqueue(std::vector<Firing> firings);
   void run(std::stop_token stop);
