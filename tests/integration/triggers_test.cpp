@@ -292,8 +292,8 @@ TEST_CASE(
   // The shoe kiosk saw nothing of the entrance; a customer shown in its zone reaches it.
   const std::string someone = *not_held.begin();
   const int n = std::stoi(someone.substr(2));
-  // (Rate limit: one welcome per 4 h per customer; a second rule is not needed for another
-  // zone: the first walk-in used the customer's window, so a shoe-zone rule is pushed.)
+  // The cart welcome is spent for that customer (1/4h); a greeting for the shoe zone is added,
+  // this time with the rules as a JSON array in the signed document rather than a string.
   const json more = json::array(
       {rules[0], {{"id", "shoes-hello"},
                   {"on", "beacon.enter"},
@@ -302,7 +302,7 @@ TEST_CASE(
                   {"show", {{"kind", "greeting"}}}}});
   REQUIRE(centralSim({"config", "--mqtt", broker.url(), "--tenant", "default", "--store", kStore,
                       "--version", "2", "--key", signing_key, "--settings",
-                      json{{"triggers.rules", more.dump()}}.dump()})
+                      json{{"triggers.rules", more}}.dump()})
               .exit_code == 0);
   REQUIRE(eventually([&] {
     return agent.get("/metrics").second.find("omniedge_triggers_rules 2\n") != std::string::npos;
