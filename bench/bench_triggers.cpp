@@ -67,12 +67,13 @@ int main() {
     Json upserts = Json::array();
     for (int k = 0; k < 500; ++k) {
       const int i = batch * 500 + k;
-      Json p = {{"id", "c-" + std::to_string(i)},
-                {"keys", {"loyalty:L-" + std::to_string(i), "ibeacon:u:1:" + std::to_string(i)}},
-                {"tier", tiers[rng() % 5]},
-                {"lifecycle", rng() % 2 ? "loyal" : "new"},
-                {"segments", {"seg" + std::to_string(rng() % 20), "seg" + std::to_string(rng() % 20)}},
-                {"consent", {{"personalization", true}, {"marketing", true}}}};
+      Json p = {
+          {"id", "c-" + std::to_string(i)},
+          {"keys", {"loyalty:L-" + std::to_string(i), "ibeacon:u:1:" + std::to_string(i)}},
+          {"tier", tiers[rng() % 5]},
+          {"lifecycle", rng() % 2 ? "loyal" : "new"},
+          {"segments", {"seg" + std::to_string(rng() % 20), "seg" + std::to_string(rng() % 20)}},
+          {"consent", {{"personalization", true}, {"marketing", true}}}};
       if (rng() % 2 == 0) {
         p["cart"] = {{"items", {{{"sku", "SKU-" + std::to_string(i)}, {"qty", 1}}}}};
       }
@@ -135,12 +136,13 @@ int main() {
       e.customer["profile_id"] = "c-" + std::to_string(who);
       e.customer["loyalty_id"] = "L-" + std::to_string(who);
     }
-    e.data_json = Json{{"identity", e.customer["beacon"]},
-                       {"zone", "z" + std::to_string(rng() % 10)},
-                       {"scanner", "s1"},
-                       {"rssi", -61.5},
-                       {"distance_m", 2.13}}
-                      .dump();
+    e.data_json = Json{
+        {"identity", e.customer["beacon"]},
+        {"zone", "z" + std::to_string(rng() % 10)},
+        {"scanner", "s1"},
+        {"rssi", -61.5},
+        {"distance_m",
+         2.13}}.dump();
   }
 
   // First look at every customer since the profiles changed: one profile read each.

@@ -44,16 +44,16 @@ bool isEventType(std::string_view t) {
 }
 
 Result<std::vector<std::string>> stringList(const Json& v, const std::string& field) {
-  const std::string why = "must be an array of non-empty strings (at most " +
-                          std::to_string(kMaxListItems) + "), got ";
+  const std::string why =
+      "must be an array of non-empty strings (at most " + std::to_string(kMaxListItems) + "), got ";
   if (!v.is_array() || v.empty() || v.size() > kMaxListItems) {
     return fail(field, why + shown(v));
   }
   std::vector<std::string> out;
   for (std::size_t i = 0; i < v.size(); ++i) {
     if (!v[i].is_string() || v[i].get_ref<const std::string&>().empty()) {
-      return fail(field + "[" + std::to_string(i) + "]", "must be a non-empty string, got " +
-                                                             shown(v[i]));
+      return fail(field + "[" + std::to_string(i) + "]",
+                  "must be a non-empty string, got " + shown(v[i]));
     }
     out.push_back(v[i].get<std::string>());
   }
@@ -67,8 +67,7 @@ Result<void> parseRate(const Json& v, const std::string& field, TriggerRule& rul
       return fail(field, "an object must be {\"per_customer_s\": seconds}, got " + shown(v));
     }
     const Json& s = v["per_customer_s"];
-    if (!s.is_number_integer() || s.get<int64_t>() < 1 ||
-        s.get<int64_t>() > kMaxWindowMs / 1000) {
+    if (!s.is_number_integer() || s.get<int64_t>() < 1 || s.get<int64_t>() > kMaxWindowMs / 1000) {
       return fail(field + ".per_customer_s",
                   "must be a whole number of seconds from 1 to 31622400, got " + shown(s));
     }
@@ -202,8 +201,8 @@ Result<TriggerRule> parseRule(const Json& r, std::size_t index) {
                       std::all_of(v.get_ref<const std::string&>().begin(),
                                   v.get_ref<const std::string&>().end(), isIdChar);
       if (!ok) {
-        return fail(f, "must be 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', got " +
-                           shown(v));
+        return fail(
+            f, "must be 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', got " + shown(v));
       }
       rule.id = v.get<std::string>();
       has_id = true;
@@ -238,8 +237,9 @@ Result<TriggerRule> parseRule(const Json& r, std::size_t index) {
     } else if (name == "show") {
       if (!v.is_object() || !v.contains("kind") || !v["kind"].is_string() ||
           v["kind"].get_ref<const std::string&>().empty()) {
-        return fail(f, "must be an object with a \"kind\" string (e.g. {\"kind\": \"cart\"}), got " +
-                           shown(v));
+        return fail(f,
+                    "must be an object with a \"kind\" string (e.g. {\"kind\": \"cart\"}), got " +
+                        shown(v));
       }
       rule.show_json = v.dump(-1, ' ', false, Json::error_handler_t::replace);
       rule.show_kind = v["kind"].get<std::string>();
@@ -253,8 +253,8 @@ Result<TriggerRule> parseRule(const Json& r, std::size_t index) {
     } else if (name == "holdout") {
       if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0 ||
           v.get<double>() > 1) {
-        return fail(f, "must be a number from 0 to 1 (the share of customers held out), got " +
-                           shown(v));
+        return fail(
+            f, "must be a number from 0 to 1 (the share of customers held out), got " + shown(v));
       }
       rule.holdout = v.get<double>();
     } else {

@@ -16,22 +16,22 @@ namespace omniedge::omni {
 
 /// One rule, as checked. Lists are empty when the rule does not ask for that condition.
 struct TriggerRule {
-  std::string id;                          // 1-64 of [A-Za-z0-9._-], unique in the set
-  std::string on;                          // event type, or a glob with '*' ("beacon.*")
-  std::vector<std::string> tiers;          // when.tier: the profile's tier is one of these
-  std::vector<std::string> segments_any;   // when.segments_any: one of its segments is
-  std::vector<std::string> segments_all;   // when.segments_all: every one of these is
-  std::vector<std::string> lifecycle;      // when.lifecycle: its lifecycle stage is one of
-  std::vector<std::string> zones;          // when.zone: the event's data.zone is one of
-  std::vector<std::string> consent;        // when.consent: purposes the profile explicitly grants
-  int cart = 0;                            // when.cart_not_empty: 1 true, -1 false, 0 not asked
-  std::string emit;                        // engagement.<name>
-  std::string show_json;                   // the "show" object, compact ("" when none)
-  std::string show_kind;                   // its "kind" ("cart": the stream carries the cart)
-  int64_t rate_count = 1;                  // at most rate_count firings ...
-  int64_t rate_window_ms = 3'600'000;      // ... per customer within this window
-  double holdout = 0;                      // share of customers held out, 0 to 1
-  std::string version;                     // 16 hex digits hashing the rule: which edit fired
+  std::string id;                         // 1-64 of [A-Za-z0-9._-], unique in the set
+  std::string on;                         // event type, or a glob with '*' ("beacon.*")
+  std::vector<std::string> tiers;         // when.tier: the profile's tier is one of these
+  std::vector<std::string> segments_any;  // when.segments_any: one of its segments is
+  std::vector<std::string> segments_all;  // when.segments_all: every one of these is
+  std::vector<std::string> lifecycle;     // when.lifecycle: its lifecycle stage is one of
+  std::vector<std::string> zones;         // when.zone: the event's data.zone is one of
+  std::vector<std::string> consent;       // when.consent: purposes the profile explicitly grants
+  int cart = 0;                           // when.cart_not_empty: 1 true, -1 false, 0 not asked
+  std::string emit;                       // engagement.<name>
+  std::string show_json;                  // the "show" object, compact ("" when none)
+  std::string show_kind;                  // its "kind" ("cart": the stream carries the cart)
+  int64_t rate_count = 1;                 // at most rate_count firings ...
+  int64_t rate_window_ms = 3'600'000;     // ... per customer within this window
+  double holdout = 0;                     // share of customers held out, 0 to 1
+  std::string version;                    // 16 hex digits hashing the rule: which edit fired
 };
 
 /// The most rules a set may hold.

@@ -455,8 +455,7 @@ std::size_t TriggerEngine::evaluate(const Event& event, int64_t now_ms, std::vec
     // Consent as the profile cache knows it now (every key of the event asked): refused
     // personalization means no trigger at all; refused marketing, no engagement event either.
     if (personalization < 0) {
-      personalization =
-          profiles_.refused(event.customer, ConsentPurpose::kPersonalization) ? 1 : 0;
+      personalization = profiles_.refused(event.customer, ConsentPurpose::kPersonalization) ? 1 : 0;
     }
     if (personalization == 1) {
       ++counters_.no_personalization;
@@ -752,8 +751,7 @@ Result<std::string> holdoutKey(const std::string& tenant_key, const std::string&
     }
   }
   std::string key(32, '\0');
-  if (RAND_bytes(reinterpret_cast<unsigned char*>(key.data()), static_cast<int>(key.size())) !=
-      1) {
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(key.data()), static_cast<int>(key.size())) != 1) {
     return makeError("io", "cannot draw the triggers' hold-out key");
   }
   // Written aside and renamed: a crash never leaves a short key that would reshuffle hold-outs.
@@ -762,8 +760,8 @@ Result<std::string> holdoutKey(const std::string& tenant_key, const std::string&
   if (fd < 0) {
     return makeError("io", "cannot write " + tmp.string() + ": " + std::strerror(errno));
   }
-  const bool written = ::write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size()) &&
-                       ::fsync(fd) == 0;
+  const bool written =
+      ::write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size()) && ::fsync(fd) == 0;
   ::close(fd);
   if (!written || ::rename(tmp.c_str(), path.c_str()) != 0) {
     return makeError("io", "cannot write " + path.string() + ": " + std::strerror(errno));

@@ -49,10 +49,10 @@ struct TriggerOptions {
 };
 
 struct TriggerStats {
-  uint64_t evaluated = 0;       // events held against at least one rule's type
-  uint64_t fired = 0;           // engagement events made (held-out ones included)
-  uint64_t held_out = 0;        // of those, for customers in the rule's hold-out
-  uint64_t rate_limited = 0;    // a rule held but its rate limit for the customer did not
+  uint64_t evaluated = 0;           // events held against at least one rule's type
+  uint64_t fired = 0;               // engagement events made (held-out ones included)
+  uint64_t held_out = 0;            // of those, for customers in the rule's hold-out
+  uint64_t rate_limited = 0;        // a rule held but its rate limit for the customer did not
   uint64_t no_personalization = 0;  // a rule held for a customer who refused personalization
   uint64_t no_marketing = 0;        // ... who refused marketing: no event, nothing shown
   uint64_t queue_dropped = 0;       // firings dropped: the queue was over its bound

@@ -1077,8 +1077,7 @@ void HttpApi::openStream(const HttpRequest& req, HttpResponse& res) {
     if (zone) {
       if (!zones.empty() && std::find(zones.begin(), zones.end(), *zone) == zones.end()) {
         sendError(res, 403, "forbidden",
-                  "this token may follow only the zones it names (zones=...), not '" + *zone +
-                      "'",
+                  "this token may follow only the zones it names (zones=...), not '" + *zone + "'",
                   "zone");
         return;
       }

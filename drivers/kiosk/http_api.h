@@ -76,9 +76,9 @@ struct HttpApiOptions {
   std::function<Result<std::string>(const std::string& key, const std::string& item)> cart_add;
   std::string store_id;  // store.id: the first part of POS transaction ids
   // GET /v1/stream (server-sent events for the kiosks, see HttpApi::publish()).
-  std::size_t max_streams = 32;                          // open at once; more: 503
-  std::size_t stream_max_queued_bytes = 256 * 1024;      // per stream; oldest frames dropped
-  std::chrono::milliseconds stream_heartbeat{15000};     // a comment line when quiet
+  std::size_t max_streams = 32;                       // open at once; more: 503
+  std::size_t stream_max_queued_bytes = 256 * 1024;   // per stream; oldest frames dropped
+  std::chrono::milliseconds stream_heartbeat{15000};  // a comment line when quiet
 };
 
 struct HealthReport {

@@ -323,3 +323,27 @@ TEST_CASE("engagement events never trigger rules themselves", "[unit][triggers]"
   e.type = "engagement.any";
   CHECK(f.eval(e).empty());
 }
+
+TEST_CASE("what triggers keep per customer stays within triggers.max_state_bytes",
+          "[unit][triggers]") {
+  TriggerOptions options;
+  options.max_state_bytes = 64 * 1024;
+  Fixture f(R"([{"id":"r","on":"beacon.enter","when":{"tier":["gold"]},
+    "emit":"engagement.hello","rate_limit":"1/1d"}])",
+            options);
+  json upserts = json::array();
+  for (int i = 0; i < 3000; ++i) {
+    upserts.push_back({{"id", "p-" + std::to_string(i)},
+                       {"keys", {"loyalty:P" + std::to_string(i)}},
+                       {"tier", "gold"}});
+  }
+  REQUIRE(f.profiles->apply(json{{"upserts", upserts}}.dump(), kNow + 1).has_value());
+  std::size_t fired = 0;
+  for (int i = 0; i < 3000; ++i) {
+    fired += f.eval(enter("loyalty_id", "P" + std::to_string(i), "entrance")).size();
+    REQUIRE(f.engine->stats().state_bytes <= options.max_state_bytes);
+  }
+  CHECK(fired == 3000);
+  // The most recent windows are kept: the last customer is still rate-limited.
+  CHECK(f.eval(enter("loyalty_id", "P2999", "entrance")).empty());
+}

@@ -155,15 +155,15 @@ TEST_CASE(
                                 << kShoes << " zones=shoes\n";
   // A fixed tenant key: the hold-out is then the same on every run (and in every store).
   tmp.write("hmac.key", "tenant-hmac-key-for-the-trigger-test-0123");
-  AgentProcess agent(tmp / "data",
-                     {{"OMNIEDGE_MQTT_URL", broker.url()},
-                      {"OMNIEDGE_MQTT_RECONNECT_MIN", "1"},
-                      {"OMNIEDGE_MQTT_RECONNECT_MAX", "2"},
-                      {"OMNIEDGE_STORE_ID", kStore},
-                      {"OMNIEDGE_CONFIG_VERIFY_KEY_FILE",
-                       json::parse(keys.out)["public_key"].get<std::string>()},
-                      {"OMNIEDGE_IDENTITY_HMAC_KEY_FILE", (tmp / "hmac.key").string()},
-                      {"OMNIEDGE_HTTP_TOKENS_FILE", (tmp / "tokens").string()}});
+  AgentProcess agent(
+      tmp / "data",
+      {{"OMNIEDGE_MQTT_URL", broker.url()},
+       {"OMNIEDGE_MQTT_RECONNECT_MIN", "1"},
+       {"OMNIEDGE_MQTT_RECONNECT_MAX", "2"},
+       {"OMNIEDGE_STORE_ID", kStore},
+       {"OMNIEDGE_CONFIG_VERIFY_KEY_FILE", json::parse(keys.out)["public_key"].get<std::string>()},
+       {"OMNIEDGE_IDENTITY_HMAC_KEY_FILE", (tmp / "hmac.key").string()},
+       {"OMNIEDGE_HTTP_TOKENS_FILE", (tmp / "tokens").string()}});
   agent.setBearerToken(kBridge);
   INFO("log: " << agent.log());
   REQUIRE(agent.start());
@@ -175,12 +175,13 @@ TEST_CASE(
   // The centre pushes the profiles: gold customers with items in their app cart, and one silver.
   json upserts = json::array();
   for (int i = 0; i < kCustomers; ++i) {
-    upserts.push_back({{"id", "c-" + std::to_string(i)},
-                       {"keys", {"loyalty:L-" + std::to_string(i), "ibeacon:u:1:" + std::to_string(i)}},
-                       {"tier", "gold"},
-                       {"segments", {"vip"}},
-                       {"cart", {{"items", {{{"sku", "SKU-" + std::to_string(i)}, {"qty", 1},
-                                             {"channel", "app"}}}}}}});
+    upserts.push_back(
+        {{"id", "c-" + std::to_string(i)},
+         {"keys", {"loyalty:L-" + std::to_string(i), "ibeacon:u:1:" + std::to_string(i)}},
+         {"tier", "gold"},
+         {"segments", {"vip"}},
+         {"cart",
+          {{"items", {{{"sku", "SKU-" + std::to_string(i)}, {"qty", 1}, {"channel", "app"}}}}}}});
   }
   upserts.push_back({{"id", "c-silver"},
                      {"keys", {"loyalty:L-S", "ibeacon:u:1:99"}},
@@ -193,17 +194,16 @@ TEST_CASE(
   }));
 
   // ... and the rules, signed: half of the customers are held out of the cart welcome.
-  const json rules = json::array(
-      {{{"id", "gold-cart-welcome"},
-        {"on", "beacon.enter"},
-        {"when", {{"tier", {"gold"}}, {"cart_not_empty", true}}},
-        {"emit", "engagement.cart_reminder"},
-        {"show", {{"kind", "cart"}}},
-        {"rate_limit", "1/4h"},
-        {"holdout", 0.5}}});
-  auto published = centralSim({"config", "--mqtt", broker.url(), "--tenant", "default",
-                               "--store", kStore, "--version", "1", "--key", signing_key,
-                               "--settings", json{{"triggers.rules", rules.dump()}}.dump()});
+  const json rules = json::array({{{"id", "gold-cart-welcome"},
+                                   {"on", "beacon.enter"},
+                                   {"when", {{"tier", {"gold"}}, {"cart_not_empty", true}}},
+                                   {"emit", "engagement.cart_reminder"},
+                                   {"show", {{"kind", "cart"}}},
+                                   {"rate_limit", "1/4h"},
+                                   {"holdout", 0.5}}});
+  auto published = centralSim({"config", "--mqtt", broker.url(), "--tenant", "default", "--store",
+                               kStore, "--version", "1", "--key", signing_key, "--settings",
+                               json{{"triggers.rules", rules.dump()}}.dump()});
   REQUIRE(published.exit_code == 0);
   // Applied by the daemon (not only stored): the rule is in force.
   REQUIRE(eventually([&] {
@@ -294,12 +294,12 @@ TEST_CASE(
   const int n = std::stoi(someone.substr(2));
   // The cart welcome is spent for that customer (1/4h); a greeting for the shoe zone is added,
   // this time with the rules as a JSON array in the signed document rather than a string.
-  const json more = json::array(
-      {rules[0], {{"id", "shoes-hello"},
-                  {"on", "beacon.enter"},
-                  {"when", {{"zone", {"shoes"}}, {"segments_any", {"vip"}}}},
-                  {"emit", "engagement.hello"},
-                  {"show", {{"kind", "greeting"}}}}});
+  const json more = json::array({rules[0],
+                                 {{"id", "shoes-hello"},
+                                  {"on", "beacon.enter"},
+                                  {"when", {{"zone", {"shoes"}}, {"segments_any", {"vip"}}}},
+                                  {"emit", "engagement.hello"},
+                                  {"show", {{"kind", "greeting"}}}}});
   REQUIRE(centralSim({"config", "--mqtt", broker.url(), "--tenant", "default", "--store", kStore,
                       "--version", "2", "--key", signing_key, "--settings",
                       json{{"triggers.rules", more}}.dump()})
@@ -328,10 +328,11 @@ TEST_CASE("trigger rules with an error are refused as a whole, naming the rule a
           "[integration][triggers]") {
   TempDir tmp;
   AgentProcess agent(tmp / "data", {});
-  const json rules = json::array(
-      {{{"id", "ok"}, {"on", "beacon.enter"}, {"emit", "engagement.a"}},
-       {{"id", "bad"}, {"on", "beacon.enter"}, {"emit", "engagement.b"},
-        {"when", {{"tier", "gold"}}}}});
+  const json rules = json::array({{{"id", "ok"}, {"on", "beacon.enter"}, {"emit", "engagement.a"}},
+                                  {{"id", "bad"},
+                                   {"on", "beacon.enter"},
+                                   {"emit", "engagement.b"},
+                                   {"when", {{"tier", "gold"}}}}});
   tmp.write("omniedge.conf", "[triggers]\nrules = " + rules.dump() + "\n");
   auto r = agent.cli({"config", "validate", (tmp / "omniedge.conf").string()});
   CHECK(r.exit_code != 0);

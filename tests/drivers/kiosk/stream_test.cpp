@@ -26,7 +26,10 @@ struct Fixture {
     options.host = "127.0.0.1";
     options.port = 0;
     api = std::make_unique<HttpApi>(
-        std::move(options), writer, [] { return HealthReport{true, ""}; },
+        std::move(options), writer,
+        [] {
+          return HealthReport{true, ""};
+        },
         [] { return std::string(); });
     REQUIRE(api->start().has_value());
   }
@@ -136,7 +139,8 @@ TEST_CASE("a kiosk stream gets the engagements of its zone as server-sent events
 
 TEST_CASE("a token's zones bound what its stream may follow", "[unit][kiosk][stream]") {
   HttpApiOptions options;
-  auto tokens = parseTokens("shoe-kiosk-token-0123456789 zones=shoes,socks\nall-token-0123456789\n");
+  auto tokens =
+      parseTokens("shoe-kiosk-token-0123456789 zones=shoes,socks\nall-token-0123456789\n");
   REQUIRE(tokens.has_value());
   CHECK((*tokens)[0].zones == std::vector<std::string>{"shoes", "socks"});
   CHECK((*tokens)[1].zones.empty());
@@ -169,8 +173,7 @@ TEST_CASE("token lines with a bad zones= attribute are refused naming the line",
   CHECK_THAT(twice.error().message, Contains("line 2") && Contains("zones= is given twice"));
 }
 
-TEST_CASE("kiosk streams are bounded in number and heartbeat when quiet",
-          "[unit][kiosk][stream]") {
+TEST_CASE("kiosk streams are bounded in number and heartbeat when quiet", "[unit][kiosk][stream]") {
   HttpApiOptions options;
   options.max_streams = 1;
   options.stream_heartbeat = 200ms;
