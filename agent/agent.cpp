@@ -24,6 +24,8 @@
 #include "agent/ingest.h"
 #include "agent/log_ring.h"
 #include "agent/omni/visits.h"
+#include "agent/omni/trigger_rules.h"
+#include "agent/omni/triggers.h"
 #include "agent/pii.h"
 #include "agent/source_runner.h"
 #include "agent/store/buffer.h"
@@ -405,9 +407,12 @@ struct Agent::Parts {
   // and an observer; its thread is started and stopped by run().
   std::unique_ptr<omni::VisitTracker> visits;
   // Every holder of customers' personal data outside the buffer and the profile cache, for
-  // erasure (agent/api/personal_data.h). The lead reconciles this with the consent branch.
+  // erasure (agent/api/personal_data.h). Not owned.
   std::vector<PersonalData*> personal_data;
   std::unique_ptr<kiosk::HttpApi> http;
+  // Local triggers (agent/omni/triggers.h): observes ingest, tells the kiosk streams of `http`;
+  // declared after both so that it goes first.
+  std::unique_ptr<omni::TriggerEngine> triggers;
   std::unique_ptr<sync::SyncEngine> sync;
   // The HTTPS uplink: null when https.base_url is empty; replaced by applyConfig (main
   // thread), read by any thread through Agent::https().
@@ -472,6 +477,9 @@ Agent::~Agent() {
   }
   if (p_->visits) {
     p_->visits->stop();
+  }
+  if (p_->triggers) {
+    p_->triggers->stop();
   }
   if (p_->control) {
     p_->control->stop();
@@ -657,6 +665,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   ho.header_timeout = std::chrono::seconds(cfg.integer("http.header_timeout"));
   ho.body_timeout = std::chrono::seconds(cfg.integer("http.body_timeout"));
   ho.keep_alive_timeout = std::chrono::seconds(cfg.integer("http.keepalive_timeout"));
+  ho.max_streams = static_cast<std::size_t>(cfg.integer("triggers.stream_max_connections"));
   ho.customer_lookup = [cache = p->profiles.get()](const std::string& key) {
     return cache->profileJson(key);
   };
@@ -739,6 +748,35 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
         return h;
       },
       [self] { return self->metricsText(); });
+  {
+    // Local triggers: the hold-out key is the tenant's when there is one, so that a customer
+    // is held out of a rule in every store alike.
+    std::string tenant_key;
+    if (!cfg.str("identity.hmac_key_file").empty()) {
+      auto key = PiiHasher::readKeyFile(cfg.str("identity.hmac_key_file"));
+      if (!key) {
+        return key.error();
+      }
+      tenant_key = *key;
+    }
+    auto key = omni::holdoutKey(tenant_key, cfg.str("data.dir"));
+    if (!key) {
+      return key.error();
+    }
+    omni::TriggerOptions to;
+    to.max_state_bytes = static_cast<std::size_t>(cfg.integer("triggers.max_state_bytes"));
+    to.holdout_key = std::move(*key);
+    parts.triggers = std::make_unique<omni::TriggerEngine>(
+        std::move(to), *parts.profiles, *parts.ingest, parts.clock,
+        [http = parts.http.get()](const omni::Engagement& e) { http->publish(e.zone, e.json); });
+    auto rules = omni::parseTriggerRules(cfg.str("triggers.rules"));
+    if (!rules) {
+      return rules.error();  // checked by the config layer: not expected
+    }
+    parts.triggers->setRules(std::move(*rules));
+    parts.ingest->addObserver(parts.triggers.get());
+    parts.personal_data.push_back(parts.triggers.get());
+  }
   parts.sync = std::make_unique<sync::SyncEngine>(
       *parts.buffer, uplink->mqtt, uplink->sync, [self] { return self->uplinkStatusJson(); },
       [self](const std::string& topic, const std::string& payload) {
@@ -1055,6 +1093,22 @@ std::string Agent::metricsText() const {
   }
   line("omniedge_quarantine_events", "gauge", "Events in the quarantine table.",
        s.quarantine_events);
+  {
+    const auto t = p_->triggers->stats();
+    m += "# HELP omniedge_triggers_total Trigger evaluations by outcome (docs/omnichannel.md).\n"
+         "# TYPE omniedge_triggers_total counter\n";
+    for (const auto& [outcome, n] :
+         {std::pair{"fired", t.fired}, std::pair{"held_out", t.held_out},
+          std::pair{"shown", t.shown}, std::pair{"rate_limited", t.rate_limited},
+          std::pair{"no_personalization", t.no_personalization},
+          std::pair{"no_marketing", t.no_marketing}, std::pair{"queue_dropped", t.queue_dropped},
+          std::pair{"append_failed", t.append_failed}}) {
+      m += fmt::format("omniedge_triggers_total{{outcome=\"{}\"}} {}\n", outcome, n);
+    }
+    line("omniedge_triggers_rules", "gauge", "Trigger rules in force.", t.rules);
+    line("omniedge_triggers_state_bytes", "gauge",
+         "Memory held for triggers (profile facts, rate limits).", t.state_bytes);
+  }
   m += p_->http->metricsText();
   return m;
 }
@@ -1307,6 +1361,7 @@ int Agent::run() {
     spdlog::critical("kiosk API: {}", r.error().message);
     return r.error().code == "config" ? 78 : 1;
   }
+  p.triggers->start();
   for (auto& source : p.sources) {
     source->start();
   }
@@ -1423,6 +1478,7 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
   bool data_pii = false;
   bool uplink = false;
   bool https_link = false;           // the HTTPS uplink restarts with the new settings
+  bool triggers = false;             // the trigger rules are replaced
   std::vector<std::string> drivers;  // names of the drivers to restart
   const auto restartDriver = [&drivers](const char* name) {
     if (std::find(drivers.begin(), drivers.end(), name) == drivers.end()) {
@@ -1455,6 +1511,8 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
       restartDriver("pos");
     } else if (key.starts_with("beacon.")) {
       restartDriver("beacon");
+    } else if (key == "triggers.rules") {
+      triggers = true;
     } else {
       change.restart_needed.push_back(key);
     }
@@ -1468,6 +1526,14 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
       return u.error();
     }
     up = std::move(*u);
+  }
+  std::optional<std::vector<omni::TriggerRule>> rules;
+  if (triggers) {
+    auto parsed = omni::parseTriggerRules(next.str("triggers.rules"));
+    if (!parsed) {
+      return parsed.error();
+    }
+    rules = std::move(*parsed);
   }
   std::vector<std::unique_ptr<Source>> fresh;
   if (!drivers.empty()) {
@@ -1501,6 +1567,10 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
   }
   if (data_pii) {
     p.pii->setDataPolicy(parseDataPiiPolicy(next.str("identity.data_pii")));
+  }
+  if (rules) {
+    spdlog::info("triggers: {} rule(s) now", rules->size());
+    p.triggers->setRules(std::move(*rules));
   }
   if (up) {
     change.uplink_generation = p.sync->reconfigure(up->mqtt, up->sync);

@@ -17,6 +17,8 @@
 #include <limits>
 #include <sstream>
 
+#include "agent/omni/trigger_rules.h"
+
 namespace omniedge::config {
 namespace {
 
@@ -641,6 +643,26 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .help = "QoS of the subscription to the gateways' topics",
      .min = 0,
      .max = 1},
+    // ---- triggers (agent/omni/triggers.h, docs/omnichannel.md) ----
+    {.name = "triggers.rules",
+     .kind = Kind::kString,
+     .remote = true,
+     .help = "Local trigger rules: a JSON array of {id, on, when, emit, show, rate_limit, "
+             "holdout} (docs/omnichannel.md); empty: none",
+     .check = omni::checkTriggerRules},
+    {.name = "triggers.max_state_bytes",
+     .kind = Kind::kBytes,
+     .default_value = "4MiB",
+     .help = "Memory for what triggers keep per customer (rate limits, profile facts); the "
+             "oldest go first beyond it",
+     .min = 64 * kKiB,
+     .max = kGiB},
+    {.name = "triggers.stream_max_connections",
+     .kind = Kind::kInt,
+     .default_value = "32",
+     .help = "Kiosk streams (GET /v1/stream) open at once; more are answered 503",
+     .min = 1,
+     .max = 1024},
 });
 
 [[noreturn]] void die(const std::string& message) {

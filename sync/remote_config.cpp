@@ -27,6 +27,11 @@ constexpr std::size_t kMaxDocumentBytes = 64 * 1024;
 constexpr std::size_t kMaxPayloadBytes = 128 * 1024;  // the document in base64, and a signature
 constexpr std::size_t kMaxSettings = 256;
 constexpr std::size_t kMaxValueBytes = 4096;
+// triggers.rules: a JSON array of rule objects (agent/omni/trigger_rules.h), given as the array
+// itself or as a string holding it; the config layer checks it as a whole. Up to most of a
+// document, since a store's rules travel together.
+constexpr std::string_view kRulesKey = "triggers.rules";
+constexpr std::size_t kMaxRulesBytes = 48 * 1024;
 
 int index(ConfigSource s) { return s == ConfigSource::kStore ? 0 : 1; }
 
@@ -59,6 +64,13 @@ Error invalid(const std::string& field, const std::string& why) {
 
 Result<std::string> settingValue(const std::string& key, const json& v) {
   const std::string field = "settings." + key;
+  if (key == kRulesKey && (v.is_array() || v.is_string())) {
+    std::string text = v.is_array() ? v.dump() : v.get<std::string>();
+    if (text.size() > kMaxRulesBytes) {
+      return invalid(field, "is longer than " + std::to_string(kMaxRulesBytes) + " bytes");
+    }
+    return text;
+  }
   if (v.is_string()) {
     if (v.get_ref<const std::string&>().size() > kMaxValueBytes) {
       return invalid(field, "is longer than " + std::to_string(kMaxValueBytes) + " bytes");

@@ -637,6 +637,11 @@ Error ProfileCache::rollbackLocked() {
   return makeError("io", "profile cache: " + err);
 }
 
+uint64_t ProfileCache::generation() const {
+  std::lock_guard lock(mu_);
+  return generation_;
+}
+
 // Durable first, then visible.
 Result<void> ProfileCache::commitLocked(Txn& txn, std::vector<Entry> fresh) {
   if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {

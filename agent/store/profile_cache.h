@@ -90,6 +90,10 @@ class ProfileCache final : public IdentityResolver {
   std::size_t size() const;
   /// Thread: any. Never blocks on I/O.
   ProfileCacheStats stats() const;
+  /// Bumped by every write that commits (apply(), addCartItem()): whoever keeps something
+  /// derived from profiles (the triggers' facts) derives it again when this moved.
+  /// Thread: any. Never blocks on I/O.
+  uint64_t generation() const;
 
   /// Adds `item` (a JSON object with sku, qty, ...) to the cart of the profile known as `key`:
   /// the same sku from the same channel adds to its qty. For a key no profile has, the cart is

@@ -28,6 +28,7 @@ constexpr std::string_view kPosPath = "/v1/pos/transactions";
 constexpr std::string_view kCustomersPrefix = "/v1/customers/";
 constexpr std::string_view kHealthPath = "/v1/health";
 constexpr std::string_view kMetricsPath = "/metrics";
+constexpr std::string_view kStreamPath = "/v1/stream";
 constexpr const char* kJsonType = "application/json";
 constexpr const char* kPrometheusType = "text/plain; version=0.0.4";
 
@@ -250,10 +251,30 @@ Result<std::vector<ApiToken>> parseTokens(std::string_view text) {
       const std::string_view attribute = line.substr(0, end);
       line.remove_prefix(end);
       constexpr std::string_view kChannels = "channels=";
+      constexpr std::string_view kZones = "zones=";
+      if (attribute.rfind(kZones, 0) == 0) {
+        if (!token.zones.empty()) {
+          return makeError("config", where + "zones= is given twice");
+        }
+        std::string_view list = attribute.substr(kZones.size());
+        while (true) {
+          const std::size_t comma = list.find(',');
+          const std::string_view zone = list.substr(0, comma);
+          if (zone.empty()) {
+            return makeError("config", where + "zones= holds an empty zone name");
+          }
+          token.zones.emplace_back(zone);
+          if (comma == std::string_view::npos) {
+            break;
+          }
+          list.remove_prefix(comma + 1);
+        }
+        continue;
+      }
       if (attribute.rfind(kChannels, 0) != 0) {
         return makeError("config", where + "'" + std::string(attribute) +
                                        "' is not understood (a token may be followed by "
-                                       "channels=kiosk,beacon,pos)");
+                                       "channels=kiosk,beacon,pos and zones=zone1,zone2)");
       }
       if (granted) {
         return makeError("config", where + "channels= is given twice");
@@ -407,13 +428,14 @@ int HttpApi::port() const { return port_.load(); }
 namespace {
 
 std::string_view routeLabel(int route) {
-  static constexpr std::array<std::string_view, 8> kLabels = {"/v1/events",
+  static constexpr std::array<std::string_view, 9> kLabels = {"/v1/events",
                                                               "/v1/pos/transactions",
                                                               "/v1/customers/{key}",
                                                               "/v1/customers/{key}/cart",
                                                               "/v1/customers/{key}/cart/items",
                                                               "/v1/health",
                                                               "/metrics",
+                                                              "/v1/stream",
                                                               "other"};
   return route >= 0 && route < static_cast<int>(kLabels.size()) ? kLabels[route] : "other";
 }
@@ -484,6 +506,13 @@ std::string HttpApi::metricsText() const {
          "Addresses locked out after repeated authentication failures.", {{"", lockouts_.load()}});
   metric("omniedge_http_auth_tracked_addresses", "gauge",
          "Addresses the brute-force lockout remembers.", {{"", tracked_.load()}});
+  // The kiosk streams (GET /v1/stream).
+  metric("omniedge_http_streams_open", "gauge", "Kiosk engagement streams open now.",
+         {{"", openStreams()}});
+  metric("omniedge_http_stream_frames_total", "counter",
+         "Engagement frames queued to kiosk streams.", {{"", stream_frames_.load()}});
+  metric("omniedge_http_streams_refused_total", "counter",
+         "Kiosk streams refused: every stream slot was in use.", {{"", stream_refused_.load()}});
   return text;
 }
 
@@ -505,6 +534,9 @@ HeadAction HttpApi::onHead(HttpRequest& req, HttpResponse& res) {
     method_ok = get;
   } else if (req.path == kMetricsPath) {
     route = Route::kMetrics;
+    method_ok = get;
+  } else if (req.path == kStreamPath) {
+    route = Route::kStream;
     method_ok = get;
   } else if (splitCustomerPath(req.path, key, tail)) {
     if (tail.empty()) {
@@ -543,6 +575,10 @@ HeadAction HttpApi::onHead(HttpRequest& req, HttpResponse& res) {
   }
   if (post && !isJsonContentType(req)) {
     sendError(res, 415, "unsupported_media_type", "the body must be application/json");
+    return answered();
+  }
+  if (route == Route::kStream) {
+    openStream(req, res);
     return answered();
   }
   return HeadAction::kReadBody;
@@ -965,6 +1001,144 @@ void HttpApi::handleMetrics(HttpResponse& res) {
 void HttpApi::countRequest(Route route, int status) {
   std::lock_guard lock(stats_mu_);
   ++requests_[{route, status}];
+}
+
+// ---- GET /v1/stream: engagements for the kiosks (server-sent events) -------------------------
+
+namespace {
+
+// The percent-decoded value of `name` in the target's query; nullopt when absent.
+std::optional<std::string> queryParam(std::string_view target, std::string_view name) {
+  const std::size_t q = target.find('?');
+  if (q == std::string_view::npos) {
+    return std::nullopt;
+  }
+  std::string_view query = target.substr(q + 1);
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    query.remove_prefix(amp == std::string_view::npos ? query.size() : amp + 1);
+    const std::size_t eq = pair.find('=');
+    if (pair.substr(0, eq) != name) {
+      continue;
+    }
+    const std::string_view raw = eq == std::string_view::npos ? "" : pair.substr(eq + 1);
+    std::string out;
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+      if (raw[i] == '+') {
+        out += ' ';
+      } else if (raw[i] == '%') {
+        const auto hex = [](char c) {
+          return c >= '0' && c <= '9'   ? c - '0'
+                 : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                 : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                        : -1;
+        };
+        if (i + 2 >= raw.size()) {
+          return std::nullopt;
+        }
+        const int hi = hex(raw[i + 1]);
+        const int lo = hex(raw[i + 2]);
+        if (hi < 0 || lo < 0) {
+          return std::nullopt;
+        }
+        out += static_cast<char>(hi * 16 + lo);
+        i += 2;
+      } else {
+        out += raw[i];
+      }
+    }
+    return out;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+void HttpApi::openStream(const HttpRequest& req, HttpResponse& res) {
+  if (req.chunked || req.content_length > 0) {
+    sendError(res, 400, "invalid", "GET /v1/stream takes no body");
+    return;
+  }
+  std::vector<std::string> zones;
+  if (req.caller >= 0) {
+    zones = options_.tokens[static_cast<std::size_t>(req.caller)].zones;
+  }
+  if (req.target.find('?') != std::string_view::npos) {
+    auto zone = queryParam(req.target, "zone");
+    if (!zone && req.target.find("zone=") != std::string_view::npos) {
+      sendError(res, 400, "invalid", "the zone parameter is not well percent-encoded", "zone");
+      return;
+    }
+    if (zone && zone->empty()) {
+      sendError(res, 400, "invalid", "zone must not be empty", "zone");
+      return;
+    }
+    if (zone) {
+      if (!zones.empty() && std::find(zones.begin(), zones.end(), *zone) == zones.end()) {
+        sendError(res, 403, "forbidden",
+                  "this token may follow only the zones it names (zones=...), not '" + *zone + "'",
+                  "zone");
+        return;
+      }
+      zones = {*zone};
+    }
+  }
+  if (req.method == "HEAD") {
+    res.status = 200;
+    res.content_type = "text/event-stream";
+    return;
+  }
+  auto stream = std::make_shared<HttpStream>(options_.stream_max_queued_bytes, ": ping\n\n",
+                                             options_.stream_heartbeat);
+  {
+    std::lock_guard lock(streams_mu_);
+    // The server closes a stream when its client goes; only this list may still hold it.
+    std::erase_if(streams_, [](const Subscriber& s) {
+      return s.stream->closed() || s.stream.use_count() == 1;
+    });
+    if (streams_.size() >= options_.max_streams) {
+      ++stream_refused_;
+      res.set_header("Retry-After", "5");
+      sendError(res, 503, "busy",
+                "every kiosk stream is in use (" + std::to_string(options_.max_streams) +
+                    "); retry shortly");
+      return;
+    }
+    streams_.push_back(Subscriber{stream, zones});
+  }
+  res.status = 200;
+  // A first line at once: the kiosk knows it is subscribed before anything happens.
+  res.set_content("retry: 2000\n: subscribed\n\n", "text/event-stream");
+  res.stream = std::move(stream);
+}
+
+void HttpApi::publish(std::string_view zone, std::string_view json) {
+  std::string frame = "event: engagement\ndata: ";
+  const std::size_t at = frame.size();
+  frame += json;
+  // One data line: a line break in JSON is only ever white space outside strings.
+  std::replace_if(
+      frame.begin() + static_cast<std::ptrdiff_t>(at), frame.end(),
+      [](char c) { return c == '\n' || c == '\r'; }, ' ');
+  frame += "\n\n";
+  std::lock_guard lock(streams_mu_);
+  for (const Subscriber& s : streams_) {
+    if (!s.zones.empty() && std::find(s.zones.begin(), s.zones.end(), zone) == s.zones.end()) {
+      continue;
+    }
+    if (s.stream->write(frame)) {
+      ++stream_frames_;
+    }
+  }
+}
+
+std::size_t HttpApi::openStreams() const {
+  std::lock_guard lock(streams_mu_);
+  std::erase_if(streams_, [](const Subscriber& s) {
+    return s.stream->closed() || s.stream.use_count() == 1;
+  });
+  return streams_.size();
 }
 
 }  // namespace omniedge::kiosk

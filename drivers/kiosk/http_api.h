@@ -28,10 +28,12 @@ namespace omniedge::kiosk {
 struct ApiToken {
   std::string secret;
   std::vector<std::string> channels = {"kiosk"};  // of "kiosk", "beacon", "pos"
+  std::vector<std::string> zones = {};  // GET /v1/stream shows only these (empty: every zone)
 };
 
 /// Parses http.tokens_file: one token per line, optionally followed by the channels it may
-/// write (`<token> channels=kiosk,beacon`); without them a token writes kiosk.* only. Blank
+/// write (`<token> channels=kiosk,beacon`); without them a token writes kiosk.* only. A kiosk's
+/// token may name the zones its engagement stream shows (`zones=entrance,shoes`). Blank
 /// lines and lines starting with '#' are skipped; trailing whitespace is ignored. Fails with
 /// "config" naming the line: an unknown channel or attribute, "agent" (agent.* events come
 /// only from the agent), a token given twice, or no token at all.
@@ -73,6 +75,10 @@ struct HttpApiOptions {
   /// Unset: 404.
   std::function<Result<std::string>(const std::string& key, const std::string& item)> cart_add;
   std::string store_id;  // store.id: the first part of POS transaction ids
+  // GET /v1/stream (server-sent events for the kiosks, see HttpApi::publish()).
+  std::size_t max_streams = 32;                       // open at once; more: 503
+  std::size_t stream_max_queued_bytes = 256 * 1024;   // per stream; oldest frames dropped
+  std::chrono::milliseconds stream_heartbeat{15000};  // a comment line when quiet
 };
 
 struct HealthReport {
@@ -119,6 +125,14 @@ class HttpApi {
   /// Thread: any. Blocks only on a short internal lock. Never fails.
   std::string metricsText() const;
 
+  /// Sends `json` (one JSON object) as `event: engagement` to every stream whose filter takes
+  /// `zone` (a stream without a zone filter takes every engagement; "" is no zone).
+  /// Thread: any. Never blocks on the network (a slow client loses its oldest frames).
+  void publish(std::string_view zone, std::string_view json);
+
+  /// Streams open now. Thread: any.
+  std::size_t openStreams() const;
+
   /// Addresses the brute-force lockout remembers now (at most max_tracked_addresses).
   /// Thread: any. Never blocks.
   std::size_t trackedAddresses() const { return tracked_.load(); }
@@ -132,9 +146,10 @@ class HttpApi {
     kCartItems,
     kHealth,
     kMetrics,
+    kStream,
     kOther,
   };
-  static constexpr int kRoutes = 8;
+  static constexpr int kRoutes = 9;
 
   struct AddrKey {
     std::array<uint8_t, 16> bytes{};
@@ -170,6 +185,8 @@ class HttpApi {
   void handleHealth(HttpResponse& res);
   void handleMetrics(HttpResponse& res);
   void countRequest(Route route, int status);
+  // GET /v1/stream, on the event thread: opens the stream or fills a refusal into `res`.
+  void openStream(const HttpRequest& req, HttpResponse& res);
 
   const HttpApiOptions options_;
   EventWriter& writer_;
@@ -189,6 +206,16 @@ class HttpApi {
   std::atomic<std::size_t> tracked_{0};
   std::atomic<uint64_t> auth_failures_{0};
   std::atomic<uint64_t> lockouts_{0};
+
+  // The kiosk streams (GET /v1/stream).
+  struct Subscriber {
+    std::shared_ptr<HttpStream> stream;
+    std::vector<std::string> zones;  // empty: every zone
+  };
+  mutable std::mutex streams_mu_;
+  mutable std::vector<Subscriber> streams_;  // guarded by streams_mu_; closed ones pruned lazily
+  std::atomic<uint64_t> stream_frames_{0};
+  std::atomic<uint64_t> stream_refused_{0};
 
   mutable std::mutex stats_mu_;
   std::map<std::pair<Route, int>, uint64_t> requests_;  // guarded by stats_mu_

@@ -211,6 +211,7 @@ enum class State {
   kDispatched,  // a worker has it: the event thread does not touch it
   kWriting,     // the answer is going out
   kLinger,      // answered and shut down for writing: reading what the client still sends
+  kStream,      // the head went out; writing what its HttpStream is given until either side ends
   kClosed,      // closed; freed at the end of the event round (its events may still be queued)
 };
 
@@ -266,6 +267,63 @@ void HttpResponse::reset() {
   content_type.clear();
   headers.clear();
   close = false;
+  stream.reset();
+}
+
+bool HttpStream::write(std::string bytes) {
+  std::lock_guard lock(mu_);
+  if (closed_) {
+    return false;
+  }
+  queued_bytes_ += bytes.size();
+  queue_.push_back(std::move(bytes));
+  while (queued_bytes_ > max_queued_bytes_ && queue_.size() > 1) {
+    queued_bytes_ -= queue_.front().size();
+    queue_.pop_front();
+    ++dropped_;
+  }
+  if (wake_) {
+    wake_();
+  }
+  return true;
+}
+
+bool HttpStream::closed() const {
+  std::lock_guard lock(mu_);
+  return closed_;
+}
+
+uint64_t HttpStream::dropped() const {
+  std::lock_guard lock(mu_);
+  return dropped_;
+}
+
+std::string HttpStream::take() {
+  std::lock_guard lock(mu_);
+  std::string out;
+  out.reserve(queued_bytes_);
+  for (const std::string& frame : queue_) {
+    out += frame;
+  }
+  queue_.clear();
+  queued_bytes_ = 0;
+  return out;
+}
+
+void HttpStream::attach(std::function<void()> wake) {
+  std::lock_guard lock(mu_);
+  wake_ = std::move(wake);
+  if (!queue_.empty()) {
+    wake_();
+  }
+}
+
+void HttpStream::detach() {
+  std::lock_guard lock(mu_);
+  wake_ = nullptr;
+  closed_ = true;
+  queue_.clear();
+  queued_bytes_ = 0;
 }
 
 HttpServer::HttpServer(HttpServerOptions options, HeadHandler on_head, RequestHandler on_request,
@@ -463,6 +521,15 @@ void HttpServer::loop() {
         for (Conn* c : back) {
           returned(*c);
         }
+        if (streams_ready_.exchange(false)) {
+          // A copy: pumping may close a stream, which takes it out of streams_.
+          const std::vector<Conn*> streams = streams_;
+          for (Conn* c : streams) {
+            if (c->state == State::kStream) {
+              pumpStream(*c);
+            }
+          }
+        }
         continue;
       }
       Conn& c = *static_cast<Conn*>(tag);
@@ -479,6 +546,12 @@ void HttpServer::loop() {
           onWritable(c);
         }
         continue;
+      }
+      if (c.state == State::kStream && (what & EPOLLOUT) != 0) {
+        pumpStream(c);
+        if (c.state != State::kStream) {
+          continue;
+        }
       }
       if ((what & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) != 0) {
         onReadable(c);
@@ -620,6 +693,11 @@ void HttpServer::sweep() {
     } else if (c.state == State::kBody) {
       ++counters_.body_timeouts;
       refuse(c, 408, "the request body did not arrive in time");
+    } else if (c.state == State::kStream && c.out_done >= c.out.size()) {
+      // Quiet for a while: a heartbeat, so that the client and any proxy see it alive.
+      c.out = c.res.stream->heartbeat_;
+      c.out_done = 0;
+      pumpStream(c);
     } else {
       closeConn(c);
     }
@@ -631,6 +709,12 @@ void HttpServer::closeConn(Conn& c) {
     return;
   }
   releaseBudget(c);
+  if (c.res.stream) {
+    c.res.stream->detach();
+    if (auto it = std::find(streams_.begin(), streams_.end(), &c); it != streams_.end()) {
+      streams_.erase(it);
+    }
+  }
   ::close(c.fd);  // also takes it out of the epoll set
   c.fd = -1;
   c.state = State::kClosed;
@@ -677,7 +761,9 @@ void HttpServer::onReadable(Conn& c) {
     case State::kDrain:
       readBody(c);
       return;
-    case State::kLinger: {
+    case State::kLinger:
+    case State::kStream: {
+      // A stream's client has nothing to say; what it sends is dropped, its end closes.
       std::array<char, 4096> scratch{};
       while (true) {
         const ssize_t n = ::recv(c.fd, scratch.data(), scratch.size(), 0);
@@ -1188,16 +1274,22 @@ void HttpServer::serialize(Conn& c, const HttpResponse& res) const {
     out += res.content_type;
     out += "\r\n";
   }
-  out += "Content-Length: ";
-  appendNumber(out, res.body.size());
-  out += "\r\n";
+  if (res.stream) {
+    // Open-ended: the body runs until the connection closes (no length, no chunking), and no
+    // cache or proxy may keep or hold back any of it.
+    out += "Cache-Control: no-store\r\nX-Accel-Buffering: no\r\n";
+  } else {
+    out += "Content-Length: ";
+    appendNumber(out, res.body.size());
+    out += "\r\n";
+  }
   for (const auto& [name, value] : res.headers) {
     out += name;
     out += ": ";
     out += value;
     out += "\r\n";
   }
-  if (close) {
+  if (close || res.stream) {
     out += "Connection: close\r\n";
   } else if (c.http10) {
     out += "Connection: keep-alive\r\n";
@@ -1237,6 +1329,10 @@ void HttpServer::finishResponse(Conn& c) {
   if (c.out.capacity() > kKeepBodyCapacity) {
     std::string().swap(c.out);
   }
+  if (c.res.stream && !stopping_.load()) {
+    startStream(c);
+    return;
+  }
   const bool close = c.res.close || !c.req.keep_alive || stopping_.load();
   if (!close) {
     nextRequest(c);
@@ -1244,6 +1340,48 @@ void HttpServer::finishResponse(Conn& c) {
     lingerClose(c);
   } else {
     closeConn(c);
+  }
+}
+
+void HttpServer::startStream(Conn& c) {
+  c.state = State::kStream;
+  c.since = Clock::now();
+  c.out.clear();
+  c.out_done = 0;
+  streams_.push_back(&c);
+  setDeadline(c, c.res.stream->heartbeat_every_);
+  // Called on any thread by HttpStream::write(); detached before the connection closes, and
+  // every connection closes before stop() closes wake_fd_.
+  c.res.stream->attach([this] {
+    if (!streams_ready_.exchange(true)) {
+      const uint64_t one = 1;
+      [[maybe_unused]] const ssize_t n = ::write(wake_fd_, &one, sizeof(one));
+    }
+  });
+  // What the client sent after its request (it should send nothing) is dropped from here on.
+  onReadable(c);
+}
+
+// Sends what is pending, then whatever the stream has queued meanwhile. Event thread.
+void HttpServer::pumpStream(Conn& c) {
+  while (c.state == State::kStream) {
+    if (c.out_done < c.out.size()) {
+      if (!flush(c)) {
+        if (c.state == State::kStream) {
+          setDeadline(c, options_.write_timeout);  // a client that stops reading is cut
+        }
+        return;
+      }
+    }
+    std::string more = c.res.stream->take();
+    if (more.empty()) {
+      c.out.clear();
+      c.out_done = 0;
+      setDeadline(c, c.res.stream->heartbeat_every_);
+      return;
+    }
+    c.out = std::move(more);
+    c.out_done = 0;
   }
 }
 

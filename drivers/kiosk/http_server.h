@@ -54,12 +54,55 @@ struct HttpRequest {
   bool hasHeader(std::string_view name) const;
 };
 
+/// The sending end of a response that stays open (server-sent events, GET /v1/stream): the
+/// server writes its head and then whatever is written here, until either side closes it.
+/// Bounded by bytes: when more than max_queued_bytes wait (a client that does not read), the
+/// oldest writes are dropped whole and counted.
+class HttpStream {
+ public:
+  /// `heartbeat` is written after `heartbeat_every` without anything else (": ping\n\n" for
+  /// server-sent events), so that proxies and the client see the connection alive.
+  HttpStream(std::size_t max_queued_bytes, std::string heartbeat,
+             std::chrono::milliseconds heartbeat_every)
+      : max_queued_bytes_(max_queued_bytes),
+        heartbeat_(std::move(heartbeat)),
+        heartbeat_every_(heartbeat_every) {}
+
+  /// Queues `bytes` (one whole frame) for the client. False once the connection is gone.
+  /// Thread: any. Never blocks on the network.
+  bool write(std::string bytes);
+  /// Whether the connection is gone (the client left, or the server stopped). Thread: any.
+  bool closed() const;
+  /// Frames dropped because the client did not keep up. Thread: any.
+  uint64_t dropped() const;
+
+ private:
+  friend class HttpServer;
+  // The server's side (its event thread): takes everything queued, attaches and detaches.
+  std::string take();
+  void attach(std::function<void()> wake);
+  void detach();
+
+  const std::size_t max_queued_bytes_;
+  const std::string heartbeat_;
+  const std::chrono::milliseconds heartbeat_every_;
+  mutable std::mutex mu_;
+  std::deque<std::string> queue_;  // guarded by mu_
+  std::size_t queued_bytes_ = 0;   // guarded by mu_
+  bool closed_ = false;            // guarded by mu_
+  uint64_t dropped_ = 0;           // guarded by mu_
+  std::function<void()> wake_;     // guarded by mu_: tells the server's event thread
+};
+
 struct HttpResponse {
   int status = 200;
   std::string body;
   std::string content_type;
   std::vector<std::pair<std::string, std::string>> headers;
   bool close = false;  // close the connection after this answer
+  /// Set by the head handler for an answer that stays open: the body is sent first, without a
+  /// Content-Length, then what the stream is given, until either side closes it.
+  std::shared_ptr<HttpStream> stream;
 
   void set_header(std::string name, std::string value) {
     headers.emplace_back(std::move(name), std::move(value));
@@ -177,6 +220,8 @@ class HttpServer {
   void sweep();
   void releaseBudget(Conn& c);
   void serialize(Conn& c, const HttpResponse& res) const;
+  void startStream(Conn& c);
+  void pumpStream(Conn& c);
   void setDeadline(Conn& c, std::chrono::milliseconds after);
   bool flush(Conn& c);
 
@@ -198,6 +243,8 @@ class HttpServer {
   std::vector<std::unique_ptr<Conn>> conns_;
   std::vector<Conn*> again_;                      // to read their next request this round
   std::vector<std::unique_ptr<Conn>> graveyard_;  // closed this round
+  std::vector<Conn*> streams_;                    // connections streaming (HttpStream)
+  std::atomic<bool> streams_ready_{false};        // a stream has something to send
   std::chrono::steady_clock::time_point next_sweep_{};
   std::size_t budget_used_ = 0;
 
