@@ -23,6 +23,7 @@
 #include "agent/envelope.h"
 #include "agent/ingest.h"
 #include "agent/log_ring.h"
+#include "agent/omni/privacy.h"
 #include "agent/pii.h"
 #include "agent/source_runner.h"
 #include "agent/store/buffer.h"
@@ -31,6 +32,7 @@
 #include "agent/systemd_notify.h"
 #include "agent/version.h"
 #include "drivers/builtin.h"
+#include "drivers/kiosk/customer_key.h"
 #include "drivers/kiosk/http_api.h"
 #include "sync/https_uplink.h"
 #include "sync/remote_config.h"
@@ -376,6 +378,7 @@ class Agent::CentreCommands final : public CommandTarget {
   Result<nlohmann::json> setLogLevel(const std::string& level, int64_t duration_s) override;
   nlohmann::json diagnostics(std::size_t max_bytes) override;
   Result<int64_t> retryQuarantine() override;
+  Result<nlohmann::json> forget(const std::string& key) override;
 
  private:
   Agent& agent_;
@@ -388,6 +391,8 @@ struct Agent::Parts {
   std::unique_ptr<store::Buffer> buffer;
   std::unique_ptr<store::ProfileCache> profiles;
   std::unique_ptr<Ingest> ingest;
+  // Consent on buffered data and erasure (agent/omni/privacy.h).
+  std::unique_ptr<omni::Privacy> privacy;
   std::unique_ptr<kiosk::HttpApi> http;
   std::unique_ptr<sync::SyncEngine> sync;
   // The HTTPS uplink: null when https.base_url is empty; replaced by applyConfig (main
@@ -602,6 +607,16 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
 
   p->ingest = std::make_unique<Ingest>(ingestOptions(cfg), *p->buffer, *p->pii, p->clock,
                                        p->profiles.get());
+  p->privacy = std::make_unique<omni::Privacy>(
+      *p->buffer, *p->profiles, *p->pii, bo.dir,
+      [ingest = p->ingest.get()](std::vector<Event> events) -> Result<void> {
+        if (auto r = ingest->append(std::move(events)); !r) {
+          return r.error();
+        }
+        return {};
+      });
+  p->privacy->setPolicy(omni::ConsentPolicy::fromList(cfg.list("consent.on_refusal")));
+  p->privacy->setPosSpoolDir(cfg.str("pos.spool_dir"));
 
   auto listen = config::parseHostPort(cfg.str("http.listen"));
   if (!listen) {
@@ -624,6 +639,11 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   };
   ho.cart_lookup = [cache = p->profiles.get()](const std::string& key) {
     return cache->cartJson(key);
+  };
+  ho.personalization_refused = [cache = p->profiles.get()](const std::string& key) {
+    auto [field, value] = kiosk::customerFieldOf(key);
+    return cache->refused(std::map<std::string, std::string>{{field, value}},
+                          ConsentPurpose::kPersonalization);
   };
   ho.cart_add = [cache = p->profiles.get(), clock = &p->clock](
                     const std::string& key, const std::string& item) -> Result<std::string> {
@@ -770,6 +790,7 @@ std::shared_ptr<sync::HttpsUplink> Agent::makeHttpsUplink(const config::Config& 
           return r.error();
         }
         spdlog::debug("profiles: snapshot page: {} upserted, {} deleted", r->upserts, r->deletes);
+        self->applyRefusals(r->refusals);
         return {};
       });
 }
@@ -1024,7 +1045,7 @@ std::string Agent::metricsText() const {
 
 nlohmann::json Agent::handleControl(const nlohmann::json& request) {
   constexpr const char* kCommands =
-      "status, tail, flush, import, test_event, retry_quarantine, resync_profiles";
+      "status, tail, flush, import, test_event, retry_quarantine, resync_profiles, forget";
   if (!request.contains("cmd") || !request["cmd"].is_string()) {
     return refusal(makeError("invalid_request",
                              std::string("field 'cmd' must be a string, one of ") + kCommands,
@@ -1055,6 +1076,25 @@ nlohmann::json Agent::handleControl(const nlohmann::json& request) {
       return {{"ok", true}, {"moved", *moved}};
     }
     auto r = p_->command_target->resyncProfiles();
+    if (!r) {
+      return refusal(r.error());
+    }
+    return {{"ok", true}, {"result", *r}};
+  }
+  if (cmd == "forget") {
+    auto only = fields.only({"cmd", "key", "dry_run"});
+    if (!only) {
+      return refusal(only.error());
+    }
+    if (!request.contains("key") || !request["key"].is_string()) {
+      return refusal(makeError("invalid_request", "field 'key' is required (a string)", "key"));
+    }
+    if (request.contains("dry_run") && !request["dry_run"].is_boolean()) {
+      return refusal(makeError("invalid_request", "field 'dry_run' must be true or false",
+                               "dry_run"));
+    }
+    auto r = p_->privacy->forget(request["key"].get<std::string>(),
+                                 request.value("dry_run", false));
     if (!r) {
       return refusal(r.error());
     }
@@ -1158,6 +1198,7 @@ nlohmann::json Agent::handleControl(const nlohmann::json& request) {
 }
 
 void Agent::housekeeping() {
+  p_->privacy->tick();
   const int64_t now = p_->clock.nowMs();
   const auto s = p_->buffer->stats();
   {
@@ -1395,6 +1436,8 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
       log_level = true;
     } else if (key == "identity.data_pii") {
       data_pii = true;
+    } else if (key == "consent.on_refusal") {
+      // applied below, with every change
     } else if (key == "config.rollback_after") {
       // read when a config is applied
     } else if (key == "sync.inbound_max_bytes") {
@@ -1459,6 +1502,8 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
   if (data_pii) {
     p.pii->setDataPolicy(parseDataPiiPolicy(next.str("identity.data_pii")));
   }
+  p.privacy->setPolicy(omni::ConsentPolicy::fromList(next.list("consent.on_refusal")));
+  p.privacy->setPosSpoolDir(next.str("pos.spool_dir"));
   if (up) {
     change.uplink_generation = p.sync->reconfigure(up->mqtt, up->sync);
     change.uplink_reconnects = uplinkConnectionChanged(*old, next);
@@ -1551,6 +1596,7 @@ void Agent::onCentreMessage(const std::string& topic, const std::string& payload
       return;
     }
     spdlog::debug("profiles: {} upserted, {} deleted", r->upserts, r->deletes);
+    applyRefusals(r->refusals);
     // The cursor the next HTTPS snapshot continues from (resync-profiles forgets it).
     if (payload.find("\"cursor\"") != std::string::npos) {
       const auto msg = nlohmann::json::parse(payload, nullptr, false);
@@ -1903,6 +1949,22 @@ nlohmann::json Agent::CentreCommands::diagnostics(std::size_t max_bytes) {
     }
   }
   return bundle;
+}
+
+Result<nlohmann::json> Agent::CentreCommands::forget(const std::string& key) {
+  return agent_.p_->privacy->forget(key, false);
+}
+
+void Agent::addPersonalData(PersonalData* holder) { p_->privacy->addHolder(holder); }
+
+void Agent::applyRefusals(const std::vector<store::ConsentRefusal>& refusals) {
+  if (refusals.empty()) {
+    return;
+  }
+  if (auto r = p_->privacy->applyRefusals(refusals); !r) {
+    spdlog::error("consent: a refusal could not reach the buffered events: {}",
+                  r.error().message);
+  }
 }
 
 Result<int64_t> Agent::CentreCommands::retryQuarantine() {
