@@ -252,9 +252,23 @@ void truncateWal(const fs::path& db) {
     return;
   }
   sqlite3* conn = nullptr;
-  if (sqlite3_open_v2(db.c_str(), &conn, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK) {
+  int rc = sqlite3_open_v2(db.c_str(), &conn, SQLITE_OPEN_READWRITE, nullptr);
+  if (rc == SQLITE_OK) {
     sqlite3_busy_timeout(conn, 1000);
-    (void)sqlite3_wal_checkpoint_v2(conn, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+    // A fresh connection knows the file is in WAL mode only once it has read it; before,
+    // the checkpoint is a no-op that says SQLITE_OK.
+    rc = sqlite3_exec(conn, "SELECT count(*) FROM sqlite_master", nullptr, nullptr, nullptr);
+    int log = -1;
+    if (rc == SQLITE_OK) {
+      rc = sqlite3_wal_checkpoint_v2(conn, nullptr, SQLITE_CHECKPOINT_TRUNCATE, &log, nullptr);
+    }
+    if (rc == SQLITE_OK && log != 0) {
+      rc = SQLITE_BUSY;  // not emptied
+    }
+  }
+  if (rc != SQLITE_OK) {
+    spdlog::warn("forget: {}: the WAL could not be emptied yet: {}", db.string(),
+                 conn != nullptr ? sqlite3_errmsg(conn) : "cannot open");
   }
   sqlite3_close(conn);
 }
@@ -629,7 +643,7 @@ Result<nlohmann::json> Privacy::forget(std::string_view key, bool dry_run) {
     // are gone (deleted with secure_delete), its WAL goes now.
     truncateWal(data_dir_ / "inbox.db");
     std::lock_guard lock(mu_);
-    inbox_scrubs_ = 3;
+    inbox_scrubs_ = 10;
   }
   out["complete"] = problems.empty();
   if (!problems.empty()) {

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "tests/support/agent_process.h"
+#include "tests/support/broker.h"
 #include "tests/support/central_sim.h"
 #include "tests/support/net.h"
 #include "tests/support/temp_dir.h"
@@ -18,6 +19,8 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 using omniedge::testing::AgentProcess;
 using omniedge::testing::CentralSim;
+using omniedge::testing::MosquittoBroker;
+using omniedge::testing::publishMqtt;
 using omniedge::testing::TempDir;
 namespace fs = std::filesystem;
 
@@ -209,4 +212,51 @@ TEST_CASE(
   auto bad = agent.cli({"forget", "shoe:secret-44"});
   CHECK(bad.exit_code == 1);
   CHECK(bad.out.find("secret-44") == std::string::npos);
+}
+
+TEST_CASE(
+    "the centre's forget command erases the customer, answers counts without their key, and "
+    "leaves none of their keys in the data dir",
+    "[integration][erasure][commands]") {
+  MosquittoBroker broker;
+  TempDir tmp;
+  AgentProcess agent(tmp / "data", {{"OMNIEDGE_MQTT_URL", broker.url()},
+                                    {"OMNIEDGE_MQTT_RECONNECT_MIN", "1"},
+                                    {"OMNIEDGE_MQTT_RECONNECT_MAX", "2"}});
+  REQUIRE(agent.start());
+  const std::string root = "omniedge/v1/default/store-042";
+  const json update = {{"upserts",
+                        {{{"id", "c-cmd-1"},
+                          {"keys", {"loyalty:L-CMD-1", "app:A-CMD-1"}},
+                          {"tier", "gold"}}}}};
+  // The agent subscribes once connected: publish until the profile is there.
+  REQUIRE(eventually([&] {
+    publishMqtt(broker.url(), root + "/profiles", update.dump(), false);
+    return agent.get("/v1/customers/app:A-CMD-1").first == 200;
+  }));
+  post(agent, json::array({{{"type", "kiosk.view"},
+                            {"customer", {{"app_user_id", "A-CMD-1"}}},
+                            {"data", {{"sku", "A-1"}}}}}));
+
+  const auto sim = omniedge::testing::centralSim(
+      {"cmd", "--mqtt", broker.url(), "--tenant", "default", "--store", "store-042", "forget",
+       "--args", R"({"key":"loyalty:L-CMD-1"})", "--wait", "30"});
+  INFO(sim.out << sim.err);
+  REQUIRE(sim.exit_code == 0);
+  const json answer = json::parse(sim.out);
+  CHECK(answer["ok"] == true);
+  CHECK(answer["result"]["complete"] == true);
+  CHECK(answer["result"]["profiles"]["profiles"] == 1);
+  CHECK(sim.out.find("L-CMD-1") == std::string::npos);
+  CHECK(agent.get("/v1/customers/app:A-CMD-1").first == 404);
+  // The command itself named the key: it leaves the inbox once answered.
+  const bool gone = eventually(
+      [&] {
+        return fileHolding(tmp / "data", "L-CMD-1") == "" &&
+               fileHolding(tmp / "data", "A-CMD-1") == "";
+      },
+      30s);
+  INFO("still holding: " << fileHolding(tmp / "data", "L-CMD-1") << " "
+                         << fileHolding(tmp / "data", "A-CMD-1"));
+  CHECK(gone);
 }
