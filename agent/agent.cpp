@@ -617,6 +617,9 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
       });
   p->privacy->setPolicy(omni::ConsentPolicy::fromList(cfg.list("consent.on_refusal")));
   p->privacy->setPosSpoolDir(cfg.str("pos.spool_dir"));
+  p->ingest->setRefusalDrop([privacy = p->privacy.get()](std::string_view type) {
+    return privacy->dropsOnTrackingRefusal(type);
+  });
 
   auto listen = config::parseHostPort(cfg.str("http.listen"));
   if (!listen) {

@@ -507,7 +507,7 @@ constexpr auto kKeys = std::to_array<KeyDef>({
     // Consent and erasure (docs/omnichannel.md, privacy model).
     {.name = "consent.on_refusal",
      .kind = Kind::kList,
-     .default_value = "beacon=drop,kiosk=anonymise,pos=anonymise",
+     .default_value = "beacon=drop",
      .remote = true,
      .help = "What a refusal of tracking does to a customer's events still buffered, per channel "
              "(an event type's first word): drop or anonymise (identity removed); channels not "

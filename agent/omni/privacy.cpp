@@ -333,6 +333,11 @@ void Privacy::setPolicy(ConsentPolicy policy) {
   policy_ = std::move(policy);
 }
 
+bool Privacy::dropsOnTrackingRefusal(std::string_view type) const {
+  std::lock_guard lock(mu_);
+  return policy_.actionFor(type) == ConsentPolicy::Action::kDrop;
+}
+
 void Privacy::setPosSpoolDir(std::filesystem::path dir) {
   std::lock_guard lock(mu_);
   pos_spool_dir_ = std::move(dir);

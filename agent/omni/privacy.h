@@ -71,6 +71,9 @@ class Privacy {
   void addHolder(PersonalData* holder);
   /// consent.on_refusal changed (remote config, reload). Thread: any.
   void setPolicy(ConsentPolicy policy);
+  /// consent.on_refusal for new events (Ingest::setRefusalDrop): true when an event of `type`
+  /// from a customer who refused tracking is dropped. Thread: any.
+  bool dropsOnTrackingRefusal(std::string_view type) const;
   /// pos.spool_dir (its processed/ holds kept POS files); "" when the POS driver is off.
   /// Thread: any.
   void setPosSpoolDir(std::filesystem::path dir);

@@ -324,3 +324,34 @@ TEST_CASE("forget refuses a key of no known form without echoing it", "[unit][er
   CHECK(r.error().message.find("44-secret") == std::string::npos);
   CHECK(r.error().message.find("loyalty:ID") != std::string::npos);
 }
+
+TEST_CASE(
+    "new events of a customer who refused follow the same rules at ingest: engagement dropped "
+    "under a marketing refusal, kiosk events per consent.on_refusal, their key out of data",
+    "[unit][consent]") {
+  Rig rig;
+  rig.privacy->setPolicy(ConsentPolicy::fromList({"beacon=drop", "kiosk=anonymise"}));
+  rig.ingest->setRefusalDrop(
+      [&rig](std::string_view type) { return rig.privacy->dropsOnTrackingRefusal(type); });
+  auto update = rig.profiles->apply(
+      json{{"upserts",
+            {{{"id", "c-8"},
+              {"keys", {"loyalty:L-NEW-8"}},
+              {"consent", {{"tracking", false}, {"marketing", false}}}}}}}
+          .dump(),
+      rig.clock.nowMs());
+  REQUIRE(update.has_value());
+  rig.add("engagement.open", {{"loyalty_id", "L-NEW-8"}});
+  rig.add("kiosk.cart_add", {{"loyalty_id", "L-NEW-8"}},
+          R"({"key":"loyalty:L-NEW-8","item":{"sku":"S-1","qty":1}})");
+  const auto left = rig.pending();
+  REQUIRE(left.size() == 1);
+  CHECK(left[0]["type"] == "kiosk.cart_add");
+  CHECK(left[0]["customer"] == json::object());
+  CHECK(left[0]["data"]["key"] == "(anonymised)");
+  CHECK(left[0]["data"]["item"]["sku"] == "S-1");
+
+  rig.privacy->setPolicy(ConsentPolicy::fromList({"kiosk=drop"}));
+  rig.add("kiosk.view", {{"loyalty_id", "L-NEW-8"}});
+  CHECK(rig.pending().size() == 1);
+}
