@@ -26,6 +26,7 @@
 #include "agent/omni/visits.h"
 #include "agent/omni/trigger_rules.h"
 #include "agent/omni/triggers.h"
+#include "agent/omni/privacy.h"
 #include "agent/pii.h"
 #include "agent/source_runner.h"
 #include "agent/store/buffer.h"
@@ -34,6 +35,7 @@
 #include "agent/systemd_notify.h"
 #include "agent/version.h"
 #include "drivers/builtin.h"
+#include "drivers/kiosk/customer_key.h"
 #include "drivers/kiosk/http_api.h"
 #include "sync/https_uplink.h"
 #include "sync/remote_config.h"
@@ -391,6 +393,7 @@ class Agent::CentreCommands final : public CommandTarget {
   Result<nlohmann::json> setLogLevel(const std::string& level, int64_t duration_s) override;
   nlohmann::json diagnostics(std::size_t max_bytes) override;
   Result<int64_t> retryQuarantine() override;
+  Result<nlohmann::json> forget(const std::string& key) override;
 
  private:
   Agent& agent_;
@@ -406,9 +409,8 @@ struct Agent::Parts {
   // Store-visit journeys and attribution (null with visits.enabled=false): Ingest's enricher
   // and an observer; its thread is started and stopped by run().
   std::unique_ptr<omni::VisitTracker> visits;
-  // Every holder of customers' personal data outside the buffer and the profile cache, for
-  // erasure (agent/api/personal_data.h). Not owned.
-  std::vector<PersonalData*> personal_data;
+  // Consent on buffered data and erasure (agent/omni/privacy.h).
+  std::unique_ptr<omni::Privacy> privacy;
   std::unique_ptr<kiosk::HttpApi> http;
   // Local triggers (agent/omni/triggers.h): observes ingest, tells the kiosk streams of `http`;
   // declared after both so that it goes first.
@@ -646,7 +648,22 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
     p->visits = std::move(*visits);
     p->ingest->setEnricher(p->visits.get());
     p->ingest->addObserver(p->visits.get());
-    p->personal_data.push_back(p->visits.get());
+  }
+  p->privacy = std::make_unique<omni::Privacy>(
+      *p->buffer, *p->profiles, *p->pii, bo.dir,
+      [ingest = p->ingest.get()](std::vector<Event> events) -> Result<void> {
+        if (auto r = ingest->append(std::move(events)); !r) {
+          return r.error();
+        }
+        return {};
+      });
+  p->privacy->setPolicy(omni::ConsentPolicy::fromList(cfg.list("consent.on_refusal")));
+  p->privacy->setPosSpoolDir(cfg.str("pos.spool_dir"));
+  p->ingest->setRefusalDrop([privacy = p->privacy.get()](std::string_view type) {
+    return privacy->dropsOnTrackingRefusal(type);
+  });
+  if (p->visits) {
+    p->privacy->addHolder(p->visits.get());  // erasure reaches open visits
   }
 
   auto listen = config::parseHostPort(cfg.str("http.listen"));
@@ -671,6 +688,11 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   };
   ho.cart_lookup = [cache = p->profiles.get()](const std::string& key) {
     return cache->cartJson(key);
+  };
+  ho.personalization_refused = [cache = p->profiles.get()](const std::string& key) {
+    auto [field, value] = kiosk::customerFieldOf(key);
+    return cache->refused(std::map<std::string, std::string>{{field, value}},
+                          ConsentPurpose::kPersonalization);
   };
   ho.cart_add = [cache = p->profiles.get(), clock = &p->clock](
                     const std::string& key, const std::string& item) -> Result<std::string> {
@@ -775,7 +797,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
     }
     parts.triggers->setRules(std::move(*rules));
     parts.ingest->addObserver(parts.triggers.get());
-    parts.personal_data.push_back(parts.triggers.get());
+    parts.privacy->addHolder(parts.triggers.get());  // erasure reaches rate limits and facts
   }
   parts.sync = std::make_unique<sync::SyncEngine>(
       *parts.buffer, uplink->mqtt, uplink->sync, [self] { return self->uplinkStatusJson(); },
@@ -846,6 +868,7 @@ std::shared_ptr<sync::HttpsUplink> Agent::makeHttpsUplink(const config::Config& 
           return r.error();
         }
         spdlog::debug("profiles: snapshot page: {} upserted, {} deleted", r->upserts, r->deletes);
+        self->applyRefusals(r->refusals);
         return {};
       });
 }
@@ -1115,7 +1138,7 @@ std::string Agent::metricsText() const {
 
 nlohmann::json Agent::handleControl(const nlohmann::json& request) {
   constexpr const char* kCommands =
-      "status, tail, flush, import, test_event, retry_quarantine, resync_profiles";
+      "status, tail, flush, import, test_event, retry_quarantine, resync_profiles, forget";
   if (!request.contains("cmd") || !request["cmd"].is_string()) {
     return refusal(makeError("invalid_request",
                              std::string("field 'cmd' must be a string, one of ") + kCommands,
@@ -1146,6 +1169,25 @@ nlohmann::json Agent::handleControl(const nlohmann::json& request) {
       return {{"ok", true}, {"moved", *moved}};
     }
     auto r = p_->command_target->resyncProfiles();
+    if (!r) {
+      return refusal(r.error());
+    }
+    return {{"ok", true}, {"result", *r}};
+  }
+  if (cmd == "forget") {
+    auto only = fields.only({"cmd", "key", "dry_run"});
+    if (!only) {
+      return refusal(only.error());
+    }
+    if (!request.contains("key") || !request["key"].is_string()) {
+      return refusal(makeError("invalid_request", "field 'key' is required (a string)", "key"));
+    }
+    if (request.contains("dry_run") && !request["dry_run"].is_boolean()) {
+      return refusal(makeError("invalid_request", "field 'dry_run' must be true or false",
+                               "dry_run"));
+    }
+    auto r = p_->privacy->forget(request["key"].get<std::string>(),
+                                 request.value("dry_run", false));
     if (!r) {
       return refusal(r.error());
     }
@@ -1249,6 +1291,7 @@ nlohmann::json Agent::handleControl(const nlohmann::json& request) {
 }
 
 void Agent::housekeeping() {
+  p_->privacy->tick();
   const int64_t now = p_->clock.nowMs();
   const auto s = p_->buffer->stats();
   {
@@ -1494,6 +1537,8 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
       log_level = true;
     } else if (key == "identity.data_pii") {
       data_pii = true;
+    } else if (key == "consent.on_refusal") {
+      // applied below, with every change
     } else if (key == "config.rollback_after") {
       // read when a config is applied
     } else if (key == "sync.inbound_max_bytes") {
@@ -1572,6 +1617,8 @@ Result<ConfigChange> Agent::applyConfig(const config::Config& next) {
     spdlog::info("triggers: {} rule(s) now", rules->size());
     p.triggers->setRules(std::move(*rules));
   }
+  p.privacy->setPolicy(omni::ConsentPolicy::fromList(next.list("consent.on_refusal")));
+  p.privacy->setPosSpoolDir(next.str("pos.spool_dir"));
   if (up) {
     change.uplink_generation = p.sync->reconfigure(up->mqtt, up->sync);
     change.uplink_reconnects = uplinkConnectionChanged(*old, next);
@@ -1664,6 +1711,7 @@ void Agent::onCentreMessage(const std::string& topic, const std::string& payload
       return;
     }
     spdlog::debug("profiles: {} upserted, {} deleted", r->upserts, r->deletes);
+    applyRefusals(r->refusals);
     // The cursor the next HTTPS snapshot continues from (resync-profiles forgets it).
     if (payload.find("\"cursor\"") != std::string::npos) {
       const auto msg = nlohmann::json::parse(payload, nullptr, false);
@@ -2016,6 +2064,22 @@ nlohmann::json Agent::CentreCommands::diagnostics(std::size_t max_bytes) {
     }
   }
   return bundle;
+}
+
+Result<nlohmann::json> Agent::CentreCommands::forget(const std::string& key) {
+  return agent_.p_->privacy->forget(key, false);
+}
+
+void Agent::addPersonalData(PersonalData* holder) { p_->privacy->addHolder(holder); }
+
+void Agent::applyRefusals(const std::vector<store::ConsentRefusal>& refusals) {
+  if (refusals.empty()) {
+    return;
+  }
+  if (auto r = p_->privacy->applyRefusals(refusals); !r) {
+    spdlog::error("consent: a refusal could not reach the buffered events: {}",
+                  r.error().message);
+  }
 }
 
 Result<int64_t> Agent::CentreCommands::retryQuarantine() {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "agent/api/clock.h"
+#include "agent/api/personal_data.h"
 #include "agent/api/result.h"
 #include "agent/config.h"
 #include "agent/ingest.h"
@@ -66,6 +67,11 @@ class Agent {
   /// Blocks while a driver stops (about a second).
   Result<ConfigChange> applyConfig(const config::Config& next);
 
+  /// Registers a holder of customers' personal data (visits, triggers) that `omniedge forget`
+  /// and the `forget` command must reach. `holder` must outlive the agent's run(). Thread: the
+  /// main thread, before run().
+  void addPersonalData(PersonalData* holder);
+
  private:
   struct Parts;
   class CentreCommands;
@@ -74,6 +80,9 @@ class Agent {
   nlohmann::json handleControl(const nlohmann::json& request);
   std::string metricsText() const;
   std::string uplinkStatusJson() const;
+  /// Consent refusals a profile update added: applied to the buffered events (sync thread or
+  /// the HTTPS uplink's).
+  void applyRefusals(const std::vector<store::ConsentRefusal>& refusals);
 
   // Remote config, commands and profiles from the centre (the section at the end of agent.cpp).
   std::shared_ptr<const config::Config> liveConfig() const;

@@ -16,7 +16,7 @@ constexpr int64_t kMaxLevelSeconds = 86400;
 constexpr std::array<std::string_view, 7> kLevels = {"trace", "debug",    "info", "warn",
                                                      "error", "critical", "off"};
 constexpr char kKnown[] =
-    "diagnostics, flush, ping, resync-profiles, retry-quarantine, set-log-level";
+    "diagnostics, flush, forget, ping, resync-profiles, retry-quarantine, set-log-level";
 
 std::string shown(const json& v) {
   std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
@@ -175,6 +175,19 @@ std::string CommandRunner::handle(std::string_view payload) {
       duration = d.get<int64_t>();
     }
     run = [this, level, duration] { return target_.setLogLevel(level, duration); };
+  } else if (name == "forget") {
+    if (auto r = onlyArgs(name, args, {"key"}); !r) {
+      return refuse(id, r.error());
+    }
+    // The key is personal data: it is never echoed (neither here nor in the answer).
+    if (!args.contains("key") || !args["key"].is_string() ||
+        args["key"].get<std::string>().empty() || args["key"].get<std::string>().size() > 512) {
+      return refuse(id, bad("args.key is required (a customer key such as loyalty:ID, "
+                            "app:ID, email:ADDRESS, phone:NUMBER, email_sha256:HEX, a beacon "
+                            "id or profile:ID; at most 512 characters)",
+                            "args.key"));
+    }
+    run = [this, key = args["key"].get<std::string>()] { return target_.forget(key); };
   } else {
     return refuse(id, bad("unknown command '" + name + "' (known: " + kKnown + ")", "name"));
   }

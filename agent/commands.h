@@ -34,6 +34,13 @@ class CommandTarget {
   virtual nlohmann::json diagnostics(std::size_t max_bytes) = 0;
   /// `retry-quarantine`: quarantined events back to pending; how many.
   virtual Result<int64_t> retryQuarantine() = 0;
+  /// `forget` {"key": "loyalty:L1"}: erasure of the data subject `key` names (agent/omni/
+  /// privacy.h): counts per part, the subject named by a keyed hash only. May take longer than
+  /// a second for a large buffer (a scan of it). The default refuses ("unsupported").
+  virtual Result<nlohmann::json> forget(const std::string& key) {
+    (void)key;
+    return makeError("unsupported", "this agent cannot erase data subjects");
+  }
 };
 
 struct CommandStats {

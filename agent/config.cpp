@@ -149,6 +149,31 @@ Result<std::string> checkMqttUrl(std::string_view v) {
   return std::string(v);
 }
 
+// consent.on_refusal: "channel=drop|anonymise" (channel: an event type's first word); a sale
+// (pos) is always kept, anonymised.
+Result<std::string> checkConsentAction(std::string_view v) {
+  const auto eq = v.find('=');
+  if (eq == std::string_view::npos || eq == 0) {
+    return reason("item \"" + std::string(v) + "\" is not channel=drop or channel=anonymise");
+  }
+  const std::string_view channel = v.substr(0, eq);
+  const std::string_view action = v.substr(eq + 1);
+  if (!std::all_of(channel.begin(), channel.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+      })) {
+    return reason("item \"" + std::string(v) +
+                  "\": the channel must be an event type's first word (beacon, kiosk, pos, ...)");
+  }
+  if (action != "drop" && action != "anonymise") {
+    return reason("item \"" + std::string(v) + "\": the action must be drop or anonymise");
+  }
+  if (channel == "pos" && action == "drop") {
+    return reason("item \"" + std::string(v) +
+                  "\": a sale is always kept (anonymised); pos can only be anonymise");
+  }
+  return std::string(v);
+}
+
 // The single definition of every key. Keep sorted by section; names are section.key.
 constexpr auto kKeys = std::to_array<KeyDef>({
     {.name = "store.id",
@@ -500,6 +525,16 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .help = "E-mail addresses and phone numbers found in an event's data: hash (replaced by "
              "their keyed hash), reject (the event is refused naming the field), off",
      .choices = "hash|reject|off"},
+
+    // Consent and erasure (docs/omnichannel.md, privacy model).
+    {.name = "consent.on_refusal",
+     .kind = Kind::kList,
+     .default_value = "beacon=drop",
+     .remote = true,
+     .help = "What a refusal of tracking does to a customer's events still buffered, per channel "
+             "(an event type's first word): drop or anonymise (identity removed); channels not "
+             "listed are anonymised; pos is always anonymise (a sale is kept)",
+     .check = checkConsentAction},
 
     {.name = "log.level",
      .kind = Kind::kEnum,

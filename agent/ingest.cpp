@@ -1,6 +1,8 @@
 #include "agent/ingest.h"
 
 #include <algorithm>
+#include <functional>
+#include <nlohmann/json.hpp>
 
 #include "agent/api/json_string.h"
 #include "agent/api/time.h"
@@ -56,6 +58,47 @@ bool isHex64(std::string_view s) {
 
 Error invalid(std::size_t index, const std::string& field, const std::string& why) {
   return makeError("invalid", field + " " + why, "[" + std::to_string(index) + "]." + field);
+}
+
+// Replaces, in `data_json`, the string values that name the customer: one of their key values
+// ("L1") or a key with its kind ("loyalty:L1"). Left as it is when it is not a JSON object.
+void forgetIdentityInData(std::string& data_json, const std::map<std::string, std::string>& who) {
+  bool mentioned = false;
+  for (const auto& [field, value] : who) {
+    mentioned = mentioned || data_json.find(value) != std::string::npos;
+  }
+  if (!mentioned || data_json.empty() || data_json.front() != '{') {
+    return;
+  }
+  auto doc = nlohmann::ordered_json::parse(data_json, nullptr, false);
+  if (doc.is_discarded()) {
+    return;
+  }
+  const auto theirs = [&who](const std::string& s) {
+    const auto colon = s.find(':');
+    for (const auto& [field, value] : who) {
+      if (s == value || (colon != std::string::npos && s.compare(colon + 1, s.npos, value) == 0)) {
+        return true;
+      }
+    }
+    return false;
+  };
+  std::function<bool(nlohmann::ordered_json&)> walk = [&](nlohmann::ordered_json& v) {
+    bool changed = false;
+    if (v.is_string() && theirs(v.get<std::string>())) {
+      v = "(anonymised)";
+      return true;
+    }
+    if (v.is_object() || v.is_array()) {
+      for (auto& child : v) {
+        changed = walk(child) || changed;
+      }
+    }
+    return changed;
+  };
+  if (walk(doc)) {
+    data_json = doc.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  }
 }
 
 }  // namespace
@@ -194,12 +237,24 @@ Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t 
     }
   }
   // Consent: a customer who refused tracking is not tracked. Their presence (beacon.*) is
-  // dropped; any other event (a sale is still a sale) keeps its data but loses every identity.
-  if (resolver_ != nullptr && !customer.empty() && resolver_->trackingRefused(customer)) {
-    if (priorityOf(e.type) == Priority::kLow) {
-      return makeError("consent", "tracking refused", "[" + std::to_string(index) + "].customer");
+  // dropped (or what consent.on_refusal says); any other event (a sale is still a sale) keeps
+  // its data but loses every identity, also where data names them (a kiosk cart's "key").
+  // Marketing refused: their engagement.* events are dropped.
+  if (resolver_ != nullptr && !customer.empty()) {
+    if (e.type.rfind("engagement.", 0) == 0 &&
+        resolver_->refused(customer, ConsentPurpose::kMarketing)) {
+      return makeError("consent", "marketing refused", "[" + std::to_string(index) + "].customer");
     }
-    customer.clear();
+    if (resolver_->trackingRefused(customer)) {
+      const bool drop =
+          refusal_drop_ ? refusal_drop_(e.type) : priorityOf(e.type) == Priority::kLow;
+      if (drop) {
+        return makeError("consent", "tracking refused",
+                         "[" + std::to_string(index) + "].customer");
+      }
+      forgetIdentityInData(e.data_json, customer);
+      customer.clear();
+    }
   }
   e.customer = std::move(customer);
   if (e.data_json.empty()) {

@@ -2,7 +2,9 @@
 // replaces raw PII by keyed hashes, then hands them to the buffer's group commit.
 #pragma once
 
+#include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/api/clock.h"
@@ -38,6 +40,13 @@ class Ingest final : public EventWriter {
   /// producer starts; they must outlive the Ingest.
   void setEnricher(const EventEnricher* enricher) { enricher_ = enricher; }
   void addObserver(EventObserver* observer) { observers_.push_back(observer); }
+  /// consent.on_refusal at ingest: true when an event of this type from a customer who refused
+  /// tracking is dropped (else it is kept without identity). Unset: low-priority events
+  /// (presence) are dropped. Thread: the owner, before any producer starts; `drop` is called
+  /// on producers' threads.
+  void setRefusalDrop(std::function<bool(std::string_view type)> drop) {
+    refusal_drop_ = std::move(drop);
+  }
 
  private:
   Result<AppendOutcome> validateAndAppend(std::vector<Event> events, bool skip_invalid);
@@ -49,6 +58,7 @@ class Ingest final : public EventWriter {
   const IdentityResolver* resolver_;
   const EventEnricher* enricher_ = nullptr;
   std::vector<EventObserver*> observers_;
+  std::function<bool(std::string_view type)> refusal_drop_;
 };
 
 /// The envelope of contract §3 as compact JSON. Thread: any.

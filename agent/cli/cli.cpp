@@ -28,6 +28,7 @@ const std::vector<Command>& commands() {
       cli::configKeygenCommand(),
       cli::configSignCommand(),
       cli::retryQuarantineCommand(),
+      cli::forgetCommand(),
       cli::resyncProfilesCommand(),
       cli::versionCommand(),
   };

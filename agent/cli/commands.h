@@ -28,5 +28,6 @@ Command configKeygenCommand();     // remote_config_cli.cpp
 Command configSignCommand();       // remote_config_cli.cpp
 Command retryQuarantineCommand();  // daemon_action.cpp
 Command resyncProfilesCommand();   // daemon_action.cpp
+Command forgetCommand();           // forget.cpp
 
 }  // namespace omniedge::cli

@@ -31,7 +31,10 @@ bool startsWith(std::string_view s, std::string_view prefix) {
 // The channel an event's type names ("kiosk.cart_add" -> "kiosk").
 std::string channelOf(std::string_view type) { return std::string(type.substr(0, type.find('.'))); }
 
-bool isTrigger(std::string_view type) { return type.find("trigger") != std::string_view::npos; }
+// A local trigger's engagement.* event (agent/omni/triggers.h), or any trigger.* a driver sends.
+bool isTrigger(std::string_view type) {
+  return type.rfind("engagement.", 0) == 0 || type.find("trigger") != std::string_view::npos;
+}
 
 // Events that can be part of a journey.
 bool relevant(const Event& e) {
@@ -608,7 +611,10 @@ void VisitTracker::onStored(const std::vector<const Event*>& events) {
       }
       tp["transaction_id"] = e->id;
     } else if (isTrigger(e->type)) {
-      tp["trigger"] = stringField(data, {"trigger_id", "trigger", "rule", "name", "id"});
+      tp["trigger"] = stringField(data, {"trigger_id", "rule", "trigger", "name", "id"});
+      if (data.is_object() && data.value("holdout", false) == true) {
+        tp["held_out"] = true;  // held back to measure the rule: nothing was shown
+      }
       if (const std::string zone = stringField(data, {"zone"}); !zone.empty()) {
         tp["zone"] = zone;
       }
@@ -886,7 +892,7 @@ void VisitTracker::enrich(Event& event) const {
               std::find(screens.begin(), screens.end(), screen) == screens.end()) {
             screens.push_back(screen);
           }
-        } else if (isTrigger(type) && tp.contains("trigger") &&
+        } else if (isTrigger(type) && tp.contains("trigger") && !tp.contains("held_out") &&
                    std::find(triggers.begin(), triggers.end(), tp["trigger"]) == triggers.end()) {
           triggers.push_back(tp["trigger"]);
         }

@@ -157,8 +157,13 @@ struct Buffer::Request {
   std::promise<Result<AppendCounts>> done;
 };
 
-struct Buffer::Job {  // retryQuarantine()
-  std::promise<Result<int64_t>> done;
+struct Buffer::Job {
+  std::promise<Result<int64_t>> done;  // retryQuarantine()
+  // editEvents(): set when the job is an edit.
+  EventEditor editor;
+  std::vector<std::string> needles;
+  bool scrub = false;
+  std::promise<Result<EditReport>> edited;
 };
 
 // The counters table as committed (or as one transaction is changing it).
@@ -546,6 +551,27 @@ Result<int64_t> Buffer::retryQuarantine() {
   return fut.get();
 }
 
+Result<EditReport> Buffer::editEvents(std::vector<std::string> needles, EventEditor editor,
+                                      bool scrub) {
+  auto job = std::make_shared<Job>();
+  job->needles = std::move(needles);
+  job->editor = std::move(editor);
+  job->scrub = scrub;
+  if (!job->editor) {
+    return EditReport{};
+  }
+  auto fut = job->edited.get_future();
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) {
+      return makeError("stopping", "the agent is shutting down; retry later");
+    }
+    jobs_.push_back(job);
+  }
+  cv_.notify_one();
+  return fut.get();
+}
+
 int64_t Buffer::waitForNewer(int64_t seq, int timeout_ms) {
   std::unique_lock lock(mu_);
   newer_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
@@ -714,7 +740,9 @@ void Buffer::writerLoop() {
       acks_done = commitGroup(group, acks);
     }
     group.clear();
-    if (job) {
+    if (job && job->editor) {
+      runEdit(*job);
+    } else if (job) {
       runRetryQuarantine(*job);
     }
     {
@@ -1292,6 +1320,252 @@ void Buffer::runRetryQuarantine(Job& job) {
   }
   refreshStatsLocked();
   job.done.set_value(moved);
+}
+
+// ---- editing stored events (consent, erasure) -------------------------------------------------
+
+namespace {
+
+// The tables that hold event bodies. Pending events and the quarantine are counted (counters
+// table); kept delivered events are not.
+enum EditTable { kEditEvents = 0, kEditQuarantine = 1, kEditDelivered = 2 };
+constexpr const char* kEditTableName[] = {"events", "quarantine", "delivered"};
+// Rows looked at per transaction, and the bodies' bytes held in memory for one.
+constexpr int64_t kEditChunkRows = 512;
+constexpr std::size_t kEditChunkBytes = 4 << 20;
+
+bool execSql(sqlite3* db, const char* sql) {
+  return sqlite3_exec(db, sql, nullptr, nullptr, nullptr) == SQLITE_OK;
+}
+
+}  // namespace
+
+// One table, in chunks of rows (each chunk one transaction, so the WAL stays bounded): the rows
+// whose body holds a needle are read, the editor decides, the drops and rewrites are committed
+// with the counters.
+Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
+  auto& s = *st_;
+  const std::string name = kEditTableName[table];
+  const bool has_prio = table != kEditDelivered;
+  std::string sql = "SELECT seq, id, type, " + std::string(has_prio ? "prio" : "0") +
+                    ", body FROM " + name + " WHERE seq > ?1 AND (";
+  for (std::size_t i = 0; i < job.needles.size(); ++i) {
+    sql += (i == 0 ? "" : " OR ") + std::string("instr(body, ?") + std::to_string(i + 2) + ") > 0";
+  }
+  sql += ") ORDER BY seq LIMIT " + std::to_string(kEditChunkRows);
+  sqlite3_stmt* sel = nullptr;
+  if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &sel, nullptr) != SQLITE_OK) {
+    sqlite3_finalize(sel);
+    return makeError("io", sqliteError(db_, "preparing the edit of " + name));
+  }
+  const std::string del_sql = "DELETE FROM " + name + " WHERE seq = ?";
+  const std::string upd_sql = "UPDATE " + name + " SET body = ? WHERE seq = ?";
+  Stmt del;
+  Stmt upd;
+  if (auto r = del.prepare(db_, del_sql.c_str()); !r) {
+    sqlite3_finalize(sel);
+    return r;
+  }
+  if (auto r = upd.prepare(db_, upd_sql.c_str()); !r) {
+    sqlite3_finalize(sel);
+    return r;
+  }
+  struct Row {
+    int64_t seq = 0;
+    int64_t prio = 0;
+    int64_t old_cost = 0;
+    int64_t old_body = 0;
+    EventEdit edit;
+  };
+  int64_t after = 0;
+  for (;;) {
+    std::vector<Row> rows;
+    std::size_t bytes = 0;
+    bool more = false;
+    sqlite3_bind_int64(sel, 1, after);
+    for (std::size_t i = 0; i < job.needles.size(); ++i) {
+      sqlite3_bind_text(sel, static_cast<int>(i + 2), job.needles[i].data(),
+                        static_cast<int>(job.needles[i].size()), SQLITE_STATIC);
+    }
+    int rc = 0;
+    int64_t n = 0;
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+      ++n;
+      after = sqlite3_column_int64(sel, 0);
+      const auto text = [&](int c) {
+        const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(sel, c));
+        return p != nullptr
+                   ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(sel, c)))
+                   : std::string();
+      };
+      const std::string id = text(1);
+      const std::string type = text(2);
+      const std::string body = text(4);
+      EventEdit edit = job.editor(type, body);
+      if (edit.action != EventEdit::Action::kKeep) {
+        rows.push_back(Row{after, std::clamp<int64_t>(sqlite3_column_int64(sel, 3), 0, 2),
+                           static_cast<int64_t>(body.size() + id.size() + type.size()) +
+                               kRowOverhead,
+                           static_cast<int64_t>(body.size()), std::move(edit)});
+        bytes += rows.back().edit.body.size();
+      }
+      if (bytes >= kEditChunkBytes) {
+        more = true;
+        break;
+      }
+    }
+    const bool failed = rc != SQLITE_ROW && rc != SQLITE_DONE;
+    sqlite3_reset(sel);
+    if (failed) {
+      sqlite3_finalize(sel);
+      return makeError("io", sqliteError(db_, "reading " + name + " for an edit"));
+    }
+    more = more || n == kEditChunkRows;
+    if (!rows.empty()) {
+      Counters work = s.committed;
+      bool ok = run(s.begin);
+      SeqRanges dropped;
+      for (const Row& r : rows) {
+        if (!ok) {
+          break;
+        }
+        const bool drop = r.edit.action == EventEdit::Action::kDrop;
+        if (drop) {
+          del.bind(1, r.seq);
+          ok = run(del);
+          addSeq(dropped, r.seq);
+        } else {
+          upd.bind(1, r.edit.body);
+          upd.bind(2, r.seq);
+          ok = run(upd);
+        }
+        // A rewrite keeps id and type: its cost changes by the body's size only.
+        const int64_t delta = static_cast<int64_t>(r.edit.body.size()) - r.old_body;
+        if (table == kEditEvents) {
+          if (drop) {
+            work.events[r.prio] -= 1;
+            work.bytes[r.prio] -= r.old_cost;
+          } else {
+            work.bytes[r.prio] += delta;
+          }
+        } else if (table == kEditQuarantine) {
+          if (drop) {
+            work.quarantine_events -= 1;
+            work.quarantine_bytes -= r.old_cost;
+          } else {
+            work.quarantine_bytes += delta;
+          }
+        }
+      }
+      ok = ok && saveCounters(work) && run(s.commit);
+      if (!ok) {
+        const std::string msg = sqliteError(db_, "editing " + name);
+        if (sqlite3_get_autocommit(db_) == 0) {
+          (void)run(s.rollback);
+        }
+        sqlite3_finalize(sel);
+        std::lock_guard lock(mu_);
+        ++stats_.io_errors;
+        return makeError("io", msg);
+      }
+      s.committed = work;
+      for (const Row& r : rows) {
+        const bool drop = r.edit.action == EventEdit::Action::kDrop;
+        int64_t* counts[3][2] = {{&report.pending_dropped, &report.pending_replaced},
+                                 {&report.quarantine_dropped, &report.quarantine_replaced},
+                                 {&report.delivered_dropped, &report.delivered_replaced}};
+        ++*counts[table][drop ? 0 : 1];
+      }
+      if (table == kEditEvents) {
+        appendRanges(report.dropped_seqs, dropped);
+      }
+      std::lock_guard lock(mu_);
+      stats_.commits += 1;
+      refreshStatsLocked();
+    }
+    if (!more) {
+      break;
+    }
+  }
+  sqlite3_finalize(sel);
+  return {};
+}
+
+// Free pages may still hold what was deleted before secure_delete was on (delivered events are
+// deleted with secure_delete=FAST, which leaves freed overflow pages as they were), and the WAL
+// holds the old pages until it is checkpointed: clear both. True when the WAL was emptied.
+bool Buffer::scrubFiles() {
+  const int64_t mode = queryInt(db_, "PRAGMA auto_vacuum").value_or(0);
+  if (mode == 2) {
+    (void)execSql(db_, "PRAGMA incremental_vacuum");
+  } else if (queryInt(db_, "PRAGMA freelist_count").value_or(0) > 0) {
+    (void)execSql(db_, "VACUUM");
+  }
+  bool truncated = false;
+  // The sync engine's reader is held off meanwhile; only another process (a CLI's export) can
+  // keep the WAL busy, for a few seconds at most.
+  std::lock_guard reading(reader_mu_);
+  sqlite3_busy_timeout(db_, kCheckpointWaitMs);
+  for (int attempt = 0; attempt < 20 && !truncated; ++attempt) {
+    truncated = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr,
+                                          nullptr) == SQLITE_OK;
+  }
+  sqlite3_busy_timeout(db_, 5000);
+  if (truncated) {
+    wal_frames_ = 0;
+  }
+  cap_cache_ = 0;
+  return truncated;
+}
+
+void Buffer::runEdit(Job& job) {
+  EditReport report;
+  job.needles.erase(std::remove(job.needles.begin(), job.needles.end(), std::string()),
+                    job.needles.end());
+  if (job.needles.empty()) {
+    job.edited.set_value(report);
+    return;
+  }
+  // Deleted and rewritten bodies are overwritten with zeros in the file, not only unlinked.
+  (void)execSql(db_, "PRAGMA secure_delete=ON");
+  Result<void> done;
+  for (int table : {kEditEvents, kEditQuarantine, kEditDelivered}) {
+    done = editTable(table, job, report);
+    if (!done) {
+      break;
+    }
+  }
+  if (done && job.scrub) {
+    report.scrubbed = scrubFiles();
+  }
+  (void)execSql(db_, "PRAGMA secure_delete=FAST");
+  {
+    std::lock_guard lock(mu_);
+    for (auto it = recent_.begin(); it != recent_.end();) {
+      const bool hit = std::any_of(job.needles.begin(), job.needles.end(), [&](const auto& n) {
+        return it->body.find(n) != std::string::npos;
+      });
+      EventEdit edit = hit ? job.editor(it->type, it->body) : EventEdit{};
+      if (edit.action == EventEdit::Action::kDrop) {
+        recent_bytes_ -= it->body.size();
+        it = recent_.erase(it);
+        ++report.recent_dropped;
+        continue;
+      }
+      if (edit.action == EventEdit::Action::kReplace) {
+        recent_bytes_ = recent_bytes_ - it->body.size() + edit.body.size();
+        it->body = std::move(edit.body);
+        ++report.recent_replaced;
+      }
+      ++it;
+    }
+    refreshStatsLocked();
+  }
+  if (!done) {
+    job.edited.set_value(done.error());
+    return;
+  }
+  job.edited.set_value(std::move(report));
 }
 
 // The WAL's bound: once a commit leaves kWalCheckpointBytes in it, checkpoint RESTART, which

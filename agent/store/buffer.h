@@ -147,6 +147,36 @@ struct BufferStats {
   uint64_t recent_dropped = 0;  // bodies left out of the ring because of its byte bound
 };
 
+/// What Buffer::editEvents() does with one stored event (consent applied to buffered data,
+/// erasure of a data subject).
+struct EventEdit {
+  enum class Action { kKeep, kDrop, kReplace };
+  Action action = Action::kKeep;
+  std::string body;  // kReplace: the new body (the envelope as JSON)
+};
+/// Decides for one stored event from its type and body. Called on the buffer's writer thread,
+/// with no lock of the buffer held; must not call into the buffer. CPU only.
+using EventEditor = std::function<EventEdit(const std::string& type, const std::string& body)>;
+
+/// What editEvents() changed, per place an event body lives. Seqs of pending events dropped are
+/// listed for the centre's gap check (they will never arrive).
+struct EditReport {
+  int64_t pending_dropped = 0;
+  int64_t pending_replaced = 0;
+  int64_t quarantine_dropped = 0;
+  int64_t quarantine_replaced = 0;
+  int64_t delivered_dropped = 0;  // kept delivered events (buffer.retain_delivered)
+  int64_t delivered_replaced = 0;
+  int64_t recent_dropped = 0;  // the in-memory ring behind `omniedge tail`
+  int64_t recent_replaced = 0;
+  SeqRanges dropped_seqs;  // pending events dropped
+  bool scrubbed = false;   // free pages cleared and the WAL emptied (checkpoint TRUNCATE)
+  int64_t changed() const {
+    return pending_dropped + pending_replaced + quarantine_dropped + quarantine_replaced +
+           delivered_dropped + delivered_replaced + recent_dropped + recent_replaced;
+  }
+};
+
 /// What open() found.
 struct OpenReport {
   bool unclean_shutdown = false;   // the previous run did not close the buffer
@@ -226,6 +256,18 @@ class Buffer final : public Outbox {
   /// (what was moved before stays moved), "stopping" or "io".
   Result<int64_t> retryQuarantine();
 
+  /// Applies `editor` to every stored event whose body contains one of `needles` (a quick
+  /// filter: the editor decides): pending events, the quarantine, kept delivered events and the
+  /// in-memory ring of recent events. Drops and rewrites keep the byte accounting (counters)
+  /// exact. The change is made with secure_delete on, and with `scrub` the file's free pages
+  /// are then cleared (incremental vacuum, or VACUUM for a file without auto_vacuum) and the
+  /// WAL checkpointed and truncated, so that no copy of the old bodies stays in buffer.db or
+  /// buffer.db-wal (EditReport::scrubbed says whether that last step got through).
+  /// Thread: any but the writer; blocks until the writer has committed it (a scan of the
+  /// bodies: milliseconds to seconds for a large backlog; producers wait meanwhile).
+  /// Fails "stopping" or "io" (what was committed before stays changed).
+  Result<EditReport> editEvents(std::vector<std::string> needles, EventEditor editor, bool scrub);
+
   /// The newest `limit` quarantined events (newest first), without their bodies. Thread: any;
   /// a short read on the reader connection. Fails "io".
   Result<std::vector<QuarantinedEvent>> quarantined(std::size_t limit);
@@ -280,6 +322,9 @@ class Buffer final : public Outbox {
   void publishCommitted(const Attempt& a);
   void restoreCommitted(int64_t burnt_up_to);
   void runRetryQuarantine(Job& job);
+  void runEdit(Job& job);
+  Result<void> editTable(int table, Job& job, EditReport& report);
+  bool scrubFiles();
   void maybeCheckpoint();
   Result<void> prepare();
   Result<void> recover(const std::string& problem);

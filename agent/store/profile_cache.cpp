@@ -173,8 +173,10 @@ Result<void> ProfileCache::openDb() {
   if (sqlite3_open_v2(file.c_str(), &db_,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                       nullptr) != SQLITE_OK ||
-      sqlite3_exec(db_, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", nullptr, nullptr,
-                   nullptr) != SQLITE_OK ||
+      // secure_delete: a consent change or an erasure must not leave the old document in
+      // free space (profiles are small and rarely rewritten, so zeroing costs little).
+      sqlite3_exec(db_, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON;",
+                   nullptr, nullptr, nullptr) != SQLITE_OK ||
       sqlite3_busy_timeout(db_, 5000) != SQLITE_OK ||
       sqlite3_exec(db_, kSchema, nullptr, nullptr, nullptr) != SQLITE_OK) {
     return fail(db_);
@@ -734,7 +736,20 @@ Result<ProfileUpdate> ProfileCache::apply(std::string_view payload, int64_t now_
   }
   std::vector<std::string> written;
   std::map<std::string, std::vector<std::string>> stolen;  // id -> keys another profile took
+  std::vector<ConsentRefusal> refusals;
   for (const Entry& u : upserts) {
+    const auto before = rowLocked(w_by_id_, u.id);
+    if (const unsigned added = u.refused & ~(before ? before->refused : 0u); added != 0) {
+      ConsentRefusal r{u.id, u.keys, added};
+      if (before) {
+        for (const std::string& k : before->keys) {
+          if (std::find(r.keys.begin(), r.keys.end(), k) == r.keys.end()) {
+            r.keys.push_back(k);
+          }
+        }
+      }
+      refusals.push_back(std::move(r));
+    }
     for (const std::string& key : u.keys) {
       if (auto holder = rowLocked(w_by_key_, key); holder && holder->id != u.id) {
         stolen[holder->id].push_back(key);
@@ -793,7 +808,67 @@ Result<ProfileUpdate> ProfileCache::apply(std::string_view payload, int64_t now_
   if (auto r = commitLocked(txn, std::move(fresh)); !r) {
     return r.error();
   }
-  return ProfileUpdate{upserted, deleted};
+  return ProfileUpdate{upserted, deleted, std::move(refusals)};
+}
+
+Result<ProfileForget> ProfileCache::forget(const std::vector<std::string>& keys,
+                                           const std::vector<std::string>& ids) {
+  std::lock_guard write(write_mu_);
+  Txn txn;
+  {
+    std::lock_guard lock(mu_);
+    txn.count = disk_count_;
+    txn.bytes = disk_bytes_;
+    txn.local = local_count_;
+  }
+  if (sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return rollbackLocked();
+  }
+  std::set<std::string> victims;
+  for (const std::string& key : keys) {
+    if (auto row = rowLocked(w_by_key_, kiosk::canonicalCustomerKey(key))) {
+      victims.insert(row->id);
+    }
+  }
+  for (const std::string& id : ids) {
+    if (rowLocked(w_by_id_, id)) {
+      victims.insert(id);
+    }
+  }
+  ProfileForget out;
+  for (const std::string& id : victims) {
+    auto row = rowLocked(w_by_id_, id);
+    if (!row) {
+      continue;
+    }
+    if (!dropLocked(txn, id)) {
+      return rollbackLocked();
+    }
+    ++out.profiles;
+    out.keys += static_cast<int64_t>(row->keys.size());
+  }
+  if (auto r = commitLocked(txn, {}); !r) {
+    return r.error();
+  }
+  // secure_delete zeroed the rows; free pages from before it was on (an older file) and the
+  // WAL's copies of the old pages go too.
+  sqlite3_stmt* st = nullptr;
+  int64_t free_pages = 0;
+  if (sqlite3_prepare_v2(db_, "PRAGMA freelist_count", -1, &st, nullptr) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW) {
+    free_pages = sqlite3_column_int64(st, 0);
+  }
+  sqlite3_finalize(st);
+  if (out.profiles > 0 && free_pages > 0) {
+    (void)sqlite3_exec(db_, "VACUUM", nullptr, nullptr, nullptr);
+  }
+  // Our own reader is held off meanwhile, so only another process can keep the WAL busy.
+  std::lock_guard reading(read_mu_);
+  for (int attempt = 0; attempt < 3 && !out.scrubbed; ++attempt) {
+    out.scrubbed = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr,
+                                             nullptr) == SQLITE_OK;
+  }
+  return out;
 }
 
 Result<nlohmann::json> ProfileCache::addCartItem(std::string_view key, const nlohmann::json& item,

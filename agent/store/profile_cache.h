@@ -28,9 +28,25 @@
 
 namespace omniedge::store {
 
+/// A profile whose consent refuses more purposes than before (or a new profile that refuses
+/// some): what is already buffered of that customer must follow (agent/omni/privacy.h).
+struct ConsentRefusal {
+  std::string id;
+  std::vector<std::string> keys;  // canonical; the profile's keys before and after the update
+  unsigned added = 0;             // ConsentPurpose bits refused now and not before
+};
+
 struct ProfileUpdate {
   int upserts = 0;
   int deletes = 0;
+  std::vector<ConsentRefusal> refusals;
+};
+
+/// What ProfileCache::forget() removed.
+struct ProfileForget {
+  int64_t profiles = 0;  // profiles (and kiosk carts) deleted
+  int64_t keys = 0;      // their keys
+  bool scrubbed = false;  // profiles.db-wal emptied (checkpoint TRUNCATE) afterwards
 };
 
 struct ProfileCacheOptions {
@@ -74,6 +90,15 @@ class ProfileCache final : public IdentityResolver {
   /// Thread: one writer at a time (the sync thread; serialised with addCartItem); concurrent
   /// readers are fine. Blocks on one SQLite transaction.
   Result<ProfileUpdate> apply(std::string_view payload, int64_t now_ms);
+
+  /// Erasure: deletes every profile and kiosk cart that holds one of `keys` (any spelling
+  /// parseCustomerKey accepts) or whose id is one of `ids`, with its keys, durably, with
+  /// secure_delete on; then clears free pages (VACUUM when any are left) and checkpoints and
+  /// truncates the WAL so that profiles.db and profiles.db-wal keep no copy. Thread: as apply().
+  /// Blocks on one transaction and the checkpoint (a VACUUM of at most max_disk_bytes).
+  /// Fails "io" (nothing deleted).
+  Result<ProfileForget> forget(const std::vector<std::string>& keys,
+                               const std::vector<std::string>& ids);
 
   /// The profile known under `key`, with `freshness` (when the cache last heard of it); empty
   /// for unknown keys and for carts kept for customers the centre has not sent.

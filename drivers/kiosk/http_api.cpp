@@ -883,6 +883,11 @@ void HttpApi::handleCustomer(HttpResponse& res, const std::string& key, bool car
     sendError(res, 400, canonical.error().code, canonical.error().message, "key");
     return;
   }
+  // Consent: a customer who refuses personalization gets no profile answers at the kiosk.
+  if (options_.personalization_refused && options_.personalization_refused(*canonical)) {
+    sendError(res, 403, "consent", "this customer does not consent to personalization", "key");
+    return;
+  }
   if (!cart) {
     auto profile = options_.customer_lookup ? options_.customer_lookup(*canonical) : std::nullopt;
     if (!profile) {

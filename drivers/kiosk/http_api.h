@@ -74,6 +74,10 @@ struct HttpApiOptions {
   /// as JSON. Called on the server's threads, after the kiosk.cart_add event is durable.
   /// Unset: 404.
   std::function<Result<std::string>(const std::string& key, const std::string& item)> cart_add;
+  /// True when the customer known as `key` (canonical) refuses personalization: GET
+  /// /v1/customers/{key} and its cart then answer 403 "consent" instead of the profile.
+  /// Called on the server's threads. Unset: never refused.
+  std::function<bool(const std::string& key)> personalization_refused;
   std::string store_id;  // store.id: the first part of POS transaction ids
   // GET /v1/stream (server-sent events for the kiosks, see HttpApi::publish()).
   std::size_t max_streams = 32;                       // open at once; more: 503

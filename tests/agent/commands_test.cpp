@@ -28,6 +28,11 @@ class FakeTarget final : public CommandTarget {
   }
   json diagnostics(std::size_t max_bytes) override { return {{"max", max_bytes}}; }
   Result<int64_t> retryQuarantine() override { return int64_t{3}; }
+  Result<json> forget(const std::string& key) override {
+    forgotten = key;
+    return json{{"subject", "sha256:00"}, {"complete", true}};
+  }
+  std::string forgotten;
 };
 
 struct Fixture {
@@ -86,7 +91,7 @@ TEST_CASE("malformed commands, unknown names and bad arguments are answered ok:f
   CHECK(error(R"({"id": "n1"})") ==
         std::pair<std::string, std::string>(
             "n1",
-            "name is required (one of diagnostics, flush, ping, resync-profiles, "
+            "name is required (one of diagnostics, flush, forget, ping, resync-profiles, "
             "retry-quarantine, set-log-level)"));
   CHECK_THAT(error(R"({"id": "n2", "name": "reboot"})").second,
              Contains("unknown command 'reboot'"));
@@ -128,6 +133,26 @@ TEST_CASE("each command reaches its target; a failure is answered with its reaso
       f.handle(R"({"id": "d", "name": "set-log-level", "args": {"level": "warn", "duration": 60}})")
           ["result"]["level"] == "warn");
   CHECK(f.target.duration == 60);
+}
+
+TEST_CASE("forget takes one customer key and never echoes it in a refusal",
+          "[unit][commands][erasure]") {
+  Fixture f;
+  const auto ok = f.handle(R"({"id": "f1", "name": "forget", "args": {"key": "loyalty:L1"}})");
+  CHECK(ok["ok"] == true);
+  CHECK(f.target.forgotten == "loyalty:L1");
+  CHECK(ok.dump().find("L1\"") == std::string::npos);
+  const auto missing = f.handle(R"({"id": "f2", "name": "forget", "args": {}})");
+  CHECK(missing["ok"] == false);
+  CHECK_THAT(missing["error"].get<std::string>(), Contains("args.key is required"));
+  const auto wrong = f.handle(R"({"id": "f3", "name": "forget", "args": {"key": 7}})");
+  CHECK(wrong["ok"] == false);
+  CHECK(wrong["error"].get<std::string>().find('7') == std::string::npos);
+  const auto extra = f.handle(
+      R"({"id": "f4", "name": "forget", "args": {"key": "app:A", "email": "jane@example.com"}})");
+  CHECK(extra["ok"] == false);
+  CHECK_THAT(extra["error"].get<std::string>(),
+             Contains("args.email is not an argument of forget (key)"));
 }
 
 TEST_CASE("the recent-log ring keeps the newest warnings and errors, bounded", "[unit][commands]") {

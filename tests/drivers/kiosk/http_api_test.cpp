@@ -630,5 +630,32 @@ TEST_CASE("start refuses what it cannot do safely or at all", "[integration][kio
   }
 }
 
+TEST_CASE("a customer who refuses personalization gets no profile or cart answers at the kiosk",
+          "[integration][kiosk][consent]") {
+  HttpApiOptions options;
+  options.customer_lookup = [](const std::string&) -> std::optional<std::string> {
+    return R"({"id":"c-1","segments":["vip"],"cart":{"items":[]}})";
+  };
+  options.personalization_refused = [](const std::string& key) {
+    return key == "loyalty:NO-PERS-1";
+  };
+  Fixture f(options);
+  auto c = f.client();
+  for (const std::string path : {"/v1/customers/loyalty:NO-PERS-1",
+                                 "/v1/customers/loyalty:NO-PERS-1/cart"}) {
+    INFO(path);
+    auto res = c.Get(path);
+    REQUIRE(res);
+    CHECK(res->status == 403);
+    const json e = errorBody(res);
+    CHECK(e["code"] == "consent");
+    CHECK(e["message"] == "this customer does not consent to personalization");
+    CHECK(res->body.find("vip") == std::string::npos);
+  }
+  auto other = c.Get("/v1/customers/loyalty:YES-1");
+  REQUIRE(other);
+  CHECK(other->status == 200);
+}
+
 }  // namespace
 }  // namespace omniedge::kiosk
