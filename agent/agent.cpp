@@ -23,10 +23,10 @@
 #include "agent/envelope.h"
 #include "agent/ingest.h"
 #include "agent/log_ring.h"
-#include "agent/omni/visits.h"
+#include "agent/omni/privacy.h"
 #include "agent/omni/trigger_rules.h"
 #include "agent/omni/triggers.h"
-#include "agent/omni/privacy.h"
+#include "agent/omni/visits.h"
 #include "agent/pii.h"
 #include "agent/source_runner.h"
 #include "agent/store/buffer.h"
@@ -438,7 +438,11 @@ struct Agent::Parts {
   uint64_t dropped_reported = 0;
 
   // Remote config, commands and profiles from the centre (see the section at the end).
-  config::Config base_cfg;  // the local layers (defaults, file, env, flags)
+  config::Config base_cfg;                         // the local layers (defaults, file, env, flags)
+  std::function<Result<config::Config>()> reload;  // SIGHUP: base_cfg read again
+  // The last SIGHUP reload, for status (main thread writes, status() reads).
+  mutable std::mutex reload_mu;
+  nlohmann::json last_reload;  // guarded by reload_mu
   mutable std::mutex live_mu;
   std::shared_ptr<const config::Config> live;  // guarded by live_mu: the effective config
   mutable std::mutex sources_mu;               // guards `sources` (applyConfig replaces runners)
@@ -1183,11 +1187,11 @@ nlohmann::json Agent::handleControl(const nlohmann::json& request) {
       return refusal(makeError("invalid_request", "field 'key' is required (a string)", "key"));
     }
     if (request.contains("dry_run") && !request["dry_run"].is_boolean()) {
-      return refusal(makeError("invalid_request", "field 'dry_run' must be true or false",
-                               "dry_run"));
+      return refusal(
+          makeError("invalid_request", "field 'dry_run' must be true or false", "dry_run"));
     }
-    auto r = p_->privacy->forget(request["key"].get<std::string>(),
-                                 request.value("dry_run", false));
+    auto r =
+        p_->privacy->forget(request["key"].get<std::string>(), request.value("dry_run", false));
     if (!r) {
       return refusal(r.error());
     }
@@ -1440,6 +1444,7 @@ int Agent::run() {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
   auto last_tick = std::chrono::steady_clock::now();
   for (;;) {
     timespec timeout{0, 250 * 1000 * 1000};
@@ -1447,6 +1452,11 @@ int Agent::run() {
     if (sig == SIGTERM || sig == SIGINT) {
       spdlog::info("received {}, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
       break;
+    }
+    if (sig == SIGHUP) {
+      systemdNotify("RELOADING=1");
+      reloadLocalConfig();
+      systemdNotify("READY=1");
     }
     if (watchdog) {
       systemdNotify("WATCHDOG=1");
@@ -1926,6 +1936,49 @@ void Agent::remoteTick() {
   }
 }
 
+void Agent::setReload(std::function<Result<config::Config>()> reload) {
+  p_->reload = std::move(reload);
+}
+
+void Agent::reloadLocalConfig() {
+  Parts& p = *p_;
+  const int64_t now = p.clock.nowMs();
+  auto record = [&p, now](bool ok, const std::string& error, const std::vector<std::string>& keys,
+                          const std::vector<std::string>& restart) {
+    std::lock_guard lock(p.reload_mu);
+    p.last_reload = {{"at", formatRfc3339Ms(now)},
+                     {"ok", ok},
+                     {"error", error},
+                     {"keys", keys},
+                     {"restart_needed", restart}};
+  };
+  if (!p.reload) {
+    spdlog::warn("SIGHUP: this agent was not started with a configuration it can read again");
+    record(false, "no configuration to read again", {}, {});
+    return;
+  }
+  auto local = p.reload();
+  if (!local) {
+    spdlog::error("SIGHUP: the configuration was not reloaded, the running one stays: {}",
+                  local.error().message);
+    record(false, local.error().message, {}, {});
+    return;
+  }
+  // The remote layer stays on top, as at start.
+  const auto layer = p.remote->layer();
+  auto next = local->withRemote(layer.settings, layer.details);
+  Result<ConfigChange> change = next ? applyConfig(*next) : Result<ConfigChange>(next.error());
+  if (!change) {
+    spdlog::error("SIGHUP: the configuration was not applied, the running one stays: {}",
+                  change.error().message);
+    record(false, change.error().message, {}, {});
+    return;
+  }
+  p.base_cfg = std::move(*local);
+  spdlog::info("SIGHUP: configuration reloaded ({} key(s) changed)", change->keys.size());
+  record(true, "", change->keys, change->restart_needed);
+}
+
 void Agent::addRemoteStatus(nlohmann::json& out) const {
   Parts& p = *p_;
   const auto level = spdlog::level::to_string_view(spdlog::get_level());
@@ -1946,6 +1999,12 @@ void Agent::addRemoteStatus(nlohmann::json& out) const {
     rc["last_report"] = nlohmann::json::parse(r->toJson());
   }
   out["remote_config"] = std::move(rc);
+  {
+    std::lock_guard lock(p.reload_mu);
+    if (!p.last_reload.is_null()) {
+      out["last_reload"] = p.last_reload;
+    }
+  }
   const auto inbox = p.inbox->stats();
   const auto u = p.sync->status();
   out["inbound"] = {{"pending", inbox.pending},
@@ -2077,8 +2136,7 @@ void Agent::applyRefusals(const std::vector<store::ConsentRefusal>& refusals) {
     return;
   }
   if (auto r = p_->privacy->applyRefusals(refusals); !r) {
-    spdlog::error("consent: a refusal could not reach the buffered events: {}",
-                  r.error().message);
+    spdlog::error("consent: a refusal could not reach the buffered events: {}", r.error().message);
   }
 }
 

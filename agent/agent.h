@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -67,6 +68,10 @@ class Agent {
   /// Blocks while a driver stops (about a second).
   Result<ConfigChange> applyConfig(const config::Config& next);
 
+  /// How run() reads the local configuration again on SIGHUP (the same file, environment and
+  /// flags as at start); without it SIGHUP only logs that it cannot. Thread: before run().
+  void setReload(std::function<Result<config::Config>()> reload);
+
   /// Registers a holder of customers' personal data (visits, triggers) that `omniedge forget`
   /// and the `forget` command must reach. `holder` must outlive the agent's run(). Thread: the
   /// main thread, before run().
@@ -94,6 +99,9 @@ class Agent {
   void remoteStart();
   void remoteTick();
   void addRemoteStatus(nlohmann::json& status) const;
+  /// SIGHUP: the local layers read again and applied under the remote layer, as a remote
+  /// config is; a bad file changes nothing. Thread: the main thread.
+  void reloadLocalConfig();
   /// The HTTPS uplink `cfg` asks for (null when https.base_url is empty); not started.
   std::shared_ptr<sync::HttpsUplink> makeHttpsUplink(const config::Config& cfg);
   /// The HTTPS uplink now (null when off). Thread: any.

@@ -35,6 +35,7 @@ int runDaemon(const CommandSpec& spec, const Invocation& inv) {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);  // reload (systemd: ExecReload)
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -48,6 +49,12 @@ int runDaemon(const CommandSpec& spec, const Invocation& inv) {
     }
     return agent.error().code == "config" ? kConfigError : kFailure;
   }
+  // SIGHUP reads the same file, environment and flags again.
+  config::Inputs in;
+  in.file = loaded->file;
+  in.env = config::processEnvironment();
+  in.flags = config::flagsFrom(inv.vm);
+  (*agent)->setReload([in] { return config::load(in); });
   return (*agent)->run();
 }
 

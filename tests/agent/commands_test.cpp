@@ -51,7 +51,7 @@ struct Fixture {
   json handle(const std::string& payload) { return json::parse(runner->handle(payload)); }
 };
 
-TEST_CASE("a command id runs once; a redelivery gets the stored answer", "[unit][commands]") {
+TEST_CASE("a command id runs once, a redelivery gets the stored answer", "[unit][commands]") {
   Fixture f;
   const auto first = f.handle(R"({"id": "c1", "name": "ping", "args": {}})");
   CHECK(first == json{{"id", "c1"}, {"ok", true}, {"result", {{"pong", 1}}}});
@@ -120,7 +120,7 @@ TEST_CASE("malformed commands, unknown names and bad arguments are answered ok:f
   CHECK(f.target.duration == 900);
 }
 
-TEST_CASE("each command reaches its target; a failure is answered with its reason",
+TEST_CASE("each command reaches its target, a failure is answered with its reason",
           "[unit][commands]") {
   Fixture f;
   CHECK(f.handle(R"({"id": "a", "name": "retry-quarantine"})")["result"]["moved"] == 3);

@@ -120,7 +120,7 @@ std::string upserts(int first, int n, std::size_t pad = 400, const char* consent
 
 }  // namespace
 
-TEST_CASE("the profile cache holds at most max_bytes in memory; evicted profiles answer from disk",
+TEST_CASE("the profile cache holds at most max_bytes in memory, evicted profiles answer from disk",
           "[unit][profiles]") {
   TempDir dir;
   ProfileCacheOptions options;
@@ -249,7 +249,7 @@ TEST_CASE("a kiosk can start a cart for a customer the centre has not sent", "[u
   }
 }
 
-TEST_CASE("a profile that claims another's key takes it; the other keeps the rest",
+TEST_CASE("a profile that claims another's key takes it, the other keeps the rest",
           "[unit][profiles]") {
   TempDir dir;
   ProfileCacheOptions options;

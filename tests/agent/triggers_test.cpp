@@ -172,7 +172,7 @@ TEST_CASE("event type patterns match with '*' only where the pattern says", "[un
   CHECK(typeMatches("*", "pos.sale"));
 }
 
-TEST_CASE("a gold customer with a cart entering the zone fires; other customers and zones do not",
+TEST_CASE("a gold customer with a cart entering the zone fires, other customers and zones do not",
           "[unit][triggers]") {
   Fixture f(kGoldCart);
   auto fired = f.eval(enter("beacon", "ibeacon:gold", "entrance"));
@@ -201,7 +201,7 @@ TEST_CASE("a gold customer with a cart entering the zone fires; other customers 
   CHECK(f.eval(exit).empty());  // another type
 }
 
-TEST_CASE("refused personalization means no trigger; refused marketing means no event either",
+TEST_CASE("refused personalization means no trigger, refused marketing means no event either",
           "[unit][triggers]") {
   Fixture f(kGoldCart);
   CHECK(f.eval(enter("loyalty_id", "N1", "entrance")).empty());

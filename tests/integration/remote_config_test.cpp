@@ -417,7 +417,7 @@ TEST_CASE("ops make keys and signed documents with omniedge alone, and the agent
   CHECK(c.shown("log.level") == std::pair<json, std::string>("debug", "remote v9 for this store"));
 }
 
-TEST_CASE("new beacon zones are taken by the running driver; other beacon keys restart only it",
+TEST_CASE("new beacon zones are taken by the running driver, other beacon keys restart only it",
           "[integration][remote][beacon]") {
   MosquittoBroker gateways;
   Centre c(Centre::Env{{"OMNIEDGE_BEACON_MQTT_URL", gateways.url()},

@@ -96,7 +96,7 @@ std::string visitsDb(const fs::path& data_dir) {
 
 TEST_CASE(
     "the ESPresense watch walks in, uses the kiosk, pays with its POSLog loyalty id and leaves: "
-    "one visit.summary tells it and the sale carries its attribution; a customer who refused "
+    "one visit.summary tells it and the sale carries its attribution, a customer who refused "
     "tracking gets neither",
     "[integration][visits]") {
   MosquittoBroker broker;  // uplink and store broker at once

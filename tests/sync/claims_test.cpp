@@ -39,7 +39,7 @@ TEST_CASE("claims never overlap: a later claim stops before an earlier one, or i
   }
 }
 
-TEST_CASE("seqs returned to the pool bump the generation; delivered ones do not", "[unit][sync]") {
+TEST_CASE("seqs returned to the pool bump the generation, delivered ones do not", "[unit][sync]") {
   ClaimBook book;
   const auto g0 = book.generation();
   REQUIRE(book.claim(Uplink::kHttps, 1, 10).granted);

@@ -149,7 +149,7 @@ TEST_CASE("without a verify key, unsigned documents and envelopes are taken", "[
   CHECK(rc->layer().settings.at("log.level") == "debug");
 }
 
-TEST_CASE("an expired document is refused; one expiring later is taken", "[unit][remote]") {
+TEST_CASE("an expired document is refused, one expiring later is taken", "[unit][remote]") {
   Fixture f;
   auto rc = f.open();
   auto expired = rc->receive(
@@ -163,7 +163,7 @@ TEST_CASE("an expired document is refused; one expiring later is taken", "[unit]
             .verdict == Verdict::kAccepted);
 }
 
-TEST_CASE("settings are checked alone and merged; the store's own document wins per key",
+TEST_CASE("settings are checked alone and merged, the store's own document wins per key",
           "[unit][remote]") {
   Fixture f;
   auto rc = f.open();

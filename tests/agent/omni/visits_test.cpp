@@ -301,7 +301,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "a customer who refused tracking gets no journey and their sale no attribution; a consent "
+    "a customer who refused tracking gets no journey and their sale no attribution, a consent "
     "withdrawn mid-visit drops the visit",
     "[unit][visits][consent]") {
   Store s;
@@ -376,7 +376,7 @@ TEST_CASE("the same event seen twice (a POS file read again) is joined into the 
 }
 
 TEST_CASE(
-    "a known customer's sale without a visit is attributed its cart lines only; a stranger's "
+    "a known customer's sale without a visit is attributed its cart lines only, a stranger's "
     "sale is stored as it came",
     "[unit][visits][attribution]") {
   Store s;
@@ -459,7 +459,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "a summary the buffer cannot take now (full) is tried again next round; one too large for "
+    "a summary the buffer cannot take now (full) is tried again next round, one too large for "
     "buffer.max_event_bytes goes with less detail, saying how many touchpoints it left out",
     "[unit][visits]") {
   Store s;

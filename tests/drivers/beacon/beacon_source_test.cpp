@@ -217,7 +217,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "an event the writer refuses is counted and dropped alone; the others are stored and "
+    "an event the writer refuses is counted and dropped alone, the others are stored and "
     "nothing is retried forever",
     "[unit][beacon]") {
   auto clock = std::make_shared<FakeClock>(kStart);
@@ -252,7 +252,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "while the buffer is full, events are kept within their bounds; what is dropped is "
+    "while the buffer is full, events are kept within their bounds, what is dropped is "
     "counted and reported as agent.data_dropped",
     "[unit][beacon]") {
   auto clock = std::make_shared<FakeClock>(kStart);
@@ -327,7 +327,7 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("the message queue is bounded by bytes; an oversized message is refused with its size",
+TEST_CASE("the message queue is bounded by bytes, an oversized message is refused with its size",
           "[unit][beacon]") {
   auto clock = std::make_shared<FakeClock>(kStart);
   BeaconOptions options = offline(clock);

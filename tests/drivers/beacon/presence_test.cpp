@@ -222,7 +222,7 @@ TEST_CASE(
 
 TEST_CASE(
     "without the gateways' distance, RSSI corrected by rssi@1m places the real trace in "
-    "office_alt too; raw RSSI alone would not",
+    "office_alt too, raw RSSI alone would not",
     "[unit][beacon]") {
   const auto trace = loadTrace();
   SECTION("rssi and rssi@1m") {
@@ -444,7 +444,7 @@ TEST_CASE("a scanner offset applies to the gateway's own distance as well", "[un
   CHECK(enter.at("distance_m").get<double>() == Approx(2.0));
 }
 
-TEST_CASE("enter needs N sightings and the window; staff prefixes are ignored", "[unit][beacon]") {
+TEST_CASE("enter needs N sightings and the window, staff prefixes are ignored", "[unit][beacon]") {
   PresenceOptions options;
   options.ignore_prefixes = {"ibeacon:staff0000"};
   PresenceEngine engine(options);

@@ -41,7 +41,7 @@ TEST_CASE("a single event object becomes one event with every field", "[unit][ki
   CHECK(e.data_json == R"({"sku":"123","qty":2})");
 }
 
-TEST_CASE("only type is required; the rest is left for ingest to fill in", "[unit][kiosk]") {
+TEST_CASE("only type is required, the rest is left for ingest to fill in", "[unit][kiosk]") {
   auto events = parseEvents(R"({"type":"kiosk.view"})", kMax, nullptr);
   REQUIRE(events.has_value());
   REQUIRE(events->size() == 1);

@@ -103,7 +103,7 @@ class Slowloris {
   std::thread thread_;
 };
 
-TEST_CASE("slowloris clients hold no worker and pile nothing up; a valid client is served",
+TEST_CASE("slowloris clients hold no worker and pile nothing up, a valid client is served",
           "[integration][kiosk][abuse]") {
   RecordingWriter writer;
   HttpApiOptions options;
@@ -271,7 +271,7 @@ TEST_CASE("oversized heads and too many header fields get 431, a huge request li
   CHECK(after.status(after.response(20s)) == 202);
 }
 
-TEST_CASE("a client that never finishes its body gets 408 and is closed; others go on",
+TEST_CASE("a client that never finishes its body gets 408 and is closed, others go on",
           "[integration][kiosk][abuse]") {
   RecordingWriter writer;
   HttpApiOptions options;
@@ -299,7 +299,7 @@ TEST_CASE("a client that never finishes its body gets 408 and is closed; others 
   CHECK(metric(*api, "omniedge_http_connections_closed_total{reason=\"body_timeout\"}") == 1);
 }
 
-TEST_CASE("the lockout table stays bounded while addresses rotate; a valid token always passes",
+TEST_CASE("the lockout table stays bounded while addresses rotate, a valid token always passes",
           "[integration][kiosk][abuse][auth]") {
   RecordingWriter writer;
   HttpApiOptions options;
