@@ -249,8 +249,7 @@ Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t 
       const bool drop =
           refusal_drop_ ? refusal_drop_(e.type) : priorityOf(e.type) == Priority::kLow;
       if (drop) {
-        return makeError("consent", "tracking refused",
-                         "[" + std::to_string(index) + "].customer");
+        return makeError("consent", "tracking refused", "[" + std::to_string(index) + "].customer");
       }
       forgetIdentityInData(e.data_json, customer);
       customer.clear();

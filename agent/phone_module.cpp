@@ -13,7 +13,8 @@ extern "C" int omniedge_phone_e164(const char* number, std::size_t len, const ch
   try {
     const PhoneNumberUtil& util = *PhoneNumberUtil::GetInstance();
     PhoneNumber parsed;
-    if (util.Parse(std::string(number, len), region, &parsed) != PhoneNumberUtil::NO_PARSING_ERROR ||
+    if (util.Parse(std::string(number, len), region, &parsed) !=
+            PhoneNumberUtil::NO_PARSING_ERROR ||
         !util.IsValidNumber(parsed)) {
       return -1;
     }

@@ -1,14 +1,14 @@
 #include "agent/pii.h"
 
+#include <dlfcn.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
-#include <dlfcn.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <optional>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -95,7 +95,9 @@ bool isLocalPartChar(char c) {
   return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '.' || c == '_' || c == '%' ||
          c == '+' || c == '-' || c == '\'' || c == '&';
 }
-bool isDomainChar(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '.' || c == '-'; }
+bool isDomainChar(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '.' || c == '-';
+}
 bool isPhoneSeparator(char c) {
   return c == ' ' || c == '-' || c == '.' || c == '(' || c == ')' || c == '/';
 }
@@ -119,14 +121,30 @@ bool decodeString(std::string_view text, std::size_t& i, std::string& out) {
     }
     const char e = text[i++];
     switch (e) {
-      case '"': out.push_back('"'); break;
-      case '\\': out.push_back('\\'); break;
-      case '/': out.push_back('/'); break;
-      case 'b': out.push_back('\b'); break;
-      case 'f': out.push_back('\f'); break;
-      case 'n': out.push_back('\n'); break;
-      case 'r': out.push_back('\r'); break;
-      case 't': out.push_back('\t'); break;
+      case '"':
+        out.push_back('"');
+        break;
+      case '\\':
+        out.push_back('\\');
+        break;
+      case '/':
+        out.push_back('/');
+        break;
+      case 'b':
+        out.push_back('\b');
+        break;
+      case 'f':
+        out.push_back('\f');
+        break;
+      case 'n':
+        out.push_back('\n');
+        break;
+      case 'r':
+        out.push_back('\r');
+        break;
+      case 't':
+        out.push_back('\t');
+        break;
       case 'u': {
         auto hex4 = [&](uint32_t& v) {
           if (i + 4 > text.size()) {
@@ -364,8 +382,8 @@ class DataScrubber {
   enum class Found { kNone, kEmail, kPhone };
 
   void skipSpace() {
-    while (pos_ < in_.size() && (in_[pos_] == ' ' || in_[pos_] == '\n' || in_[pos_] == '\r' ||
-                                 in_[pos_] == '\t')) {
+    while (pos_ < in_.size() &&
+           (in_[pos_] == ' ' || in_[pos_] == '\n' || in_[pos_] == '\r' || in_[pos_] == '\t')) {
       out_.push_back(in_[pos_++]);
     }
   }
@@ -385,8 +403,8 @@ class DataScrubber {
   // Whether a string holds a phone number cannot be told without the phone module: refuse the
   // event rather than store what may be personal data.
   bool failClosed() {
-    error_ = makeError("io", "cannot be checked for phone numbers: " + module_error_->message,
-                       path());
+    error_ =
+        makeError("io", "cannot be checked for phone numbers: " + module_error_->message, path());
     return false;
   }
 
@@ -539,7 +557,8 @@ class DataScrubber {
           --end;
         }
         if (begin < i) {
-          if (auto email = PiiHasher::normaliseEmail(std::string_view(s).substr(begin, end - begin))) {
+          if (auto email =
+                  PiiHasher::normaliseEmail(std::string_view(s).substr(begin, end - begin))) {
             normalised = std::move(*email);
             found = Found::kEmail;
           }
@@ -609,8 +628,8 @@ class DataScrubber {
       // "email_sha256", "contact" becomes "contact_email_sha256".
       std::string lower_key(*key);
       std::transform(lower_key.begin(), lower_key.end(), lower_key.begin(), lower);
-      const std::string name = lower_key.ends_with(kind) ? *key + "_sha256"
-                                                         : *key + "_" + kind + "_sha256";
+      const std::string name =
+          lower_key.ends_with(kind) ? *key + "_sha256" : *key + "_" + kind + "_sha256";
       out_.resize(key_out);
       appendJsonString(out_, name);
       out_.push_back(':');
@@ -655,9 +674,10 @@ Result<bool> PiiHasher::scrubData(std::string& data_json) const {
   // Most events hold nothing that could be personal: decide that without parsing.
   const std::string_view text = data_json;
   const bool candidate = text.find('@') != std::string_view::npos ||
-                         text.find('+') != std::string_view::npos || containsNoCase(text, "phone") ||
-                         containsNoCase(text, "mobile") || containsNoCase(text, "tel") ||
-                         containsNoCase(text, "msisdn") || containsNoCase(text, "fax") ||
+                         text.find('+') != std::string_view::npos ||
+                         containsNoCase(text, "phone") || containsNoCase(text, "mobile") ||
+                         containsNoCase(text, "tel") || containsNoCase(text, "msisdn") ||
+                         containsNoCase(text, "fax") ||
                          text.find("\\u00") != std::string_view::npos;  // an escaped '@' or '+'
   if (!candidate) {
     return false;

@@ -73,8 +73,7 @@ class PiiHasher {
   /// `normalised` and `is_email` say which. Fails ("io") only when it cannot tell because the
   /// phone module is missing: callers refuse rather than store what may be personal data.
   /// Thread: any.
-  Result<bool> looksPersonal(std::string_view value, std::string& normalised,
-                             bool& is_email) const;
+  Result<bool> looksPersonal(std::string_view value, std::string& normalised, bool& is_email) const;
 
   DataPiiPolicy dataPolicy() const { return data_policy_.load(std::memory_order_relaxed); }
   /// identity.data_pii changed (remote config, reload): events scrubbed from now on follow it.

@@ -56,18 +56,18 @@ nlohmann::json SourceRunner::state() const {
     counters[name] = value;
   }
   // One error count for the technician: rounds that failed plus inputs the source refused.
-  return {{"name", std::string(source_->name())},
-          {"state", !thread_.joinable() ? "stopped"
-                    : failing_.load()   ? "failing"
-                                        : "running"},
-          {"errors", errors_.load() + health.input_errors},
-          {"poll_errors", errors_.load()},
-          {"input_errors", health.input_errors},
-          // While failing, why; otherwise the latest refused input, else the last failure.
-          {"last_error", failing_.load() || health.last_input_error.empty()
-                             ? last_error_
-                             : health.last_input_error},
-          {"counters", std::move(counters)}};
+  return {
+      {"name", std::string(source_->name())},
+      {"state", !thread_.joinable() ? "stopped"
+                : failing_.load()   ? "failing"
+                                    : "running"},
+      {"errors", errors_.load() + health.input_errors},
+      {"poll_errors", errors_.load()},
+      {"input_errors", health.input_errors},
+      // While failing, why; otherwise the latest refused input, else the last failure.
+      {"last_error",
+       failing_.load() || health.last_input_error.empty() ? last_error_ : health.last_input_error},
+      {"counters", std::move(counters)}};
 }
 
 }  // namespace omniedge

@@ -1,8 +1,8 @@
 #include "agent/omni/privacy.h"
 
 #include <fcntl.h>
-#include <sqlite3.h>
 #include <spdlog/spdlog.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,9 +34,7 @@ bool isHex64(std::string_view s) {
          });
 }
 
-std::string channelOf(std::string_view type) {
-  return std::string(type.substr(0, type.find('.')));
-}
+std::string channelOf(std::string_view type) { return std::string(type.substr(0, type.find('.'))); }
 
 // Who the buffered events of one or more subjects are, and how to take them out of a body.
 class Matcher {
@@ -119,8 +117,8 @@ class Matcher {
   // "loyalty:L1", "email_sha256:…", a beacon key: a subject's key with its kind.
   bool keyed(const std::string& s) const {
     const auto colon = s.find(':');
-    return colon != std::string::npos && values_.count(s.substr(colon + 1)) != 0 &&
-           colon < 16 && s.find(' ') == std::string::npos;
+    return colon != std::string::npos && values_.count(s.substr(colon + 1)) != 0 && colon < 16 &&
+           s.find(' ') == std::string::npos;
   }
 
  private:
@@ -144,8 +142,8 @@ struct Tally {
   std::mutex mu;
   std::map<std::string, std::pair<std::string, bool>> by_id;  // id -> (channel, dropped)
   void note(const OJson& doc, const std::string& type, bool dropped) {
-    const std::string id = doc.contains("id") && doc["id"].is_string() ? doc["id"].get<std::string>()
-                                                                       : std::string();
+    const std::string id =
+        doc.contains("id") && doc["id"].is_string() ? doc["id"].get<std::string>() : std::string();
     std::lock_guard lock(mu);
     by_id[id] = {channelOf(type), dropped};
   }
@@ -159,7 +157,8 @@ struct Tally {
       if (!c.is_object()) {
         c = {{"dropped", 0}, {"anonymised", 0}};
       }
-      c[what.second ? "dropped" : "anonymised"] = c[what.second ? "dropped" : "anonymised"].get<int64_t>() + 1;
+      c[what.second ? "dropped" : "anonymised"] =
+          c[what.second ? "dropped" : "anonymised"].get<int64_t>() + 1;
       (what.second ? dropped : anonymised) += 1;
     }
     return by_channel;
@@ -170,8 +169,8 @@ std::vector<Event> reportEvents(const std::string& type, const std::string& epoc
                                 const std::string& reason, const store::SeqRanges& ranges,
                                 const nlohmann::json& extra) {
   std::vector<Event> out;
-  const std::size_t parts = std::max<std::size_t>(1, (ranges.size() + kRangesPerReport - 1) /
-                                                         kRangesPerReport);
+  const std::size_t parts =
+      std::max<std::size_t>(1, (ranges.size() + kRangesPerReport - 1) / kRangesPerReport);
   for (std::size_t part = 0; part < parts; ++part) {
     nlohmann::json data = extra;
     data["epoch"] = epoch;
@@ -211,8 +210,7 @@ bool wordAt(const std::string& text, std::size_t at, std::size_t len) {
   const auto word = [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_' || c == '-';
   };
-  return (at == 0 || !word(text[at - 1])) &&
-         (at + len >= text.size() || !word(text[at + len]));
+  return (at == 0 || !word(text[at - 1])) && (at + len >= text.size() || !word(text[at + len]));
 }
 
 // Overwrites `path` with zeros, syncs it, unlinks it and syncs its directory.
@@ -343,8 +341,7 @@ void Privacy::setPosSpoolDir(std::filesystem::path dir) {
   pos_spool_dir_ = std::move(dir);
 }
 
-Result<nlohmann::json> Privacy::applyRefusals(
-    const std::vector<store::ConsentRefusal>& refusals) {
+Result<nlohmann::json> Privacy::applyRefusals(const std::vector<store::ConsentRefusal>& refusals) {
   constexpr auto kTracking = static_cast<unsigned>(ConsentPurpose::kTracking);
   constexpr auto kMarketing = static_cast<unsigned>(ConsentPurpose::kMarketing);
   std::vector<std::pair<SubjectKeys, unsigned>> subjects;
@@ -401,18 +398,15 @@ Result<nlohmann::json> Privacy::applyRefusals(
   int64_t anonymised = 0;
   nlohmann::json by_channel = tally->counts(dropped, anonymised);
   nlohmann::json purposes_json = nlohmann::json::array();
-  for (const auto& [name, bit] : {std::pair{"tracking", kTracking},
-                                  std::pair{"marketing", kMarketing}}) {
+  for (const auto& [name, bit] :
+       {std::pair{"tracking", kTracking}, std::pair{"marketing", kMarketing}}) {
     if ((purposes & bit) != 0) {
       purposes_json.push_back(name);
     }
   }
-  nlohmann::json counts = {{"customers", subjects.size()},
-                           {"purposes", purposes_json},
-                           {"events_dropped", dropped},
-                           {"events_anonymised", anonymised},
-                           {"by_channel", by_channel},
-                           {"buffer", editCounts(*edit)}};
+  nlohmann::json counts = {{"customers", subjects.size()}, {"purposes", purposes_json},
+                           {"events_dropped", dropped},    {"events_anonymised", anonymised},
+                           {"by_channel", by_channel},     {"buffer", editCounts(*edit)}};
   if (edit->changed() == 0) {
     return counts;
   }

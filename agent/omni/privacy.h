@@ -114,10 +114,10 @@ class Privacy {
   const std::filesystem::path data_dir_;
   Reporter report_;
   mutable std::mutex mu_;
-  ConsentPolicy policy_;                // guarded by mu_
+  ConsentPolicy policy_;                 // guarded by mu_
   std::filesystem::path pos_spool_dir_;  // guarded by mu_
-  std::vector<PersonalData*> holders_;  // guarded by mu_
-  int inbox_scrubs_ = 0;                // guarded by mu_: tick() rounds still to scrub the inbox
+  std::vector<PersonalData*> holders_;   // guarded by mu_
+  int inbox_scrubs_ = 0;                 // guarded by mu_: tick() rounds still to scrub the inbox
 };
 
 /// Erases the subject from POS files in `processed_dir`: a file that names one of `needles`

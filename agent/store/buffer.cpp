@@ -1394,19 +1394,18 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
       after = sqlite3_column_int64(sel, 0);
       const auto text = [&](int c) {
         const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(sel, c));
-        return p != nullptr
-                   ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(sel, c)))
-                   : std::string();
+        return p != nullptr ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(sel, c)))
+                            : std::string();
       };
       const std::string id = text(1);
       const std::string type = text(2);
       const std::string body = text(4);
       EventEdit edit = job.editor(type, body);
       if (edit.action != EventEdit::Action::kKeep) {
-        rows.push_back(Row{after, std::clamp<int64_t>(sqlite3_column_int64(sel, 3), 0, 2),
-                           static_cast<int64_t>(body.size() + id.size() + type.size()) +
-                               kRowOverhead,
-                           static_cast<int64_t>(body.size()), std::move(edit)});
+        rows.push_back(
+            Row{after, std::clamp<int64_t>(sqlite3_column_int64(sel, 3), 0, 2),
+                static_cast<int64_t>(body.size() + id.size() + type.size()) + kRowOverhead,
+                static_cast<int64_t>(body.size()), std::move(edit)});
         bytes += rows.back().edit.body.size();
       }
       if (bytes >= kEditChunkBytes) {

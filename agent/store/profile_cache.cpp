@@ -175,7 +175,8 @@ Result<void> ProfileCache::openDb() {
                       nullptr) != SQLITE_OK ||
       // secure_delete: a consent change or an erasure must not leave the old document in
       // free space (profiles are small and rarely rewritten, so zeroing costs little).
-      sqlite3_exec(db_, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON;",
+      sqlite3_exec(db_,
+                   "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON;",
                    nullptr, nullptr, nullptr) != SQLITE_OK ||
       sqlite3_busy_timeout(db_, 5000) != SQLITE_OK ||
       sqlite3_exec(db_, kSchema, nullptr, nullptr, nullptr) != SQLITE_OK) {
@@ -534,6 +535,20 @@ struct ProfileCache::Txn {
   std::set<std::string> gone;  // ids whose copy in memory is stale
 };
 
+Result<ProfileCache::Txn> ProfileCache::beginLocked() {
+  Txn txn;
+  {
+    std::lock_guard lock(mu_);
+    txn.count = disk_count_;
+    txn.bytes = disk_bytes_;
+    txn.local = local_count_;
+  }
+  if (sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return rollbackLocked();
+  }
+  return txn;
+}
+
 void ProfileCache::fillEntry(sqlite3_stmt* st, Entry& e) {
   e.id = columnText(st, 0);
   e.doc = columnText(st, 1);
@@ -724,16 +739,11 @@ Result<ProfileUpdate> ProfileCache::apply(std::string_view payload, int64_t now_
     }
   }
 
-  Txn txn;
-  {
-    std::lock_guard lock(mu_);
-    txn.count = disk_count_;
-    txn.bytes = disk_bytes_;
-    txn.local = local_count_;
+  auto begun = beginLocked();
+  if (!begun) {
+    return begun.error();
   }
-  if (sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return rollbackLocked();
-  }
+  Txn& txn = *begun;
   std::vector<std::string> written;
   std::map<std::string, std::vector<std::string>> stolen;  // id -> keys another profile took
   std::vector<ConsentRefusal> refusals;
@@ -814,16 +824,11 @@ Result<ProfileUpdate> ProfileCache::apply(std::string_view payload, int64_t now_
 Result<ProfileForget> ProfileCache::forget(const std::vector<std::string>& keys,
                                            const std::vector<std::string>& ids) {
   std::lock_guard write(write_mu_);
-  Txn txn;
-  {
-    std::lock_guard lock(mu_);
-    txn.count = disk_count_;
-    txn.bytes = disk_bytes_;
-    txn.local = local_count_;
+  auto begun = beginLocked();
+  if (!begun) {
+    return begun.error();
   }
-  if (sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return rollbackLocked();
-  }
+  Txn& txn = *begun;
   std::set<std::string> victims;
   for (const std::string& key : keys) {
     if (auto row = rowLocked(w_by_key_, kiosk::canonicalCustomerKey(key))) {
@@ -875,16 +880,11 @@ Result<nlohmann::json> ProfileCache::addCartItem(std::string_view key, const nlo
                                                  int64_t now_ms) {
   std::lock_guard write(write_mu_);
   const std::string canonical = kiosk::canonicalCustomerKey(key);
-  Txn txn;
-  {
-    std::lock_guard lock(mu_);
-    txn.count = disk_count_;
-    txn.bytes = disk_bytes_;
-    txn.local = local_count_;
+  auto begun = beginLocked();
+  if (!begun) {
+    return begun.error();
   }
-  if (sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return rollbackLocked();
-  }
+  Txn& txn = *begun;
   Entry next;
   json doc;
   if (auto current = rowLocked(w_by_key_, canonical)) {

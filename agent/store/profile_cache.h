@@ -44,8 +44,8 @@ struct ProfileUpdate {
 
 /// What ProfileCache::forget() removed.
 struct ProfileForget {
-  int64_t profiles = 0;  // profiles (and kiosk carts) deleted
-  int64_t keys = 0;      // their keys
+  int64_t profiles = 0;   // profiles (and kiosk carts) deleted
+  int64_t keys = 0;       // their keys
   bool scrubbed = false;  // profiles.db-wal emptied (checkpoint TRUNCATE) afterwards
 };
 
@@ -177,6 +177,8 @@ class ProfileCache final : public IdentityResolver {
   bool capLocked(Txn& txn, const std::vector<std::string>& keep);
   Result<void> commitLocked(Txn& txn, std::vector<Entry> fresh);
   Error rollbackLocked();
+  /// BEGIN, with the transaction's bookkeeping taken from the current counts.
+  Result<Txn> beginLocked();
 
   // Memory (mu_ held).
   void insertLocked(const std::shared_ptr<const Entry>& e) const;

@@ -115,7 +115,8 @@ TEST_CASE("e-mail addresses and phone numbers in data are replaced by their keye
   }
   SECTION("phone members, national or international, nested in objects and arrays") {
     auto out = nlohmann::json::parse(scrub(
-        h, R"({"customer":{"phone":"020 7946 0958","alt":["+44 20 7946 0958"]},"mobile_no":"n/a"})"));
+        h,
+        R"({"customer":{"phone":"020 7946 0958","alt":["+44 20 7946 0958"]},"mobile_no":"n/a"})"));
     CHECK(out["customer"]["phone_sha256"] == phone_hash);
     CHECK(out["customer"]["alt"][0] == "phone_sha256:" + phone_hash);
     CHECK(out["mobile_no"] == "n/a");  // not a number: left as it is
@@ -123,8 +124,8 @@ TEST_CASE("e-mail addresses and phone numbers in data are replaced by their keye
   SECTION("inside free text only the address and the number are replaced") {
     auto out = nlohmann::json::parse(
         scrub(h, R"({"note":"call +44 20 7946 0958 or mail jane@example.com, thanks"})"));
-    CHECK(out["note"] == "call phone_sha256:" + phone_hash + " or mail email_sha256:" +
-                             email_hash + ", thanks");
+    CHECK(out["note"] ==
+          "call phone_sha256:" + phone_hash + " or mail email_sha256:" + email_hash + ", thanks");
   }
   SECTION("item numbers, GTINs, prices and dates are not phone numbers") {
     const std::string data =

@@ -12,6 +12,7 @@
 #include "agent/ingest.h"
 #include "tests/support/temp_dir.h"
 
+using nlohmann::json;
 using omniedge::Event;
 using omniedge::Ingest;
 using omniedge::PiiHasher;
@@ -21,7 +22,6 @@ using omniedge::store::Buffer;
 using omniedge::store::BufferOptions;
 using omniedge::store::ProfileCache;
 using omniedge::testing::TempDir;
-using nlohmann::json;
 namespace fs = std::filesystem;
 
 namespace {
@@ -49,14 +49,14 @@ struct Rig {
     auto p = ProfileCache::open(dir.path());
     REQUIRE(p.has_value());
     profiles = std::move(*p);
-    ingest = std::make_unique<Ingest>(omniedge::IngestOptions{"store-042", 64 * 1024}, *buffer,
-                                      pii, clock, profiles.get());
-    privacy = std::make_unique<Privacy>(
-        *buffer, *profiles, pii, dir.path(),
-        [this](std::vector<Event> events) -> omniedge::Result<void> {
-          reports.insert(reports.end(), events.begin(), events.end());
-          return {};
-        });
+    ingest = std::make_unique<Ingest>(omniedge::IngestOptions{"store-042", 64 * 1024}, *buffer, pii,
+                                      clock, profiles.get());
+    privacy =
+        std::make_unique<Privacy>(*buffer, *profiles, pii, dir.path(),
+                                  [this](std::vector<Event> events) -> omniedge::Result<void> {
+                                    reports.insert(reports.end(), events.begin(), events.end());
+                                    return {};
+                                  });
   }
 
   void add(const std::string& type, std::map<std::string, std::string> customer,
@@ -146,13 +146,12 @@ TEST_CASE(
   rig.add("kiosk.view", {{"loyalty_id", "L-OTHER-12"}}, R"({"sku":"B2"})");
   REQUIRE(rig.pending().size() == 4);
 
-  auto update = rig.profiles->apply(
-      json{{"upserts",
-            {{{"id", "c-77"},
-              {"keys", {"loyalty:L-REFUSE-77", kBeacon}},
-              {"consent", {{"tracking", false}}}}}}}
-          .dump(),
-      rig.clock.nowMs());
+  auto update = rig.profiles->apply(json{{"upserts",
+                                          {{{"id", "c-77"},
+                                            {"keys", {"loyalty:L-REFUSE-77", kBeacon}},
+                                            {"consent", {{"tracking", false}}}}}}}
+                                        .dump(),
+                                    rig.clock.nowMs());
   REQUIRE(update.has_value());
   REQUIRE(update->refusals.size() == 1);
   CHECK(update->refusals[0].added == static_cast<unsigned>(omniedge::ConsentPurpose::kTracking));
@@ -304,8 +303,8 @@ TEST_CASE(
   CHECK_FALSE(rig.profiles->lookup("app:A-ERASE-31").has_value());
   CHECK(fs::exists(rig.dir.path() / "spool" / "processed" / "tx-3.json"));  // another customer
 
-  for (const std::string& key : {std::string("L-ERASE-31"), std::string("A-ERASE-31"),
-                                 email_hash, std::string("f7826da6-4fa2-4e98-8024-bc5b71e0893e"),
+  for (const std::string& key : {std::string("L-ERASE-31"), std::string("A-ERASE-31"), email_hash,
+                                 std::string("f7826da6-4fa2-4e98-8024-bc5b71e0893e"),
                                  std::string("Erika Muster"), std::string("erase.me")}) {
     INFO(key);
     CHECK(fileHolding(rig.dir.path(), key, "tx-3.json").empty());
@@ -333,13 +332,13 @@ TEST_CASE(
   rig.privacy->setPolicy(ConsentPolicy::fromList({"beacon=drop", "kiosk=anonymise"}));
   rig.ingest->setRefusalDrop(
       [&rig](std::string_view type) { return rig.privacy->dropsOnTrackingRefusal(type); });
-  auto update = rig.profiles->apply(
-      json{{"upserts",
-            {{{"id", "c-8"},
-              {"keys", {"loyalty:L-NEW-8"}},
-              {"consent", {{"tracking", false}, {"marketing", false}}}}}}}
-          .dump(),
-      rig.clock.nowMs());
+  auto update =
+      rig.profiles->apply(json{{"upserts",
+                                {{{"id", "c-8"},
+                                  {"keys", {"loyalty:L-NEW-8"}},
+                                  {"consent", {{"tracking", false}, {"marketing", false}}}}}}}
+                              .dump(),
+                          rig.clock.nowMs());
   REQUIRE(update.has_value());
   rig.add("engagement.open", {{"loyalty_id", "L-NEW-8"}});
   rig.add("kiosk.cart_add", {{"loyalty_id", "L-NEW-8"}},

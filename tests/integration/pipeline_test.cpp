@@ -310,12 +310,14 @@ TEST_CASE("without its phone module the agent refuses what it cannot check, neve
   env["OMNIEDGE_IDENTITY_PHONE_MODULE"] = (tmp / "missing.so").string();  // a broken installation
   AgentProcess agent(tmp / "data", env);
   REQUIRE(agent.start());
-  auto phone = agent.post("/v1/events", R"({"type":"kiosk.signup","data":{"note":"+44 20 7946 0958"}})");
+  auto phone =
+      agent.post("/v1/events", R"({"type":"kiosk.signup","data":{"note":"+44 20 7946 0958"}})");
   INFO(phone.second);
   CHECK(phone.first >= 400);
   CHECK(phone.second.find("phone") != std::string::npos);
   // E-mail addresses need no module: they are still hashed and accepted.
-  auto email = agent.post("/v1/events", R"({"type":"kiosk.signup","data":{"e":"jane@example.org"}})");
+  auto email =
+      agent.post("/v1/events", R"({"type":"kiosk.signup","data":{"e":"jane@example.org"}})");
   CHECK(email.first == 202);
   agent.stop();
   const std::string file = tmp.read("data/buffer.db") + tmp.read("data/buffer.db-wal");

@@ -205,7 +205,7 @@ TEST_CASE(
     CHECK(fileHolding(tmp / "data", key) == "");
     CHECK(fileHolding(spool, key) == "");
   }
-  CHECK(fileHolding(tmp / "data", "L-KEEP-3") != "");  // another customer stays
+  CHECK(fileHolding(tmp / "data", "L-KEEP-3") != "");             // another customer stays
   CHECK(fileHolding(tmp / "data", "\"pos.transaction\"") != "");  // the sale stays, anonymous
 
   // Unknown forms are refused without echoing the key.
@@ -225,10 +225,9 @@ TEST_CASE(
                                     {"OMNIEDGE_MQTT_RECONNECT_MAX", "2"}});
   REQUIRE(agent.start());
   const std::string root = "omniedge/v1/default/store-042";
-  const json update = {{"upserts",
-                        {{{"id", "c-cmd-1"},
-                          {"keys", {"loyalty:L-CMD-1", "app:A-CMD-1"}},
-                          {"tier", "gold"}}}}};
+  const json update = {
+      {"upserts",
+       {{{"id", "c-cmd-1"}, {"keys", {"loyalty:L-CMD-1", "app:A-CMD-1"}}, {"tier", "gold"}}}}};
   // The agent subscribes once connected: publish until the profile is there.
   REQUIRE(eventually([&] {
     publishMqtt(broker.url(), root + "/profiles", update.dump(), false);

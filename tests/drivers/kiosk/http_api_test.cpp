@@ -641,8 +641,8 @@ TEST_CASE("a customer who refuses personalization gets no profile or cart answer
   };
   Fixture f(options);
   auto c = f.client();
-  for (const std::string path : {"/v1/customers/loyalty:NO-PERS-1",
-                                 "/v1/customers/loyalty:NO-PERS-1/cart"}) {
+  for (const std::string path :
+       {"/v1/customers/loyalty:NO-PERS-1", "/v1/customers/loyalty:NO-PERS-1/cart"}) {
     INFO(path);
     auto res = c.Get(path);
     REQUIRE(res);
