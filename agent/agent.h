@@ -14,8 +14,8 @@
 #include "agent/api/personal_data.h"
 #include "agent/api/result.h"
 #include "agent/config.h"
-#include "agent/ingest.h"
-#include "agent/pii.h"
+#include "agent/ingest/ingest.h"
+#include "agent/ingest/pii.h"
 #include "agent/store/buffer.h"
 #include "agent/store/profile_cache.h"
 

@@ -12,7 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "agent/envelope.h"
+#include "agent/ingest/envelope.h"
 
 namespace omniedge {
 namespace {

@@ -32,7 +32,7 @@
 
 #include "agent/api/event.h"
 #include "agent/api/uuid.h"
-#include "agent/ingest.h"
+#include "agent/ingest/ingest.h"
 #include "agent/store/buffer.h"
 
 namespace {

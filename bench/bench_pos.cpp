@@ -37,8 +37,8 @@
 #include <vector>
 
 #include "agent/api/clock.h"
-#include "agent/ingest.h"
-#include "agent/pii.h"
+#include "agent/ingest/ingest.h"
+#include "agent/ingest/pii.h"
 #include "agent/store/buffer.h"
 #include "drivers/pos/pos_spool_source.h"
 #include "drivers/pos/poslog_xml.h"

@@ -79,7 +79,7 @@ class Counter {
       }
       json = scratch_;
     }
-    // Every event envelope starts with {"id":"<uuid>" (agent/ingest.cpp serialiseEvent).
+    // Every event envelope starts with {"id":"<uuid>" (agent/ingest/ingest.cpp serialiseEvent).
     static constexpr std::string_view kKey = "{\"id\":\"";
     wire_bytes_ += payload.size();
     json_bytes_ += json.size();

@@ -26,7 +26,7 @@
 #include "agent/api/event.h"
 #include "agent/api/personal_data.h"
 #include "agent/api/result.h"
-#include "agent/pii.h"
+#include "agent/ingest/pii.h"
 #include "agent/store/buffer.h"
 #include "agent/store/profile_cache.h"
 

@@ -1,4 +1,4 @@
-#include "agent/pii.h"
+#include "agent/ingest/pii.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>

@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "agent/api/clock.h"
-#include "agent/ingest.h"
+#include "agent/ingest/ingest.h"
 #include "tests/support/temp_dir.h"
 
 using nlohmann::json;

@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "agent/ingest.h"
+#include "agent/ingest/ingest.h"
 #include "agent/store/buffer.h"
 #include "agent/store/profile_cache.h"
 #include "drivers/pos/pos_spool_source.h"

@@ -209,7 +209,7 @@ TEST_CASE("POST /v1/pos/transactions errors show the bad value and the till's ow
                                    std::string(40, '7') + "...\"");
   }
   SECTION("an ended_at the agent refuses is named ended_at, not occurred_at") {
-    // Ingest's own words for the event it was given (agent/ingest.cpp).
+    // Ingest's own words for the event it was given (agent/ingest/ingest.cpp).
     f.writer.failNextAppend(
         makeError("invalid", "occurred_at is more than a day in the future", "[0].occurred_at"));
     auto [status, error] = post(kSale);

@@ -9,7 +9,7 @@
 namespace omniedge::pos {
 namespace {
 
-// Ingest's id rule (agent/ingest.cpp): 1-128 characters of A-Z a-z 0-9 - _ . : @.
+// Ingest's id rule (agent/ingest/ingest.cpp): 1-128 characters of A-Z a-z 0-9 - _ . : @.
 bool passesIngestIdRule(const std::string& id) {
   if (id.empty() || id.size() > 128) {
     return false;

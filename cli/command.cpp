@@ -1,4 +1,4 @@
-#include "agent/cli/command.h"
+#include "cli/command.h"
 
 #include <algorithm>
 #include <chrono>
@@ -9,8 +9,8 @@
 #include <system_error>
 #include <thread>
 
-#include "agent/cli/control_client.h"
-#include "agent/cli/json_view.h"
+#include "cli/control_client.h"
+#include "cli/json_view.h"
 #include "agent/store/buffer_reader.h"
 
 namespace omniedge::cli {

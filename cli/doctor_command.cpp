@@ -1,8 +1,8 @@
 // `omniedge doctor`: the checks of doctor.h, one line each.
 #include <iostream>
 
-#include "agent/cli/commands.h"
-#include "agent/cli/doctor.h"
+#include "cli/commands.h"
+#include "cli/doctor.h"
 
 namespace omniedge::cli {
 namespace {

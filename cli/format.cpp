@@ -1,4 +1,4 @@
-#include "agent/cli/format.h"
+#include "cli/format.h"
 
 #include <fmt/format.h>
 

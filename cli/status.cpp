@@ -1,6 +1,6 @@
 // `omniedge status`: the daemon's own account when it answers, else what the buffer file tells
 // (read-only) and where the CLI looked for the daemon.
-#include "agent/cli/status.h"
+#include "cli/status.h"
 
 #include <fmt/format.h>
 #include <sys/statvfs.h>
@@ -9,10 +9,10 @@
 #include <iostream>
 #include <sstream>
 
-#include "agent/cli/buffer_file.h"
-#include "agent/cli/commands.h"
-#include "agent/cli/format.h"
-#include "agent/cli/json_view.h"
+#include "cli/buffer_file.h"
+#include "cli/commands.h"
+#include "cli/format.h"
+#include "cli/json_view.h"
 #include "agent/version.h"
 
 namespace omniedge::cli {

@@ -1,4 +1,4 @@
-#include "agent/pii.h"
+#include "agent/ingest/pii.h"
 
 #include <dlfcn.h>
 #include <openssl/evp.h>
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "agent/api/json_string.h"
-#include "agent/phone_module.h"
+#include "agent/ingest/phone_module.h"
 
 namespace omniedge {
 namespace {

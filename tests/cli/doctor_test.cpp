@@ -1,4 +1,4 @@
-#include "agent/cli/doctor.h"
+#include "cli/doctor.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

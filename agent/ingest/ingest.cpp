@@ -1,4 +1,4 @@
-#include "agent/ingest.h"
+#include "agent/ingest/ingest.h"
 
 #include <algorithm>
 #include <functional>

@@ -1,4 +1,4 @@
-#include "agent/cli/doctor.h"
+#include "cli/doctor.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -40,10 +40,10 @@
 #include <thread>
 #include <utility>
 
-#include "agent/cli/command.h"
-#include "agent/cli/control_client.h"
-#include "agent/cli/json_view.h"
-#include "agent/pii.h"
+#include "cli/command.h"
+#include "cli/control_client.h"
+#include "cli/json_view.h"
+#include "agent/ingest/pii.h"
 #include "agent/store/buffer.h"
 #include "agent/store/buffer_reader.h"
 #include "sync/tls_probe.h"
@@ -303,7 +303,7 @@ DoctorCheck checkPiiKey(const std::string& path) {
             "HMAC-SHA256 with the key in " + path + " (" + std::to_string(key->size()) + " bytes)");
 }
 
-// Phone numbers are normalised by a module loaded on first use (agent/phone_module.h): a missing
+// Phone numbers are normalised by a module loaded on first use (agent/ingest/phone_module.h): a missing
 // one makes the daemon refuse every event that may hold a phone number.
 DoctorCheck checkPhoneModule(const std::string& configured, const std::string& region) {
   const std::string name = "phone numbers";

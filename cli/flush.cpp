@@ -5,10 +5,10 @@
 #include <iostream>
 #include <thread>
 
-#include "agent/cli/buffer_file.h"
-#include "agent/cli/commands.h"
-#include "agent/cli/format.h"
-#include "agent/cli/json_view.h"
+#include "cli/buffer_file.h"
+#include "cli/commands.h"
+#include "cli/format.h"
+#include "cli/json_view.h"
 
 namespace omniedge::cli {
 namespace {

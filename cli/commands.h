@@ -3,7 +3,7 @@
 
 #include <functional>
 
-#include "agent/cli/command.h"
+#include "cli/command.h"
 
 namespace omniedge::cli {
 

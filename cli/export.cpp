@@ -11,9 +11,9 @@
 #include <iostream>
 
 #include "agent/api/time.h"
-#include "agent/cli/buffer_file.h"
-#include "agent/cli/commands.h"
-#include "agent/cli/format.h"
+#include "cli/buffer_file.h"
+#include "cli/commands.h"
+#include "cli/format.h"
 
 namespace omniedge::cli {
 namespace {

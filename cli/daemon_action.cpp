@@ -2,8 +2,8 @@
 // once (the centre can ask for both too, on R/cmd).
 #include <iostream>
 
-#include "agent/cli/commands.h"
-#include "agent/cli/json_view.h"
+#include "cli/commands.h"
+#include "cli/json_view.h"
 
 namespace omniedge::cli {
 namespace {

@@ -1,4 +1,4 @@
-#include "agent/cli/buffer_file.h"
+#include "cli/buffer_file.h"
 
 #include <memory>
 

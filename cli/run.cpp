@@ -6,7 +6,7 @@
 #include <cstdlib>
 
 #include "agent/agent.h"
-#include "agent/cli/commands.h"
+#include "cli/commands.h"
 
 namespace omniedge::cli {
 namespace {

@@ -1,10 +1,10 @@
-#include "agent/cli/cli.h"
+#include "cli/cli.h"
 
 #include <iostream>
 #include <string>
 #include <vector>
 
-#include "agent/cli/commands.h"
+#include "cli/commands.h"
 
 namespace omniedge {
 namespace {

@@ -1,4 +1,4 @@
-#include "agent/cli/remote_config_cli.h"
+#include "cli/remote_config_cli.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "agent/cli/commands.h"
+#include "cli/commands.h"
 #include "sync/remote_config.h"
 #include "sync/signing.h"
 

@@ -2,8 +2,8 @@
 // can ask for it too: the `forget` command on R/cmd).
 #include <iostream>
 
-#include "agent/cli/commands.h"
-#include "agent/cli/json_view.h"
+#include "cli/commands.h"
+#include "cli/json_view.h"
 
 namespace omniedge::cli {
 namespace {

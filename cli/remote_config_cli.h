@@ -6,7 +6,7 @@
 #include <ostream>
 #include <string>
 
-#include "agent/cli/commands.h"
+#include "cli/commands.h"
 #include "agent/config.h"
 
 namespace omniedge::cli {

@@ -2,8 +2,8 @@
 #include <sstream>
 
 #include "agent/api/time.h"
-#include "agent/cli/format.h"
-#include "agent/cli/status.h"
+#include "cli/format.h"
+#include "cli/status.h"
 
 using nlohmann::json;
 using omniedge::formatRfc3339Ms;

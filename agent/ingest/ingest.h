@@ -11,7 +11,7 @@
 #include "agent/api/event_hooks.h"
 #include "agent/api/event_writer.h"
 #include "agent/api/identity_resolver.h"
-#include "agent/pii.h"
+#include "agent/ingest/pii.h"
 #include "agent/store/buffer.h"
 
 namespace omniedge {

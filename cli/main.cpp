@@ -2,7 +2,7 @@
 #include <cstdio>
 #include <exception>
 
-#include "agent/cli/cli.h"
+#include "cli/cli.h"
 
 int main(int argc, char** argv) {
   try {

@@ -1,4 +1,4 @@
-#include "agent/phone_module.h"
+#include "agent/ingest/phone_module.h"
 
 #include <phonenumbers/phonenumberutil.h>
 

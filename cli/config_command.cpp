@@ -7,8 +7,8 @@
 #include <boost/version.hpp>
 #include <iostream>
 
-#include "agent/cli/commands.h"
-#include "agent/cli/remote_config_cli.h"
+#include "cli/commands.h"
+#include "cli/remote_config_cli.h"
 #include "agent/version.h"
 
 namespace omniedge::cli {

@@ -1,4 +1,4 @@
-#include "agent/cli/control_client.h"
+#include "cli/control_client.h"
 
 #include <fmt/format.h>
 #include <poll.h>

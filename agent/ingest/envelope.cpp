@@ -1,4 +1,4 @@
-#include "agent/envelope.h"
+#include "agent/ingest/envelope.h"
 
 #include <utility>
 
