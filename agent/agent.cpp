@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <deque>
 #include <fstream>
@@ -16,18 +17,19 @@
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <thread>
 
 #include "agent/api/time.h"
 #include "agent/commands.h"
 #include "agent/control_socket.h"
 #include "agent/ingest/envelope.h"
 #include "agent/ingest/ingest.h"
+#include "agent/ingest/pii.h"
 #include "agent/log_ring.h"
 #include "agent/omni/privacy.h"
 #include "agent/omni/trigger_rules.h"
 #include "agent/omni/triggers.h"
 #include "agent/omni/visits.h"
-#include "agent/ingest/pii.h"
 #include "agent/source_runner.h"
 #include "agent/store/buffer.h"
 #include "agent/store/inbox.h"
@@ -1356,6 +1358,60 @@ void Agent::housekeeping() {
   }
 }
 
+namespace {
+
+// SIGTERM ends the daemon within 5 s (contract §7), whatever a part does while it stops. Each
+// part is bounded on its own (a request in flight is abandoned, a client trickling bytes is cut,
+// the uplink's disconnect has a timeout); this is the backstop for what nobody foresaw, e.g. a
+// write the disk never finishes. Leaving then is safe: every acknowledged event is already
+// committed, and the next start reports the unclean stop like any crash.
+class StopDeadline {
+ public:
+  static constexpr auto kLimit = std::chrono::milliseconds(4500);
+
+  StopDeadline()
+      : thread_([this] {
+          std::unique_lock lock(mu_);
+          if (!cv_.wait_for(lock, kLimit, [this] { return done_; })) {
+            spdlog::critical(
+                "stopping took more than {} ms, still waiting for {}: leaving now (every "
+                "acknowledged event is already on disk; the next start reports an unclean stop)",
+                kLimit.count(), stage_);
+            spdlog::default_logger()->flush();
+            std::_Exit(1);
+          }
+        }) {}
+  ~StopDeadline() {
+    done();
+    thread_.join();
+  }
+  StopDeadline(const StopDeadline&) = delete;
+  StopDeadline& operator=(const StopDeadline&) = delete;
+
+  /// Names the part being stopped now, for the message. Thread: the main thread.
+  void at(const char* stage) {
+    std::lock_guard lock(mu_);
+    stage_ = stage;
+  }
+  /// Everything stopped in time. Thread: the main thread.
+  void done() {
+    {
+      std::lock_guard lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const char* stage_ = "the start of the stop";  // guarded by mu_
+  bool done_ = false;                            // guarded by mu_
+  std::thread thread_;                           // last: starts once the members exist
+};
+
+}  // namespace
+
 int Agent::run() {
   Parts& p = *p_;
   const auto& report = p.buffer->openReport();
@@ -1470,19 +1526,28 @@ int Agent::run() {
   }
   systemdNotify("STOPPING=1");
   p.stopping.store(true);
+  StopDeadline deadline;
+  deadline.at("the kiosk API");
   p.http->stop();
+  deadline.at("the drivers");
   for (auto& source : p.sources) {
     source->stop();
   }
   if (p.visits) {
+    deadline.at("visits");
     p.visits->stop();  // after the producers: their last events reach visits.db
   }
+  deadline.at("the control socket");
   p.control->stop();
+  deadline.at("the MQTT uplink");
   p.sync->stop();
   if (auto https = this->https()) {
+    deadline.at("the HTTPS uplink");
     https->stop();
   }
+  deadline.at("the buffer's last commit");
   p.buffer->close();
+  deadline.done();
   spdlog::info("stopped cleanly");
   return 0;
 }

@@ -825,6 +825,38 @@ Result<int64_t> parseWhole(std::string_view s) {
   return v;
 }
 
+// Seconds: a whole number, optionally followed by s, m, h or d ("90", "90s", "5m", "2h", "7d").
+Result<int64_t> parseSeconds(std::string_view s) {
+  static constexpr auto kUnits = std::to_array<std::pair<std::string_view, int64_t>>({
+      {"", 1},
+      {"s", 1},
+      {"m", 60},
+      {"h", 3600},
+      {"d", 86400},
+  });
+  if (!s.empty() && s.front() == '+') {
+    s.remove_prefix(1);
+  }
+  size_t digits = 0;
+  while (digits < s.size() && std::isdigit(static_cast<unsigned char>(s[digits])) != 0) {
+    ++digits;
+  }
+  const std::string unit = lower(trim(s.substr(digits)));
+  for (const auto& [name, factor] : kUnits) {
+    if (digits > 0 && unit == name) {
+      auto number = parseWhole(s.substr(0, digits));
+      if (!number) {
+        return number;
+      }
+      if (*number > kUnbounded / factor) {
+        return reason("too large");
+      }
+      return *number * factor;
+    }
+  }
+  return reason("not a whole number of seconds (optionally followed by s, m, h or d: 90, 5m, 2h)");
+}
+
 Result<int64_t> parseBytes(std::string_view s) {
   static constexpr auto kSuffixes = std::to_array<std::pair<std::string_view, int64_t>>({
       {"", 1},
@@ -1009,11 +1041,8 @@ Result<std::string> normalise(const KeyDef& def, std::string_view raw) {
     case Kind::kBytes: {
       const bool bytes = def.kind == Kind::kBytes;
       const bool seconds = def.kind == Kind::kDuration;
-      auto number = bytes ? parseBytes(v) : parseWhole(v);
+      auto number = bytes ? parseBytes(v) : seconds ? parseSeconds(v) : parseWhole(v);
       if (!number) {
-        if (seconds && number.error().message == "not a whole number") {
-          return reason("not a whole number of seconds");
-        }
         return number.error();
       }
       if (*number < def.min || *number > def.max) {

@@ -215,7 +215,7 @@ TEST_CASE("bad values are errors naming the key, the value, the layer and the re
     CHECK(error.field == "mqtt.keepalive");
     CHECK(error.message ==
           "mqtt.keepalive = \"abc\" (from environment OMNIEDGE_MQTT_KEEPALIVE): not a whole number "
-          "of seconds");
+          "of seconds (optionally followed by s, m, h or d: 90, 5m, 2h)");
   }
   SECTION("duration out of range") {
     CHECK(
@@ -311,6 +311,21 @@ TEST_CASE("good values of each kind are accepted and normalised", "[unit][config
       CHECK(config.integer("sync.max_bytes_per_sec") == bytes);
       CHECK(config.str("sync.max_bytes_per_sec") == std::to_string(bytes));
     }
+  }
+  SECTION("durations: whole seconds, or with s, m, h or d as a technician writes them") {
+    const std::vector<std::pair<std::string, int64_t>> cases = {
+        {"90", 90}, {"90s", 90}, {"5m", 300}, {"5 M", 300}, {"2h", 7200}, {"7d", 604800}};
+    for (const auto& [text, seconds] : cases) {
+      INFO(text);
+      const Config config = loadOk(withFlag("buffer.retain_delivered", text));
+      CHECK(config.integer("buffer.retain_delivered") == seconds);
+      CHECK(config.str("buffer.retain_delivered") == std::to_string(seconds));
+    }
+    CHECK_THAT(loadError(withFlag("http.body_timeout", "1.5m")).message,
+               Contains("http.body_timeout = \"1.5m\"") &&
+                   Contains("not a whole number of seconds (optionally followed by s, m, h or d"));
+    CHECK_THAT(loadError(withFlag("http.body_timeout", "2h")).message,
+               Contains("must be between 1 and 3600 seconds"));
   }
   SECTION("booleans") {
     for (const std::string yes : {"true", "yes", "on", "1", "TRUE", "Yes"}) {
