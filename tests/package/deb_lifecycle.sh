@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Run by deb_check.sh inside `unshare -m` (a private mount namespace): the package's life with
+# the real dpkg and the real maintainer scripts, in a root that is an overlay of / whose writes
+# all land in a tmpfs, so the host is never touched. systemctl there is a recorder (the real
+# deb-systemd-helper and deb-systemd-invoke run, and call it); /run/systemd/system decides
+# whether systemd "runs", as it does for the scripts on a device.
+#
+# usage (inside the namespace): deb_lifecycle.sh WORK_DIR VERSION
+set -euo pipefail
+
+work=$1
+version=$2
+fail() { echo "FAIL: $*" >&2; exit 1; }
+step() { echo "--- $*"; }
+
+ov="$work/overlay"
+mkdir -p "$ov"
+mount -t tmpfs -o size=256m omniedge-deb-check "$ov"
+mkdir "$ov/upper" "$ov/work" "$ov/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$ov/upper,workdir=$ov/work" "$ov/root"
+r="$ov/root"
+mount --rbind /dev "$r/dev"
+mount -t proc proc "$r/proc"
+# A device's own /tmp and /run, not the host's (the overlay shows only the root file system).
+mount -t tmpfs tmpfs "$r/tmp"
+mount -t tmpfs tmpfs "$r/run"
+cp "$work/omniedge.deb" "$r/tmp/omniedge.deb"
+
+# The recorder: logs every call and fakes what needs a running systemd (start, stop, the
+# queries deb-systemd-invoke makes); the offline work (deb-systemd-helper's `preset` on a first
+# install) goes on to the real systemctl, which only writes links into the root.
+log=/var/log/omniedge-systemctl.log
+mkdir -p "$r/usr/local/sbin"
+cat >"$r/usr/local/sbin/systemctl" <<EOF
+#!/bin/sh
+echo "\$*" >>$log
+case " \$* " in
+  *" --version "*) echo "systemd 252 (252)"; exit 0 ;;
+  *" is-enabled "*) echo enabled; exit 0 ;;
+  *" is-active "* | *" list-units "* | *" daemon-reload "*) exit 0 ;;
+  *" start "* | *" stop "* | *" restart "* | *" try-restart "* | *" reload "*) exit 0 ;;
+esac
+exec /bin/systemctl "\$@"
+EOF
+chmod 0755 "$r/usr/local/sbin/systemctl"
+# A build container's policy-rc.d (exit 101: start nothing) is not what a device has.
+rm -f "$r/usr/sbin/policy-rc.d"
+getent passwd omniedge >/dev/null && fail "the host has a user omniedge: the test cannot tell"
+
+in_root() {
+  chroot "$r" env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
+}
+dpkg_do() {
+  # stdin closed: a conffile prompt would fail the test instead of waiting.
+  if ! in_root dpkg "$@" </dev/null >"$work/dpkg.out" 2>&1; then
+    cat "$work/dpkg.out"
+    fail "dpkg $* failed"
+  fi
+}
+calls() { cat "$r$log" 2>/dev/null || true; }
+reset_calls() { rm -f "$r$log"; }
+no_start() {
+  if calls | grep -Eq '(^| )(start|restart|try-restart|reload-or-restart)( |$)'; then
+    calls
+    fail "$1: the service was started without a running systemd"
+  fi
+}
+wants="$r/etc/systemd/system/multi-user.target.wants/omniedge.service"
+
+# ---------------------------------------------------------------------------------------------
+step "fresh install, no systemd running (a chroot, an image or container build)"
+rm -rf "$r/run/systemd"
+reset_calls
+dpkg_do -i /tmp/omniedge.deb
+no_start "fresh install"
+in_root getent passwd omniedge >/dev/null || fail "postinst did not create the user omniedge"
+[ "$(in_root stat -c '%U:%G %a' /var/lib/omniedge)" = "omniedge:omniedge 750" ] ||
+  fail "/var/lib/omniedge is $(in_root stat -c '%U:%G %a' /var/lib/omniedge)"
+[ -d "$r/etc/omniedge" ] || fail "/etc/omniedge is missing"
+# deb-systemd-helper links to /lib/systemd/system/ when /lib is the /usr-merged /usr/lib.
+[[ "$(readlink "$wants")" =~ ^(/usr)?/lib/systemd/system/omniedge\.service$ ]] ||
+  fail "the unit is not enabled (multi-user.target.wants: '$(readlink "$wants" || true)')"
+in_root omniedge version | grep -q "$version" || fail "the installed omniedge does not run"
+in_root omniedge config validate /etc/omniedge/omniedge.conf >/dev/null ||
+  fail "the installed configuration does not validate"
+in_root dpkg-query -W -f='${Status}' omniedge | grep -q 'install ok installed' ||
+  fail "dpkg does not list omniedge as installed"
+
+# ---------------------------------------------------------------------------------------------
+step "the same package again (the upgrade path), no systemd running; admin's edit kept"
+echo "# edited by the store's technician" >>"$r/etc/omniedge/omniedge.conf"
+echo "buffered events" >"$r/var/lib/omniedge/buffer.db"
+in_root chown omniedge:omniedge /var/lib/omniedge/buffer.db
+reset_calls
+dpkg_do -i /tmp/omniedge.deb
+no_start "upgrade"
+grep -q "edited by the store's technician" "$r/etc/omniedge/omniedge.conf" ||
+  fail "the upgrade overwrote the administrator's configuration (not a conffile?)"
+[ -f "$r/var/lib/omniedge/buffer.db" ] || fail "the upgrade lost /var/lib/omniedge/buffer.db"
+[ "$(grep -c '^omniedge:' "$r/etc/passwd")" = 1 ] || fail "the upgrade made a second user"
+
+# ---------------------------------------------------------------------------------------------
+step "upgrade with systemd running: restarted on the new binary"
+mkdir -p "$r/run/systemd/system"
+reset_calls
+dpkg_do -i /tmp/omniedge.deb
+calls | grep -Eq '(^| )restart omniedge\.service$' || { calls; fail "the upgrade did not restart"; }
+calls | grep -Eq '(^| )stop omniedge\.service$' && { calls; fail "prerm stopped on an upgrade"; }
+
+# ---------------------------------------------------------------------------------------------
+step "remove with systemd running: stopped; configuration and buffer kept"
+reset_calls
+dpkg_do -r omniedge
+calls | grep -Eq '(^| )stop omniedge\.service$' || { calls; fail "remove did not stop the service"; }
+[ ! -e "$r/usr/bin/omniedge" ] || fail "remove left /usr/bin/omniedge"
+[ -f "$r/etc/omniedge/omniedge.conf" ] || fail "remove deleted the configuration"
+[ -f "$r/var/lib/omniedge/buffer.db" ] || fail "remove deleted the buffer"
+
+# ---------------------------------------------------------------------------------------------
+step "purge: configuration, state and the unit's links gone; an admin's own file kept"
+echo key >"$r/etc/omniedge/tenant.key"
+dpkg_do -P omniedge
+[ ! -e "$r/var/lib/omniedge" ] || fail "purge left /var/lib/omniedge"
+[ ! -e "$r/etc/omniedge/omniedge.conf" ] || fail "purge left /etc/omniedge/omniedge.conf"
+[ -f "$r/etc/omniedge/tenant.key" ] || fail "purge deleted a file the administrator added"
+[ ! -L "$wants" ] || fail "purge left the unit enabled"
+if in_root dpkg-query -W -f='${Status}' omniedge 2>/dev/null | grep -q installed; then
+  fail "dpkg still lists omniedge after purge"
+fi
+
+# ---------------------------------------------------------------------------------------------
+step "fresh install with systemd running: enabled and started"
+reset_calls
+dpkg_do -i /tmp/omniedge.deb
+calls | grep -Eq '(^| )start omniedge\.service$' || { calls; fail "the fresh install did not start"; }
+[ -L "$wants" ] || fail "the fresh install did not enable the unit"
+echo "lifecycle: ok"
