@@ -135,4 +135,41 @@ reset_calls
 dpkg_do -i /tmp/omniedge.deb
 calls | grep -Eq '(^| )start omniedge\.service$' || { calls; fail "the fresh install did not start"; }
 [ -L "$wants" ] || fail "the fresh install did not enable the unit"
+
+# ---------------------------------------------------------------------------------------------
+step "image bootstrap: dpkg --root with chrootless scripts (DPKG_ROOT) while systemd runs here"
+# The scripts act on the image only and never touch the running system's services, even where
+# systemd runs (faked for this namespace: a tmpfs over /run with /run/systemd/system).
+b="$ov/bootstrap"
+mkdir -p "$b/var/lib/dpkg/info" "$b/var/lib/dpkg/updates" "$b/etc"
+touch "$b/var/lib/dpkg/status" "$b/var/lib/dpkg/available"
+printf 'root:x:0:0:root:/root:/bin/bash\n' >"$b/etc/passwd"
+printf 'root:x:0:\n' >"$b/etc/group"
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/system
+mkdir "$ov/bin"
+printf '#!/bin/sh\necho "$*" >>%s\nexit 0\n' "$ov/host-systemctl.log" >"$ov/bin/systemctl"
+cp "$ov/bin/systemctl" "$ov/bin/deb-systemd-invoke"
+chmod 0755 "$ov/bin/systemctl" "$ov/bin/deb-systemd-invoke"
+bootstrap_dpkg() {
+  if ! PATH="$ov/bin:$PATH" dpkg --root="$b" --force-script-chrootless --force-depends "$@" \
+      </dev/null >"$work/dpkg.out" 2>&1; then
+    cat "$work/dpkg.out"
+    fail "dpkg --root $* failed"
+  fi
+}
+bootstrap_dpkg -i "$work/omniedge.deb"
+bootstrap_dpkg -i "$work/omniedge.deb"
+[ ! -s "$ov/host-systemctl.log" ] ||
+  { cat "$ov/host-systemctl.log"; fail "DPKG_ROOT: the scripts called systemctl on the running system"; }
+uid=$(awk -F: '$1 == "omniedge" { print $3 }' "$b/etc/passwd")
+[ -n "$uid" ] || fail "DPKG_ROOT: no user omniedge in the image's /etc/passwd"
+[ "$(stat -c '%u %a' "$b/var/lib/omniedge")" = "$uid 750" ] ||
+  fail "DPKG_ROOT: the image's /var/lib/omniedge is $(stat -c '%u %a' "$b/var/lib/omniedge")"
+[ -L "$b/etc/systemd/system/multi-user.target.wants/omniedge.service" ] ||
+  fail "DPKG_ROOT: the unit is not enabled in the image"
+[ -f "$b/etc/omniedge/omniedge.conf" ] || fail "DPKG_ROOT: no configuration in the image"
+bootstrap_dpkg -P omniedge
+[ ! -e "$b/var/lib/omniedge" ] && [ ! -e "$b/etc/omniedge/omniedge.conf" ] ||
+  fail "DPKG_ROOT: purge left the state or the configuration in the image"
 echo "lifecycle: ok"
