@@ -62,7 +62,9 @@ add_custom_command(
   DEPENDS ${CMAKE_BINARY_DIR}/debian/changelog
   VERBATIM)
 add_custom_target(omniedge_deb_changelog ALL DEPENDS ${CMAKE_BINARY_DIR}/debian/changelog.gz)
+# README.md too: the unit's Documentation= names /usr/share/doc/omniedge/README.md.
 install(FILES ${omniedge_deb_dir}/copyright ${CMAKE_BINARY_DIR}/debian/changelog.gz
+              ${CMAKE_SOURCE_DIR}/README.md
         DESTINATION share/doc/omniedge)
 # The tags judged acceptable, each with its reason (docs/operations.md lists them too).
 install(FILES ${omniedge_deb_dir}/lintian-overrides DESTINATION share/lintian/overrides

@@ -45,6 +45,11 @@ for path in ./usr/bin/omniedge ./usr/lib/omniedge/omniedge-phone.so \
     ./usr/share/doc/omniedge/copyright ./usr/share/doc/omniedge/changelog.gz; do
   grep -q " $path\$" "$work/contents" || { cat "$work/contents"; fail "$path is not in the package"; }
 done
+# The unit's Documentation= must name a file the package holds.
+unit=$(dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/lib/systemd/system/omniedge.service)
+for doc in $(sed -n 's|^Documentation=file://||p' <<<"$unit"); do
+  grep -q " .$doc\$" "$work/contents" || fail "the unit's Documentation=file://$doc is not in the package"
+done
 not_root=$(awk '$2 != "root/root"' "$work/contents")
 [ -z "$not_root" ] || fail "entries not owned by root/root: $not_root"
 grep -q '^-rwxr-xr-x .* ./usr/bin/omniedge$' "$work/contents" || fail "/usr/bin/omniedge is not 0755"
