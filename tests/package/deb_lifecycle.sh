@@ -45,7 +45,6 @@ EOF
 chmod 0755 "$r/usr/local/sbin/systemctl"
 # A build container's policy-rc.d (exit 101: start nothing) is not what a device has.
 rm -f "$r/usr/sbin/policy-rc.d"
-getent passwd omniedge >/dev/null && fail "the host has a user omniedge: the test cannot tell"
 
 in_root() {
   chroot "$r" env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -67,6 +66,12 @@ no_start() {
   fi
 }
 wants="$r/etc/systemd/system/multi-user.target.wants/omniedge.service"
+# A machine that has omniedge installed itself: start from a root without it (in the overlay).
+if in_root dpkg-query -W -f='${Status}' omniedge 2>/dev/null | grep -q 'ok installed'; then
+  in_root dpkg -P omniedge >/dev/null 2>&1 || true
+fi
+if in_root getent passwd omniedge >/dev/null; then in_root userdel omniedge; fi
+if in_root getent group omniedge >/dev/null; then in_root groupdel omniedge; fi
 
 # ---------------------------------------------------------------------------------------------
 step "fresh install, no systemd running (a chroot, an image or container build)"
@@ -135,6 +140,20 @@ reset_calls
 dpkg_do -i /tmp/omniedge.deb
 calls | grep -Eq '(^| )start omniedge\.service$' || { calls; fail "the fresh install did not start"; }
 [ -L "$wants" ] || fail "the fresh install did not enable the unit"
+
+# ---------------------------------------------------------------------------------------------
+step "a system without systemd-sysusers and systemd-tmpfiles: adduser and mkdir instead"
+dpkg_do -P omniedge
+in_root userdel omniedge
+if in_root getent group omniedge >/dev/null; then in_root groupdel omniedge; fi
+rm -f "$r/usr/bin/systemd-sysusers" "$r/usr/bin/systemd-tmpfiles"
+rm -rf "$r/run/systemd"
+dpkg_do -i /tmp/omniedge.deb
+in_root getent passwd omniedge >/dev/null || fail "the adduser fallback did not create the user"
+[ "$(in_root stat -c '%U:%G %a' /var/lib/omniedge)" = "omniedge:omniedge 750" ] ||
+  fail "fallback: /var/lib/omniedge is $(in_root stat -c '%U:%G %a' /var/lib/omniedge)"
+dpkg_do -i /tmp/omniedge.deb
+[ "$(grep -c '^omniedge:' "$r/etc/passwd")" = 1 ] || fail "the fallback made a second user"
 
 # ---------------------------------------------------------------------------------------------
 step "image bootstrap: dpkg --root with chrootless scripts (DPKG_ROOT) while systemd runs here"
