@@ -11,14 +11,13 @@ set(OMNIEDGE_DEB_MAINTAINER "omniedge maintainers <maintainers@omniedge.example.
     CACHE STRING "Maintainer field of the Debian package")
 set(OMNIEDGE_DEB_HOMEPAGE "https://omniedge.example.org/"
     CACHE STRING "Homepage field of the Debian package")
-option(OMNIEDGE_DEB_SHLIBDEPS
-       "Compute the package's Depends with dpkg-shlibdeps (a cross build needs the target's -dev packages installed through dpkg multiarch)"
-       ON)
+# A cross build needs the target's -dev packages installed through dpkg multiarch for it.
+option(OMNIEDGE_DEB_SHLIBDEPS "Compute the package's Depends with dpkg-shlibdeps" ON)
 
 # The architecture: the host's dpkg answers for a native build; a cross build names its target
 # (cross/ sets OMNIEDGE_DEB_ARCH, or it is derived from CMAKE_SYSTEM_PROCESSOR).
 set(OMNIEDGE_DEB_ARCH "" CACHE STRING
-    "Debian architecture of the package (empty: dpkg --print-architecture, or from CMAKE_SYSTEM_PROCESSOR when cross-compiling)")
+    "Debian architecture of the package (empty: from dpkg, or from the cross target)")
 set(omniedge_deb_arch "${OMNIEDGE_DEB_ARCH}")
 if(NOT omniedge_deb_arch AND CMAKE_CROSSCOMPILING)
   string(TOLOWER "${CMAKE_SYSTEM_PROCESSOR}" omniedge_processor)
@@ -58,7 +57,8 @@ set(OMNIEDGE_DEB_MAINTAINER_FOR_CHANGELOG "${OMNIEDGE_DEB_MAINTAINER}")
 configure_file(${omniedge_deb_dir}/changelog.in ${CMAKE_BINARY_DIR}/debian/changelog @ONLY)
 add_custom_command(
   OUTPUT ${CMAKE_BINARY_DIR}/debian/changelog.gz
-  COMMAND gzip -9 -n -c ${CMAKE_BINARY_DIR}/debian/changelog > ${CMAKE_BINARY_DIR}/debian/changelog.gz
+  COMMAND gzip -9 -n -c ${CMAKE_BINARY_DIR}/debian/changelog
+          > ${CMAKE_BINARY_DIR}/debian/changelog.gz
   DEPENDS ${CMAKE_BINARY_DIR}/debian/changelog
   VERBATIM)
 add_custom_target(omniedge_deb_changelog ALL DEPENDS ${CMAKE_BINARY_DIR}/debian/changelog.gz)

@@ -34,7 +34,8 @@ cpack --config "$build/CPackConfig.cmake" -G DEB -B "$work/out" >"$work/cpack.lo
   { cat "$work/cpack.log"; fail "cpack failed"; }
 arch=$(dpkg --print-architecture)
 deb="$work/out/omniedge_${version}_${arch}.deb"
-[ -f "$deb" ] || { ls "$work/out"; fail "no $(basename "$deb") (CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)"; }
+[ -f "$deb" ] ||
+  { ls "$work/out"; fail "no $(basename "$deb") (CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)"; }
 
 # ---------------------------------------------------------------------------------------------
 step "contents: every file present, everything owned by root"
@@ -43,16 +44,19 @@ for path in ./usr/bin/omniedge ./usr/lib/omniedge/omniedge-phone.so \
     ./usr/lib/systemd/system/omniedge.service ./usr/lib/sysusers.d/omniedge.conf \
     ./usr/lib/tmpfiles.d/omniedge.conf ./etc/omniedge/omniedge.conf \
     ./usr/share/doc/omniedge/copyright ./usr/share/doc/omniedge/changelog.gz; do
-  grep -q " $path\$" "$work/contents" || { cat "$work/contents"; fail "$path is not in the package"; }
+  grep -q " $path\$" "$work/contents" ||
+    { cat "$work/contents"; fail "$path is not in the package"; }
 done
 # The unit's Documentation= must name a file the package holds.
 unit=$(dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/lib/systemd/system/omniedge.service)
 for doc in $(sed -n 's|^Documentation=file://||p' <<<"$unit"); do
-  grep -q " .$doc\$" "$work/contents" || fail "the unit's Documentation=file://$doc is not in the package"
+  grep -q " .$doc\$" "$work/contents" ||
+    fail "the unit's Documentation=file://$doc is not in the package"
 done
 not_root=$(awk '$2 != "root/root"' "$work/contents")
 [ -z "$not_root" ] || fail "entries not owned by root/root: $not_root"
-grep -q '^-rwxr-xr-x .* ./usr/bin/omniedge$' "$work/contents" || fail "/usr/bin/omniedge is not 0755"
+grep -q '^-rwxr-xr-x .* ./usr/bin/omniedge$' "$work/contents" ||
+  fail "/usr/bin/omniedge is not 0755"
 
 # ---------------------------------------------------------------------------------------------
 step "control fields"
@@ -88,7 +92,8 @@ step "the packaged binary and configuration, run from a scratch root"
 dpkg-deb -x "$deb" "$work/root"
 "$work/root/usr/bin/omniedge" version >"$work/version.out" 2>&1 ||
   { cat "$work/version.out"; fail "the packaged omniedge does not run"; }
-grep -q "$version" "$work/version.out" || { cat "$work/version.out"; fail "version does not say $version"; }
+grep -q "$version" "$work/version.out" ||
+  { cat "$work/version.out"; fail "version does not say $version"; }
 conf="$work/root/etc/omniedge/omniedge.conf"
 # A default that sets nothing: every line is a comment, a section header or empty.
 set_lines=$(grep -nEv '^[[:space:]]*(#.*)?$|^\[[a-z_]+\][[:space:]]*$' "$conf" || true)

@@ -117,7 +117,8 @@ calls | grep -Eq '(^| )stop omniedge\.service$' && { calls; fail "prerm stopped 
 step "remove with systemd running: stopped; configuration and buffer kept"
 reset_calls
 dpkg_do -r omniedge
-calls | grep -Eq '(^| )stop omniedge\.service$' || { calls; fail "remove did not stop the service"; }
+calls | grep -Eq '(^| )stop omniedge\.service$' ||
+  { calls; fail "remove did not stop the service"; }
 [ ! -e "$r/usr/bin/omniedge" ] || fail "remove left /usr/bin/omniedge"
 [ -f "$r/etc/omniedge/omniedge.conf" ] || fail "remove deleted the configuration"
 [ -f "$r/var/lib/omniedge/buffer.db" ] || fail "remove deleted the buffer"
@@ -138,7 +139,8 @@ fi
 step "fresh install with systemd running: enabled and started"
 reset_calls
 dpkg_do -i /tmp/omniedge.deb
-calls | grep -Eq '(^| )start omniedge\.service$' || { calls; fail "the fresh install did not start"; }
+calls | grep -Eq '(^| )start omniedge\.service$' ||
+  { calls; fail "the fresh install did not start"; }
 [ -L "$wants" ] || fail "the fresh install did not enable the unit"
 
 # ---------------------------------------------------------------------------------------------
