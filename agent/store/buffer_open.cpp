@@ -19,6 +19,7 @@
 #include "agent/api/uuid.h"
 #include "agent/store/buffer.h"
 #include "agent/store/buffer_sqlite.h"
+#include "agent/store/schema.h"
 
 namespace omniedge::store {
 
@@ -298,6 +299,52 @@ CREATE TABLE IF NOT EXISTS quarantine(
 CREATE INDEX IF NOT EXISTS quarantine_age ON quarantine(quarantined_ms);
 CREATE INDEX IF NOT EXISTS quarantine_id ON quarantine(id);
 )sql";
+
+// Version 0 is every buffer made before files carried a version; they differ in what is there
+// (tests/fixtures/schema/README.md has one file of each): 7bdb017 gave events.seq AUTOINCREMENT
+// (the highest seq ever given in sqlite_sequence) and had no delivered_ids and no quarantine;
+// 359d2e8 added the delivered_age index; 865295e dropped AUTOINCREMENT (the highest seq in
+// counters row 3) and added delivered_ids; bf9d976 the quarantine, ac89e2e its indexes.
+Result<void> bufferToV1(sqlite3* db) {
+  // Missing tables and indexes: every statement of kSchema is CREATE ... IF NOT EXISTS.
+  if (auto r = schema::exec(db, kSchema); !r) {
+    return r;
+  }
+  if (schema::createSqlContains(db, "events", "AUTOINCREMENT")) {
+    // Seqs are never reused: the highest one ever given goes where the writer looks for it,
+    // then events is rebuilt as today's (AUTOINCREMENT writes one more page at every commit).
+    if (auto r = schema::exec(
+            db,
+            "INSERT INTO counters(prio, events, bytes) "
+            "SELECT 3, coalesce(max(seq), 0), 0 FROM sqlite_sequence WHERE name = 'events' "
+            "ON CONFLICT(prio) DO UPDATE SET events = max(events, excluded.events);"
+            "DELETE FROM sqlite_sequence WHERE name = 'events';"
+            "ALTER TABLE events RENAME TO events_v0;"
+            "DROP INDEX IF EXISTS events_low;");
+        !r) {
+      return r;
+    }
+    if (auto r = schema::exec(db, kSchema); !r) {
+      return r;
+    }
+    if (auto r = schema::exec(db,
+                              "INSERT INTO events(seq, id, type, prio, received_ms, body) "
+                              "SELECT seq, id, type, prio, received_ms, body FROM events_v0 "
+                              "ORDER BY seq;"
+                              "DROP TABLE events_v0;");
+        !r) {
+      return r;
+    }
+  }
+  return {};
+}
+
+constexpr schema::Migration kBufferMigrations[] = {
+    {1, "one layout for every earlier buffer: no AUTOINCREMENT, delivered_ids, quarantine",
+     bufferToV1},
+};
+static_assert(std::size(kBufferMigrations) == schema::kBuffer &&
+              kBufferMigrations[schema::kBuffer - 1].to == schema::kBuffer);
 
 // Reads the rows of `sql` (its one parameter: the last seq read) in seq order, stepping over
 // stretches SQLite cannot read (ever larger steps, at most 32 times); calls `row` for each, and
@@ -794,6 +841,11 @@ Result<std::unique_ptr<Buffer>> Buffer::open(const BufferOptions& options) {
 
   const bool existed = fs::exists(file);
   const int64_t size = existed ? static_cast<int64_t>(fs::file_size(file, ec)) : 0;
+  // Before SQLite opens it for writing (the open and journal_mode=WAL may write): a file a
+  // newer omniedge made is refused unchanged.
+  if (auto r = schema::refuseNewer(file, schema::kBuffer); !r) {
+    return r.error();
+  }
   auto conn = openConnection(options.dir, options.synchronous_full);
   std::string problem;
   if (!conn) {
@@ -803,11 +855,12 @@ Result<std::unique_ptr<Buffer>> Buffer::open(const BufferOptions& options) {
     problem = conn.error().message;
   } else {
     b->db_ = *conn;
-    if (auto r = execRc(b->db_, kSchema); !r) {
-      if (classify(r.rc) != Failure::kCorrupt) {
-        return openError(r.rc, "setting up " + file.string() + ": " + r.message, options.dir);
+    const schema::Layout layout{kFileName, kSchema, kBufferMigrations};
+    if (auto r = schema::upgrade(b->db_, file, layout); !r) {
+      if (r.error().code != "corrupt") {
+        return r.error();
       }
-      problem = r.message;
+      problem = r.error().message;
     } else if (existed && (b->open_report_.unclean_shutdown || size < kAlwaysCheckBelow)) {
       b->open_report_.integrity_checked = true;
       sqlite3_stmt* st = nullptr;
@@ -928,7 +981,10 @@ Result<void> Buffer::recover(const std::string& problem) {
     sqlite3_close(out);
     return fail(r.message);
   }
-  if (auto r = execRc(out, kSchema); !r) {
+  // The salvaged file is of today's layout and says so.
+  const std::string created =
+      std::string(kSchema) + "PRAGMA user_version = " + std::to_string(schema::kBuffer) + ";";
+  if (auto r = execRc(out, created.c_str()); !r) {
     sqlite3_close(out);
     return fail(r.message);
   }
