@@ -50,7 +50,7 @@ int runDaemon(const CommandSpec& spec, const Invocation& inv) {
     // A file a newer omniedge wrote (code "schema") stays so until omniedge is upgraded:
     // restarting would only repeat the refusal.
     return agent.error().code == "config" || agent.error().code == "schema" ? kConfigError
-                                                                             : kFailure;
+                                                                            : kFailure;
   }
   // SIGHUP reads the same file, environment and flags again.
   config::Inputs in;

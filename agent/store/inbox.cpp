@@ -1,9 +1,9 @@
 #include "agent/store/inbox.h"
 
-#include "agent/store/schema.h"
-
 #include <algorithm>
 #include <utility>
+
+#include "agent/store/schema.h"
 
 namespace omniedge::store {
 namespace {
@@ -33,8 +33,7 @@ Result<void> inboxToV1(sqlite3* db) {
     return r;
   }
   if (!schema::hasColumn(db, "commands", "reported")) {
-    return schema::exec(db,
-                        "ALTER TABLE commands ADD COLUMN reported INTEGER NOT NULL DEFAULT 0");
+    return schema::exec(db, "ALTER TABLE commands ADD COLUMN reported INTEGER NOT NULL DEFAULT 0");
   }
   return {};
 }

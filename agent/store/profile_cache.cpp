@@ -172,8 +172,8 @@ namespace {
 Result<void> addBoundColumns(sqlite3* db) {
   sqlite3_stmt* probe = nullptr;
   const bool current =
-      sqlite3_prepare_v2(db, "SELECT keys, bytes, refused, local FROM profiles LIMIT 0", -1,
-                         &probe, nullptr) == SQLITE_OK;
+      sqlite3_prepare_v2(db, "SELECT keys, bytes, refused, local FROM profiles LIMIT 0", -1, &probe,
+                         nullptr) == SQLITE_OK;
   sqlite3_finalize(probe);
   if (current) {
     return {};

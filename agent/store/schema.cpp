@@ -89,7 +89,8 @@ bool hasColumn(sqlite3* db, const char* table, const char* column) {
 bool createSqlContains(sqlite3* db, const char* name, const char* text) {
   sqlite3_stmt* st = nullptr;
   bool found = false;
-  if (sqlite3_prepare_v2(db, "SELECT instr(upper(sql), upper(?)) > 0 FROM sqlite_master "
+  if (sqlite3_prepare_v2(db,
+                         "SELECT instr(upper(sql), upper(?)) > 0 FROM sqlite_master "
                          "WHERE name = ?",
                          -1, &st, nullptr) == SQLITE_OK) {
     sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
@@ -113,8 +114,8 @@ std::optional<int> peekVersion(const fs::path& file) {
 }
 
 std::string newerMessage(const fs::path& file, int version, int known) {
-  return file.string() + " has schema version " + std::to_string(version) + ", but this omniedge (" +
-         kVersion + ") knows versions up to " + std::to_string(known) +
+  return file.string() + " has schema version " + std::to_string(version) +
+         ", but this omniedge (" + kVersion + ") knows versions up to " + std::to_string(known) +
          ": the file was written by a newer omniedge. It was not changed. Upgrade omniedge, or "
          "move the file away (omniedge then starts with an empty one)";
 }
@@ -127,8 +128,10 @@ Result<void> refuseNewer(const fs::path& file, int known) {
 }
 
 Result<void> refuseNewerFiles(const fs::path& dir) {
-  const std::pair<const char*, int> files[] = {
-      {"buffer.db", kBuffer}, {"profiles.db", kProfiles}, {"inbox.db", kInbox}, {"visits.db", kVisits}};
+  const std::pair<const char*, int> files[] = {{"buffer.db", kBuffer},
+                                               {"profiles.db", kProfiles},
+                                               {"inbox.db", kInbox},
+                                               {"visits.db", kVisits}};
   for (const auto& [name, known] : files) {
     if (auto r = refuseNewer(dir / name, known); !r) {
       return r;
@@ -153,8 +156,7 @@ Result<Upgraded> upgrade(sqlite3* db, const fs::path& file, const Layout& layout
     return up;  // nothing to write: a file at the newest layout is not touched
   }
   if (auto r = exec(db, "BEGIN IMMEDIATE"); !r) {
-    return makeError(r.error().code,
-                     "upgrading " + file.string() + ": " + r.error().message);
+    return makeError(r.error().code, "upgrading " + file.string() + ": " + r.error().message);
   }
   auto fail = [&](const Error& e, const std::string& step) -> Result<Upgraded> {
     (void)exec(db, "ROLLBACK");
@@ -169,7 +171,8 @@ Result<Upgraded> upgrade(sqlite3* db, const fs::path& file, const Layout& layout
   up.from = *again;
   sqlite3_stmt* st = nullptr;
   bool empty = false;
-  if (sqlite3_prepare_v2(db, "SELECT count(*) = 0 FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
+  if (sqlite3_prepare_v2(db,
+                         "SELECT count(*) = 0 FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
                          -1, &st, nullptr) == SQLITE_OK &&
       sqlite3_step(st) == SQLITE_ROW) {
     empty = sqlite3_column_int(st, 0) == 1;

@@ -113,8 +113,7 @@ struct Snapshot {
 
 // How the refusal of `file` at `version` starts.
 std::string newerPrefix(const fs::path& file, int version) {
-  return file.string() + " has schema version " + std::to_string(version) +
-         ", but this omniedge (";
+  return file.string() + " has schema version " + std::to_string(version) + ", but this omniedge (";
 }
 
 }  // namespace
@@ -344,8 +343,8 @@ omniedge::Result<void> failing(sqlite3* db) {
 
 sqlite3* openRaw(const fs::path& file) {
   sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                          nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) ==
+          SQLITE_OK);
   return db;
 }
 

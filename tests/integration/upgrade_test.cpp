@@ -46,11 +46,19 @@ void stampVersion(const fs::path& file, uint32_t version) {
   f.write(be, 4);
 }
 
+uint32_t headerVersion(const fs::path& file) {
+  const std::string b = bytesOf(file);
+  REQUIRE(b.size() >= 64);
+  const auto* u = reinterpret_cast<const unsigned char*>(b.data());
+  return (uint32_t{u[60]} << 24) | (uint32_t{u[61]} << 16) | (uint32_t{u[62]} << 8) | u[63];
+}
+
 }  // namespace
 
-TEST_CASE("the daemon on a buffer a newer omniedge wrote exits 78 with the reason and changes "
-          "nothing",
-          "[integration][schema]") {
+TEST_CASE(
+    "the daemon on a buffer a newer omniedge wrote exits 78 with the reason and changes "
+    "nothing",
+    "[integration][schema]") {
   TempDir tmp;
   const fs::path data = tmp / "data";
   copyFixture("buffer-ac89e2e.db", data / "buffer.db");
@@ -60,7 +68,8 @@ TEST_CASE("the daemon on a buffer a newer omniedge wrote exits 78 with the reaso
 
   auto run = agent.cli({"run"});
   CHECK(run.exit_code == 78);
-  const std::string said = (data / "buffer.db").string() + " has schema version 7, but this omniedge (";
+  const std::string said =
+      (data / "buffer.db").string() + " has schema version 7, but this omniedge (";
   CHECK_THAT(run.out, Catch::Contains(said));
   CHECK_THAT(run.out, Catch::Contains("written by a newer omniedge. It was not changed"));
   CHECK(bytesOf(data / "buffer.db") == before);
@@ -96,11 +105,38 @@ TEST_CASE("the daemon started on the first buffer layout delivers the events it 
   CHECK(doc["queue"].value("pending", -1) == 3);
 
   REQUIRE(agent.start());
-  CHECK(omniedge::testing::waitForAllIds(sub,
-                                         {"0189a000-0000-7000-8000-000000000003",
-                                          "0189a000-0000-7000-8000-000000000004",
-                                          "0189a000-0000-7000-8000-000000000005"},
-                                         60s) == 0);
+  CHECK(omniedge::testing::waitForAllIds(
+            sub,
+            {"0189a000-0000-7000-8000-000000000003", "0189a000-0000-7000-8000-000000000004",
+             "0189a000-0000-7000-8000-000000000005"},
+            60s) == 0);
   CHECK(agent.stop() == 0);
   CHECK_THAT(agent.log(), Catch::Contains("upgraded from schema version 0 to 1"));
+}
+
+TEST_CASE(
+    "a newer profiles.db stops the start before the older buffer is upgraded, and doctor "
+    "names it",
+    "[integration][schema]") {
+  TempDir tmp;
+  const fs::path data = tmp / "data";
+  copyFixture("buffer-865295e.db", data / "buffer.db");
+  copyFixture("profiles-4f1a2ed.db", data / "profiles.db");
+  stampVersion(data / "profiles.db", 5);
+  const std::string buffer_before = bytesOf(data / "buffer.db");
+  const std::string profiles_before = bytesOf(data / "profiles.db");
+  AgentProcess agent(data, {});
+
+  auto run = agent.cli({"run"});
+  CHECK(run.exit_code == 78);
+  const std::string said =
+      (data / "profiles.db").string() + " has schema version 5, but this omniedge (";
+  CHECK_THAT(run.out, Catch::Contains(said));
+  CHECK(bytesOf(data / "buffer.db") == buffer_before);  // still version 0, not upgraded
+  CHECK(headerVersion(data / "buffer.db") == 0);
+  CHECK(bytesOf(data / "profiles.db") == profiles_before);
+
+  auto doctor = agent.cli({"doctor"});
+  CHECK(doctor.exit_code != 0);
+  CHECK_THAT(doctor.out, Catch::Contains("schema versions: " + said));
 }
