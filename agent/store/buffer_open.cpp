@@ -844,6 +844,9 @@ Result<std::unique_ptr<Buffer>> Buffer::open(const BufferOptions& options) {
   // Before SQLite opens it for writing (the open and journal_mode=WAL may write): a file a
   // newer omniedge made is refused unchanged.
   if (auto r = schema::refuseNewer(file, schema::kBuffer); !r) {
+    if (!b->open_report_.unclean_shutdown) {
+      fs::remove(lock_path, ec);  // ours: the data dir is left as it was
+    }
     return r.error();
   }
   auto conn = openConnection(options.dir, options.synchronous_full);

@@ -60,7 +60,8 @@ Result<void> refuseNewer(const std::filesystem::path& file, int known);
 
 /// refuseNewer() for every SQLite file of the agent in `dir` (buffer.db, profiles.db, inbox.db,
 /// visits.db): the daemon calls it before it opens any of them, so that a newer file anywhere
-/// stops the start before an older one is upgraded.
+/// stops the start before an older one is upgraded. Checks nothing while a daemon holds the
+/// data dir's buffer.lock (it opened the files itself; a second daemon is refused "busy").
 Result<void> refuseNewerFiles(const std::filesystem::path& dir);
 
 /// What upgrade() did.

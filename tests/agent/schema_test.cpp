@@ -99,14 +99,13 @@ BufferOptions bufferOptions(const fs::path& dir) {
   return o;
 }
 
-// What a refusal must leave: the file's bytes, and no journal, WAL or -shm it did not have.
+// What a refusal must leave: the file's bytes, and no journal, WAL, -shm or buffer.lock it did
+// not have.
 struct Snapshot {
   std::map<std::string, std::string> files;
   explicit Snapshot(const fs::path& dir) {
     for (const auto& e : fs::directory_iterator(dir)) {
-      if (e.path().filename() != "buffer.lock") {
-        files[e.path().filename().string()] = bytesOf(e.path());
-      }
+      files[e.path().filename().string()] = bytesOf(e.path());
     }
   }
 };

@@ -75,6 +75,7 @@ TEST_CASE(
   CHECK(bytesOf(data / "buffer.db") == before);
   CHECK(!fs::exists(data / "buffer.db-wal"));
   CHECK(!fs::exists(data / "buffer.db-journal"));
+  CHECK(!fs::exists(data / "buffer.lock"));
   // Nothing else was made or upgraded either.
   CHECK(!fs::exists(data / "profiles.db"));
   CHECK(!fs::exists(data / "inbox.db"));
