@@ -300,6 +300,32 @@ CREATE INDEX IF NOT EXISTS quarantine_age ON quarantine(quarantined_ms);
 CREATE INDEX IF NOT EXISTS quarantine_id ON quarantine(id);
 )sql";
 
+// AUTOINCREMENT changes only how SQLite picks a new rowid, not how the table is stored: its
+// declaration is edited in place, SQLite's documented procedure for a change that leaves the
+// on-disk format alone (lang_altertable.html, "making other kinds of table schema changes").
+// That writes a page or two, where copying the table would write every pending event once more
+// into the WAL: on a store with a long backlog and a nearly full disk the copy could fail
+// "full" and keep the agent from starting at all. False (nothing changed) when SQLite does not
+// let the schema be written (SQLITE_DBCONFIG_DEFENSIVE): then the caller copies the table.
+bool dropAutoincrementInPlace(sqlite3* db) {
+  const auto version = queryInt(db, "PRAGMA schema_version");
+  if (!version || !schema::exec(db, "PRAGMA writable_schema = ON")) {
+    return false;
+  }
+  const bool edited =
+      schema::exec(db,
+                   "UPDATE sqlite_master SET sql = replace(sql, "
+                   "'seq INTEGER PRIMARY KEY AUTOINCREMENT', 'seq INTEGER PRIMARY KEY') "
+                   "WHERE type = 'table' AND name = 'events'")
+          .has_value() &&
+      sqlite3_changes(db) == 1;
+  // A new schema_version makes every connection read the edited schema again.
+  const std::string bump = "PRAGMA schema_version = " + std::to_string(*version + 1);
+  const bool bumped = edited && schema::exec(db, bump.c_str()).has_value();
+  (void)schema::exec(db, "PRAGMA writable_schema = OFF");
+  return bumped && !schema::createSqlContains(db, "events", "AUTOINCREMENT");
+}
+
 // Version 0 is every buffer made before files carried a version; they differ in what is there
 // (tests/fixtures/schema/README.md has one file of each): 7bdb017 gave events.seq AUTOINCREMENT
 // (the highest seq ever given in sqlite_sequence) and had no delivered_ids and no quarantine;
@@ -311,16 +337,23 @@ Result<void> bufferToV1(sqlite3* db) {
     return r;
   }
   if (schema::createSqlContains(db, "events", "AUTOINCREMENT")) {
-    // Seqs are never reused: the highest one ever given goes where the writer looks for it,
-    // then events is rebuilt as today's (AUTOINCREMENT writes one more page at every commit).
+    // Seqs are never reused: the highest one ever given goes where the writer looks for it.
     if (auto r = schema::exec(
             db,
             "INSERT INTO counters(prio, events, bytes) "
             "SELECT 3, coalesce(max(seq), 0), 0 FROM sqlite_sequence WHERE name = 'events' "
             "ON CONFLICT(prio) DO UPDATE SET events = max(events, excluded.events);"
-            "DELETE FROM sqlite_sequence WHERE name = 'events';"
-            "ALTER TABLE events RENAME TO events_v0;"
-            "DROP INDEX IF EXISTS events_low;");
+            "DELETE FROM sqlite_sequence WHERE name = 'events';");
+        !r) {
+      return r;
+    }
+    // Then events becomes today's table (AUTOINCREMENT writes one more page at every commit).
+    if (dropAutoincrementInPlace(db)) {
+      return {};
+    }
+    if (auto r = schema::exec(db,
+                              "ALTER TABLE events RENAME TO events_v0;"
+                              "DROP INDEX IF EXISTS events_low;");
         !r) {
       return r;
     }

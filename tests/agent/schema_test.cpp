@@ -168,6 +168,13 @@ TEST_CASE("every earlier buffer layout is upgraded at open and delivers its pend
     CHECK(left->empty());
   }
   CHECK(userVersion(dir / "buffer.db") == schema::kBuffer);
+  withDb(dir / "buffer.db", [](sqlite3* db) {
+    sqlite3_stmt* st = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+    CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(st, 0))) == "ok");
+    sqlite3_finalize(st);
+  });
   // One layout whatever the file was made by: the same tables and indexes as a new buffer.
   CHECK(layoutOf(dir / "buffer.db") == layoutOf(fresh / "buffer.db"));
   // Upgraded once: opening it again is an ordinary open.
