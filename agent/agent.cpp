@@ -35,6 +35,7 @@
 #include "agent/store/inbox.h"
 #include "agent/store/profile_cache.h"
 #include "agent/systemd_notify.h"
+#include "agent/store/schema.h"
 #include "agent/version.h"
 #include "drivers/builtin.h"
 #include "drivers/kiosk/customer_key.h"
@@ -577,6 +578,10 @@ Result<std::unique_ptr<store::ProfileCache>> openProfileCache(const config::Conf
 }
 
 Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
+  // A file a newer omniedge wrote stops the start before any file is opened or upgraded.
+  if (auto r = store::schema::refuseNewerFiles(local_cfg.str("data.dir")); !r) {
+    return r.error();
+  }
   // The remote layer the centre pushed (kept in data.dir) goes on the local layers first:
   // every part is built from the effective configuration.
   std::unique_ptr<sync::RemoteConfig> remote;

@@ -46,6 +46,7 @@
 #include "agent/ingest/pii.h"
 #include "agent/store/buffer.h"
 #include "agent/store/buffer_reader.h"
+#include "agent/store/schema.h"
 #include "sync/tls_probe.h"
 
 namespace omniedge {
@@ -216,6 +217,32 @@ DoctorCheck checkFreeDisk(const fs::path& dir, int64_t min_free) {
     return warn(name, text + ": less than twice the minimum");
   }
   return ok(name, text);
+}
+
+// The schema version of each SQLite file against what this omniedge knows: a newer one stops
+// the daemon's start (docs/reliability.md, "Upgrades and schema versions").
+DoctorCheck checkSchemaVersions(const fs::path& dir) {
+  const std::string name = "schema versions";
+  if (store::bufferOwner(dir) == store::Owner::kDaemon) {
+    return ok(name, "the running daemon opened its files, so it knows their versions");
+  }
+  const std::pair<const char*, int> files[] = {{"buffer.db", store::schema::kBuffer},
+                                               {"profiles.db", store::schema::kProfiles},
+                                               {"inbox.db", store::schema::kInbox},
+                                               {"visits.db", store::schema::kVisits}};
+  std::string seen;
+  for (const auto& [file, known] : files) {
+    const auto v = store::schema::peekVersion(dir / file);
+    if (!v) {
+      continue;
+    }
+    if (*v > known) {
+      return fail(name, store::schema::newerMessage(dir / file, *v, known));
+    }
+    seen += (seen.empty() ? "" : ", ") + std::string(file) + " " + std::to_string(*v) +
+            (*v < known ? " (upgraded to " + std::to_string(known) + " at the next start)" : "");
+  }
+  return ok(name, seen.empty() ? "no files yet" : seen);
 }
 
 DoctorCheck checkBuffer(const fs::path& dir) {
@@ -1188,6 +1215,7 @@ std::vector<DoctorCheck> runDoctorChecks(const config::Config& cfg,
   checks.push_back(checkDataDir(dir));
   checks.push_back(checkFreeDisk(dir, cfg.integer("buffer.min_free_disk")));
   checks.push_back(checkBuffer(dir));
+  checks.push_back(checkSchemaVersions(dir));
   checks.push_back(checkDaemon(control_sockets, dir));
   {
     SigpipeGuard guard;

@@ -47,7 +47,10 @@ int runDaemon(const CommandSpec& spec, const Invocation& inv) {
       // starts by itself once the ownership is fixed.
       return kNoPermission;
     }
-    return agent.error().code == "config" ? kConfigError : kFailure;
+    // A file a newer omniedge wrote (code "schema") stays so until omniedge is upgraded:
+    // restarting would only repeat the refusal.
+    return agent.error().code == "config" || agent.error().code == "schema" ? kConfigError
+                                                                            : kFailure;
   }
   // SIGHUP reads the same file, environment and flags again.
   config::Inputs in;
@@ -69,7 +72,8 @@ Command runCommand() {
       "Reads --config FILE or $OMNIEDGE_CONFIG only (the unit passes --config\n"
       "/etc/omniedge/omniedge.conf); data.dir defaults to $STATE_DIRECTORY, else\n"
       "./omniedge-data. Exit 78 on a bad configuration (systemd does not restart then), 77\n"
-      "when the data dir is not this user's to write.";
+      "when the data dir is not this user's to write, 78 too when a file in it was written by a\n"
+      "newer omniedge (it is left unchanged).";
   return {spec, runDaemon};
 }
 

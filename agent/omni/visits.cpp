@@ -9,6 +9,7 @@
 #include "agent/api/identity_resolver.h"
 #include "agent/api/time.h"
 #include "agent/store/profile_cache.h"
+#include "agent/store/schema.h"
 #include "drivers/kiosk/customer_key.h"
 
 namespace omniedge::omni {
@@ -109,6 +110,18 @@ Error sqliteError(sqlite3* db, const std::string& what) {
 bool exec(sqlite3* db, const char* sql) {
   return sqlite3_exec(db, sql, nullptr, nullptr, nullptr) == SQLITE_OK;
 }
+
+// visits.db has had one layout (fad2525); version 0 is it without a version.
+constexpr const char* kVisitsTable =
+    "CREATE TABLE IF NOT EXISTS visits (id TEXT PRIMARY KEY, state TEXT NOT NULL)";
+
+Result<void> visitsToV1(sqlite3* db) { return store::schema::exec(db, kVisitsTable); }
+
+constexpr store::schema::Migration kVisitsMigrations[] = {
+    {1, "versioned", visitsToV1},
+};
+static_assert(std::size(kVisitsMigrations) == store::schema::kVisits &&
+              kVisitsMigrations[store::schema::kVisits - 1].to == store::schema::kVisits);
 
 }  // namespace
 
@@ -314,6 +327,10 @@ VisitTracker::~VisitTracker() {
 
 Result<void> VisitTracker::openDb() {
   const std::string path = (options_.dir / "visits.db").string();
+  // Before SQLite opens it for writing: a file a newer omniedge made is refused unchanged.
+  if (auto r = store::schema::refuseNewer(path, store::schema::kVisits); !r) {
+    return r.error();
+  }
   if (sqlite3_open_v2(path.c_str(), &db_,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                       nullptr) != SQLITE_OK) {
@@ -323,9 +340,12 @@ Result<void> VisitTracker::openDb() {
   const std::string pragmas =
       std::string("PRAGMA journal_mode=WAL; PRAGMA secure_delete=ON; ") +
       "PRAGMA synchronous=" + (options_.synchronous_full ? "FULL" : "NORMAL") + ";";
-  if (!exec(db_, pragmas.c_str()) ||
-      !exec(db_, "CREATE TABLE IF NOT EXISTS visits (id TEXT PRIMARY KEY, state TEXT NOT NULL)")) {
+  if (!exec(db_, pragmas.c_str())) {
     return sqliteError(db_, "cannot set up " + path);
+  }
+  if (auto r = store::schema::upgrade(db_, path, {"visits.db", kVisitsTable, kVisitsMigrations});
+      !r) {
+    return makeError(r.error().code, "visits: " + r.error().message);
   }
   if (sqlite3_prepare_v2(db_, "INSERT OR REPLACE INTO visits (id, state) VALUES (?1, ?2)", -1,
                          &put_, nullptr) != SQLITE_OK ||

@@ -19,6 +19,7 @@
 #include "agent/api/uuid.h"
 #include "agent/store/buffer.h"
 #include "agent/store/buffer_sqlite.h"
+#include "agent/store/schema.h"
 
 namespace omniedge::store {
 
@@ -298,6 +299,85 @@ CREATE TABLE IF NOT EXISTS quarantine(
 CREATE INDEX IF NOT EXISTS quarantine_age ON quarantine(quarantined_ms);
 CREATE INDEX IF NOT EXISTS quarantine_id ON quarantine(id);
 )sql";
+
+// AUTOINCREMENT changes only how SQLite picks a new rowid, not how the table is stored: its
+// declaration is edited in place, SQLite's documented procedure for a change that leaves the
+// on-disk format alone (lang_altertable.html, "making other kinds of table schema changes").
+// That writes a page or two, where copying the table would write every pending event once more
+// into the WAL: on a store with a long backlog and a nearly full disk the copy could fail
+// "full" and keep the agent from starting at all. False (nothing changed) when SQLite does not
+// let the schema be written (SQLITE_DBCONFIG_DEFENSIVE): then the caller copies the table.
+bool dropAutoincrementInPlace(sqlite3* db) {
+  const auto version = queryInt(db, "PRAGMA schema_version");
+  if (!version || !schema::exec(db, "PRAGMA writable_schema = ON")) {
+    return false;
+  }
+  const bool edited =
+      schema::exec(db,
+                   "UPDATE sqlite_master SET sql = replace(sql, "
+                   "'seq INTEGER PRIMARY KEY AUTOINCREMENT', 'seq INTEGER PRIMARY KEY') "
+                   "WHERE type = 'table' AND name = 'events'")
+          .has_value() &&
+      sqlite3_changes(db) == 1;
+  // A new schema_version makes every connection read the edited schema again.
+  const std::string bump = "PRAGMA schema_version = " + std::to_string(*version + 1);
+  const bool bumped = edited && schema::exec(db, bump.c_str()).has_value();
+  (void)schema::exec(db, "PRAGMA writable_schema = OFF");
+  return bumped && !schema::createSqlContains(db, "events", "AUTOINCREMENT");
+}
+
+// Version 0 is every buffer made before files carried a version; they differ in what is there
+// (tests/fixtures/schema/README.md has one file of each): 7bdb017 gave events.seq AUTOINCREMENT
+// (the highest seq ever given in sqlite_sequence) and had no delivered_ids and no quarantine;
+// 359d2e8 added the delivered_age index; 865295e dropped AUTOINCREMENT (the highest seq in
+// counters row 3) and added delivered_ids; bf9d976 the quarantine, ac89e2e its indexes.
+Result<void> bufferToV1(sqlite3* db) {
+  // Missing tables and indexes: every statement of kSchema is CREATE ... IF NOT EXISTS.
+  if (auto r = schema::exec(db, kSchema); !r) {
+    return r;
+  }
+  if (schema::createSqlContains(db, "events", "AUTOINCREMENT")) {
+    // Seqs are never reused: the highest one ever given goes where the writer looks for it.
+    if (auto r = schema::exec(
+            db,
+            "INSERT INTO counters(prio, events, bytes) "
+            "SELECT 3, coalesce(max(seq), 0), 0 FROM sqlite_sequence WHERE name = 'events' "
+            "ON CONFLICT(prio) DO UPDATE SET events = max(events, excluded.events);"
+            "DELETE FROM sqlite_sequence WHERE name = 'events';");
+        !r) {
+      return r;
+    }
+    // Then events becomes today's table (AUTOINCREMENT writes one more page at every commit).
+    if (dropAutoincrementInPlace(db)) {
+      return {};
+    }
+    if (auto r = schema::exec(db,
+                              "ALTER TABLE events RENAME TO events_v0;"
+                              "DROP INDEX IF EXISTS events_low;");
+        !r) {
+      return r;
+    }
+    if (auto r = schema::exec(db, kSchema); !r) {
+      return r;
+    }
+    if (auto r = schema::exec(db,
+                              "INSERT INTO events(seq, id, type, prio, received_ms, body) "
+                              "SELECT seq, id, type, prio, received_ms, body FROM events_v0 "
+                              "ORDER BY seq;"
+                              "DROP TABLE events_v0;");
+        !r) {
+      return r;
+    }
+  }
+  return {};
+}
+
+constexpr schema::Migration kBufferMigrations[] = {
+    {1, "one layout for every earlier buffer: no AUTOINCREMENT, delivered_ids, quarantine",
+     bufferToV1},
+};
+static_assert(std::size(kBufferMigrations) == schema::kBuffer &&
+              kBufferMigrations[schema::kBuffer - 1].to == schema::kBuffer);
 
 // Reads the rows of `sql` (its one parameter: the last seq read) in seq order, stepping over
 // stretches SQLite cannot read (ever larger steps, at most 32 times); calls `row` for each, and
@@ -794,6 +874,14 @@ Result<std::unique_ptr<Buffer>> Buffer::open(const BufferOptions& options) {
 
   const bool existed = fs::exists(file);
   const int64_t size = existed ? static_cast<int64_t>(fs::file_size(file, ec)) : 0;
+  // Before SQLite opens it for writing (the open and journal_mode=WAL may write): a file a
+  // newer omniedge made is refused unchanged.
+  if (auto r = schema::refuseNewer(file, schema::kBuffer); !r) {
+    if (!b->open_report_.unclean_shutdown) {
+      fs::remove(lock_path, ec);  // ours: the data dir is left as it was
+    }
+    return r.error();
+  }
   auto conn = openConnection(options.dir, options.synchronous_full);
   std::string problem;
   if (!conn) {
@@ -803,11 +891,12 @@ Result<std::unique_ptr<Buffer>> Buffer::open(const BufferOptions& options) {
     problem = conn.error().message;
   } else {
     b->db_ = *conn;
-    if (auto r = execRc(b->db_, kSchema); !r) {
-      if (classify(r.rc) != Failure::kCorrupt) {
-        return openError(r.rc, "setting up " + file.string() + ": " + r.message, options.dir);
+    const schema::Layout layout{kFileName, kSchema, kBufferMigrations};
+    if (auto r = schema::upgrade(b->db_, file, layout); !r) {
+      if (r.error().code != "corrupt") {
+        return r.error();
       }
-      problem = r.message;
+      problem = r.error().message;
     } else if (existed && (b->open_report_.unclean_shutdown || size < kAlwaysCheckBelow)) {
       b->open_report_.integrity_checked = true;
       sqlite3_stmt* st = nullptr;
@@ -928,7 +1017,10 @@ Result<void> Buffer::recover(const std::string& problem) {
     sqlite3_close(out);
     return fail(r.message);
   }
-  if (auto r = execRc(out, kSchema); !r) {
+  // The salvaged file is of today's layout and says so.
+  const std::string created =
+      std::string(kSchema) + "PRAGMA user_version = " + std::to_string(schema::kBuffer) + ";";
+  if (auto r = execRc(out, created.c_str()); !r) {
     sqlite3_close(out);
     return fail(r.message);
   }

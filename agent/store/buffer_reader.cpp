@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "agent/store/buffer.h"
+#include "agent/store/schema.h"
 
 namespace omniedge::store {
 namespace {
@@ -149,6 +150,17 @@ Opened tryOpen(const std::string& uri, const char* vfs, bool exclusive) {
   return o;
 }
 
+int userVersion(sqlite3* db) {
+  sqlite3_stmt* st = nullptr;
+  int v = 0;
+  if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW) {
+    v = sqlite3_column_int(st, 0);
+  }
+  sqlite3_finalize(st);
+  return v;
+}
+
 bool present(const fs::path& p) {
   std::error_code ec;
   return fs::exists(p, ec);
@@ -234,8 +246,16 @@ Result<ReadOnlyBuffer> openBufferReadOnly(const fs::path& dir) {
     }
   }
   const std::string uri = uriPath(file);
-  const auto keep = [](sqlite3* db, ReadMode mode) {
-    return ReadOnlyBuffer{std::shared_ptr<sqlite3>(db, [](sqlite3* p) { sqlite3_close(p); }), mode};
+  const auto keep = [&file](sqlite3* db, ReadMode mode) -> Result<ReadOnlyBuffer> {
+    ReadOnlyBuffer b{std::shared_ptr<sqlite3>(db, [](sqlite3* p) { sqlite3_close(p); }), mode};
+    // A newer omniedge's layout may mean something else by the same tables: say so instead of
+    // showing numbers that could be wrong. An older layout is read as it is (status and export
+    // look for the tables they need); the daemon upgrades it at its next start.
+    const int version = userVersion(db);
+    if (version > schema::kBuffer) {
+      return makeError("schema", schema::newerMessage(file, version, schema::kBuffer));
+    }
+    return b;
   };
 
   if (present(wal) && present(shm)) {
@@ -266,6 +286,19 @@ Result<ReadOnlyBuffer> openBufferReadOnly(const fs::path& dir) {
     return keep(o.db, ReadMode::kImmutable);
   }
   return makeError("io", "reading " + file.string() + ": " + o.message);
+}
+
+Result<std::shared_ptr<sqlite3>> openFileSnapshot(const fs::path& file) {
+  if (!vfsReady()) {
+    return makeError("io", "SQLite has no unix VFS");
+  }
+  const std::string uri = uriPath(file);
+  auto o = present(file.string() + "-wal") ? tryOpen(uri, kVfsPrivate, true)
+                                           : tryOpen(uri + "?immutable=1", kVfsShared, false);
+  if (o.rc != SQLITE_OK) {
+    return makeError("io", "reading " + file.string() + ": " + o.message);
+  }
+  return std::shared_ptr<sqlite3>(o.db, [](sqlite3* p) { sqlite3_close(p); });
 }
 
 Result<std::shared_ptr<sqlite3>> openReadOnly(const fs::path& dir) {

@@ -48,4 +48,11 @@ struct ReadOnlyBuffer {
 /// the caller's first statement. Thread: the caller's; the connection is single-threaded.
 Result<ReadOnlyBuffer> openBufferReadOnly(const std::filesystem::path& dir);
 
+/// Opens any SQLite file for reading only as it is on disk: its WAL, when there is one, replayed
+/// into private memory (kPrivateWal), else the file alone (kImmutable). Creates, locks and
+/// changes nothing. Only while no other process writes the file (the daemon's own open, under
+/// buffer.lock, reading a file's schema version before it opens it for writing). Fails "io".
+/// Thread: the caller's; the connection is single-threaded.
+Result<std::shared_ptr<sqlite3>> openFileSnapshot(const std::filesystem::path& file);
+
 }  // namespace omniedge::store

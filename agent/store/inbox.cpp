@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "agent/store/schema.h"
+
 namespace omniedge::store {
 namespace {
 
@@ -21,6 +23,26 @@ CREATE TABLE IF NOT EXISTS commands(
 CREATE INDEX IF NOT EXISTS commands_age ON commands(at_ms);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 )sql";
+
+// Version 0 is every inbox.db made before files carried a version: c9d6f2b's commands had no
+// `reported` (an answer was sent once, at once); 9cbd455 on keep an answer until it is
+// acknowledged. Answers of the older journal count as not acknowledged: sent again once (the
+// centre matches answers by command id), instead of being lost.
+Result<void> inboxToV1(sqlite3* db) {
+  if (auto r = schema::exec(db, kSchema); !r) {
+    return r;
+  }
+  if (!schema::hasColumn(db, "commands", "reported")) {
+    return schema::exec(db, "ALTER TABLE commands ADD COLUMN reported INTEGER NOT NULL DEFAULT 0");
+  }
+  return {};
+}
+
+constexpr schema::Migration kInboxMigrations[] = {
+    {1, "commands.reported", inboxToV1},
+};
+static_assert(std::size(kInboxMigrations) == schema::kInbox &&
+              kInboxMigrations[schema::kInbox - 1].to == schema::kInbox);
 
 std::string sqliteError(sqlite3* db, const std::string& what) {
   return "inbox " + what + ": " + (db != nullptr ? sqlite3_errmsg(db) : "out of memory");
@@ -105,6 +127,10 @@ Result<void> InboxStore::exec(const char* sql) {
 Result<std::unique_ptr<InboxStore>> InboxStore::open(const InboxOptions& options) {
   std::unique_ptr<InboxStore> s(new InboxStore(options));
   const auto file = options.dir / "inbox.db";
+  // Before SQLite opens it for writing: a file a newer omniedge made is refused unchanged.
+  if (auto r = schema::refuseNewer(file, schema::kInbox); !r) {
+    return r.error();
+  }
   if (sqlite3_open_v2(file.c_str(), &s->db_,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                       nullptr) != SQLITE_OK) {
@@ -114,8 +140,8 @@ Result<std::unique_ptr<InboxStore>> InboxStore::open(const InboxOptions& options
   if (auto r = s->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"); !r) {
     return r.error();
   }
-  if (auto r = s->exec(kSchema); !r) {
-    return r.error();
+  if (auto r = schema::upgrade(s->db_, file, {"inbox.db", kSchema, kInboxMigrations}); !r) {
+    return makeError(r.error().code, "inbox: " + r.error().message);
   }
   auto& st = *s->st_;
   const std::pair<Stmt*, const char*> statements[] = {

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "agent/api/time.h"
+#include "agent/store/schema.h"
 #include "drivers/kiosk/customer_key.h"
 
 namespace omniedge::store {
@@ -164,56 +165,22 @@ Result<std::unique_ptr<ProfileCache>> ProfileCache::open(const ProfileCacheOptio
   return c;
 }
 
-Result<void> ProfileCache::openDb() {
-  const auto file = options_.dir / "profiles.db";
-  auto fail = [&](sqlite3* db) {
-    return makeError("io", "profile cache " + file.string() + ": " +
-                               (db != nullptr ? sqlite3_errmsg(db) : "cannot open"));
-  };
-  if (sqlite3_open_v2(file.c_str(), &db_,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                      nullptr) != SQLITE_OK ||
-      // secure_delete: a consent change or an erasure must not leave the old document in
-      // free space (profiles are small and rarely rewritten, so zeroing costs little).
-      sqlite3_exec(db_,
-                   "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON;",
-                   nullptr, nullptr, nullptr) != SQLITE_OK ||
-      sqlite3_busy_timeout(db_, 5000) != SQLITE_OK ||
-      sqlite3_exec(db_, kSchema, nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return fail(db_);
-  }
-  if (auto r = migrate(); !r) {
-    return r;
-  }
-  if (sqlite3_exec(db_, kIndexes, nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return fail(db_);
-  }
-  if (sqlite3_open_v2(file.c_str(), &rdb_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) !=
-          SQLITE_OK ||
-      sqlite3_busy_timeout(rdb_, 5000) != SQLITE_OK) {
-    return fail(rdb_);
-  }
-  return prepareStatements();
-}
+namespace {
 
 // Files written before profiles were bounded hold only (id, doc, heard_ms): add the columns and
 // the key index, reading each document once.
-Result<void> ProfileCache::migrate() {
+Result<void> addBoundColumns(sqlite3* db) {
   sqlite3_stmt* probe = nullptr;
   const bool current =
-      sqlite3_prepare_v2(db_, "SELECT keys, bytes, refused, local FROM profiles LIMIT 0", -1,
-                         &probe, nullptr) == SQLITE_OK;
+      sqlite3_prepare_v2(db, "SELECT keys, bytes, refused, local FROM profiles LIMIT 0", -1, &probe,
+                         nullptr) == SQLITE_OK;
   sqlite3_finalize(probe);
   if (current) {
     return {};
   }
-  auto fail = [&] {
-    const std::string err = sqlite3_errmsg(db_);
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    return makeError("io", "profile cache: upgrading profiles.db: " + err);
-  };
-  if (sqlite3_exec(db_,
-                   "BEGIN;"
+  // Inside schema::upgrade()'s transaction, which rolls back on failure.
+  auto fail = [&] { return makeError("io", std::string("profiles: ") + sqlite3_errmsg(db)); };
+  if (sqlite3_exec(db,
                    "ALTER TABLE profiles ADD COLUMN keys TEXT NOT NULL DEFAULT '';"
                    "ALTER TABLE profiles ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;"
                    "ALTER TABLE profiles ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;"
@@ -223,7 +190,7 @@ Result<void> ProfileCache::migrate() {
   }
   std::vector<std::pair<std::string, std::string>> rows;
   sqlite3_stmt* st = nullptr;
-  if (sqlite3_prepare_v2(db_, "SELECT id, doc FROM profiles", -1, &st, nullptr) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(db, "SELECT id, doc FROM profiles", -1, &st, nullptr) != SQLITE_OK) {
     return fail();
   }
   while (sqlite3_step(st) == SQLITE_ROW) {
@@ -233,9 +200,9 @@ Result<void> ProfileCache::migrate() {
   sqlite3_stmt* update = nullptr;
   sqlite3_stmt* key = nullptr;
   bool ok =
-      sqlite3_prepare_v2(db_, "UPDATE profiles SET keys = ?, bytes = ?, refused = ? WHERE id = ?",
+      sqlite3_prepare_v2(db, "UPDATE profiles SET keys = ?, bytes = ?, refused = ? WHERE id = ?",
                          -1, &update, nullptr) == SQLITE_OK &&
-      sqlite3_prepare_v2(db_, "INSERT OR REPLACE INTO profile_keys(key, id) VALUES(?, ?)", -1, &key,
+      sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO profile_keys(key, id) VALUES(?, ?)", -1, &key,
                          nullptr) == SQLITE_OK;
   for (const auto& [id, text] : rows) {
     const json doc = json::parse(text, nullptr, false);
@@ -263,10 +230,64 @@ Result<void> ProfileCache::migrate() {
   }
   sqlite3_finalize(update);
   sqlite3_finalize(key);
-  if (!ok || sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+  if (!ok) {
     return fail();
   }
   return {};
+}
+
+// Version 0 is every profiles.db made before files carried a version: b60fe88's (id, doc,
+// heard_ms) and today's layout (4f1a2ed on), told apart by the columns there.
+Result<void> profilesToV1(sqlite3* db) {
+  if (auto r = schema::exec(db, kSchema); !r) {
+    return r;
+  }
+  if (auto r = addBoundColumns(db); !r) {
+    return r;
+  }
+  return schema::exec(db, kIndexes);
+}
+
+constexpr schema::Migration kProfilesMigrations[] = {
+    {1, "bounded cache: keys, bytes, refused, local columns and their indexes", profilesToV1},
+};
+static_assert(std::size(kProfilesMigrations) == schema::kProfiles &&
+              kProfilesMigrations[schema::kProfiles - 1].to == schema::kProfiles);
+
+}  // namespace
+
+Result<void> ProfileCache::openDb() {
+  const auto file = options_.dir / "profiles.db";
+  auto fail = [&](sqlite3* db) {
+    return makeError("io", "profile cache " + file.string() + ": " +
+                               (db != nullptr ? sqlite3_errmsg(db) : "cannot open"));
+  };
+  // Before SQLite opens it for writing: a file a newer omniedge made is refused unchanged.
+  if (auto r = schema::refuseNewer(file, schema::kProfiles); !r) {
+    return r;
+  }
+  if (sqlite3_open_v2(file.c_str(), &db_,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                      nullptr) != SQLITE_OK ||
+      // secure_delete: a consent change or an erasure must not leave the old document in
+      // free space (profiles are small and rarely rewritten, so zeroing costs little).
+      sqlite3_exec(db_,
+                   "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON;",
+                   nullptr, nullptr, nullptr) != SQLITE_OK ||
+      sqlite3_busy_timeout(db_, 5000) != SQLITE_OK) {
+    return fail(db_);
+  }
+  static const std::string kCreate = std::string(kSchema) + kIndexes;
+  if (auto r = schema::upgrade(db_, file, {"profiles.db", kCreate.c_str(), kProfilesMigrations});
+      !r) {
+    return makeError(r.error().code, "profile cache: " + r.error().message);
+  }
+  if (sqlite3_open_v2(file.c_str(), &rdb_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) !=
+          SQLITE_OK ||
+      sqlite3_busy_timeout(rdb_, 5000) != SQLITE_OK) {
+    return fail(rdb_);
+  }
+  return prepareStatements();
 }
 
 Result<void> ProfileCache::prepareStatements() {

@@ -157,7 +157,6 @@ class ProfileCache final : public IdentityResolver {
 
   explicit ProfileCache(const ProfileCacheOptions& options) : options_(options) {}
   Result<void> openDb();
-  Result<void> migrate();
   Result<void> prepareStatements();
   static void fillEntry(sqlite3_stmt* st, Entry& e);
 
