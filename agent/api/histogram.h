@@ -3,6 +3,7 @@
 
 #include <array>
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -76,7 +77,9 @@ class LatencyHistogram {
     out += "_sum";
     out += braces;
     out += ' ';
-    out += std::to_string(s.sum_seconds);
+    char sum[32];
+    const auto written = std::to_chars(sum, sum + sizeof(sum), s.sum_seconds);  // shortest form
+    out.append(sum, written.ptr);
     out += '\n';
     out += name;
     out += "_count";
