@@ -779,6 +779,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
         return h;
       },
       [self] { return self->metricsText(); });
+  parts.http->setMetrics(parts.metrics.get());
   {
     // Local triggers: the hold-out key is the tenant's when there is one, so that a customer
     // is held out of a rule in every store alike.

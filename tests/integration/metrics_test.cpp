@@ -81,8 +81,13 @@ TEST_CASE(
   const std::size_t pos_accepted = json::parse(pos_body)["ids"].size();
   REQUIRE(pos_accepted >= 2);
 
-  // Bad ones: a kiosk event for another store (refused by ingest, "invalid"), a POS sale
-  // without its lines (refused by the web hook's mapping before ingest).
+  // Bad ones, each counted once as "invalid": a kiosk event for another store (refused by
+  // ingest), a body that is not JSON (refused by the kiosk API before ingest), a POS sale
+  // without its lines (refused by the web hook's mapping).
+  {
+    const auto [status, body] = agent.post("/v1/events", "[{\"type\": \"kiosk.view\",");
+    REQUIRE(status == 400);
+  }
   {
     const auto [status, body] =
         agent.post("/v1/events",
@@ -132,14 +137,16 @@ TEST_CASE(
                     static_cast<double>(pos_accepted)),
            expectEq("omniedge_events_delivered_total", {{"channel", "other"}}, 0),
            expectEq("omniedge_events_rejected_total", {{"channel", "kiosk"}, {"reason", "invalid"}},
-                    1),
+                    2),
            expectEq("omniedge_events_rejected_total", {{"channel", "pos"}, {"reason", "invalid"}},
+                    1),
+           expectEq("omniedge_events_rejected_total", {{"channel", "kiosk"}, {"reason", "full"}},
                     0),
            expectEq("omniedge_events_dropped_total", {{"channel", "beacon"}, {"reason", "evicted"}},
                     0),
            expectEq("omniedge_http_requests_total",
                     {{"route", "/v1/pos/transactions"}, {"code", "400"}}, 1),
-           expectEq("omniedge_http_requests_total", {{"route", "/v1/events"}, {"code", "400"}}, 1),
+           expectEq("omniedge_http_requests_total", {{"route", "/v1/events"}, {"code", "400"}}, 2),
            expectEq("omniedge_buffer_pending", {{"priority", "high"}}, 0),
            expectEq("omniedge_buffer_pending_bytes", {{"priority", "high"}}, 0),
            expectEq("omniedge_buffer_oldest_pending_age_seconds", json::object(), 0, ">="),
