@@ -19,6 +19,7 @@
 #include <sstream>
 #include <thread>
 
+#include "agent/api/event_metrics.h"
 #include "agent/api/time.h"
 #include "agent/commands.h"
 #include "agent/control_socket.h"
@@ -435,6 +436,8 @@ struct Agent::Parts {
   std::atomic<bool> stopping{false};
   std::atomic<bool> running{false};  // run() started the parts
   std::atomic<int> config_version{0};
+  // Events by channel and reason, and batch latencies: counted by Ingest and both uplinks.
+  std::shared_ptr<EventMetrics> metrics = std::make_shared<EventMetrics>();
   mutable std::mutex rates_mu;
   Rate ingest_rate;    // guarded by rates_mu
   Rate delivery_rate;  // guarded by rates_mu
@@ -645,6 +648,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
 
   p->ingest = std::make_unique<Ingest>(ingestOptions(cfg), *p->buffer, *p->pii, p->clock,
                                        p->profiles.get());
+  p->ingest->setMetrics(p->metrics.get());
   if (cfg.boolean("visits.enabled")) {
     omni::VisitOptions vo;
     vo.dir = bo.dir;
@@ -741,6 +745,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
   uplink->sync.space = sync::SeqSpace{p->buffer->epoch(), p->buffer->epochStartSeq()};
   uplink->sync.claims = std::make_shared<sync::ClaimBook>();
   uplink->sync.rate = std::make_shared<sync::RateLimit>(uplink->sync.max_bytes_per_sec);
+  uplink->sync.metrics = p->metrics;
 
   std::unique_ptr<Agent> agent(new Agent(std::move(p)));
   Parts& parts = *agent->p_;
@@ -781,6 +786,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
         return h;
       },
       [self] { return self->metricsText(); });
+  parts.http->setMetrics(parts.metrics.get());
   {
     // Local triggers: the hold-out key is the tenant's when there is one, so that a customer
     // is held out of a rule in every store alike.
@@ -872,6 +878,7 @@ std::shared_ptr<sync::HttpsUplink> Agent::makeHttpsUplink(const config::Config& 
   };
   hs.cursor_file = fs::path(cfg.str("data.dir")) / "profiles.cursor";
   hs.profile_resync_after_ms = cfg.integer("sync.profile_resync_after") * 1000;
+  hs.metrics = p.metrics;
   return std::make_shared<sync::HttpsUplink>(
       *p.buffer, hs, p.claims, p.rate, [self](const std::string& payload) -> Result<void> {
         auto r = self->p_->profiles->apply(payload, self->p_->clock.nowMs());
@@ -1060,30 +1067,174 @@ nlohmann::json Agent::status() const {
   return out;
 }
 
+namespace {
+
+// A label value as the exposition format wants it: backslash, quote and newline escaped.
+std::string labelValue(std::string_view v) {
+  std::string out;
+  out.reserve(v.size());
+  for (const char c : v) {
+    if (c == '\\' || c == '"') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// The process's resident set from /proc/self/statm (pages), in bytes; -1 when unreadable.
+int64_t residentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0;
+  int64_t resident = 0;
+  if (!(statm >> size >> resident)) {
+    return -1;
+  }
+  return resident * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
+}
+
+}  // namespace
+
+// Every family is documented in docs/metrics.md: keep the two in step.
 std::string Agent::metricsText() const {
   const auto s = p_->buffer->stats();
   const auto u = p_->sync->status();
+  const EventMetrics& em = *p_->metrics;
+  const int64_t now = p_->clock.nowMs();
   std::string m;
-  auto line = [&m](const char* name, const char* type, const char* help, auto value,
-                   const std::string& labels = "") {
-    m += fmt::format("# HELP {} {}\n# TYPE {} {}\n{}{} {}\n", name, help, name, type, name, labels,
-                     value);
+  m.reserve(16 * 1024);
+  auto family = [&m](std::string_view name, std::string_view type, std::string_view help) {
+    m += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
   };
+  auto sample = [&m](std::string_view name, const std::string& labels, auto value) {
+    m += fmt::format("{}{} {}\n", name, labels.empty() ? labels : "{" + labels + "}", value);
+  };
+  auto line = [&](const char* name, const char* type, const char* help, auto value,
+                  const std::string& labels = "") {
+    family(name, type, help);
+    sample(name, labels, value);
+  };
+
+  // Events through the pipeline, by channel (the first part of the type, a fixed set).
+  family("omniedge_events_ingested_total", "counter",
+         "Events accepted into the buffer (stored, or already there), by channel.");
+  for (std::size_t c = 0; c < kChannelCount; ++c) {
+    sample("omniedge_events_ingested_total", fmt::format("channel=\"{}\"", kChannelNames[c]),
+           em.ingestedCount(static_cast<Channel>(c)));
+  }
+  family("omniedge_events_delivered_total", "counter",
+         "Events in batches the centre acknowledged (MQTT PUBACK, HTTPS 2xx), by channel; a "
+         "batch sent again after a lost connection counts again.");
+  for (std::size_t c = 0; c < kChannelCount; ++c) {
+    sample("omniedge_events_delivered_total", fmt::format("channel=\"{}\"", kChannelNames[c]),
+           em.deliveredCount(static_cast<Channel>(c)));
+  }
+  family("omniedge_events_rejected_total", "counter",
+         "Events refused at ingest, by channel and reason (invalid, too_large, full, stopping, "
+         "io, other); a request refused as a whole counts each of its events.");
+  for (std::size_t c = 0; c < kChannelCount; ++c) {
+    for (std::size_t r = 0; r < kRejectReasonCount; ++r) {
+      sample("omniedge_events_rejected_total",
+             fmt::format("channel=\"{}\",reason=\"{}\"", kChannelNames[c], kRejectReasonNames[r]),
+             em.rejectedCount(static_cast<Channel>(c), static_cast<RejectReason>(r)));
+    }
+  }
+  family("omniedge_events_dropped_total", "counter",
+         "Events dropped on purpose, by channel and reason: consent (the customer refused "
+         "tracking), evicted (low priority, to make room when the buffer is full).");
+  for (std::size_t c = 0; c < kChannelCount; ++c) {
+    const auto channel = static_cast<Channel>(c);
+    sample("omniedge_events_dropped_total",
+           fmt::format("channel=\"{}\",reason=\"consent\"", kChannelNames[c]),
+           em.consentDroppedCount(channel));
+    // Only Priority::kLow is ever evicted, and beacon.* is the only low-priority channel.
+    sample("omniedge_events_dropped_total",
+           fmt::format("channel=\"{}\",reason=\"evicted\"", kChannelNames[c]),
+           channel == Channel::kBeacon ? s.evicted : 0);
+  }
   line("omniedge_events_appended_total", "counter", "Events stored in the buffer.", s.appended);
   line("omniedge_events_duplicate_total", "counter", "Events ignored as already buffered.",
        s.duplicates);
-  line("omniedge_events_delivered_total", "counter", "Events acknowledged by the centre.",
-       s.acknowledged);
   line("omniedge_events_evicted_total", "counter", "Low-priority events evicted when full.",
        s.evicted);
   line("omniedge_appends_rejected_full_total", "counter", "Appends pushed back: buffer full.",
        s.rejected_full);
-  m += "# HELP omniedge_buffer_pending Events waiting for delivery.\n"
-       "# TYPE omniedge_buffer_pending gauge\n";
-  m += fmt::format("omniedge_buffer_pending{{priority=\"high\"}} {}\n", s.pending[0]);
-  m += fmt::format("omniedge_buffer_pending{{priority=\"normal\"}} {}\n", s.pending[1]);
-  m += fmt::format("omniedge_buffer_pending{{priority=\"low\"}} {}\n", s.pending[2]);
+
+  // The queue.
+  static constexpr std::array<const char*, 3> kPriorities = {"high", "normal", "low"};
+  family("omniedge_buffer_pending", "gauge", "Events waiting for delivery, by priority.");
+  for (std::size_t p = 0; p < 3; ++p) {
+    sample("omniedge_buffer_pending", fmt::format("priority=\"{}\"", kPriorities[p]), s.pending[p]);
+  }
+  family("omniedge_buffer_pending_bytes", "gauge",
+         "Bytes of the events waiting for delivery, by priority.");
+  for (std::size_t p = 0; p < 3; ++p) {
+    sample("omniedge_buffer_pending_bytes", fmt::format("priority=\"{}\"", kPriorities[p]),
+           s.pending_bytes_by_priority[p]);
+  }
+  line("omniedge_buffer_oldest_pending_age_seconds", "gauge",
+       "Age of the oldest event waiting for delivery (since it was received); 0 when none.",
+       s.oldest_pending_ms > 0
+           ? static_cast<double>(std::max<int64_t>(0, now - s.oldest_pending_ms)) / 1000.0
+           : 0.0);
   line("omniedge_buffer_bytes", "gauge", "Bytes the pending events occupy.", s.used_bytes);
+  line("omniedge_buffer_cap_bytes", "gauge", "What the buffer may grow to now.", s.cap_bytes);
+  line("omniedge_buffer_file_bytes", "gauge", "Size of buffer.db.", s.file_bytes);
+  line("omniedge_buffer_wal_bytes", "gauge", "Size of buffer.db-wal.", s.wal_bytes);
+  line("omniedge_buffer_io_errors_total", "counter",
+       "Buffer transactions rolled back on an I/O error or a full disk.", s.io_errors);
+  {
+    struct statvfs vfs {};
+    const std::string dir = p_->cfg.str("data.dir");
+    if (statvfs(dir.c_str(), &vfs) == 0) {
+      line("omniedge_data_dir_free_bytes", "gauge",
+           "Bytes free for the agent on the data dir's filesystem.",
+           static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize));
+    }
+  }
+  if (const int64_t rss = residentBytes(); rss >= 0) {
+    line("omniedge_process_resident_memory_bytes", "gauge", "Resident memory of the agent.", rss);
+  }
+  line("omniedge_config_version", "gauge",
+       "Version of the remote configuration in force (0: none applied).",
+       p_->config_version.load());
+
+  // The uplinks.
+  const auto https = this->https();
+  std::optional<sync::HttpsStatus> h;
+  if (https) {
+    h = https->status();
+  }
+  const auto https_up = [](const sync::HttpsStatus& st) {
+    return st.state == "backoff" || st.state == "unavailable" || st.state == "stopped" ? 0 : 1;
+  };
+  family("omniedge_uplink_connected", "gauge",
+         "1 while the uplink can deliver (MQTT connected; HTTPS not backing off), with the node "
+         "in use (or tried last).");
+  sample("omniedge_uplink_connected", fmt::format("link=\"mqtt\",node=\"{}\"", labelValue(u.url)),
+         u.connected ? 1 : 0);
+  if (h) {
+    sample("omniedge_uplink_connected",
+           fmt::format("link=\"https\",node=\"{}\"", labelValue(h->base_url)), https_up(*h));
+  }
+  family("omniedge_uplink_reconnects_total", "counter",
+         "MQTT: successful connects after the first; HTTPS: deliveries right after a failure.");
+  sample("omniedge_uplink_reconnects_total", "link=\"mqtt\"", u.reconnects);
+  if (h) {
+    sample("omniedge_uplink_reconnects_total", "link=\"https\"", h->recoveries);
+  }
+  family("omniedge_uplink_batch_latency_seconds", "histogram",
+         "Time from publishing a batch to its PUBACK (MQTT) or from a batch request to its 2xx "
+         "(HTTPS).");
+  for (std::size_t l = 0; l < kLinkCount; ++l) {
+    em.batchLatency(static_cast<Link>(l))
+        .appendSamples(m, "omniedge_uplink_batch_latency_seconds",
+                       fmt::format("link=\"{}\"", kLinkNames[l]));
+  }
   line("omniedge_mqtt_connected", "gauge", "1 while the uplink is connected.", u.connected ? 1 : 0);
   line("omniedge_mqtt_batches_sent_total", "counter", "Batches published.", u.batches_sent);
   line("omniedge_mqtt_reconnects_total", "counter", "Uplink reconnects.", u.reconnects);
@@ -1101,32 +1252,67 @@ std::string Agent::metricsText() const {
   line("omniedge_mqtt_events_quarantined_total", "counter",
        "Events the uplink moved to the quarantine (the broker will never take them).",
        u.events_quarantined);
-  if (const auto https = this->https()) {
-    const auto h = https->status();
+  if (h) {
     line("omniedge_https_up", "gauge",
-         "1 while the HTTPS uplink is usable (not backing off, libcurl loaded).",
-         h.state == "backoff" || h.state == "unavailable" || h.state == "stopped" ? 0 : 1);
+         "1 while the HTTPS uplink is usable (not backing off, libcurl loaded).", https_up(*h));
     line("omniedge_https_backfilling", "gauge",
          "1 while HTTPS sends batches (backfill or MQTT failover).",
-         h.state == "backfill" || h.state == "failover" ? 1 : 0);
-    line("omniedge_https_requests_total", "counter", "Batch POSTs made over HTTPS.", h.requests);
+         h->state == "backfill" || h->state == "failover" ? 1 : 0);
+    line("omniedge_https_requests_total", "counter", "Batch POSTs made over HTTPS.", h->requests);
     line("omniedge_https_batches_total", "counter", "Batches delivered over HTTPS (2xx or 409).",
-         h.batches);
+         h->batches);
     line("omniedge_https_events_total", "counter", "Events in batches delivered over HTTPS.",
-         h.events);
+         h->events);
     line("omniedge_https_bytes_sent_total", "counter", "Batch bodies sent over HTTPS (gzip).",
-         h.bytes_sent);
+         h->bytes_sent);
     line("omniedge_https_batches_refused_total", "counter",
-         "HTTPS batches answered with a 4xx about the batch.", h.batches_refused);
+         "HTTPS batches answered with a 4xx about the batch.", h->batches_refused);
     line("omniedge_https_events_quarantined_total", "counter",
-         "Events moved to the quarantine after an HTTPS 4xx.", h.quarantined);
+         "Events moved to the quarantine after an HTTPS 4xx.", h->quarantined);
     line("omniedge_https_last_status_code", "gauge", "Status of the latest HTTPS answer.",
-         h.last_status_code);
+         h->last_status_code);
     line("omniedge_https_profile_pages_total", "counter", "Profile snapshot pages fetched.",
-         h.profile_pages);
+         h->profile_pages);
   }
   line("omniedge_quarantine_events", "gauge", "Events in the quarantine table.",
        s.quarantine_events);
+  line("omniedge_quarantine_bytes", "gauge", "Bytes of the events in the quarantine table.",
+       s.quarantine_bytes);
+
+  // The drivers: the kiosk API (this listener) and one runner per configured source.
+  {
+    std::vector<nlohmann::json> drivers;
+    {
+      std::lock_guard lock(p_->sources_mu);
+      for (const auto& source : p_->sources) {
+        drivers.push_back(source->state());
+      }
+    }
+    static constexpr std::array<const char*, 3> kStates = {"running", "failing", "stopped"};
+    family("omniedge_driver_state", "gauge",
+           "1 for the state each driver is in (running, failing, stopped), 0 for the others.");
+    for (const char* state : kStates) {
+      sample("omniedge_driver_state", fmt::format("driver=\"kiosk-http\",state=\"{}\"", state),
+             std::string_view(state) == "running" ? 1 : 0);
+    }
+    for (const auto& d : drivers) {
+      const std::string name = labelValue(d.value("name", std::string()));
+      const std::string now_state = d.value("state", std::string());
+      for (const char* state : kStates) {
+        sample("omniedge_driver_state", fmt::format("driver=\"{}\",state=\"{}\"", name, state),
+               now_state == state ? 1 : 0);
+      }
+    }
+    family("omniedge_driver_errors_total", "counter",
+           "Failed polls plus inputs the driver refused (a POS file moved to rejected/, a "
+           "malformed gateway message); the kiosk API's refusals are "
+           "omniedge_http_requests_total.");
+    for (const auto& d : drivers) {
+      sample("omniedge_driver_errors_total",
+             fmt::format("driver=\"{}\"", labelValue(d.value("name", std::string()))),
+             d.value("errors", uint64_t{0}));
+    }
+  }
   {
     const auto t = p_->triggers->stats();
     m += "# HELP omniedge_triggers_total Trigger evaluations by outcome (docs/omnichannel.md).\n"

@@ -309,6 +309,7 @@ bool HttpsUplink::post(int64_t first, std::vector<PendingEvent>& events, std::st
     ++status_.requests;
     status_.bytes_sent += batch->payload.size();
   }
+  const auto sent_at = std::chrono::steady_clock::now();
   auto answer = client_->post(events_path_, batch->payload, "gzip", stop);
   if (!answer) {
     claims_->release(Uplink::kHttps, first);
@@ -325,6 +326,15 @@ bool HttpsUplink::post(int64_t first, std::vector<PendingEvent>& events, std::st
   const std::string url = options_.client.base_url + events_path_;
   switch (classify(answer->status)) {
     case Answer::kDelivered:
+      if (options_.metrics) {
+        ChannelTally channels;
+        for (const PendingEvent& e : events) {
+          channels.add(channelOfBody(e.body));
+        }
+        options_.metrics->delivered(channels);
+        options_.metrics->batchLatency(Link::kHttps)
+            .observe(std::chrono::steady_clock::now() - sent_at);
+      }
       onDelivered(last, count, answer->status);  // status first: it is what tests read
       outbox_.acknowledge(first, last);
       claims_->done(Uplink::kHttps, first);
@@ -369,6 +379,9 @@ void HttpsUplink::onDelivered(int64_t last, std::size_t count,
     ++status_.batches_conflict;
   }
   if (!status_.last_error.empty()) {
+    if (!status_.last_error_resolved) {
+      ++status_.recoveries;
+    }
     status_.last_error_resolved = true;
   }
 }

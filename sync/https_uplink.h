@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include "agent/api/event_metrics.h"
 #include "agent/api/outbox.h"
 #include "agent/api/result.h"
 #include "sync/batch.h"
@@ -46,6 +47,9 @@ struct HttpsOptions {
   /// A disconnection of MQTT at least this long asks for the pages changed since the cursor
   /// once it is back (and, while MQTT stays down, they are asked for this often).
   int64_t profile_resync_after_ms = 3600'000;
+  /// Where delivered events (by channel) and the request → 2xx latency are counted; null:
+  /// nowhere.
+  std::shared_ptr<EventMetrics> metrics;
 };
 
 /// A profile page turned into an R/profiles message (`{"upserts": […], "deletes": […],
@@ -71,6 +75,7 @@ struct HttpsStatus {
   uint64_t batches_conflict = 0;  // of which 409: the centre had every event already
   uint64_t events = 0;            // events in delivered batches
   uint64_t bytes_sent = 0;        // request bodies (gzip)
+  uint64_t recoveries = 0;        // batches delivered right after a failed request
   uint64_t batches_refused = 0;   // 4xx about the batch: quarantined
   uint64_t quarantined = 0;       // events moved to the quarantine after a 4xx
   int64_t floor_seq = 0;          // backfill: HTTPS takes seqs up to this, MQTT those above

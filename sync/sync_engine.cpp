@@ -453,6 +453,7 @@ void SyncEngine::applyReconfigure(bool& back_off) {
   options.space = options_.space;
   options.claims = claims_;
   options.rate = rate_;
+  options.metrics = options_.metrics;
   options_ = std::move(options);
   generation_ = generation;
   if (reconnect) {
@@ -596,6 +597,10 @@ void SyncEngine::handleDeliveries() {
       outbox_.acknowledge(batch.first_seq, batch.last_seq);
       ++acked;
       delivered += batch.count;
+      if (options_.metrics) {
+        options_.metrics->delivered(batch.channels);
+        options_.metrics->batchLatency(Link::kMqtt).observe(steady_clock::now() - batch.sent_at);
+      }
       onAcked(batch, d.tag, current);
     } else if (current && failure.empty()) {
       if (isEventRefusal(d.reason_code)) {
@@ -928,8 +933,14 @@ bool SyncEngine::sendNextBatch() {
     }
     const uint64_t tag = next_tag_++;
     const std::size_t bytes = batch->payload.size();
-    sent_[tag] =
-        InFlight{batch->first_seq, batch->last_seq, batch->count, connection_, steady_clock::now()};
+    ChannelTally channels;
+    if (options_.metrics) {
+      for (const PendingEvent& e : *events) {
+        channels.add(channelOfBody(e.body));
+      }
+    }
+    sent_[tag] = InFlight{batch->first_seq, batch->last_seq,     batch->count,
+                          connection_,      steady_clock::now(), channels};
     if (batch->last_seq < grant.last) {
       // Cut to fit the packet: the rest of the claim is free again.
       claims_->shrink(Uplink::kMqtt, first, batch->last_seq);

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "agent/api/event_metrics.h"
 #include "agent/api/inbox.h"
 #include "agent/api/outbox.h"
 #include "sync/batch.h"
@@ -52,6 +53,9 @@ struct SyncOptions {
   std::vector<std::string> inbound;
   /// Bound on inbound messages kept in memory when the inbox refuses them (sync.inbound_max_bytes).
   std::size_t inbound_max_bytes = 16u << 20;
+  /// Where delivered events (by channel) and the publish → PUBACK latency are counted; null:
+  /// nowhere. Taken at construction only (reconfigure() keeps the engine's).
+  std::shared_ptr<EventMetrics> metrics;
 };
 
 /// A message from the centre, with its full topic. Called on the sync thread, in arrival order
@@ -186,6 +190,7 @@ class SyncEngine {
     std::size_t count = 0;
     uint64_t connection = 0;  // which connection published it
     std::chrono::steady_clock::time_point sent_at;
+    ChannelTally channels;  // its events by channel, for EventMetrics on its PUBACK
   };
   struct Outgoing {
     MqttMessage message;

@@ -300,21 +300,40 @@ Result<AppendOutcome> Ingest::validateAndAppend(std::vector<Event> events, bool 
   std::vector<const Event*> kept;  // for the observers
   AppendOutcome outcome;
   outcome.ids.reserve(events.size());
+  // Counted here, at the cause, per channel: plain adds into `tally`, then one relaxed atomic
+  // add per channel present (EventMetrics), never a lock or an allocation per event.
+  ChannelTally tally;
   for (std::size_t i = 0; i < events.size(); ++i) {
     auto prepared = prepare(events[i], i, now);
     if (!prepared) {
+      const Channel channel = channelOf(events[i].type);
       if (prepared.error().code == "consent") {
         outcome.ids.push_back(events[i].id);  // acknowledged, deliberately not kept
         ++outcome.consent_dropped;
+        if (metrics_ != nullptr) {
+          metrics_->consentDropped(channel);
+        }
         continue;
       }
       if (!skip_invalid) {
+        // All or nothing: the whole request is refused for this event's reason.
+        if (metrics_ != nullptr) {
+          ChannelTally all;
+          for (const Event& e : events) {
+            all.add(channelOf(e.type));
+          }
+          metrics_->rejected(all, rejectReasonOf(prepared.error().code));
+        }
         return prepared.error();
+      }
+      if (metrics_ != nullptr) {
+        metrics_->rejected(channel, rejectReasonOf(prepared.error().code));
       }
       outcome.ids.emplace_back();
       outcome.rejected.push_back(Rejection{i, prepared.error()});
       continue;
     }
+    tally.add(channelOf(prepared->type));
     outcome.ids.push_back(prepared->id);
     stored.push_back(std::move(*prepared));
     if (!observers_.empty()) {
@@ -326,7 +345,13 @@ Result<AppendOutcome> Ingest::validateAndAppend(std::vector<Event> events, bool 
   }
   auto counts = buffer_.append(std::move(stored));
   if (!counts) {
+    if (metrics_ != nullptr) {
+      metrics_->rejected(tally, rejectReasonOf(counts.error().code));
+    }
     return counts.error();
+  }
+  if (metrics_ != nullptr) {
+    metrics_->ingested(tally);  // stored or already there (duplicates): accepted either way
   }
   outcome.stored = counts->stored;
   outcome.duplicates = counts->duplicates;

@@ -9,6 +9,7 @@
 
 #include "agent/api/clock.h"
 #include "agent/api/event_hooks.h"
+#include "agent/api/event_metrics.h"
 #include "agent/api/event_writer.h"
 #include "agent/api/identity_resolver.h"
 #include "agent/ingest/pii.h"
@@ -47,6 +48,9 @@ class Ingest final : public EventWriter {
   void setRefusalDrop(std::function<bool(std::string_view type)> drop) {
     refusal_drop_ = std::move(drop);
   }
+  /// Where events accepted, refused and dropped are counted by channel (null: nowhere).
+  /// Thread: the owner, before any producer starts; it must outlive the Ingest.
+  void setMetrics(EventMetrics* metrics) { metrics_ = metrics; }
 
  private:
   Result<AppendOutcome> validateAndAppend(std::vector<Event> events, bool skip_invalid);
@@ -59,6 +63,7 @@ class Ingest final : public EventWriter {
   const EventEnricher* enricher_ = nullptr;
   std::vector<EventObserver*> observers_;
   std::function<bool(std::string_view type)> refusal_drop_;
+  EventMetrics* metrics_ = nullptr;
 };
 
 /// The envelope of contract §3 as compact JSON. Thread: any.

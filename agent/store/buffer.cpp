@@ -1607,6 +1607,7 @@ void Buffer::refreshStatsLocked() {
   stats_.pending_bytes = 0;
   for (int p = 0; p < 3; ++p) {
     stats_.pending[p] = s.committed.events[p];
+    stats_.pending_bytes_by_priority[p] = s.committed.bytes[p];
     stats_.pending_bytes += s.committed.bytes[p];
   }
   stats_.oldest_pending_ms = 0;

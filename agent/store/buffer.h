@@ -113,6 +113,7 @@ struct RecentEvent {
 struct BufferStats {
   int64_t pending[3] = {0, 0, 0};  // by Priority
   int64_t pending_bytes = 0;
+  int64_t pending_bytes_by_priority[3] = {0, 0, 0};  // the same, by Priority
   int64_t oldest_pending_ms = 0;  // received_at of the oldest pending event, 0 when none
   int64_t last_seq = 0;
   int64_t used_bytes = 0;      // pages holding data

@@ -708,11 +708,19 @@ unsigned HttpApi::channelsOf(int caller) const {
                                                                           : kKiosk;
 }
 
+void HttpApi::countRefused(Channel channel, std::string_view code) {
+  if (event_metrics_ != nullptr) {
+    event_metrics_->rejected(
+        channel, code == "invalid_json" ? RejectReason::kInvalid : rejectReasonOf(code));
+  }
+}
+
 void HttpApi::handleEvents(HttpResponse& res, std::string body, unsigned channels) {
   bool was_array = false;
   auto events = parseEvents(body, options_.max_events_per_request, &was_array);
   if (!events) {
     const Error& e = events.error();
+    countRefused(Channel::kKiosk, e.code);
     if (e.code == "too_large") {
       sendError(res, 413, e.code, e.message, e.field);
     } else if (was_array) {
@@ -752,6 +760,7 @@ void HttpApi::handleEvents(HttpResponse& res, std::string body, unsigned channel
       message += "'" + std::string(channel) + "' is not a channel (kiosk, pos, beacon, agent)";
     }
     message += "; this caller may write " + channelList(channels);
+    countRefused(Channel::kKiosk, "invalid");
     if (was_array) {
       sendError(res, 400, "channel_not_allowed", message, field);
     } else {
@@ -777,6 +786,7 @@ void HttpApi::handlePosTransactions(HttpResponse& res, std::string body) {
   if (parsed.error) {
     const pos::ParseError& e = *parsed.error;
     const std::string code = e.code == "empty" ? "invalid" : e.code;
+    countRefused(Channel::kPos, code);
     std::string message = e.reason;
     if (e.line > 0) {
       message += " (line " + std::to_string(e.line) + ")";

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "agent/api/event.h"
+#include "agent/api/event_metrics.h"
 #include "agent/api/event_writer.h"
 #include "agent/api/result.h"
 #include "drivers/kiosk/http_server.h"
@@ -129,6 +130,12 @@ class HttpApi {
   /// Thread: any. Blocks only on a short internal lock. Never fails.
   std::string metricsText() const;
 
+  /// Where requests refused before they reach the writer (unparsable JSON, a POS sale that
+  /// cannot be mapped, a channel the caller may not write) are counted as rejected events (one
+  /// per request: their events cannot be told apart); the writer counts its own refusals.
+  /// Null: nowhere. Thread: the owner, before start(); `metrics` must outlive this object.
+  void setMetrics(EventMetrics* metrics) { event_metrics_ = metrics; }
+
   /// Sends `json` (one JSON object) as `event: engagement` to every stream whose filter takes
   /// `zone` (a stream without a zone filter takes every engagement; "" is no zone).
   /// Thread: any. Never blocks on the network (a slow client loses its oldest frames).
@@ -178,6 +185,8 @@ class HttpApi {
   void recordFailure(const AddrKey& key, std::chrono::steady_clock::time_point now);
   unsigned channelsOf(int caller) const;
   void handleEvents(HttpResponse& res, std::string body, unsigned channels);
+  // A request refused before the writer saw it, counted in event_metrics_ (if any).
+  void countRefused(Channel channel, std::string_view code);
   void handlePosTransactions(HttpResponse& res, std::string body);
   // Appends `events` and answers 202 with their ids, or the writer's error.
   void answerAppend(HttpResponse& res, std::vector<Event> events, bool was_array);
@@ -197,6 +206,7 @@ class HttpApi {
   const std::function<HealthReport()> health_;
   const std::function<std::string()> metrics_;
   std::vector<unsigned> token_channels_;  // by token index
+  EventMetrics* event_metrics_ = nullptr;
 
   // Set and cleared by start()/stop() on the owner's thread; read by metricsText() from any.
   // Never held while the server stops: a worker answering GET /metrics may need it.
