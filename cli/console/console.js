@@ -1,5 +1,5 @@
 // The omniedge web console: fills /console from the agent's own JSON and event stream.
-// Everything shown goes through textContent (never innerHTML): an event's text stays text.
+// Everything shown goes through textContent, never parsed as markup: an event's text stays text.
 'use strict';
 
 (function () {
