@@ -10,11 +10,11 @@
 namespace omniedge {
 
 struct HistorySample {
-  int64_t at_ms = 0;       // wall clock (ms since the epoch) when it was taken
-  int64_t ingested = 0;    // events stored in the buffer since start (a total)
-  int64_t delivered = 0;   // events the centre acknowledged since start (a total)
-  int64_t queue = 0;       // events pending now
-  int64_t queue_bytes = 0; // their bytes
+  int64_t at_ms = 0;        // wall clock (ms since the epoch) when it was taken
+  int64_t ingested = 0;     // events stored in the buffer since start (a total)
+  int64_t delivered = 0;    // events the centre acknowledged since start (a total)
+  int64_t queue = 0;        // events pending now
+  int64_t queue_bytes = 0;  // their bytes
 };
 
 /// A ring of at most `capacity` samples taken every `interval_ms` (the oldest leave first):

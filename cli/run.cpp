@@ -62,12 +62,11 @@ int runDaemon(const CommandSpec& spec, const Invocation& inv) {
   console::ConsoleOptions co;
   co.max_streams = static_cast<std::size_t>(loaded->cfg.integer("console.max_streams"));
   auto web = std::make_unique<console::Console>(
-      console::ConsoleSources{
-          [a = daemon.get()] { return a->status(); },
-          [a = daemon.get()] { return a->history(); },
-          [a = daemon.get()](int64_t after, std::size_t limit) {
-            return a->recentEvents(after, limit);
-          }},
+      console::ConsoleSources{[a = daemon.get()] { return a->status(); },
+                              [a = daemon.get()] { return a->history(); },
+                              [a = daemon.get()](int64_t after, std::size_t limit) {
+                                return a->recentEvents(after, limit);
+                              }},
       co);
   if (auto r = daemon->mountHttp("/console", web->handler()); !r) {
     spdlog::critical("web console: {}", r.error().message);

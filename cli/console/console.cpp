@@ -39,7 +39,9 @@ void refuse(kiosk::HttpResponse& res, int status, const std::string& code,
          "application/json");
 }
 
-std::string dumpJson(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dumpJson(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 // One server-sent event; JSON dumped without indent holds no line break.
 std::string frame(const store::RecentEvent& e) {
@@ -99,8 +101,8 @@ void Console::handle(const kiosk::HttpRequest& req, kiosk::HttpResponse& res) {
 }
 
 void Console::openEvents(kiosk::HttpResponse& res) {
-  auto stream = std::make_shared<kiosk::HttpStream>(options_.stream_max_queued_bytes,
-                                                    ": ping\n\n", options_.heartbeat);
+  auto stream = std::make_shared<kiosk::HttpStream>(options_.stream_max_queued_bytes, ": ping\n\n",
+                                                    options_.heartbeat);
   // The newest few at once, so that the page is not empty until the next event.
   const auto first = sources_.recent(0, options_.first_events);
   std::string body = "retry: 3000\n\n";

@@ -39,12 +39,12 @@ struct ConsoleSources {
 };
 
 struct ConsoleOptions {
-  std::size_t max_streams = 8;                       // console.max_streams: more get 503
-  std::size_t stream_max_queued_bytes = 64 * 1024;   // per page; oldest frames dropped beyond
-  std::chrono::milliseconds heartbeat{15000};        // a comment line when nothing happens
-  std::chrono::milliseconds poll{500};               // how often the ring is looked at
-  std::size_t first_events = 50;                     // sent when a page opens its stream
-  std::size_t max_events_per_poll = 200;             // newer ones win when more arrived
+  std::size_t max_streams = 8;                      // console.max_streams: more get 503
+  std::size_t stream_max_queued_bytes = 64 * 1024;  // per page; oldest frames dropped beyond
+  std::chrono::milliseconds heartbeat{15000};       // a comment line when nothing happens
+  std::chrono::milliseconds poll{500};              // how often the ring is looked at
+  std::size_t first_events = 50;                    // sent when a page opens its stream
+  std::size_t max_events_per_poll = 200;            // newer ones win when more arrived
 };
 
 /// What the console's live list shows of an event: its envelope's seq, id, type, source and

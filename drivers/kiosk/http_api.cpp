@@ -718,8 +718,7 @@ void HttpApi::onError(const HttpRequest* req, int status, std::string_view messa
                status);
 }
 
-std::optional<int> HttpApi::authenticate(const HttpRequest& req, HttpResponse& res,
-                                         bool browser) {
+std::optional<int> HttpApi::authenticate(const HttpRequest& req, HttpResponse& res, bool browser) {
   if (options_.tokens.empty()) {
     return -1;
   }
@@ -752,8 +751,8 @@ std::optional<int> HttpApi::authenticate(const HttpRequest& req, HttpResponse& r
     return std::nullopt;
   }
   recordFailure(key, now);
-  res.set_header("WWW-Authenticate", browser ? "Basic realm=\"omniedge\", charset=\"UTF-8\""
-                                             : "Bearer");
+  res.set_header("WWW-Authenticate",
+                 browser ? "Basic realm=\"omniedge\", charset=\"UTF-8\"" : "Bearer");
   sendError(res, 401, "unauthorized",
             presented.empty() ? "an Authorization: Bearer token is required"
                               : "the bearer token is not valid");

@@ -37,8 +37,12 @@ struct Fake {
        R"("customer":{"loyalty_id":"LOY-SECRET-1","email_sha256":"ab12"},"data":{"name":"Jane"}})"}};
 
   ConsoleSources sources() {
-    return {[] { return json{{"store_id", "store-7"}, {"queue", {{"pending", 3}}}}; },
-            [] { return json{{"interval_s", 10}}; },
+    return {[] {
+              return json{{"store_id", "store-7"}, {"queue", {{"pending", 3}}}};
+            },
+            [] {
+              return json{{"interval_s", 10}};
+            },
             [this](int64_t after, std::size_t limit) {
               std::vector<store::RecentEvent> out;
               for (const auto& e : ring) {
@@ -54,8 +58,7 @@ struct Fake {
   }
 };
 
-TEST_CASE("the console's event list shows no customer identifier and no data",
-          "[unit][console]") {
+TEST_CASE("the console's event list shows no customer identifier and no data", "[unit][console]") {
   Fake fake;
   const json summary = json::parse(eventSummary(fake.ring[1]));
   CHECK(summary == json{{"seq", 2},
@@ -65,8 +68,7 @@ TEST_CASE("the console's event list shows no customer identifier and no data",
                         {"occurred_at", "2026-12-02T05:00:00.000Z"},
                         {"customer", true}});
   CHECK(eventSummary(fake.ring[1]).find("LOY-SECRET-1") == std::string::npos);
-  CHECK(json::parse(eventSummary({3, "x.y", "not json"})) ==
-        json{{"seq", 3}, {"type", "x.y"}});
+  CHECK(json::parse(eventSummary({3, "x.y", "not json"})) == json{{"seq", 3}, {"type", "x.y"}});
 }
 
 TEST_CASE("the console serves its page with a strict policy and the agent's own status",

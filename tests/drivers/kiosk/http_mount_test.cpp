@@ -21,7 +21,10 @@ struct Mounted {
     options.host = "127.0.0.1";
     options.port = 0;
     api = std::make_unique<HttpApi>(
-        std::move(options), writer, [] { return HealthReport{true, {}, false}; },
+        std::move(options), writer,
+        [] {
+          return HealthReport{true, {}, false};
+        },
         [this] { return api->metricsText(); });
     auto mounted = api->mount("/console", [this](const HttpRequest& req, HttpResponse& res) {
       ++calls;
