@@ -441,6 +441,8 @@ struct Agent::Parts {
   mutable std::mutex rates_mu;
   Rate ingest_rate;    // guarded by rates_mu
   Rate delivery_rate;  // guarded by rates_mu
+  // The web console's plots: totals and queue depth every console.sample_interval.
+  std::unique_ptr<History> history;
   uint64_t dropped_reported = 0;
 
   // Remote config, commands and profiles from the centre (see the section at the end).
@@ -718,6 +720,7 @@ Result<std::unique_ptr<Agent>> Agent::create(const config::Config& local_cfg) {
     return cart->dump();
   };
   p->http_listen = cfg.str("http.listen");
+  p->history = std::make_unique<History>(cfg.integer("console.sample_interval") * 1000);
   if (!cfg.str("http.tokens_file").empty()) {
     auto tokens = readTokens(cfg.str("http.tokens_file"));
     if (!tokens) {
@@ -1065,6 +1068,37 @@ nlohmann::json Agent::status() const {
   };
   addRemoteStatus(out);
   return out;
+}
+
+nlohmann::json Agent::history() const {
+  nlohmann::json at = nlohmann::json::array();
+  nlohmann::json ingested = nlohmann::json::array();
+  nlohmann::json delivered = nlohmann::json::array();
+  nlohmann::json queue = nlohmann::json::array();
+  nlohmann::json queue_bytes = nlohmann::json::array();
+  for (const HistorySample& h : p_->history->samples()) {
+    at.push_back(h.at_ms);
+    ingested.push_back(h.ingested);
+    delivered.push_back(h.delivered);
+    queue.push_back(h.queue);
+    queue_bytes.push_back(h.queue_bytes);
+  }
+  return {{"interval_s", p_->history->intervalMs() / 1000},
+          {"capacity", p_->history->capacity()},
+          {"samples",
+           {{"at_ms", std::move(at)},
+            {"ingested", std::move(ingested)},
+            {"delivered", std::move(delivered)},
+            {"queue", std::move(queue)},
+            {"queue_bytes", std::move(queue_bytes)}}}};
+}
+
+std::vector<store::RecentEvent> Agent::recentEvents(int64_t after_seq, std::size_t limit) const {
+  return p_->buffer->recent(after_seq, limit);
+}
+
+Result<void> Agent::mountHttp(std::string prefix, kiosk::GetHandler handler) {
+  return p_->http->mount(std::move(prefix), std::move(handler));
 }
 
 namespace {
@@ -1496,6 +1530,8 @@ void Agent::housekeeping() {
     p_->ingest_rate.sample(now, s.appended);
     p_->delivery_rate.sample(now, s.acknowledged);
   }
+  p_->history->offer({now, static_cast<int64_t>(s.appended), static_cast<int64_t>(s.acknowledged),
+                      s.pending[0] + s.pending[1] + s.pending[2], s.pending_bytes});
   // Every eviction and quarantine is reported upstream with the seqs it took, so the centre can
   // tell them from a loss: nothing is dropped silently.
   const std::string& epoch = p_->buffer->epoch();

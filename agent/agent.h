@@ -14,10 +14,12 @@
 #include "agent/api/personal_data.h"
 #include "agent/api/result.h"
 #include "agent/config.h"
+#include "agent/history.h"
 #include "agent/ingest/ingest.h"
 #include "agent/ingest/pii.h"
 #include "agent/store/buffer.h"
 #include "agent/store/profile_cache.h"
+#include "drivers/kiosk/http_api.h"
 
 namespace omniedge {
 namespace sync {
@@ -56,6 +58,23 @@ class Agent {
 
   /// The document `omniedge status --json` prints. Thread: any.
   nlohmann::json status() const;
+
+  /// The throughput samples of the last hour (console.sample_interval apart, at most
+  /// History::kDefaultCapacity): {"interval_s", "capacity", "samples": {"at_ms": [...],
+  /// "ingested": [...], "delivered": [...], "queue": [...], "queue_bytes": [...]}}, oldest
+  /// first; the totals count since start. Thread: any; copies at most a few KiB.
+  nlohmann::json history() const;
+
+  /// The newest stored events with seq > after_seq (at most `limit`, oldest first), from the
+  /// ring behind `omniedge tail` (Buffer::recent()). Thread: any; no I/O.
+  std::vector<store::RecentEvent> recentEvents(int64_t after_seq, std::size_t limit) const;
+
+  /// Mounts a read-only GET route on the kiosk API's listener (kiosk::HttpApi::mount(): the
+  /// same authentication and limits as every route): how the technician's web console
+  /// (cli/console/) is served without the agent knowing it. `handler`, and what it uses, must
+  /// outlive run(). Thread: the main thread, before run(). Fails "config" or "invalid_state"
+  /// as HttpApi::mount() does.
+  Result<void> mountHttp(std::string prefix, kiosk::GetHandler handler);
 
   /// Makes `next` the effective configuration. Compares it with the current one and, per part,
   /// applies the change at once (log level, identity.data_pii, batch sizes, compression, rate

@@ -698,6 +698,21 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .help = "Kiosk streams (GET /v1/stream) open at once; more are answered 503",
      .min = 1,
      .max = 1024},
+
+    {.name = "console.sample_interval",
+     .kind = Kind::kDuration,
+     .default_value = "10",
+     .help = "Seconds between two samples of the web console's plots (ingested, delivered, "
+             "queue depth); 360 are kept: an hour at the default",
+     .min = 1,
+     .max = 3600},
+    {.name = "console.max_streams",
+     .kind = Kind::kInt,
+     .default_value = "8",
+     .help = "Web console pages following the live events (GET /console/events) at once; more "
+             "are answered 503",
+     .min = 1,
+     .max = 256},
 });
 
 [[noreturn]] void die(const std::string& message) {

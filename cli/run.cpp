@@ -7,6 +7,7 @@
 
 #include "agent/agent.h"
 #include "cli/commands.h"
+#include "cli/console/console.h"
 
 namespace omniedge::cli {
 namespace {
@@ -58,7 +59,26 @@ int runDaemon(const CommandSpec& spec, const Invocation& inv) {
   in.env = config::processEnvironment();
   in.flags = config::flagsFrom(inv.vm);
   (*agent)->setReload([in] { return config::load(in); });
-  return (*agent)->run();
+  // The web console on the kiosk API's listener (cli/console/console.h). It outlives the
+  // agent's HTTP server: the agent is destroyed (its server stopped) before the console.
+  std::unique_ptr<Agent> daemon = std::move(*agent);
+  console::ConsoleOptions co;
+  co.max_streams = static_cast<std::size_t>(loaded->cfg.integer("console.max_streams"));
+  auto web = std::make_unique<console::Console>(
+      console::ConsoleSources{[a = daemon.get()] { return a->status(); },
+                              [a = daemon.get()] { return a->history(); },
+                              [a = daemon.get()](int64_t after, std::size_t limit) {
+                                return a->recentEvents(after, limit);
+                              }},
+      co);
+  if (auto r = daemon->mountHttp("/console", web->handler()); !r) {
+    spdlog::critical("web console: {}", r.error().message);
+    return kFailure;
+  }
+  const int code = daemon->run();
+  web->stop();     // no page follows events any more
+  daemon.reset();  // stops the HTTP server if run() returned before it did
+  return code;
 }
 
 }  // namespace

@@ -122,6 +122,48 @@ std::string_view bearerToken(std::string_view header) {
   return trim(value.substr(kScheme.size()));
 }
 
+// The password of `Authorization: Basic base64(user:password)`, which is how a browser sends
+// what its user typed when a mounted route (the web console) asked with WWW-Authenticate:
+// Basic; empty when the header is anything else or not valid base64.
+std::string basicPassword(std::string_view header) {
+  constexpr std::string_view kScheme = "basic ";
+  std::string_view value = trim(header);
+  if (value.size() <= kScheme.size() ||
+      !equalsIgnoreCase(value.substr(0, kScheme.size()), kScheme)) {
+    return {};
+  }
+  value = trim(value.substr(kScheme.size()));
+  std::string decoded;
+  uint32_t bits = 0;
+  int have = 0;
+  for (const char c : value) {
+    int v = -1;
+    if (c >= 'A' && c <= 'Z') {
+      v = c - 'A';
+    } else if (c >= 'a' && c <= 'z') {
+      v = c - 'a' + 26;
+    } else if (c >= '0' && c <= '9') {
+      v = c - '0' + 52;
+    } else if (c == '+') {
+      v = 62;
+    } else if (c == '/') {
+      v = 63;
+    } else if (c == '=') {
+      break;
+    } else {
+      return {};
+    }
+    bits = (bits << 6) | static_cast<uint32_t>(v);
+    have += 6;
+    if (have >= 8) {
+      have -= 8;
+      decoded += static_cast<char>((bits >> have) & 0xff);
+    }
+  }
+  const std::size_t colon = decoded.find(':');
+  return colon == std::string::npos ? std::string() : decoded.substr(colon + 1);
+}
+
 // The body is read as JSON unless it is declared as something that cannot be JSON. Absent,
 // application/json (and any +json type) pass; so do text/plain and
 // application/x-www-form-urlencoded, which is what `curl -d` sends when its user forgot -H:
@@ -368,6 +410,33 @@ HttpApi::HttpApi(HttpApiOptions options, EventWriter& writer, std::function<Heal
 
 HttpApi::~HttpApi() { stop(); }
 
+Result<void> HttpApi::mount(std::string prefix, GetHandler handler) {
+  if (port_.load() != 0) {
+    return makeError("invalid_state", "routes are mounted before the HTTP API starts");
+  }
+  const bool shape = prefix.size() >= 2 && prefix.front() == '/' && prefix.back() != '/' &&
+                     prefix.find_first_of("?#") == std::string::npos;
+  auto under = [&prefix](std::string_view base) {
+    return prefix == base || prefix.starts_with(std::string(base) + "/");
+  };
+  if (!shape || under("/v1") || under(kMetricsPath) || mountFor(prefix) >= 0 || !handler) {
+    return makeError("config", "cannot mount a route on '" + prefix +
+                                   "': it must be /name, outside /v1 and /metrics, once");
+  }
+  mounts_.push_back(Mount{std::move(prefix), std::move(handler)});
+  return {};
+}
+
+int HttpApi::mountFor(std::string_view path) const {
+  for (std::size_t i = 0; i < mounts_.size(); ++i) {
+    const std::string& prefix = mounts_[i].prefix;
+    if (path.starts_with(prefix) && (path.size() == prefix.size() || path[prefix.size()] == '/')) {
+      return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
 Result<void> HttpApi::start() {
   if (port_.load() != 0) {
     return makeError("invalid_state", "the HTTP API is already started");
@@ -442,6 +511,14 @@ std::string_view routeLabel(int route) {
 
 }  // namespace
 
+std::string_view HttpApi::routeName(Route route) const {
+  const int index = static_cast<int>(route) - static_cast<int>(Route::kMounted);
+  if (index >= 0 && index < static_cast<int>(mounts_.size())) {
+    return mounts_[static_cast<std::size_t>(index)].prefix;
+  }
+  return routeLabel(static_cast<int>(route));
+}
+
 std::string HttpApi::metricsText() const {
   std::string text =
       "# HELP omniedge_http_requests_total Requests answered by the local HTTP API.\n"
@@ -451,7 +528,7 @@ std::string HttpApi::metricsText() const {
     std::lock_guard lock(stats_mu_);
     for (const auto& [key, count] : requests_) {
       text += "omniedge_http_requests_total{route=\"";
-      text += routeLabel(static_cast<int>(key.first));
+      text += routeName(key.first);
       text += "\",code=\"" + std::to_string(key.second) + "\"} " + std::to_string(count) + "\n";
     }
     accepted = events_accepted_;
@@ -549,14 +626,18 @@ HeadAction HttpApi::onHead(HttpRequest& req, HttpResponse& res) {
       route = Route::kCartItems;
       method_ok = post;
     }
+  } else if (const int mount = mountFor(req.path); mount >= 0) {
+    route = static_cast<Route>(static_cast<int>(Route::kMounted) + mount);
+    method_ok = get;
   }
+  const bool mounted = static_cast<int>(route) >= static_cast<int>(Route::kMounted);
   req.route = static_cast<int>(route);
   auto answered = [&] {
     countRequest(route, res.status);
     return HeadAction::kRespond;
   };
 
-  const std::optional<int> caller = authenticate(req, res);
+  const std::optional<int> caller = authenticate(req, res, mounted);
   if (!caller) {
     return answered();
   }
@@ -612,6 +693,12 @@ void HttpApi::onRequest(HttpRequest& req, HttpResponse& res) {
       handleHealth(res);
     } else if (route == Route::kMetrics) {
       handleMetrics(res);
+    } else if (const int mount = static_cast<int>(route) - static_cast<int>(Route::kMounted);
+               mount >= 0 && mount < static_cast<int>(mounts_.size())) {
+      mounts_[static_cast<std::size_t>(mount)].handler(req, res);
+      if (req.method == "HEAD") {
+        res.stream.reset();  // a HEAD has no body to stream; the handler's list lets it go
+      }
     } else {
       sendError(res, 404, "not_found", "no such endpoint: " + req.path);
     }
@@ -631,14 +718,17 @@ void HttpApi::onError(const HttpRequest* req, int status, std::string_view messa
                status);
 }
 
-std::optional<int> HttpApi::authenticate(const HttpRequest& req, HttpResponse& res) {
+std::optional<int> HttpApi::authenticate(const HttpRequest& req, HttpResponse& res, bool browser) {
   if (options_.tokens.empty()) {
     return -1;
   }
   // A valid token is always let in, also from an address that is locked out: the lockout
   // exists to make guessing slow, never to shut out a kiosk that shares a NAT address (or an
   // IPv6 /64) with whoever guesses.
-  const std::string_view presented = bearerToken(req.header("Authorization"));
+  const std::string_view authorization = req.header("Authorization");
+  // A browser cannot send a bearer token by itself; it sends what its user typed as Basic.
+  const std::string basic = browser ? basicPassword(authorization) : std::string();
+  const std::string_view presented = basic.empty() ? bearerToken(authorization) : basic;
   int match = -1;
   for (std::size_t i = 0; i < options_.tokens.size(); ++i) {
     // No early exit: the same time whichever token matches.
@@ -661,7 +751,8 @@ std::optional<int> HttpApi::authenticate(const HttpRequest& req, HttpResponse& r
     return std::nullopt;
   }
   recordFailure(key, now);
-  res.set_header("WWW-Authenticate", "Bearer");
+  res.set_header("WWW-Authenticate",
+                 browser ? "Basic realm=\"omniedge\", charset=\"UTF-8\"" : "Bearer");
   sendError(res, 401, "unauthorized",
             presented.empty() ? "an Authorization: Bearer token is required"
                               : "the bearer token is not valid");

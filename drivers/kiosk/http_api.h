@@ -86,6 +86,13 @@ struct HttpApiOptions {
   std::chrono::milliseconds stream_heartbeat{15000};  // a comment line when quiet
 };
 
+/// A read-only GET route the owner mounts beside the API's own (the technician's web console):
+/// called on the server's worker threads, concurrently, after the request passed the same
+/// authentication as every route (and the server's limits on heads, bodies and connections).
+/// It fills `res` (status, body, content type, headers) and may open a stream for server-sent
+/// events by setting res.stream. Must not block for long: it holds a worker.
+using GetHandler = std::function<void(const HttpRequest& req, HttpResponse& res)>;
+
 struct HealthReport {
   bool ready = false;
   std::string reason;     // why not ready
@@ -118,6 +125,15 @@ class HttpApi {
   /// Stops accepting, lets requests in flight finish and joins the threads. Idempotent.
   /// Thread: the owner's. Blocks until in-flight appends return. Never fails or throws.
   void stop();
+
+  /// Serves GET and HEAD on `prefix` and every path under it (`prefix` + "/...") with
+  /// `handler`; other methods get 405. Authentication is the API's: with tokens configured a
+  /// mounted route also takes the token as the password of HTTP Basic authentication (any user
+  /// name), so that a browser can ask for it, and its 401 says so (WWW-Authenticate: Basic).
+  /// Thread: the owner's, before start(). Fails "invalid_state" once started, "config" for a
+  /// prefix that is not "/name" or that would shadow the API's own routes (/v1, /metrics) or
+  /// another mount. Never throws.
+  Result<void> mount(std::string prefix, GetHandler handler);
 
   /// The bound port (the ephemeral one when options.port was 0); 0 before start().
   /// Thread: any. Does not block.
@@ -159,8 +175,13 @@ class HttpApi {
     kMetrics,
     kStream,
     kOther,
+    kMounted,  // mounts_[0]; mounts_[i] is kMounted + i
   };
-  static constexpr int kRoutes = 9;
+  static constexpr int kRoutes = 9;  // the API's own (kMounted and after are mounts_)
+  struct Mount {
+    std::string prefix;
+    GetHandler handler;
+  };
 
   struct AddrKey {
     std::array<uint8_t, 16> bytes{};
@@ -181,7 +202,11 @@ class HttpApi {
   void onError(const HttpRequest* req, int status, std::string_view message, HttpResponse& res);
   // Authenticates `req`: the index of its token in options_.tokens (-1: no tokens configured),
   // or nullopt after filling a 401 or 429 into res.
-  std::optional<int> authenticate(const HttpRequest& req, HttpResponse& res);
+  // `browser`: a mounted route, which also takes the token as a Basic password.
+  std::optional<int> authenticate(const HttpRequest& req, HttpResponse& res, bool browser);
+  // The index in mounts_ of the mount serving `path`, or -1.
+  int mountFor(std::string_view path) const;
+  std::string_view routeName(Route route) const;
   void recordFailure(const AddrKey& key, std::chrono::steady_clock::time_point now);
   unsigned channelsOf(int caller) const;
   void handleEvents(HttpResponse& res, std::string body, unsigned channels);
@@ -207,6 +232,7 @@ class HttpApi {
   const std::function<std::string()> metrics_;
   std::vector<unsigned> token_channels_;  // by token index
   EventMetrics* event_metrics_ = nullptr;
+  std::vector<Mount> mounts_;             // set by mount() before start(), read-only once serving
 
   // Set and cleared by start()/stop() on the owner's thread; read by metricsText() from any.
   // Never held while the server stops: a worker answering GET /metrics may need it.
