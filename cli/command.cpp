@@ -9,9 +9,9 @@
 #include <system_error>
 #include <thread>
 
+#include "agent/store/buffer_reader.h"
 #include "cli/control_client.h"
 #include "cli/json_view.h"
-#include "agent/store/buffer_reader.h"
 
 namespace omniedge::cli {
 namespace {

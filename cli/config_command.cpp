@@ -7,9 +7,9 @@
 #include <boost/version.hpp>
 #include <iostream>
 
+#include "agent/version.h"
 #include "cli/commands.h"
 #include "cli/remote_config_cli.h"
-#include "agent/version.h"
 
 namespace omniedge::cli {
 namespace {

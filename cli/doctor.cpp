@@ -40,13 +40,13 @@
 #include <thread>
 #include <utility>
 
-#include "cli/command.h"
-#include "cli/control_client.h"
-#include "cli/json_view.h"
 #include "agent/ingest/pii.h"
 #include "agent/store/buffer.h"
 #include "agent/store/buffer_reader.h"
 #include "agent/store/schema.h"
+#include "cli/command.h"
+#include "cli/control_client.h"
+#include "cli/json_view.h"
 #include "sync/tls_probe.h"
 
 namespace omniedge {
@@ -330,8 +330,8 @@ DoctorCheck checkPiiKey(const std::string& path) {
             "HMAC-SHA256 with the key in " + path + " (" + std::to_string(key->size()) + " bytes)");
 }
 
-// Phone numbers are normalised by a module loaded on first use (agent/ingest/phone_module.h): a missing
-// one makes the daemon refuse every event that may hold a phone number.
+// Phone numbers are normalised by a module loaded on first use (agent/ingest/phone_module.h): a
+// missing one makes the daemon refuse every event that may hold a phone number.
 DoctorCheck checkPhoneModule(const std::string& configured, const std::string& region) {
   const std::string name = "phone numbers";
   const std::string path = PiiHasher::phoneModulePath(configured);

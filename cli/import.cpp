@@ -16,15 +16,15 @@
 
 #include "agent/agent.h"
 #include "agent/api/clock.h"
-#include "cli/commands.h"
-#include "cli/format.h"
-#include "cli/json_view.h"
-#include "cli/remote_config_cli.h"
 #include "agent/ingest/envelope.h"
 #include "agent/ingest/ingest.h"
 #include "agent/ingest/pii.h"
 #include "agent/store/buffer.h"
 #include "agent/store/profile_cache.h"
+#include "cli/commands.h"
+#include "cli/format.h"
+#include "cli/json_view.h"
+#include "cli/remote_config_cli.h"
 
 namespace omniedge::cli {
 namespace {

@@ -6,8 +6,8 @@
 #include <ostream>
 #include <string>
 
-#include "cli/commands.h"
 #include "agent/config.h"
+#include "cli/commands.h"
 
 namespace omniedge::cli {
 

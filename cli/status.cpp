@@ -9,11 +9,11 @@
 #include <iostream>
 #include <sstream>
 
+#include "agent/version.h"
 #include "cli/buffer_file.h"
 #include "cli/commands.h"
 #include "cli/format.h"
 #include "cli/json_view.h"
-#include "agent/version.h"
 
 namespace omniedge::cli {
 namespace {

@@ -2,9 +2,10 @@
 //
 // libcurl and what it pulls in (GnuTLS through librtmp, LDAP, Kerberos, SSH) cost ~4.7 MB of
 // resident memory in every agent (docs/benchmarks.md, "libcurl"), so it is not linked: it is
-// loaded with dlopen("libcurl.so.4") only when https.base_url is set, as agent/ingest/phone_module.h
-// does for libphonenumber. Without it the HTTPS link says so in status ("unavailable"); MQTT
-// goes on. (doctor probes the endpoint with OpenSSL, so it does not need libcurl.)
+// loaded with dlopen("libcurl.so.4") only when https.base_url is set, as
+// agent/ingest/phone_module.h does for libphonenumber. Without it the HTTPS link says so in status
+// ("unavailable"); MQTT goes on. (doctor probes the endpoint with OpenSSL, so it does not need
+// libcurl.)
 #pragma once
 
 #include <cstdint>

@@ -232,7 +232,7 @@ class HttpApi {
   const std::function<std::string()> metrics_;
   std::vector<unsigned> token_channels_;  // by token index
   EventMetrics* event_metrics_ = nullptr;
-  std::vector<Mount> mounts_;             // set by mount() before start(), read-only once serving
+  std::vector<Mount> mounts_;  // set by mount() before start(), read-only once serving
 
   // Set and cleared by start()/stop() on the owner's thread; read by metricsText() from any.
   // Never held while the server stops: a worker answering GET /metrics may need it.
