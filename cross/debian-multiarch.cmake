@@ -25,11 +25,15 @@ set(ENV{PKG_CONFIG_LIBDIR} /usr/lib/${OMNIEDGE_CROSS_TRIPLET}/pkgconfig:/usr/sha
 set(ENV{PKG_CONFIG_PATH} "")
 set(ENV{PKG_CONFIG_SYSROOT_DIR} "")
 
-# qemu-user runs the target's binaries: -L points its ELF interpreter and libc lookups at the
-# cross toolchain's /usr/<triplet>, which holds the target's ld.so; the multiarch libraries under
-# /usr/lib/<triplet> are found by that ld.so as on the device. qemu-<arch>-static (package
+# qemu-user runs the target's binaries with -L /: the ELF interpreter /lib/ld-linux-<arch>.so.N is
+# then multiarch's (package libc6:<arch>), the same glibc build as the libc.so.6 it loads from
+# /lib/<triplet>, as on the device. Not -L /usr/<triplet>: that gives the cross toolchain's older
+# ld.so (libc6-<arch>-cross), which still loads multiarch's newer libc.so.6 (its search path
+# starts at /lib/<triplet>), and the two disagree on the private layout of _rtld_global: the
+# first pthread_create spins (arm64) or crashes (armhf) on a thread-stack list read at the wrong
+# offset (docs/benchmarks.md, "ARM under qemu-user"). qemu-<arch>-static (package
 # qemu-user-static) works the same where it is the one installed.
 find_program(OMNIEDGE_CROSS_QEMU_PROGRAM NAMES ${OMNIEDGE_CROSS_QEMU} ${OMNIEDGE_CROSS_QEMU}-static)
 if(OMNIEDGE_CROSS_QEMU_PROGRAM)
-  set(CMAKE_CROSSCOMPILING_EMULATOR ${OMNIEDGE_CROSS_QEMU_PROGRAM} -L /usr/${OMNIEDGE_CROSS_TRIPLET})
+  set(CMAKE_CROSSCOMPILING_EMULATOR ${OMNIEDGE_CROSS_QEMU_PROGRAM} -L /)
 endif()
