@@ -535,7 +535,8 @@ Result<std::unique_ptr<PiiHasher>> makePiiHasher(const config::Config& cfg) {
   }
   std::string region = cfg.str("identity.default_region");
   if (region.empty() && !cfg.str("identity.default_country_code").empty()) {
-    region = PiiHasher::regionForCallingCode(cfg.str("identity.default_country_code"));
+    region = PiiHasher::regionForCallingCode(cfg.str("identity.default_country_code"),
+                                             cfg.str("identity.phone_module"));
     if (region.empty()) {
       return makeError("config",
                        "identity.default_country_code '" +

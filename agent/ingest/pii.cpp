@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <vector>
@@ -26,30 +28,39 @@ struct PhoneModule {
   std::string error;  // why it could not be loaded
 };
 
-// Loaded once per process, from the path the first caller names ("" = beside the binary).
-const PhoneModule& phoneModule(const std::string& configured) {
-  static const PhoneModule module = [&configured] {
-    PhoneModule m;
-    const std::string path = PiiHasher::phoneModulePath(configured);
-    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (handle == nullptr) {
-      const char* why = dlerror();
-      m.error = "the phone number module could not be loaded (" +
-                std::string(why != nullptr ? why : path) + ")";
-      return m;
-    }
-    // Never dlclose()d: libphonenumber keeps singletons for the life of the process.
-    m.e164 = reinterpret_cast<decltype(&omniedge_phone_e164)>(dlsym(handle, "omniedge_phone_e164"));
-    m.region =
-        reinterpret_cast<decltype(&omniedge_phone_region)>(dlsym(handle, "omniedge_phone_region"));
-    if (m.e164 == nullptr || m.region == nullptr) {
-      m.error = "the phone number module " + path + " lacks its functions";
-      m.e164 = nullptr;
-      m.region = nullptr;
-    }
+// Loads the module at `path`; never dlclose()d: libphonenumber keeps singletons for the life of
+// the process.
+PhoneModule loadPhoneModule(const std::string& path) {
+  PhoneModule m;
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) {
+    const char* why = dlerror();
+    m.error = "the phone number module could not be loaded (" +
+              std::string(why != nullptr ? why : path) + ")";
     return m;
-  }();
-  return module;
+  }
+  m.e164 = reinterpret_cast<decltype(&omniedge_phone_e164)>(dlsym(handle, "omniedge_phone_e164"));
+  m.region =
+      reinterpret_cast<decltype(&omniedge_phone_region)>(dlsym(handle, "omniedge_phone_region"));
+  if (m.e164 == nullptr || m.region == nullptr) {
+    m.error = "the phone number module " + path + " lacks its functions";
+    m.e164 = nullptr;
+    m.region = nullptr;
+  }
+  return m;
+}
+
+// Loaded once per path and process ("" = beside the binary): `doctor` asks about the configured
+// path whatever another caller loaded before. A process names one or two paths.
+const PhoneModule& phoneModule(const std::string& configured) {
+  static std::mutex mu;
+  static std::map<std::string, PhoneModule> modules;  // guarded by mu; entries never move
+  std::lock_guard lock(mu);
+  auto it = modules.find(configured);
+  if (it == modules.end()) {
+    it = modules.emplace(configured, loadPhoneModule(PiiHasher::phoneModulePath(configured))).first;
+  }
+  return it->second;
 }
 
 constexpr std::size_t kMaxPhoneText = 64;  // longer is not a phone number: do not parse it
@@ -258,7 +269,8 @@ Result<std::string> PiiHasher::readKeyFile(const std::string& path) {
   return key;
 }
 
-std::string PiiHasher::regionForCallingCode(std::string_view calling_code) {
+std::string PiiHasher::regionForCallingCode(std::string_view calling_code,
+                                            const std::string& phone_module) {
   if (!calling_code.empty() && calling_code.front() == '+') {
     calling_code.remove_prefix(1);
   }
@@ -269,7 +281,7 @@ std::string PiiHasher::regionForCallingCode(std::string_view calling_code) {
     }
     code = code * 10 + (c - '0');
   }
-  const PhoneModule& phone = phoneModule("");
+  const PhoneModule& phone = phoneModule(phone_module);
   char region[3] = {0, 0, 0};
   if (phone.region == nullptr || phone.region(code, region) != 0) {
     return "";

@@ -37,8 +37,10 @@ class PiiHasher {
   static Result<std::string> readKeyFile(const std::string& path);
 
   /// The region (ISO 3166 alpha-2) of a calling code ("44" -> "GB", "+39" -> "IT"); "" when
-  /// unknown. For the older identity.default_country_code key. Thread: any.
-  static std::string regionForCallingCode(std::string_view calling_code);
+  /// unknown. For the older identity.default_country_code key. `phone_module` is
+  /// identity.phone_module ("" = beside the binary). Thread: any.
+  static std::string regionForCallingCode(std::string_view calling_code,
+                                          const std::string& phone_module = "");
 
   /// Where the phone module is looked for: `configured` (identity.phone_module) or, when it is
   /// empty, lib/omniedge/omniedge-phone.so beside the running binary's directory.

@@ -503,6 +503,18 @@ TEST_CASE("doctor fails when the phone number module is missing, and says what f
   CHECK_THAT(phone.detail, Catch::Contains("refused"));
 }
 
+TEST_CASE("doctor judges the configured phone number module even after the process loaded another",
+          "[unit][doctor]") {
+  TempDir dir;
+  CHECK(find(omniedge::runDoctorChecks(makeConfig(dir, freePort())), "phone numbers").outcome ==
+        Outcome::kOk);
+  const auto checks = omniedge::runDoctorChecks(
+      makeConfig(dir, freePort(), {{"identity.phone_module", (dir / "other.so").string()}}));
+  const auto& phone = find(checks, "phone numbers");
+  CHECK(phone.outcome == Outcome::kFail);
+  CHECK_THAT(phone.detail, Catch::Contains("other.so"));
+}
+
 TEST_CASE("doctor finds the phone number module beside the binary", "[unit][doctor]") {
   TempDir dir;
   const auto checks = omniedge::runDoctorChecks(makeConfig(dir, freePort()));
