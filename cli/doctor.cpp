@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <netdb.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -12,7 +11,6 @@
 #include <openssl/x509_vfy.h>
 #include <poll.h>
 #include <pthread.h>
-#include <pwd.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <sys/socket.h>
@@ -125,20 +123,6 @@ fs::path existingAncestor(fs::path p) {
 
 // ---- local checks -------------------------------------------------------------------------
 
-std::string ownerText(const struct stat& st) {
-  std::string user = std::to_string(st.st_uid);
-  std::string group_name = std::to_string(st.st_gid);
-  if (const passwd* pw = getpwuid(st.st_uid); pw != nullptr) {
-    user = pw->pw_name;
-  }
-  if (const struct group* gr = getgrgid(st.st_gid); gr != nullptr) {
-    group_name = gr->gr_name;
-  }
-  char mode[8];
-  std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
-  return user + ":" + group_name + ", mode " + mode;
-}
-
 // Whether the daemon (the data dir's owner) can write its data dir, found without writing to
 // it: the technician's account may only read it, and a check must not leave traces.
 DoctorCheck checkDataDir(const fs::path& dir) {
@@ -166,7 +150,7 @@ DoctorCheck checkDataDir(const fs::path& dir) {
                           " is on a read-only file system: the daemon cannot store "
                           "events");
   }
-  const std::string owner = ownerText(st);
+  const std::string owner = store::ownerText(st);
   if ((st.st_mode & S_IWUSR) == 0) {
     return fail(name, dir.string() + " (" + owner + ") is not writable by its owner");
   }
@@ -176,7 +160,7 @@ DoctorCheck checkDataDir(const fs::path& dir) {
     struct stat fst {};
     if (::lstat(entry.path().c_str(), &fst) == 0 && fst.st_uid != st.st_uid &&
         entry.path().filename().string().rfind("buffer.", 0) == 0) {
-      foreign.push_back(entry.path().filename().string() + " (" + ownerText(fst) + ")");
+      foreign.push_back(entry.path().filename().string() + " (" + store::ownerText(fst) + ")");
     }
   }
   if (!foreign.empty()) {

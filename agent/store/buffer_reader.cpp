@@ -97,20 +97,6 @@ std::string uriPath(const fs::path& file) {
   return out;
 }
 
-std::string ownerText(const struct stat& st) {
-  std::string user = std::to_string(st.st_uid);
-  std::string group_name = std::to_string(st.st_gid);
-  if (const passwd* pw = getpwuid(st.st_uid); pw != nullptr) {
-    user = pw->pw_name;
-  }
-  if (const struct group* gr = getgrgid(st.st_gid); gr != nullptr) {
-    group_name = gr->gr_name;
-  }
-  char mode[8];
-  std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
-  return user + ":" + group_name + ", mode " + mode;
-}
-
 Error permissionError(const fs::path& what) {
   struct stat st {};
   std::string owner;
@@ -167,6 +153,20 @@ bool present(const fs::path& p) {
 }
 
 }  // namespace
+
+std::string ownerText(const struct stat& st) {
+  std::string user = std::to_string(st.st_uid);
+  std::string group_name = std::to_string(st.st_gid);
+  if (const passwd* pw = getpwuid(st.st_uid); pw != nullptr) {
+    user = pw->pw_name;
+  }
+  if (const struct group* gr = getgrgid(st.st_gid); gr != nullptr) {
+    group_name = gr->gr_name;
+  }
+  char mode[8];
+  std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  return user + ":" + group_name + ", mode " + mode;
+}
 
 const char* readModeName(ReadMode mode) {
   switch (mode) {

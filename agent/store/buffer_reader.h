@@ -8,6 +8,7 @@
 #pragma once
 
 #include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <memory>
@@ -30,6 +31,10 @@ enum class ReadMode {
 
 /// "wal", "private-wal", "immutable".
 const char* readModeName(ReadMode mode);
+
+/// "user:group, mode 0640" of a file's stat, for messages that tell a technician whose file
+/// refuses access (numeric ids when the names are unknown). Thread: any.
+std::string ownerText(const struct stat& st);
 
 /// Whether a daemon holds data dir's buffer.lock (its flock) right now.
 enum class Owner { kDaemon, kNobody, kUnknown };
