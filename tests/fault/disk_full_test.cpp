@@ -256,9 +256,34 @@ TEST_CASE(
         seq += 20;
       }
     }
-    REQUIRE(full_now == 3);
+    REQUIRE(full_now == 3);  // the agent's own cap: SQLite held below the free space
     kiosk_full += full_now;
-    // Files dropped on the full disk stay in the spool: the driver is pushed back, never drops.
+    // Another process takes every byte left: the disk stays full until the test frees it.
+    {
+      std::ofstream filler(tmp / "data" / "filler", std::ios::binary);
+      const std::string block(1 << 16, 'f');
+      while (filler.write(block.data(), static_cast<std::streamsize>(block.size()))) {
+      }
+    }
+    auto postKiosk = [&] {
+      auto [status, body] = agent.post("/v1/events", R"([{"type":"kiosk.view"}])");
+      if (status == 202) {
+        accepted << json{{"ids", json::parse(body)["ids"]}}.dump() << "\n";
+        ++kiosk_accepted;
+      }
+      return status;
+    };
+    int status = 202;
+    for (int r = 0; r < 50 && status == 202; ++r) {
+      status = postKiosk();  // SQLite may still fill pages it holds
+    }
+    CHECK((status == 503 || status == 507));
+    for (int r = 0; r < 5; ++r) {
+      status = postKiosk();
+      CHECK((status == 503 || status == 507));  // pushed back, never 202 on a full disk
+      kiosk_full += status == 202 ? 0 : 1;
+    }
+    // POS files dropped on the full disk stay in the spool: the driver waits, never drops.
     const std::string waiting = dropFile(seq);
     seq += 20;
     std::this_thread::sleep_for(3s);  // several rescans and retries (1 s each)
@@ -266,7 +291,8 @@ TEST_CASE(
     CHECK_FALSE(fs::exists(spool / "processed" / waiting));
     CHECK(agent.get("/v1/health").first == 503);  // alive, and says why it is degraded
 
-    broker.start();  // delivery frees the disk
+    fs::remove(tmp / "data" / "filler");  // space returns
+    broker.start();                       // delivery frees the disk
     const bool flowed = eventually(
         [&] {
           for (const auto& [name, ids] : files) {

@@ -1,6 +1,7 @@
 #include "tests/fault/netns_support.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -196,8 +197,8 @@ std::string NetLab::setRate(const std::string& rate, const std::string& burst) {
   }
   return inNs({kTc, "qdisc", "replace", "dev", agent_dev_, "root", "tbf", "rate", rate, "burst",
                burst, "latency", "500ms"}) +
-         sh({kTc, "qdisc", "replace", "dev", host_dev_, "root", "tbf", "rate", rate, "burst",
-              burst, "latency", "500ms"});
+         sh({kTc, "qdisc", "replace", "dev", host_dev_, "root", "tbf", "rate", rate, "burst", burst,
+             "latency", "500ms"});
 }
 
 std::string NetLab::clearRate() {
@@ -232,6 +233,12 @@ KioskLoad::KioskLoad(const AgentProcess& agent, const std::filesystem::path& acc
 KioskLoad::~KioskLoad() { stop(); }
 
 void KioskLoad::client(const AgentProcess& agent, int c, const NetLab* lab) {
+  // A connection the agent resets mid-request (it may, under I/O faults) is an answer lost, not a
+  // reason for the test process to die of SIGPIPE. This thread forks nothing.
+  sigset_t pipe_signal;
+  sigemptyset(&pipe_signal);
+  sigaddset(&pipe_signal, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
   if (lab != nullptr) {
     try {
       lab->enter();
