@@ -3,6 +3,7 @@ centre side: lost, duplicated, reordered against the ids producers were told "ac
 
 import bisect
 import json
+import os
 import sys
 from collections import defaultdict
 from typing import Any, Dict, List, Optional
@@ -406,7 +407,7 @@ def verdict_lines(r: Dict[str, Any]) -> List[str]:
     out = [f"accepted {r['accepted']}, received {r['received']}, lost {r['lost']}, "
            f"duplicated {r['duplicated']} ({r['duplicate_copies']} extra copies), "
            f"reordered {r['reordered']['events']}"]
-    for i in r["lost_ids"]:
+    for i in r["lost_ids"][:20]:
         out.append(f"  lost: {i}")
     k = r["keys"]
     if k["accepted"] or k["duplicated_after_dedup"]:
@@ -415,7 +416,7 @@ def verdict_lines(r: Dict[str, Any]) -> List[str]:
                    + f", received {k['received']}, lost {k['lost']}, duplicated before de-dup "
                    f"by id {k['duplicated_before_dedup']} ({k['duplicate_copies_before_dedup']} "
                    f"extra copies)")
-        for key in k["lost_keys"]:
+        for key in k["lost_keys"][:20]:
             out.append(f"  lost: {key}")
     after = k["after_dedup_by_kind"]
     out.append("duplicated after de-dup by id (one key under several ids): "
@@ -450,7 +451,13 @@ def run_verify(args) -> int:
         print(f"central-sim verify: {e}", file=sys.stderr)
         return 2
     database = Database(args.db, read_only=True)
-    r = verify(database, accepted, args.store, -1 if args.json else args.show)
+    json_out = getattr(args, "json_out", None)
+    r = verify(database, accepted, args.store, -1 if (args.json or json_out) else args.show)
+    if json_out:
+        tmp = json_out + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(r, f, indent=2)
+        os.replace(tmp, json_out)
     if args.json:
         print(json.dumps(r, indent=2))
     else:
