@@ -60,9 +60,7 @@ bool longVariant() {
   return v != nullptr && std::string(v) == "1";
 }
 
-int variant(int short_value, int long_value) {
-  return longVariant() ? long_value : short_value;
-}
+int variant(int short_value, int long_value) { return longVariant() ? long_value : short_value; }
 
 bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -77,13 +75,13 @@ bool eventually(const std::function<bool()>& condition, std::chrono::millisecond
 
 Loadgen::Loadgen(Options o, std::filesystem::path log)
     : log_(std::move(log)), summary_(log_.string() + ".summary.json") {
-  std::vector<std::string> all = {kPython,      kLoadgen,
-                                  "--url",      o.url,
-                                  "--accepted", o.accepted.string(),
-                                  "--duration", "0",
-                                  "--summary",  summary_.string(),
-                                  "--rate",     number(o.rate),
-                                  "--batch",    std::to_string(o.batch),
+  std::vector<std::string> all = {kPython,         kLoadgen,
+                                  "--url",         o.url,
+                                  "--accepted",    o.accepted.string(),
+                                  "--duration",    "0",
+                                  "--summary",     summary_.string(),
+                                  "--rate",        number(o.rate),
+                                  "--batch",       std::to_string(o.batch),
                                   "--connections", std::to_string(o.connections)};
   if (!o.spool.empty()) {
     all.insert(all.end(), {"--spool", o.spool.string(), "--pos-rate", number(o.pos_rate)});
@@ -158,19 +156,19 @@ RestartableSim::~RestartableSim() {
 void RestartableSim::start() {
   const auto ready = dir_ / "ready.json";
   std::filesystem::remove(ready);
-  std::vector<std::string> all = {kPython,
-                                  std::string(OMNIEDGE_SOURCE_DIR) +
-                                      "/tools/central-sim/central-sim",
-                                  "serve",
-                                  "--db",
-                                  db(),
-                                  "--ready-file",
-                                  ready.string(),
-                                  "--https-listen",
-                                  "127.0.0.1:" + std::to_string(port_),
-                                  "--cert-dir",
-                                  (dir_ / "pki").string(),
-                                  "--mtls"};
+  std::vector<std::string> all = {
+      kPython,
+      std::string(OMNIEDGE_SOURCE_DIR) + "/tools/central-sim/central-sim",
+      "serve",
+      "--db",
+      db(),
+      "--ready-file",
+      ready.string(),
+      "--https-listen",
+      "127.0.0.1:" + std::to_string(port_),
+      "--cert-dir",
+      (dir_ / "pki").string(),
+      "--mtls"};
   if (!mqtt_url_.empty()) {
     all.insert(all.end(), {"--mqtt", mqtt_url_});
   }
@@ -234,9 +232,7 @@ void RestartableSim::stop() {
   }
 }
 
-std::string RestartableSim::baseUrl() const {
-  return "https://127.0.0.1:" + std::to_string(port_);
-}
+std::string RestartableSim::baseUrl() const { return "https://127.0.0.1:" + std::to_string(port_); }
 
 std::string RestartableSim::log() const { return slurp(dir_ / "serve.log"); }
 
@@ -260,17 +256,29 @@ int64_t Verdict::dupsAfterDedup() const {
 
 int64_t Verdict::reordered() const { return integer(json, "/reordered/events"_json_pointer); }
 
-Verdict verifyHistory(const std::string& name, const std::string& db,
-                      const std::filesystem::path& accepted, const std::string& store) {
+Verdict verifyHistory(const std::string& db, const std::filesystem::path& accepted,
+                      const std::string& store) {
   const auto json_path = accepted.string() + ".verdict.json";
-  const auto r = centralSim(
-      {"verify", "--db", db, "--accepted", accepted.string(), "--store", store, "--json-out",
-       json_path});
+  const auto r = centralSim({"verify", "--db", db, "--accepted", accepted.string(), "--store",
+                             store, "--json-out", json_path});
   Verdict v;
   v.exit_code = r.exit_code;
   v.text = r.out + (r.exit_code == 0 || r.exit_code == 1 ? "" : r.err);
   auto j = nlohmann::json::parse(slurp(json_path), nullptr, false);
   v.json = j.is_discarded() ? nlohmann::json() : j;
+  return v;
+}
+
+Verdict finalVerdict(const std::string& name, const std::string& db,
+                     const std::filesystem::path& accepted, const std::string& store,
+                     std::chrono::milliseconds timeout) {
+  Verdict v;
+  eventually(
+      [&] {
+        v = verifyHistory(db, accepted, store);
+        return v.exit_code == 0;
+      },
+      timeout);
   std::cout << "=== verdict of " << name << " ===\n" << v.text << std::flush;
   return v;
 }
