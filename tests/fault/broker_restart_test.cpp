@@ -6,6 +6,7 @@
 // The gateways publish on a broker of their own, as in a store.
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -59,6 +60,10 @@ TEST_CASE(
     "load, with the centre's subscriber connected",
     "[fault][broker]") {
   const int restarts = fault::variant(10, 100);
+  // OMNIEDGE_FAULT_R2_UNGATED=1 lets the agent reconnect before central-sim's subscriber, to
+  // see mosquitto's own loss (docs/reliability.md §15); the verdict then shows it.
+  const char* ungated = std::getenv("OMNIEDGE_FAULT_R2_UNGATED");
+  const bool gate = ungated == nullptr || std::string(ungated) != "1";
   const auto started = std::chrono::steady_clock::now();
   MosquittoBroker uplink;
   MosquittoBroker gateways;
@@ -108,7 +113,7 @@ TEST_CASE(
       uplink.kill();  // SIGKILL: only the autosave survives
     }
     proxy.dropConnections();
-    proxy.holdReplies(true);
+    proxy.holdReplies(gate);
     const auto connects = subscriberConnects(sim);
     std::this_thread::sleep_for(std::chrono::milliseconds(down_ms(rng)));
     uplink.start();
