@@ -4,6 +4,8 @@
 // lose PUBACKed messages), while kiosk, POS and beacon producers load the agent and central-sim's
 // persistent subscriber stays subscribed. Then drained and checked by the history checker.
 // The gateways publish on a broker of their own, as in a store.
+#include <signal.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdlib>
@@ -40,6 +42,27 @@ int64_t pending(const AgentProcess& agent) {
     return -1;
   }
   return j["queue"].value("pending", int64_t{-1});
+}
+
+fs::file_time_type mtime(const fs::path& p) {
+  std::error_code ec;
+  const auto t = fs::last_write_time(p, ec);
+  return ec ? fs::file_time_type::min() : t;
+}
+
+// Asks the broker to save (SIGUSR1) until two saves completed after the call: the second one
+// began after this call, so it holds everything the broker had taken before it.
+bool brokerSaved(const MosquittoBroker& broker) {
+  const auto file = broker.persistenceFile();
+  auto last = mtime(file);
+  for (int saves = 0; saves < 2; ++saves) {
+    kill(broker.pid(), SIGUSR1);
+    if (!fault::eventually([&] { return mtime(file) != last; }, 30s)) {
+      return false;
+    }
+    last = mtime(file);
+  }
+  return true;
 }
 
 // How often central-sim's subscriber has connected so far (its log says each time).
@@ -110,7 +133,15 @@ TEST_CASE(
     if (r % 2 == 0) {
       uplink.stop();  // SIGTERM: saves its state
     } else {
-      uplink.kill();  // SIGKILL: only the autosave survives
+      if (gate) {
+        // mosquitto PUBACKs a message before its next save has written it (the save rewrites
+        // the whole file, later in its loop): withhold its PUBACKs from the agent, then wait
+        // for a save that began after that, so a PUBACK the agent got is on disk (a broker
+        // durable at PUBACK, which is what the agent's promise relies on).
+        proxy.holdReplies(true);
+        REQUIRE(brokerSaved(uplink));
+      }
+      uplink.kill();  // SIGKILL: only what it saved survives
     }
     proxy.dropConnections();
     proxy.holdReplies(gate);

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -51,6 +52,23 @@ bool waitFor(pid_t pid, std::chrono::milliseconds timeout) {
 
 int64_t integer(const nlohmann::json& j, const nlohmann::json::json_pointer& p) {
   return j.contains(p) && j[p].is_number() ? j[p].get<int64_t>() : 0;
+}
+
+// Batches the centre has stored so far (-1 when its database cannot be read).
+int64_t centreBatches(const std::string& db) {
+  sqlite3* h = nullptr;
+  int64_t n = -1;
+  if (sqlite3_open_v2(db.c_str(), &h, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+    sqlite3_busy_timeout(h, 10000);
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(h, "SELECT count(*) FROM batches", -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+      n = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(h);
+  return n;
 }
 
 }  // namespace
@@ -271,14 +289,26 @@ Verdict verifyHistory(const std::string& db, const std::filesystem::path& accept
 
 Verdict finalVerdict(const std::string& name, const std::string& db,
                      const std::filesystem::path& accepted, const std::string& store,
-                     std::chrono::milliseconds timeout) {
+                     std::chrono::milliseconds quiet) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::minutes(15);
+  auto progress_at = Clock::now();
+  int64_t batches = centreBatches(db);
   Verdict v;
-  eventually(
-      [&] {
-        v = verifyHistory(db, accepted, store);
-        return v.exit_code == 0;
-      },
-      timeout);
+  for (;;) {
+    v = verifyHistory(db, accepted, store);
+    if (v.exit_code == 0 || Clock::now() > deadline) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    const int64_t now_batches = centreBatches(db);
+    if (now_batches != batches) {
+      batches = now_batches;
+      progress_at = Clock::now();
+    } else if (Clock::now() - progress_at > quiet) {
+      break;
+    }
+  }
   std::cout << "=== verdict of " << name << " ===\n" << v.text << std::flush;
   return v;
 }
