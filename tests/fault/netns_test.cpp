@@ -4,7 +4,6 @@
 // LAN is not what fails). The history checker is central-sim's verify on every id answered 202:
 // 0 lost, the backlog drained once the link is back, the agent's RSS flat.
 // Short variants run in CI; OMNIEDGE_FAULT_LONG=1 runs longer and repeated faults.
-#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
@@ -12,11 +11,11 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 
+#include "tests/fault/fault_support.h"
 #include "tests/fault/netns_support.h"
 #include "tests/support/agent_process.h"
 #include "tests/support/broker.h"
@@ -65,10 +64,10 @@ int64_t pending(const NetLab& lab, const AgentProcess& agent) {
 }
 
 // The agent runs in `lab`; its uplink is whatever `env` says. Load, warm-up, then the fault
-// `cycles` times, then drain and verify with central-sim's verify against `db`.
-void runUnderFault(
-    NetLab& lab, const std::map<std::string, std::string>& env, const Fault& fault,
-    const std::function<omniedge::testing::SimResult(const std::filesystem::path&)>& verify) {
+// `cycles` times, then drain and the verdict of central-sim's verify against `central_db`.
+void runUnderFault(const std::string& test, NetLab& lab,
+                   const std::map<std::string, std::string>& env, const Fault& fault,
+                   const std::string& central_db) {
   const int cycles = faultLong() ? 5 : 1;
   const auto fault_time = faultLong() ? 30s : 6s;
   const auto between = faultLong() ? 10s : 3s;
@@ -129,31 +128,38 @@ void runUnderFault(
   INFO(agentStatus(lab, *agent).dump());
   CHECK(drained);
   const int64_t rss_end = rssKib(agent->pid());
-  omniedge::testing::SimResult v;
-  const bool verified = eventually(
-      [&] {
-        v = verify(accepted_path);
-        return v.exit_code == 0;
-      },
-      60s);
+  const auto v =
+      omniedge::testing::fault::finalVerdict(test, central_db, accepted_path, kVerifyStore, 10s);
   const auto elapsed_s =
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - t0)
           .count();
+  omniedge::testing::fault::Figures f;
+  f.test = test;
+  f.faults = cycles;
+  f.fault_kind = fault.what;
+  f.accepted = v.accepted();
+  f.events_per_s = static_cast<double>(accepted) / std::max<double>(1.0, elapsed_s);
+  f.lost = v.lost();
+  f.dups_before = v.dupsBeforeDedup();
+  f.dups_after = v.dupsAfterDedup();
+  f.reordered = v.reordered();
+  f.wall_s = static_cast<double>(elapsed_s);
+  omniedge::testing::fault::reportFigures(f);
   std::printf(
       "R3 %s: %d cycle(s) of %llds; %zu events answered 202 (other answers: %zu); backlog peak "
       "%lld "
       "events, drained %lld ms after the load stopped; RSS %lld KiB before, peak %lld KiB, "
-      "%lld KiB after (%llds in all)\nverdict: %s\n",
+      "%lld KiB after (%llds in all)\n",
       fault.what.c_str(), cycles,
       static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(fault_time).count()),
       accepted, answers.size() - answers.count(202), static_cast<long long>(backlog_peak),
       static_cast<long long>(drain_ms), static_cast<long long>(rss_base),
       static_cast<long long>(rss_peak), static_cast<long long>(rss_end),
-      static_cast<long long>(elapsed_s), v.out.c_str());
+      static_cast<long long>(elapsed_s));
   std::fflush(stdout);
-  INFO(v.out << v.err);
-  CHECK(verified);
-  CHECK_THAT(v.out, Catch::Contains(", lost 0"));
+  INFO(v.text);
+  CHECK(v.exit_code == 0);
+  CHECK(v.lost() == 0);
   if (fault.expect_backlog) {
     CHECK(backlog_peak > 0);  // the fault did hold events back
   }
@@ -213,8 +219,7 @@ TEST_CASE("a partition of the agent's link under load loses nothing and the back
     return;
   }
   MqttSide mqtt(*lab);
-  runUnderFault(*lab, mqtt.env(*lab), partition(),
-                [&](const auto& accepted) { return mqtt.sim.verify(accepted, kVerifyStore); });
+  runUnderFault("R3 partition (MQTT)", *lab, mqtt.env(*lab), partition(), mqtt.sim.db());
 }
 
 TEST_CASE("30 % packet loss on the agent's link under load loses nothing", "[fault][netns][mqtt]") {
@@ -223,10 +228,10 @@ TEST_CASE("30 % packet loss on the agent's link under load loses nothing", "[fau
     return;
   }
   MqttSide mqtt(*lab);
-  runUnderFault(*lab, mqtt.env(*lab),
+  runUnderFault("R3 30% loss (MQTT)", *lab, mqtt.env(*lab),
                 {"30 % loss each way (iptables statistic random 0.3 DROP)",
                  [](NetLab& l) { return l.setLoss(0.3); }, [](NetLab& l) { return l.clearLoss(); }},
-                [&](const auto& accepted) { return mqtt.sim.verify(accepted, kVerifyStore); });
+                mqtt.sim.db());
 }
 
 TEST_CASE("a slow link (tbf 256 kbit/s) under load loses nothing and catches up",
@@ -236,11 +241,11 @@ TEST_CASE("a slow link (tbf 256 kbit/s) under load loses nothing and catches up"
     return;
   }
   MqttSide mqtt(*lab);
-  runUnderFault(*lab, mqtt.env(*lab),
+  runUnderFault("R3 slow link (MQTT)", *lab, mqtt.env(*lab),
                 {"slow link (tc tbf 256kbit each way)",
                  [](NetLab& l) { return l.setRate("256kbit", "16kb"); },
                  [](NetLab& l) { return l.clearRate(); }},
-                [&](const auto& accepted) { return mqtt.sim.verify(accepted, kVerifyStore); });
+                mqtt.sim.db());
 }
 
 TEST_CASE("with MQTT unreachable a partition of the HTTPS uplink loses nothing and drains",
@@ -264,8 +269,6 @@ TEST_CASE("with MQTT unreachable a partition of the HTTPS uplink loses nothing a
       {"OMNIEDGE_HTTPS_FAILOVER_AFTER", "1"},
       {"OMNIEDGE_HTTPS_TIMEOUT", "5"}};
   INFO(central.log());
-  runUnderFault(*lab, env, partition(), [&](const auto& accepted) {
-    return omniedge::testing::runCentralSim(
-        {"verify", "--db", central.db(), "--accepted", accepted.string(), "--store", kVerifyStore});
-  });
+  runUnderFault("R3 partition (HTTPS uplink)", *lab, env, partition(), central.db());
+});
 }
