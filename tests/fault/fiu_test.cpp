@@ -166,7 +166,7 @@ TEST_CASE(
   const double wall_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   omniedge::testing::fault::reportFigures(omniedge::testing::fault::figuresOf(
-      "R5 fiu write/fsync faults", "fiu write/pwrite p=0.002, fsync/fdatasync p=0.05 for s",
+      "R5 fiu write/fsync faults", "fiu write/pwrite p=0.002, fsync/fdatasync p=0.05, seconds",
       static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(fault_time).count()), v,
       json{{"events_per_s", static_cast<double>(load.accepted()) / wall_s}}, wall_s));
   const std::string log = agent.log();

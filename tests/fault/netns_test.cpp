@@ -270,5 +270,4 @@ TEST_CASE("with MQTT unreachable a partition of the HTTPS uplink loses nothing a
       {"OMNIEDGE_HTTPS_TIMEOUT", "5"}};
   INFO(central.log());
   runUnderFault("R3 partition (HTTPS uplink)", *lab, env, partition(), central.db());
-});
 }
