@@ -513,24 +513,7 @@ void HttpServer::loop() {
       if (tag == &wake_fd_) {
         uint64_t value = 0;
         [[maybe_unused]] const ssize_t r = ::read(wake_fd_, &value, sizeof(value));
-        std::vector<Conn*> back;
-        {
-          std::lock_guard lock(done_mu_);
-          back.swap(done_);
-        }
-        for (Conn* c : back) {
-          returned(*c);
-        }
-        if (streams_ready_.exchange(false)) {
-          // A copy: pumping may close a stream, which takes it out of streams_.
-          const std::vector<Conn*> streams = streams_;
-          for (Conn* c : streams) {
-            if (c->state == State::kStream) {
-              pumpStream(*c);
-            }
-          }
-        }
-        continue;
+        continue;  // what it announces is taken below, every round
       }
       Conn& c = *static_cast<Conn*>(tag);
       if (c.state == State::kDispatched || c.state == State::kClosed) {
@@ -557,6 +540,11 @@ void HttpServer::loop() {
         onReadable(c);
       }
     }
+    // Every round, not only when the eventfd fired: workers write it only when the queue was
+    // empty, so one lost wake-up (a failed write) would otherwise leave every later answer, and
+    // its connection, parked for good, until the server answers "busy" to everyone (seen under
+    // libfiu write faults, tests/fault/fiu_test.cpp). Now it costs at most one sweep interval.
+    takeReturned();
     // Connections whose next request may already be here. Taken one request each per round,
     // iteratively: a client pipelining without end cannot recurse the stack or starve others.
     std::vector<Conn*> again;
@@ -571,6 +559,26 @@ void HttpServer::loop() {
       sweep();
     }
     graveyard_.clear();
+  }
+}
+
+void HttpServer::takeReturned() {
+  std::vector<Conn*> back;
+  {
+    std::lock_guard lock(done_mu_);
+    back.swap(done_);
+  }
+  for (Conn* c : back) {
+    returned(*c);
+  }
+  if (streams_ready_.exchange(false)) {
+    // A copy: pumping may close a stream, which takes it out of streams_.
+    const std::vector<Conn*> streams = streams_;
+    for (Conn* c : streams) {
+      if (c->state == State::kStream) {
+        pumpStream(*c);
+      }
+    }
   }
 }
 

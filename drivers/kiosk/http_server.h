@@ -211,6 +211,8 @@ class HttpServer {
   bool decodeChunks(Conn& c);
   void dispatch(Conn& c);
   void returned(Conn& c);
+  // Event thread: the connections workers gave back (done_) and streams with something queued.
+  void takeReturned();
   void startResponse(Conn& c);
   void finishResponse(Conn& c);
   void refuse(Conn& c, int status, std::string_view message);

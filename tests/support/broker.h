@@ -69,6 +69,10 @@ class MosquittoBroker {
   /// "mqtt://127.0.0.1:PORT" ("mqtts://…" with TLS)
   std::string url() const;
   bool running() const { return pid_ > 0; }
+  /// The broker's pid (-1 when stopped), e.g. to send SIGUSR1 (save now).
+  pid_t pid() const { return pid_; }
+  /// Where it saves its state (autosave, SIGUSR1, exit).
+  std::filesystem::path persistenceFile() const { return dir_.path() / "mosquitto.db"; }
 
   /// Starts it (on the same port, with its persisted state) and waits until the port accepts
   /// connections (≤ 10 s).

@@ -852,5 +852,82 @@ class EndToEnd(TempDirTest):
         self.assertIn("accepted 100, received 100, lost 0", r.stdout.decode())
 
 
+# --- verify of keyed histories (POS, beacon, load generator) ---------------------------------
+
+class VerifyKeys(TempDirTest):
+    """verify against a centre database filled through central-sim's own ingest (the path serve
+    takes for MQTT and HTTPS alike): keys, copies before and after de-duplication by id."""
+
+    def ingest(self, db_path, events, seq_first):
+        sys.path.insert(0, os.path.join(ROOT, "tools", "central-sim"))
+        from centralsim import db as simdb, payload
+        d = simdb.Database(db_path)
+        doc = {"batch_id": str(uuid.uuid4()), "store_id": "s1", "count": len(events),
+               "epoch": "E1", "seq_first": seq_first, "seq_last": seq_first + len(events) - 1,
+               "events": events}
+        d.ingest(payload.parse_batch(json.dumps(doc).encode()), "t1", "s1", "mqtt", "none", 0)
+        d.close()
+
+    def test_keys(self):
+        db = self.path("central.db")
+        pos = [{"id": str(uuid.uuid4()), "type": "pos.transaction", "source": "pos",
+                "data": {"workstation": "w1", "sequence": str(s)}} for s in range(1, 5)]
+        # POS sequence 2 re-ingested under a new id (what a kill -9 before the move could do).
+        again = dict(pos[1], id=str(uuid.uuid4()))
+        enter = {"id": str(uuid.uuid4()), "type": "beacon.enter", "source": "beacon",
+                 "data": {"identity": "mac:020000000001", "zone": "a"}}
+        kiosk = [{"id": str(uuid.uuid4()), "type": "kiosk.view", "source": "kiosk",
+                  "data": {"lg": "kiosk-1-0", "n": n}} for n in range(3)]
+        # Sequence 4 arrives before 3 (reordered), pos[0] is resent (a copy of one id).
+        self.ingest(db, [pos[0], pos[1], pos[3], pos[2], enter] + kiosk, 1)
+        self.ingest(db, [pos[0], again], 9)
+        accepted = self.path("accepted.jsonl")
+        with open(accepted, "w") as f:
+            for s in range(1, 5):
+                f.write(json.dumps({"key": f"pos:w1:{s}", "source": "pos", "n": s}) + "\n")
+            f.write(json.dumps({"key": "beacon:mac:020000000001"}) + "\n")
+            f.write(json.dumps({"key": "beacon:mac:02000000ffff"}) + "\n")  # never entered
+            f.write(json.dumps({"ids": [e["id"] for e in kiosk], "source": "kiosk-1-0",
+                                "n": 0}) + "\n")
+        r = sim("verify", "--db", db, "--accepted", accepted, "--json")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        v = json.loads(r.stdout)
+        self.assertEqual((v["accepted"], v["lost"], v["duplicated"]), (3, 0, 0))
+        k = v["keys"]
+        self.assertEqual((k["accepted"], k["received"], k["lost"]), (6, 5, 1))
+        self.assertEqual(k["lost_keys"], ["beacon:mac:02000000ffff"])
+        self.assertEqual(k["by_kind"], {"pos": {"accepted": 4, "lost": 0},
+                                        "beacon": {"accepted": 2, "lost": 1}})
+        self.assertEqual((k["duplicated_before_dedup"], k["duplicate_copies_before_dedup"]),
+                         (1, 1))
+        self.assertEqual((k["duplicated_after_dedup"], k["extra_ids_after_dedup"]), (1, 1))
+        self.assertEqual(k["after_dedup_by_kind"]["pos"]["examples"],
+                         [{"key": "pos:w1:2", "ids": [pos[1]["id"], again["id"]]}])
+        self.assertEqual(v["reordered"]["sources"]["pos"],
+                         {"events": 1, "first": {"id": "pos:w1:4", "n": 4,
+                                                 "arrived_before_n": 3}})
+        text = sim("verify", "--db", db, "--accepted", accepted).stdout.decode()
+        self.assertIn("keys: accepted 6 (beacon 2, pos 4), received 5, lost 1, duplicated "
+                      "before de-dup by id 1 (1 extra copies)", text)
+        self.assertIn("  lost: beacon:mac:02000000ffff", text)
+        self.assertIn("duplicated after de-dup by id (one key under several ids): pos 1 "
+                      "(1 extra ids)", text)
+        self.assertIn("verdict: LOST: 0 accepted ids and 1 accepted keys never arrived", text)
+
+        # Without the beacon that never entered: nothing lost, exit 0; a kiosk event the load
+        # generator posted that arrives under a second id is a duplicate after de-dup too.
+        self.ingest(db, [dict(kiosk[2], id=str(uuid.uuid4()))], 11)
+        with open(accepted, "w") as f:
+            f.write(json.dumps({"key": "pos:w1:1", "source": "pos", "n": 1}) + "\n")
+            f.write(json.dumps({"ids": [e["id"] for e in kiosk], "source": "kiosk-1-0",
+                                "n": 0}) + "\n")
+        r = sim("verify", "--db", db, "--accepted", accepted, "--json")
+        self.assertEqual(r.returncode, 0, r.stdout.decode() + r.stderr.decode())
+        v = json.loads(r.stdout)
+        self.assertEqual(v["keys"]["after_dedup_by_kind"]["kiosk"]["keys"], 1)
+        self.assertEqual(v["keys"]["after_dedup_by_kind"]["kiosk"]["examples"][0]["key"],
+                         "kiosk:kiosk-1-0:2")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

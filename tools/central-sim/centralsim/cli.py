@@ -311,10 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
                                       "exit 0 only when nothing is lost")
     s.add_argument("--db", required=True)
     s.add_argument("--accepted", required=True, metavar="FILE.jsonl",
-                   help="one JSON per line: {\"id\", \"source\"?, \"n\"?} ('-': stdin)")
+                   help="one JSON per line: {\"id\" or \"key\", \"source\"?, \"n\"?} or "
+                        "{\"ids\": [...], ...} ('-': stdin)")
     s.add_argument("--store", help="gap check only for this store (STORE or TENANT/STORE)")
     s.add_argument("--show", type=int, default=20, help="ids to list in text output")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--json-out", metavar="FILE",
+                   help="also write the JSON verdict to FILE (the text still goes to stdout)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("profiles", help="publish profiles on R/profiles, or load the HTTPS "

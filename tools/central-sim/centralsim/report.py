@@ -3,6 +3,7 @@ centre side: lost, duplicated, reordered against the ids producers were told "ac
 
 import bisect
 import json
+import os
 import sys
 from collections import defaultdict
 from typing import Any, Dict, List, Optional
@@ -230,12 +231,37 @@ def run_report(args) -> int:
             _print_store(s, print)
     return 0
 
-
 # --- verify -----------------------------------------------------------------------------------
 
+# Events that carry a key of their own besides the id: what a producer that never sees ids (a
+# POS till, a beacon gateway) can check, and what catches one thing arriving under several ids.
+#   pos.transaction / pos.control  ->  pos:<workstation>:<sequence>
+#   beacon.enter                   ->  beacon:<identity>
+#   an event the load generator posted (data.lg, data.n)  ->  kiosk:<lg>:<n>
+_KEY_SQL = (
+    "SELECT id, received, arrival, type, json_extract(body, '$.data.workstation'), "
+    "json_extract(body, '$.data.sequence'), json_extract(body, '$.data.identity'), "
+    "json_extract(body, '$.data.lg'), json_extract(body, '$.data.n') FROM events "
+    "WHERE type IN ('pos.transaction', 'pos.control', 'beacon.enter') "
+    "OR (type LIKE 'kiosk.%' AND json_extract(body, '$.data.lg') IS NOT NULL)")
+
+
+def _event_key(etype, workstation, sequence, identity, lg, n) -> Optional[str]:
+    if etype in ("pos.transaction", "pos.control"):
+        if workstation is not None and sequence is not None:
+            return f"pos:{workstation}:{sequence}"
+    elif etype == "beacon.enter":
+        if identity is not None:
+            return f"beacon:{identity}"
+    elif lg is not None and n is not None:
+        return f"kiosk:{lg}:{n}"
+    return None
+
+
 def _read_accepted(path: str) -> List[Dict[str, Any]]:
-    """One JSON object per line with `id` (optionally `source`, `n`), or a kiosk API answer
-    `{"ids": [...]}` (each id in it accepted; `source`/`n` of the line apply to the first)."""
+    """One JSON object per line with `id` or `key` (optionally `source`, `n`), or a kiosk API
+    answer `{"ids": [...]}` (each id in it accepted; `source`/`n` of the line apply to the
+    first, the next ids counting up)."""
     out = []
     f = sys.stdin if path == "-" else open(path, encoding="utf-8")
     with f:
@@ -252,17 +278,55 @@ def _read_accepted(path: str) -> List[Dict[str, Any]]:
                     out.append({"id": eid, "source": doc.get("source"),
                                 "n": doc["n"] + i if isinstance(doc.get("n"), int) else None})
                 continue
+            if isinstance(doc, dict) and isinstance(doc.get("key"), str) and doc["key"]:
+                n = doc.get("n")
+                out.append({"key": doc["key"], "source": doc.get("source"),
+                            "n": n if isinstance(n, (int, float)) else None})
+                continue
             if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
-                raise ValueError(f"{path}:{lineno}: expected an object with a string 'id'")
+                raise ValueError(f"{path}:{lineno}: expected an object with a string 'id' or "
+                                 "'key', or an 'ids' array")
             n = doc.get("n")
             out.append({"id": doc["id"], "source": doc.get("source"),
                         "n": n if isinstance(n, (int, float)) else None})
     return out
 
 
+def _reordered(by_source: Dict[str, list]) -> Dict[str, Any]:
+    """Per source, (n, arrival, name) items -> the fewest events whose removal leaves the rest
+    arriving in n order (len - longest increasing run of arrivals: one late event counts 1,
+    not 99), and the first example."""
+    reordered = {}
+    for source, items in sorted(by_source.items()):
+        items.sort()
+        tails = []
+        highest, first = None, None
+        for n, arrival, name in items:
+            i = bisect.bisect_left(tails, arrival)
+            if i == len(tails):
+                tails.append(arrival)
+            else:
+                tails[i] = arrival
+            if highest is not None and arrival < highest[0] and first is None:
+                first = {"id": name, "n": n, "arrived_before_n": highest[1]}
+            if highest is None or arrival > highest[0]:
+                highest = (arrival, n)
+        if first is not None:
+            reordered[source] = {"events": len(items) - len(tails), "first": first}
+    return {"events": sum(r["events"] for r in reordered.values()), "sources": reordered}
+
+
+def _kind(key: str) -> str:
+    return key.split(":", 1)[0]
+
+
 def verify(database: Database, accepted: List[Dict[str, Any]], store: Optional[str],
            show: int) -> Dict[str, Any]:
-    ids = list(dict.fromkeys(a["id"] for a in accepted))
+    def clip(items):
+        return items[:show] if show >= 0 else items
+
+    ids = list(dict.fromkeys(a["id"] for a in accepted if "id" in a))
+    keys = list(dict.fromkeys(a["key"] for a in accepted if "key" in a))
     found: Dict[str, tuple] = {}
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
@@ -272,43 +336,112 @@ def verify(database: Database, accepted: List[Dict[str, Any]], store: Optional[s
             found[row[0]] = row[1:]
     lost = [i for i in ids if i not in found]
     dup = [(i, found[i][0]) for i in ids if i in found and found[i][0] > 1]
+
+    # Every keyed event the centre holds: key -> [(id, received, arrival)], and id -> key.
+    by_key: Dict[str, list] = defaultdict(list)
+    key_of: Dict[str, str] = {}
+    for eid, received, arrival, etype, ws, seq, identity, lg, n in database.query(_KEY_SQL):
+        k = _event_key(etype, ws, seq, identity, lg, n)
+        if k is not None:
+            by_key[k].append((eid, received, arrival))
+            key_of[eid] = k
+
     by_source = defaultdict(list)
     for a in accepted:
-        if a["n"] is not None and a["id"] in found:
+        if a["n"] is None:
+            continue
+        if "id" in a and a["id"] in found:
             by_source[a["source"] or ""].append((a["n"], found[a["id"]][1], a["id"]))
-    reordered = {}
-    for source, items in sorted(by_source.items()):
-        items.sort()
-        # Reordered = the fewest events that, taken out, leave the rest arriving in n order
-        # (len - longest increasing run of arrivals): one late event counts 1, not 99.
-        tails = []
-        highest, first = None, None
-        for n, arrival, eid in items:
-            i = bisect.bisect_left(tails, arrival)
-            if i == len(tails):
-                tails.append(arrival)
-            else:
-                tails[i] = arrival
-            if highest is not None and arrival < highest[0] and first is None:
-                first = {"id": eid, "n": n, "arrived_before_n": highest[1]}
-            if highest is None or arrival > highest[0]:
-                highest = (arrival, n)
-        if first is not None:
-            reordered[source] = {"events": len(items) - len(tails), "first": first}
+        elif "key" in a and a["key"] in by_key:
+            arrival = min(x[2] for x in by_key[a["key"]])
+            by_source[a["source"] or ""].append((a["n"], arrival, a["key"]))
+
+    # Keys: lost, copies of one id (before de-dup), several ids for one key (after de-dup).
+    key_lost = [k for k in keys if k not in by_key]
+    key_dup_before = [(k, sum(r - 1 for _, r, _ in by_key[k])) for k in keys if k in by_key]
+    key_dup_before = [(k, c) for k, c in key_dup_before if c > 0]
+    # After de-dup by id, for every accepted thing with a key (accepted keys, and accepted ids
+    # whose event carries one): one key under several ids is one thing delivered twice.
+    checked = set(k for k in keys if k in by_key)
+    checked.update(key_of[i] for i in ids if i in key_of)
+    after = defaultdict(list)
+    for k in sorted(checked):
+        if len(by_key[k]) > 1:
+            after[_kind(k)].append({"key": k, "ids": [x[0] for x in by_key[k]]})
+    by_kind = defaultdict(lambda: {"accepted": 0, "lost": 0})
+    for k in keys:
+        by_kind[_kind(k)]["accepted"] += 1
+    for k in key_lost:
+        by_kind[_kind(k)]["lost"] += 1
+
     stores = collect(database, store)
     gap_stores = [{"store": _store_key(s["tenant"], s["store_id"]), **s["gaps"]} for s in stores]
     missing = sum(g["missing_seqs"] for g in gap_stores)
     dropped = sum(e["dropped_seqs"] for g in gap_stores for e in g["epochs"])
     return {
         "accepted": len(ids), "received": len(ids) - len(lost),
-        "lost": len(lost), "lost_ids": lost[:show] if show >= 0 else lost,
+        "lost": len(lost), "lost_ids": clip(lost),
         "duplicated": len(dup), "duplicate_copies": sum(c - 1 for _, c in dup),
-        "duplicated_ids": [i for i, _ in dup][:show] if show >= 0 else [i for i, _ in dup],
-        "reordered": {"events": sum(r["events"] for r in reordered.values()),
-                      "sources": reordered},
+        "duplicated_ids": clip([i for i, _ in dup]),
+        "keys": {
+            "accepted": len(keys), "received": len(keys) - len(key_lost),
+            "lost": len(key_lost), "lost_keys": clip(key_lost),
+            "by_kind": dict(by_kind),
+            "duplicated_before_dedup": len(key_dup_before),
+            "duplicate_copies_before_dedup": sum(c for _, c in key_dup_before),
+            "duplicated_after_dedup": sum(len(v) for v in after.values()),
+            "extra_ids_after_dedup": sum(len(x["ids"]) - 1 for v in after.values() for x in v),
+            "after_dedup_by_kind": {kind: {"keys": len(v),
+                                           "extra_ids": sum(len(x["ids"]) - 1 for x in v),
+                                           "examples": clip(v)}
+                                    for kind, v in sorted(after.items())},
+        },
+        "reordered": _reordered(by_source),
         "agent_reported_dropped_seqs": dropped, "missing_seqs": missing,
         "gaps": gap_stores,
-        "ok": not lost and not missing}
+        "ok": not lost and not key_lost and not missing}
+
+
+def verdict_lines(r: Dict[str, Any]) -> List[str]:
+    """The verdict as text (also what every fault test prints)."""
+    out = [f"accepted {r['accepted']}, received {r['received']}, lost {r['lost']}, "
+           f"duplicated {r['duplicated']} ({r['duplicate_copies']} extra copies), "
+           f"reordered {r['reordered']['events']}"]
+    for i in r["lost_ids"][:20]:
+        out.append(f"  lost: {i}")
+    k = r["keys"]
+    if k["accepted"] or k["duplicated_after_dedup"]:
+        kinds = ", ".join(f"{kind} {v['accepted']}" for kind, v in sorted(k["by_kind"].items()))
+        out.append(f"keys: accepted {k['accepted']}" + (f" ({kinds})" if kinds else "")
+                   + f", received {k['received']}, lost {k['lost']}, duplicated before de-dup "
+                   f"by id {k['duplicated_before_dedup']} ({k['duplicate_copies_before_dedup']} "
+                   f"extra copies)")
+        for key in k["lost_keys"][:20]:
+            out.append(f"  lost: {key}")
+    after = k["after_dedup_by_kind"]
+    out.append("duplicated after de-dup by id (one key under several ids): "
+               + (", ".join(f"{kind} {v['keys']} ({v['extra_ids']} extra ids)"
+                            for kind, v in after.items()) if after else "0"))
+    for kind, v in after.items():
+        for x in v["examples"][:3]:
+            out.append(f"  {x['key']}: ids {', '.join(x['ids'])}")
+    for source, d in r["reordered"]["sources"].items():
+        first = d["first"]
+        out.append(f"  reordered in source '{source}': {d['events']} events (first: "
+                   f"n={first['n']} arrived before n={first['arrived_before_n']})")
+    for g in r["gaps"]:
+        line = f"  gaps of {g['store']}: {g['verdict']}"
+        for e in g["epochs"]:
+            if e["missing"]:
+                line += f"; epoch {e['epoch']} missing {rg.text(e['missing'])}"
+            for d in e["dropped"]:
+                line += f"; epoch {e['epoch']} dropped {rg.text(d['ranges'])} ({d['reason']})"
+        out.append(line)
+    out.append("verdict: " + (
+        "OK: nothing lost" if r["ok"] else
+        f"LOST: {r['lost']} accepted ids and {k['lost']} accepted keys never arrived, "
+        f"{r['missing_seqs']} seqs missing"))
+    return out
 
 
 def run_verify(args) -> int:
@@ -318,28 +451,15 @@ def run_verify(args) -> int:
         print(f"central-sim verify: {e}", file=sys.stderr)
         return 2
     database = Database(args.db, read_only=True)
-    r = verify(database, accepted, args.store, -1 if args.json else args.show)
+    json_out = getattr(args, "json_out", None)
+    r = verify(database, accepted, args.store, -1 if (args.json or json_out) else args.show)
+    if json_out:
+        tmp = json_out + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(r, f, indent=2)
+        os.replace(tmp, json_out)
     if args.json:
         print(json.dumps(r, indent=2))
     else:
-        print(f"accepted {r['accepted']}, received {r['received']}, lost {r['lost']}, "
-              f"duplicated {r['duplicated']} ({r['duplicate_copies']} extra copies), "
-              f"reordered {r['reordered']['events']}")
-        for i in r["lost_ids"]:
-            print(f"  lost: {i}")
-        for source, d in r["reordered"]["sources"].items():
-            first = d["first"]
-            print(f"  reordered in source '{source}': {d['events']} events (first: "
-                  f"n={first['n']} arrived before n={first['arrived_before_n']})")
-        for g in r["gaps"]:
-            line = f"  gaps of {g['store']}: {g['verdict']}"
-            for e in g["epochs"]:
-                if e["missing"]:
-                    line += f"; epoch {e['epoch']} missing {rg.text(e['missing'])}"
-                for d in e["dropped"]:
-                    line += f"; epoch {e['epoch']} dropped {rg.text(d['ranges'])} ({d['reason']})"
-            print(line)
-        print("verdict: " + ("OK: nothing lost" if r["ok"] else
-                             f"LOST: {r['lost']} accepted ids never arrived, "
-                             f"{r['missing_seqs']} seqs missing"))
+        print("\n".join(verdict_lines(r)))
     return 0 if r["ok"] else 1
