@@ -258,8 +258,9 @@ void ControlServer::readFrom(Client& c) {
   for (;;) {
     const ssize_t n = ::recv(c.fd, buf, sizeof(buf), 0);
     if (n > 0) {
-      const RequestChunk chunk = frameRequestChunk(
-          c.in.size(), std::string_view(buf, static_cast<std::size_t>(n)), limits_.max_request_bytes);
+      const RequestChunk chunk =
+          frameRequestChunk(c.in.size(), std::string_view(buf, static_cast<std::size_t>(n)),
+                            limits_.max_request_bytes);
       const std::size_t take = chunk.take;
       if (chunk.too_large) {
         answerNow(c, "request larger than " + sizeText(limits_.max_request_bytes));
@@ -380,8 +381,8 @@ RequestChunk frameRequestChunk(std::size_t have, std::string_view chunk,
 std::string answerControlRequest(const std::string& request, std::size_t max_depth,
                                  const ControlServer::Handler& handler) {
   if (!jsonNestingWithin(request, max_depth)) {
-    return errorAnswer("request nests arrays or objects deeper than " +
-                       std::to_string(max_depth) + " levels");
+    return errorAnswer("request nests arrays or objects deeper than " + std::to_string(max_depth) +
+                       " levels");
   }
   nlohmann::json req;
   try {

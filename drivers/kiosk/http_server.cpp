@@ -1,5 +1,4 @@
 #include "drivers/kiosk/http_server.h"
-#include "drivers/kiosk/http_parse.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -17,6 +16,8 @@
 #include <charconv>
 #include <cstring>
 #include <exception>
+
+#include "drivers/kiosk/http_parse.h"
 
 // Why not cpp-httplib (0.11.4, Debian 12), which served this API before: it gives each
 // connection a worker thread from the moment it is accepted, its read timeout applies to each
@@ -311,7 +312,6 @@ std::optional<HeadRefusal> parseRequestHead(std::string_view head, std::size_t m
   }
   return std::nullopt;
 }
-
 
 enum class State {
   kHead,        // reading a request head (or idle between requests: got_bytes false)

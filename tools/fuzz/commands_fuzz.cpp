@@ -77,11 +77,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FUZZ_CHECK(a.is_object() && a.contains("id") && a["id"].is_string());
   FUZZ_CHECK(a.contains("ok") && a["ok"].is_boolean());
   if (!a["ok"].get<bool>()) {
-    FUZZ_CHECK(a.contains("error") && a["error"].is_string() && !a["error"].get<std::string>().empty());
+    FUZZ_CHECK(a.contains("error") && a["error"].is_string() &&
+               !a["error"].get<std::string>().empty());
   }
   const json msg = json::parse(payload, nullptr, false);
   const bool has_id = msg.is_object() && msg.contains("id") && msg["id"].is_string() &&
-                      !msg["id"].get<std::string>().empty() && msg["id"].get<std::string>().size() <= 128;
+                      !msg["id"].get<std::string>().empty() &&
+                      msg["id"].get<std::string>().size() <= 128;
   FUZZ_CHECK(a["id"] == (has_id ? msg["id"].get<std::string>() : std::string()));
   if (has_id && msg.contains("name") && msg["name"] == "forget" && msg.contains("args") &&
       msg["args"].is_object() && msg["args"].contains("key") && msg["args"]["key"].is_string()) {

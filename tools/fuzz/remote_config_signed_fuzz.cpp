@@ -3,12 +3,15 @@
 // pure first step of RemoteConfig::receive(); the rest of receive() writes the state file on
 // every message, too slow to fuzz 10M times), then the document inside (parseConfigDocument).
 // The first byte picks what the rest is (signing costs ~1 ms under ASan, so 1 in 16 each):
-//   0  (even bytes below 0xE0) a payload off the wire, a verify key set: never opened (nobody else can sign), refused
+//   0  (even bytes below 0xE0) a payload off the wire, a verify key set: never opened (nobody else
+//   can sign), refused
 //      "invalid" (naming the field), "unsigned" or "signature"
-//   1  (0xE0-0xEF) a document the harness signs with the right key: opened to exactly those bytes, and the
+//   1  (0xE0-0xEF) a document the harness signs with the right key: opened to exactly those bytes,
+//   and the
 //      version hint is the document's version
 //   2  (0xF0-0xFF) a document signed with another key: refused "signature"
-//   3  (odd bytes below 0xE0) a payload off the wire, no verify key: a bare document or an envelope's document
+//   3  (odd bytes below 0xE0) a payload off the wire, no verify key: a bare document or an
+//   envelope's document
 // Run: tools/fuzz/run remote_config_signed
 #include <cstddef>
 #include <cstdint>
