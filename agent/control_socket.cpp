@@ -387,7 +387,9 @@ std::string answerControlRequest(const std::string& request, std::size_t max_dep
   nlohmann::json req;
   try {
     req = nlohmann::json::parse(request);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
+    // Not only parse_error: a number beyond a double (1e400) is out_of_range (406), and would
+    // end the worker thread, and the daemon with it.
     // "[json.exception.parse_error.101] parse error at line 1, column 2: ..." without the tag
     std::string what = e.what();
     if (const auto at = what.find("] "); at != std::string::npos) {

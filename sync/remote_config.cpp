@@ -59,7 +59,9 @@ std::string shown(const json& v) {
 }
 
 Error invalid(const std::string& field, const std::string& why) {
-  return makeError("invalid", field + " " + why, field);
+  // A key may be "" ({"": 1}): name it as written, never leave the field blank.
+  const std::string name = field.empty() ? "\"\"" : field;
+  return makeError("invalid", name + " " + why, name);
 }
 
 Result<std::string> settingValue(const std::string& key, const json& v) {

@@ -52,3 +52,24 @@ TEST_CASE("Every control request gets one JSON line, also when the handler throw
 
 }  // namespace
 }  // namespace omniedge
+
+namespace omniedge {
+namespace {
+
+// Found by the fuzz target control_socket (tests/fixtures/fuzz/control_socket/number-overflow):
+// nlohmann throws out_of_range, not parse_error, for a number beyond a double; it escaped the
+// worker thread and ended the daemon.
+TEST_CASE("A control request with a number beyond a double gets an answer and the daemon lives on",
+          "[unit][cli]") {
+  const ControlServer::Handler handler = [](const nlohmann::json&) {
+    return nlohmann::json{{"ok", true}};
+  };
+  const std::string line = answerControlRequest("{\"cmd\":\"status\",\"n\":1e400}", 72, handler);
+  const auto answer = nlohmann::json::parse(line);
+  CHECK(answer["ok"] == false);
+  CHECK(answer["code"] == "invalid_request");
+  CHECK(answer["error"] == "request is not JSON: number overflow parsing '1e400'");
+}
+
+}  // namespace
+}  // namespace omniedge

@@ -48,3 +48,19 @@ TEST_CASE("A config envelope opens only with a signature by the verify key", "[u
 
 }  // namespace
 }  // namespace omniedge::sync
+
+namespace omniedge::sync {
+namespace {
+
+// Found by the fuzz target remote_config_doc (tests/fixtures/fuzz/remote_config_doc/empty-key):
+// the empty key was refused with an empty field and a message starting with a blank.
+TEST_CASE("A config document with an empty key is refused naming it", "[unit][remote]") {
+  auto doc = parseConfigDocument(R"({"": "b1TZ"})");
+  REQUIRE_FALSE(doc.has_value());
+  CHECK(doc.error().field == "\"\"");
+  CHECK(doc.error().message ==
+        "\"\" is not a field of a config document (version, settings, expires_at)");
+}
+
+}  // namespace
+}  // namespace omniedge::sync
