@@ -258,11 +258,11 @@ void ControlServer::readFrom(Client& c) {
   for (;;) {
     const ssize_t n = ::recv(c.fd, buf, sizeof(buf), 0);
     if (n > 0) {
-      const auto* nl =
-          static_cast<const char*>(std::memchr(buf, '\n', static_cast<std::size_t>(n)));
-      const std::size_t take =
-          nl != nullptr ? static_cast<std::size_t>(nl - buf) : static_cast<std::size_t>(n);
-      if (c.in.size() + take > limits_.max_request_bytes) {
+      const RequestChunk chunk =
+          frameRequestChunk(c.in.size(), std::string_view(buf, static_cast<std::size_t>(n)),
+                            limits_.max_request_bytes);
+      const std::size_t take = chunk.take;
+      if (chunk.too_large) {
         answerNow(c, "request larger than " + sizeText(limits_.max_request_bytes));
         return;
       }
@@ -275,7 +275,7 @@ void ControlServer::readFrom(Client& c) {
         return;
       }
       c.in.append(buf, take);
-      if (nl != nullptr) {
+      if (chunk.complete) {
         finishRequest(c, std::move(c.in));  // one request per connection: the rest is ignored
         return;
       }
@@ -365,14 +365,31 @@ void ControlServer::workerLoop() {
 }
 
 std::string ControlServer::handle(const std::string& request) {
-  if (!jsonNestingWithin(request, limits_.max_depth)) {
-    return errorAnswer("request nests arrays or objects deeper than " +
-                       std::to_string(limits_.max_depth) + " levels");
+  return answerControlRequest(request, limits_.max_depth, handler_);
+}
+
+RequestChunk frameRequestChunk(std::size_t have, std::string_view chunk,
+                               std::size_t max_request_bytes) {
+  const std::size_t nl = chunk.find('\n');
+  RequestChunk out;
+  out.complete = nl != std::string_view::npos;
+  out.take = out.complete ? nl : chunk.size();
+  out.too_large = have + out.take > max_request_bytes;
+  return out;
+}
+
+std::string answerControlRequest(const std::string& request, std::size_t max_depth,
+                                 const ControlServer::Handler& handler) {
+  if (!jsonNestingWithin(request, max_depth)) {
+    return errorAnswer("request nests arrays or objects deeper than " + std::to_string(max_depth) +
+                       " levels");
   }
   nlohmann::json req;
   try {
     req = nlohmann::json::parse(request);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
+    // Not only parse_error: a number beyond a double (1e400) is out_of_range (406), and would
+    // end the worker thread, and the daemon with it.
     // "[json.exception.parse_error.101] parse error at line 1, column 2: ..." without the tag
     std::string what = e.what();
     if (const auto at = what.find("] "); at != std::string::npos) {
@@ -384,7 +401,7 @@ std::string ControlServer::handle(const std::string& request) {
     return errorAnswer(std::string("request must be a JSON object, not ") + req.type_name());
   }
   try {
-    return handler_(req).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    return handler(req).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   } catch (const std::exception& e) {
     // A handler bug must not take the daemon down with it; it is logged loudly.
     spdlog::error("control: request {} failed: {}",

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -91,5 +92,27 @@ class ControlServer {
   std::thread io_thread_;
   std::vector<std::thread> workers_;
 };
+
+/// How one chunk received on a connection extends the request being read (`have` bytes so
+/// far): a request is one line, so its bytes end before the chunk's first newline (`complete`:
+/// that newline came; the rest of the chunk is ignored, one request per connection), and
+/// `too_large` when they would pass `max_request_bytes`. Pure: ControlServer's I/O thread runs
+/// it on every recv(); the fuzz target tools/fuzz/control_socket_fuzz.cpp runs it alone.
+/// Thread: any.
+struct RequestChunk {
+  std::size_t take = 0;  // bytes of the chunk that belong to the request
+  bool complete = false;
+  bool too_large = false;
+};
+RequestChunk frameRequestChunk(std::size_t have, std::string_view chunk,
+                               std::size_t max_request_bytes);
+
+/// The answer line (JSON and "\n") to one request as the control socket gives it: refused with
+/// {"ok": false, "error": "...", "code": "invalid_request"} when it nests deeper than
+/// `max_depth`, is not JSON or not an object; else `handler`'s answer, or {"ok": false, "code":
+/// "internal"} when the handler throws (logged). Invalid UTF-8 in an answer is replaced, never
+/// thrown. Thread: a worker (as ControlServer::Handler). Blocks as long as `handler`.
+std::string answerControlRequest(const std::string& request, std::size_t max_depth,
+                                 const ControlServer::Handler& handler);
 
 }  // namespace omniedge

@@ -59,7 +59,9 @@ std::string shown(const json& v) {
 }
 
 Error invalid(const std::string& field, const std::string& why) {
-  return makeError("invalid", field + " " + why, field);
+  // A key may be "" ({"": 1}): name it as written, never leave the field blank.
+  const std::string name = field.empty() ? "\"\"" : field;
+  return makeError("invalid", name + " " + why, name);
 }
 
 Result<std::string> settingValue(const std::string& key, const json& v) {
@@ -278,6 +280,12 @@ Result<std::unique_ptr<RemoteConfig>> RemoteConfig::open(RemoteConfigOptions opt
 
 Result<std::string> RemoteConfig::documentBytes(std::string_view payload,
                                                 int64_t& version_hint) const {
+  return openConfigEnvelope(payload, key_ ? &*key_ : nullptr, options_.verify_key_file,
+                            version_hint);
+}
+
+Result<std::string> openConfigEnvelope(std::string_view payload, const VerifyKey* key,
+                                       std::string_view key_file, int64_t& version_hint) {
   if (payload.size() > kMaxPayloadBytes) {
     return makeError("invalid", "the message is " + std::to_string(payload.size()) +
                                     " bytes, more than a config may have (" +
@@ -298,7 +306,7 @@ Result<std::string> RemoteConfig::documentBytes(std::string_view payload,
   };
   if (!envelope) {
     hint(payload);
-    if (key_) {
+    if (key != nullptr) {
       return makeError("unsigned",
                        "unsigned config refused: config.verify_key_file is set, so a config must "
                        "come signed ({\"document\": \"<base64>\", \"signature\": \"<base64>\"}, "
@@ -325,11 +333,11 @@ Result<std::string> RemoteConfig::documentBytes(std::string_view payload,
   if (!signature) {
     return invalid("signature", "is not base64 (RFC 4648, standard alphabet, padded)");
   }
-  if (key_ && !key_->verify(*document, *signature)) {
+  if (key != nullptr && !key->verify(*document, *signature)) {
     return makeError("signature",
                      "bad signature: the Ed25519 signature does not verify with "
                      "config.verify_key_file '" +
-                         options_.verify_key_file +
+                         std::string(key_file) +
                          "' over the document's bytes as carried (altered, or signed with "
                          "another key)");
   }

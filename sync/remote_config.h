@@ -52,6 +52,17 @@ struct ConfigDocument {
 /// Thread: any. Used by the agent and by `omniedge config sign` before it signs.
 Result<ConfigDocument> parseConfigDocument(std::string_view bytes);
 
+/// The document inside a config payload as it comes off the wire: the envelope
+/// {"document": "<base64>", "signature": "<base64>"} opened and its Ed25519 signature checked
+/// with `key`, or, when `key` is null, also a bare document (unsigned configs are refused
+/// while a key is set). `key_file` only names the key in messages. `version_hint` gets the
+/// document's version when it can be read at all (for the report). Pure: no I/O, no state
+/// (RemoteConfig::receive() runs it first; the fuzz target remote_config_signed runs it alone).
+/// Fails "invalid" (not a JSON object, too large, a field missing, extra or not base64; `field`
+/// names it), "unsigned" or "signature". Thread: any. Never throws (but bad_alloc).
+Result<std::string> openConfigEnvelope(std::string_view payload, const VerifyKey* key,
+                                       std::string_view key_file, int64_t& version_hint);
+
 /// The remote layer in effect: the settings of both documents merged, the store's own winning
 /// per key.
 struct RemoteLayer {

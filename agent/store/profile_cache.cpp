@@ -805,8 +805,10 @@ Result<ProfileUpdate> ProfileCache::apply(std::string_view payload, int64_t now_
       }
       continue;
     }
+    // Through a reference: clang before 16 cannot capture a structured binding (tools/fuzz).
+    const std::vector<std::string>& taken = keys;
     std::erase_if(row->keys, [&](const std::string& k) {
-      return std::find(keys.begin(), keys.end(), k) != keys.end();
+      return std::find(taken.begin(), taken.end(), k) != taken.end();
     });
     if (row->local || row->keys.empty()) {
       continue;

@@ -571,7 +571,8 @@ Result<GatewayParse> parseGatewayMessage(std::string_view topic, std::string_vie
     json msg;
     try {
       msg = json::parse(payload.begin(), payload.end());
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
+      // Not only parse_error: a number beyond a double (1e400) is out_of_range (406).
       return invalid("payload", "is not JSON: " + parseReason(e.what()));
     }
     const auto parts = splitTopic(topic);

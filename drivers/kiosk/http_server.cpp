@@ -17,6 +17,8 @@
 #include <cstring>
 #include <exception>
 
+#include "drivers/kiosk/http_parse.h"
+
 // Why not cpp-httplib (0.11.4, Debian 12), which served this API before: it gives each
 // connection a worker thread from the moment it is accepted, its read timeout applies to each
 // recv() rather than to the whole head (a client sending a byte every few seconds holds the
@@ -203,6 +205,113 @@ void sendOnce(int fd, const std::string& bytes) {
 }
 
 }  // namespace
+
+std::optional<HeadRefusal> parseRequestHead(std::string_view head, std::size_t max_headers,
+                                            HttpRequest& req, bool& http10) {
+  req.headers.clear();
+  req.body.clear();
+  req.keep_alive = true;
+  req.expect_continue = false;
+  req.chunked = false;
+  req.content_length = 0;
+  req.route = -1;
+  req.caller = -1;
+
+  auto nextLine = [&head](std::string_view& line) {
+    const std::size_t nl = head.find('\n');
+    line = head.substr(0, nl);
+    head.remove_prefix(nl == std::string_view::npos ? head.size() : nl + 1);
+    if (!line.empty() && line.back() == '\r') {
+      line.remove_suffix(1);
+    }
+    return line.find('\r') == std::string_view::npos && line.find('\0') == std::string_view::npos;
+  };
+  auto malformed = [](std::string_view why, int status = 400) {
+    return std::optional<HeadRefusal>(HeadRefusal{status, std::string(why)});
+  };
+
+  std::string_view line;
+  if (!nextLine(line)) {
+    return malformed("malformed request line");
+  }
+  const std::size_t sp1 = line.find(' ');
+  const std::size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+  if (sp1 == std::string_view::npos || sp2 == std::string_view::npos || sp1 == 0 ||
+      sp2 == sp1 + 1 || line.find(' ', sp2 + 1) != std::string_view::npos) {
+    return malformed("malformed request line");
+  }
+  req.method = line.substr(0, sp1);
+  req.target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  const std::string_view version = line.substr(sp2 + 1);
+  if (!std::all_of(req.method.begin(), req.method.end(), isTchar)) {
+    return malformed("malformed request line");
+  }
+  if (version == "HTTP/1.1") {
+    http10 = false;
+  } else if (version == "HTTP/1.0") {
+    http10 = true;
+    req.keep_alive = false;
+  } else if (version.size() == 8 && version.substr(0, 5) == "HTTP/") {
+    return malformed("only HTTP/1.0 and HTTP/1.1 are served", 505);
+  } else {
+    return malformed("malformed request line");
+  }
+  if (!decodePath(req.target, req.path)) {
+    return malformed("the request target must be a path starting with '/' (valid %-escapes)");
+  }
+
+  bool have_length = false;
+  while (true) {
+    if (!nextLine(line)) {
+      return malformed("a header line holds a CR or NUL byte");
+    }
+    if (line.empty()) {
+      break;
+    }
+    if (req.headers.size() >= max_headers) {
+      return malformed("more than " + std::to_string(max_headers) + " header fields", 431);
+    }
+    const std::size_t colon = line.find(':');
+    if (colon == std::string_view::npos || colon == 0 ||
+        !std::all_of(line.begin(), line.begin() + static_cast<std::ptrdiff_t>(colon), isTchar)) {
+      return malformed("malformed header line: " +
+                       std::string(line.substr(0, std::min<std::size_t>(line.size(), 40))));
+    }
+    const HttpHeader h{line.substr(0, colon), trimOws(line.substr(colon + 1))};
+    req.headers.push_back(h);
+    if (equalsIgnoreCase(h.name, "Content-Length")) {
+      std::uint64_t n = 0;
+      const auto [end, ec] = std::from_chars(h.value.data(), h.value.data() + h.value.size(), n);
+      if (ec != std::errc() || end != h.value.data() + h.value.size() || h.value.empty() ||
+          (have_length && n != req.content_length)) {
+        return malformed("Content-Length must be one decimal number");
+      }
+      have_length = true;
+      req.content_length = n;
+    } else if (equalsIgnoreCase(h.name, "Transfer-Encoding")) {
+      if (!equalsIgnoreCase(h.value, "chunked") || req.chunked) {
+        return malformed("Transfer-Encoding " + std::string(h.value) + " is not supported", 501);
+      }
+      req.chunked = true;
+    } else if (equalsIgnoreCase(h.name, "Connection")) {
+      if (hasToken(h.value, "close")) {
+        req.keep_alive = false;
+      } else if (hasToken(h.value, "keep-alive")) {
+        req.keep_alive = true;
+      }
+    } else if (equalsIgnoreCase(h.name, "Expect")) {
+      if (!equalsIgnoreCase(h.value, "100-continue")) {
+        return malformed("Expect " + std::string(h.value) + " is not supported", 417);
+      }
+      req.expect_continue = !http10;
+    }
+  }
+  if (req.chunked && have_length) {
+    // Both framings at once is how requests are smuggled past proxies.
+    return malformed("Content-Length and Transfer-Encoding: chunked together");
+  }
+  return std::nullopt;
+}
 
 enum class State {
   kHead,        // reading a request head (or idle between requests: got_bytes false)
@@ -866,115 +975,17 @@ void HttpServer::readHead(Conn& c) {
 }
 
 bool HttpServer::parseHead(Conn& c, std::size_t head_end) {
-  HttpRequest& req = c.req;
   c.head_end = head_end;
-  std::string_view head(&c.buf[c.pos], head_end - c.pos);
+  const std::string_view head(&c.buf[c.pos], head_end - c.pos);
   c.pos = head_end;
-  req.headers.clear();
-  req.body.clear();
-  req.keep_alive = true;
-  req.expect_continue = false;
-  req.chunked = false;
-  req.content_length = 0;
-  req.route = -1;
-  req.caller = -1;
-
-  auto nextLine = [&head](std::string_view& line) {
-    const std::size_t nl = head.find('\n');
-    line = head.substr(0, nl);
-    head.remove_prefix(nl == std::string_view::npos ? head.size() : nl + 1);
-    if (!line.empty() && line.back() == '\r') {
-      line.remove_suffix(1);
-    }
-    return line.find('\r') == std::string_view::npos && line.find('\0') == std::string_view::npos;
-  };
-  auto malformed = [&](std::string_view why, int status = 400) {
-    ++counters_.malformed;
-    refuse(c, status, why);
-    return false;
-  };
-
-  std::string_view line;
-  if (!nextLine(line)) {
-    return malformed("malformed request line");
-  }
-  const std::size_t sp1 = line.find(' ');
-  const std::size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
-  if (sp1 == std::string_view::npos || sp2 == std::string_view::npos || sp1 == 0 ||
-      sp2 == sp1 + 1 || line.find(' ', sp2 + 1) != std::string_view::npos) {
-    return malformed("malformed request line");
-  }
-  req.method = line.substr(0, sp1);
-  req.target = line.substr(sp1 + 1, sp2 - sp1 - 1);
-  const std::string_view version = line.substr(sp2 + 1);
-  if (!std::all_of(req.method.begin(), req.method.end(), isTchar)) {
-    return malformed("malformed request line");
-  }
-  if (version == "HTTP/1.1") {
-    c.http10 = false;
-  } else if (version == "HTTP/1.0") {
-    c.http10 = true;
-    req.keep_alive = false;
-  } else if (version.size() == 8 && version.substr(0, 5) == "HTTP/") {
-    return malformed("only HTTP/1.0 and HTTP/1.1 are served", 505);
-  } else {
-    return malformed("malformed request line");
-  }
-  if (!decodePath(req.target, req.path)) {
-    return malformed("the request target must be a path starting with '/' (valid %-escapes)");
-  }
-
-  bool have_length = false;
-  while (true) {
-    if (!nextLine(line)) {
-      return malformed("a header line holds a CR or NUL byte");
-    }
-    if (line.empty()) {
-      break;
-    }
-    if (req.headers.size() >= options_.max_headers) {
+  if (auto refusal = parseRequestHead(head, options_.max_headers, c.req, c.http10)) {
+    if (refusal->status == 431) {
       ++counters_.head_too_large;
-      refuse(c, 431, "more than " + std::to_string(options_.max_headers) + " header fields");
-      return false;
+    } else {
+      ++counters_.malformed;
     }
-    const std::size_t colon = line.find(':');
-    if (colon == std::string_view::npos || colon == 0 ||
-        !std::all_of(line.begin(), line.begin() + static_cast<std::ptrdiff_t>(colon), isTchar)) {
-      return malformed("malformed header line: " +
-                       std::string(line.substr(0, std::min<std::size_t>(line.size(), 40))));
-    }
-    const HttpHeader h{line.substr(0, colon), trimOws(line.substr(colon + 1))};
-    req.headers.push_back(h);
-    if (equalsIgnoreCase(h.name, "Content-Length")) {
-      std::uint64_t n = 0;
-      const auto [end, ec] = std::from_chars(h.value.data(), h.value.data() + h.value.size(), n);
-      if (ec != std::errc() || end != h.value.data() + h.value.size() || h.value.empty() ||
-          (have_length && n != req.content_length)) {
-        return malformed("Content-Length must be one decimal number");
-      }
-      have_length = true;
-      req.content_length = n;
-    } else if (equalsIgnoreCase(h.name, "Transfer-Encoding")) {
-      if (!equalsIgnoreCase(h.value, "chunked") || req.chunked) {
-        return malformed("Transfer-Encoding " + std::string(h.value) + " is not supported", 501);
-      }
-      req.chunked = true;
-    } else if (equalsIgnoreCase(h.name, "Connection")) {
-      if (hasToken(h.value, "close")) {
-        req.keep_alive = false;
-      } else if (hasToken(h.value, "keep-alive")) {
-        req.keep_alive = true;
-      }
-    } else if (equalsIgnoreCase(h.name, "Expect")) {
-      if (!equalsIgnoreCase(h.value, "100-continue")) {
-        return malformed("Expect " + std::string(h.value) + " is not supported", 417);
-      }
-      req.expect_continue = !c.http10;
-    }
-  }
-  if (req.chunked && have_length) {
-    // Both framings at once is how requests are smuggled past proxies.
-    return malformed("Content-Length and Transfer-Encoding: chunked together");
+    refuse(c, refusal->status, refusal->message);
+    return false;
   }
   return true;
 }
