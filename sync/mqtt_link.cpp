@@ -346,11 +346,7 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
       onConnectionLost(disconnectCause(static_cast<int>(reason)));
     });
 
-    // Kept as long as the client: Paho C keeps a pointer to the TLS error handler inside these
-    // options and calls it for every OpenSSL error of the connection, also after connect()
-    // returned (a TLS shutdown on disconnect). A local here was read after its scope (ASan).
-    connect_options_ = std::make_unique<mqtt::connect_options>();
-    mqtt::connect_options& opts = *connect_options_;
+    mqtt::connect_options opts;
     opts.set_mqtt_version(level);
     opts.set_clean_session(false);
     opts.set_clean_start(false);

@@ -24,7 +24,6 @@
 
 namespace mqtt {
 class async_client;
-class connect_options;
 class exception;
 }  // namespace mqtt
 
@@ -163,10 +162,7 @@ class MqttLink {
   LostHandler on_lost_;
   MessageHandler on_message_;
   std::unique_ptr<PublishListener> listener_;
-  // The options of the client's connect: its callbacks' context lives here (Paho C holds a
-  // pointer into it), so it is declared before client_ and replaced only once client_ is gone.
-  std::unique_ptr<mqtt::connect_options> connect_options_;  // owner thread only
-  std::unique_ptr<mqtt::async_client> client_;              // owner thread only
+  std::unique_ptr<mqtt::async_client> client_;  // owner thread only
   std::atomic<bool> connected_{false};
   std::atomic<int> protocol_level_{0};
   std::atomic<int64_t> broker_max_packet_{0};
