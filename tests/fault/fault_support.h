@@ -99,7 +99,7 @@ struct Verdict {
   std::string text;     // what verify printed
   nlohmann::json json;  // its --json form (null when verify failed to run)
 
-  int64_t lost() const;             // accepted ids and keys never received, plus missing seqs
+  int64_t lost() const;             // accepted ids and keys never received
   int64_t accepted() const;         // ids + keys
   int64_t dupsBeforeDedup() const;  // extra copies of one id (ids and keyed events)
   int64_t dupsAfterDedup() const;   // extra ids under one key
@@ -122,13 +122,14 @@ Verdict finalVerdict(const std::string& name, const std::string& db,
 /// One row of the figures table of tests/fault/run-long.
 struct Figures {
   std::string test;
-  int faults = 0;           // kills, restarts, ... done
-  std::string fault_kind;   // "agent kill -9", "broker restart", ...
-  int64_t accepted = 0;     // events the producers were told were accepted
-  double events_per_s = 0;  // accepted / load seconds
-  int64_t lost = 0;
-  int64_t dups_before = 0;  // extra copies of one id
-  int64_t dups_after = 0;   // extra ids under one key
+  int faults = 0;            // kills, restarts, ... done
+  std::string fault_kind;    // "agent kill -9", "broker restart", ...
+  int64_t accepted = 0;      // events the producers were told were accepted
+  double events_per_s = 0;   // accepted / load seconds
+  int64_t lost = 0;          // accepted ids and keys never received
+  int64_t missing_seqs = 0;  // the agent's gap check: seqs neither received nor reported
+  int64_t dups_before = 0;   // extra copies of one id
+  int64_t dups_after = 0;    // extra ids under one key
   int64_t reordered = 0;
   double wall_s = 0;
 };
