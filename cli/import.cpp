@@ -320,7 +320,7 @@ std::string pass(const std::string& path, std::size_t max_line, Sink& sink, bool
     json j;
     try {
       j = json::parse(line);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       std::string what = e.what();
       if (const auto at = what.find("] "); at != std::string::npos) {
         what = what.substr(at + 2);

@@ -484,6 +484,12 @@ TEST_CASE(
   auto deep = omniedge::testing::omniedge({"import", (tmp / "deep.jsonl").string()}, env);
   CHECK(deep.exit_code == 1);
   CHECK_THAT(deep.err, Catch::Contains("line 6: nests deeper than 64 levels"));
+  // A number beyond a double is the JSON library's out_of_range, not a parse_error: still an
+  // answer naming the line, never an uncaught exception (found by tools/fuzz on the daemon).
+  tmp.write("huge.jsonl", good + "{\"type\":\"kiosk.view\",\"data\":{\"n\":1e400}}\n");
+  auto huge = omniedge::testing::omniedge({"import", (tmp / "huge.jsonl").string()}, env);
+  CHECK(huge.exit_code == 1);
+  CHECK_THAT(huge.err, Catch::Contains("line 6: not JSON") && Catch::Contains("1e400"));
   auto shape = omniedge::testing::omniedge({"import", (tmp / "shape.jsonl").string()}, env);
   CHECK(shape.exit_code == 1);
   CHECK_THAT(shape.err, Catch::Contains("line 6: customer must be an object"));
