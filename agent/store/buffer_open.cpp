@@ -380,8 +380,7 @@ static_assert(std::size(kBufferMigrations) == schema::kBuffer &&
               kBufferMigrations[schema::kBuffer - 1].to == schema::kBuffer);
 
 // Reads the rows of `sql` (its one parameter: the first seq to read, `seq >= ?`) in seq order,
-// stepping over
-// stretches SQLite cannot read (at most 32 of them); calls `row` for each, and
+// stepping over stretches SQLite cannot read (at most 32 of them); calls `row` for each, and
 // `skipped(first, last)` for each stretch stepped over (last = INT64_MAX when it gave up).
 // Past an error, ever larger steps find a seq from which reading works again, then halving
 // goes back to the smallest such seq: only the seqs of the unreadable pages are skipped. (Steps
