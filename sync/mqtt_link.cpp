@@ -76,24 +76,6 @@ bool isNumericHost(const std::string& host) {
          (host.front() == '[' || host.find_first_not_of("0123456789.") == std::string::npos);
 }
 
-// OpenSSL's "C0E6…:error:0A000086:SSL routines:func:certificate verify failed:file:line:" →
-// "certificate verify failed".
-std::string shortTlsError(const std::string& text) {
-  std::vector<std::string> fields;
-  std::size_t from = 0;
-  for (std::size_t colon; (colon = text.find(':', from)) != std::string::npos; from = colon + 1) {
-    fields.push_back(text.substr(from, colon - from));
-  }
-  if (fields.size() > 5 && fields[1] == "error") {
-    return fields[5];
-  }
-  std::string trimmed = text;
-  while (!trimmed.empty() && (trimmed.back() == '\n' || trimmed.back() == ' ')) {
-    trimmed.pop_back();
-  }
-  return trimmed;
-}
-
 constexpr char kDoctor[] = "; try `omniedge doctor`";
 
 // What a CONNACK refusal (3.1.1 return code 1-5, MQTT 5 reason code >= 0x80) means to a
@@ -238,27 +220,7 @@ std::string MqttLink::connectFailure(const mqtt::exception& e) {
     // CONNACK: a 3.1.1 return code (1-5) or an MQTT 5 reason code (>= 0x80).
     return connackRefusal(rc, options_, e.what());
   }
-  std::string tls_error;
-  {
-    std::lock_guard lock(tls_mu_);
-    tls_error = tls_error_;
-  }
   const std::string message = e.get_message();
-  if (!tls_error.empty()) {
-    const std::string reason = shortTlsError(tls_error);
-    // "tlsv13 alert certificate required": the broker's verdict on our certificate.
-    const auto at = reason.find("alert ");
-    if (auto refusal = describeCertificateRefusal(
-            "broker", options_.url, at == std::string::npos ? "" : reason.substr(at + 6),
-            options_.cert_file, "mqtt.cert_file", "mqtt.key_file");
-        !refusal.empty()) {
-      return refusal + kDoctor;
-    }
-    return "TLS handshake with " + options_.url + " failed (" + reason +
-           "): check mqtt.ca_file (does it sign the broker's certificate, for this host name, "
-           "still valid?), mqtt.cert_file and mqtt.key_file" +
-           kDoctor;
-  }
   const bool tls_url = options_.url.rfind("mqtts://", 0) == 0 ||
                        options_.url.rfind("wss://", 0) == 0 || options_.url.rfind("ssl://", 0) == 0;
   if (tls_url && message.find("timeout") == std::string::npos) {
@@ -380,17 +342,13 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
       }
       ssl.set_enable_server_cert_auth(true);
       ssl.set_verify(true);  // the host name too, not only the chain
-      ssl.set_error_handler([this](const std::string& text) {
-        std::lock_guard lock(tls_mu_);
-        tls_error_ = text;
-      });
+      // No ssl.set_error_handler(): Paho C keeps a pointer into the copy of the options that
+      // async_client::connect() takes by value, and calls it for OpenSSL errors long after
+      // that copy is gone (ASan: stack-use-after-scope, scripts/sanitize). The reason of a
+      // failed handshake comes from probeTls() in connectFailure() instead.
       opts.set_ssl(ssl);
     }
 
-    {
-      std::lock_guard lock(tls_mu_);
-      tls_error_.clear();
-    }
     broker_max_packet_ = 0;
     auto tok = client_->connect(opts);
     while (!tok->wait_for(kPollInterval)) {

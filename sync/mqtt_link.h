@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -166,9 +165,6 @@ class MqttLink {
   std::atomic<bool> connected_{false};
   std::atomic<int> protocol_level_{0};
   std::atomic<int64_t> broker_max_packet_{0};
-  std::string
-      tls_error_;  // the last OpenSSL error of the client being connected; guarded by tls_mu_
-  std::mutex tls_mu_;
   int decided_level_ = 0;       // kAuto: the level that last worked (0: not known yet)
   unsigned auto_attempts_ = 0;  // kAuto: failed attempts so far, alternating 5 and 3.1.1
 };
