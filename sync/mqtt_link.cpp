@@ -361,7 +361,11 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
     const mqtt::connect_response response = tok->get_connect_response();
     const int used = response.get_mqtt_version();
     protocol_level_ = used != 0 ? used : level;
-    if (response.get_properties().contains(mqtt::property::MAXIMUM_PACKET_SIZE)) {
+    // Properties only on MQTT 5: a 3.1.1 CONNACK has none, and under TSan the properties read
+    // back for a 3.1.1 connection held garbage (a stack address as the maximum packet size,
+    // docs/reliability.md §18; where Paho leaves them unset is not pinned down).
+    if (protocol_level_ == MQTTVERSION_5 &&
+        response.get_properties().contains(mqtt::property::MAXIMUM_PACKET_SIZE)) {
       broker_max_packet_ =
           mqtt::get<uint32_t>(response.get_properties(), mqtt::property::MAXIMUM_PACKET_SIZE);
     }
