@@ -285,16 +285,22 @@ TEST_CASE(
   }
   CHECK(corrupt_after == corrupt_files);
 
+  // The report first, then the verdict: a verdict taken before the salvage arrived (nothing
+  // received yet, so no seq "missing" either) must not pass because the recovery report came
+  // in just after it. Settled = at most the rows of the overwritten pages lost; a wrong agent
+  // fails the checks below after the wait.
   json v;
-  REQUIRE(eventually(
+  const bool settled = eventually(
       [&] {
-        v = verifyJson(sim, accepted_path);
         const auto report = sim.report(kStore);
+        v = verifyJson(sim, accepted_path);
         return v.is_object() && report.is_object() &&
                report["types"].value("agent.buffer_recovered", 0) >= rounds &&
-               v["missing_seqs"] == 0;
+               v["missing_seqs"] == 0 && v.value("lost", int64_t{-1}) <= bad_rows;
       },
-      60s));
+      60s);
+  CHECK(settled);
+  REQUIRE(v.is_object());
   // Each lost id must be in a range the agent reported dropped for the epoch it was lost in.
   std::map<std::string, std::vector<std::pair<int64_t, int64_t>>> dropped;
   for (const auto& g : v["gaps"]) {
