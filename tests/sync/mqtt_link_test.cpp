@@ -267,7 +267,9 @@ TEST_CASE("connect errors name the broker, say what went wrong and what to check
     auto options = optionsFor(broker.url(), MqttVersion::kV311);
     options.ca_file = pki.ca_cert;
     const auto e = connectError(options);
-    CHECK(has(e, "TLS handshake with " + broker.url() + " failed (certificate verify failed)"));
+    // The reason is the verify result of the agent's own probe (no Paho TLS error handler).
+    CHECK(has(e, "TLS handshake with " + broker.url() + " failed (certificate verify failed: "));
+    CHECK(has(e, "a certificate from another CA may be a man in the middle"));
     CHECK(has(e, "mqtt.ca_file"));
   }
   SECTION("a broker that wants a password") {
