@@ -313,6 +313,85 @@ std::optional<HeadRefusal> parseRequestHead(std::string_view head, std::size_t m
   return std::nullopt;
 }
 
+ChunkedBody::Step ChunkedBody::decode(std::string_view in, std::size_t& pos, std::string& body,
+                                      const Limits& limits) {
+  using Kind = Step::Kind;
+  auto refused = [](int status, std::string message) {
+    Step step;
+    step.kind = Kind::kRefused;
+    step.refusal = HeadRefusal{status, std::move(message)};
+    return step;
+  };
+  while (pos < in.size()) {
+    if (phase == Phase::kData) {
+      const std::size_t take =
+          static_cast<std::size_t>(std::min<std::uint64_t>(left, in.size() - pos));
+      body.append(in.substr(pos, take));
+      pos += take;
+      left -= take;
+      if (left == 0) {
+        phase = Phase::kDataEnd;
+      }
+      continue;
+    }
+    const std::size_t nl = in.find('\n', pos);
+    // Judged the same whether the line came whole or in pieces: too long is too long.
+    if ((nl == std::string_view::npos ? in.size() : nl) - pos > limits.max_line) {
+      return refused(400, phase == Phase::kTrailer ? "a chunked trailer line is too long"
+                                                   : "a chunk size line is too long");
+    }
+    if (nl == std::string_view::npos) {
+      break;
+    }
+    std::string_view line = in.substr(pos, nl - pos);
+    pos = nl + 1;
+    if (!line.empty() && line.back() == '\r') {
+      line.remove_suffix(1);
+    }
+    if (phase == Phase::kDataEnd) {
+      if (!line.empty()) {
+        return refused(400, "malformed chunked body: a chunk's data is not followed by CRLF");
+      }
+      phase = Phase::kSize;
+      continue;
+    }
+    if (phase == Phase::kTrailer) {
+      trailer_bytes += line.size() + 2;
+      if (trailer_bytes > limits.max_trailer) {
+        return refused(431, "the chunked trailer is too large");
+      }
+      if (line.empty()) {
+        Step done;
+        done.kind = Kind::kDone;
+        return done;
+      }
+      continue;
+    }
+    const std::string_view digits = trimOws(line.substr(0, line.find(';')));
+    std::uint64_t size = 0;
+    const auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), size, 16);
+    if (digits.empty() || ec != std::errc() || p != digits.data() + digits.size()) {
+      return refused(400, "malformed chunk size");
+    }
+    if (size == 0) {
+      phase = Phase::kTrailer;
+      continue;
+    }
+    // Compared with what is left, never as a sum: a size near 2^64 would wrap the sum below
+    // the limit and let the body grow without bound.
+    if (size > limits.max_body - std::min(body.size(), limits.max_body)) {
+      return refused(413, "the body exceeds " + std::to_string(limits.max_body) + " bytes");
+    }
+    phase = Phase::kData;
+    left = size;
+    Step chunk;
+    chunk.kind = Kind::kChunk;
+    chunk.size = size;
+    return chunk;
+  }
+  return Step{};
+}
+
 enum class State {
   kHead,        // reading a request head (or idle between requests: got_bytes false)
   kBody,        // reading the body of an accepted head
@@ -323,8 +402,6 @@ enum class State {
   kStream,      // the head went out; writing what its HttpStream is given until either side ends
   kClosed,      // closed; freed at the end of the event round (its events may still be queued)
 };
-
-enum class ChunkPhase { kSize, kData, kDataEnd, kTrailer };
 
 struct HttpServer::Conn {
   int fd = -1;
@@ -345,12 +422,10 @@ struct HttpServer::Conn {
   std::string out;
   std::size_t out_done = 0;
   std::uint64_t body_left = 0;  // Content-Length bytes still to come (body or drain)
-  ChunkPhase chunk_phase = ChunkPhase::kSize;
-  std::uint64_t chunk_left = 0;
-  std::size_t trailer_bytes = 0;
-  std::size_t reserved = 0;  // of the body budget
-  bool body_unread = false;  // bytes of this request may still be on the way: linger on close
-  bool again = false;        // in again_: read the next request in this round
+  ChunkedBody chunks;           // the chunked body being read
+  std::size_t reserved = 0;     // of the body budget
+  bool body_unread = false;     // bytes of this request may still be on the way: linger on close
+  bool again = false;           // in again_: read the next request in this round
   Clock::time_point deadline{};
   Clock::time_point since{};  // when the current state began: who is evicted first
   std::string peer_text;
@@ -1060,9 +1135,7 @@ void HttpServer::afterHead(Conn& c) {
   c.since = Clock::now();
   setDeadline(c, options_.body_timeout);
   if (req.chunked) {
-    c.chunk_phase = ChunkPhase::kSize;
-    c.chunk_left = 0;
-    c.trailer_bytes = 0;
+    c.chunks = ChunkedBody{};
   } else {
     c.reserved = static_cast<std::size_t>(req.content_length);
     budget_used_ += c.reserved;
@@ -1143,97 +1216,44 @@ void HttpServer::readBody(Conn& c) {
 // or the request was refused; false when more input is needed.
 bool HttpServer::decodeChunks(Conn& c) {
   HttpRequest& req = c.req;
-  auto refuseBody = [&](int status, std::string message) {
-    if (status == 400) {
-      ++counters_.malformed;
-    }
-    refuse(c, status, message);
-    return true;
-  };
-  while (c.pos < c.len || c.chunk_phase == ChunkPhase::kData) {
-    switch (c.chunk_phase) {
-      case ChunkPhase::kSize:
-      case ChunkPhase::kDataEnd:
-      case ChunkPhase::kTrailer: {
-        const void* nl = std::memchr(&c.buf[c.pos], '\n', c.len - c.pos);
-        if (nl == nullptr) {
-          if (c.len - c.pos > kMaxChunkLine) {
-            return refuseBody(400, "a chunk size line is too long");
-          }
-          return false;
+  const ChunkedBody::Limits limits{options_.max_body_bytes, kMaxChunkLine,
+                                   options_.max_header_bytes};
+  for (;;) {
+    const auto step =
+        c.chunks.decode(std::string_view(c.buf.get(), c.len), c.pos, req.body, limits);
+    switch (step.kind) {
+      case ChunkedBody::Step::Kind::kMore:
+        if (c.pos == c.len && c.chunks.phase != ChunkedBody::Phase::kData) {
+          c.pos = c.len = c.head_end;  // everything consumed: the next read goes after the head
         }
-        const std::size_t end =
-            static_cast<std::size_t>(static_cast<const char*>(nl) - c.buf.get());
-        std::string_view line(&c.buf[c.pos], end - c.pos);
-        c.pos = end + 1;
-        if (!line.empty() && line.back() == '\r') {
-          line.remove_suffix(1);
+        return false;
+      case ChunkedBody::Step::Kind::kDone:
+        dispatch(c);
+        return true;
+      case ChunkedBody::Step::Kind::kRefused:
+        if (step.refusal.status == 400) {
+          ++counters_.malformed;
         }
-        if (c.chunk_phase == ChunkPhase::kDataEnd) {
-          if (!line.empty()) {
-            return refuseBody(400, "malformed chunked body");
-          }
-          c.chunk_phase = ChunkPhase::kSize;
-          break;
-        }
-        if (c.chunk_phase == ChunkPhase::kTrailer) {
-          c.trailer_bytes += line.size() + 2;
-          if (c.trailer_bytes > options_.max_header_bytes) {
-            return refuseBody(431, "the chunked trailer is too large");
-          }
-          if (line.empty()) {
-            dispatch(c);
-            return true;
-          }
-          break;
-        }
-        const std::string_view digits = trimOws(line.substr(0, line.find(';')));
-        std::uint64_t size = 0;
-        const auto [p, ec] =
-            std::from_chars(digits.data(), digits.data() + digits.size(), size, 16);
-        if (digits.empty() || ec != std::errc() || p != digits.data() + digits.size()) {
-          return refuseBody(400, "malformed chunk size");
-        }
-        if (size == 0) {
-          c.chunk_phase = ChunkPhase::kTrailer;
-          break;
-        }
-        if (req.body.size() + size > options_.max_body_bytes) {
-          return refuseBody(
-              413, "the body exceeds " + std::to_string(options_.max_body_bytes) + " bytes");
-        }
-        if (budget_used_ + size > options_.max_buffered_body_bytes) {
+        refuse(c, step.refusal.status, step.refusal.message);
+        return true;
+      case ChunkedBody::Step::Kind::kChunk: {
+        // The chunk fits the body limit (decode checked); the buffered bytes of all
+        // connections together are this server's own limit.
+        const std::size_t size = static_cast<std::size_t>(step.size);
+        if (size > options_.max_buffered_body_bytes -
+                       std::min(budget_used_, options_.max_buffered_body_bytes)) {
           ++counters_.body_budget_busy;
           refuse(c, 503, "the server is busy reading other bodies; retry shortly");
           return true;
         }
-        c.reserved += static_cast<std::size_t>(size);
-        budget_used_ += static_cast<std::size_t>(size);
+        c.reserved += size;
+        budget_used_ += size;
         counters_.buffered_body_bytes = budget_used_;
-        req.body.reserve(req.body.size() + static_cast<std::size_t>(size));
-        c.chunk_left = size;
-        c.chunk_phase = ChunkPhase::kData;
-        break;
-      }
-      case ChunkPhase::kData: {
-        const std::size_t take =
-            static_cast<std::size_t>(std::min<std::uint64_t>(c.chunk_left, c.len - c.pos));
-        if (take == 0) {
-          return false;
-        }
-        req.body.append(&c.buf[c.pos], take);
-        c.pos += take;
-        c.chunk_left -= take;
-        if (c.chunk_left == 0) {
-          c.chunk_phase = ChunkPhase::kDataEnd;
-        }
+        req.body.reserve(req.body.size() + size);
         break;
       }
     }
   }
-  // Everything consumed: the next read goes just after the head.
-  c.pos = c.len = c.head_end;
-  return false;
 }
 
 void HttpServer::dispatch(Conn& c) {

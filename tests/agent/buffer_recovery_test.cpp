@@ -25,6 +25,7 @@ using omniedge::store::Buffer;
 using omniedge::store::BufferOptions;
 using omniedge::store::StoredEvent;
 using omniedge::testing::FaultVfs;
+using omniedge::testing::readFile;
 using omniedge::testing::TempDir;
 namespace fs = std::filesystem;
 
@@ -56,11 +57,6 @@ std::unique_ptr<Buffer> openBuffer(const fs::path& dir) {
   INFO((b ? std::string() : b.error().message));
   REQUIRE(b.has_value());
   return std::move(*b);
-}
-
-std::string readFile(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 // Byte for byte (a helper, so that a failure does not print megabytes).

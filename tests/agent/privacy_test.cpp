@@ -21,6 +21,7 @@ using omniedge::omni::Privacy;
 using omniedge::store::Buffer;
 using omniedge::store::BufferOptions;
 using omniedge::store::ProfileCache;
+using omniedge::testing::readFile;
 using omniedge::testing::TempDir;
 namespace fs = std::filesystem;
 
@@ -102,19 +103,12 @@ struct Rig {
   }
 };
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // The first file in `dir` (recursively; but `except`) whose bytes hold `needle`: "" when none.
 std::string fileHolding(const fs::path& dir, const std::string& needle,
                         const std::string& except = "") {
   for (const auto& entry : fs::recursive_directory_iterator(dir)) {
     if (entry.is_regular_file() && entry.path().filename() != except &&
-        slurp(entry.path()).find(needle) != std::string::npos) {
+        readFile(entry.path()).find(needle) != std::string::npos) {
       return entry.path().string();
     }
   }
@@ -187,7 +181,7 @@ TEST_CASE(
 
   // Nothing of the refusing customer stays in the buffer's files (nor free pages, nor WAL).
   for (const auto* f : {"buffer.db", "buffer.db-wal"}) {
-    const std::string bytes = slurp(rig.dir.path() / f);
+    const std::string bytes = readFile(rig.dir.path() / f);
     INFO(f);
     CHECK(bytes.find("L-REFUSE-77") == std::string::npos);
     CHECK(bytes.find("f7826da6-4fa2-4e98-8024-bc5b71e0893e") == std::string::npos);

@@ -10,8 +10,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <iostream>
-#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <thread>
@@ -23,7 +21,6 @@
 #include "tests/support/temp_dir.h"
 
 using namespace std::chrono_literals;
-using nlohmann::json;
 using omniedge::testing::AgentProcess;
 using omniedge::testing::CentralSim;
 using omniedge::testing::MosquittoBroker;
@@ -34,15 +31,6 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string kStore = "store-1";
-
-int64_t pending(const AgentProcess& agent) {
-  const auto r = agent.cli({"status", "--json"});
-  const auto j = json::parse(r.out, nullptr, false);
-  if (r.exit_code != 0 || j.is_discarded() || !j.contains("queue")) {
-    return -1;
-  }
-  return j["queue"].value("pending", int64_t{-1});
-}
 
 fs::file_time_type mtime(const fs::path& p) {
   std::error_code ec;
@@ -87,7 +75,6 @@ TEST_CASE(
   // see mosquitto's own loss (docs/reliability.md §15); the verdict then shows it.
   const char* ungated = std::getenv("OMNIEDGE_FAULT_R2_UNGATED");
   const bool gate = ungated == nullptr || std::string(ungated) != "1";
-  const auto started = std::chrono::steady_clock::now();
   MosquittoBroker uplink;
   MosquittoBroker gateways;
   CentralSim::Options sim_options;
@@ -95,35 +82,16 @@ TEST_CASE(
   sim_options.mtls = true;  // HTTPS listens too, unused (the fixture needs its port)
   CentralSim sim(sim_options);
   TempDir tmp;
-  const fs::path spool = tmp / "spool";
-  fs::create_directories(spool);
+  fault::StoreLoad store(tmp.path(), kStore, gateways.url());
   // The agent reaches the broker through a proxy that withholds the broker's answers (the
   // CONNACK first) after each restart until central-sim's subscriber is back: mosquitto
   // PUBACKs a message before its autosave has written it, so a SIGKILL can lose a message
   // PUBACKed for an offline subscriber (its own loss, not the agent's: quality.md R2 "keep the
   // verifier's subscriber connected"). With the subscriber online it has the message at once.
   omniedge::testing::TcpProxy proxy(uplink.port());
-  AgentProcess agent(tmp / "data", {{"OMNIEDGE_STORE_ID", kStore},
-                                    {"OMNIEDGE_MQTT_URL", proxy.url()},
-                                    {"OMNIEDGE_MQTT_RECONNECT_MIN", "1"},
-                                    {"OMNIEDGE_MQTT_RECONNECT_MAX", "2"},
-                                    {"OMNIEDGE_POS_SPOOL_DIR", spool.string()},
-                                    {"OMNIEDGE_BEACON_MQTT_URL", gateways.url()},
-                                    {"OMNIEDGE_BEACON_TOPICS", "store/#"},
-                                    {"OMNIEDGE_BEACON_WINDOW", "1"},
-                                    {"OMNIEDGE_BEACON_EXIT_AFTER", "5"}});
+  AgentProcess agent(tmp / "data", store.agentEnvironment({{"OMNIEDGE_MQTT_URL", proxy.url()}}));
   REQUIRE(agent.start());
-
-  const fs::path accepted = tmp / "accepted.jsonl";
-  fault::Loadgen::Options lo;
-  lo.url = "http://127.0.0.1:" + std::to_string(agent.httpPort());
-  lo.accepted = accepted;
-  lo.rate = 6000;
-  lo.spool = spool;
-  lo.beacon_mqtt = gateways.url();
-  fault::Loadgen load(lo, tmp / "loadgen.log");
-  REQUIRE(
-      fault::eventually([&] { return fs::exists(accepted) && fs::file_size(accepted) > 0; }, 30s));
+  REQUIRE(store.start(agent.httpPort(), 6000));
 
   std::mt19937 rng(std::random_device{}());
   std::uniform_int_distribution<int> up_ms(500, 2000);
@@ -152,26 +120,10 @@ TEST_CASE(
     REQUIRE(fault::eventually([&] { return subscriberConnects(sim) > connects; }, 30s));
     proxy.holdReplies(false);
   }
-  std::this_thread::sleep_for(2s);
-  const json summary = load.stop();
-  INFO(load.output());
-  REQUIRE(summary.is_object());
-
-  REQUIRE(fault::eventually([&] { return pending(agent) == 0; }, 180s));
-  const auto verdict =
-      fault::finalVerdict("R2 broker restarts", sim.db(), accepted, "default/" + kStore);
-  const double wall =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  fault::reportFigures(fault::figuresOf("R2 broker restarts (kiosk+pos+beacon)",
-                                        "broker SIGTERM/SIGKILL", restarts, verdict, summary,
-                                        wall));
-  std::cout << "loadgen: " << summary.dump() << "\n";
-  INFO(verdict.text);
-  CHECK(verdict.exit_code == 0);
-  CHECK(verdict.lost() == 0);
-  CHECK(summary["accepted_by_channel"].value("kiosk", 0) > 0);
-  CHECK(summary["accepted_by_channel"].value("pos", 0) > 0);
-  CHECK(summary["accepted_by_channel"].value("beacon", 0) > 0);
+  const auto outcome = store.finish("R2 broker restarts (kiosk+pos+beacon)",
+                                    "broker SIGTERM/SIGKILL", restarts, agent, sim.db());
+  INFO(store.loadOutput());
+  fault::checkResendsOnly(outcome, true);
   // The agent was never restarted: every duplicate is a resend of the same id.
-  CHECK(verdict.dupsAfterDedup() == 0);
+  CHECK(outcome.verdict.dupsAfterDedup() == 0);
 }

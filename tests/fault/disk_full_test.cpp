@@ -24,11 +24,11 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 using omniedge::testing::AgentProcess;
 using omniedge::testing::CentralSim;
-using omniedge::testing::eventually;
-using omniedge::testing::faultLong;
 using omniedge::testing::MosquittoBroker;
 using omniedge::testing::Subscriber;
 using omniedge::testing::TempDir;
+using omniedge::testing::fault::eventually;
+using omniedge::testing::fault::longVariant;
 
 namespace {
 
@@ -220,7 +220,7 @@ TEST_CASE(
     "[fault][disk]") {
   namespace fs = std::filesystem;
   TempDir tmp;
-  SmallDisk disk(tmp / "data", faultLong() ? "96m" : "24m");
+  SmallDisk disk(tmp / "data", longVariant() ? "96m" : "24m");
   if (!disk.mounted()) {
     WARN("cannot mount a tmpfs here (not root?): skipped");
     return;
@@ -259,7 +259,7 @@ TEST_CASE(
     }
     return name;
   };
-  const int fills = faultLong() ? 3 : 1;
+  const int fills = longVariant() ? 3 : 1;
   std::size_t kiosk_accepted = 0;
   int kiosk_full = 0;
   int seq = 1;
@@ -352,7 +352,7 @@ TEST_CASE(
           }
           return agent.cli({"flush", "--wait", "10"}).exit_code == 0;
         },
-        faultLong() ? 600s : 120s);
+        longVariant() ? 600s : 120s);
     INFO(agent.cli({"status"}).out);
     REQUIRE(flowed);
     CHECK(agent.post("/v1/events", R"({"type":"kiosk.view"})").first == 202);
@@ -374,7 +374,7 @@ TEST_CASE(
   std::printf(
       "R4 full disk (%s tmpfs, %d fill(s)): %zu kiosk events answered 202, %d answered 503 full; "
       "%zu POS transactions in %zu spool files\n",
-      faultLong() ? "96m" : "24m", fills, kiosk_accepted, kiosk_full, pos_accepted, files.size());
+      longVariant() ? "96m" : "24m", fills, kiosk_accepted, kiosk_full, pos_accepted, files.size());
   std::fflush(stdout);
   INFO(v.text);
   CHECK(v.exit_code == 0);

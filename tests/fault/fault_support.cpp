@@ -1,12 +1,11 @@
 #include "tests/fault/fault_support.h"
 
-#include <fcntl.h>
 #include <signal.h>
 #include <sqlite3.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
@@ -16,6 +15,8 @@
 #include <thread>
 
 #include "tests/support/central_sim.h"
+#include "tests/support/command.h"
+#include "tests/support/temp_dir.h"
 
 namespace omniedge::testing::fault {
 namespace {
@@ -23,31 +24,10 @@ namespace {
 const std::string kPython = "/usr/bin/python3";
 const std::string kLoadgen = std::string(OMNIEDGE_SOURCE_DIR) + "/tools/loadgen/loadgen";
 
-std::string slurp(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 std::string number(double v) {
   std::ostringstream s;
   s << v;
   return s.str();
-}
-
-// Waits for `pid` up to `timeout`; true when it exited (status reaped).
-bool waitFor(pid_t pid, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    int status = 0;
-    const pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid || (r < 0 && errno != EINTR)) {
-      return true;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return false;
 }
 
 int64_t integer(const nlohmann::json& j, const nlohmann::json::json_pointer& p) {
@@ -109,54 +89,31 @@ Loadgen::Loadgen(Options o, std::filesystem::path log)
                            "--beacons", std::to_string(o.beacons)});
   }
   all.insert(all.end(), o.extra.begin(), o.extra.end());
-  std::vector<char*> argv;
-  for (auto& a : all) {
-    argv.push_back(a.data());
-  }
-  argv.push_back(nullptr);
-  const pid_t pid = fork();
-  if (pid < 0) {
-    throw std::runtime_error("fork failed");
-  }
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
-    const int out = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (out >= 0) {
-      dup2(out, 1);
-      dup2(out, 2);
-      close(out);
-    }
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  pid_ = pid;
+  pid_ = spawnProcess(all, log_.string());
 }
 
 Loadgen::~Loadgen() {
   if (pid_ > 0) {
     kill(pid_, SIGKILL);
-    waitFor(pid_, std::chrono::seconds(10));
+    waitExit(pid_, std::chrono::seconds(10));
   }
 }
 
 nlohmann::json Loadgen::stop() {
   if (pid_ > 0) {
     kill(pid_, SIGTERM);
-    if (!waitFor(pid_, std::chrono::seconds(60))) {
+    if (!waitExit(pid_, std::chrono::seconds(60))) {
       kill(pid_, SIGKILL);
-      waitFor(pid_, std::chrono::seconds(10));
+      waitExit(pid_, std::chrono::seconds(10));
     }
     pid_ = -1;
   }
-  const auto text = slurp(summary_);
+  const auto text = readFile(summary_);
   auto j = nlohmann::json::parse(text, nullptr, false);
   return j.is_discarded() ? nlohmann::json() : j;
 }
 
-std::string Loadgen::output() const { return slurp(log_); }
+std::string Loadgen::output() const { return readFile(log_); }
 
 RestartableSim::RestartableSim(std::filesystem::path dir, std::string mqtt_url)
     : dir_(std::move(dir)), mqtt_url_(std::move(mqtt_url)) {
@@ -190,34 +147,10 @@ void RestartableSim::start() {
   if (!mqtt_url_.empty()) {
     all.insert(all.end(), {"--mqtt", mqtt_url_});
   }
-  std::vector<char*> argv;
-  for (auto& a : all) {
-    argv.push_back(a.data());
-  }
-  argv.push_back(nullptr);
-  const auto log_path = (dir_ / "serve.log").string();
-  const pid_t pid = fork();
-  if (pid < 0) {
-    throw std::runtime_error("fork failed");
-  }
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    const int out = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (out >= 0) {
-      dup2(out, 1);
-      dup2(out, 2);
-      close(out);
-    }
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  pid_ = pid;
+  pid_ = spawnProcess(all, (dir_ / "serve.log").string());
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < deadline) {
-    const auto j = nlohmann::json::parse(slurp(ready), nullptr, false);
+    const auto j = nlohmann::json::parse(readFile(ready), nullptr, false);
     if (!j.is_discarded() && j.contains("https_port")) {
       port_ = j["https_port"].get<int>();
       return;
@@ -235,7 +168,7 @@ void RestartableSim::start() {
 void RestartableSim::kill9() {
   if (pid_ > 0) {
     kill(pid_, SIGKILL);
-    waitFor(pid_, std::chrono::seconds(10));
+    waitExit(pid_, std::chrono::seconds(10));
     pid_ = -1;
   }
 }
@@ -243,7 +176,7 @@ void RestartableSim::kill9() {
 void RestartableSim::stop() {
   if (pid_ > 0) {
     kill(pid_, SIGTERM);
-    if (!waitFor(pid_, std::chrono::seconds(10))) {
+    if (!waitExit(pid_, std::chrono::seconds(10))) {
       kill9();
     }
     pid_ = -1;
@@ -252,7 +185,7 @@ void RestartableSim::stop() {
 
 std::string RestartableSim::baseUrl() const { return "https://127.0.0.1:" + std::to_string(port_); }
 
-std::string RestartableSim::log() const { return slurp(dir_ / "serve.log"); }
+std::string RestartableSim::log() const { return readFile(dir_ / "serve.log"); }
 
 int64_t Verdict::lost() const {
   return integer(json, "/lost"_json_pointer) + integer(json, "/keys/lost"_json_pointer);
@@ -281,7 +214,7 @@ Verdict verifyHistory(const std::string& db, const std::filesystem::path& accept
   Verdict v;
   v.exit_code = r.exit_code;
   v.text = r.out + (r.exit_code == 0 || r.exit_code == 1 ? "" : r.err);
-  auto j = nlohmann::json::parse(slurp(json_path), nullptr, false);
+  auto j = nlohmann::json::parse(readFile(json_path), nullptr, false);
   v.json = j.is_discarded() ? nlohmann::json() : j;
   return v;
 }
@@ -346,6 +279,99 @@ Figures figuresOf(const std::string& test, const std::string& fault_kind, int fa
   f.reordered = verdict.reordered();
   f.wall_s = wall_s;
   return f;
+}
+
+int64_t pending(const AgentProcess& agent) {
+  const auto r = agent.cli({"status", "--json"});
+  const auto j = nlohmann::json::parse(r.out, nullptr, false);
+  if (r.exit_code != 0 || j.is_discarded() || !j.contains("queue")) {
+    return -1;
+  }
+  return j["queue"].value("pending", int64_t{-1});
+}
+
+StoreLoad::StoreLoad(std::filesystem::path dir, std::string store, std::string gateway_mqtt)
+    : dir_(std::move(dir)),
+      store_(std::move(store)),
+      gateway_mqtt_(std::move(gateway_mqtt)),
+      spool_(dir_ / "spool"),
+      accepted_(dir_ / "accepted.jsonl"),
+      started_(std::chrono::steady_clock::now()) {
+  std::filesystem::create_directories(spool_);
+}
+
+std::map<std::string, std::string> StoreLoad::agentEnvironment(
+    const std::map<std::string, std::string>& more) const {
+  std::map<std::string, std::string> env = {{"OMNIEDGE_STORE_ID", store_},
+                                            {"OMNIEDGE_MQTT_RECONNECT_MIN", "1"},
+                                            {"OMNIEDGE_MQTT_RECONNECT_MAX", "2"},
+                                            {"OMNIEDGE_POS_SPOOL_DIR", spool_.string()},
+                                            {"OMNIEDGE_BEACON_MQTT_URL", gateway_mqtt_},
+                                            {"OMNIEDGE_BEACON_TOPICS", "store/#"},
+                                            {"OMNIEDGE_BEACON_WINDOW", "1"},
+                                            {"OMNIEDGE_BEACON_EXIT_AFTER", "5"}};
+  for (const auto& [k, v] : more) {
+    env[k] = v;
+  }
+  return env;
+}
+
+bool StoreLoad::start(int http_port, double rate) {
+  Loadgen::Options o;
+  o.url = "http://127.0.0.1:" + std::to_string(http_port);
+  o.accepted = accepted_;
+  o.rate = rate;
+  o.batch = 100;
+  o.connections = 4;
+  o.spool = spool_;
+  o.pos_rate = 10;
+  o.beacon_mqtt = gateway_mqtt_;
+  load_ = std::make_unique<Loadgen>(o, dir_ / "loadgen.log");
+  return eventually(
+      [&] {
+        std::error_code ec;
+        return std::filesystem::file_size(accepted_, ec) > 0 && !ec;
+      },
+      std::chrono::seconds(30));
+}
+
+std::string StoreLoad::loadOutput() const { return load_ ? load_->output() : std::string(); }
+
+Outcome StoreLoad::finish(const std::string& name, const std::string& fault_kind, int faults,
+                          const AgentProcess& agent, const std::string& centre_db) {
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // some load after the last fault too
+  Outcome out;
+  out.summary = load_ ? load_->stop() : nlohmann::json();
+  std::cout << "loadgen: " << out.summary.dump() << "\n";
+  // Drain: nothing pending in the agent, then the centre holds everything (finalVerdict re-runs
+  // verify while the centre's subscriber catches up).
+  out.drained = eventually([&] { return pending(agent) == 0; }, std::chrono::seconds(180));
+  if (!out.drained) {
+    return out;
+  }
+  out.verdict = finalVerdict(name, centre_db, accepted_, "default/" + store_);
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  reportFigures(figuresOf(name, fault_kind, faults, out.verdict, out.summary, wall));
+  return out;
+}
+
+void checkResendsOnly(const Outcome& outcome, bool beacons) {
+  INFO("loadgen summary: " << outcome.summary.dump());
+  REQUIRE(outcome.summary.is_object());
+  REQUIRE(outcome.drained);
+  INFO(outcome.verdict.text);
+  CHECK(outcome.verdict.exit_code == 0);
+  CHECK(outcome.verdict.lost() == 0);
+  const auto& by_channel = outcome.summary["accepted_by_channel"];
+  CHECK(by_channel.value("kiosk", 0) > 0);
+  CHECK(by_channel.value("pos", 0) > 0);
+  if (beacons) {
+    CHECK(by_channel.value("beacon", 0) > 0);
+  }
+  const auto& after = outcome.verdict.json["keys"]["after_dedup_by_kind"];
+  CHECK_FALSE(after.contains("kiosk"));
+  CHECK_FALSE(after.contains("pos"));
 }
 
 }  // namespace omniedge::testing::fault

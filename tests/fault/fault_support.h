@@ -10,9 +10,12 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "tests/support/agent_process.h"
 
 namespace omniedge::testing::fault {
 
@@ -141,5 +144,57 @@ void reportFigures(const Figures& figures);
 /// Figures from a verdict and a loadgen summary.
 Figures figuresOf(const std::string& test, const std::string& fault_kind, int faults,
                   const Verdict& verdict, const nlohmann::json& summary, double wall_s);
+
+/// The agent's backlog (`omniedge status --json`, queue.pending); -1 when it cannot tell (the
+/// daemon is down or restarting).
+int64_t pending(const AgentProcess& agent);
+
+/// What a load test ends with (StoreLoad::finish).
+struct Outcome {
+  nlohmann::json summary;  // loadgen's summary (null if it wrote none)
+  bool drained = false;    // the agent's backlog reached 0 within 180 s
+  Verdict verdict;         // the final verdict (taken only once drained)
+};
+
+/// The store side of a load test (R1, R2, the HTTPS uplink): a POS spool, the agent's
+/// environment with all three channels on, and the load generator on them with its history.
+class StoreLoad {
+ public:
+  /// `dir`: where the spool, the history and loadgen's log go; `gateway_mqtt`: the broker the
+  /// store's beacon gateways publish to. The test's wall clock starts here.
+  StoreLoad(std::filesystem::path dir, std::string store, std::string gateway_mqtt);
+
+  /// The agent's environment: this store id, MQTT reconnects after 1-2 s, the POS spool, beacon
+  /// gateways (topics store/#, 1 s windows, exit after 5 s), then `more` (which wins).
+  std::map<std::string, std::string> agentEnvironment(
+      const std::map<std::string, std::string>& more) const;
+
+  /// Starts loadgen on the kiosk API at `http_port` (`rate` events/s, arrays of 100 on 4
+  /// connections), POS files (10/s) and beacons; false when nothing was accepted within 30 s.
+  bool start(int http_port, double rate);
+
+  /// Stops the load, waits for `agent` to drain, then takes the final verdict from the centre's
+  /// database `centre_db` and prints it and the figures (row `name`, `faults` of `fault_kind`).
+  Outcome finish(const std::string& name, const std::string& fault_kind, int faults,
+                 const AgentProcess& agent, const std::string& centre_db);
+
+  const std::filesystem::path& spool() const { return spool_; }
+  std::string loadOutput() const;
+
+ private:
+  std::filesystem::path dir_;
+  std::string store_;
+  std::string gateway_mqtt_;
+  std::filesystem::path spool_;
+  std::filesystem::path accepted_;
+  std::unique_ptr<Loadgen> load_;
+  std::chrono::steady_clock::time_point started_;
+};
+
+/// The checks a load test ends with (Catch CHECKs): drained, nothing lost, every channel loaded
+/// and acknowledged (beacons too when `beacons`), and duplicates only from resends: no kiosk
+/// event or POS transaction arrived under a second id. A beacon seen again by a restarted agent
+/// is a new beacon.enter: a new observation, reported, not a resend.
+void checkResendsOnly(const Outcome& outcome, bool beacons);
 
 }  // namespace omniedge::testing::fault

@@ -36,12 +36,13 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 using omniedge::testing::AgentProcess;
 using omniedge::testing::CentralSim;
-using omniedge::testing::eventually;
-using omniedge::testing::faultLong;
 using omniedge::testing::KioskLoad;
 using omniedge::testing::MosquittoBroker;
 using omniedge::testing::runCommand;
 using omniedge::testing::TempDir;
+using omniedge::testing::fault::eventually;
+using omniedge::testing::fault::longVariant;
+using omniedge::testing::fault::pending;
 namespace fs = std::filesystem;
 
 namespace {
@@ -53,12 +54,6 @@ CentralSim::Options mqttOnly(const MosquittoBroker& broker) {
   CentralSim::Options o;
   o.mqtt_url = broker.url();
   return o;
-}
-
-int64_t pending(const AgentProcess& agent) {
-  auto r = agent.cli({"status", "--json"});
-  const auto s = r.exit_code == 0 ? json::parse(r.out, nullptr, false) : json();
-  return s.is_object() ? s["queue"].value("pending", int64_t{-1}) : -1;
 }
 
 std::string fiuCtrl(const std::string& pipes, pid_t pid, const std::string& command) {
@@ -144,7 +139,7 @@ TEST_CASE(
     INFO(e);
     REQUIRE(e.empty());
   }
-  const auto fault_time = faultLong() ? 120s : 8s;
+  const auto fault_time = longVariant() ? 120s : 8s;
   const auto t0 = std::chrono::steady_clock::now();
   bool alive = true;
   while (alive && std::chrono::steady_clock::now() - t0 < fault_time) {
@@ -159,7 +154,7 @@ TEST_CASE(
   REQUIRE(alive);  // the faults did not crash it
   REQUIRE(load.error().empty());
   const auto answers = load.answers();
-  const bool drained = eventually([&] { return pending(agent) == 0; }, faultLong() ? 300s : 90s);
+  const bool drained = eventually([&] { return pending(agent) == 0; }, longVariant() ? 300s : 90s);
   CHECK(drained);
   const auto v = omniedge::testing::fault::finalVerdict("R5 fiu write/fsync faults", sim.db(),
                                                         accepted_path, kVerifyStore, 10s);
@@ -213,7 +208,7 @@ TEST_CASE(
                             {"OMNIEDGE_MQTT_RECONNECT_MAX", "2"}});
   const auto accepted_path = tmp / "accepted.jsonl";
   std::ofstream accepted(accepted_path);
-  const int rounds = faultLong() ? 5 : 1;
+  const int rounds = longVariant() ? 5 : 1;
   std::set<std::string> on_bad_pages;
   std::vector<std::map<std::string, int64_t>> seq_of;  // per round: id -> seq in that epoch
   std::vector<std::string> epochs;

@@ -4,7 +4,6 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,13 +30,6 @@ const char* const kTc = "/usr/sbin/tc";
 const std::string kPython = "/usr/bin/python3";
 const std::string kSim = std::string(OMNIEDGE_SOURCE_DIR) + "/tools/central-sim/central-sim";
 const std::string kPrefix = "oef-";
-
-std::string slurp(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string failure(const std::vector<std::string>& argv, const CommandOutput& r) {
   if (r.exit_code == 0) {
@@ -71,22 +63,6 @@ void removeStaleLabs() {
 }
 
 }  // namespace
-
-bool faultLong() {
-  const char* v = std::getenv("OMNIEDGE_FAULT_LONG");
-  return v != nullptr && std::string(v) == "1";
-}
-
-bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      return false;
-    }
-    std::this_thread::sleep_for(100ms);
-  }
-  return true;
-}
 
 int64_t rssKib(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -341,33 +317,10 @@ LabCentral::LabCentral(const std::string& https_host, const std::string& mqtt_ur
   if (!mqtt_url.empty()) {
     all.insert(all.end(), {"--mqtt", mqtt_url});
   }
-  std::vector<char*> argv;
-  for (auto& a : all) {
-    argv.push_back(a.data());
-  }
-  argv.push_back(nullptr);
-  const std::string log_path = (dir_ / "serve.log").string();
-  pid_ = fork();
-  if (pid_ < 0) {
-    throw std::runtime_error("fork failed");
-  }
-  if (pid_ == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    const int out = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (out >= 0) {
-      dup2(out, 1);
-      dup2(out, 2);
-      ::close(out);
-    }
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
+  pid_ = spawnProcess(all, (dir_ / "serve.log").string());
   const auto deadline = std::chrono::steady_clock::now() + 30s;
   for (;;) {
-    auto j = nlohmann::json::parse(slurp(dir_ / "ready.json"), nullptr, false);
+    auto j = nlohmann::json::parse(readFile(dir_ / "ready.json"), nullptr, false);
     if (j.is_object()) {
       port_ = j.value("https_port", 0);
       return;
@@ -403,6 +356,6 @@ LabCentral::~LabCentral() {
 
 std::string LabCentral::baseUrl() const { return "https://" + host_ + ":" + std::to_string(port_); }
 
-std::string LabCentral::log() const { return slurp(dir_ / "serve.log"); }
+std::string LabCentral::log() const { return readFile(dir_ / "serve.log"); }
 
 }  // namespace omniedge::testing

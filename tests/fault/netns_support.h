@@ -33,12 +33,6 @@ namespace omniedge::testing {
 class AgentProcess;
 class NetLab;
 
-/// True when OMNIEDGE_FAULT_LONG=1: the long variants (tests/fault/run-long).
-bool faultLong();
-
-/// True once `condition()` holds (polled every 100 ms), false after `timeout`.
-bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
-
 /// The resident set of `pid` in KiB (VmRSS of /proc/PID/status), 0 when it is gone.
 int64_t rssKib(pid_t pid);
 

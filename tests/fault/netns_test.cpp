@@ -27,14 +27,14 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 using omniedge::testing::AgentProcess;
 using omniedge::testing::CentralSim;
-using omniedge::testing::eventually;
-using omniedge::testing::faultLong;
 using omniedge::testing::KioskLoad;
 using omniedge::testing::LabCentral;
 using omniedge::testing::MosquittoBroker;
 using omniedge::testing::NetLab;
 using omniedge::testing::rssKib;
 using omniedge::testing::TempDir;
+using omniedge::testing::fault::eventually;
+using omniedge::testing::fault::longVariant;
 
 namespace {
 
@@ -68,14 +68,15 @@ int64_t pending(const NetLab& lab, const AgentProcess& agent) {
 void runUnderFault(const std::string& test, NetLab& lab,
                    const std::map<std::string, std::string>& env, const Fault& fault,
                    const std::string& central_db) {
-  const int cycles = faultLong() ? 5 : 1;
-  const auto fault_time = faultLong() ? 30s : 6s;
-  const auto between = faultLong() ? 10s : 3s;
+  const int cycles = longVariant() ? 5 : 1;
+  const auto fault_time = longVariant() ? 30s : 6s;
+  const auto between = longVariant() ? 10s : 3s;
   TempDir tmp;
   std::unique_ptr<AgentProcess> agent;
   bool started = false;
   lab.run([&] {
     agent = std::make_unique<AgentProcess>(tmp / "data", env);
+    agent->outliveStartingThread();  // this thread ends as soon as the agent is up
     started = agent->start();
   });
   INFO(agent->log());
@@ -121,7 +122,7 @@ void runUnderFault(const std::string& test, NetLab& lab,
         rss_peak = std::max(rss_peak, rssKib(agent->pid()));
         return pending(lab, *agent) == 0;
       },
-      faultLong() ? 600s : 120s);
+      longVariant() ? 600s : 120s);
   const auto drain_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                             std::chrono::steady_clock::now() - drain_start)
                             .count();

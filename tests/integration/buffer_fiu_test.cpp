@@ -25,6 +25,7 @@
 #include "tests/support/net.h"
 #include "tests/support/temp_dir.h"
 
+using omniedge::testing::readFile;
 using omniedge::testing::TempDir;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
@@ -47,13 +48,6 @@ int runCommand(std::vector<std::string> args) {
   int status = 0;
   waitpid(pid, &status, 0);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 }  // namespace
@@ -131,7 +125,7 @@ TEST_CASE(
   }
   if (!up) {
     stopAgent();
-    FAIL("the agent did not start: " << slurp(log));
+    FAIL("the agent did not start: " << readFile(log));
   }
   const std::string pid_s = std::to_string(pid);
   const std::string pipes = (tmp / "fiu-ctrl").string();
@@ -184,7 +178,7 @@ TEST_CASE(
   const auto stop_ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
           .count();
-  INFO(slurp(log).substr(0, 20000));
+  INFO(readFile(log).substr(0, 20000));
   CHECK(code == 0);
 
   std::set<std::string> stored;
@@ -207,7 +201,7 @@ TEST_CASE(
   for (const auto& id : refused) {
     phantom += stored.count(id) != 0 ? 1 : 0;
   }
-  const std::string log_text = slurp(log);
+  const std::string log_text = readFile(log);
   std::size_t rollbacks = 0;
   for (auto p = log_text.find("transaction rolled back"); p != std::string::npos;
        p = log_text.find("transaction rolled back", p + 1)) {

@@ -20,6 +20,7 @@
 #include "tests/support/temp_dir.h"
 
 using omniedge::testing::AgentProcess;
+using omniedge::testing::readFile;
 using omniedge::testing::TempDir;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
@@ -27,13 +28,6 @@ using namespace std::chrono_literals;
 extern char** environ;
 
 namespace {
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Runs `omniedge run` as uid/gid 65534 through setpriv; returns (exit code, output). Killed
 // after 30 s (it must exit at once).
@@ -86,11 +80,11 @@ std::pair<int, std::string> runAsNobody(const fs::path& data, const fs::path& lo
     if (std::chrono::steady_clock::now() > deadline) {
       kill(pid, SIGKILL);
       waitpid(pid, &status, 0);
-      return {-1, slurp(log)};
+      return {-1, readFile(log)};
     }
     std::this_thread::sleep_for(20ms);
   }
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(log)};
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), readFile(log)};
 }
 
 }  // namespace
@@ -118,7 +112,7 @@ TEST_CASE("a buffer left owned by root stops the start with exit 77 and the fix,
   }
   // The service user owns its state dir (StateDirectory=), as systemd makes it.
   REQUIRE(chown(data.c_str(), 65534, 65534) == 0);
-  const auto before = slurp(data / "buffer.db");
+  const auto before = readFile(data / "buffer.db");
 
   auto [code, out] = runAsNobody(data, tmp / "nobody.log");
   INFO(out);
@@ -127,7 +121,7 @@ TEST_CASE("a buffer left owned by root stops the start with exit 77 and the fix,
   CHECK(out.find("owned by root") != std::string::npos);
   CHECK(out.find("chown -R nobody") != std::string::npos);
   CHECK(out.find("corrupt") == std::string::npos);
-  CHECK((slurp(data / "buffer.db") == before));
+  CHECK((readFile(data / "buffer.db") == before));
   for (const auto& entry : fs::directory_iterator(data)) {
     CHECK(entry.path().filename().string().rfind("buffer.db.", 0) != 0);
   }

@@ -23,6 +23,7 @@ using nlohmann::json;
 using omniedge::testing::AgentProcess;
 using omniedge::testing::CommandOutput;
 using omniedge::testing::MosquittoBroker;
+using omniedge::testing::readFile;
 using omniedge::testing::RunAs;
 using omniedge::testing::Subscriber;
 using omniedge::testing::TempDir;
@@ -62,13 +63,6 @@ std::set<std::string> idsIn(const std::string& json_lines) {
     }
   }
   return ids;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 // Every file of a directory: name -> size, mtime (ns), owner, group, mode.
@@ -139,7 +133,7 @@ void readEverything(const fs::path& data, const fs::path& out_dir, const std::st
   auto exported = run({"export", "--out", file});
   INFO("export: " << exported.out << exported.err);
   CHECK(exported.exit_code == 0);
-  const auto in_file = idsIn(slurp(file));
+  const auto in_file = idsIn(readFile(file));
   for (const auto& id : ids) {
     CHECK(in_file.count(id) == 1);
   }
@@ -308,7 +302,7 @@ echo "== files"; ls -ln /var/lib/omniedge
   INFO("output:\n"
        << r.out << "\nerrors:\n"
        << r.err << "\ndaemon log:\n"
-       << slurp(tmp / "daemon.log"));
+       << readFile(tmp / "daemon.log"));
   REQUIRE(r.exit_code == 0);
   // Sections by their "== name" lines.
   std::map<std::string, std::string> part;

@@ -21,6 +21,7 @@ using omniedge::testing::AgentProcess;
 using omniedge::testing::CentralSim;
 using omniedge::testing::MosquittoBroker;
 using omniedge::testing::publishMqtt;
+using omniedge::testing::readFile;
 using omniedge::testing::TempDir;
 namespace fs = std::filesystem;
 
@@ -67,18 +68,11 @@ void loadProfiles(const CentralSim& sim, TempDir& tmp, const json& profiles) {
               .exit_code == 0);
 }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // The first file under `dir` whose raw bytes hold `needle`; "" when none does.
 std::string fileHolding(const fs::path& dir, const std::string& needle) {
   std::error_code ec;
   for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    if (it->is_regular_file(ec) && slurp(it->path()).find(needle) != std::string::npos) {
+    if (it->is_regular_file(ec) && readFile(it->path()).find(needle) != std::string::npos) {
       return it->path().string();
     }
   }
@@ -123,7 +117,7 @@ TEST_CASE(
   // tells their refusal).
   for (const char* f : {"buffer.db", "buffer.db-wal"}) {
     INFO(f);
-    CHECK(slurp(tmp / "data" / f).find("L-REFUSE-9") == std::string::npos);
+    CHECK(readFile(tmp / "data" / f).find("L-REFUSE-9") == std::string::npos);
   }
 
   // The uplink comes back.

@@ -1,74 +1,18 @@
 #include "tests/support/agent_process.h"
 
-#include <fcntl.h>
 #include <httplib.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <fstream>
-#include <sstream>
 #include <stdexcept>
 #include <thread>
 
+#include "tests/support/command.h"
 #include "tests/support/net.h"
-
-extern char** environ;
+#include "tests/support/temp_dir.h"
 
 namespace omniedge::testing {
-namespace {
-
-pid_t spawn(const std::vector<std::string>& args, const std::vector<std::string>& env,
-            const std::string& out_path, bool append) {
-  std::vector<char*> argv;
-  for (const auto& a : args) {
-    argv.push_back(const_cast<char*>(a.c_str()));
-  }
-  argv.push_back(nullptr);
-  std::vector<char*> envp;
-  for (const auto& e : env) {
-    envp.push_back(const_cast<char*>(e.c_str()));
-  }
-  envp.push_back(nullptr);
-  const pid_t pid = fork();
-  if (pid < 0) {
-    throw std::runtime_error("fork failed");
-  }
-  if (pid == 0) {
-    const int fd = open(out_path.c_str(), O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-      close(fd);
-    }
-    // The test process may block signals; the child starts with a clean mask.
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    execve(argv[0], argv.data(), envp.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-int waitExit(pid_t pid) {
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(status)) {
-    return WEXITSTATUS(status);
-  }
-  return 128 + WTERMSIG(status);
-}
-
-std::string slurp(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-}  // namespace
 
 AgentProcess::AgentProcess(std::filesystem::path data_dir, std::map<std::string, std::string> env)
     : data_dir_(std::move(data_dir)), env_(std::move(env)) {
@@ -93,25 +37,15 @@ AgentProcess::~AgentProcess() {
 }
 
 std::vector<std::string> AgentProcess::environment() const {
-  std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    const std::string s = *e;
-    // The test's own OMNIEDGE_* and systemd variables must not leak into the agent.
-    if (s.rfind("OMNIEDGE_", 0) != 0 && s.rfind("RUNTIME_DIRECTORY=", 0) != 0 &&
-        s.rfind("STATE_DIRECTORY=", 0) != 0 && s.rfind("NOTIFY_SOCKET=", 0) != 0) {
-      env.push_back(s);
-    }
-  }
-  for (const auto& [k, v] : env_) {
-    env.push_back(k + "=" + v);
-  }
-  return env;
+  // The test's own OMNIEDGE_* and systemd variables must not leak into the agent.
+  return cleanEnvironment(env_);
 }
 
 bool AgentProcess::start(std::chrono::milliseconds timeout) {
   std::vector<std::string> argv = launcher_;
   argv.insert(argv.end(), {OMNIEDGE_BINARY, "run"});
-  pid_ = spawn(argv, environment(), log_path_.string(), true);
+  pid_ =
+      spawnProcess(argv, log_path_.string(), environment(), LogMode::kAppend, "", die_with_thread_);
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     int status = 0;
@@ -146,16 +80,16 @@ void AgentProcess::kill9() {
   pid_ = -1;
 }
 
-std::string AgentProcess::log() const { return slurp(log_path_); }
+std::string AgentProcess::log() const { return readFile(log_path_); }
 
 CliResult AgentProcess::cli(const std::vector<std::string>& args) const {
   std::vector<std::string> argv = {OMNIEDGE_BINARY};
   argv.insert(argv.end(), args.begin(), args.end());
   const std::string out = (data_dir_.parent_path() / "cli.out").string();
-  const pid_t pid = spawn(argv, environment(), out, false);
+  const pid_t pid = spawnProcess(argv, out, environment(), LogMode::kTruncate);
   CliResult r;
   r.exit_code = waitExit(pid);
-  r.out = slurp(out);
+  r.out = readFile(out);
   return r;
 }
 

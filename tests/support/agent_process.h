@@ -30,6 +30,10 @@ class AgentProcess {
 
   /// Runs the daemon through `prefix` (e.g. setpriv as another uid): `prefix... omniedge run`.
   void setLauncher(std::vector<std::string> prefix) { launcher_ = std::move(prefix); }
+  /// The agent normally gets SIGKILL when the thread that started it ends (no agent outlives a
+  /// test killed at its timeout); a test that starts it on a short-lived thread (NetLab::run)
+  /// turns that off.
+  void outliveStartingThread() { die_with_thread_ = false; }
   /// Starts `omniedge run` and waits until GET /v1/health answers 200 (false after `timeout`).
   bool start(std::chrono::milliseconds timeout = std::chrono::seconds(20));
   /// SIGTERM and wait for the exit; returns the exit code.
@@ -64,6 +68,7 @@ class AgentProcess {
   int http_port_ = 0;
   pid_t pid_ = -1;
   std::vector<std::string> launcher_;
+  bool die_with_thread_ = true;
   std::string token_;
 };
 

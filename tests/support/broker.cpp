@@ -6,7 +6,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,6 +20,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "tests/support/command.h"
 #include "tests/support/net.h"
 
 namespace omniedge::testing {
@@ -165,21 +165,7 @@ void MosquittoBroker::start() {
   }
   const std::string conf = (dir_ / "mosquitto.conf").string();
   const std::string out = (dir_ / "stdout.log").string();
-  const pid_t pid = fork();
-  if (pid < 0) {
-    throw std::runtime_error("fork failed");
-  }
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test binary
-    const int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    execl(kMosquitto, kMosquitto, "-c", conf.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  pid_ = pid;
+  pid_ = spawnProcess({kMosquitto, "-c", conf}, out);
   const auto deadline = std::chrono::steady_clock::now() + kStartTimeout;
   while (std::chrono::steady_clock::now() < deadline) {
     if (waitForPort(port_, std::chrono::milliseconds(100))) {
@@ -221,15 +207,9 @@ std::string MosquittoBroker::log() const {
 }
 
 void MosquittoBroker::waitExit(std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  int status = 0;
-  while (waitpid(pid_, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() >= deadline) {
-      ::kill(pid_, SIGKILL);
-      waitpid(pid_, &status, 0);
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (!testing::waitExit(pid_, timeout)) {
+    ::kill(pid_, SIGKILL);
+    testing::waitExit(pid_);
   }
   pid_ = -1;
 }

@@ -1,20 +1,19 @@
 #include "tests/support/central_sim.h"
 
-#include <fcntl.h>
 #include <mqtt/async_client.h>
 #include <signal.h>
 #include <sqlite3.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <fstream>
-#include <sstream>
 #include <stdexcept>
 #include <thread>
+
+#include "tests/support/command.h"
+#include "tests/support/temp_dir.h"
 
 namespace omniedge::testing {
 namespace {
@@ -22,52 +21,12 @@ namespace {
 const std::string kPython = "/usr/bin/python3";
 const std::string kSim = std::string(OMNIEDGE_SOURCE_DIR) + "/tools/central-sim/central-sim";
 
+// `central-sim ARGS...`, stdout to `out_path` (truncated), stderr appended to `err_path`.
 pid_t spawn(const std::vector<std::string>& args, const std::string& out_path,
             const std::string& err_path) {
-  std::vector<std::string> all = {kPython, kSim};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : all) {
-    argv.push_back(a.data());
-  }
-  argv.push_back(nullptr);
-  const pid_t pid = fork();
-  if (pid < 0) {
-    throw std::runtime_error("fork failed");
-  }
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
-    const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (out >= 0) {
-      dup2(out, 1);
-      close(out);
-    }
-    if (err >= 0) {
-      dup2(err, 2);
-      close(err);
-    }
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-int waitExit(pid_t pid) {
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-std::string slurp(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  std::vector<std::string> argv = {kPython, kSim};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return spawnProcess(argv, out_path, std::nullopt, LogMode::kTruncate, err_path);
 }
 
 }  // namespace
@@ -83,8 +42,8 @@ SimResult centralSim(const std::vector<std::string>& args) {
   const pid_t pid = spawn(args, out, out + ".err");
   SimResult r;
   r.exit_code = waitExit(pid);
-  r.out = slurp(out);
-  r.err = slurp(out + ".err");
+  r.out = readFile(out);
+  r.err = readFile(out + ".err");
   std::filesystem::remove(out);
   std::filesystem::remove(out + ".err");
   return r;
@@ -154,11 +113,12 @@ CentralSim::CentralSim(Options options) : options_(std::move(options)) {
   pid_ = spawn(args, (dir_ / "serve.out").string(), (dir_ / "serve.log").string());
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   for (;;) {
-    const std::string ready = slurp(dir_ / "ready.json");
+    const std::string ready = readFile(dir_ / "ready.json");
     if (!ready.empty()) {
       auto j = nlohmann::json::parse(ready, nullptr, false);
       if (j.is_object()) {
-        port_ = j.value("https_port", 0);
+        // "https_port": null when the centre serves MQTT only.
+        port_ = j["https_port"].is_number_integer() ? j["https_port"].get<int>() : 0;
         break;
       }
     }
@@ -179,21 +139,15 @@ CentralSim::~CentralSim() {
     return;
   }
   kill(pid_, SIGTERM);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  int status = 0;
-  while (waitpid(pid_, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(pid_, SIGKILL);
-      waitExit(pid_);
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (!waitExit(pid_, std::chrono::seconds(10))) {
+    kill(pid_, SIGKILL);
+    waitExit(pid_);
   }
 }
 
 std::string CentralSim::baseUrl() const { return "https://127.0.0.1:" + std::to_string(port_); }
 
-std::string CentralSim::log() const { return slurp(dir_ / "serve.log"); }
+std::string CentralSim::log() const { return readFile(dir_ / "serve.log"); }
 
 nlohmann::json CentralSim::report(const std::string& store) const {
   auto r = runCentralSim({"report", "--db", db(), "--json", "--store", store});

@@ -3,12 +3,17 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
+
+#include "tests/support/temp_dir.h"
 
 extern char** environ;
 
@@ -129,6 +134,94 @@ CommandOutput runCommand(const std::vector<std::string>& argv,
   return r;
 }
 
+pid_t spawnProcess(const std::vector<std::string>& argv, const std::string& out_path,
+                   const std::optional<std::vector<std::string>>& env, LogMode mode,
+                   const std::string& err_path, bool die_with_thread) {
+  // Everything the child needs is built before fork: after it, only async-signal-safe calls.
+  std::vector<char*> args;
+  for (const auto& a : argv) {
+    args.push_back(const_cast<char*>(a.c_str()));
+  }
+  args.push_back(nullptr);
+  std::vector<char*> envp;
+  if (env) {
+    for (const auto& e : *env) {
+      envp.push_back(const_cast<char*>(e.c_str()));
+    }
+    envp.push_back(nullptr);
+  }
+  auto open_log = [](const std::string& path, bool truncate) {
+    if (path.empty()) {
+      return -1;
+    }
+    const int fd =
+        open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | (truncate ? O_TRUNC : O_APPEND), 0644);
+    if (fd < 0) {
+      throw std::runtime_error("cannot open " + path + " for a child's output");
+    }
+    return fd;
+  };
+  const int out = open_log(out_path, mode == LogMode::kTruncate);
+  int err = out;
+  try {
+    if (!err_path.empty()) {
+      err = open_log(err_path, false);
+    }
+  } catch (...) {
+    if (out >= 0) close(out);
+    throw;
+  }
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (die_with_thread) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) {
+        _exit(127);  // the parent ended between fork and prctl
+      }
+    }
+    const int null = open("/dev/null", O_RDONLY);
+    if (null >= 0) dup2(null, 0);
+    if (out >= 0) dup2(out, 1);
+    if (err >= 0) dup2(err, 2);
+    // The test process may block signals; the child starts with a clean mask.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    if (env) {
+      execve(args[0], args.data(), envp.data());
+    } else {
+      execv(args[0], args.data());
+    }
+    _exit(127);
+  }
+  if (out >= 0) close(out);
+  if (err >= 0 && err != out) close(err);
+  if (pid < 0) {
+    throw std::runtime_error("fork failed");
+  }
+  return pid;
+}
+
+int waitExit(pid_t pid) {
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+bool waitExit(pid_t pid, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    const pid_t r = waitpid(pid, nullptr, WNOHANG);
+    if (r == pid || (r < 0 && errno != EINTR)) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
 CommandOutput omniedge(const std::vector<std::string>& args,
                        const std::map<std::string, std::string>& env,
                        const std::optional<RunAs>& as, std::chrono::milliseconds timeout) {
@@ -145,38 +238,7 @@ BackgroundCommand::BackgroundCommand(const std::vector<std::string>& argv,
                                      const std::map<std::string, std::string>& env,
                                      std::string out_path)
     : out_path_(std::move(out_path)) {
-  // Everything the child needs is built before fork: after it, only async-signal-safe calls.
-  std::vector<std::string> envs = cleanEnvironment(env);
-  std::vector<char*> args;
-  for (const auto& a : argv) {
-    args.push_back(const_cast<char*>(a.c_str()));
-  }
-  args.push_back(nullptr);
-  std::vector<char*> envp;
-  for (const auto& e : envs) {
-    envp.push_back(const_cast<char*>(e.c_str()));
-  }
-  envp.push_back(nullptr);
-  const int fd = open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    throw std::runtime_error("cannot create " + out_path_);
-  }
-  pid_ = fork();
-  if (pid_ < 0) {
-    throw std::runtime_error("fork failed");
-  }
-  if (pid_ == 0) {
-    const int null = open("/dev/null", O_RDONLY);
-    dup2(null, 0);
-    dup2(fd, 1);
-    dup2(fd, 2);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    execve(args[0], args.data(), envp.data());
-    _exit(127);
-  }
-  close(fd);
+  pid_ = spawnProcess(argv, out_path_, cleanEnvironment(env), LogMode::kTruncate);
 }
 
 BackgroundCommand::~BackgroundCommand() {
@@ -186,12 +248,7 @@ BackgroundCommand::~BackgroundCommand() {
   }
 }
 
-std::string BackgroundCommand::output() const {
-  std::ifstream in(out_path_, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string BackgroundCommand::output() const { return readFile(out_path_); }
 
 int BackgroundCommand::stop() {
   if (pid_ <= 0) {

@@ -2,6 +2,8 @@
 // stdout and stderr kept apart, bounded in time, optionally as another uid through setpriv.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <map>
 #include <optional>
@@ -41,6 +43,26 @@ CommandOutput omniedge(const std::vector<std::string>& args,
                        const std::map<std::string, std::string>& env = {},
                        const std::optional<RunAs>& as = std::nullopt,
                        std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+/// Whether spawnProcess appends to the child's log or starts it anew.
+enum class LogMode { kAppend, kTruncate };
+
+/// fork + exec of `argv` (argv[0] a path): stdout, and stderr too unless `err_path` is given
+/// (appended to), into `out_path` (inherited when empty); the whole environment `env`
+/// (nullopt: the test's own); stdin from /dev/null, a clean signal mask, and, unless
+/// `die_with_thread` is false, SIGKILL when the thread that spawned it ends (PR_SET_PDEATHSIG:
+/// no child outlives a test killed at its timeout; it is the spawning THREAD that counts).
+/// Throws when a log cannot be opened or fork fails; exit code 127 when exec does.
+pid_t spawnProcess(const std::vector<std::string>& argv, const std::string& out_path,
+                   const std::optional<std::vector<std::string>>& env = std::nullopt,
+                   LogMode mode = LogMode::kAppend, const std::string& err_path = "",
+                   bool die_with_thread = true);
+
+/// Waits for `pid` (restarting on EINTR): its exit code, or 128 + signal.
+int waitExit(pid_t pid);
+
+/// Waits for `pid` up to `timeout`; true when it ended and was reaped (or is not our child).
+bool waitExit(pid_t pid, std::chrono::milliseconds timeout);
 
 /// A long-running command (tail --follow) in the background, stdout and stderr to `out_path`.
 class BackgroundCommand {

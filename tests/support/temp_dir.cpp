@@ -31,15 +31,17 @@ void TempDir::write(const std::string& name, const std::string& content) const {
   out << content;
 }
 
-std::string TempDir::read(const std::string& name) const {
-  std::ifstream in(path_ / name, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string TempDir::read(const std::string& name) const { return readFile(path_ / name); }
 
 bool TempDir::exists(const std::string& name) const {
   return std::filesystem::exists(path_ / name);
+}
+
+std::string readFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 }  // namespace omniedge::testing

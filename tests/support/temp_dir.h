@@ -24,4 +24,7 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+/// The whole file; empty when it cannot be read (a log not written yet).
+std::string readFile(const std::filesystem::path& path);
+
 }  // namespace omniedge::testing

@@ -30,6 +30,7 @@ struct Deliveries {
   std::mutex mu;
   std::condition_variable cv;
   std::vector<std::pair<uint64_t, bool>> done;
+  std::vector<std::string> lost;  // the causes the lost handler was given
 
   bool waitFor(std::size_t n, std::chrono::milliseconds timeout) {
     std::unique_lock lock(mu);
@@ -62,13 +63,20 @@ TEST_CASE("the link connects with each MQTT version and reports every PUBACK",
         deliveries.done.emplace_back(tag, ok);
         deliveries.cv.notify_all();
       },
-      [](const std::string&) {});
+      [&](const std::string& cause) {
+        std::lock_guard lock(deliveries.mu);
+        deliveries.lost.push_back(cause);
+      });
 
   std::stop_source stop;
   auto connected =
       link.connect({"omniedge/v1/t/s/status", R"({"state":"offline"})", true}, stop.get_token());
   REQUIRE(connected.has_value());
-  CHECK(link.connected());
+  {
+    std::lock_guard lock(deliveries.mu);
+    INFO("lost: " << (deliveries.lost.empty() ? "(never)" : deliveries.lost.front()));
+    CHECK(link.connected());
+  }
   CHECK(link.protocolLevel() == level);
 
   for (uint64_t tag = 1; tag <= 20; ++tag) {

@@ -1,13 +1,16 @@
 // libFuzzer target: the kiosk HTTP server's request path without a socket
-// (drivers/kiosk/http_parse.h parseRequestHead, then HttpServer::decodeBody on what follows the
-// head, with the request's Content-Encoding). The chunked framing and the search for the head's
-// end stay inside the server's event loop (they work on its connection buffer under deadlines);
-// tests/drivers/kiosk cover them through real sockets.
+// (drivers/kiosk/http_parse.h): parseRequestHead, then for a chunked request the ChunkedBody
+// framing on what follows the head, then HttpServer::decodeBody with the request's
+// Content-Encoding. The search for the head's end stays inside the server's event loop (it works
+// on its connection buffer under deadlines); tests/drivers/kiosk cover it through real sockets.
 // Checks: a refusal has a status the server answers with and a message; an accepted head has a
 // method of token characters, a path starting with '/', at most max_headers fields with names
 // of token characters and values without CR or NUL, never both framings, and every view inside
-// the input; a decoded body stays within its limit, a failure has a known code.
+// the input; the chunked framing gives the same outcome (kind, body, bytes used, refusal) fed
+// whole and fed in pieces, never a body over its limit; a decoded body stays within its limit,
+// a failure has a known code.
 // Run: tools/fuzz/run http_request
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -80,8 +83,52 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FUZZ_CHECK(!(req.chunked && req.hasHeader("Content-Length")));
   if (http10) FUZZ_CHECK(!req.expect_continue);
 
-  // The body as the server hands it to a handler (not de-chunked here), then decoded.
-  req.body.assign(rest.substr(0, req.content_length > 0 ? req.content_length : rest.size()));
+  // The body as the server hands it to a handler: de-chunked, or Content-Length bytes.
+  if (req.chunked) {
+    using Kind = k::ChunkedBody::Step::Kind;
+    const k::ChunkedBody::Limits limits{4096, 64, 256};
+    // Whole: everything that followed the head at once.
+    k::ChunkedBody whole;
+    std::size_t used = 0;
+    std::string body;
+    k::ChunkedBody::Step step;
+    do {
+      step = whole.decode(rest, used, body, limits);
+      FUZZ_CHECK(body.size() <= limits.max_body && used <= rest.size());
+    } while (step.kind == Kind::kChunk);
+    // In pieces of 1 to 7 bytes, the used part dropped between them, as a socket delivers it.
+    k::ChunkedBody cut;
+    std::string buf;
+    std::string cut_body;
+    std::size_t cut_used = 0;
+    k::ChunkedBody::Step cut_step;
+    const std::size_t piece = 1 + size % 7;
+    for (std::size_t at = 0;;) {
+      buf.append(rest.substr(std::min(at, rest.size()), piece));
+      at += piece;
+      std::size_t pos = 0;
+      do {
+        cut_step = cut.decode(buf, pos, cut_body, limits);
+        FUZZ_CHECK(cut_body.size() <= limits.max_body);
+      } while (cut_step.kind == Kind::kChunk);
+      buf.erase(0, pos);
+      cut_used += pos;
+      if (cut_step.kind != Kind::kMore || at >= rest.size()) break;
+    }
+    FUZZ_CHECK(step.kind == cut_step.kind);
+    if (step.kind == Kind::kRefused) {
+      const int s = step.refusal.status;
+      FUZZ_CHECK(s == 400 || s == 413 || s == 431);
+      FUZZ_CHECK(!step.refusal.message.empty());
+      FUZZ_CHECK(s == cut_step.refusal.status && step.refusal.message == cut_step.refusal.message);
+      return 0;
+    }
+    if (step.kind != Kind::kDone) return 0;
+    FUZZ_CHECK(body == cut_body && used == cut_used);
+    req.body = std::move(body);
+  } else {
+    req.body.assign(rest.substr(0, req.content_length > 0 ? req.content_length : rest.size()));
+  }
   const std::size_t max = 4096;
   const auto decoded = k::HttpServer::decodeBody(req, max);
   if (decoded) {

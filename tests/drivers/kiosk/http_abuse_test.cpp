@@ -368,6 +368,35 @@ TEST_CASE("the lockout works on IPv6 too, and still lets a valid token in",
   CHECK(c.status(c.response(20s)) == 200);
 }
 
+TEST_CASE("a chunk size near 2^64 is refused 413 and cannot make the body grow without bound",
+          "[integration][kiosk]") {
+  // The limits were once checked as sums (body so far + size): 1 + 0xffffffffffffffff wraps to
+  // 0, passed both the body and the buffered-bytes limits, and the server then appended
+  // whatever the client sent for as long as it sent it.
+  RecordingWriter writer;
+  HttpApiOptions options;
+  options.max_body_bytes = 4096;
+  auto api = startApi(options, writer);
+  REQUIRE(api);
+  for (const char* size : {"ffffffffffffffff", "fffffffffffffffe", "fffffffffffff000"}) {
+    INFO("chunk size " << size);
+    RawHttpClient c;
+    REQUIRE(c.connect("127.0.0.1", api->port()));
+    REQUIRE(c.send(std::string("POST /v1/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                               "1\r\n[\r\n") +
+                   size + "\r\n" + std::string(8192, ' ')));
+    const std::string answer = c.response(20s);
+    CHECK(c.status(answer) == 413);
+    CHECK_THAT(bodyOf(answer), Catch::Contains("the body exceeds 4096 bytes"));
+  }
+  CHECK(writer.events().empty());
+  // Nothing is left reserved: a request of the full size is still taken.
+  RawHttpClient c;
+  REQUIRE(c.connect("127.0.0.1", api->port()));
+  REQUIRE(c.send(post(R"({"type":"kiosk.after"})")));
+  CHECK(c.status(c.response(20s)) == 202);
+}
+
 TEST_CASE("the server reads chunked, pipelined and gzip-encoded requests", "[integration][kiosk]") {
   RecordingWriter writer;
   auto api = startApi({}, writer);
