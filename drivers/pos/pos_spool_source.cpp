@@ -414,10 +414,11 @@ bool PosSpoolSource::settled(const Candidate& file, int64_t now_ms) {
   }
   // Not modified for settle_ms by the wall clock, or seen unchanged that long by ours (which
   // also covers an mtime in the future).
-  auto [it, inserted] = seen_.try_emplace(file.name, Observation{file.size, file.mtime_ns, now_ms});
+  auto [it, inserted] =
+      seen_.try_emplace(file.name, Observation{file.size, file.mtime_ns, now_ms, now_ms});
   Observation& seen = it->second;
   if (!inserted && (seen.size != file.size || seen.mtime_ns != file.mtime_ns)) {
-    seen = Observation{file.size, file.mtime_ns, now_ms};
+    seen = Observation{file.size, file.mtime_ns, now_ms, seen.first_ms};
   }
   if (now_ms - seen.since_ms >= options_.settle_ms) {
     return true;
@@ -465,6 +466,11 @@ Result<std::size_t> PosSpoolSource::scanAndProcess(EventWriter& out, std::stop_t
   });
 
   std::size_t handled = 0;
+  // Write order: a newer file waits while an older one settles (written in place, or found at
+  // start-up without a rename seen: after a restart the files a till renamed meanwhile would
+  // otherwise overtake it), but only through the older file's first 2 x settle_ms, so that one
+  // that keeps changing never holds the channel.
+  bool older_settling = false;
   for (const Candidate& file : files) {
     const int64_t now = steadyMs();
     if (stop.stop_requested() || now - start > kWorkBudgetMs) {
@@ -473,6 +479,13 @@ Result<std::size_t> PosSpoolSource::scanAndProcess(EventWriter& out, std::stop_t
     }
     if (!settled(file, now)) {
       dirty_ = true;
+      const auto seen = seen_.find(file.name);
+      older_settling = older_settling || (seen != seen_.end() &&
+                                          now - seen->second.first_ms < 2 * options_.settle_ms);
+      continue;
+    }
+    if (older_settling) {
+      dirty_ = true;  // read at the next scan, when the older one has settled
       continue;
     }
     auto outcome = processFile(file, out);

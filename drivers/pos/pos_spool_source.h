@@ -101,6 +101,7 @@ class PosSpoolSource final : public Source {
     int64_t size = 0;
     int64_t mtime_ns = 0;
     int64_t since_ms = 0;  // steady clock: unchanged since
+    int64_t first_ms = 0;  // steady clock: first seen
   };
   enum class Outcome { kDone, kSkipped, kCrashed };
 

@@ -553,6 +553,39 @@ TEST_CASE("a file that arrives by rename is read at once, without waiting to set
   }
 }
 
+TEST_CASE("a file still settling is not overtaken by a newer one that arrived by rename",
+          "[integration][pos]") {
+  // After a restart, a file the till wrote just before is found by the first scan and waits to
+  // settle; a file renamed into place after the restart is complete at once. Read in arrival
+  // order, the newer sale reached the centre first (reorders in R1's verdicts).
+  TempDir spool;
+  spool.write("0001.json", kOneSale);  // in place, mtime now: settles for settle_ms
+  RecordingWriter writer;
+  PosSpoolSource source(optionsFor(spool));
+  REQUIRE(source.poll(writer, {}).has_value());  // the watch, and 0001.json seen settling
+  CHECK(writer.events().empty());
+  dropByRename(spool, "0002.json",
+               R"({"workstation":"31","sequence":"4712","business_day":"2026-11-22"})");
+  pollUntil(
+      source, writer, [&] { return writer.events().size() == 2; }, 10);
+  REQUIRE(writer.events().size() == 2);
+  CHECK(writer.events()[0].id == "store-042:31:2026-11-22:4711");
+  CHECK(writer.events()[1].id == "store-042:31:2026-11-22:4712");
+
+  SECTION("but one that keeps changing holds the newer files for 2 x settle_ms at most") {
+    spool.write("0003.json", kOneSale);
+    REQUIRE(source.poll(writer, {}).has_value());
+    dropByRename(spool, "0004.json",
+                 R"({"workstation":"31","sequence":"4713","business_day":"2026-11-22"})");
+    for (int i = 0; i < 40 && writer.events().size() < 3; ++i) {
+      std::ofstream(spool / "0003.json", std::ios::app) << " ";  // still being written
+      (void)source.poll(writer, {});
+    }
+    REQUIRE(writer.events().size() == 3);
+    CHECK(writer.events()[2].id == "store-042:31:2026-11-22:4713");
+  }
+}
+
 std::string repeat(std::string_view unit, std::size_t times) {
   std::string out;
   out.reserve(unit.size() * times);
