@@ -112,8 +112,8 @@ TEST_CASE(
     "under random write, pwrite, fsync and fdatasync failures with the uplink delivering every "
     "event answered 202 reaches the centre",
     "[fault][fiu]") {
-  if (!fs::exists("/usr/bin/fiu-run") || !fs::exists("/usr/bin/fiu-ctrl")) {
-    WARN("skipped: fiu-utils is not installed (Debian package fiu-utils)");
+  if (const auto why = omniedge::testing::fiuUnavailable(); !why.empty()) {
+    WARN("skipped: " << why);
     return;
   }
   MosquittoBroker broker;
@@ -338,8 +338,8 @@ TEST_CASE(
 
 TEST_CASE("write failures that eat the kiosk server's wake-ups never leave the kiosk API wedged",
           "[fault][fiu][kiosk]") {
-  if (!fs::exists("/usr/bin/fiu-run") || !fs::exists("/usr/bin/fiu-ctrl")) {
-    WARN("skipped: fiu-utils is not installed (Debian package fiu-utils)");
+  if (const auto why = omniedge::testing::fiuUnavailable(); !why.empty()) {
+    WARN("skipped: " << why);
     return;
   }
   MosquittoBroker broker;

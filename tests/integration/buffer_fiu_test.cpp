@@ -22,6 +22,7 @@
 #include <sstream>
 #include <thread>
 
+#include "tests/support/command.h"
 #include "tests/support/net.h"
 #include "tests/support/temp_dir.h"
 
@@ -29,8 +30,6 @@ using omniedge::testing::readFile;
 using omniedge::testing::TempDir;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-
-extern char** environ;
 
 namespace {
 
@@ -56,20 +55,17 @@ TEST_CASE(
     "under libfiu fsync and pwrite faults every event answered 202 is kept and no "
     "refused one is",
     "[integration][fault][buffer]") {
-  if (!fs::exists("/usr/bin/fiu-run") || !fs::exists("/usr/bin/fiu-ctrl")) {
-    WARN("fiu-utils is not installed: skipped");
+  if (const auto why = omniedge::testing::fiuUnavailable(); !why.empty()) {
+    WARN("skipped: " << why);
     return;
   }
   TempDir tmp;
   const fs::path data = tmp / "data";
   const int port = omniedge::testing::freePort();
   std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    const std::string s = *e;
-    if (s.rfind("OMNIEDGE_", 0) != 0 && s.rfind("RUNTIME_DIRECTORY=", 0) != 0 &&
-        s.rfind("STATE_DIRECTORY=", 0) != 0 && s.rfind("NOTIFY_SOCKET=", 0) != 0 &&
-        s.rfind("TMPDIR=", 0) != 0) {
-      env.push_back(s);
+  for (auto& e : omniedge::testing::cleanEnvironment({})) {
+    if (e.rfind("TMPDIR=", 0) != 0) {
+      env.push_back(std::move(e));
     }
   }
   env.push_back("TMPDIR=" + tmp.path().string());  // fiu-ctrl's pipes: -f below
@@ -79,26 +75,9 @@ TEST_CASE(
                 std::to_string(omniedge::testing::freePort()));  // no broker: all stays
   env.push_back("OMNIEDGE_STORE_ID=store-042");
   const fs::path log = tmp / "agent.log";
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(fd, 1);
-    dup2(fd, 2);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    std::vector<char*> argv = {const_cast<char*>("/usr/bin/fiu-run"), const_cast<char*>("-x"),
-                               const_cast<char*>(OMNIEDGE_BINARY), const_cast<char*>("run"),
-                               nullptr};
-    std::vector<char*> envp;
-    for (auto& e : env) {
-      envp.push_back(e.data());
-    }
-    envp.push_back(nullptr);
-    execve(argv[0], argv.data(), envp.data());
-    _exit(127);
-  }
+  const pid_t pid =
+      omniedge::testing::spawnProcess({"/usr/bin/fiu-run", "-x", OMNIEDGE_BINARY, "run"},
+                                      log.string(), env, omniedge::testing::LogMode::kTruncate);
   auto stopAgent = [&] {
     kill(pid, SIGTERM);
     int status = 0;

@@ -290,7 +290,11 @@ TEST_CASE("files built to exhaust memory are rejected, the next file flows, memo
   const uint64_t peak_kb = peakRssKb(agent.pid());
   INFO("VmHWM: " << peak_kb << " kB");
   CHECK(peak_kb > 0);
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+  // Not under a sanitizer: its runtime keeps freed blocks in quarantine and maps shadow memory,
+  // so the agent's resident set there says nothing of its own bounds (694 MB under ASan).
   CHECK(peak_kb < 256 * 1024);
+#endif
   CHECK(agent.stop() == 0);
 }
 

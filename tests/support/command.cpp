@@ -203,6 +203,17 @@ pid_t spawnProcess(const std::vector<std::string>& argv, const std::string& out_
   return pid;
 }
 
+std::string fiuUnavailable() {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  return "a sanitizer build: libfiu's preload library defines malloc, which the sanitizer owns";
+#else
+  if (access("/usr/bin/fiu-run", X_OK) != 0 || access("/usr/bin/fiu-ctrl", X_OK) != 0) {
+    return "fiu-utils is not installed (Debian package fiu-utils)";
+  }
+  return "";
+#endif
+}
+
 int waitExit(pid_t pid) {
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {

@@ -58,6 +58,11 @@ pid_t spawnProcess(const std::vector<std::string>& argv, const std::string& out_
                    LogMode mode = LogMode::kAppend, const std::string& err_path = "",
                    bool die_with_thread = true);
 
+/// Why fiu-run cannot run the agent here, "" when it can: fiu-utils is not installed, or this
+/// is a sanitizer build (libfiu's preload library defines malloc, calloc and realloc, which the
+/// ASan and TSan runtimes own: the agent dies of SIGSEGV before main).
+std::string fiuUnavailable();
+
 /// Waits for `pid` (restarting on EINTR): its exit code, or 128 + signal.
 int waitExit(pid_t pid);
 
