@@ -214,6 +214,27 @@ void MosquittoBroker::waitExit(std::chrono::milliseconds timeout) {
   pid_ = -1;
 }
 
+bool holdAndDeliverAcknowledged(TcpProxy& proxy, Subscriber& sub,
+                                const std::vector<std::string>& ids,
+                                const std::function<bool(std::size_t)>& acknowledged,
+                                std::chrono::milliseconds timeout) {
+  proxy.holdReplies(true);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    bool all = true;
+    for (std::size_t i = 0; i < ids.size() && all; ++i) {
+      all = !acknowledged(i) || sub.hasEventId(ids[i]);
+    }
+    if (all) {
+      return true;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 // --- TestPki ----------------------------------------------------------------------------------
 
 namespace {

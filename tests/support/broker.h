@@ -208,4 +208,16 @@ class TcpProxy {
   std::thread thread_;
 };
 
+/// Before a SIGKILL of a mosquitto that `client` reaches through `proxy`: mosquitto PUBACKs a
+/// message before its autosave has it, so a SIGKILL loses what it acknowledged and had not yet
+/// passed on (docs/reliability.md §15, R2), which is the broker's loss, not the client's.
+/// Withholds the broker's replies at `proxy` (no more PUBACKs reach the client), then waits
+/// until `sub` holds every one of `ids` for which `acknowledged(index)` holds. The caller kills
+/// the broker, then calls proxy.dropConnections() and proxy.holdReplies(false). False after
+/// `timeout`.
+bool holdAndDeliverAcknowledged(TcpProxy& proxy, Subscriber& sub,
+                                const std::vector<std::string>& ids,
+                                const std::function<bool(std::size_t)>& acknowledged,
+                                std::chrono::milliseconds timeout);
+
 }  // namespace omniedge::testing

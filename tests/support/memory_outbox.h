@@ -31,6 +31,12 @@ class MemoryOutbox final : public Outbox {
     return seq;
   }
 
+  /// True while `seq` is neither acknowledged nor quarantined. Thread: any.
+  bool isPending(int64_t seq) const {
+    std::lock_guard lock(mu_);
+    return pending_.count(seq) > 0;
+  }
+
   std::size_t pendingCount() const {
     std::lock_guard lock(mu_);
     return pending_.size();
