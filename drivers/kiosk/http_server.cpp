@@ -37,7 +37,6 @@ using Clock = std::chrono::steady_clock;
 // A refused request's body up to this size is read and dropped, so that the connection stays
 // usable; a larger one closes the connection after the answer.
 constexpr std::uint64_t kDrainLimit = 64 * 1024;
-constexpr std::size_t kMaxChunkLine = 1024;
 constexpr auto kLingerTime = std::chrono::seconds(2);
 constexpr auto kStopGrace = std::chrono::seconds(1);
 constexpr int kAcceptBatch = 64;
@@ -1216,8 +1215,9 @@ void HttpServer::readBody(Conn& c) {
 // or the request was refused; false when more input is needed.
 bool HttpServer::decodeChunks(Conn& c) {
   HttpRequest& req = c.req;
-  const ChunkedBody::Limits limits{options_.max_body_bytes, kMaxChunkLine,
-                                   options_.max_header_bytes};
+  ChunkedBody::Limits limits;  // max_line: its default
+  limits.max_body = options_.max_body_bytes;
+  limits.max_trailer = options_.max_header_bytes;
   for (;;) {
     const auto step =
         c.chunks.decode(std::string_view(c.buf.get(), c.len), c.pos, req.body, limits);
