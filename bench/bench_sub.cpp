@@ -3,10 +3,12 @@
 // passed.
 //
 //   bench_sub --url tcp://127.0.0.1:PORT --topic T --expect N [--type TYPE] [--timeout S]
-//             [--ready FILE]
+//             [--ready FILE] [--progress FILE]
 //
 // With --type only events of that type are counted (the agent adds its own agent.* events).
-// Writes FILE (when given) once subscribed. Prints
+// Writes the --ready FILE once subscribed; appends "<unix_ms> <distinct ids>" to the --progress
+// FILE at most every 100 ms while batches arrive, and once more at the end (bench/run plots the
+// drain from it). Prints
 //   "RESULT sub <distinct> <messages> <events_with_dups> <first_msg_unix_ms> <done_unix_ms>
 //    <wire_bytes> <json_bytes> <cpu_seconds>"
 // and exits 0 when all N ids arrived, 1 otherwise.
@@ -14,6 +16,7 @@
 #include <sys/resource.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -63,10 +66,20 @@ bool gunzip(std::string_view in, std::string& out) {
 
 class Counter {
  public:
-  Counter(uint64_t expect, std::string type)
+  Counter(uint64_t expect, std::string type, const std::string& progress)
       : expect_(expect), type_prefix_(type.empty() ? "" : ",\"type\":\"" + type + "\"") {
-    ids_.reserve(expect + expect / 4);
+    ids_.reserve(std::min<uint64_t>(expect + expect / 4, 4'000'000));
+    if (!progress.empty()) {
+      progress_ = std::fopen(progress.c_str(), "w");
+    }
   }
+  ~Counter() {
+    if (progress_ != nullptr) {
+      std::fclose(progress_);
+    }
+  }
+  Counter(const Counter&) = delete;
+  Counter& operator=(const Counter&) = delete;
 
   void onPayload(std::string_view payload) {
     std::lock_guard lock(mu_);  // Paho calls back from one thread; the lock guards print()
@@ -104,15 +117,39 @@ class Counter {
       done_ms_ = unixMs();
       cv_.notify_all();
     }
+    last_ms_ = unixMs();
+    noteProgress(done_ms_ != 0);
   }
 
+  // A line "<ms of the last arrival> <distinct ids>" when the count changed, at most every
+  // 100 ms unless forced. Caller holds mu_.
+  void noteProgress(bool force) {
+    if (progress_ == nullptr || ids_.size() == progress_count_) {
+      return;
+    }
+    if (force || last_ms_ - progress_ms_ >= 100) {
+      progress_ms_ = last_ms_;
+      progress_count_ = ids_.size();
+      std::fprintf(progress_, "%lld %zu\n", static_cast<long long>(last_ms_), ids_.size());
+      std::fflush(progress_);
+    }
+  }
+
+  // Wakes every 100 ms to write the count of the last arrivals (the progress file always ends
+  // with the count so far, even when the last batch came within 100 ms of the line before).
   bool waitDone(int timeout_s) {
     std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(timeout_s), [&] { return done_ms_ != 0; });
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+    while (done_ms_ == 0 && std::chrono::steady_clock::now() < deadline) {
+      cv_.wait_for(lock, std::chrono::milliseconds(100), [&] { return done_ms_ != 0; });
+      noteProgress(true);
+    }
+    return done_ms_ != 0;
   }
 
   void print() {
     std::lock_guard lock(mu_);
+    noteProgress(true);
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
     const double cpu_s = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
@@ -142,6 +179,10 @@ class Counter {
   uint64_t events_ = 0;
   int64_t first_ms_ = 0;
   int64_t done_ms_ = 0;
+  std::FILE* progress_ = nullptr;
+  int64_t last_ms_ = 0;      // when the last batch was counted
+  int64_t progress_ms_ = 0;  // the time on the last progress line
+  std::size_t progress_count_ = 0;
   std::atomic<uint64_t> bad_{0};
 };
 
@@ -163,7 +204,7 @@ int main(int argc, char** argv) {
   const int timeout_s = std::atoi(arg(argc, argv, "--timeout", "120"));
   const std::string ready = arg(argc, argv, "--ready", "");
 
-  Counter counter(expect, arg(argc, argv, "--type", ""));
+  Counter counter(expect, arg(argc, argv, "--type", ""), arg(argc, argv, "--progress", ""));
   try {
     mqtt::async_client client(url, "bench-sub-" + std::to_string(unixMs()), nullptr);
     client.set_message_callback([&](mqtt::const_message_ptr msg) {
