@@ -133,6 +133,21 @@ TEST_CASE("e-mail addresses and phone numbers in data are replaced by their keye
         R"("at":"2026-11-22T13:32:42Z","sku":"SKU-1","screen":"hotel offers"})";
     CHECK(scrub(h, data) == data);
   }
+  SECTION("phone-like keys in any case find a national number without a '+'") {
+    for (const char* key : {"MSISDN", "Customer_TEL", "FAX", "MobilePhone", "tel"}) {
+      auto out = nlohmann::json::parse(
+          scrub(h, std::string(R"({")") + key + R"(":"020 7946 0958","n":1})"));
+      INFO(key << " -> " << out.dump());
+      bool hashed = false;  // renamed KEY_phone_sha256, or KEY_sha256 when KEY says phone
+      for (const auto& [name, value] : out.items()) {
+        hashed =
+            hashed || (name.starts_with(key) && name.ends_with("_sha256") && value == phone_hash);
+      }
+      CHECK(hashed);
+      CHECK_FALSE(out.contains(key));
+      CHECK(out["n"] == 1);
+    }
+  }
   SECTION("escaped strings are read as JSON reads them") {
     auto out = nlohmann::json::parse(scrub(h, R"({"e":"jane\u0040example.com","q":"a\"b"})"));
     CHECK(out["e_email_sha256"] == email_hash);
