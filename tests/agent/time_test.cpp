@@ -9,6 +9,13 @@ TEST_CASE("timestamps are written as RFC 3339 UTC with milliseconds", "[unit][ti
   CHECK(formatRfc3339Ms(0) == "1970-01-01T00:00:00.000Z");
   CHECK(formatRfc3339Ms(1795000000123) == "2026-11-18T11:06:40.123Z");
   CHECK(formatRfc3339Ms(951782400000) == "2000-02-29T00:00:00.000Z");
+  CHECK(formatRfc3339Ms(-1) == "1969-12-31T23:59:59.999Z");
+  CHECK(formatRfc3339Ms(253402300799999) == "9999-12-31T23:59:59.999Z");
+  CHECK(formatRfc3339Ms(253402300800000) == "10000-01-01T00:00:00.000Z");
+  for (int64_t t = 0; t < 4'000'000'000'000; t += 9'876'543'211) {
+    INFO(t);
+    CHECK(parseRfc3339(formatRfc3339Ms(t)) == t);
+  }
 }
 
 TEST_CASE("RFC 3339 timestamps are read with any fraction and offset", "[unit][time]") {
