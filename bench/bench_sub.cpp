@@ -1,6 +1,6 @@
-// The drain benchmark's verifier (P3): subscribes to the uplink topic (QoS 1), gunzips each
-// batch, and counts distinct event ids until it has seen `--expect` of them or `--timeout` s
-// passed.
+// The drain benchmark's verifier (P3): subscribes to the uplink topic (QoS 1), decompresses each
+// batch (gzip or zstd), and counts distinct event ids until it has seen `--expect` of them or
+// `--timeout` s passed.
 //
 //   bench_sub --url tcp://127.0.0.1:PORT --topic T --expect N [--type TYPE] [--timeout S]
 //             [--ready FILE] [--progress FILE]
@@ -15,6 +15,7 @@
 #include <mqtt/async_client.h>
 #include <sys/resource.h>
 #include <zlib.h>
+#include <zstd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -64,6 +65,17 @@ bool gunzip(std::string_view in, std::string& out) {
   return rc == Z_STREAM_END;
 }
 
+// A zstd frame that states its size (the agent's do: ZSTD_compressCCtx writes it).
+bool unzstd(std::string_view in, std::string& out) {
+  const auto size = ZSTD_getFrameContentSize(in.data(), in.size());
+  if (size == ZSTD_CONTENTSIZE_ERROR || size == ZSTD_CONTENTSIZE_UNKNOWN || size > (1U << 30)) {
+    return false;
+  }
+  out.resize(size);
+  const auto n = ZSTD_decompress(out.data(), out.size(), in.data(), in.size());
+  return ZSTD_isError(n) == 0 && n == size;
+}
+
 class Counter {
  public:
   Counter(uint64_t expect, std::string type, const std::string& progress)
@@ -87,6 +99,12 @@ class Counter {
     if (payload.size() >= 2 && static_cast<unsigned char>(payload[0]) == 0x1f &&
         static_cast<unsigned char>(payload[1]) == 0x8b) {
       if (!gunzip(payload, scratch_)) {
+        bad_.fetch_add(1);
+        return;
+      }
+      json = scratch_;
+    } else if (payload.size() >= 4 && payload.substr(0, 4) == "\x28\xb5\x2f\xfd") {
+      if (!unzstd(payload, scratch_)) {
         bad_.fetch_add(1);
         return;
       }
