@@ -7,7 +7,6 @@
 
 #include <climits>
 #include <cstdint>
-#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -121,14 +120,15 @@ std::string connackRefusal(int code, const MqttOptions& o, const std::string& pa
 // Paho initialises OpenSSL itself by default when the first client is made, TLS or not: every
 // algorithm and error string loaded, 2.4 MB resident in an agent that speaks mqtt://. OpenSSL 3
 // initialises itself when a TLS connection first needs it, so Paho is told to leave it alone.
-void initPahoOnce() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    MQTTAsync_init_options init = MQTTAsync_init_options_initializer;
-    init.do_openssl_init = 0;
-    MQTTAsync_global_init(&init);
-  });
-}
+// This runs before main(), when no Paho client can exist yet: MQTTAsync_global_init re-creates
+// Paho's global mutexes, and called beside a live client (a test's subscriber, the beacon
+// gateway's source) it broke that client's disconnect.
+[[maybe_unused]] const bool kPahoInitialised = [] {
+  MQTTAsync_init_options init = MQTTAsync_init_options_initializer;
+  init.do_openssl_init = 0;
+  MQTTAsync_global_init(&init);
+  return true;
+}();
 
 }  // namespace
 
@@ -307,7 +307,6 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
   }
   const int level = nextProtocolLevel();
   try {
-    initPahoOnce();
     mqtt::create_options create(level);
     create.set_send_while_disconnected(false);
     create.set_max_buffered_messages(kMaxQueuedPublishes);

@@ -5,6 +5,7 @@
 // persistent subscriber stays subscribed. Then drained and checked by the history checker.
 // The gateways publish on a broker of their own, as in a store.
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -13,6 +14,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "tests/fault/fault_support.h"
 #include "tests/support/agent_process.h"
@@ -32,23 +34,29 @@ namespace {
 
 const std::string kStore = "store-1";
 
-fs::file_time_type mtime(const fs::path& p) {
-  std::error_code ec;
-  const auto t = fs::last_write_time(p, ec);
-  return ec ? fs::file_time_type::min() : t;
+// Which save of the broker's file this is: mosquitto writes mosquitto.db.new and renames it over
+// the file, so every save has a new inode. (The modification time alone misses a save: the
+// kernel stamps files with a clock that moves in ticks of a few ms, and with autosave on every
+// change two saves often fall in one tick; that made this test fail now and then.)
+std::pair<ino_t, int64_t> saveId(const fs::path& p) {
+  struct stat st {};
+  if (::stat(p.c_str(), &st) != 0) {
+    return {0, 0};
+  }
+  return {st.st_ino, static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
 }
 
 // Asks the broker to save (SIGUSR1) until two saves completed after the call: the second one
 // began after this call, so it holds everything the broker had taken before it.
 bool brokerSaved(const MosquittoBroker& broker) {
   const auto file = broker.persistenceFile();
-  auto last = mtime(file);
+  auto last = saveId(file);
   for (int saves = 0; saves < 2; ++saves) {
     kill(broker.pid(), SIGUSR1);
-    if (!fault::eventually([&] { return mtime(file) != last; }, 30s)) {
+    if (!fault::eventually([&] { return saveId(file) != last; }, 30s)) {
       return false;
     }
-    last = mtime(file);
+    last = saveId(file);
   }
   return true;
 }
