@@ -564,6 +564,7 @@ store::BufferOptions bufferOptions(const config::Config& cfg) {
   bo.max_bytes = cfg.integer("buffer.max_bytes");
   bo.min_free_disk = cfg.integer("buffer.min_free_disk");
   bo.retain_delivered_s = cfg.integer("buffer.retain_delivered");
+  bo.commit_window = std::chrono::microseconds(cfg.integer("buffer.commit_window_us"));
   bo.recent_max_bytes = static_cast<std::size_t>(cfg.integer("buffer.recent_max_bytes"));
   return bo;
 }
@@ -1052,7 +1053,8 @@ nlohmann::json Agent::status() const {
         {"delivered", s.acknowledged},
         {"evicted", s.evicted},
         {"rejected_full", s.rejected_full},
-        {"commits", s.commits}}},
+        {"commits", s.commits},
+        {"commit_windows", s.commit_windows}}},
       {"disk",
        {{"data_dir", p_->cfg.str("data.dir")},
         {"buffer_file_bytes", s.file_bytes},

@@ -419,6 +419,13 @@ constexpr auto kKeys = std::to_array<KeyDef>({
      .help = "Most bytes of event bodies kept in memory for tail (the last 1000 events at most)",
      .min = 0,
      .max = 64 * kMiB},
+    {.name = "buffer.commit_window_us",
+     .kind = Kind::kInt,
+     .default_value = "2000",
+     .help = "Microseconds the buffer may wait for small requests from several producers to "
+             "share one commit (less flash wear; adds at most this to their latency); 0: never",
+     .min = 0,
+     .max = 100000},
     {.name = "buffer.max_event_bytes",
      .kind = Kind::kBytes,
      .default_value = "65536",

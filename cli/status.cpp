@@ -75,18 +75,12 @@ json offlineStatus(const Loaded& loaded, const Daemon& daemon) {
   j["buffer"] = {{"read", store::readModeName(file->mode())}};
   int64_t pending[3] = {0, 0, 0};
   int64_t bytes = 0;
-  sqlite3_stmt* st = nullptr;
-  if (sqlite3_prepare_v2(file->db(), "SELECT prio, events, bytes FROM counters", -1, &st,
-                         nullptr) == SQLITE_OK) {
-    while (sqlite3_step(st) == SQLITE_ROW) {
-      const auto prio = sqlite3_column_int64(st, 0);
-      if (prio >= 0 && prio < 3) {
-        pending[prio] = sqlite3_column_int64(st, 1);
-        bytes += sqlite3_column_int64(st, 2);
-      }
+  if (auto counts = store::readBufferCounts(file->db()); counts) {
+    for (int p = 0; p < 3; ++p) {
+      pending[p] = counts->events[p];
+      bytes += counts->bytes[p];
     }
   }
-  sqlite3_finalize(st);
   const auto oldest = file->integer("SELECT received_ms FROM events ORDER BY seq LIMIT 1");
   j["queue"] = {
       {"pending", pending[0] + pending[1] + pending[2]},

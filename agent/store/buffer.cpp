@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "agent/store/buffer_reader.h"
 #include "agent/store/buffer_sqlite.h"
 
 namespace omniedge::store {
@@ -22,9 +23,7 @@ using detail::openConnection;
 using detail::queryInt;
 using detail::sqliteError;
 
-// What a row costs beyond its strings: rowid, record header, the id index entry. The buffer's
-// accounting is in these logical bytes, so eviction frees exactly what it counts.
-constexpr int64_t kRowOverhead = 40;
+using detail::kRowOverhead;
 // The writer checkpoints the WAL once a commit leaves this much in it, and then waits (at most
 // kCheckpointWaitMs) for readers to leave it, so that the next commit starts the WAL over: a
 // reader that reads all the time (the sync thread during a drain) otherwise keeps SQLite from
@@ -40,6 +39,16 @@ constexpr int64_t kDedupWindowMs = 35LL * 24 * 3600 * 1000;
 // After close() is asked, acknowledgements that keep failing are retried this long, then left
 // (their events stay pending and are sent again): SIGTERM must end (systemd: 20 s, issue: 5 s).
 constexpr auto kStopAckDeadline = std::chrono::seconds(2);
+// The commit window (BufferOptions::commit_window) ends early once this many bytes of bodies
+// are queued: the WAL pages of a commit are then mostly payload.
+constexpr std::size_t kWindowEnoughBytes = 32 << 10;
+// ... and is opened while the last windows gathered at least half a request on average (in
+// 1/256), else once every kWindowProbeEvery groups to notice when producers come back.
+constexpr int kWindowWorthIt = 128;
+constexpr int kWindowProbeEvery = 16;
+// The counters table may lag the rows by at most this many seqs (loadCounters() counts them in
+// at start: a few milliseconds).
+constexpr int64_t kCountersLagSeqs = 4096;
 // Sleep between rounds while the disk refuses acknowledgements: do not spin on it.
 constexpr auto kFailedAckPause = std::chrono::milliseconds(200);
 
@@ -153,6 +162,7 @@ void normaliseRanges(SeqRanges& ranges) {
 struct Buffer::Request {
   std::vector<StoredEvent> events;
   std::size_t bytes = 0;
+  std::chrono::steady_clock::time_point queued_at;
   bool essential = false;  // only agent.* reports: they may use a small reserve above the cap
   std::promise<Result<AppendCounts>> done;
 };
@@ -211,7 +221,9 @@ struct Buffer::Statements {
   Stmt quarantine_chunk, delete_quarantine, quarantine_oldest, quarantine_latest;
   Stmt forget_recovery_report;
   bool recovery_unreported = false;  // cleared in the first commit after open
-  Counters committed;                // what the counters table holds
+  Counters committed;                // the committed state (the counters table may lag, below)
+  int64_t saved_last_seq = 0;        // the counters table covers the rows up to this seq
+  bool counters_saved = false;       // the table has its seq row: it may lag from now on
   int64_t next_seq = 1;              // writer thread: the next event's seq
 };
 
@@ -238,7 +250,7 @@ Result<void> Buffer::prepare() {
            {&s.forget_delivered, "DELETE FROM delivered_ids WHERE delivered_ms < ?"},
            {&s.delete_range,
             "DELETE FROM events WHERE seq BETWEEN ? AND ? "
-            "RETURNING prio, length(body) + length(id) + length(type)"},
+            "RETURNING prio, " OMNIEDGE_ROW_STRINGS_SQL},
            {&s.copy_delivered,
             "INSERT OR IGNORE INTO delivered(seq, id, type, received_ms, delivered_ms, body) "
             "SELECT seq, id, type, received_ms, ?, body FROM events WHERE seq BETWEEN ? AND ?"},
@@ -246,19 +258,18 @@ Result<void> Buffer::prepare() {
            {&s.copy_quarantine,
             "INSERT OR IGNORE INTO quarantine(seq, id, type, prio, received_ms, quarantined_ms, "
             "reason, body) SELECT seq, id, type, prio, received_ms, ?, ?, body FROM events "
-            "WHERE seq BETWEEN ? AND ? RETURNING seq, length(body) + length(id) + length(type)"},
+            "WHERE seq BETWEEN ? AND ? RETURNING seq, " OMNIEDGE_ROW_STRINGS_SQL},
            {&s.quarantine_chunk,
             "SELECT seq, id, type, prio, received_ms, body FROM quarantine ORDER BY seq LIMIT ?"},
            {&s.delete_quarantine,
             "DELETE FROM quarantine WHERE seq <= ? "
-            "RETURNING length(body) + length(id) + length(type)"},
+            "RETURNING " OMNIEDGE_ROW_STRINGS_SQL},
            {&s.quarantine_oldest,
             "SELECT quarantined_ms FROM quarantine ORDER BY quarantined_ms LIMIT 1"},
            {&s.quarantine_latest,
             "SELECT reason FROM quarantine ORDER BY quarantined_ms DESC, seq DESC LIMIT 1"},
-           {&s.select_low,
-            "SELECT seq, received_ms, length(body) + length(id) + length(type) FROM events "
-            "WHERE prio = 2 ORDER BY seq LIMIT 256"},
+           {&s.select_low, "SELECT seq, received_ms, " OMNIEDGE_ROW_STRINGS_SQL " FROM events "
+                           "WHERE prio = 2 ORDER BY seq LIMIT 256"},
            {&s.delete_low, "DELETE FROM events WHERE prio = 2 AND seq <= ?"},
            {&s.save_counter,
             "INSERT INTO counters(prio, events, bytes) VALUES(?,?,?) "
@@ -319,44 +330,20 @@ Result<void> Buffer::prepare() {
 }
 
 Result<Buffer::Counters> Buffer::loadCounters() {
+  auto r = readBufferCounts(db_);
+  if (!r) {
+    return r.error();
+  }
   Counters c;
-  bool have_quarantine = false;
-  sqlite3_stmt* st = nullptr;
-  int rc = sqlite3_prepare_v2(db_, "SELECT prio, events, bytes FROM counters", -1, &st, nullptr);
-  if (rc == SQLITE_OK) {
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-      const auto p = sqlite3_column_int64(st, 0);
-      const auto events = sqlite3_column_int64(st, 1);
-      const auto bytes = sqlite3_column_int64(st, 2);
-      if (p >= 0 && p < 3) {
-        c.events[p] = events;
-        c.bytes[p] = bytes;
-      } else if (p == kCounterLastSeq) {
-        c.last_seq = events;
-      } else if (p == kCounterQuarantine) {
-        c.quarantine_events = events;
-        c.quarantine_bytes = bytes;
-        have_quarantine = true;
-      }
-    }
+  for (int p = 0; p < 3; ++p) {
+    c.events[p] = r->events[p];
+    c.bytes[p] = r->bytes[p];
   }
-  const std::string msg = sqlite3_errmsg(db_);
-  sqlite3_finalize(st);
-  if (rc != SQLITE_DONE) {
-    return makeError("io", "reading the counters: " + msg);
-  }
-  if (!have_quarantine) {
-    // A buffer from before the quarantine had its counter: count it once (it is small).
-    auto n = queryInt(db_, "SELECT count(*) FROM quarantine");
-    auto b = queryInt(db_,
-                      "SELECT coalesce(sum(length(body) + length(id) + length(type) + 40), 0) "
-                      "FROM quarantine");
-    if (!n || !b) {
-      return makeError("io", sqliteError(db_, "counting the quarantine"));
-    }
-    c.quarantine_events = *n;
-    c.quarantine_bytes = *b;
-  }
+  c.last_seq = r->last_seq;
+  c.quarantine_events = r->quarantine_events;
+  c.quarantine_bytes = r->quarantine_bytes;
+  st_->saved_last_seq = r->saved_last_seq;
+  st_->counters_saved = r->saved;
   return c;
 }
 
@@ -378,6 +365,8 @@ bool Buffer::saveCounters(const Counters& c) {
       return false;
     }
   }
+  st_->saved_last_seq = c.last_seq;  // if the transaction is lost, restoreCommitted() re-reads
+  st_->counters_saved = true;
   return true;
 }
 
@@ -498,6 +487,14 @@ Result<AppendCounts> Buffer::append(std::vector<StoredEvent> events) {
     if (stopping_) {
       return makeError("stopping", "the agent is shutting down; retry later");
     }
+    // How close together requests arrive (a moving average over ~8), for the commit window.
+    req->queued_at = std::chrono::steady_clock::now();
+    const int64_t gap = std::min<int64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(req->queued_at - last_append_)
+            .count(),
+        1000000);
+    append_gap_us_ = append_gap_us_ >= 1000000 ? gap : (append_gap_us_ * 7 + gap) / 8;
+    last_append_ = req->queued_at;
     queue_.push_back(req);
     queued_bytes_ += req->bytes;
   }
@@ -691,6 +688,21 @@ void Buffer::writerLoop() {
       });
       if (queue_.empty() && ack_queue_.empty() && jobs_.empty()) {
         break;  // stopping, nothing left
+      }
+      // The commit window: small requests arriving close together share one commit.
+      const auto window = options_.commit_window;
+      // A window that gathers nobody (a lone producer: its next request waits for this answer)
+      // is not opened again until kWindowProbeEvery groups later.
+      if (!queue_.empty() && window.count() > 0 && append_gap_us_ < window.count() &&
+          queued_bytes_ < kWindowEnoughBytes &&
+          (window_yield_ >= kWindowWorthIt || ++groups_unwaited_ >= kWindowProbeEvery)) {
+        const std::size_t before = queue_.size();
+        cv_.wait_until(lock, queue_.front()->queued_at + window,
+                       [&] { return stopping_ || queued_bytes_ >= kWindowEnoughBytes; });
+        const auto joined = static_cast<int>(std::min<std::size_t>(queue_.size() - before, 4));
+        window_yield_ = (window_yield_ * 3 + joined * 256) / 4;
+        groups_unwaited_ = 0;
+        ++stats_.commit_windows;
       }
       std::size_t n = 0;
       std::size_t bytes = 0;
@@ -1103,7 +1115,17 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
   }
 
   work.last_seq = std::max(work.last_seq, seq - 1);
-  if (!saveCounters(work)) {
+  // The counters table is left alone by a transaction that only appended rows whose highest
+  // seq is the highest ever given (loadCounters() counts them in); anything else saves it.
+  Counters appended = s.committed;
+  for (const auto& [row_seq, e] : a.inserted) {
+    appended.events[static_cast<int>(e->priority)] += 1;
+    appended.bytes[static_cast<int>(e->priority)] += rowCost(*e);
+  }
+  appended.last_seq = a.inserted.empty() ? appended.last_seq : a.inserted.back().first;
+  const bool only_appended = s.counters_saved && appended == work && burnt_.empty() &&
+                             work.last_seq - s.saved_last_seq <= kCountersLagSeqs;
+  if (!only_appended && !saveCounters(work)) {
     return lost(Attempt::Culprit::kNone, 0, "saving counters");
   }
   if (s.recovery_unreported && !run(s.forget_recovery_report) && ended()) {

@@ -45,6 +45,13 @@ struct BufferOptions {
   // Bodies queued for the writer and not yet taken: append() waits while the queue holds more
   // (one request alone may exceed it), so producers can never pile up memory behind a slow disk.
   std::size_t max_queue_bytes = 64 << 20;
+  // Group commit for small requests (flash wear: every commit writes whole WAL pages, ~12 KB,
+  // whatever it holds). While several producers send small requests closer together than this,
+  // the writer waits up to this long after the oldest queued one for others to join its commit,
+  // and stops waiting once kWindowEnoughBytes are queued. It never waits for a lone producer
+  // (each of its requests waits for the one before), nor when requests are sparse or large, so
+  // an event's latency grows by at most this. 0: never wait.
+  std::chrono::microseconds commit_window{2000};
   // Tests only: called after each durable step of a recovery ("salvage-created",
   // "salvage-written", "salvage-complete", "wal-moved", "original-moved", "salvage-in-place"),
   // so that a test can end the process there as a crash would.
@@ -131,7 +138,8 @@ struct BufferStats {
   // reports, which may use a reserve, do not count as accepted); 0 when the last one got in.
   int64_t full_since_ms = 0;
   uint64_t commits = 0;
-  uint64_t io_errors = 0;  // transactions SQLite rolled back on an I/O error or a full disk
+  uint64_t commit_windows = 0;  // times the writer waited for small requests to share a commit
+  uint64_t io_errors = 0;       // transactions SQLite rolled back on an I/O error or a full disk
   std::size_t queued_requests = 0;  // appends waiting for the writer now
   std::size_t queued_bytes = 0;
   // The quarantine (events the centre refused; Outbox::quarantine): kept, counted, reported.
@@ -357,8 +365,12 @@ class Buffer final : public Outbox {
   std::condition_variable room_cv_;   // producers wait for room in the queue
   std::condition_variable newer_cv_;  // sync waits for new events
   std::condition_variable acked_cv_;
-  std::deque<std::shared_ptr<Request>> queue_;            // guarded by mu_
-  std::size_t queued_bytes_ = 0;                          // guarded by mu_
+  std::deque<std::shared_ptr<Request>> queue_;         // guarded by mu_
+  std::size_t queued_bytes_ = 0;                       // guarded by mu_
+  std::chrono::steady_clock::time_point last_append_;  // guarded by mu_
+  int64_t append_gap_us_ = INT64_MAX / 2;  // guarded by mu_: moving average between requests
+  int window_yield_ = 0;     // writer: requests that joined a commit window, moving average /256
+  int groups_unwaited_ = 0;  // writer: groups since the last window
   std::deque<std::shared_ptr<Job>> jobs_;                 // guarded by mu_
   std::deque<AckOp> ack_queue_;                           // guarded by mu_
   uint64_t acks_enqueued_ = 0;                            // guarded by mu_

@@ -712,12 +712,12 @@ Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::
     const std::string sql =
         "DELETE FROM counters;"
         "INSERT INTO counters SELECT prio, count(*), "
-        "sum(length(body) + length(id) + length(type) + 40) FROM events GROUP BY prio;"
+        "sum(" OMNIEDGE_ROW_STRINGS_SQL " + 40) FROM events GROUP BY prio;"
         "INSERT INTO counters VALUES(3, " +
         std::to_string(next - 1) +
         ", 0);"
         "INSERT INTO counters SELECT 4, count(*), "
-        "coalesce(sum(length(body) + length(id) + length(type) + 40), 0) FROM quarantine;";
+        "coalesce(sum(" OMNIEDGE_ROW_STRINGS_SQL " + 40), 0) FROM quarantine;";
     auto r = execRc(dst, sql.c_str());
     ok = static_cast<bool>(r);
     if (!ok) {

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "agent/store/buffer.h"
+#include "agent/store/buffer_sqlite.h"
 #include "agent/store/schema.h"
 
 namespace omniedge::store {
@@ -307,6 +308,85 @@ Result<std::shared_ptr<sqlite3>> openReadOnly(const fs::path& dir) {
     return r.error();
   }
   return r->db;
+}
+
+Result<BufferCounts> readBufferCounts(sqlite3* db) {
+  BufferCounts c;
+  bool have_quarantine = false;
+  auto failed = [&](const char* what) {
+    return makeError("io", std::string(what) + ": " + sqlite3_errmsg(db));
+  };
+  sqlite3_stmt* st = nullptr;
+  int rc = sqlite3_prepare_v2(db, "SELECT prio, events, bytes FROM counters", -1, &st, nullptr);
+  if (rc == SQLITE_OK) {
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      const auto p = sqlite3_column_int64(st, 0);
+      const auto events = sqlite3_column_int64(st, 1);
+      const auto bytes = sqlite3_column_int64(st, 2);
+      if (p >= 0 && p < 3) {
+        c.events[p] = events;
+        c.bytes[p] = bytes;
+      } else if (p == 3) {
+        c.last_seq = events;
+        c.saved = true;
+      } else if (p == 4) {
+        c.quarantine_events = events;
+        c.quarantine_bytes = bytes;
+        have_quarantine = true;
+      }
+    }
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) {
+    return failed("reading the counters");
+  }
+  if (!have_quarantine && schema::hasTable(db, "quarantine")) {
+    // A buffer from before the quarantine had its counter: count it (it is small).
+    st = nullptr;
+    rc = sqlite3_prepare_v2(
+        db, "SELECT count(*), coalesce(sum(" OMNIEDGE_ROW_STRINGS_SQL "), 0) FROM quarantine", -1,
+        &st, nullptr);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+      c.quarantine_events = sqlite3_column_int64(st, 0);
+      c.quarantine_bytes = sqlite3_column_int64(st, 1) + c.quarantine_events * detail::kRowOverhead;
+      rc = SQLITE_DONE;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+      return failed("counting the quarantine");
+    }
+  }
+  // What the table lacks is exactly the rows above the seq it was saved at: seqs only grow, and
+  // a transaction that deletes a row saves the table.
+  // Without its seq row the table is as every transaction left it: the buffer saves the whole
+  // table at its first commit, and omniedge before 2026-12-03 (and the first layouts, whose
+  // highest seq was in sqlite_sequence) at every commit.
+  c.saved_last_seq = c.last_seq;
+  if (!c.saved) {
+    return c;
+  }
+  st = nullptr;
+  rc = sqlite3_prepare_v2(db,
+                          "SELECT prio, count(*), sum(" OMNIEDGE_ROW_STRINGS_SQL
+                          "), max(seq) FROM events WHERE seq > ? GROUP BY prio",
+                          -1, &st, nullptr);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, c.saved_last_seq);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      const auto p = sqlite3_column_int64(st, 0);
+      const auto n = sqlite3_column_int64(st, 1);
+      if (p >= 0 && p < 3) {
+        c.events[p] += n;
+        c.bytes[p] += sqlite3_column_int64(st, 2) + n * detail::kRowOverhead;
+      }
+      c.last_seq = std::max<int64_t>(c.last_seq, sqlite3_column_int64(st, 3));
+    }
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) {
+    return failed("counting the events appended since the counters were saved");
+  }
+  return c;
 }
 
 }  // namespace omniedge::store

@@ -60,4 +60,20 @@ Result<ReadOnlyBuffer> openBufferReadOnly(const std::filesystem::path& dir);
 /// Thread: the caller's; the connection is single-threaded.
 Result<std::shared_ptr<sqlite3>> openFileSnapshot(const std::filesystem::path& file);
 
+/// The buffer's counts as its file has them: the `counters` table, plus the rows appended since
+/// it was last saved (a transaction that only appends leaves the table alone: docs/
+/// architecture.md, "Schema"). Exact for any committed state, after a crash too. Fails "io".
+/// Thread: the connection's.
+struct BufferCounts {
+  int64_t events[3] = {0, 0, 0};  // pending events by priority
+  int64_t bytes[3] = {0, 0, 0};   // their logical bytes (strings + 40 per row)
+  int64_t last_seq = 0;           // the highest seq ever given (saved, or the highest row since)
+  int64_t saved_last_seq = 0;     // the seq the table was saved at
+  bool saved = false;             // the table has its seq row (else it was never saved by a
+                                  // version that may leave it behind: it is exact as it is)
+  int64_t quarantine_events = 0;
+  int64_t quarantine_bytes = 0;
+};
+Result<BufferCounts> readBufferCounts(sqlite3* db);
+
 }  // namespace omniedge::store

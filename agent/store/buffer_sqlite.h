@@ -16,6 +16,15 @@ namespace omniedge::store::detail {
 
 inline constexpr const char* kFileName = "buffer.db";
 
+// What a stored row costs in the buffer's accounting, beyond its strings: rowid, record header,
+// the id index entry. The accounting is in these logical bytes, so eviction frees exactly what it
+// counts.
+inline constexpr int64_t kRowOverhead = 40;
+// The strings of a row in SQL, in bytes (a TEXT's length() counts characters: a body with
+// non-ASCII text would be counted in by its bytes and out by its characters, and the counters
+// would drift). Every statement that counts rows uses it; C++ counts std::string::size().
+#define OMNIEDGE_ROW_STRINGS_SQL "(length(CAST(body AS BLOB)) + length(id) + length(type))"
+
 int64_t nowMs();
 std::string sqliteError(sqlite3* db, const std::string& what);
 

@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <set>
@@ -215,6 +216,122 @@ TEST_CASE("pending events survive closing and reopening", "[unit][buffer]") {
   auto next = b->readPending(0, 10, 1 << 20);
   REQUIRE(next.has_value());
   CHECK(next->front().seq > pending->front().seq);
+}
+
+namespace {
+
+// The counters table as the file has it: events per priority and the seq it was saved at.
+std::pair<int64_t, int64_t> savedCounters(const TempDir& dir) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2((dir.path() / "buffer.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) ==
+          SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db,
+                             "SELECT coalesce(sum(events) FILTER (WHERE prio < 3), 0), "
+                             "coalesce(max(events) FILTER (WHERE prio = 3), 0) FROM counters",
+                             -1, &st, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+  std::pair<int64_t, int64_t> out{sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1)};
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("appends leave the counters table alone, and the counts stay exact in bytes",
+          "[unit][buffer]") {
+  TempDir dir;
+  int64_t expected_bytes = 0;
+  {
+    auto b = openBuffer(dir);
+    for (int i = 0; i < 30; ++i) {
+      // Non-ASCII bodies: counted in bytes on the way in and on the way out.
+      auto e = makeEvent(i % 3 == 0   ? "pos.transaction"
+                         : i % 3 == 1 ? "kiosk.view"
+                                      : "beacon.seen",
+                         10, i);
+      e.body.insert(e.body.size() - 2, "caf\u00e9 \u2603 éè☃ð");
+      expected_bytes += static_cast<int64_t>(e.body.size() + e.id.size() + e.type.size()) + 40;
+      REQUIRE(b->append({e}).has_value());  // one commit each
+    }
+    CHECK(b->stats().pending_bytes == expected_bytes);
+    // 30 commits that only appended: the first saved the table (it had never been), no other.
+    CHECK(savedCounters(dir).first == 1);
+  }
+  auto b = openBuffer(dir);
+  CHECK(pendingTotal(*b) == 30);
+  CHECK(b->stats().pending[0] == 10);
+  CHECK(b->stats().pending[2] == 10);
+  CHECK(b->stats().pending_bytes == expected_bytes);
+  auto p = b->readPending(0, 100, 1 << 20);
+  REQUIRE(p.has_value());
+  REQUIRE(p->size() == 30);
+  b->acknowledge(p->front().seq, p->back().seq);
+  b->syncAcknowledgements();
+  CHECK(pendingTotal(*b) == 0);
+  CHECK(b->stats().pending_bytes == 0);  // nothing left over from characters vs bytes
+  CHECK(savedCounters(dir) == std::pair<int64_t, int64_t>{0, p->back().seq});
+
+  // Larger appends: the table is saved again before it lags by more than 4096 seqs.
+  const int64_t before = savedCounters(dir).second;
+  for (int round = 0; round < 6; ++round) {
+    std::vector<StoredEvent> batch;
+    for (int i = 0; i < 1000; ++i) {
+      batch.push_back(makeEvent("kiosk.view", 20, 100 + round * 1000 + i));
+    }
+    REQUIRE(b->append(batch).has_value());
+  }
+  const auto [events, saved_at] = savedCounters(dir);
+  CHECK(saved_at > before);
+  CHECK(b->stats().last_seq - saved_at <= 4096);
+  CHECK(events == saved_at - before);  // the table saved covers exactly the rows up to saved_at
+  b.reset();
+  auto again = openBuffer(dir);
+  CHECK(pendingTotal(*again) == 6000);
+}
+
+TEST_CASE("small requests from several producers share commits, a lone producer never waits",
+          "[unit][buffer]") {
+  TempDir dir;
+  BufferOptions o;
+  o.dir = dir.path();
+  o.min_free_disk = 0;
+  o.commit_window = std::chrono::milliseconds(20);  // wide, so that grouping is certain here
+  auto opened = Buffer::open(o);
+  REQUIRE(opened.has_value());
+  auto& b = **opened;
+  SECTION("a lone producer: each request waits for the one before, a window gathers nobody") {
+    for (int i = 0; i < 64; ++i) {
+      REQUIRE(b.append({makeEvent("kiosk.view", 50, i)}).has_value());
+    }
+    const auto s = b.stats();
+    CHECK(s.appended == 64);
+    // The first window gathers nobody; after that one probe every 16 groups at most.
+    CHECK(s.commit_windows <= 64 / 16 + 2);
+  }
+  SECTION("eight producers at once, one event per request") {
+    std::vector<std::thread> producers;
+    std::atomic<int> failed{0};
+    for (int t = 0; t < 8; ++t) {
+      producers.emplace_back([&, t] {
+        for (int i = 0; i < 40; ++i) {
+          if (!b.append({makeEvent("kiosk.view", 50, t * 1000 + i)}).has_value()) {
+            ++failed;
+          }
+        }
+      });
+    }
+    for (auto& p : producers) {
+      p.join();
+    }
+    const auto s = b.stats();
+    CHECK(failed == 0);
+    CHECK(s.appended == 320);
+    INFO("commits " << s.commits << ", windows " << s.commit_windows);
+    CHECK(s.commit_windows > 0);
+    CHECK(s.commits <= 320 / 2);  // 8 per commit once the windows are open
+  }
 }
 
 TEST_CASE("a second agent on the same data dir is refused", "[unit][buffer]") {
