@@ -42,10 +42,10 @@ constexpr auto kStopAckDeadline = std::chrono::seconds(2);
 // The commit window (BufferOptions::commit_window) ends early once this many bytes of bodies
 // are queued: the WAL pages of a commit are then mostly payload.
 constexpr std::size_t kWindowEnoughBytes = 32 << 10;
-// ... and is opened while the last windows gathered at least half a request on average (in
-// 1/256), else once every kWindowProbeEvery groups to notice when producers come back.
-constexpr int kWindowWorthIt = 128;
-constexpr int kWindowProbeEvery = 16;
+// ... and waits for at most this many requests (more producers than this share commits anyway).
+constexpr std::size_t kPeakGroupMax = 64;
+// Groups in a row below the peak before it is lowered by one (a producer that went away).
+constexpr int kPeakDecayGroups = 64;
 // The counters table may lag the rows by at most this many seqs (loadCounters() counts them in
 // at start: a few milliseconds).
 constexpr int64_t kCountersLagSeqs = 4096;
@@ -689,20 +689,24 @@ void Buffer::writerLoop() {
       if (queue_.empty() && ack_queue_.empty() && jobs_.empty()) {
         break;  // stopping, nothing left
       }
-      // The commit window: small requests arriving close together share one commit.
+      // The commit window: small requests arriving close together share one commit, as many
+      // as the recent groups held (a lone producer's groups hold one: it never waits).
       const auto window = options_.commit_window;
-      // A window that gathers nobody (a lone producer: its next request waits for this answer)
-      // is not opened again until kWindowProbeEvery groups later.
-      if (!queue_.empty() && window.count() > 0 && append_gap_us_ < window.count() &&
-          queued_bytes_ < kWindowEnoughBytes &&
-          (window_yield_ >= kWindowWorthIt || ++groups_unwaited_ >= kWindowProbeEvery)) {
-        const std::size_t before = queue_.size();
-        cv_.wait_until(lock, queue_.front()->queued_at + window,
-                       [&] { return stopping_ || queued_bytes_ >= kWindowEnoughBytes; });
-        const auto joined = static_cast<int>(std::min<std::size_t>(queue_.size() - before, 4));
-        window_yield_ = (window_yield_ * 3 + joined * 256) / 4;
-        groups_unwaited_ = 0;
+      if (!queue_.empty() && queue_.size() < peak_group_ && window.count() > 0 &&
+          append_gap_us_ < window.count() && queued_bytes_ < kWindowEnoughBytes) {
+        cv_.wait_until(lock, queue_.front()->queued_at + window, [&] {
+          return stopping_ || queue_.size() >= peak_group_ || queued_bytes_ >= kWindowEnoughBytes;
+        });
         ++stats_.commit_windows;
+      }
+      // The peak follows the producers: up at once, down by one after kPeakDecayGroups groups
+      // that stayed below it.
+      if (queue_.size() >= peak_group_) {
+        peak_group_ = std::min(queue_.size(), kPeakGroupMax);
+        groups_below_peak_ = 0;
+      } else if (!queue_.empty() && ++groups_below_peak_ >= kPeakDecayGroups) {
+        peak_group_ = std::max<std::size_t>(1, peak_group_ - 1);
+        groups_below_peak_ = 0;
       }
       std::size_t n = 0;
       std::size_t bytes = 0;

@@ -47,10 +47,10 @@ struct BufferOptions {
   std::size_t max_queue_bytes = 64 << 20;
   // Group commit for small requests (flash wear: every commit writes whole WAL pages, ~12 KB,
   // whatever it holds). While several producers send small requests closer together than this,
-  // the writer waits up to this long after the oldest queued one for others to join its commit,
-  // and stops waiting once kWindowEnoughBytes are queued. It never waits for a lone producer
-  // (each of its requests waits for the one before), nor when requests are sparse or large, so
-  // an event's latency grows by at most this. 0: never wait.
+  // the writer waits up to this long after the oldest queued one for as many requests as its
+  // recent groups held (so producers that all wait for their answers are committed as soon as
+  // all are in, and a lone producer never waits), or until kWindowEnoughBytes are queued. An
+  // event's latency grows by at most this. 0: never wait.
   std::chrono::microseconds commit_window{2000};
   // Tests only: called after each durable step of a recovery ("salvage-created",
   // "salvage-written", "salvage-complete", "wal-moved", "original-moved", "salvage-in-place"),
@@ -369,14 +369,14 @@ class Buffer final : public Outbox {
   std::size_t queued_bytes_ = 0;                       // guarded by mu_
   std::chrono::steady_clock::time_point last_append_;  // guarded by mu_
   int64_t append_gap_us_ = INT64_MAX / 2;  // guarded by mu_: moving average between requests
-  int window_yield_ = 0;     // writer: requests that joined a commit window, moving average /256
-  int groups_unwaited_ = 0;  // writer: groups since the last window
-  std::deque<std::shared_ptr<Job>> jobs_;                 // guarded by mu_
-  std::deque<AckOp> ack_queue_;                           // guarded by mu_
-  uint64_t acks_enqueued_ = 0;                            // guarded by mu_
-  uint64_t acks_committed_ = 0;                           // guarded by mu_
-  bool acks_abandoned_ = false;                           // guarded by mu_: close() gave up on some
-  bool stopping_ = false;                                 // guarded by mu_
+  std::size_t peak_group_ = 1;             // guarded by mu_: most requests in one group lately
+  int groups_below_peak_ = 0;              // guarded by mu_: groups since one reached peak_group_
+  std::deque<std::shared_ptr<Job>> jobs_;  // guarded by mu_
+  std::deque<AckOp> ack_queue_;            // guarded by mu_
+  uint64_t acks_enqueued_ = 0;             // guarded by mu_
+  uint64_t acks_committed_ = 0;            // guarded by mu_
+  bool acks_abandoned_ = false;            // guarded by mu_: close() gave up on some
+  bool stopping_ = false;                  // guarded by mu_
   std::chrono::steady_clock::time_point stop_requested_;  // guarded by mu_
   bool writer_done_ = false;                              // guarded by mu_
   BufferStats stats_;                                     // guarded by mu_
