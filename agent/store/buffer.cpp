@@ -245,12 +245,11 @@ Result<void> Buffer::prepare() {
            {&s.rollback_to_acks, "ROLLBACK TO acks"},
            {&s.insert, kInsertEventSql},
            {&s.remember_delivered,
-            "INSERT OR IGNORE INTO delivered_ids(id, delivered_ms) "
-            "SELECT id, ? FROM events WHERE seq BETWEEN ? AND ? AND prio = 0"},
+            "INSERT OR IGNORE INTO delivered_ids(id, delivered_ms) VALUES(?, ?)"},
            {&s.forget_delivered, "DELETE FROM delivered_ids WHERE delivered_ms < ?"},
            {&s.delete_range,
             "DELETE FROM events WHERE seq BETWEEN ? AND ? "
-            "RETURNING prio, " OMNIEDGE_ROW_STRINGS_SQL},
+            "RETURNING prio, " OMNIEDGE_ROW_STRINGS_SQL ", iif(prio = 0, id, NULL)"},
            {&s.copy_delivered,
             "INSERT OR IGNORE INTO delivered(seq, id, type, received_ms, delivered_ms, body) "
             "SELECT seq, id, type, received_ms, ?, body FROM events WHERE seq BETWEEN ? AND ?"},
@@ -919,6 +918,7 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
     const Counters before = work;
     bool ok = run(s.savepoint_acks);
     std::string failed_what = "savepoint";
+    std::vector<std::string> high_ids;  // POS ids deleted by one acknowledgement
     for (std::size_t k = 0; ok && k < acks.size(); ++k) {
       const auto& op = acks[k];
       const bool to_quarantine = !op.quarantine_reason.empty();
@@ -944,14 +944,7 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
         ok = rc == SQLITE_DONE;
         failed_what = "quarantining events";
       } else {
-        // Delivered POS ids are remembered for kDedupWindowMs, so that the same transaction
-        // read again (a file dropped twice, a crash between commit and move) is not sent again.
-        s.remember_delivered.bind(1, now);
-        s.remember_delivered.bind(2, op.first_seq);
-        s.remember_delivered.bind(3, op.last_seq);
-        ok = run(s.remember_delivered);
-        failed_what = "remembering delivered ids";
-        if (ok && options_.retain_delivered_s > 0) {
+        if (options_.retain_delivered_s > 0) {
           s.copy_delivered.bind(1, now);
           s.copy_delivered.bind(2, op.first_seq);
           s.copy_delivered.bind(3, op.last_seq);
@@ -966,17 +959,30 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
       s.delete_range.bind(2, op.last_seq);
       int rc = 0;
       uint64_t rows = 0;
+      high_ids.clear();
       while ((rc = s.delete_range.step()) == SQLITE_ROW) {
         const auto p = s.delete_range.col(0);
         if (p >= 0 && p < 3) {
           work.events[p] -= 1;
           work.bytes[p] -= s.delete_range.col(1) + kRowOverhead;
         }
+        if (p == 0 && !to_quarantine) {
+          high_ids.push_back(s.delete_range.text(2));
+        }
         ++rows;
       }
       s.delete_range.reset();
       ok = rc == SQLITE_DONE;
       failed_what = "deleting acknowledged events";
+      // Delivered POS ids are remembered for kDedupWindowMs, so that the same transaction read
+      // again (a file dropped twice, a crash between commit and move) is not sent again. They
+      // come from the delete itself: one pass over the range, none for other channels.
+      for (std::size_t h = 0; ok && h < high_ids.size(); ++h) {
+        s.remember_delivered.bind(1, high_ids[h]);
+        s.remember_delivered.bind(2, now);
+        ok = run(s.remember_delivered);
+        failed_what = "remembering delivered ids";
+      }
       if (ok) {
         (to_quarantine ? a.quarantined : a.acked) += rows;
         if (to_quarantine && rows > 0) {
