@@ -23,6 +23,8 @@ using detail::openConnection;
 using detail::queryInt;
 using detail::sqliteError;
 
+using detail::kCounterLastSeq;
+using detail::kCounterQuarantine;
 using detail::kRowOverhead;
 // The writer checkpoints the WAL once a commit leaves this much in it, and then waits (at most
 // kCheckpointWaitMs) for readers to leave it, so that the next commit starts the WAL over: a
@@ -127,10 +129,6 @@ bool run(Stmt& s) {
   s.reset();
   return rc == SQLITE_DONE || rc == SQLITE_ROW;
 }
-
-// Rows of the counters table beside the three priorities.
-constexpr int kCounterLastSeq = 3;     // events = the highest seq ever given
-constexpr int kCounterQuarantine = 4;  // events, bytes of the quarantine
 
 // Called by SQLite after every commit on the writer's connection, instead of its automatic
 // checkpoint: only notes the WAL's length (a checkpoint here would make COMMIT report its
@@ -771,6 +769,15 @@ void Buffer::writerLoop() {
     acked_cv_.notify_all();
     newer_cv_.notify_all();
     maybeCheckpoint();
+  }
+  // A clean stop leaves the counters table exact, for whatever reads it as it is (an older
+  // omniedge after a downgrade, sqlite3 in a technician's hands).
+  auto& s = *st_;
+  if (s.committed.last_seq > s.saved_last_seq) {
+    const bool saved = run(s.begin) && saveCounters(s.committed) && run(s.commit);
+    if (!saved && sqlite3_get_autocommit(db_) == 0) {
+      (void)run(s.rollback);  // the next start counts the rows in, as after a crash
+    }
   }
   std::lock_guard lock(mu_);
   writer_done_ = true;

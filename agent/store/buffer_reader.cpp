@@ -326,10 +326,10 @@ Result<BufferCounts> readBufferCounts(sqlite3* db) {
       if (p >= 0 && p < 3) {
         c.events[p] = events;
         c.bytes[p] = bytes;
-      } else if (p == 3) {
+      } else if (p == detail::kCounterLastSeq) {
         c.last_seq = events;
         c.saved = true;
-      } else if (p == 4) {
+      } else if (p == detail::kCounterQuarantine) {
         c.quarantine_events = events;
         c.quarantine_bytes = bytes;
         have_quarantine = true;

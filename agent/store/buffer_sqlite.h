@@ -20,6 +20,9 @@ inline constexpr const char* kFileName = "buffer.db";
 // the id index entry. The accounting is in these logical bytes, so eviction frees exactly what it
 // counts.
 inline constexpr int64_t kRowOverhead = 40;
+// Rows of the counters table beside the three priorities (0, 1, 2: events, bytes).
+inline constexpr int kCounterLastSeq = 3;     // events = the highest seq ever given, as saved
+inline constexpr int kCounterQuarantine = 4;  // events, bytes of the quarantine
 // The strings of a row in SQL, in bytes (a TEXT's length() counts characters: a body with
 // non-ASCII text would be counted in by its bytes and out by its characters, and the counters
 // would drift). Every statement that counts rows uses it; C++ counts std::string::size().

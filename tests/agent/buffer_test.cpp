@@ -260,6 +260,8 @@ TEST_CASE("appends leave the counters table alone, and the counts stay exact in 
     // 30 commits that only appended: the first saved the table (it had never been), no other.
     CHECK(savedCounters(dir).first == 1);
   }
+  // A clean stop saved it.
+  CHECK(savedCounters(dir) == std::pair<int64_t, int64_t>{30, 30});
   auto b = openBuffer(dir);
   CHECK(pendingTotal(*b) == 30);
   CHECK(b->stats().pending[0] == 10);
