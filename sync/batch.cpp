@@ -27,8 +27,8 @@ std::string jsonString(std::string_view text) {
 }
 
 // gzip by libdeflate (whole-buffer DEFLATE, twice zlib's speed at level 1 with smaller output:
-// docs/architecture.md "Dependencies"). One compressor per thread: allocating it costs more
-// than compressing a batch.
+// docs/architecture.md, "Libraries, and why each"). One compressor per thread: allocating it costs
+// more than compressing a batch.
 struct DeflateCompressorDeleter {
   void operator()(libdeflate_compressor* c) const { libdeflate_free_compressor(c); }
 };

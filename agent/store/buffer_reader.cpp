@@ -356,8 +356,6 @@ Result<BufferCounts> readBufferCounts(sqlite3* db) {
       return failed("counting the quarantine");
     }
   }
-  // What the table lacks is exactly the rows above the seq it was saved at: seqs only grow, and
-  // a transaction that deletes a row saves the table.
   // Without its seq row the table is as every transaction left it: the buffer saves the whole
   // table at its first commit, and omniedge before 2026-12-03 (and the first layouts, whose
   // highest seq was in sqlite_sequence) at every commit.
@@ -365,6 +363,8 @@ Result<BufferCounts> readBufferCounts(sqlite3* db) {
   if (!c.saved) {
     return c;
   }
+  // What the table lacks is exactly the rows above the seq it was saved at: seqs only grow, and
+  // a transaction that deletes a row saves the table.
   st = nullptr;
   rc = sqlite3_prepare_v2(db,
                           "SELECT prio, count(*), sum(" OMNIEDGE_ROW_STRINGS_SQL
