@@ -80,6 +80,9 @@ json offlineStatus(const Loaded& loaded, const Daemon& daemon) {
       pending[p] = counts->events[p];
       bytes += counts->bytes[p];
     }
+  } else {
+    j["buffer"]["error"] = "the queue's counts could not be read from " +
+                           (dir / "buffer.db").string() + ": " + counts.error().message;
   }
   const auto oldest = file->integer("SELECT received_ms FROM events ORDER BY seq LIMIT 1");
   j["queue"] = {

@@ -1501,6 +1501,9 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
         if (sqlite3_get_autocommit(db_) == 0) {
           (void)run(s.rollback);
         }
+        // What the file holds wins, as after a lost group (saveCounters() noted a save that
+        // this rollback undid).
+        restoreCommitted(s.next_seq);
         sqlite3_finalize(sel);
         std::lock_guard lock(mu_);
         ++stats_.io_errors;

@@ -712,7 +712,8 @@ Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::
     const std::string sql =
         "DELETE FROM counters;"
         "INSERT INTO counters SELECT prio, count(*), "
-        "sum(" OMNIEDGE_ROW_STRINGS_SQL " + 40) FROM events GROUP BY prio;"
+        "sum(" OMNIEDGE_ROW_STRINGS_SQL
+        " + 40) FROM events GROUP BY prio;"
         "INSERT INTO counters VALUES(3, " +
         std::to_string(next - 1) +
         ", 0);"
