@@ -31,6 +31,7 @@
 #include "agent/omni/trigger_rules.h"
 #include "agent/omni/triggers.h"
 #include "agent/omni/visits.h"
+#include "agent/resident.h"
 #include "agent/source_runner.h"
 #include "agent/store/buffer.h"
 #include "agent/store/inbox.h"
@@ -1732,6 +1733,10 @@ int Agent::run() {
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGHUP);
   auto last_tick = std::chrono::steady_clock::now();
+  // Start-up is over a few seconds after READY (the first connection attempts, the drivers'
+  // first scans): its code pages are given back once (resident.h).
+  const auto release_at = last_tick + std::chrono::seconds(2);
+  bool released = false;
   for (;;) {
     timespec timeout{0, 250 * 1000 * 1000};
     const int sig = sigtimedwait(&set, nullptr, &timeout);
@@ -1752,6 +1757,11 @@ int Agent::run() {
     if (now - last_tick >= std::chrono::seconds(1)) {
       last_tick = now;
       housekeeping();
+      if (!released && now >= release_at) {
+        released = true;
+        const std::size_t kb = releaseStartupPages();
+        spdlog::debug("start-up over: {} kB of code and read-only data pages given back", kb);
+      }
     }
   }
   systemdNotify("STOPPING=1");

@@ -2,9 +2,11 @@
 #include <cstdio>
 #include <exception>
 
+#include "agent/resident.h"
 #include "cli/cli.h"
 
 int main(int argc, char** argv) {
+  omniedge::configureSqliteMemory();  // before any database is opened
   try {
     return omniedge::runCli(argc, argv);
   } catch (const std::exception& e) {

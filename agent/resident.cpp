@@ -1,0 +1,116 @@
+#include "agent/resident.h"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace omniedge {
+namespace {
+
+constexpr std::size_t kMaxSmapsBytes = 8u << 20;  // ~1 KB per mapping; the daemon has ~150
+
+// /proc/self/smaps, whole (its lines change while it is read piecewise, so one pass). Plain
+// read(2): iostreams would touch, during the release, the libstdc++ pages being released.
+std::string readSmaps() {
+  std::string text;
+  text.reserve(512u << 10);  // one mmap, untouched beyond what is read, unmapped when freed
+  const int fd = ::open("/proc/self/smaps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return text;
+  }
+  char chunk[16384];
+  for (;;) {
+    const ssize_t n = ::read(fd, chunk, sizeof chunk);
+    if (n <= 0 || text.size() + static_cast<std::size_t>(n) > kMaxSmapsBytes) {
+      break;
+    }
+    text.append(chunk, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return text;
+}
+
+std::string_view nextField(std::string_view& line) {
+  while (!line.empty() && line.front() == ' ') {
+    line.remove_prefix(1);
+  }
+  const auto end = line.find(' ');
+  const std::string_view field = line.substr(0, end);
+  line.remove_prefix(end == std::string_view::npos ? line.size() : end);
+  return field;
+}
+
+uint64_t number(std::string_view s, int base) {
+  while (!s.empty() && s.front() == ' ') {
+    s.remove_prefix(1);
+  }
+  uint64_t v = 0;
+  std::from_chars(s.data(), s.data() + s.size(), v, base);
+  return v;
+}
+
+struct Range {
+  uintptr_t begin;
+  uintptr_t end;
+  std::size_t rss_kb;
+};
+
+}  // namespace
+
+std::size_t releaseStartupPages() {
+  const std::string smaps = readSmaps();
+  std::vector<Range> ranges;
+  ranges.reserve(256);
+  Range current{};
+  bool candidate = false;  // the current mapping is a read-only file mapping
+  std::string_view rest(smaps);
+  while (!rest.empty()) {
+    const auto eol = rest.find('\n');
+    std::string_view line = rest.substr(0, eol);
+    rest.remove_prefix(eol == std::string_view::npos ? rest.size() : eol + 1);
+    const char c = line.empty() ? '\0' : line.front();
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) {
+      // "7f3a…-7f3b… r-xp 00000000 08:01 1234   /usr/lib/…": a mapping. Field lines start with
+      // a capitalised name ("Rss:", "Anonymous:").
+      const std::string_view range = nextField(line);
+      const std::string_view perms = nextField(line);
+      for (int i = 0; i < 3; ++i) {
+        (void)nextField(line);  // offset, device, inode
+      }
+      const std::string_view path = nextField(line);
+      const auto dash = range.find('-');
+      candidate = dash != std::string_view::npos && perms.size() == 4 && perms[0] == 'r' &&
+                  perms[1] == '-' && path.starts_with('/');  // files only, never writable
+      current = {number(range.substr(0, dash), 16), number(range.substr(dash + 1), 16), 0};
+    } else if (candidate && line.starts_with("Rss:")) {
+      current.rss_kb = number(line.substr(4), 10);
+    } else if (candidate && line.starts_with("Anonymous:")) {
+      // Anonymous > 0: the mapping holds private copies (relocated RELRO data, a debugger's
+      // breakpoints): dropping them would bring back the file's bytes. Only clean pages go.
+      if (number(line.substr(10), 10) == 0 && current.rss_kb > 0 && current.end > current.begin) {
+        ranges.push_back(current);
+      }
+      candidate = false;
+    }
+  }
+  std::size_t released_kb = 0;
+  for (const Range& r : ranges) {
+    if (::madvise(reinterpret_cast<void*>(r.begin), r.end - r.begin, MADV_DONTNEED) == 0) {
+      released_kb += r.rss_kb;
+    }
+  }
+  return released_kb;
+}
+
+bool configureSqliteMemory() {
+  return sqlite3_config(SQLITE_CONFIG_PAGECACHE, nullptr, 0, 0) == SQLITE_OK;
+}
+
+}  // namespace omniedge
