@@ -21,6 +21,11 @@ enum class DataPiiPolicy {
 /// "hash" | "reject" | "off"; kHash for anything else (the config has validated it).
 DataPiiPolicy parseDataPiiPolicy(std::string_view name);
 
+/// Whether a JSON text may hold personal data: an '@' or a '+' (also as a JSON escape), or a
+/// member name like a phone's (phone, mobile, msisdn, tel, fax, any case). False means it holds
+/// none; true means PiiHasher::scrubData must parse it. CPU only, a vector scan. Thread: any.
+bool mayHoldPii(std::string_view text);
+
 class PiiHasher {
  public:
   /// `key` empty: plain SHA-256 (the centre can still join, but a hash of an e-mail can be

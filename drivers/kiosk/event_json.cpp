@@ -161,6 +161,7 @@ class Parser {
   void skipWhitespace() {
     while (!atEnd() && isWhitespace(in_[pos_])) {
       ++pos_;
+      ++whitespace_;
     }
   }
 
@@ -558,9 +559,12 @@ class Parser {
           skipValue(2);
         } else {
           const std::size_t start = pos_;
+          const std::size_t whitespace = whitespace_;
           skipValue(2);
           if (ok()) {
-            event.data_json = compact(in_.substr(start, pos_ - start));
+            // Most producers send compact JSON: then it is copied as it is.
+            const std::string_view text = in_.substr(start, pos_ - start);
+            event.data_json = whitespace_ == whitespace ? std::string(text) : compact(text);
           }
         }
       } else {
@@ -635,6 +639,7 @@ class Parser {
 
   std::string_view in_;
   std::size_t pos_ = 0;
+  std::size_t whitespace_ = 0;  // bytes of whitespace skipped between tokens so far
   const std::size_t max_events_;
   std::size_t count_ = 0;
   std::vector<Event> events_;

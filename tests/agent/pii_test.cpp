@@ -165,3 +165,30 @@ TEST_CASE("identity.data_pii=reject refuses the event naming the field, off leav
   PiiHasher off("0123456789abcdef-tenant-key", "GB", omniedge::DataPiiPolicy::kOff);
   CHECK(scrub(off, R"({"email":"jane@example.com"})") == R"({"email":"jane@example.com"})");
 }
+
+TEST_CASE("the quick pre-check finds a phone-like name or a sign at every offset, in any case",
+          "[unit][pii]") {
+  // Every offset and length around the 16-byte steps of the vector scan and its byte-wise tail.
+  const std::vector<std::string> found = {"phone", "PHONE", "Mobile", "msIsdn", "tel",
+                                          "TEL",   "Fax",   "@",      "+",      "\\u0040"};
+  const std::vector<std::string> missed = {"ph0ne", "mob1le", "msis", "te", "fa",
+                                           "pho",   "mo",     "ms",   "ph", "t3l"};
+  for (std::size_t before = 0; before < 40; ++before) {
+    for (std::size_t after = 0; after < 20; after += 3) {
+      const std::string pad_before(before, 'x');
+      const std::string pad_after(after, 'y');
+      for (const auto& w : found) {
+        INFO("'" << w << "' after " << before << " and before " << after << " bytes");
+        CHECK(omniedge::mayHoldPii(pad_before + w + pad_after));
+      }
+      for (const auto& w : missed) {
+        INFO("'" << w << "' after " << before << " and before " << after << " bytes");
+        CHECK_FALSE(omniedge::mayHoldPii(pad_before + w + pad_after));
+      }
+    }
+  }
+  CHECK_FALSE(omniedge::mayHoldPii(""));
+  CHECK_FALSE(
+      omniedge::mayHoldPii(R"({"screen":"promo","sku":"SKU-000042","note":"organic bread"})"));
+  CHECK(omniedge::mayHoldPii(R"({"screen":"promo","Telephone":"0301234"})"));
+}
