@@ -1,6 +1,7 @@
 #include "agent/agent.h"
 
 #include <fnmatch.h>
+#include <malloc.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
@@ -1733,10 +1734,23 @@ int Agent::run() {
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGHUP);
   auto last_tick = std::chrono::steady_clock::now();
-  // Start-up is over a few seconds after READY (the first connection attempts, the drivers'
-  // first scans): its code pages are given back once (resident.h).
-  const auto release_at = last_tick + std::chrono::seconds(2);
-  bool released = false;
+  // Memory given back (resident.h): start-up's code pages at READY and again 2 s later (the
+  // first connection attempts, the drivers' first scans), and after a burst of events, once the
+  // buffer has taken none for kQuietRelease: the code pages its paths touched and the heap
+  // malloc keeps free (a 1M drain leaves ~1 MB of it).
+  constexpr auto kQuietRelease = std::chrono::seconds(60);
+  const auto release_memory = [](const char* why) {
+    const std::size_t kb = releaseStartupPages();
+    const bool trimmed = malloc_trim(0) == 1;
+    spdlog::debug("{}: {} kB of code and read-only data pages given back{}", why, kb,
+                  trimmed ? ", and free heap" : "");
+  };
+  release_memory("ready");
+  bool released_startup = false;
+  const auto started_at = last_tick;
+  uint64_t appended_seen = p.buffer->stats().appended;
+  uint64_t appended_at_release = appended_seen;
+  auto appended_changed_at = last_tick;
   for (;;) {
     timespec timeout{0, 250 * 1000 * 1000};
     const int sig = sigtimedwait(&set, nullptr, &timeout);
@@ -1757,10 +1771,17 @@ int Agent::run() {
     if (now - last_tick >= std::chrono::seconds(1)) {
       last_tick = now;
       housekeeping();
-      if (!released && now >= release_at) {
-        released = true;
-        const std::size_t kb = releaseStartupPages();
-        spdlog::debug("start-up over: {} kB of code and read-only data pages given back", kb);
+      if (!released_startup && now - started_at >= std::chrono::seconds(2)) {
+        released_startup = true;
+        release_memory("start-up over");
+      }
+      if (const uint64_t appended = p.buffer->stats().appended; appended != appended_seen) {
+        appended_seen = appended;
+        appended_changed_at = now;
+      } else if (appended_seen != appended_at_release &&
+                 now - appended_changed_at >= kQuietRelease) {
+        appended_at_release = appended_seen;
+        release_memory("quiet for a minute");
       }
     }
   }
