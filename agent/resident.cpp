@@ -1,6 +1,7 @@
 #include "agent/resident.h"
 
 #include <fcntl.h>
+#include <link.h>
 #include <sqlite3.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -64,17 +65,53 @@ struct Range {
 
 }  // namespace
 
+namespace {
+
+struct Release {
+  std::vector<Range> candidates;  // from smaps: clean, read-only file mappings
+  std::size_t released_kb = 0;
+};
+
+// Called by dl_iterate_phdr once per loaded object (the binary, each shared library), with the
+// loader's lock held: no object can be unloaded meanwhile, so its read-only segments are still
+// its own file's pages, never memory mapped since at the same address. Only what is both such a
+// segment and a clean mapping in smaps is given back.
+int releaseObject(dl_phdr_info* info, std::size_t /*size*/, void* data) {
+  auto& r = *static_cast<Release*>(data);
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+    if (ph.p_type != PT_LOAD || (ph.p_flags & PF_W) != 0 || ph.p_memsz == 0) {
+      continue;
+    }
+    const uintptr_t begin = (info->dlpi_addr + ph.p_vaddr) & ~(page - 1);
+    const uintptr_t end = (info->dlpi_addr + ph.p_vaddr + ph.p_memsz + page - 1) & ~(page - 1);
+    for (const Range& c : r.candidates) {
+      if (c.begin >= begin && c.end <= end &&
+          ::madvise(reinterpret_cast<void*>(c.begin), c.end - c.begin, MADV_DONTNEED) == 0) {
+        r.released_kb += c.rss_kb;
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
 std::size_t releaseStartupPages() {
   const std::string smaps = readSmaps();
-  std::vector<Range> ranges;
-  ranges.reserve(256);
+  Release release;
+  release.candidates.reserve(256);
   Range current{};
   bool candidate = false;  // the current mapping is a read-only file mapping
   std::string_view rest(smaps);
-  while (!rest.empty()) {
+  for (;;) {
     const auto eol = rest.find('\n');
+    if (eol == std::string_view::npos) {
+      break;  // the end, or a line cut short by the size bound: not trusted
+    }
     std::string_view line = rest.substr(0, eol);
-    rest.remove_prefix(eol == std::string_view::npos ? rest.size() : eol + 1);
+    rest.remove_prefix(eol + 1);
     const char c = line.empty() ? '\0' : line.front();
     if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) {
       // "7f3a…-7f3b… r-xp 00000000 08:01 1234   /usr/lib/…": a mapping. Field lines start with
@@ -91,22 +128,20 @@ std::size_t releaseStartupPages() {
       current = {number(range.substr(0, dash), 16), number(range.substr(dash + 1), 16), 0};
     } else if (candidate && line.starts_with("Rss:")) {
       current.rss_kb = number(line.substr(4), 10);
-    } else if (candidate && line.starts_with("Anonymous:")) {
+    } else if (candidate && line.starts_with("Anonymous:") && line.ends_with(" kB")) {
       // Anonymous > 0: the mapping holds private copies (relocated RELRO data, a debugger's
       // breakpoints): dropping them would bring back the file's bytes. Only clean pages go.
       if (number(line.substr(10), 10) == 0 && current.rss_kb > 0 && current.end > current.begin) {
-        ranges.push_back(current);
+        release.candidates.push_back(current);
       }
       candidate = false;
     }
   }
-  std::size_t released_kb = 0;
-  for (const Range& r : ranges) {
-    if (::madvise(reinterpret_cast<void*>(r.begin), r.end - r.begin, MADV_DONTNEED) == 0) {
-      released_kb += r.rss_kb;
-    }
-  }
-  return released_kb;
+  // Only the segments of loaded objects, under the loader's lock (releaseObject): a mapping
+  // that smaps listed may be gone by now, and its addresses given to anonymous memory, which
+  // MADV_DONTNEED would zero.
+  ::dl_iterate_phdr(releaseObject, &release);
+  return release.released_kb;
 }
 
 bool configureSqliteMemory() {
