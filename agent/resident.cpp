@@ -63,19 +63,15 @@ struct Range {
   std::size_t rss_kb;
 };
 
-}  // namespace
-
-namespace {
-
 struct Release {
   std::vector<Range> candidates;  // from smaps: clean, read-only file mappings
   std::size_t released_kb = 0;
 };
 
 // Called by dl_iterate_phdr once per loaded object (the binary, each shared library), with the
-// loader's lock held: no object can be unloaded meanwhile, so its read-only segments are still
-// its own file's pages, never memory mapped since at the same address. Only what is both such a
-// segment and a clean mapping in smaps is given back.
+// loader's lock held: no object can be unloaded meanwhile, so its read-only segments still hold
+// its file's pages and nothing else can have been mapped at their addresses. Only what is both
+// such a segment and a clean mapping in smaps is given back.
 int releaseObject(dl_phdr_info* info, std::size_t /*size*/, void* data) {
   auto& r = *static_cast<Release*>(data);
   const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
