@@ -21,28 +21,8 @@ namespace {
 
 constexpr std::size_t kBytes = 1u << 20;
 
-// The Rss of the mapping that starts at `at`, in kB, from /proc/self/smaps; -1 if none does.
-long mappingRssKb(const void* at) {
-  std::ifstream smaps("/proc/self/smaps");
-  std::string line;
-  bool ours = false;
-  while (std::getline(smaps, line)) {
-    std::istringstream in(line);
-    std::string first;
-    in >> first;
-    if (const auto dash = first.find('-'); dash != std::string::npos && !first.ends_with(':')) {
-      ours = std::stoull(first.substr(0, dash), nullptr, 16) == reinterpret_cast<uintptr_t>(at);
-    } else if (ours && first == "Rss:") {
-      long kb = -1;
-      in >> kb;
-      return kb;
-    }
-  }
-  return -1;
-}
-
 // The Rss of the mapping that holds `at` (an address inside it), in kB; -1 if none does.
-long codeRssKb(const void* at) {
+long mappingRssKb(const void* at) {
   std::ifstream smaps("/proc/self/smaps");
   std::string line;
   bool ours = false;
@@ -105,12 +85,12 @@ TEST_CASE("the code of loaded objects leaves the resident set, other mappings ke
   std::memset(writable, 'Y', kBytes);
   // This test binary's code: a loaded object's read-only segment.
   const void* code = reinterpret_cast<const void*>(&mappingRssKb);
-  const long code_before = codeRssKb(code);
+  const long code_before = mappingRssKb(code);
   REQUIRE(code_before > 0);
 
   const std::size_t released = omniedge::releaseStartupPages();
   CHECK(released > 0);
-  const long code_after = codeRssKb(code);  // what running this much faulted back
+  const long code_after = mappingRssKb(code);  // what running this much faulted back
   INFO("the test binary's code: " << code_before << " kB resident before, " << code_after
                                   << " kB after; " << released << " kB released in all");
   CHECK(code_after < code_before);
