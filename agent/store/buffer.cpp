@@ -11,6 +11,7 @@
 
 #include "agent/store/buffer_reader.h"
 #include "agent/store/buffer_sqlite.h"
+#include "agent/store/checkpointer.h"
 
 namespace omniedge::store {
 namespace {
@@ -32,8 +33,11 @@ using detail::kRowOverhead;
 // ever rewinding it, and it grows by everything written (418 MB over a 1M-event drain).
 constexpr int64_t kWalCheckpointBytes = 4LL << 20;
 constexpr int kCheckpointWaitMs = 250;
-// What the WAL may take beside the file, kept out of the cap: the checkpoint threshold, one
-// group of appends (max_group_bytes, ~1.3x in pages) and one group of acknowledgements on top.
+// What the checkpointer may leave uncopied for the writer's RESTART (see maybeCheckpoint).
+constexpr int64_t kCheckpointTailBytes = 256LL << 10;
+// What the WAL may take beside the file, kept out of the cap: twice the checkpoint threshold
+// (where the writer waits for the checkpointer), one group of appends (max_group_bytes, ~1.3x
+// in pages) and one group of acknowledgements on top.
 // The measured peak is in docs/benchmarks.md.
 constexpr int64_t kWalReserve = 16LL << 20;
 // How long delivered POS ids are remembered to refuse a second copy of the same transaction.
@@ -294,6 +298,12 @@ Result<void> Buffer::prepare() {
     return reader.error();
   }
   reader_ = *reader;
+  auto checkpointing = openConnection(options_.dir, options_.synchronous_full);
+  if (!checkpointing) {
+    return checkpointing.error();
+  }
+  checkpointer_ = std::make_unique<detail::Checkpointer>(
+      *checkpointing, options_.dir / detail::kFileName, page_size_ + 24, kCheckpointTailBytes);
   if (auto r = s.read_pending.prepare(
           reader_, "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?");
       !r) {
@@ -863,6 +873,7 @@ bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group, std::vect
   if (!acks_done && disk_full) {
     // Fold the WAL back into the file and shrink it, then try the acknowledgements alone:
     // deleting delivered events is what makes room again.
+    (void)checkpointer_->take();  // one checkpoint at a time
     sqlite3_busy_timeout(db_, kCheckpointWaitMs);
     (void)sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
     sqlite3_busy_timeout(db_, 5000);
@@ -1546,6 +1557,7 @@ bool Buffer::scrubFiles() {
   // The sync engine's reader is held off meanwhile; only another process (a CLI's export) can
   // keep the WAL busy, for a few seconds at most.
   std::lock_guard reading(reader_mu_);
+  (void)checkpointer_->take();  // one checkpoint at a time
   sqlite3_busy_timeout(db_, kCheckpointWaitMs);
   for (int attempt = 0; attempt < 20 && !truncated; ++attempt) {
     truncated = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr,
@@ -1609,31 +1621,39 @@ void Buffer::runEdit(Job& job) {
   job.edited.set_value(std::move(report));
 }
 
-// The WAL's bound: once a commit leaves kWalCheckpointBytes in it, checkpoint RESTART, which
-// copies it into the file and waits (kCheckpointWaitMs at most) until no reader still reads
-// from it, so that the next commit rewinds it. SQLite's automatic checkpoint is PASSIVE: with
-// a reader always in the middle of a read (a drain), the WAL is never rewound and grows by
-// everything written. If a long reader (an export, a CLI) holds on, PASSIVE copies what it
-// can meanwhile and RESTART is tried again a second later; the cap keeps room for the WAL.
+// The WAL's bound: once a commit leaves kWalCheckpointBytes in it, the checkpointer copies it
+// into the file on its own thread (PASSIVE: the writer goes on meanwhile), and then the writer
+// checkpoints RESTART, which copies what was committed since and waits (kCheckpointWaitMs at
+// most) until no reader still reads from the WAL, so that the next commit rewinds it. SQLite's
+// automatic checkpoint is PASSIVE only: with a reader always in the middle of a read (a drain),
+// the WAL is never rewound and grows by everything written. If a long reader (an export, a CLI)
+// holds on, the checkpointer copies what it can meanwhile and RESTART is tried again a second
+// later. A disk slower than the intake makes the writer wait for the pass at twice the bound.
 void Buffer::maybeCheckpoint() {
   const int64_t frames = wal_frames_;
-  if (frames * (page_size_ + 24) >= kWalCheckpointBytes) {
+  if (frames * (page_size_ + 24) >= kWalCheckpointBytes &&
+      (!checkpointer_->busy() || frames * (page_size_ + 24) >= 2 * kWalCheckpointBytes)) {
     const auto now = std::chrono::steady_clock::now();
-    const bool restart = now >= restart_retry_at_;
-    int log = 0;
-    int copied = 0;
-    sqlite3_busy_timeout(db_, kCheckpointWaitMs);
-    const int rc = sqlite3_wal_checkpoint_v2(
-        db_, nullptr, restart ? SQLITE_CHECKPOINT_RESTART : SQLITE_CHECKPOINT_PASSIVE, &log,
-        &copied);
-    sqlite3_busy_timeout(db_, 5000);
-    if (rc == SQLITE_OK && restart) {
-      wal_frames_ = 0;
-    } else if ((rc & 0xff) == SQLITE_BUSY) {
-      restart_retry_at_ = now + std::chrono::seconds(1);
-    } else if (rc != SQLITE_OK) {
-      logFailure(std::string("checkpoint failed: ") + sqlite3_errmsg(db_));
-      restart_retry_at_ = now + std::chrono::seconds(1);
+    const auto pass = checkpointer_->take();
+    if (pass.rc != SQLITE_OK && (pass.rc & 0xff) != SQLITE_BUSY) {
+      logFailure("checkpoint failed: " + pass.error);
+    }
+    if (!pass.copied || pass.frames > frames || now < restart_retry_at_) {
+      checkpointer_->request();
+    } else {
+      sqlite3_busy_timeout(db_, kCheckpointWaitMs);
+      const int rc =
+          sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_RESTART, nullptr, nullptr);
+      sqlite3_busy_timeout(db_, 5000);
+      if (rc == SQLITE_OK) {
+        wal_frames_ = 0;
+      } else {
+        if ((rc & 0xff) != SQLITE_BUSY) {
+          logFailure(std::string("checkpoint failed: ") + sqlite3_errmsg(db_));
+        }
+        restart_retry_at_ = now + std::chrono::seconds(1);
+        checkpointer_->request();
+      }
     }
   }
   std::error_code ec;
@@ -1774,6 +1794,7 @@ void Buffer::close() {
   if (opened) {
     writer_.join();
   }
+  checkpointer_.reset();  // before the writer's last checkpoint
   if (opened && st_ && db_ != nullptr) {
     // Give back space left by a drain, a little at a time.
     const auto& c = st_->committed;

@@ -30,6 +30,10 @@
 
 namespace omniedge::store {
 
+namespace detail {
+class Checkpointer;  // agent/store/checkpointer.h
+}  // namespace detail
+
 struct BufferOptions {
   std::filesystem::path dir;      // the data dir; the file is dir/buffer.db
   bool synchronous_full = true;   // buffer.synchronous: full survives power cuts, normal crashes
@@ -401,6 +405,7 @@ class Buffer final : public Outbox {
   uint64_t failures_unlogged_ = 0;
   SeqRanges burnt_;               // seqs of lost transactions, reported after the next commit
   int64_t burnt_tracked_to_ = 0;  // the highest seq already in burnt_ (or reported)
+  std::unique_ptr<detail::Checkpointer> checkpointer_;  // made by prepare()
   std::thread writer_;
 };
 
