@@ -215,7 +215,7 @@ struct Buffer::Attempt {
 struct Buffer::Statements {
   Stmt begin, commit, rollback, savepoint, release, rollback_to;
   Stmt savepoint_acks, release_acks, rollback_to_acks;
-  Stmt insert, delete_range, copy_delivered, purge_delivered;
+  Stmt insert, range_sizes, range_pos_ids, delete_range, copy_delivered, purge_delivered;
   Stmt select_low, delete_low, save_counter, oldest;
   Stmt page_count, freelist_count, incremental_vacuum;
   Stmt read_pending;  // on the reader connection
@@ -249,9 +249,14 @@ Result<void> Buffer::prepare() {
            {&s.remember_delivered,
             "INSERT OR IGNORE INTO delivered_ids(id, delivered_ms) VALUES(?, ?)"},
            {&s.forget_delivered, "DELETE FROM delivered_ids WHERE delivered_ms < ?"},
-           {&s.delete_range,
-            "DELETE FROM events WHERE seq BETWEEN ? AND ? "
-            "RETURNING prio, " OMNIEDGE_ROW_STRINGS_SQL ", iif(prio = 0, id, NULL)"},
+           // What an acknowledged range takes out of the counters, read before its plain DELETE:
+           // a DELETE ... RETURNING stepped row by row cost more (1000-row ranges of 676-byte
+           // rows: 4.7-7.9 against 3.4-3.6 us a row; end to end, the writer's CPU per event
+           // went from 12.5 to 11.3 us).
+           {&s.range_sizes, "SELECT prio, count(*), sum(" OMNIEDGE_ROW_STRINGS_SQL
+                            ") FROM events WHERE seq BETWEEN ? AND ? GROUP BY prio"},
+           {&s.range_pos_ids, "SELECT id FROM events WHERE seq BETWEEN ? AND ? AND prio = 0"},
+           {&s.delete_range, "DELETE FROM events WHERE seq BETWEEN ? AND ?"},
            {&s.copy_delivered,
             "INSERT OR IGNORE INTO delivered(seq, id, type, received_ms, delivered_ms, body) "
             "SELECT seq, id, type, received_ms, ?, body FROM events WHERE seq BETWEEN ? AND ?"},
@@ -973,24 +978,38 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
       if (!ok) {
         break;
       }
-      s.delete_range.bind(1, op.first_seq);
-      s.delete_range.bind(2, op.last_seq);
+      s.range_sizes.bind(1, op.first_seq);
+      s.range_sizes.bind(2, op.last_seq);
       int rc = 0;
       uint64_t rows = 0;
+      bool has_pos = false;
       high_ids.clear();
-      while ((rc = s.delete_range.step()) == SQLITE_ROW) {
-        const auto p = s.delete_range.col(0);
+      while ((rc = s.range_sizes.step()) == SQLITE_ROW) {
+        const auto p = s.range_sizes.col(0);
+        const auto n = s.range_sizes.col(1);
         if (p >= 0 && p < 3) {
-          work.events[p] -= 1;
-          work.bytes[p] -= s.delete_range.col(1) + kRowOverhead;
+          work.events[p] -= n;
+          work.bytes[p] -= s.range_sizes.col(2) + n * kRowOverhead;
         }
-        if (p == 0 && !to_quarantine) {
-          high_ids.push_back(s.delete_range.text(2));
-        }
-        ++rows;
+        has_pos = has_pos || p == 0;
+        rows += static_cast<uint64_t>(n);
       }
-      s.delete_range.reset();
+      s.range_sizes.reset();
       ok = rc == SQLITE_DONE;
+      if (ok && has_pos && !to_quarantine) {
+        s.range_pos_ids.bind(1, op.first_seq);
+        s.range_pos_ids.bind(2, op.last_seq);
+        while ((rc = s.range_pos_ids.step()) == SQLITE_ROW) {
+          high_ids.push_back(s.range_pos_ids.text(0));
+        }
+        s.range_pos_ids.reset();
+        ok = rc == SQLITE_DONE;
+      }
+      if (ok) {
+        s.delete_range.bind(1, op.first_seq);
+        s.delete_range.bind(2, op.last_seq);
+        ok = run(s.delete_range);
+      }
       failed_what = "deleting acknowledged events";
       // Delivered POS ids are remembered for kDedupWindowMs, so that the same transaction read
       // again (a file dropped twice, a crash between commit and move) is not sent again. They
