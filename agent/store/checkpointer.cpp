@@ -82,15 +82,19 @@ void Checkpointer::loop() {
 
 void Checkpointer::pass() {
   int rc = SQLITE_OK;
-  int copied_before = 0;
   int log = 0;
+  bool progress = false;
   for (int i = 0; i < kMaxCheckpoints; ++i) {
     int copied = 0;
     rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
-    if (rc != SQLITE_OK || copied <= copied_before) {
+    // `copied` counts from the WAL's start; a shorter WAL than last time was rewound since.
+    const int before = log >= last_log_ ? last_copied_ : 0;
+    last_log_ = log;
+    last_copied_ = copied;
+    if (rc != SQLITE_OK || copied <= before) {
       break;  // failed, or held back by a reader
     }
-    copied_before = copied;
+    progress = true;
     std::lock_guard lock(mu_);
     if (int64_t{log - copied} * frame_bytes_ <= tail_bytes_ || stopping_) {
       break;
@@ -99,8 +103,8 @@ void Checkpointer::pass() {
   std::string error = rc != SQLITE_OK ? sqlite3_errmsg(db_) : "";
   // SQLite syncs the file only after a checkpoint that reached the end of the WAL, which a
   // pass beside a busy writer never does: without this, the writer's RESTART would wait for
-  // the whole pass to reach the disk.
-  if (rc == SQLITE_OK && copied_before > 0 && fd_ >= 0 && ::fdatasync(fd_) != 0) {
+  // the whole pass to reach the disk. (Only a matter of time: RESTART always syncs the file.)
+  if (rc == SQLITE_OK && progress && fd_ >= 0 && ::fdatasync(fd_) != 0) {
     rc = SQLITE_IOERR_FSYNC;
     error = std::string("fdatasync of the buffer file: ") + std::strerror(errno);
   }

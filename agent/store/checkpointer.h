@@ -3,10 +3,10 @@
 //
 // Why: a checkpoint writes every page of the WAL into the file and fsyncs the file; on the
 // writer it stalled every producer for that long (under the kiosk load, ingest ran 1.5-1.75x
-// faster with no checkpoint at all; docs/benchmarks.md "The checkpoint"). SQLite's PASSIVE
-// checkpoint never blocks a writer, so it runs here; what only the writer can do (RESTART, which
-// rewinds the WAL and so keeps it bounded; TRUNCATE) stays on the writer, and then only has the
-// last few commits left to copy.
+// faster with no checkpoint at all; docs/benchmarks.md, "The checkpoint off the writer"). SQLite's
+// PASSIVE checkpoint never blocks a writer, so it runs here; what only the writer can do (RESTART,
+// which rewinds the WAL and so keeps it bounded; TRUNCATE) stays on the writer, and then only has
+// the last few commits left to copy.
 #pragma once
 
 #include <sqlite3.h>
@@ -61,6 +61,8 @@ class Checkpointer {
   bool running_ = false;    // guarded by mu_
   bool stopping_ = false;   // guarded by mu_
   Outcome outcome_;         // guarded by mu_
+  int last_log_ = 0;        // the checkpointer's thread only: the last checkpoint's WAL frames
+  int last_copied_ = 0;     // and how many of them were in the file
   std::thread thread_;
 };
 
