@@ -307,8 +307,8 @@ Result<void> Buffer::prepare() {
   if (!checkpointing) {
     return checkpointing.error();
   }
-  checkpointer_ = std::make_unique<detail::Checkpointer>(
-      *checkpointing, options_.dir / detail::kFileName, page_size_ + 24, kCheckpointTailBytes);
+  checkpointer_ =
+      std::make_unique<detail::Checkpointer>(*checkpointing, page_size_ + 24, kCheckpointTailBytes);
   if (auto r = s.read_pending.prepare(
           reader_, "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?");
       !r) {
@@ -878,10 +878,14 @@ bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group, std::vect
   if (!acks_done && disk_full) {
     // Fold the WAL back into the file and shrink it, then try the acknowledgements alone:
     // deleting delivered events is what makes room again.
-    (void)checkpointer_->take();  // one checkpoint at a time
-    sqlite3_busy_timeout(db_, kCheckpointWaitMs);
-    (void)sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
-    sqlite3_busy_timeout(db_, 5000);
+    if (checkpointer_->take().unsynced) {  // one checkpoint at a time
+      keepWal("syncing buffer.db after a checkpoint failed");
+    }
+    if (!wal_kept_) {
+      sqlite3_busy_timeout(db_, kCheckpointWaitMs);
+      (void)sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+      sqlite3_busy_timeout(db_, 5000);
+    }
     cap_cache_ = 0;
     std::vector<std::shared_ptr<Request>> none;
     std::vector<std::optional<Result<AppendCounts>>> no_results;
@@ -1576,9 +1580,11 @@ bool Buffer::scrubFiles() {
   // The sync engine's reader is held off meanwhile; only another process (a CLI's export) can
   // keep the WAL busy, for a few seconds at most.
   std::lock_guard reading(reader_mu_);
-  (void)checkpointer_->take();  // one checkpoint at a time
+  if (checkpointer_->take().unsynced) {  // one checkpoint at a time
+    keepWal("syncing buffer.db after a checkpoint failed");
+  }
   sqlite3_busy_timeout(db_, kCheckpointWaitMs);
-  for (int attempt = 0; attempt < 20 && !truncated; ++attempt) {
+  for (int attempt = 0; attempt < 20 && !truncated && !wal_kept_; ++attempt) {
     truncated = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr,
                                           nullptr) == SQLITE_OK;
   }
@@ -1650,14 +1656,18 @@ void Buffer::runEdit(Job& job) {
 // later. A disk slower than the intake makes the writer wait for the pass at twice the bound.
 void Buffer::maybeCheckpoint() {
   const int64_t frames = wal_frames_;
-  if (frames * (page_size_ + 24) >= kWalCheckpointBytes &&
+  if (!wal_kept_ && frames * (page_size_ + 24) >= kWalCheckpointBytes &&
       (!checkpointer_->busy() || frames * (page_size_ + 24) >= 2 * kWalCheckpointBytes)) {
     const auto now = std::chrono::steady_clock::now();
     const auto pass = checkpointer_->take();
-    if (pass.rc != SQLITE_OK && (pass.rc & 0xff) != SQLITE_BUSY) {
+    if (pass.unsynced) {
+      keepWal(pass.error);
+    } else if (pass.rc != SQLITE_OK && (pass.rc & 0xff) != SQLITE_BUSY) {
       logFailure("checkpoint failed: " + pass.error);
     }
-    if (!pass.copied || pass.frames > frames || now < restart_retry_at_) {
+    if (wal_kept_) {
+      // nothing more: see keepWal()
+    } else if (!pass.copied || pass.frames > frames || now < restart_retry_at_) {
       checkpointer_->request();
     } else {
       sqlite3_busy_timeout(db_, kCheckpointWaitMs);
@@ -1681,6 +1691,23 @@ void Buffer::maybeCheckpoint() {
   std::lock_guard lock(mu_);
   stats_.wal_bytes = wal_bytes_;
   stats_.wal_peak_bytes = std::max(stats_.wal_peak_bytes, wal_bytes_);
+}
+
+// A checkpoint copied pages into buffer.db and their sync failed. SQLite now counts those WAL
+// frames as copied, but after a failed fsync the kernel may have dropped the pages (marked them
+// clean without writing them), so rewinding the WAL could lose committed events. The WAL stays
+// as it is from now on: no RESTART, no TRUNCATE, none at close either. It grows (the cap's
+// statvfs sees it), and the next start's WAL recovery copies every frame into the file again.
+void Buffer::keepWal(const std::string& why) {
+  if (wal_kept_) {
+    return;
+  }
+  wal_kept_ = true;
+  (void)sqlite3_db_config(db_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+  spdlog::error(
+      "buffer: {}; the WAL ({}) is kept as it is until omniedge restarts, whose recovery copies "
+      "it into the file again: check the disk, then restart the service",
+      why, (options_.dir / "buffer.db-wal").string());
 }
 
 void Buffer::refreshStatsLocked() {
@@ -1830,10 +1857,13 @@ void Buffer::close() {
     reader_ = nullptr;
   }
   if (db_ != nullptr) {
-    // Fold the WAL into the file; bounded, like everything in close().
+    // Fold the WAL into the file; bounded, like everything in close(). Not when it is kept
+    // (keepWal): then the lock file stays too, and the next start checks the file.
     sqlite3_busy_timeout(db_, 1000);
-    (void)sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
-    if (sqlite3_close(db_) == SQLITE_OK && opened) {
+    if (!wal_kept_) {
+      (void)sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+    }
+    if (sqlite3_close(db_) == SQLITE_OK && opened && !wal_kept_) {
       std::error_code ec;
       fs::remove(options_.dir / "buffer.lock", ec);  // a clean shutdown
     }

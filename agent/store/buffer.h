@@ -339,6 +339,7 @@ class Buffer final : public Outbox {
   Result<void> editTable(int table, Job& job, EditReport& report);
   bool scrubFiles();
   void maybeCheckpoint();
+  void keepWal(const std::string& why);
   Result<void> prepare();
   Result<void> recover(const std::string& problem);
   Result<void> finishInterruptedRecovery();
@@ -399,7 +400,8 @@ class Buffer final : public Outbox {
   int64_t wal_bytes_ = 0;
   int64_t purged_ms_ = 0;
   int64_t dedup_purged_ms_ = 0;
-  int wal_frames_ = 0;  // frames in the WAL after the last commit (sqlite3_wal_hook)
+  int wal_frames_ = 0;     // frames in the WAL after the last commit (sqlite3_wal_hook)
+  bool wal_kept_ = false;  // keepWal(): never checkpointed again in this process
   std::chrono::steady_clock::time_point restart_retry_at_;
   std::chrono::steady_clock::time_point failure_logged_at_;
   uint64_t failures_unlogged_ = 0;

@@ -1,10 +1,6 @@
 #include "agent/store/checkpointer.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
+#include <string>
 
 namespace omniedge::store::detail {
 
@@ -15,12 +11,8 @@ namespace {
 constexpr int kMaxCheckpoints = 8;
 }  // namespace
 
-Checkpointer::Checkpointer(sqlite3* db, const std::filesystem::path& file, int64_t frame_bytes,
-                           int64_t tail_bytes)
-    : db_(db),
-      fd_(::open(file.c_str(), O_RDONLY | O_CLOEXEC)),
-      frame_bytes_(frame_bytes),
-      tail_bytes_(tail_bytes) {
+Checkpointer::Checkpointer(sqlite3* db, int64_t frame_bytes, int64_t tail_bytes)
+    : db_(db), frame_bytes_(frame_bytes), tail_bytes_(tail_bytes) {
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -32,9 +24,6 @@ Checkpointer::~Checkpointer() {
   cv_.notify_all();
   thread_.join();
   sqlite3_close(db_);
-  if (fd_ >= 0) {
-    ::close(fd_);
-  }
 }
 
 void Checkpointer::request() {
@@ -103,14 +92,25 @@ void Checkpointer::pass() {
   std::string error = rc != SQLITE_OK ? sqlite3_errmsg(db_) : "";
   // SQLite syncs the file only after a checkpoint that reached the end of the WAL, which a
   // pass beside a busy writer never does: without this, the writer's RESTART would wait for
-  // the whole pass to reach the disk. (Only a matter of time: RESTART always syncs the file.)
-  if (rc == SQLITE_OK && progress && fd_ >= 0 && ::fdatasync(fd_) != 0) {
-    rc = SQLITE_IOERR_FSYNC;
-    error = std::string("fdatasync of the buffer file: ") + std::strerror(errno);
+  // the whole pass to reach the disk. Through SQLite's own file handle (its VFS, its flags).
+  bool unsynced = false;
+  if (rc == SQLITE_OK && progress) {
+    sqlite3_file* file = nullptr;
+    int sync = sqlite3_file_control(db_, "main", SQLITE_FCNTL_FILE_POINTER, &file);
+    if (sync == SQLITE_OK && file != nullptr && file->pMethods != nullptr) {
+      sync = file->pMethods->xSync(file, SQLITE_SYNC_NORMAL);
+    }
+    if (sync != SQLITE_OK) {
+      rc = sync;
+      unsynced = true;
+      error = "syncing buffer.db after copying the WAL into it failed (SQLite code " +
+              std::to_string(sync) + ")";
+    }
   }
   std::lock_guard lock(mu_);
   outcome_.copied = true;
   outcome_.frames = log;
+  outcome_.unsynced = outcome_.unsynced || unsynced;
   if (rc != SQLITE_OK) {
     outcome_.rc = rc;
     outcome_.error = std::move(error);

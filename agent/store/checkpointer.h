@@ -13,7 +13,6 @@
 
 #include <condition_variable>
 #include <cstdint>
-#include <filesystem>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -25,8 +24,7 @@ class Checkpointer {
   /// Takes `db` (a connection to the same file, closed by the destructor). A pass copies the
   /// WAL until at most `tail_bytes` of it are left uncopied, or it can copy no more (a reader
   /// still reads older pages), in a bounded number of PASSIVE checkpoints.
-  Checkpointer(sqlite3* db, const std::filesystem::path& file, int64_t frame_bytes,
-               int64_t tail_bytes);
+  Checkpointer(sqlite3* db, int64_t frame_bytes, int64_t tail_bytes);
   ~Checkpointer();
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
@@ -35,6 +33,10 @@ class Checkpointer {
   struct Outcome {
     bool copied = false;  // a pass ended since the last take()
     int64_t frames = 0;   // the WAL's frames when it ended (more than now: rewound since)
+    // Pages were copied into the file and its sync failed: SQLite counts them as copied, and the
+    // kernel may have dropped them (a failed fsync can mark the pages clean), so only a WAL
+    // kept until the next start, whose recovery copies every frame again, still holds them.
+    bool unsynced = false;
     int rc = SQLITE_OK;
     std::string error;
   };
@@ -52,7 +54,6 @@ class Checkpointer {
   void pass();
 
   sqlite3* db_;
-  const int fd_;  // buffer.db, for fdatasync after a pass (-1: SQLite's RESTART syncs it)
   const int64_t frame_bytes_;
   const int64_t tail_bytes_;
   mutable std::mutex mu_;

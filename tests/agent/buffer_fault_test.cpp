@@ -608,6 +608,59 @@ TEST_CASE(
   CHECK(s.wal_bytes <= s.wal_peak_bytes);
 }
 
+TEST_CASE(
+    "after the file's sync failed behind a checkpoint the WAL is never rewound again in that "
+    "run, and the next start has every event",
+    "[unit][fault][buffer]") {
+  FaultVfs vfs;  // before every connection
+  TempDir dir;
+  int64_t appended = 0;
+  {
+    auto b = openBuffer(dir);
+    REQUIRE(b->append(events(100, 2000)).has_value());
+    appended += 100;
+    // A reader (a CLI) holds an old snapshot, so the checkpointer's pass stops short of the WAL's
+    // end: SQLite counts the pages it copied without syncing them, and the checkpointer's own
+    // sync of the file fails.
+    sqlite3* reader = nullptr;
+    REQUIRE(sqlite3_open_v2((dir.path() / "buffer.db").c_str(), &reader, SQLITE_OPEN_READONLY,
+                            nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(reader, "BEGIN; SELECT count(*) FROM events;", nullptr, nullptr,
+                         nullptr) == SQLITE_OK);
+    vfs.fail(FaultVfs::Op::kSync, FaultVfs::kMainDb, 0, -1, SQLITE_IOERR_FSYNC);
+    for (int i = 0; i < 30; ++i) {  // ~12 MB
+      REQUIRE(b->append(events(200, 2000)).has_value());
+      appended += 200;
+    }
+    REQUIRE(sqlite3_exec(reader, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(reader);
+    // The disk works again: a RESTART would now succeed and rewind the WAL over frames whose
+    // pages the kernel may have dropped. It must not happen.
+    vfs.clear();
+    for (int i = 0; i < 30; ++i) {
+      REQUIRE(b->append(events(200, 2000)).has_value());
+      appended += 200;
+    }
+    CHECK(b->stats().wal_bytes > (20 << 20));
+    b->close();
+  }
+  // Still there, with everything (a close would otherwise fold it into the file and remove it).
+  const auto wal = dir.path() / "buffer.db-wal";
+  REQUIRE(std::filesystem::exists(wal));
+  CHECK(std::filesystem::file_size(wal) > (20u << 20));
+  CHECK(std::filesystem::exists(dir.path() / "buffer.lock"));  // the next start checks the file
+  auto again = openBuffer(dir);
+  CHECK(again->openReport().unclean_shutdown);
+  const auto s = again->stats();
+  CHECK(s.pending[0] + s.pending[1] + s.pending[2] == appended);
+  CHECK(pendingOf(*again).size() == static_cast<std::size_t>(appended));
+  // and it checkpoints again: the WAL is rewound under the next 12 MB
+  for (int i = 0; i < 30; ++i) {
+    REQUIRE(again->append(events(200, 2000)).has_value());
+  }
+  CHECK(again->stats().wal_bytes < (20 << 20));
+}
+
 TEST_CASE("producers wait while the writer's queue holds more than max_queue_bytes",
           "[unit][fault][buffer]") {
   FaultVfs vfs;

@@ -8,9 +8,11 @@
 #include <filesystem>
 #include <string>
 
+#include "tests/support/fault_vfs.h"
 #include "tests/support/temp_dir.h"
 
 using omniedge::store::detail::Checkpointer;
+using omniedge::testing::FaultVfs;
 using omniedge::testing::TempDir;
 
 namespace {
@@ -64,7 +66,7 @@ TEST_CASE(
   REQUIRE(before > 900);
   const auto file_before = std::filesystem::file_size(file);
 
-  Checkpointer checkpointer(openWal(file), file, 4096 + 24, 64 << 10);
+  Checkpointer checkpointer(openWal(file), 4096 + 24, 64 << 10);
   CHECK_FALSE(checkpointer.take().copied);  // nothing asked for yet
   checkpointer.request();
   // Commits go on meanwhile and never wait: with no busy timeout at all, a checkpoint that took
@@ -109,9 +111,58 @@ TEST_CASE("a checkpointer asked for a pass and destroyed at once stops without h
                        nullptr, nullptr) == SQLITE_OK);
   REQUIRE(commitRows(writer, 50) == SQLITE_OK);
   {
-    Checkpointer checkpointer(openWal(file), file, 4096 + 24, 64 << 10);
+    Checkpointer checkpointer(openWal(file), 4096 + 24, 64 << 10);
     checkpointer.request();
   }
   sqlite3_close(writer);
   SUCCEED("destroyed");
+}
+
+TEST_CASE(
+    "a pass whose sync of the file fails after SQLite counted its pages as copied says so, and "
+    "one that SQLite refused itself does not",
+    "[unit][buffer][fault]") {
+  FaultVfs vfs;  // before every connection
+  TempDir dir;
+  const auto file = dir.path() / "buffer.db";
+  sqlite3* writer = openWal(file);
+  REQUIRE(sqlite3_exec(writer, "CREATE TABLE t(seq INTEGER PRIMARY KEY, body BLOB)", nullptr,
+                       nullptr, nullptr) == SQLITE_OK);
+  for (int i = 0; i < 5; ++i) {
+    REQUIRE(commitRows(writer, 100) == SQLITE_OK);
+  }
+  Checkpointer checkpointer(openWal(file), 4096 + 24, 1 << 30);
+  vfs.fail(FaultVfs::Op::kSync, FaultVfs::kMainDb, 0, -1, SQLITE_IOERR_FSYNC);
+
+  // Nobody writes: the pass reaches the WAL's end, SQLite syncs the file itself, the sync fails
+  // and SQLite does not count the frames as copied (they are copied again next time).
+  checkpointer.request();
+  const auto refused = checkpointer.take();
+  CHECK(refused.copied);
+  CHECK(refused.rc != SQLITE_OK);
+  CHECK_FALSE(refused.unsynced);
+
+  // A reader holds an older snapshot, so the pass stops short of the WAL's end: SQLite counts
+  // what it copied without syncing, and the checkpointer's own sync fails.
+  sqlite3* reader = openWal(file);
+  REQUIRE(sqlite3_exec(reader, "BEGIN; SELECT count(*) FROM t;", nullptr, nullptr, nullptr) ==
+          SQLITE_OK);
+  REQUIRE(commitRows(writer, 100) == SQLITE_OK);
+  checkpointer.request();
+  const auto failed = checkpointer.take();
+  CHECK(failed.copied);
+  CHECK(failed.unsynced);
+  CHECK(failed.rc == SQLITE_IOERR_FSYNC);
+  CHECK_THAT(failed.error, Catch::Contains("syncing buffer.db"));
+  REQUIRE(sqlite3_exec(reader, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(reader);
+
+  vfs.clear();
+  REQUIRE(commitRows(writer, 1) == SQLITE_OK);
+  checkpointer.request();
+  const auto next = checkpointer.take();
+  CHECK(next.copied);
+  CHECK_FALSE(next.unsynced);  // each pass says it for itself
+  CHECK(next.rc == SQLITE_OK);
+  sqlite3_close(writer);
 }
