@@ -72,20 +72,16 @@ void Checkpointer::loop() {
 void Checkpointer::pass() {
   int rc = SQLITE_OK;
   int log = 0;
-  bool progress = false;
+  int counted = 0;  // frames SQLite counts as in the file, from the last checkpoint that worked
   for (int i = 0; i < kMaxCheckpoints; ++i) {
     int copied = 0;
     rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
-    // `copied` counts from the WAL's start; a shorter WAL than last time was rewound since.
-    const int before = log >= last_log_ ? last_copied_ : 0;
-    last_log_ = log;
-    last_copied_ = copied;
-    if (rc != SQLITE_OK || copied <= before) {
+    if (rc != SQLITE_OK || copied <= counted) {
       break;  // failed, or held back by a reader
     }
-    progress = true;
+    counted = copied;
     std::lock_guard lock(mu_);
-    if (int64_t{log - copied} * frame_bytes_ <= tail_bytes_ || stopping_) {
+    if (int64_t{log - counted} * frame_bytes_ <= tail_bytes_ || stopping_) {
       break;
     }
   }
@@ -93,8 +89,12 @@ void Checkpointer::pass() {
   // SQLite syncs the file only after a checkpoint that reached the end of the WAL, which a
   // pass beside a busy writer never does: without this, the writer's RESTART would wait for
   // the whole pass to reach the disk. Through SQLite's own file handle (its VFS, its flags).
-  bool unsynced = false;
-  if (rc == SQLITE_OK && progress) {
+  // Whenever SQLite counts frames as copied, whether or not they were synced before: a sync of
+  // a clean file costs little, one skipped could let the WAL be rewound over unsynced pages.
+  // An I/O error after frames were counted (the failing call may have been SQLite's own sync,
+  // whose error a second sync would no longer see) counts as a failed sync.
+  bool unsynced = counted > 0 && (rc & 0xff) == SQLITE_IOERR;
+  if (rc == SQLITE_OK && counted > 0) {
     sqlite3_file* file = nullptr;
     int sync = sqlite3_file_control(db_, "main", SQLITE_FCNTL_FILE_POINTER, &file);
     if (sync == SQLITE_OK && file != nullptr && file->pMethods != nullptr) {

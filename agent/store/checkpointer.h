@@ -62,8 +62,6 @@ class Checkpointer {
   bool running_ = false;    // guarded by mu_
   bool stopping_ = false;   // guarded by mu_
   Outcome outcome_;         // guarded by mu_
-  int last_log_ = 0;        // the checkpointer's thread only: the last checkpoint's WAL frames
-  int last_copied_ = 0;     // and how many of them were in the file
   std::thread thread_;
 };
 
