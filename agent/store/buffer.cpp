@@ -11,7 +11,6 @@
 
 #include "agent/store/buffer_reader.h"
 #include "agent/store/buffer_sqlite.h"
-#include "agent/store/checkpointer.h"
 
 namespace omniedge::store {
 namespace {
@@ -878,9 +877,7 @@ bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group, std::vect
   if (!acks_done && disk_full) {
     // Fold the WAL back into the file and shrink it, then try the acknowledgements alone:
     // deleting delivered events is what makes room again.
-    if (checkpointer_->take().unsynced) {  // one checkpoint at a time
-      keepWal("syncing buffer.db after a checkpoint failed");
-    }
+    (void)finishPass();  // one checkpoint at a time
     if (!wal_kept_) {
       sqlite3_busy_timeout(db_, kCheckpointWaitMs);
       (void)sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
@@ -1580,9 +1577,7 @@ bool Buffer::scrubFiles() {
   // The sync engine's reader is held off meanwhile; only another process (a CLI's export) can
   // keep the WAL busy, for a few seconds at most.
   std::lock_guard reading(reader_mu_);
-  if (checkpointer_->take().unsynced) {  // one checkpoint at a time
-    keepWal("syncing buffer.db after a checkpoint failed");
-  }
+  (void)finishPass();  // one checkpoint at a time
   sqlite3_busy_timeout(db_, kCheckpointWaitMs);
   for (int attempt = 0; attempt < 20 && !truncated && !wal_kept_; ++attempt) {
     truncated = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr,
@@ -1659,12 +1654,7 @@ void Buffer::maybeCheckpoint() {
   if (!wal_kept_ && frames * (page_size_ + 24) >= kWalCheckpointBytes &&
       (!checkpointer_->busy() || frames * (page_size_ + 24) >= 2 * kWalCheckpointBytes)) {
     const auto now = std::chrono::steady_clock::now();
-    const auto pass = checkpointer_->take();
-    if (pass.unsynced) {
-      keepWal(pass.error);
-    } else if (pass.rc != SQLITE_OK && (pass.rc & 0xff) != SQLITE_BUSY) {
-      logFailure("checkpoint failed: " + pass.error);
-    }
+    const auto pass = finishPass();
     if (wal_kept_) {
       // nothing more: see keepWal()
     } else if (!pass.copied || pass.frames > frames || now < restart_retry_at_) {
@@ -1691,6 +1681,18 @@ void Buffer::maybeCheckpoint() {
   std::lock_guard lock(mu_);
   stats_.wal_bytes = wal_bytes_;
   stats_.wal_peak_bytes = std::max(stats_.wal_peak_bytes, wal_bytes_);
+}
+
+// Waits for the checkpointer's pass in progress, if any, and acts on what the last pass left:
+// a failure is logged, one that may have lost pages keeps the WAL (keepWal).
+detail::Checkpointer::Outcome Buffer::finishPass() {
+  auto pass = checkpointer_->take();
+  if (pass.unsynced) {
+    keepWal(pass.error);
+  } else if (pass.rc != SQLITE_OK && (pass.rc & 0xff) != SQLITE_BUSY) {
+    logFailure("checkpoint failed: " + pass.error);
+  }
+  return pass;
 }
 
 // A checkpoint copied pages into buffer.db and their sync failed. SQLite now counts those WAL

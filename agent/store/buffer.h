@@ -27,12 +27,9 @@
 #include "agent/api/event.h"
 #include "agent/api/outbox.h"
 #include "agent/api/result.h"
+#include "agent/store/checkpointer.h"
 
 namespace omniedge::store {
-
-namespace detail {
-class Checkpointer;  // agent/store/checkpointer.h
-}  // namespace detail
 
 struct BufferOptions {
   std::filesystem::path dir;      // the data dir; the file is dir/buffer.db
@@ -340,6 +337,7 @@ class Buffer final : public Outbox {
   bool scrubFiles();
   void maybeCheckpoint();
   void keepWal(const std::string& why);
+  detail::Checkpointer::Outcome finishPass();
   Result<void> prepare();
   Result<void> recover(const std::string& problem);
   Result<void> finishInterruptedRecovery();

@@ -94,6 +94,10 @@ void Checkpointer::pass() {
   // An I/O error after frames were counted (the failing call may have been SQLite's own sync,
   // whose error a second sync would no longer see) counts as a failed sync.
   bool unsynced = counted > 0 && (rc & 0xff) == SQLITE_IOERR;
+  if (unsynced) {
+    error = "copying the WAL into buffer.db failed after part of it was counted as copied (" +
+            error + ")";
+  }
   if (rc == SQLITE_OK && counted > 0) {
     sqlite3_file* file = nullptr;
     int sync = sqlite3_file_control(db_, "main", SQLITE_FCNTL_FILE_POINTER, &file);
@@ -103,8 +107,8 @@ void Checkpointer::pass() {
     if (sync != SQLITE_OK) {
       rc = sync;
       unsynced = true;
-      error = "syncing buffer.db after copying the WAL into it failed (SQLite code " +
-              std::to_string(sync) + ")";
+      error = std::string("syncing buffer.db after copying the WAL into it failed (") +
+              sqlite3_errstr(sync) + ")";
     }
   }
   std::lock_guard lock(mu_);
