@@ -1068,6 +1068,8 @@ nlohmann::json Agent::status() const {
         {"full_since", s.full_since_ms > 0 ? formatRfc3339Ms(s.full_since_ms) : ""},
         {"last_full_refusal_at", s.last_full_ms > 0 ? formatRfc3339Ms(s.last_full_ms) : ""},
         {"io_errors", s.io_errors},
+        {"wal_kept", s.wal_kept},
+        {"wal_kept_reason", s.wal_kept_reason},
         {"unclean_shutdown_before_start", p_->buffer->openReport().unclean_shutdown},
         {"free_bytes", free_bytes}}},
   };
@@ -1224,6 +1226,9 @@ std::string Agent::metricsText() const {
   line("omniedge_buffer_cap_bytes", "gauge", "What the buffer may grow to now.", s.cap_bytes);
   line("omniedge_buffer_file_bytes", "gauge", "Size of buffer.db.", s.file_bytes);
   line("omniedge_buffer_wal_bytes", "gauge", "Size of buffer.db-wal.", s.wal_bytes);
+  line("omniedge_buffer_wal_kept", "gauge",
+       "1 when a failed sync of buffer.db keeps the WAL until a restart (check the disk).",
+       s.wal_kept ? 1 : 0);
   line("omniedge_buffer_io_errors_total", "counter",
        "Buffer transactions rolled back on an I/O error or a full disk.", s.io_errors);
   {

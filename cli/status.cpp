@@ -308,6 +308,11 @@ class StatusView {
            " transactions failed on a disk error since start (retried; see `journalctl -u "
            "omniedge`, `omniedge doctor`)");
     }
+    if (flag(d, "wal_kept")) {
+      more("WAL KEPT: " + str(d, "wal_kept_reason", "a sync of buffer.db failed") +
+           "; the WAL grows until a restart, whose recovery copies it into the file again: "
+           "check the disk, then `systemctl restart omniedge`");
+    }
     if (num(counters, "evicted") > 0) {
       more(thousands(num(counters, "evicted")) +
            " low-priority (beacon) events evicted to make room since start, each reported as "

@@ -1706,6 +1706,11 @@ void Buffer::keepWal(const std::string& why) {
   }
   wal_kept_ = true;
   (void)sqlite3_db_config(db_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+  {
+    std::lock_guard lock(mu_);
+    stats_.wal_kept = true;
+    stats_.wal_kept_reason = why;
+  }
   spdlog::error(
       "buffer: {}; the WAL ({}) is kept as it is until omniedge restarts, whose recovery copies "
       "it into the file again: check the disk, then restart the service",

@@ -141,6 +141,10 @@ struct BufferStats {
   uint64_t commits = 0;
   uint64_t commit_windows = 0;  // times the writer waited for small requests to share a commit
   uint64_t io_errors = 0;       // transactions SQLite rolled back on an I/O error or a full disk
+  // Since a sync of buffer.db failed behind a checkpoint, the WAL is never rewound in this run
+  // (Buffer::keepWal): it grows until a restart, whose recovery copies it in again.
+  bool wal_kept = false;
+  std::string wal_kept_reason;
   std::size_t queued_requests = 0;  // appends waiting for the writer now
   std::size_t queued_bytes = 0;
   // The quarantine (events the centre refused; Outbox::quarantine): kept, counted, reported.

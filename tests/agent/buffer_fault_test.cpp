@@ -642,6 +642,9 @@ TEST_CASE(
       appended += 200;
     }
     CHECK(b->stats().wal_bytes > (20 << 20));
+    // What `omniedge status` shows a technician: the WAL is kept, and why.
+    CHECK(b->stats().wal_kept);
+    CHECK_THAT(b->stats().wal_kept_reason, Catch::Contains("I/O error"));
     b->close();
   }
   // Still there, with everything (a close would otherwise fold it into the file and remove it).

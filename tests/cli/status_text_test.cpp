@@ -75,6 +75,8 @@ TEST_CASE("status text: ages, IEC sizes, and what the uplink, buffer and drivers
         {"buffer_full", true},
         {"full_since", ago(60)},
         {"last_full_refusal_at", ago(2)},
+        {"wal_kept", true},
+        {"wal_kept_reason", "syncing buffer.db after a checkpoint failed (disk I/O error)"},
         {"unclean_shutdown_before_start", true}}},
   };
   const std::string text = render(status);
@@ -96,6 +98,8 @@ TEST_CASE("status text: ages, IEC sizes, and what the uplink, buffer and drivers
   CHECK_THAT(text, Catch::Contains("FULL for 1m: new POS and kiosk events are refused"));
   CHECK_THAT(text, Catch::Contains("17 appends refused, the last 2s ago"));
   CHECK_THAT(text, Catch::Contains("started after an unclean shutdown"));
+  CHECK_THAT(text, Catch::Contains("WAL KEPT: syncing buffer.db after a checkpoint failed (disk "
+                                   "I/O error); the WAL grows until a restart"));
   CHECK_THAT(text, Catch::Contains("120 in memory (293.0 KiB of 8.0 MiB), 5,000 on disk"));
   CHECK(text.find("T0") == std::string::npos);  // no raw timestamps
 }

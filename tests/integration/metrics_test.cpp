@@ -157,6 +157,7 @@ TEST_CASE(
            expectEq("omniedge_uplink_batch_latency_seconds_count", {{"link", "https"}}, 0),
            expectEq("omniedge_buffer_file_bytes", json::object(), 4096, ">="),
            expectEq("omniedge_buffer_wal_bytes", json::object(), 0, ">="),
+           expectEq("omniedge_buffer_wal_kept", json::object(), 0),
            expectEq("omniedge_data_dir_free_bytes", json::object(), 1, ">="),
            expectEq("omniedge_process_resident_memory_bytes", json::object(), 1 << 20, ">="),
            expectEq("omniedge_driver_state", {{"driver", "kiosk-http"}, {"state", "running"}}, 1),
