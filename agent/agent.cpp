@@ -1742,9 +1742,12 @@ int Agent::run() {
   // Memory given back (resident.h): start-up's code pages at READY and again 2 s later (the
   // first connection attempts, the drivers' first scans), and after a burst of work, once the
   // buffer has neither taken nor delivered an event for kQuietRelease: the code pages its paths
-  // touched and the heap malloc keeps free (1.2 MB after a 5 s burst of wrk, measured).
+  // touched, the buffer's SQLite page caches, and the heap malloc keeps free.
   constexpr auto kQuietRelease = std::chrono::seconds(60);
-  const auto release_memory = [](const char* why) {
+  const auto release_memory = [&p](const char* why) {
+    if (p.buffer && !p.buffer->releaseMemory(std::chrono::seconds(1))) {
+      spdlog::debug("{}: the buffer's writer is busy; its page cache stays", why);
+    }
     const std::size_t kb = releaseStartupPages();
     const bool trimmed = malloc_trim(0) == 1;
     spdlog::debug("{}: {} kB of code and read-only data pages given back{}", why, kb,

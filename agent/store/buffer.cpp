@@ -175,6 +175,9 @@ struct Buffer::Job {
   std::vector<std::string> needles;
   bool scrub = false;
   std::promise<Result<EditReport>> edited;
+  // releaseMemory(): set when the job only frees the writer connection's page cache.
+  bool release_memory = false;
+  std::promise<void> released;
 };
 
 // The counters table as committed (or as one transaction is changing it).
@@ -580,6 +583,27 @@ Result<EditReport> Buffer::editEvents(std::vector<std::string> needles, EventEdi
   return fut.get();
 }
 
+bool Buffer::releaseMemory(std::chrono::milliseconds timeout) {
+  {
+    std::lock_guard lock(reader_mu_);
+    if (reader_ != nullptr) {
+      sqlite3_db_release_memory(reader_);
+    }
+  }
+  auto job = std::make_shared<Job>();
+  job->release_memory = true;
+  auto fut = job->released.get_future();
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) {
+      return false;
+    }
+    jobs_.push_back(job);
+  }
+  cv_.notify_one();
+  return fut.wait_for(timeout) == std::future_status::ready;
+}
+
 int64_t Buffer::waitForNewer(int64_t seq, int timeout_ms) {
   std::unique_lock lock(mu_);
   newer_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
@@ -767,7 +791,10 @@ void Buffer::writerLoop() {
       acks_done = commitGroup(group, acks);
     }
     group.clear();
-    if (job && job->editor) {
+    if (job && job->release_memory) {
+      sqlite3_db_release_memory(db_);
+      job->released.set_value();
+    } else if (job && job->editor) {
       runEdit(*job);
     } else if (job) {
       runRetryQuarantine(*job);

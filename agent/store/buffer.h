@@ -282,6 +282,13 @@ class Buffer final : public Outbox {
   /// Fails "stopping" or "io" (what was committed before stays changed).
   Result<EditReport> editEvents(std::vector<std::string> needles, EventEditor editor, bool scrub);
 
+  /// Frees the page caches of the buffer's SQLite connections (each keeps up to 2 MB of pages
+  /// once a load has filled it; they refill from the OS page cache as needed), so that malloc
+  /// can give the memory back: the daemon calls it once the buffer has been quiet for a minute.
+  /// Thread: any but the writer; waits at most `timeout` for the writer to do its part (false
+  /// when it did not in time: a long commit or a stalled disk; it is then done after it).
+  bool releaseMemory(std::chrono::milliseconds timeout);
+
   /// The newest `limit` quarantined events (newest first), without their bodies. Thread: any;
   /// a short read on the reader connection. Fails "io".
   Result<std::vector<QuarantinedEvent>> quarantined(std::size_t limit);

@@ -661,3 +661,33 @@ TEST_CASE("status learns the WAL's size and since when producers are refused", "
   CHECK(b->stats().full_since_ms == 0);
   CHECK(b->stats().last_full_ms >= since);
 }
+
+TEST_CASE("releaseMemory empties the connections' page caches and the buffer goes on working",
+          "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir);
+  std::vector<StoredEvent> events;
+  for (int i = 0; i < 4000; ++i) {
+    events.push_back(makeEvent("kiosk.view", 400, i));
+  }
+  REQUIRE(b->append(events).has_value());
+  auto pending = b->readPending(0, 4000, 64 << 20);  // the reader's cache fills too
+  REQUIRE(pending.has_value());
+  REQUIRE(pending->size() == 4000);
+  // ~2 MB of file: both caches (2,000 KiB each at most) hold hundreds of pages now.
+  const int64_t before = sqlite3_memory_used();
+  REQUIRE(b->releaseMemory(std::chrono::seconds(10)));
+  const int64_t after = sqlite3_memory_used();
+  INFO("sqlite3_memory_used before " << before << ", after " << after);
+  CHECK(before - after > 1'000'000);
+
+  REQUIRE(b->append({makeEvent("kiosk.after", 100, 5000)}).has_value());
+  auto again = b->readPending(pending->back().seq, 10, 1 << 20);
+  REQUIRE(again.has_value());
+  REQUIRE(again->size() == 1);
+  CHECK(again->front().body.find("\"pad\"") != std::string::npos);
+  CHECK(pendingTotal(*b) == 4001);
+
+  b->close();
+  CHECK_FALSE(b->releaseMemory(std::chrono::milliseconds(100)));  // stopping: nothing to do
+}
