@@ -642,6 +642,39 @@ TEST_CASE("files over the parse budget go to rejected/ and the next file is read
   CHECK(stats.files_processed == 1);
 }
 
+TEST_CASE("a file whose first bytes cannot begin its format is refused without being read whole",
+          "[unit][pos]") {
+  TempDir spool;
+  const std::string small = readFixture("ncr-acs-small.xml");
+  // 8 MiB of text after the wrong start; the parse budget (1 MiB here) would refuse it as
+  // "too many elements" if the file were read and parsed.
+  putOld(spool, "a-text.xml", "garbage\n" + std::string(8 << 20, 'x'), 70);
+  putOld(spool, "b-lines.json", "\n\r\n  hello " + std::string(1000, 'y'), 69);
+  putOld(spool, "c-binary.jsonl", std::string("\x01\x9F") + std::string(100, '{'), 68);
+  putOld(spool, "y-bom.xml", "\xEF\xBB\xBF\n  " + small, 11);
+  putOld(spool, "z-sale.jsonl", "\n\n" + std::string(kOneSale) + "\n", 10);
+  PosSpoolOptions options = optionsFor(spool);
+  options.max_parse_memory = 1 << 20;
+  PosSpoolSource source(options);
+  RecordingWriter writer;
+  pollUntil(source, writer, [&] { return filesIn(spool.path()) == 0; });
+
+  CHECK(spool.exists("processed/y-bom.xml"));  // a byte order mark and blank lines are fine
+  CHECK(spool.exists("processed/z-sale.jsonl"));
+  CHECK(source.stats().files_rejected == 3);
+  CHECK(source.stats().budget_refusals == 0);
+  CHECK(spool.read("rejected/a-text.xml.error") ==
+        "why: malformed XML: it starts with 'g' at byte 0 where '<' must be (the rest of the "
+        "file was not read)\nline: 1\n");
+  CHECK_THAT(spool.read("rejected/b-lines.json.error"),
+             Catch::StartsWith("why: malformed JSON: it starts with 'h' at byte 5 where '{' or "
+                               "'[' must be") &&
+                 Catch::Contains("line: 3\n"));
+  CHECK_THAT(spool.read("rejected/c-binary.jsonl.error"),
+             Catch::StartsWith("why: malformed JSON: it starts with byte 0x01 at byte 0 "));
+  CHECK(spool.read("rejected/a-text.xml").size() == (8u << 20) + 8);  // moved whole
+}
+
 TEST_CASE("the file size limit is pos.max_file_bytes", "[unit][pos]") {
   TempDir spool;
   putOld(spool, "big.json", std::string(kOneSale) + std::string(2000, ' '));
