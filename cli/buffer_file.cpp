@@ -1,6 +1,9 @@
 #include "cli/buffer_file.h"
 
+#include <cstdio>
 #include <memory>
+
+#include "agent/store/body_codec.h"
 
 namespace omniedge::cli {
 namespace {
@@ -113,9 +116,17 @@ Result<void> BufferFile::scan(const Scan& scan,
       return {};
     }
     sqlite3_stmt* st = next->st.get();
-    BufferRow row{next->seq, text(st, 1), text(st, 2), sqlite3_column_int64(st, 3), next->pending};
-    if (!visit(std::move(row))) {
-      return {};
+    auto body = store::bodyColumn(st, 2);
+    if (!body) {
+      // One damaged body must not hide the rest of the buffer from a technician: said, skipped.
+      std::fprintf(stderr, "omniedge: event seq %lld skipped: %s\n",
+                   static_cast<long long>(next->seq), body.error().message.c_str());
+    } else {
+      BufferRow row{next->seq, text(st, 1), std::move(*body), sqlite3_column_int64(st, 3),
+                    next->pending};
+      if (!visit(std::move(row))) {
+        return {};
+      }
     }
     if (auto r = step(*next); !r) {
       return r;

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "agent/store/body_codec.h"
 #include "agent/store/buffer_reader.h"
 #include "agent/store/buffer_sqlite.h"
 
@@ -87,8 +88,11 @@ void mergeQuarantines(std::vector<QuarantineReport>& to,
   }
 }
 
+// What an event costs in the accounting: its strings as stored (the packed body when there is
+// one: SQL counts length(CAST(body AS BLOB)) of what the row holds) plus kRowOverhead.
 int64_t rowCost(const StoredEvent& e) {
-  return static_cast<int64_t>(e.body.size() + e.id.size() + e.type.size()) + kRowOverhead;
+  const std::size_t body = e.packed.empty() ? e.body.size() : e.packed.size();
+  return static_cast<int64_t>(body + e.id.size() + e.type.size()) + kRowOverhead;
 }
 
 // A prepared statement, reset after every use.
@@ -149,7 +153,8 @@ struct EventRow {
   const std::string& type;
   int64_t prio = 0;
   int64_t received_ms = 0;
-  const std::string& body;
+  const std::string& body;    // the JSON, stored as TEXT when `packed` is empty
+  const std::string& packed;  // else this, as a BLOB (body_codec.h)
 };
 
 // Stores one event unless its id is pending already or a high-priority event with it was
@@ -171,7 +176,7 @@ int insertEvent(sqlite3* db, Stmt& was_delivered, Stmt& insert, const EventRow& 
   insert.bind(3, row.type);
   insert.bind(4, row.prio);
   insert.bind(5, row.received_ms);
-  insert.bind(6, row.body);
+  bindBody(insert.get(), 6, row.body, row.packed);
   const int rc = insert.step();
   insert.reset();
   stored = rc == SQLITE_DONE && sqlite3_changes(db) == 1;
@@ -533,8 +538,11 @@ Result<AppendCounts> Buffer::append(std::vector<StoredEvent> events) {
   auto req = std::make_shared<Request>();
   req->events = std::move(events);
   req->essential = true;
-  for (const auto& e : req->events) {
-    req->bytes += e.body.size();
+  for (auto& e : req->events) {
+    // Packed here, on the producer's thread, not by the writer (the one thread every event goes
+    // through). Bodies from retryQuarantine() and salvage keep the form they were stored in.
+    e.packed = options_.pack_bodies ? packBody(e.body) : std::string();
+    req->bytes += e.body.size() + e.packed.size();
     req->essential = req->essential && e.type.rfind("agent.", 0) == 0;
   }
   auto fut = req->done.get_future();
@@ -670,13 +678,21 @@ Result<std::vector<PendingEvent>> Buffer::readPending(int64_t after_seq, std::si
   std::size_t bytes = 0;
   int rc = 0;
   while ((rc = s.step()) == SQLITE_ROW) {
-    const auto* text = static_cast<const char*>(sqlite3_column_blob(s.get(), 1));
-    const auto len = static_cast<std::size_t>(sqlite3_column_bytes(s.get(), 1));
-    if (!out.empty() && bytes + len > max_bytes) {
+    auto body = bodyColumn(s.get(), 1);
+    if (!body) {
+      // A packed body that does not unpack (the file was damaged under SQLite): it cannot be
+      // sent as it is, and it must not stop the events behind it. It goes to the quarantine,
+      // bytes and all, with the reason; the centre hears of it from the quarantine report.
+      const int64_t seq = s.col(0);
+      spdlog::error("buffer: event seq {} cannot be read back: {}", seq, body.error().message);
+      quarantine(seq, seq, "stored body unreadable: " + body.error().message);
+      continue;
+    }
+    if (!out.empty() && bytes + body->size() > max_bytes) {
       break;
     }
-    out.push_back(PendingEvent{s.col(0), std::string(text, len)});
-    bytes += len;
+    bytes += body->size();
+    out.push_back(PendingEvent{s.col(0), std::move(*body)});
   }
   const bool failed = rc != SQLITE_ROW && rc != SQLITE_DONE;
   std::string err = failed ? sqlite3_errmsg(reader_) : "";
@@ -1181,7 +1197,8 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
       bool stored = false;
       rc = insertEvent(
           db_, s.was_delivered, s.insert,
-          {seq, e.id, e.type, static_cast<int64_t>(e.priority), e.received_at_ms, e.body}, stored);
+          {seq, e.id, e.type, static_cast<int64_t>(e.priority), e.received_at_ms, e.body, e.packed},
+          stored);
       if (rc != SQLITE_DONE) {
         break;
       }
@@ -1376,15 +1393,20 @@ void Buffer::runRetryQuarantine(Job& job) {
         const std::string id = s.quarantine_chunk.text(1);
         const std::string type = s.quarantine_chunk.text(2);
         const int64_t prio = std::clamp<int64_t>(s.quarantine_chunk.col(3), 0, 2);
-        const std::string body = s.quarantine_chunk.text(5);
+        // The body moves in the form it is stored in: TEXT, or a packed BLOB.
+        const bool blob = sqlite3_column_type(s.quarantine_chunk.get(), 5) == SQLITE_BLOB;
+        const std::string raw = s.quarantine_chunk.text(5);
+        const std::string none;
+        const std::string& json = blob ? none : raw;
+        const std::string& packed = blob ? raw : none;
         bool stored = false;
         if (insertEvent(db_, s.was_delivered, s.insert,
-                        {seq, id, type, prio, s.quarantine_chunk.col(4), body},
+                        {seq, id, type, prio, s.quarantine_chunk.col(4), json, packed},
                         stored) != SQLITE_DONE) {
           ok = false;
         } else if (stored) {
           const int64_t cost =
-              static_cast<int64_t>(body.size() + id.size() + type.size()) + kRowOverhead;
+              static_cast<int64_t>(raw.size() + id.size() + type.size()) + kRowOverhead;
           work.events[prio] += 1;
           work.bytes[prio] += cost;
           add += cost;
@@ -1485,7 +1507,8 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
   std::string sql = "SELECT seq, id, type, " + std::string(has_prio ? "prio" : "0") +
                     ", body FROM " + name + " WHERE seq > ?1 AND (";
   for (std::size_t i = 0; i < job.needles.size(); ++i) {
-    sql += (i == 0 ? "" : " OR ") + std::string("instr(body, ?") + std::to_string(i + 2) + ") > 0";
+    sql += (i == 0 ? "" : " OR ") + std::string("instr(body_text(body), ?") +
+           std::to_string(i + 2) + ") > 0";
   }
   sql += ") ORDER BY seq LIMIT " + std::to_string(kEditChunkRows);
   sqlite3_stmt* sel = nullptr;
@@ -1509,8 +1532,9 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
     int64_t seq = 0;
     int64_t prio = 0;
     int64_t old_cost = 0;
-    int64_t old_body = 0;
+    int64_t old_body = 0;  // as stored (packed or not)
     EventEdit edit;
+    std::string packed;  // the new body's stored form (body_codec.h)
   };
   int64_t after = 0;
   for (;;) {
@@ -1534,13 +1558,20 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
       };
       const std::string id = text(1);
       const std::string type = text(2);
-      const std::string body = text(4);
-      EventEdit edit = job.editor(type, body);
+      // body_text() matched it, so a packed body unpacks (else it would have been NULL).
+      const auto stored = static_cast<int64_t>(sqlite3_column_bytes(sel, 4));
+      auto body = bodyColumn(sel, 4);
+      EventEdit edit = body ? job.editor(type, *body) : EventEdit{};
       if (edit.action != EventEdit::Action::kKeep) {
-        rows.push_back(
-            Row{after, std::clamp<int64_t>(sqlite3_column_int64(sel, 3), 0, 2),
-                static_cast<int64_t>(body.size() + id.size() + type.size()) + kRowOverhead,
-                static_cast<int64_t>(body.size()), std::move(edit)});
+        rows.push_back(Row{after,
+                           std::clamp<int64_t>(sqlite3_column_int64(sel, 3), 0, 2),
+                           stored + static_cast<int64_t>(id.size() + type.size()) + kRowOverhead,
+                           stored,
+                           std::move(edit),
+                           {}});
+        if (rows.back().edit.action == EventEdit::Action::kReplace) {
+          rows.back().packed = packBody(rows.back().edit.body);
+        }
         bytes += rows.back().edit.body.size();
       }
       if (bytes >= kEditChunkBytes) {
@@ -1569,12 +1600,14 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
           ok = run(del);
           addSeq(dropped, r.seq);
         } else {
-          upd.bind(1, r.edit.body);
+          bindBody(upd.get(), 1, r.edit.body, r.packed);
           upd.bind(2, r.seq);
           ok = run(upd);
         }
         // A rewrite keeps id and type: its cost changes by the body's size only.
-        const int64_t delta = static_cast<int64_t>(r.edit.body.size()) - r.old_body;
+        const int64_t delta =
+            static_cast<int64_t>(r.packed.empty() ? r.edit.body.size() : r.packed.size()) -
+            r.old_body;
         if (table == kEditEvents) {
           if (drop) {
             work.events[r.prio] -= 1;

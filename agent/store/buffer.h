@@ -53,6 +53,9 @@ struct BufferOptions {
   // all are in, and a lone producer never waits), or until kWindowEnoughBytes are queued. An
   // event's latency grows by at most this. 0: never wait.
   std::chrono::microseconds commit_window{2000};
+  // Bodies packed with zstd where that pays (body_codec.h). false: stored as JSON TEXT, as before
+  // version 2 (tests that count capacity in the JSON's bytes).
+  bool pack_bodies = true;
   // Tests only: called after each durable step of a recovery ("salvage-created",
   // "salvage-written", "salvage-complete", "wal-moved", "original-moved", "salvage-in-place"),
   // so that a test can end the process there as a crash would.
@@ -66,6 +69,9 @@ struct StoredEvent {
   Priority priority = Priority::kNormal;
   int64_t received_at_ms = 0;
   std::string body;  // the envelope as JSON
+  // Set by Buffer::append: `body` as one zstd frame, when that is at least an eighth smaller
+  // (it is then stored instead: body_codec.h); empty: `body` is stored as it is.
+  std::string packed;
 };
 
 struct AppendCounts {

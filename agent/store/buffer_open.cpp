@@ -17,6 +17,7 @@
 #include <limits>
 
 #include "agent/api/uuid.h"
+#include "agent/store/body_codec.h"
 #include "agent/store/buffer.h"
 #include "agent/store/buffer_sqlite.h"
 #include "agent/store/schema.h"
@@ -372,9 +373,15 @@ Result<void> bufferToV1(sqlite3* db) {
   return {};
 }
 
+// Version 2 changes no table: bodies may now be packed (one zstd frame as a BLOB, see
+// body_codec.h). The version is what keeps an older omniedge, which would send a BLOB's bytes as
+// if they were the JSON, from opening a file that holds them: it refuses the newer file.
+Result<void> bufferToV2(sqlite3* /*db*/) { return {}; }
+
 constexpr schema::Migration kBufferMigrations[] = {
     {1, "one layout for every earlier buffer: no AUTOINCREMENT, delivered_ids, quarantine",
      bufferToV1},
+    {2, "bodies may be stored packed (zstd with the agent's dictionary, as a BLOB)", bufferToV2},
 };
 static_assert(std::size(kBufferMigrations) == schema::kBuffer &&
               kBufferMigrations[schema::kBuffer - 1].to == schema::kBuffer);
@@ -830,6 +837,7 @@ Result<sqlite3*> openConnection(const fs::path& dir, bool synchronous_full) {
   }
   sqlite3_busy_timeout(db, 5000);
   sqlite3_extended_result_codes(db, 1);
+  (void)registerBodyFunctions(db);  // body_text(): fails only without memory, and then so would SQL
   // SQLite opens a file it may not write read-only without a word; writes would then fail.
   if (sqlite3_db_readonly(db, "main") == 1) {
     sqlite3_close(db);

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <sstream>
 
+#include "agent/store/body_codec.h"
 #include "agent/store/buffer.h"
 #include "agent/store/buffer_sqlite.h"
 #include "agent/store/schema.h"
@@ -122,6 +123,7 @@ Opened tryOpen(const std::string& uri, const char* vfs, bool exclusive) {
   if (o.rc == SQLITE_OK) {
     sqlite3_extended_result_codes(o.db, 1);
     sqlite3_busy_timeout(o.db, 2000);
+    (void)registerBodyFunctions(o.db);  // body_text(), for whoever reads bodies in SQL
     // A read-only connection cannot checkpoint anyway; say so, so that close never tries.
     sqlite3_db_config(o.db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
     const char* sql = exclusive

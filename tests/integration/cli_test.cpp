@@ -567,10 +567,26 @@ TEST_CASE("status text: IEC sizes, ages, the WAL, a full buffer, and where it lo
   env["OMNIEDGE_BUFFER_MIN_FREE_DISK"] = "0";
   AgentProcess agent(tmp / "data", env);
   REQUIRE(agent.start());
-  // Fill the buffer with kiosk events (never evicted) until the agent pushes back.
+  // Fill the buffer with kiosk events (never evicted) until the agent pushes back. Random text,
+  // so that the buffer's packing cannot shrink them to nothing.
+  uint64_t x = 88172645463325252ULL;
+  const auto noisy = [&] {
+    json a = json::array();
+    for (int e = 0; e < 20; ++e) {
+      std::string pad(8000, ' ');
+      for (auto& c : pad) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[x % 62];
+      }
+      a.push_back({{"type", "kiosk.view"}, {"data", {{"n", e}, {"pad", pad}}}});
+    }
+    return a.dump();
+  };
   int status = 202;
   for (int i = 0; i < 200 && status == 202; ++i) {
-    status = agent.post("/v1/events", eventsArray(20, "kiosk.view", 8000)).first;
+    status = agent.post("/v1/events", noisy()).first;
   }
   REQUIRE(status == 503);
   auto up = agent.cli({"status"});

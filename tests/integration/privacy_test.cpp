@@ -79,6 +79,19 @@ std::string fileHolding(const fs::path& dir, const std::string& needle) {
   return "";
 }
 
+// Whether the buffer's events (pending and kept delivered ones), as `omniedge export` gives
+// them back as JSON, hold `needle`: the buffer packs bodies with zstd, so raw bytes alone cannot
+// tell what a body says.
+bool bufferHolds(AgentProcess& agent, TempDir& tmp, const std::string& needle) {
+  const auto out = tmp / "buffer-export.jsonl";
+  auto r = agent.cli({"export", "--out", out.string(), "--force"});
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
+  const bool holds = readFile(out).find(needle) != std::string::npos;
+  fs::remove(out);
+  return holds;
+}
+
 void post(AgentProcess& agent, const json& events) {
   auto [code, body] = agent.post("/v1/events", events.dump());
   INFO(body);
@@ -198,9 +211,10 @@ TEST_CASE(
     INFO(key);
     CHECK(fileHolding(tmp / "data", key) == "");
     CHECK(fileHolding(spool, key) == "");
+    CHECK_FALSE(bufferHolds(agent, tmp, key));
   }
-  CHECK(fileHolding(tmp / "data", "L-KEEP-3") != "");             // another customer stays
-  CHECK(fileHolding(tmp / "data", "\"pos.transaction\"") != "");  // the sale stays, anonymous
+  CHECK(fileHolding(tmp / "data", "L-KEEP-3") != "");              // another customer stays
+  CHECK(bufferHolds(agent, tmp, "\"type\":\"pos.transaction\""));  // the sale stays, anonymous
 
   // Unknown forms are refused without echoing the key.
   auto bad = agent.cli({"forget", "shoe:secret-44"});

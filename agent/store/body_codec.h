@@ -1,0 +1,41 @@
+// How the buffer stores an event's body: the envelope's JSON as TEXT, or, when zstd makes it at
+// least an eighth smaller, one zstd frame as a BLOB. SQLite's column type tells them apart, so
+// files written before bodies were packed read on unchanged. Packing is done by the producer's
+// thread (Buffer::append), unpacking by whoever reads a body; in SQL, body_text(body) gives the
+// JSON of either. Internal to agent/store and the CLI's read of the file.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "agent/api/result.h"
+
+namespace omniedge::store {
+
+/// The largest body unpacked (a frame that says it holds more is refused, never allocated):
+/// far above buffer.max_event_bytes' own limit.
+inline constexpr std::size_t kMaxUnpackedBody = 16u << 20;
+
+/// `json` as one zstd frame when that is at least an eighth smaller (and `json` at least 64
+/// bytes); empty otherwise (store the JSON as it is). Thread: any.
+std::string packBody(std::string_view json);
+
+/// The JSON of a packed body. Fails "corrupt" (naming the reason) on anything that is not one
+/// whole zstd frame of at most kMaxUnpackedBody bytes. Thread: any.
+Result<std::string> unpackBody(std::string_view packed);
+
+/// Column `col` of the current row as the envelope's JSON: TEXT as it is, a BLOB unpacked.
+Result<std::string> bodyColumn(sqlite3_stmt* st, int col);
+
+/// Binds a body in its stored form: `packed` (a BLOB) when not empty, else `json` (TEXT). The
+/// strings must outlive the statement's step.
+void bindBody(sqlite3_stmt* st, int index, const std::string& json, const std::string& packed);
+
+/// Adds body_text(x) to `db`: x unpacked when it is a packed BLOB, x itself otherwise, NULL for
+/// a BLOB that does not unpack. False when SQLite refused it.
+bool registerBodyFunctions(sqlite3* db);
+
+}  // namespace omniedge::store

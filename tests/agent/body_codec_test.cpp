@@ -1,0 +1,249 @@
+// The buffer's packed bodies (agent/store/body_codec.h): one zstd frame with the agent's
+// dictionary when that is at least an eighth smaller, the JSON as TEXT otherwise, and every
+// reader of a body (the sync engine's reads, retryQuarantine, the personal-data edit, the CLI's
+// scan) getting the JSON back.
+#include "agent/store/body_codec.h"
+
+#include <sqlite3.h>
+
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "agent/api/uuid.h"
+#include "agent/store/buffer.h"
+#include "tests/support/temp_dir.h"
+
+using omniedge::store::Buffer;
+using omniedge::store::BufferOptions;
+using omniedge::store::EventEdit;
+using omniedge::store::packBody;
+using omniedge::store::StoredEvent;
+using omniedge::store::unpackBody;
+using omniedge::testing::TempDir;
+
+namespace {
+
+// An envelope as Ingest makes one for a kiosk tap.
+std::string envelope(const std::string& id, const std::string& extra = "") {
+  return R"({"id":")" + id +
+         R"(","type":"kiosk.tap","source":"kiosk:k-3","store_id":"store-042","occurred_at":)"
+         R"("2026-12-04T10:15:02.481Z","received_at":"2026-12-04T10:15:02.484Z","customer":)"
+         R"({"loyalty_id":"40000066677"},"data":{"screen":"offers","sku":"SKU-104233",)"
+         R"("session":"9f1c2a7e55d04b31","dwell_ms":5120)" +
+         extra + "}}";
+}
+
+StoredEvent event(const std::string& body_extra = "", const std::string& type = "kiosk.tap") {
+  StoredEvent e;
+  e.id = omniedge::makeUuidV7(1764843302481);
+  e.type = type;
+  e.priority = omniedge::priorityOf(type);
+  e.received_at_ms = 1764843302484;
+  e.body = envelope(e.id, body_extra);
+  return e;
+}
+
+std::unique_ptr<Buffer> openBuffer(const TempDir& dir) {
+  BufferOptions o;
+  o.dir = dir.path();
+  o.max_bytes = 1LL << 30;
+  o.min_free_disk = 0;
+  auto b = Buffer::open(o);
+  REQUIRE(b.has_value());
+  return std::move(*b);
+}
+
+// Each pending row's typeof(body) and stored length, read from the file itself.
+std::vector<std::pair<std::string, int64_t>> storedForms(const TempDir& dir) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2((dir.path() / "buffer.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) ==
+          SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db,
+                             "SELECT typeof(body), length(CAST(body AS BLOB)) FROM events "
+                             "ORDER BY seq",
+                             -1, &st, nullptr) == SQLITE_OK);
+  std::vector<std::pair<std::string, int64_t>> out;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    out.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)),
+                     sqlite3_column_int64(st, 1));
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return out;
+}
+
+void execOn(const TempDir& dir, const std::string& sql) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open((dir.path() / "buffer.db").c_str(), &db) == SQLITE_OK);
+  char* err = nullptr;
+  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+  INFO((err != nullptr ? err : ""));
+  sqlite3_free(err);
+  sqlite3_close(db);
+  REQUIRE(rc == SQLITE_OK);
+}
+
+}  // namespace
+
+TEST_CASE("an envelope packs with the dictionary and unpacks to the same bytes", "[unit][buffer]") {
+  const std::string json = envelope(omniedge::makeUuidV7(1764843302481));
+  const std::string packed = packBody(json);
+  REQUIRE_FALSE(packed.empty());
+  CHECK(packed.size() * 2 < json.size());                // 385 -> ~150 bytes here
+  CHECK(packed.compare(0, 4, "\x28\xb5\x2f\xfd") == 0);  // a zstd frame
+  auto back = unpackBody(packed);
+  REQUIRE(back.has_value());
+  CHECK(*back == json);
+
+  // Not worth it: short bodies, and bodies that do not shrink by an eighth.
+  CHECK(packBody(R"({"id":"x","type":"kiosk.tap"})").empty());
+  std::mt19937 rng(7);
+  std::string noise(2000, '\0');
+  for (auto& c : noise) {
+    c = static_cast<char>(rng());
+  }
+  CHECK(packBody(noise).empty());
+}
+
+TEST_CASE("a packed body that is not whole says why, and never allocates what it claims",
+          "[unit][buffer]") {
+  const std::string packed = packBody(envelope("0192f3b4-7c1e-7a2b-9c1d-5e6f7a8b9c0d"));
+  REQUIRE_FALSE(packed.empty());
+
+  auto garbage = unpackBody("not a zstd frame at all");
+  REQUIRE_FALSE(garbage.has_value());
+  CHECK(garbage.error().code == "corrupt");
+  CHECK_THAT(garbage.error().message, Catch::Contains("does not start with a zstd frame header"));
+
+  auto cut = unpackBody(std::string_view(packed).substr(0, packed.size() - 5));
+  REQUIRE_FALSE(cut.has_value());
+  CHECK_THAT(cut.error().message, Catch::Contains("does not unpack"));
+
+  // A header claiming 2^40 bytes: magic, descriptor (8-byte content size, single segment).
+  std::string huge("\x28\xb5\x2f\xfd\xe0", 5);
+  const uint64_t size = uint64_t{1} << 40;
+  huge.append(reinterpret_cast<const char*>(&size), 8);  // little-endian, as on every target
+  huge.append(8, '\0');
+  auto big = unpackBody(huge);
+  REQUIRE_FALSE(big.has_value());
+  CHECK_THAT(big.error().message, Catch::Contains("says it holds 1099511627776 bytes"));
+
+  // A frame naming another dictionary: a 2-byte id field, after the window byte unless the
+  // frame is a single segment.
+  std::string other = packed;
+  const auto fhd = static_cast<unsigned char>(other[4]);
+  REQUIRE((fhd & 0x03) == 2);
+  other[(fhd & 0x20) != 0 ? 5 : 6] = static_cast<char>(0x44);
+  auto unknown = unpackBody(other);
+  REQUIRE_FALSE(unknown.has_value());
+  CHECK_THAT(unknown.error().message, Catch::Contains("names zstd dictionary"));
+  CHECK_THAT(unknown.error().message, Catch::Contains("which this agent does not have"));
+}
+
+TEST_CASE("the buffer stores packed bodies as BLOBs and gives the JSON back to every reader",
+          "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir);
+  StoredEvent big = event(R"(,"query":"gift card pickup locker store hours")");
+  StoredEvent small;
+  small.id = "tiny-1";
+  small.type = "kiosk.ping";
+  small.received_at_ms = 1764843302484;
+  small.body = R"({"id":"tiny-1","type":"kiosk.ping"})";
+  REQUIRE(b->append({big, small}).has_value());
+
+  const auto forms = storedForms(dir);  // the WAL is read too: the file is opened by SQLite
+  REQUIRE(forms.size() == 2);
+  CHECK(forms[0].first == "blob");
+  CHECK(forms[0].second < static_cast<int64_t>(big.body.size()) / 2);
+  CHECK(forms[1].first == "text");
+  // The accounting counts what the rows hold, as SQL counts it after a restart.
+  CHECK(b->stats().pending_bytes == forms[0].second + forms[1].second +
+                                        static_cast<int64_t>(big.id.size() + big.type.size() +
+                                                             small.id.size() + small.type.size()) +
+                                        2 * 40);
+
+  auto pending = b->readPending(0, 10, 1 << 20);
+  REQUIRE(pending.has_value());
+  REQUIRE(pending->size() == 2);
+  CHECK(pending->at(0).body == big.body);
+  CHECK(pending->at(1).body == small.body);
+  // The byte limit is in JSON bytes, what the batch will carry.
+  auto one = b->readPending(0, 10, big.body.size() + 1);
+  REQUIRE(one.has_value());
+  CHECK(one->size() == 1);
+
+  // Quarantined and moved back: the BLOB moves as a BLOB.
+  b->quarantine(pending->at(0).seq, pending->at(1).seq, "HTTP 422: schema");
+  b->syncAcknowledgements();
+  auto moved = b->retryQuarantine();
+  REQUIRE(moved.has_value());
+  CHECK(*moved == 2);
+  auto again = b->readPending(0, 10, 1 << 20);
+  REQUIRE(again.has_value());
+  REQUIRE(again->size() == 2);
+  CHECK(again->at(0).body == big.body);
+  CHECK(again->at(1).body == small.body);
+  const auto before_edit = b->stats().pending_bytes;
+
+  // The personal-data edit finds a needle inside a packed body and rewrites it, packed again.
+  auto report = b->editEvents(
+      {"40000066677"},
+      [](const std::string&, const std::string& body) {
+        EventEdit e;
+        e.action = EventEdit::Action::kReplace;
+        e.body = body;
+        const auto at = e.body.find("40000066677");
+        e.body.replace(at, 11, "erased");
+        return e;
+      },
+      false);
+  REQUIRE(report.has_value());
+  CHECK(report->pending_replaced == 1);
+  auto edited = b->readPending(0, 10, 1 << 20);
+  REQUIRE(edited.has_value());
+  REQUIRE(edited->size() == 2);
+  CHECK(edited->at(0).body.find("40000066677") == std::string::npos);
+  CHECK(edited->at(0).body.find(R"("loyalty_id":"erased")") != std::string::npos);
+  CHECK(storedForms(dir)[0].first == "blob");
+  const auto forms_after = storedForms(dir);
+  CHECK(b->stats().pending_bytes == before_edit - forms[0].second + forms_after[0].second);
+
+  // After a restart the counters are recounted from the rows: the same.
+  const auto running = b->stats().pending_bytes;
+  b.reset();
+  auto reopened = openBuffer(dir);
+  CHECK(reopened->stats().pending_bytes == running);
+}
+
+TEST_CASE("a packed body that no longer unpacks is quarantined with the reason, the rest flow",
+          "[unit][buffer]") {
+  TempDir dir;
+  {
+    auto b = openBuffer(dir);
+    REQUIRE(b->append({event(",\"n\":1"), event(",\"n\":2"), event(",\"n\":3")}).has_value());
+  }
+  // A row's body damaged under SQLite (a bad sector, a stray write): still a BLOB, no longer a
+  // frame that unpacks. And an older agent's TEXT row beside it.
+  execOn(dir,
+         "UPDATE events SET body = CAST(substr(body, 1, 20) AS BLOB) WHERE seq = "
+         "(SELECT min(seq) + 1 FROM events);"
+         "INSERT INTO events(seq, id, type, prio, received_ms, body) VALUES(100, 'old-1', "
+         "'kiosk.tap', 1, 0, '{\"id\":\"old-1\",\"type\":\"kiosk.tap\"}')");
+  auto b = openBuffer(dir);
+  auto pending = b->readPending(0, 10, 1 << 20);
+  REQUIRE(pending.has_value());
+  REQUIRE(pending->size() == 3);
+  CHECK(pending->at(0).body.find("\"n\":1") != std::string::npos);
+  CHECK(pending->at(1).body.find("\"n\":3") != std::string::npos);
+  CHECK(pending->at(2).body == "{\"id\":\"old-1\",\"type\":\"kiosk.tap\"}");
+  b->syncAcknowledgements();
+  const auto st = b->stats();
+  CHECK(st.pending[1] == 3);
+  CHECK(st.quarantined == 1);
+  CHECK_THAT(st.quarantine_last_reason, Catch::StartsWith("stored body unreadable: "));
+  CHECK_THAT(st.quarantine_last_reason, Catch::Contains("does not unpack"));
+}
