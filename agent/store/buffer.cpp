@@ -1569,7 +1569,7 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
                            stored,
                            std::move(edit),
                            {}});
-        if (rows.back().edit.action == EventEdit::Action::kReplace) {
+        if (rows.back().edit.action == EventEdit::Action::kReplace && options_.pack_bodies) {
           rows.back().packed = packBody(rows.back().edit.body);
         }
         bytes += rows.back().edit.body.size();
