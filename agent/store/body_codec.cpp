@@ -12,11 +12,13 @@ extern const std::size_t kBodyDictSize;
 
 namespace {
 
-// Level 1 with the dictionary: ~2 us to pack a 600-byte envelope and ~0.6-1.2 us to unpack it
-// here, against ~3.8 and ~1.7 us without one (small frames spend most of their time building
-// entropy tables, which the dictionary brings ready-made), and 2.3-2.8x smaller instead of
-// ~1.45x for the agent's usual envelopes. No checksum: SQLite's WAL frames carry their own.
-constexpr int kLevel = 1;
+// Level -1 with the dictionary: the dictionary's strings (keys, ids, timestamps) are matched as at
+// level 1, but literals stay raw (no Huffman table per frame), so a ~600-byte envelope unpacks in
+// ~0.2-0.5 us instead of ~0.6-1.0 (the sync thread unpacks every event of a drain), packs in
+// ~1.2-2 us, and comes out 1.35-2.2x smaller (level 1: 1.4-2.9x; no dictionary at all: ~1.45x
+// for 3.8 us to pack and 1.7 to unpack). Measured in docs/benchmarks.md ("Flash wear").
+// No checksum: SQLite's WAL frames carry their own.
+constexpr int kLevel = -1;
 constexpr std::size_t kMinPacked = 64;
 // The id body_dict.zdict was trained with (tools/body_dict/train); every packed body names it.
 constexpr unsigned kDictId = 32769;
