@@ -3,6 +3,7 @@
 // technician meets them.
 #include <poll.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -526,6 +527,52 @@ TEST_CASE(
   CHECK(up.exit_code == 0);
   CHECK_THAT(up.out, Catch::Contains("through the daemon: 1 new"));
   CHECK(omniedge::testing::waitForAllIds(sub, {"imp-9"}, 30s) == 0);
+}
+
+TEST_CASE("export and tail read packed bodies, and skip and name one that no longer unpacks",
+          "[integration][cli]") {
+  MosquittoBroker broker(false);  // nothing is delivered: every event stays in the buffer
+  TempDir tmp;
+  AgentProcess agent(tmp / "data", envFor(broker));
+  REQUIRE(agent.start());
+  for (int i = 0; i < 3; ++i) {
+    json e =
+        json::array({{{"type", "kiosk.search"},
+                      {"data", {{"n", i}, {"query", "gift card pickup locker store hours"}}}}});
+    REQUIRE(agent.post("/v1/events", e.dump()).first == 202);
+  }
+  REQUIRE(agent.stop() == 0);
+
+  // The second search's body, damaged under SQLite: still a BLOB, no longer a whole frame.
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open((tmp / "data" / "buffer.db").c_str(), &db) == SQLITE_OK);
+  CHECK(sqlite3_exec(db,
+                     "UPDATE events SET body = CAST(substr(body, 1, 30) AS BLOB) WHERE seq = "
+                     "(SELECT seq FROM events WHERE type = 'kiosk.search' AND typeof(body) = "
+                     "'blob' ORDER BY seq LIMIT 1 OFFSET 1)",
+                     nullptr, nullptr, nullptr) == SQLITE_OK);
+  CHECK(sqlite3_changes(db) == 1);
+  sqlite3_close(db);
+
+  const std::string out = (tmp / "out.jsonl").string();
+  auto r = agent.cli({"export", "--out", out});
+  INFO(r.out);
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.out, Catch::Contains("skipped: a packed body does not unpack"));
+  int searches = 0;
+  for (const auto& line : lines(tmp.read("out.jsonl"))) {
+    const auto e = json::parse(line);  // every line the JSON it was, unpacked
+    if (e["type"] == "kiosk.search") {
+      CHECK(e["data"]["query"] == "gift card pickup locker store hours");
+      CHECK(e["data"]["n"] != 1);
+      ++searches;
+    }
+  }
+  CHECK(searches == 2);
+
+  auto tail = agent.cli({"tail", "-n", "10"});
+  INFO(tail.out);
+  CHECK_THAT(tail.out, Catch::Contains("gift card pickup locker store hours"));
 }
 
 TEST_CASE("export keeps an existing file unless --force and says why it wrote nothing",
