@@ -81,7 +81,9 @@ void bodyText(sqlite3_context* ctx, int /*argc*/, sqlite3_value** argv) {
 }  // namespace
 
 std::string packBody(std::string_view json) {
-  ZSTD_CCtx* c = json.size() >= kMinPacked ? compressor() : nullptr;
+  // Never a body unpackBody() would refuse to unpack (buffer.max_event_bytes allows 1 MiB).
+  ZSTD_CCtx* c =
+      json.size() >= kMinPacked && json.size() <= kMaxUnpackedBody ? compressor() : nullptr;
   if (c == nullptr) {
     return {};
   }

@@ -53,7 +53,9 @@ std::string eventsArray(int n, int offset, const std::string& type = "kiosk.view
   for (int i = 0; i < n; ++i) {
     std::string text(pad, 'p');
     for (auto& c : text) {
-      c = noisy ? kChars[rng() % (sizeof(kChars) - 1)] : c;
+      if (noisy) {
+        c = kChars[rng() % (sizeof(kChars) - 1)];
+      }
     }
     a.push_back({{"type", type}, {"data", {{"n", offset + i}, {"pad", text}}}});
   }
