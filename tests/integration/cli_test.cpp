@@ -512,6 +512,18 @@ TEST_CASE(
     ss << in.rdbuf();
     CHECK(ss.str().find("Ann@Example") == std::string::npos);
   }
+  // The file packs bodies, so raw bytes alone cannot show it: the events as export reads them.
+  {
+    const auto exported = tmp / "imported.jsonl";
+    auto r = omniedge::testing::omniedge({"export", "--out", exported.string()}, env);
+    INFO(r.out << r.err);
+    REQUIRE(r.exit_code == 0);
+    const std::string text = tmp.read("imported.jsonl");
+    CHECK(text.find("\"id\":\"imp-3\"") != std::string::npos);
+    CHECK(text.find("Ann@Example") == std::string::npos);
+    CHECK(text.find("ann@example") == std::string::npos);
+    CHECK(text.find("email_sha256") != std::string::npos);
+  }
 
   // The daemon comes up and delivers what was imported while it was down.
   AgentProcess agent(data, envFor(broker));
