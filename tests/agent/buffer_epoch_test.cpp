@@ -233,9 +233,18 @@ TEST_CASE("a salvage from a readable corrupt file retires the old seqs of what i
     b->syncAcknowledgements();
   }
   {
+    // Garbage over the 13th page, one of the events table's leaves.
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open((dir / "buffer.db").c_str(), &db) == SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+    const int64_t page_size = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
     std::fstream f(dir / "buffer.db", std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(4096 * 12);
-    const std::string junk(4096, '\x5a');
+    f.seekp(page_size * 12);
+    const std::string junk(static_cast<std::size_t>(page_size), '\x5a');
     f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
   }
   auto b = openBuffer(dir);

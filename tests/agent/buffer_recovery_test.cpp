@@ -141,10 +141,14 @@ void corruptIdIndex(const fs::path& dir) {
   REQUIRE(sqlite3_step(st) == SQLITE_ROW);
   const int64_t page = sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
+  REQUIRE(sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+  const int64_t page_size = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
   sqlite3_close(db);
   std::fstream f(dir / "buffer.db", std::ios::in | std::ios::out | std::ios::binary);
-  f.seekp((page - 1) * 4096);
-  const std::string junk(4096, '\x5a');
+  f.seekp((page - 1) * page_size);
+  const std::string junk(static_cast<std::size_t>(page_size), '\x5a');
   f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
 }
 
