@@ -177,6 +177,10 @@ TEST_CASE("every earlier buffer layout is upgraded at open and delivers its pend
   });
   // One layout whatever the file was made by: the same tables and indexes as a new buffer.
   CHECK(layoutOf(dir / "buffer.db") == layoutOf(fresh / "buffer.db"));
+  // A new file has 2 KiB pages (fewer bytes per small commit); an older one keeps its 4 KiB
+  // (changing it would rewrite the whole file).
+  withDb(fresh / "buffer.db", [](sqlite3* db) { CHECK(integer(db, "PRAGMA page_size") == 2048); });
+  withDb(dir / "buffer.db", [](sqlite3* db) { CHECK(integer(db, "PRAGMA page_size") == 4096); });
   // Upgraded once: opening it again is an ordinary open.
   REQUIRE(Buffer::open(bufferOptions(dir.path())).has_value());
 }
