@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "agent/api/thread_name.h"
 #include "agent/ingest/envelope.h"
 
 namespace omniedge {
@@ -93,7 +94,10 @@ Result<void> ControlServer::start() {
     return makeError("io", "cannot listen on " + path_.string() + ": " + err);
   }
   chmod(path_.c_str(), 0660);
-  io_thread_ = std::thread([this] { ioLoop(); });
+  io_thread_ = std::thread([this] {
+    nameThisThread("oe-control");
+    ioLoop();
+  });
   for (std::size_t i = 0; i < std::max<std::size_t>(1, limits_.workers); ++i) {
     workers_.emplace_back([this] { workerLoop(); });
   }

@@ -4,6 +4,9 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <string>
+
+#include "agent/api/thread_name.h"
 
 namespace omniedge {
 
@@ -13,7 +16,10 @@ SourceRunner::SourceRunner(std::unique_ptr<Source> source, EventWriter& out)
 SourceRunner::~SourceRunner() { stop(); }
 
 void SourceRunner::start() {
-  thread_ = std::jthread([this](std::stop_token stop) { loop(stop); });
+  thread_ = std::jthread([this](std::stop_token stop) {
+    nameThisThread("oe-" + std::string(source_->name()));
+    loop(stop);
+  });
 }
 
 void SourceRunner::stop() {

@@ -12,6 +12,8 @@
 #include <sstream>
 #include <utility>
 
+#include "agent/api/thread_name.h"
+
 namespace omniedge::sync {
 namespace {
 
@@ -96,7 +98,10 @@ void HttpsUplink::start() {
   if (thread_.joinable()) {
     return;
   }
-  thread_ = std::jthread([this](std::stop_token stop) { run(stop); });
+  thread_ = std::jthread([this](std::stop_token stop) {
+    nameThisThread("oe-https");
+    run(stop);
+  });
 }
 
 void HttpsUplink::stop() {

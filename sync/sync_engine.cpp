@@ -10,6 +10,8 @@
 #include <limits>
 #include <utility>
 
+#include "agent/api/thread_name.h"
+
 namespace omniedge::sync {
 namespace {
 
@@ -114,7 +116,10 @@ void SyncEngine::start() {
     status_.since_ms = nowMs();
   }
   claims_->setMqttUp(false, nowMs());
-  thread_ = std::jthread([this](std::stop_token stop) { run(stop); });
+  thread_ = std::jthread([this](std::stop_token stop) {
+    nameThisThread("oe-sync");
+    run(stop);
+  });
 }
 
 void SyncEngine::stop() {

@@ -17,6 +17,7 @@
 
 #include "agent/api/identity_resolver.h"
 #include "agent/api/json_string.h"
+#include "agent/api/thread_name.h"
 #include "agent/api/uuid.h"
 #include "agent/store/profile_cache.h"
 
@@ -184,7 +185,10 @@ void TriggerEngine::setRules(std::vector<TriggerRule> rules) {
 
 void TriggerEngine::start() {
   if (!thread_.joinable()) {
-    thread_ = std::jthread([this](std::stop_token stop) { run(stop); });
+    thread_ = std::jthread([this](std::stop_token stop) {
+      nameThisThread("oe-triggers");
+      run(stop);
+    });
   }
 }
 

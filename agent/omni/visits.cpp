@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "agent/api/identity_resolver.h"
+#include "agent/api/thread_name.h"
 #include "agent/api/time.h"
 #include "agent/store/profile_cache.h"
 #include "agent/store/schema.h"
@@ -396,7 +397,10 @@ Result<void> VisitTracker::load() {
 }
 
 void VisitTracker::start(EventWriter& out) {
-  thread_ = std::jthread([this, &out](std::stop_token stop) { run(stop, &out); });
+  thread_ = std::jthread([this, &out](std::stop_token stop) {
+    nameThisThread("oe-visits");
+    run(stop, &out);
+  });
 }
 
 void VisitTracker::stop() {

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <limits>
 
+#include "agent/api/thread_name.h"
 #include "agent/api/uuid.h"
 #include "agent/store/body_codec.h"
 #include "agent/store/buffer.h"
@@ -1006,7 +1007,10 @@ Result<std::unique_ptr<Buffer>> Buffer::open(const BufferOptions& options) {
   if (auto r = b->prepare(); !r) {
     return r.error();
   }
-  b->writer_ = std::thread([p = b.get()] { p->writerLoop(); });
+  b->writer_ = std::thread([p = b.get()] {
+    nameThisThread("oe-writer");
+    p->writerLoop();
+  });
   return b;
 }
 

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "agent/api/thread_name.h"
+
 namespace omniedge::store::detail {
 
 namespace {
@@ -13,7 +15,10 @@ constexpr int kMaxCheckpoints = 8;
 
 Checkpointer::Checkpointer(sqlite3* db, int64_t frame_bytes, int64_t tail_bytes)
     : db_(db), frame_bytes_(frame_bytes), tail_bytes_(tail_bytes) {
-  thread_ = std::thread([this] { loop(); });
+  thread_ = std::thread([this] {
+    nameThisThread("oe-checkpoint");
+    loop();
+  });
 }
 
 Checkpointer::~Checkpointer() {

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <exception>
 
+#include "agent/api/thread_name.h"
 #include "drivers/kiosk/http_parse.h"
 
 // Why not cpp-httplib (0.11.4, Debian 12), which served this API before: it gives each
@@ -595,9 +596,15 @@ Result<void> HttpServer::start() {
   workers_stop_ = false;
   port_ = port;
   for (int i = 0; i < std::max(options_.workers, 1); ++i) {
-    workers_.emplace_back([this] { workerLoop(); });
+    workers_.emplace_back([this] {
+      nameThisThread("oe-http-worker");
+      workerLoop();
+    });
   }
-  event_thread_ = std::thread([this] { loop(); });
+  event_thread_ = std::thread([this] {
+    nameThisThread("oe-http");
+    loop();
+  });
   return {};
 }
 

@@ -1,6 +1,7 @@
 // The daemon's resident memory as `ps` shows it: start-up's code pages are given back a few
 // seconds after READY (agent/resident.h), and the daemon works on as before.
 #include <catch2/catch.hpp>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -31,6 +32,21 @@ uint64_t statusKb(pid_t pid, const std::string& field) {
     }
   }
   return 0;
+}
+
+// The names of the process's threads (/proc/PID/task/*/comm).
+std::multiset<std::string> threadNames(pid_t pid) {
+  std::multiset<std::string> out;
+  std::error_code ec;
+  for (const auto& t :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    std::ifstream in(t.path() / "comm");
+    std::string name;
+    if (std::getline(in, name)) {
+      out.insert(name);
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -86,5 +102,12 @@ TEST_CASE("the daemon gives back its start-up pages and then serves and delivers
   INFO(status.out);
   CHECK(json::parse(status.out)["daemon"] == "running");
   CHECK(json::parse(status.out)["uplink"]["mqtt"]["state"] == "connected");
+  // A technician's `top -H` tells the threads apart.
+  const auto names = threadNames(agent.pid());
+  for (const char* name : {"oe-writer", "oe-checkpoint", "oe-sync", "oe-http", "oe-http-worker",
+                           "oe-control", "oe-triggers"}) {
+    CAPTURE(name);
+    CHECK(names.count(name) >= 1);
+  }
   CHECK(agent.stop() == 0);
 }
