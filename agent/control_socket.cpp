@@ -99,7 +99,10 @@ Result<void> ControlServer::start() {
     ioLoop();
   });
   for (std::size_t i = 0; i < std::max<std::size_t>(1, limits_.workers); ++i) {
-    workers_.emplace_back([this] { workerLoop(); });
+    workers_.emplace_back([this] {
+      nameThisThread("oe-control-wrk");
+      workerLoop();
+    });
   }
   return {};
 }

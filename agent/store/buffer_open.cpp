@@ -40,7 +40,7 @@ constexpr int64_t kJournalSizeLimit = 8LL << 20;
 // page 1, the pointer map and an interior page, however little it adds: 2 KiB pages make each of
 // those half as large. Packed events are ~400 bytes, so a leaf still holds ~4. Measured against
 // 4 KiB (docs/benchmarks.md, "Flash wear"): write_bytes per single-event POST at 1k/s -26%, with
-// arrays of 100 -4%; the price is ~10% more CPU per event under a saturating HTTP load (twice as
+// arrays of 100 -4%; the price is ~9% of requests/s under a saturating HTTP load (twice as
 // many WAL frames, each two pwrite calls). 1 KiB pages would save a little more on single POSTs
 // and cost more again.
 constexpr const char* kNewFilePragmas = "PRAGMA page_size=2048;PRAGMA auto_vacuum=INCREMENTAL;";
