@@ -56,6 +56,9 @@ constexpr int kPeakDecayGroups = 64;
 constexpr int64_t kCountersLagSeqs = 4096;
 // Sleep between rounds while the disk refuses acknowledgements: do not spin on it.
 constexpr auto kFailedAckPause = std::chrono::milliseconds(200);
+// Acknowledgements that cover this many seqs are committed at once (BufferOptions::ack_delay):
+// their commit is mostly deleted rows already.
+constexpr int64_t kAckBatchSeqs = 512;
 
 // Adds `seq` to `ranges`, extending the last range when it follows it (seqs mostly come in
 // order); normaliseRanges() sorts out the rest.
@@ -574,7 +577,8 @@ Result<AppendCounts> Buffer::append(std::vector<StoredEvent> events) {
 void Buffer::acknowledge(int64_t first_seq, int64_t last_seq) {
   {
     std::lock_guard lock(mu_);
-    ack_queue_.push_back(AckOp{first_seq, last_seq, {}, ++acks_enqueued_});
+    ack_queue_.push_back(
+        AckOp{first_seq, last_seq, {}, ++acks_enqueued_, std::chrono::steady_clock::now()});
   }
   cv_.notify_one();
 }
@@ -585,7 +589,8 @@ void Buffer::quarantine(int64_t first_seq, int64_t last_seq, std::string reason)
   }
   {
     std::lock_guard lock(mu_);
-    ack_queue_.push_back(AckOp{first_seq, last_seq, std::move(reason), ++acks_enqueued_});
+    ack_queue_.push_back(AckOp{first_seq, last_seq, std::move(reason), ++acks_enqueued_,
+                               std::chrono::steady_clock::now()});
   }
   cv_.notify_one();
 }
@@ -593,14 +598,31 @@ void Buffer::quarantine(int64_t first_seq, int64_t last_seq, std::string reason)
 void Buffer::syncAcknowledgements() {
   std::unique_lock lock(mu_);
   const uint64_t target = acks_enqueued_;
+  ++ack_waiters_;
+  cv_.notify_one();  // the writer commits them now instead of after ack_delay
   acked_cv_.wait(lock, [&] { return acks_committed_ >= target || writer_done_; });
+  --ack_waiters_;
 }
 
 bool Buffer::syncAcknowledgementsFor(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mu_);
   const uint64_t target = acks_enqueued_;
+  ++ack_waiters_;
+  cv_.notify_one();
   acked_cv_.wait_for(lock, timeout, [&] { return acks_committed_ >= target || writer_done_; });
+  --ack_waiters_;
   return acks_committed_ >= target;
+}
+
+bool Buffer::fewAcksQueued(int64_t n) const {
+  int64_t seqs = 0;
+  for (const AckOp& op : ack_queue_) {
+    seqs += std::max<int64_t>(0, op.last_seq - op.first_seq + 1);
+    if (seqs >= n) {
+      return false;
+    }
+  }
+  return true;
 }
 
 Result<int64_t> Buffer::retryQuarantine() {
@@ -786,6 +808,15 @@ void Buffer::writerLoop() {
       });
       if (queue_.empty() && ack_queue_.empty() && jobs_.empty()) {
         break;  // stopping, nothing left
+      }
+      // Acknowledgements alone wait to share a commit (BufferOptions::ack_delay): with the next
+      // requests while events keep arriving, else with the acknowledgements behind them.
+      if (queue_.empty() && jobs_.empty() && !stopping_ && !last_acks_failed && ack_waiters_ == 0 &&
+          options_.ack_delay.count() > 0 && fewAcksQueued(kAckBatchSeqs)) {
+        cv_.wait_until(lock, ack_queue_.front().queued_at + options_.ack_delay, [&] {
+          return stopping_ || !queue_.empty() || !jobs_.empty() || ack_waiters_ > 0 ||
+                 !fewAcksQueued(kAckBatchSeqs);
+        });
       }
       // The commit window: small requests arriving close together share one commit, as many
       // as the recent groups held (a lone producer's groups hold one: it never waits).

@@ -53,6 +53,14 @@ struct BufferOptions {
   // all are in, and a lone producer never waits), or until kWindowEnoughBytes are queued. An
   // event's latency grows by at most this. 0: never wait.
   std::chrono::microseconds commit_window{2000};
+  // Acknowledgements alone (no request queued) wait up to this long after the oldest of them to
+  // share a commit: with the next requests while events keep arriving, else with the
+  // acknowledgements behind them. A single event's acknowledgement in a commit of its own was
+  // ~45% of its whole path's disk writes (docs/benchmarks.md, "Flash wear"). Never while
+  // someone waits for them (syncAcknowledgements, close) or once they cover kAckBatchSeqs seqs
+  // (a drain's acknowledgements are committed as they come). A crash before their commit only
+  // sends those events again (the centre drops duplicates by id). 0: never wait.
+  std::chrono::milliseconds ack_delay{200};
   // Bodies packed with zstd where that pays (body_codec.h). false: stored as JSON TEXT, as before
   // version 2 (tests that count capacity in the JSON's bytes).
   bool pack_bodies = true;
@@ -337,7 +345,10 @@ class Buffer final : public Outbox {
     int64_t last_seq = 0;
     std::string quarantine_reason;  // "" = delivered
     uint64_t number = 0;            // order of acknowledge()/quarantine() calls, from 1
+    std::chrono::steady_clock::time_point queued_at{};
   };
+  /// Whether the queued acknowledgements cover fewer than `n` seqs. Guarded by mu_.
+  bool fewAcksQueued(int64_t n) const;
   void writerLoop();
   /// Commits a group: requests and acknowledgements in one transaction, retried once without
   /// the request that broke it; answers every producer. False when the acknowledgements in it
@@ -395,8 +406,9 @@ class Buffer final : public Outbox {
   std::deque<AckOp> ack_queue_;            // guarded by mu_
   uint64_t acks_enqueued_ = 0;             // guarded by mu_
   uint64_t acks_committed_ = 0;            // guarded by mu_
-  bool acks_abandoned_ = false;            // guarded by mu_: close() gave up on some
-  bool stopping_ = false;                  // guarded by mu_
+  int ack_waiters_ = 0;  // guarded by mu_: threads in syncAcknowledgements*() (no ack_delay then)
+  bool acks_abandoned_ = false;                           // guarded by mu_: close() gave up on some
+  bool stopping_ = false;                                 // guarded by mu_
   std::chrono::steady_clock::time_point stop_requested_;  // guarded by mu_
   bool writer_done_ = false;                              // guarded by mu_
   BufferStats stats_;                                     // guarded by mu_

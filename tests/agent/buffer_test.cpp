@@ -370,6 +370,60 @@ TEST_CASE("small requests from several producers share commits, a lone producer 
   }
 }
 
+TEST_CASE("acknowledgements alone wait to share a commit, never while someone waits for them",
+          "[unit][buffer]") {
+  TempDir dir;
+  BufferOptions o;
+  o.dir = dir.path();
+  o.min_free_disk = 0;
+  o.pack_bodies = false;
+  o.ack_delay = std::chrono::seconds(30);  // far longer than any wait below
+  auto opened = Buffer::open(o);
+  REQUIRE(opened.has_value());
+  auto& b = **opened;
+  for (int i = 0; i < 600; ++i) {
+    REQUIRE(b.append({makeEvent("kiosk.view", 50, i)}).has_value());
+  }
+  REQUIRE(pendingTotal(b) == 600);
+  // Pending counts as the writer commits; true once `want` holds within 10 s.
+  auto pendingBecomes = [&](int64_t want) {
+    for (int i = 0; i < 1000 && pendingTotal(b) != want; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return pendingTotal(b) == want;
+  };
+
+  SECTION("held until a request comes, then committed with it, in one commit") {
+    b.acknowledge(1, 1);
+    b.acknowledge(2, 2);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    CHECK(pendingTotal(b) == 600);  // still held: no commit of their own
+    const uint64_t commits = b.stats().commits;
+    REQUIRE(b.append({makeEvent("kiosk.view", 50, 1000)}).has_value());
+    CHECK(pendingBecomes(600 - 2 + 1));
+    CHECK(b.stats().commits == commits + 1);
+  }
+  SECTION("syncAcknowledgements() has them committed at once") {
+    b.acknowledge(1, 3);
+    b.syncAcknowledgements();
+    CHECK(pendingTotal(b) == 597);
+    b.quarantine(4, 4, "refused");
+    CHECK(b.syncAcknowledgementsFor(std::chrono::seconds(10)));
+    CHECK(pendingTotal(b) == 596);
+  }
+  SECTION("acknowledgements as wide as a drain's batches are committed as they come") {
+    b.acknowledge(1, 300);
+    b.acknowledge(301, 600);  // 600 seqs queued: over kAckBatchSeqs
+    CHECK(pendingBecomes(0));
+  }
+  SECTION("close() commits what it holds") {
+    b.acknowledge(1, 10);
+    b.close();
+    auto again = openBuffer(dir);
+    CHECK(pendingTotal(*again) == 590);
+  }
+}
+
 TEST_CASE("a second agent on the same data dir is refused", "[unit][buffer]") {
   TempDir dir;
   auto b = openBuffer(dir);
