@@ -22,6 +22,7 @@
 
 #include "agent/api/event_metrics.h"
 #include "agent/api/time.h"
+#include "agent/api/uuid.h"
 #include "agent/commands.h"
 #include "agent/control_socket.h"
 #include "agent/ingest/envelope.h"
@@ -1476,6 +1477,9 @@ nlohmann::json Agent::handleControl(const nlohmann::json& request) {
       return refusal(!only ? only.error() : type.error());
     }
     Event e;
+    // Given here, not by Ingest: an id in the index, which `omniedge send-test-event` looks up
+    // until the event is delivered (store::IdOrigin).
+    e.id = makeUuidV7(p_->clock.nowMs());
     e.type = *type;
     e.source = "cli";
     e.data_json = R"({"note":"omniedge send-test-event"})";
@@ -1518,7 +1522,7 @@ nlohmann::json Agent::handleControl(const nlohmann::json& request) {
       }
       return {{"ok", true}, {"valid", events.size()}};
     }
-    auto r = p_->ingest->append(std::move(events));
+    auto r = p_->ingest->appendExported(std::move(events));
     if (!r) {
       return refusalAt(r.error());
     }

@@ -112,12 +112,13 @@ int runSendTestEvent(const CommandSpec& spec, const Invocation& inv) {
   const auto deadline = start + std::chrono::seconds(timeout_s);
   const std::filesystem::path dir = loaded->cfg.str("data.dir");
   for (;;) {
-    // Pending while its row is in the events table; the daemon deletes it on the PUBACK.
+    // Pending while its row is in the events table; the daemon deletes it on the PUBACK. Its id
+    // is one the daemon gave it as a producer would (`made` = 0): a lookup in events_given_id.
     bool pending = true;
     if (auto file = BufferFile::open(dir)) {
       sqlite3_stmt* st = nullptr;
-      if (sqlite3_prepare_v2(file->db(), "SELECT 1 FROM events WHERE id = ?", -1, &st, nullptr) ==
-          SQLITE_OK) {
+      if (sqlite3_prepare_v2(file->db(), "SELECT 1 FROM events WHERE id = ? AND made = 0", -1, &st,
+                             nullptr) == SQLITE_OK) {
         sqlite3_bind_text(st, 1, id.c_str(), -1, SQLITE_TRANSIENT);
         pending = sqlite3_step(st) == SQLITE_ROW;
       }

@@ -193,7 +193,7 @@ class BufferSink final : public Sink {
       }
       return Stored{};
     }
-    auto r = ingest_->append(std::move(list));
+    auto r = ingest_->appendExported(std::move(list));
     if (!r) {
       return refusalOf(r.error(), -1);
     }

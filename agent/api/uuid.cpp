@@ -6,8 +6,16 @@
 namespace omniedge {
 namespace {
 
+// Seeded with 128 bits: the ids Ingest makes are stored as unique without being checked
+// (store::IdOrigin::kAgent), so two generators must never start alike.
+std::mt19937_64 seededRng() {
+  std::random_device rd;
+  std::seed_seq seed{rd(), rd(), rd(), rd()};
+  return std::mt19937_64(seed);
+}
+
 struct Generator {
-  std::mt19937_64 rng{std::random_device{}()};
+  std::mt19937_64 rng = seededRng();
   int64_t last_ms = -1;
   uint32_t counter = 0;
 };

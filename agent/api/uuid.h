@@ -1,4 +1,4 @@
-// UUIDv7 (RFC 9562): time-ordered ids, so buffer inserts append to the end of the id index.
+// UUIDv7 (RFC 9562): time-ordered ids: 48 bits of milliseconds, a 12-bit counter, 62 random bits.
 #pragma once
 
 #include <cstdint>

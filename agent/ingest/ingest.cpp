@@ -151,7 +151,8 @@ Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t 
     return invalid(index, "type",
                    "must be lower-case dotted words, [a-z0-9_]+(.[a-z0-9_]+)+, e.g. kiosk.view");
   }
-  if (e.id.empty()) {
+  const bool made = e.id.empty();
+  if (made) {
     e.id = makeUuidV7(now_ms);
   } else if (!validId(e.id)) {
     return invalid(index, "id", "must be 1-128 characters of A-Z a-z 0-9 - _ . : @");
@@ -279,6 +280,7 @@ Result<store::StoredEvent> Ingest::prepare(Event& e, std::size_t index, int64_t 
                      "[" + std::to_string(index) + "]");
   }
   out.id = e.id;
+  out.id_origin = made ? store::IdOrigin::kAgent : store::IdOrigin::kProducer;
   out.type = e.type;
   out.priority = priorityOf(e.type);
   out.received_at_ms = now_ms;
@@ -293,7 +295,12 @@ Result<AppendOutcome> Ingest::appendEach(std::vector<Event> events) {
   return validateAndAppend(std::move(events), /*skip_invalid=*/true);
 }
 
-Result<AppendOutcome> Ingest::validateAndAppend(std::vector<Event> events, bool skip_invalid) {
+Result<AppendOutcome> Ingest::appendExported(std::vector<Event> events) {
+  return validateAndAppend(std::move(events), /*skip_invalid=*/false, /*exported=*/true);
+}
+
+Result<AppendOutcome> Ingest::validateAndAppend(std::vector<Event> events, bool skip_invalid,
+                                                bool exported) {
   const int64_t now = clock_.nowMs();
   std::vector<store::StoredEvent> stored;
   stored.reserve(events.size());
@@ -332,6 +339,9 @@ Result<AppendOutcome> Ingest::validateAndAppend(std::vector<Event> events, bool 
       outcome.ids.emplace_back();
       outcome.rejected.push_back(Rejection{i, prepared.error()});
       continue;
+    }
+    if (exported && prepared->id_origin == store::IdOrigin::kProducer) {
+      prepared->id_origin = store::IdOrigin::kExport;
     }
     tally.add(channelOf(prepared->type));
     outcome.ids.push_back(prepared->id);

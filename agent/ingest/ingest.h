@@ -32,6 +32,10 @@ class Ingest final : public EventWriter {
   Result<AppendOutcome> append(std::vector<Event> events) override;
   Result<AppendOutcome> appendEach(std::vector<Event> events) override;
 
+  /// append() for events read back from an export (omniedge import): an id already pending is
+  /// not stored again, the ids this agent made itself included (store::IdOrigin::kExport).
+  Result<AppendOutcome> appendExported(std::vector<Event> events);
+
   /// Validates and completes `e` (the `index`-th of a request, for error fields) and serialises
   /// it. Thread: any; pure apart from the clock and id generation.
   Result<store::StoredEvent> prepare(Event& e, std::size_t index, int64_t now_ms) const;
@@ -53,7 +57,8 @@ class Ingest final : public EventWriter {
   void setMetrics(EventMetrics* metrics) { metrics_ = metrics; }
 
  private:
-  Result<AppendOutcome> validateAndAppend(std::vector<Event> events, bool skip_invalid);
+  Result<AppendOutcome> validateAndAppend(std::vector<Event> events, bool skip_invalid,
+                                          bool exported = false);
 
   IngestOptions options_;
   store::Buffer& buffer_;

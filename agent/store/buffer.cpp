@@ -145,9 +145,17 @@ bool run(Stmt& s) {
 // rows, 400 a transaction, CPU time, median of six: 8.5 against 6.8 us for the insert alone, and
 // 7.4 us with the probe; docs/benchmarks.md).
 constexpr const char* kWasDeliveredSql = "SELECT 1 FROM delivered_ids WHERE id = ?";
+// Without a conflict target: the one uniqueness rule on ids is events_given_id (kSchema), which
+// leaves out the rows whose id the agent made (`made` = 1).
 constexpr const char* kInsertValuesSql =
-    "INSERT INTO events(seq, id, type, prio, received_ms, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6) "
-    "ON CONFLICT(id) DO NOTHING";
+    "INSERT INTO events(seq, id, type, prio, received_ms, body, made) "
+    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING";
+// Whether an id read back from an export is one the agent made and still holds: a lookup in
+// events_made_id while imports keep that index (Buffer::ensureMadeIndex), else a scan.
+constexpr const char* kWasMadeSql = "SELECT 1 FROM events WHERE id = ?1 AND made = 1";
+constexpr const char* kMadeIndexSql =
+    "CREATE INDEX IF NOT EXISTS events_made_id ON events(id) WHERE made = 1";
+constexpr const char* kDropMadeIndexSql = "DROP INDEX IF EXISTS events_made_id";
 
 // What insertEvent() is given: one event's columns.
 struct EventRow {
@@ -158,21 +166,34 @@ struct EventRow {
   int64_t received_ms = 0;
   const std::string& body;    // the JSON, stored as TEXT when `packed` is empty
   const std::string& packed;  // else this, as a BLOB (body_codec.h)
+  IdOrigin origin = IdOrigin::kProducer;
 };
+
+// Whether `probe` (its one parameter the id) finds a row: SQLITE_ROW, SQLITE_DONE or an error.
+int probeId(Stmt& probe, const std::string& id) {
+  probe.bind(1, id);
+  const int rc = probe.step();
+  probe.reset();
+  return rc;
+}
 
 // Stores one event unless its id is pending already or a high-priority event with it was
 // delivered within the dedup window. Returns SQLITE_DONE, with `stored` saying whether it was,
 // or the code of the step that failed.
-int insertEvent(sqlite3* db, Stmt& was_delivered, Stmt& insert, const EventRow& row, bool& stored) {
+int insertEvent(sqlite3* db, Stmt& was_delivered, Stmt& was_made, Stmt& insert, const EventRow& row,
+                bool& stored) {
   stored = false;
-  was_delivered.bind(1, row.id);
-  const int probe = was_delivered.step();
-  was_delivered.reset();
-  if (probe == SQLITE_ROW) {
-    return SQLITE_DONE;
-  }
-  if (probe != SQLITE_DONE) {
-    return probe;
+  for (Stmt* probe : {&was_delivered, row.origin == IdOrigin::kExport ? &was_made : nullptr}) {
+    if (probe == nullptr) {
+      continue;
+    }
+    const int rc = probeId(*probe, row.id);
+    if (rc == SQLITE_ROW) {
+      return SQLITE_DONE;
+    }
+    if (rc != SQLITE_DONE) {
+      return rc;
+    }
   }
   insert.bind(1, row.seq);
   insert.bind(2, row.id);
@@ -180,6 +201,7 @@ int insertEvent(sqlite3* db, Stmt& was_delivered, Stmt& insert, const EventRow& 
   insert.bind(4, row.prio);
   insert.bind(5, row.received_ms);
   bindBody(insert.get(), 6, row.body, row.packed);
+  insert.bind(7, static_cast<int64_t>(row.origin == IdOrigin::kAgent ? 1 : 0));
   const int rc = insert.step();
   insert.reset();
   stored = rc == SQLITE_DONE && sqlite3_changes(db) == 1;
@@ -270,7 +292,7 @@ struct Buffer::Attempt {
 struct Buffer::Statements {
   Stmt begin, commit, rollback, savepoint, release, rollback_to;
   Stmt savepoint_acks, release_acks, rollback_to_acks;
-  Stmt was_delivered, insert, range_sizes, range_pos_ids, delete_range, copy_delivered,
+  Stmt was_delivered, was_made, insert, range_sizes, range_pos_ids, delete_range, copy_delivered,
       purge_delivered;
   Stmt select_low, delete_low, save_counter, oldest;
   Stmt page_count, freelist_count, incremental_vacuum;
@@ -291,6 +313,8 @@ Result<void> Buffer::prepare() {
   st_ = std::make_unique<Statements>();
   auto& s = *st_;
   sqlite3* db = db_;
+  // An index an import left (its agent stopped within made_index_keep of it: keepMadeIndex).
+  (void)sqlite3_exec(db, kDropMadeIndexSql, nullptr, nullptr, nullptr);
   for (auto [stmt, sql] : std::initializer_list<std::pair<Stmt*, const char*>>{
            {&s.begin, "BEGIN IMMEDIATE"},
            {&s.commit, "COMMIT"},
@@ -302,6 +326,7 @@ Result<void> Buffer::prepare() {
            {&s.release_acks, "RELEASE acks"},
            {&s.rollback_to_acks, "ROLLBACK TO acks"},
            {&s.was_delivered, kWasDeliveredSql},
+           {&s.was_made, kWasMadeSql},
            {&s.insert, kInsertValuesSql},
            {&s.remember_delivered,
             "INSERT OR IGNORE INTO delivered_ids(id, delivered_ms) VALUES(?, ?)"},
@@ -881,6 +906,7 @@ void Buffer::writerLoop() {
     }
     room_cv_.notify_all();
     bool acks_done = true;
+    keepMadeIndex(group);
     if (!group.empty() || !acks.empty()) {
       acks_done = commitGroup(group, acks);
     }
@@ -917,6 +943,30 @@ void Buffer::writerLoop() {
   std::lock_guard lock(mu_);
   writer_done_ = true;
   acked_cv_.notify_all();
+}
+
+// Events read back from an export (IdOrigin::kExport) are compared with the ids the agent made,
+// which events_given_id leaves out: while imports come, events_made_id serves those lookups
+// (made over the pending rows by the first, in a commit of its own); made_index_keep after the
+// last it is dropped, and the agent's own events go back to costing no index entry. Without it
+// (it could not be made) each lookup reads the pending rows: slower, never wrong.
+void Buffer::keepMadeIndex(const std::vector<std::shared_ptr<Request>>& group) {
+  const auto now = std::chrono::steady_clock::now();
+  const bool exported = std::any_of(group.begin(), group.end(), [](const auto& r) {
+    return std::any_of(r->events.begin(), r->events.end(),
+                       [](const StoredEvent& e) { return e.id_origin == IdOrigin::kExport; });
+  });
+  if (exported) {
+    made_index_used_ = now;
+    if (!made_index_) {
+      made_index_ = sqlite3_exec(db_, kMadeIndexSql, nullptr, nullptr, nullptr) == SQLITE_OK;
+      if (!made_index_) {
+        logFailure(sqliteError(db_, "indexing the agent's own ids for an import"));
+      }
+    }
+  } else if (made_index_ && now - made_index_used_ >= options_.made_index_keep) {
+    made_index_ = sqlite3_exec(db_, kDropMadeIndexSql, nullptr, nullptr, nullptr) != SQLITE_OK;
+  }
 }
 
 // One group: at most two transactions for the producers. SQLite may roll back the WHOLE
@@ -1226,10 +1276,10 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
     int64_t max_seq = 0;
     for (const auto& e : req.events) {
       bool stored = false;
-      rc = insertEvent(
-          db_, s.was_delivered, s.insert,
-          {seq, e.id, e.type, static_cast<int64_t>(e.priority), e.received_at_ms, e.body, e.packed},
-          stored);
+      rc = insertEvent(db_, s.was_delivered, s.was_made, s.insert,
+                       {seq, e.id, e.type, static_cast<int64_t>(e.priority), e.received_at_ms,
+                        e.body, e.packed, e.id_origin},
+                       stored);
       if (rc != SQLITE_DONE) {
         break;
       }
@@ -1431,7 +1481,7 @@ void Buffer::runRetryQuarantine(Job& job) {
         const std::string& json = blob ? none : raw;
         const std::string& packed = blob ? raw : none;
         bool stored = false;
-        if (insertEvent(db_, s.was_delivered, s.insert,
+        if (insertEvent(db_, s.was_delivered, s.was_made, s.insert,
                         {seq, id, type, prio, s.quarantine_chunk.col(4), json, packed},
                         stored) != SQLITE_DONE) {
           ok = false;

@@ -61,6 +61,9 @@ struct BufferOptions {
   // (a drain's acknowledgements are committed as they come). A crash before their commit only
   // sends those events again (the centre drops duplicates by id). 0: never wait.
   std::chrono::milliseconds ack_delay{200};
+  // How long after the last event read back from an export (IdOrigin::kExport) the index of the
+  // agent's own ids that imports use is kept (Buffer::keepMadeIndex).
+  std::chrono::milliseconds made_index_keep{60000};
   // Bodies packed with zstd where that pays (body_codec.h). false: stored as JSON TEXT, as before
   // version 2 (tests that count capacity in the JSON's bytes).
   bool pack_bodies = true;
@@ -70,9 +73,18 @@ struct BufferOptions {
   std::function<void(std::string_view step)> on_recovery_step;
 };
 
+/// Where an event's id came from, which decides how the buffer keeps ids unique.
+enum class IdOrigin : uint8_t {
+  kProducer,  // given by whoever sent the event: a second pending event with it is not stored
+  kAgent,     // made by Ingest just now (UUIDv7): unique by construction, so it is stored
+              // without an entry in the id index (that entry was most of a small commit's writes)
+  kExport,    // read back from an export: compared with the agent's own ids too (omniedge import)
+};
+
 /// An event ready to store: validated, completed and serialised by Ingest.
 struct StoredEvent {
   std::string id;
+  IdOrigin id_origin = IdOrigin::kProducer;
   std::string type;
   Priority priority = Priority::kNormal;
   int64_t received_at_ms = 0;
@@ -360,6 +372,7 @@ class Buffer final : public Outbox {
   void publishCommitted(const Attempt& a);
   void restoreCommitted(int64_t burnt_up_to);
   void runRetryQuarantine(Job& job);
+  void keepMadeIndex(const std::vector<std::shared_ptr<Request>>& group);
   void runEdit(Job& job);
   Result<void> editTable(int table, Job& job, EditReport& report);
   bool scrubFiles();
@@ -390,6 +403,10 @@ class Buffer final : public Outbox {
   std::mutex reader_mu_;
   struct Statements;
   std::unique_ptr<Statements> st_;
+  // Writer thread: whether events_made_id is there (kept while imports come), and when the
+  // last event read back from an export came.
+  bool made_index_ = false;
+  std::chrono::steady_clock::time_point made_index_used_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;        // writer waits for work

@@ -149,7 +149,7 @@ const char* const kInsertEventSql =
     "INSERT INTO events(seq, id, type, prio, received_ms, body) "
     "SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
     "WHERE NOT EXISTS (SELECT 1 FROM delivered_ids WHERE id = ?2) "
-    "ON CONFLICT(id) DO NOTHING";
+    "ON CONFLICT DO NOTHING";
 
 }  // namespace detail
 
@@ -278,14 +278,8 @@ bool syncPath(const fs::path& p, bool directory) {
   return ok;
 }
 
-const char* kSchema = R"sql(
-CREATE TABLE IF NOT EXISTS events(
-  seq INTEGER PRIMARY KEY,
-  id TEXT NOT NULL UNIQUE,
-  type TEXT NOT NULL,
-  prio INTEGER NOT NULL,
-  received_ms INTEGER NOT NULL,
-  body TEXT NOT NULL);
+// The tables beside `events`, the same in every version since 1.
+constexpr const char* kOtherTables = R"sql(
 CREATE INDEX IF NOT EXISTS events_low ON events(seq) WHERE prio = 2;
 CREATE TABLE IF NOT EXISTS counters(
   prio INTEGER PRIMARY KEY, events INTEGER NOT NULL, bytes INTEGER NOT NULL);
@@ -313,6 +307,33 @@ CREATE INDEX IF NOT EXISTS quarantine_age ON quarantine(quarantined_ms);
 CREATE INDEX IF NOT EXISTS quarantine_id ON quarantine(id);
 )sql";
 
+// Today's tables. `made` = 1: Ingest made the id (IdOrigin::kAgent), unique by construction, so
+// the row has no entry in the id index, the partial index events_given_id (schema version 3). A
+// commit of a few single events wrote 4.3 pages, 2 of them the id index's, rebalanced at its
+// right edge (docs/benchmarks.md, "Flash wear"). `made` is on the line of `body` as ALTER TABLE
+// ... ADD COLUMN leaves an upgraded file's declaration: every file has the same.
+const std::string kSchema = std::string(R"sql(
+CREATE TABLE IF NOT EXISTS events(
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  prio INTEGER NOT NULL,
+  received_ms INTEGER NOT NULL,
+  body TEXT NOT NULL, made INTEGER NOT NULL DEFAULT 0);
+CREATE UNIQUE INDEX IF NOT EXISTS events_given_id ON events(id) WHERE made = 0;
+)sql") + kOtherTables;
+
+// The tables as schema versions 1 and 2 had them, for the migrations from before version 3.
+const std::string kSchemaV1 = std::string(R"sql(
+CREATE TABLE IF NOT EXISTS events(
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  type TEXT NOT NULL,
+  prio INTEGER NOT NULL,
+  received_ms INTEGER NOT NULL,
+  body TEXT NOT NULL);
+)sql") + kOtherTables;
+
 // AUTOINCREMENT changes only how SQLite picks a new rowid, not how the table is stored: its
 // declaration is edited in place, SQLite's documented procedure for a change that leaves the
 // on-disk format alone (lang_altertable.html, "making other kinds of table schema changes").
@@ -339,14 +360,34 @@ bool dropAutoincrementInPlace(sqlite3* db) {
   return bumped && !schema::createSqlContains(db, "events", "AUTOINCREMENT");
 }
 
+// Where a step cannot edit the events table's declaration in place (SQLite refuses schema
+// writes: SQLITE_DBCONFIG_DEFENSIVE), the table is renamed, `schema` creates the new one and the
+// rows are copied into it in seq order.
+Result<void> copyEventsInto(sqlite3* db, const std::string& create_sql) {
+  if (auto r = schema::exec(db,
+                            "ALTER TABLE events RENAME TO events_old;"
+                            "DROP INDEX IF EXISTS events_low;");
+      !r) {
+    return r;
+  }
+  if (auto r = schema::exec(db, create_sql.c_str()); !r) {
+    return r;
+  }
+  return schema::exec(db,
+                      "INSERT INTO events(seq, id, type, prio, received_ms, body) "
+                      "SELECT seq, id, type, prio, received_ms, body FROM events_old "
+                      "ORDER BY seq;"
+                      "DROP TABLE events_old;");
+}
+
 // Version 0 is every buffer made before files carried a version; they differ in what is there
 // (tests/fixtures/schema/README.md has one file of each): 7bdb017 gave events.seq AUTOINCREMENT
 // (the highest seq ever given in sqlite_sequence) and had no delivered_ids and no quarantine;
 // 359d2e8 added the delivered_age index; 865295e dropped AUTOINCREMENT (the highest seq in
 // counters row 3) and added delivered_ids; bf9d976 the quarantine, ac89e2e its indexes.
 Result<void> bufferToV1(sqlite3* db) {
-  // Missing tables and indexes: every statement of kSchema is CREATE ... IF NOT EXISTS.
-  if (auto r = schema::exec(db, kSchema); !r) {
+  // Missing tables and indexes: every statement of kSchemaV1 is CREATE ... IF NOT EXISTS.
+  if (auto r = schema::exec(db, kSchemaV1.c_str()); !r) {
     return r;
   }
   if (schema::createSqlContains(db, "events", "AUTOINCREMENT")) {
@@ -364,23 +405,7 @@ Result<void> bufferToV1(sqlite3* db) {
     if (dropAutoincrementInPlace(db)) {
       return {};
     }
-    if (auto r = schema::exec(db,
-                              "ALTER TABLE events RENAME TO events_v0;"
-                              "DROP INDEX IF EXISTS events_low;");
-        !r) {
-      return r;
-    }
-    if (auto r = schema::exec(db, kSchema); !r) {
-      return r;
-    }
-    if (auto r = schema::exec(db,
-                              "INSERT INTO events(seq, id, type, prio, received_ms, body) "
-                              "SELECT seq, id, type, prio, received_ms, body FROM events_v0 "
-                              "ORDER BY seq;"
-                              "DROP TABLE events_v0;");
-        !r) {
-      return r;
-    }
+    return copyEventsInto(db, kSchemaV1);
   }
   return {};
 }
@@ -390,10 +415,68 @@ Result<void> bufferToV1(sqlite3* db) {
 // if they were the JSON, from opening a file that holds them: it refuses the newer file.
 Result<void> bufferToV2(sqlite3* /*db*/) { return {}; }
 
+// Whether the UNIQUE constraint's own index on events.id could become events_given_id in place:
+// the column `made` is there and 0 in every row (so every row belongs in the partial index,
+// and is in it), the table's declaration loses UNIQUE and the index is renamed and given its
+// WHERE, in one statement (SQLite's documented procedure, as in dropAutoincrementInPlace). No
+// row and no index entry is written again. False, nothing changed, where that is not allowed.
+bool uniqueIdToPartialInPlace(sqlite3* db) {
+  const auto version = queryInt(db, "PRAGMA schema_version");
+  const auto autoindex = queryInt(
+      db,
+      "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND "
+      "name = 'sqlite_autoindex_events_1' AND sql IS NULL");
+  if (!version || autoindex != 1 ||
+      !schema::createSqlContains(db, "events", "id TEXT NOT NULL UNIQUE,") ||
+      !schema::exec(db, "SAVEPOINT to_v3")) {
+    return false;
+  }
+  bool edited = false;
+  if (schema::exec(db, "PRAGMA writable_schema = ON")) {
+    edited = schema::exec(db,
+                          "UPDATE sqlite_master SET "
+                          "sql = CASE type WHEN 'table' THEN replace(sql, "
+                          "'id TEXT NOT NULL UNIQUE,', 'id TEXT NOT NULL,') ELSE "
+                          "'CREATE UNIQUE INDEX events_given_id ON events(id) WHERE made = 0' END, "
+                          "name = CASE type WHEN 'table' THEN name ELSE 'events_given_id' END "
+                          "WHERE (type = 'table' AND name = 'events') OR "
+                          "(type = 'index' AND name = 'sqlite_autoindex_events_1')")
+                 .has_value() &&
+             sqlite3_changes(db) == 2;
+    // A new schema_version makes every connection read the edited schema again.
+    const std::string bump = "PRAGMA schema_version = " + std::to_string(*version + 1);
+    edited = edited && schema::exec(db, bump.c_str()).has_value();
+    (void)schema::exec(db, "PRAGMA writable_schema = OFF");
+  }
+  if (!edited) {
+    (void)schema::exec(db, "ROLLBACK TO to_v3");
+  }
+  (void)schema::exec(db, "RELEASE to_v3");
+  return edited && !schema::createSqlContains(db, "events", "UNIQUE") &&
+         queryInt(db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_given_id'") == 1;
+}
+
+// Version 3: ids Ingest made itself are stored without an id index entry (kSchema). The rows
+// already there count as given (`made` = 0), so the constraint's index is kept as the partial
+// one; where the schema cannot be edited, the table is copied instead.
+Result<void> bufferToV3(sqlite3* db) {
+  if (!schema::createSqlContains(db, "events", "made INTEGER")) {
+    if (auto r = schema::exec(db, "ALTER TABLE events ADD COLUMN made INTEGER NOT NULL DEFAULT 0");
+        !r) {
+      return r;
+    }
+  }
+  if (schema::createSqlContains(db, "events", "UNIQUE") && !uniqueIdToPartialInPlace(db)) {
+    return copyEventsInto(db, kSchema);  // `made` 0 in every row: all given
+  }
+  return schema::exec(db, kSchema.c_str());
+}
+
 constexpr schema::Migration kBufferMigrations[] = {
     {1, "one layout for every earlier buffer: no AUTOINCREMENT, delivered_ids, quarantine",
      bufferToV1},
     {2, "bodies may be stored packed (zstd with the agent's dictionary, as a BLOB)", bufferToV2},
+    {3, "ids the agent made itself are stored without an entry in the id index", bufferToV3},
 };
 static_assert(std::size(kBufferMigrations) == schema::kBuffer &&
               kBufferMigrations[schema::kBuffer - 1].to == schema::kBuffer);
@@ -937,7 +1020,7 @@ Result<std::unique_ptr<Buffer>> Buffer::open(const BufferOptions& options) {
     problem = conn.error().message;
   } else {
     b->db_ = *conn;
-    const schema::Layout layout{kFileName, kSchema, kBufferMigrations};
+    const schema::Layout layout{kFileName, kSchema.c_str(), kBufferMigrations};
     if (auto r = schema::upgrade(b->db_, file, layout); !r) {
       if (r.error().code != "corrupt") {
         return r.error();
@@ -1068,7 +1151,7 @@ Result<void> Buffer::recover(const std::string& problem) {
   }
   // The salvaged file is of today's layout and says so.
   const std::string created =
-      std::string(kSchema) + "PRAGMA user_version = " + std::to_string(schema::kBuffer) + ";";
+      kSchema + "PRAGMA user_version = " + std::to_string(schema::kBuffer) + ";";
   if (auto r = execRc(out, created.c_str()); !r) {
     sqlite3_close(out);
     return fail(r.message);
@@ -1107,7 +1190,7 @@ Result<void> Buffer::recover(const std::string& problem) {
     return conn.error();
   }
   db_ = *conn;
-  return exec(db_, kSchema);
+  return exec(db_, kSchema.c_str());
 }
 
 // The renames that end a recovery whose salvage (buffer.db.salvaged-<ms>) is complete. Each

@@ -135,7 +135,7 @@ void corruptIdIndex(const fs::path& dir) {
           SQLITE_OK);
   sqlite3_stmt* st = nullptr;
   REQUIRE(sqlite3_prepare_v2(db,
-                             "SELECT pageno FROM dbstat WHERE name = 'sqlite_autoindex_events_1' "
+                             "SELECT pageno FROM dbstat WHERE name = 'events_given_id' "
                              "ORDER BY pageno LIMIT 1",
                              -1, &st, nullptr) == SQLITE_OK);
   REQUIRE(sqlite3_step(st) == SQLITE_ROW);

@@ -102,6 +102,97 @@ TEST_CASE("a duplicate id is ignored and still acknowledged", "[unit][buffer]") 
   CHECK(pendingTotal(*b) == 2);
 }
 
+namespace {
+
+// One integer the buffer file answers (read-only, beside the open buffer: WAL readers).
+int64_t fileInteger(const TempDir& dir, const char* sql) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2((dir.path() / "buffer.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) ==
+          SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+  const int64_t v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("ids the agent made have no index entry, and an export read back is still recognised",
+          "[unit][buffer]") {
+  using omniedge::store::IdOrigin;
+  TempDir dir;
+  BufferOptions o;
+  o.dir = dir.path();
+  o.min_free_disk = 0;
+  o.made_index_keep = std::chrono::milliseconds(0);  // dropped by the next group without exports
+  auto opened = Buffer::open(o);
+  REQUIRE(opened.has_value());
+  auto& b = **opened;
+  std::vector<StoredEvent> made;
+  for (int i = 0; i < 3; ++i) {
+    made.push_back(makeEvent("kiosk.view", 100, i));
+    made.back().id_origin = IdOrigin::kAgent;
+  }
+  auto given = makeEvent("kiosk.view", 100, 10);  // IdOrigin::kProducer
+  REQUIRE(b.append(made).has_value());
+  REQUIRE(b.append({given}).has_value());
+  const auto index_entries = [&] {
+    return fileInteger(dir,
+                       "SELECT count(*) FROM events INDEXED BY events_given_id WHERE made = 0");
+  };
+  CHECK(fileInteger(dir, "SELECT count(*) FROM events WHERE made = 1") == 3);
+  CHECK(index_entries() == 1);
+
+  // A producer's id stays unique, whatever its origin says the second time.
+  auto again = b.append({given});
+  REQUIRE(again.has_value());
+  CHECK(again->stored == 0);
+  CHECK(again->duplicates == 1);
+
+  // The agent's own ids read back from an export (omniedge import): recognised, not stored
+  // again; an id new to the buffer is.
+  std::vector<StoredEvent> exported = made;
+  exported.push_back(makeEvent("kiosk.view", 100, 20));
+  exported.push_back(given);
+  for (auto& e : exported) {
+    e.id_origin = IdOrigin::kExport;
+  }
+  auto imported = b.append(exported);
+  REQUIRE(imported.has_value());
+  CHECK(imported->stored == 1);
+  CHECK(imported->duplicates == 4);
+  CHECK(pendingTotal(b) == 5);
+  // While imports come, the lookups have an index of the agent's own ids ...
+  CHECK(fileInteger(dir, "SELECT count(*) FROM sqlite_master WHERE name = 'events_made_id'") == 1);
+  // ... and an import's events are given ids from then on.
+  CHECK(index_entries() == 2);
+
+  // made_index_keep after the last import, the next commit drops it: the agent's own events are
+  // again stored without any index entry.
+  auto later = makeEvent("kiosk.view", 100, 30);
+  later.id_origin = IdOrigin::kAgent;
+  REQUIRE(b.append({later}).has_value());
+  CHECK(fileInteger(dir, "SELECT count(*) FROM sqlite_master WHERE name = 'events_made_id'") == 0);
+  CHECK(index_entries() == 2);
+  // The next import makes it again, over the rows pending then.
+  later.id_origin = IdOrigin::kExport;
+  auto late = b.append({later});
+  REQUIRE(late.has_value());
+  CHECK(late->duplicates == 1);
+  CHECK(pendingTotal(b) == 6);
+  // The agent stops while it is kept: the next open drops it.
+  opened->reset();
+  CHECK(fileInteger(dir, "SELECT count(*) FROM sqlite_master WHERE name = 'events_made_id'") == 1);
+  REQUIRE(Buffer::open(o).has_value());
+  CHECK(fileInteger(dir, "SELECT count(*) FROM sqlite_master WHERE name = 'events_made_id'") == 0);
+  CHECK(fileInteger(dir,
+                    "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check <> "
+                    "'ok'") == 0);
+}
+
 TEST_CASE("many producers at once are group-committed and none is lost", "[unit][buffer]") {
   TempDir dir;
   auto b = openBuffer(dir);

@@ -125,14 +125,43 @@ TEST_CASE("every earlier buffer layout is upgraded at open and delivers its pend
                                                   {"buffer-865295e.db", 7},
                                                   {"buffer-bf9d976.db", 8},
                                                   {"buffer-ac89e2e.db", 8}};
-  const std::string name = GENERATE("buffer-7bdb017.db", "buffer-359d2e8.db", "buffer-865295e.db",
-                                    "buffer-bf9d976.db", "buffer-ac89e2e.db");
-  INFO(name);
+  // "@2": the file as versions 1 and 2 left it (their layout is ac89e2e's, with a version);
+  // "@2 copied": with its declaration worded otherwise, which the step to 3 does not edit in
+  // place: it copies the table (as where SQLite refuses schema writes).
+  const std::string generated =
+      GENERATE("buffer-7bdb017.db", "buffer-359d2e8.db", "buffer-865295e.db", "buffer-bf9d976.db",
+               "buffer-ac89e2e.db", "buffer-ac89e2e.db@2", "buffer-ac89e2e.db@2 copied");
+  INFO(generated);
+  const std::string name = generated.substr(0, generated.find('@'));
+  const int version = name == generated ? 0 : std::stoi(generated.substr(name.size() + 1));
+  const bool reworded = generated.find("copied") != std::string::npos;
   TempDir fresh;
   { REQUIRE(Buffer::open(bufferOptions(fresh.path())).has_value()); }
   TempDir dir;
   copyFixture(name, dir / "buffer.db");
-  REQUIRE(userVersion(dir / "buffer.db") == 0);
+  if (version > 0) {
+    stampVersion(dir / "buffer.db", version);
+  }
+  if (reworded) {
+    withDb(dir / "buffer.db", [](sqlite3* db) {
+      REQUIRE(
+          sqlite3_exec(db,
+                       "PRAGMA writable_schema = ON;"
+                       "UPDATE sqlite_master SET sql = replace(sql, 'id TEXT NOT NULL UNIQUE,', "
+                       "'id TEXT UNIQUE NOT NULL,') WHERE name = 'events';"
+                       "PRAGMA writable_schema = OFF;",
+                       nullptr, nullptr, nullptr) == SQLITE_OK);
+    });
+  }
+  REQUIRE(userVersion(dir / "buffer.db") == version);
+  const auto eventsRoot = [&] {
+    int64_t root = 0;
+    withDb(dir / "buffer.db", [&](sqlite3* db) {
+      root = integer(db, "SELECT rootpage FROM sqlite_master WHERE name = 'events'");
+    });
+    return root;
+  };
+  const int64_t root_before = eventsRoot();
   {
     auto opened = Buffer::open(bufferOptions(dir.path()));
     REQUIRE(opened.has_value());
@@ -155,6 +184,13 @@ TEST_CASE("every earlier buffer layout is upgraded at open and delivers its pend
     e.received_at_ms = 1764000009000;
     e.body = R"({"id":"0189a000-0000-7000-8000-0000000000aa","type":"kiosk.visit"})";
     REQUIRE(b.append({e}).has_value());
+    // The ids pending before the upgrade are still kept unique (schema version 3 keeps their
+    // index entries as events_given_id's).
+    omniedge::store::StoredEvent dup = e;
+    dup.id = "0189a000-0000-7000-8000-000000000004";
+    auto twice = b.append({dup});
+    REQUIRE(twice.has_value());
+    CHECK(twice->duplicates == 1);
     auto after = b.readPending(5, 10, 1 << 20);
     REQUIRE(after.has_value());
     REQUIRE(after->size() == 1);
@@ -175,6 +211,10 @@ TEST_CASE("every earlier buffer layout is upgraded at open and delivers its pend
     CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(st, 0))) == "ok");
     sqlite3_finalize(st);
   });
+  // The step to 3 keeps the table where it was (edited in place), unless it had to copy it.
+  if (version == 2) {
+    CHECK((eventsRoot() == root_before) == !reworded);
+  }
   // One layout whatever the file was made by: the same tables and indexes as a new buffer.
   CHECK(layoutOf(dir / "buffer.db") == layoutOf(fresh / "buffer.db"));
   // A new file has 2 KiB pages (fewer bytes per small commit); an older one keeps its 4 KiB

@@ -505,6 +505,19 @@ TEST_CASE(
   CHECK(count() == 3);
   auto again = omniedge::testing::omniedge({"import", (tmp / "good.jsonl").string()}, env);
   CHECK_THAT(again.out, Catch::Contains("0 new, 3 already present"));
+  // Events without an id get one the agent makes (stored without an index entry); read back
+  // from an export while they are still pending, they are recognised all the same.
+  tmp.write("noid.jsonl", "{\"type\":\"kiosk.view\"}\n{\"type\":\"kiosk.search\"}\n");
+  auto noid = omniedge::testing::omniedge({"import", (tmp / "noid.jsonl").string()}, env);
+  CHECK_THAT(noid.out, Catch::Contains("2 new, 0 already present"));
+  {
+    auto r = omniedge::testing::omniedge({"export", "--out", (tmp / "all.jsonl").string()}, env);
+    REQUIRE(r.exit_code == 0);
+    auto back = omniedge::testing::omniedge({"import", (tmp / "all.jsonl").string()}, env);
+    INFO(back.out << back.err);
+    CHECK_THAT(back.out, Catch::Contains("0 new, 5 already present"));
+  }
+  CHECK(count() == 5);
   // The raw e-mail address was hashed on the way in, as the daemon would have.
   {
     std::ifstream in(data / "buffer.db", std::ios::binary);

@@ -112,7 +112,7 @@ TEST_CASE("the daemon started on the first buffer layout delivers the events it 
              "0189a000-0000-7000-8000-000000000005"},
             60s) == 0);
   CHECK(agent.stop() == 0);
-  CHECK_THAT(agent.log(), Catch::Contains("upgraded from schema version 0 to 2"));
+  CHECK_THAT(agent.log(), Catch::Contains("upgraded from schema version 0 to 3"));
 }
 
 TEST_CASE(
