@@ -178,12 +178,15 @@ int probeId(Stmt& probe, const std::string& id) {
 }
 
 // Stores one event unless its id is pending already or a high-priority event with it was
-// delivered within the dedup window. Returns SQLITE_DONE, with `stored` saying whether it was,
-// or the code of the step that failed.
+// delivered within the dedup window. An id Ingest just made can be neither: it is stored
+// without a lookup. Returns SQLITE_DONE, with `stored` saying whether it was, or the code of the
+// step that failed.
 int insertEvent(sqlite3* db, Stmt& was_delivered, Stmt& was_made, Stmt& insert, const EventRow& row,
                 bool& stored) {
   stored = false;
-  for (Stmt* probe : {&was_delivered, row.origin == IdOrigin::kExport ? &was_made : nullptr}) {
+  const bool made = row.origin == IdOrigin::kAgent;
+  for (Stmt* probe : {made ? nullptr : &was_delivered,
+                      row.origin == IdOrigin::kExport ? &was_made : nullptr}) {
     if (probe == nullptr) {
       continue;
     }
