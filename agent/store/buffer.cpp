@@ -151,7 +151,7 @@ constexpr const char* kInsertValuesSql =
     "INSERT INTO events(seq, id, type, prio, received_ms, body, made) "
     "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING";
 // Whether an id read back from an export is one the agent made and still holds: a lookup in
-// events_made_id while imports keep that index (Buffer::ensureMadeIndex), else a scan.
+// events_made_id while imports keep that index (Buffer::keepMadeIndex), else a scan.
 constexpr const char* kWasMadeSql = "SELECT 1 FROM events WHERE id = ?1 AND made = 1";
 constexpr const char* kMadeIndexSql =
     "CREATE INDEX IF NOT EXISTS events_made_id ON events(id) WHERE made = 1";
@@ -185,8 +185,8 @@ int insertEvent(sqlite3* db, Stmt& was_delivered, Stmt& was_made, Stmt& insert, 
                 bool& stored) {
   stored = false;
   const bool made = row.origin == IdOrigin::kAgent;
-  for (Stmt* probe : {made ? nullptr : &was_delivered,
-                      row.origin == IdOrigin::kExport ? &was_made : nullptr}) {
+  for (Stmt* probe :
+       {made ? nullptr : &was_delivered, row.origin == IdOrigin::kExport ? &was_made : nullptr}) {
     if (probe == nullptr) {
       continue;
     }

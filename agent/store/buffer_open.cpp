@@ -361,8 +361,8 @@ bool dropAutoincrementInPlace(sqlite3* db) {
 }
 
 // Where a step cannot edit the events table's declaration in place (SQLite refuses schema
-// writes: SQLITE_DBCONFIG_DEFENSIVE), the table is renamed, `schema` creates the new one and the
-// rows are copied into it in seq order.
+// writes: SQLITE_DBCONFIG_DEFENSIVE), the table is renamed, `create_sql` makes the new one and
+// the rows are copied into it in seq order (`made` left 0 where the new table has it: given).
 Result<void> copyEventsInto(sqlite3* db, const std::string& create_sql) {
   if (auto r = schema::exec(db,
                             "ALTER TABLE events RENAME TO events_old;"
@@ -460,14 +460,18 @@ bool uniqueIdToPartialInPlace(sqlite3* db) {
 // already there count as given (`made` = 0), so the constraint's index is kept as the partial
 // one; where the schema cannot be edited, the table is copied instead.
 Result<void> bufferToV3(sqlite3* db) {
-  if (!schema::createSqlContains(db, "events", "made INTEGER")) {
+  // Added here, so 0 in every row; a column that was there already (a file whose version was
+  // set back by hand) may hold anything: then the table is copied, every row as given.
+  const bool added = !schema::createSqlContains(db, "events", "made INTEGER");
+  if (added) {
     if (auto r = schema::exec(db, "ALTER TABLE events ADD COLUMN made INTEGER NOT NULL DEFAULT 0");
         !r) {
       return r;
     }
   }
-  if (schema::createSqlContains(db, "events", "UNIQUE") && !uniqueIdToPartialInPlace(db)) {
-    return copyEventsInto(db, kSchema);  // `made` 0 in every row: all given
+  if (schema::createSqlContains(db, "events", "UNIQUE") &&
+      !(added && uniqueIdToPartialInPlace(db))) {
+    return copyEventsInto(db, kSchema);
   }
   return schema::exec(db, kSchema.c_str());
 }
