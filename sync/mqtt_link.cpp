@@ -293,10 +293,18 @@ int MqttLink::nextProtocolLevel() {
 
 Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
   connected_ = false;
-  client_.reset();  // a fresh client: nothing of the last connection is retransmitted
-
   bool tls = false;
   auto uri = pahoUri(options_.url, tls);
+  const int level = uri ? nextProtocolLevel() : 0;
+  // A fresh client after a connection, so that nothing of it is retransmitted. After an attempt
+  // that never reached the broker (nothing was sent) the same client tries again, to the same
+  // address at the same level: a new one each time ran through Paho's, libssl's and libcrypto's
+  // set-up code at every attempt, ~0.35 MB more of the idle daemon's resident code while the
+  // broker is away (docs/benchmarks.md, "What the idle daemon's memory is").
+  if (!client_unused_ || !uri || *uri != client_uri_ || level != client_level_) {
+    client_.reset();
+  }
+  client_unused_ = false;
   if (!uri) {
     return uri.error();
   }
@@ -305,22 +313,25 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
       return makeError("invalid", "cannot read " + *file);
     }
   }
-  const int level = nextProtocolLevel();
   try {
-    mqtt::create_options create(level);
-    create.set_send_while_disconnected(false);
-    create.set_max_buffered_messages(kMaxQueuedPublishes);
-    client_ = std::make_unique<mqtt::async_client>(*uri, options_.client_id, create, nullptr);
-    client_->set_connection_lost_handler(
-        [this](const std::string& cause) { onConnectionLost(cause); });
-    if (on_message_) {
-      // Set before connecting: a persistent session delivers what waited as soon as it is up.
-      client_->set_message_callback(
-          [this](mqtt::const_message_ptr m) { on_message_(m->get_topic(), m->to_string()); });
+    if (!client_) {
+      mqtt::create_options create(level);
+      create.set_send_while_disconnected(false);
+      create.set_max_buffered_messages(kMaxQueuedPublishes);
+      client_ = std::make_unique<mqtt::async_client>(*uri, options_.client_id, create, nullptr);
+      client_uri_ = *uri;
+      client_level_ = level;
+      client_->set_connection_lost_handler(
+          [this](const std::string& cause) { onConnectionLost(cause); });
+      if (on_message_) {
+        // Set before connecting: a persistent session delivers what waited as soon as it is up.
+        client_->set_message_callback(
+            [this](mqtt::const_message_ptr m) { on_message_(m->get_topic(), m->to_string()); });
+      }
+      client_->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode reason) {
+        onConnectionLost(disconnectCause(static_cast<int>(reason)));
+      });
     }
-    client_->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode reason) {
-      onConnectionLost(disconnectCause(static_cast<int>(reason)));
-    });
 
     mqtt::connect_options opts;
     opts.set_mqtt_version(level);
@@ -396,8 +407,12 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
     }
     return {};
   } catch (const mqtt::exception& e) {
-    client_.reset();
     const int rc = e.get_return_code();
+    if (rc == MQTTASYNC_FAILURE && e.get_message().find(kTransportFailure) != std::string::npos) {
+      client_unused_ = true;  // no TCP/TLS connection: the next attempt may use it again
+    } else {
+      client_.reset();
+    }
     if (rc == MQTTASYNC_BAD_PROTOCOL || rc == MQTTASYNC_BAD_MQTT_OPTION) {
       return makeError("invalid", e.what());
     }

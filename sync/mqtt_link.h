@@ -162,6 +162,11 @@ class MqttLink {
   MessageHandler on_message_;
   std::unique_ptr<PublishListener> listener_;
   std::unique_ptr<mqtt::async_client> client_;  // owner thread only
+  // Owner thread: the address and level client_ was made for, and whether its last attempt
+  // failed before any connection (then the next attempt to the same place may reuse it).
+  std::string client_uri_;
+  int client_level_ = 0;
+  bool client_unused_ = false;
   std::atomic<bool> connected_{false};
   std::atomic<int> protocol_level_{0};
   std::atomic<int64_t> broker_max_packet_{0};

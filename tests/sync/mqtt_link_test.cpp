@@ -124,6 +124,38 @@ TEST_CASE("the link fails cleanly on a bad URL, a dead port and a missing CA fil
   }
 }
 
+TEST_CASE("while the broker is away the link tries again, then connects and delivers",
+          "[integration][sync]") {
+  // Attempts that never reach a broker use one client (nothing was sent: nothing of them can be
+  // retransmitted); the attempt after the broker came up connects with it and delivers.
+  MosquittoBroker broker(/*start_now=*/false);
+  MqttLink link(optionsFor(broker.url(), MqttVersion::kAuto));
+  Deliveries deliveries;
+  link.setHandlers(
+      [&](uint64_t tag, bool ok, int, const std::string&) {
+        std::lock_guard lock(deliveries.mu);
+        deliveries.done.emplace_back(tag, ok);
+        deliveries.cv.notify_all();
+      },
+      [](const std::string&) {});
+  std::stop_source stop;
+  const MqttMessage will{"omniedge/v1/t/s/status", R"({"state":"offline"})", true};
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto r = link.connect(will, stop.get_token());
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code == "connect");
+    CHECK_FALSE(link.connected());
+  }
+  broker.start();
+  REQUIRE(link.connect(will, stop.get_token()).has_value());
+  CHECK(link.connected());
+  CHECK(link.protocolLevel() == 5);
+  REQUIRE(link.publish({"omniedge/v1/t/s/events", "after the outage", false}, 1).has_value());
+  REQUIRE(deliveries.waitFor(1, 10s));
+  CHECK(deliveries.done.front() == std::make_pair(uint64_t{1}, true));
+  link.disconnect(200ms);
+}
+
 TEST_CASE("the link reports a lost connection once", "[integration][sync]") {
   MosquittoBroker broker;
   testing::TcpProxy proxy(broker.port());
