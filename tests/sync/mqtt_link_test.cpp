@@ -36,6 +36,19 @@ struct Deliveries {
     std::unique_lock lock(mu);
     return cv.wait_for(lock, timeout, [&] { return done.size() >= n; });
   }
+  // Handlers for MqttLink::setHandlers that record here.
+  void attach(MqttLink& link) {
+    link.setHandlers(
+        [this](uint64_t tag, bool ok, int, const std::string&) {
+          std::lock_guard lock(mu);
+          done.emplace_back(tag, ok);
+          cv.notify_all();
+        },
+        [this](const std::string& cause) {
+          std::lock_guard lock(mu);
+          lost.push_back(cause);
+        });
+  }
 };
 
 MqttOptions optionsFor(const std::string& url, MqttVersion version) {
@@ -57,16 +70,7 @@ TEST_CASE("the link connects with each MQTT version and reports every PUBACK",
       {{MqttVersion::kV5, 5}, {MqttVersion::kV311, 4}, {MqttVersion::kAuto, 5}}));
   MqttLink link(optionsFor(broker.url(), version));
   Deliveries deliveries;
-  link.setHandlers(
-      [&](uint64_t tag, bool ok, int, const std::string&) {
-        std::lock_guard lock(deliveries.mu);
-        deliveries.done.emplace_back(tag, ok);
-        deliveries.cv.notify_all();
-      },
-      [&](const std::string& cause) {
-        std::lock_guard lock(deliveries.mu);
-        deliveries.lost.push_back(cause);
-      });
+  deliveries.attach(link);
 
   std::stop_source stop;
   auto connected =
@@ -131,13 +135,7 @@ TEST_CASE("while the broker is away the link tries again, then connects and deli
   MosquittoBroker broker(/*start_now=*/false);
   MqttLink link(optionsFor(broker.url(), MqttVersion::kAuto));
   Deliveries deliveries;
-  link.setHandlers(
-      [&](uint64_t tag, bool ok, int, const std::string&) {
-        std::lock_guard lock(deliveries.mu);
-        deliveries.done.emplace_back(tag, ok);
-        deliveries.cv.notify_all();
-      },
-      [](const std::string&) {});
+  deliveries.attach(link);
   std::stop_source stop;
   const MqttMessage will{"omniedge/v1/t/s/status", R"({"state":"offline"})", true};
   for (int attempt = 0; attempt < 3; ++attempt) {
