@@ -243,6 +243,7 @@ struct Buffer::Request {
   std::size_t bytes = 0;
   std::chrono::steady_clock::time_point queued_at;
   bool essential = false;  // only agent.* reports: they may use a small reserve above the cap
+  bool exported = false;   // holds events read back from an export (Buffer::keepMadeIndex)
   std::promise<Result<AppendCounts>> done;
 };
 
@@ -575,6 +576,7 @@ Result<AppendCounts> Buffer::append(std::vector<StoredEvent> events) {
     e.packed = options_.pack_bodies ? packBody(e.body) : std::string();
     req->bytes += e.body.size() + e.packed.size();
     req->essential = req->essential && e.type.rfind("agent.", 0) == 0;
+    req->exported = req->exported || e.id_origin == IdOrigin::kExport;
   }
   auto fut = req->done.get_future();
   {
@@ -955,10 +957,8 @@ void Buffer::writerLoop() {
 // (it could not be made) each lookup reads the pending rows: slower, never wrong.
 void Buffer::keepMadeIndex(const std::vector<std::shared_ptr<Request>>& group) {
   const auto now = std::chrono::steady_clock::now();
-  const bool exported = std::any_of(group.begin(), group.end(), [](const auto& r) {
-    return std::any_of(r->events.begin(), r->events.end(),
-                       [](const StoredEvent& e) { return e.id_origin == IdOrigin::kExport; });
-  });
+  const bool exported =
+      std::any_of(group.begin(), group.end(), [](const auto& r) { return r->exported; });
   if (exported) {
     made_index_used_ = now;
     if (!made_index_) {

@@ -30,7 +30,8 @@ StoredEvent makeEvent(const std::string& type, std::size_t body_size = 200, int6
   return e;
 }
 
-std::unique_ptr<Buffer> openBuffer(const TempDir& dir, int64_t max_bytes = 1LL << 30) {
+// The options every test here starts from.
+BufferOptions optionsFor(const TempDir& dir, int64_t max_bytes = 1LL << 30) {
   BufferOptions o;
   o.dir = dir.path();
   o.max_bytes = max_bytes;
@@ -38,9 +39,17 @@ std::unique_ptr<Buffer> openBuffer(const TempDir& dir, int64_t max_bytes = 1LL <
   // Capacity, WAL sizes and spills are counted here in the bodies' JSON bytes (padding that
   // zstd would shrink to nothing); packed bodies have their own tests (body_codec_test.cpp).
   o.pack_bodies = false;
+  return o;
+}
+
+std::unique_ptr<Buffer> openWith(const BufferOptions& o) {
   auto b = Buffer::open(o);
   REQUIRE(b.has_value());
   return std::move(*b);
+}
+
+std::unique_ptr<Buffer> openBuffer(const TempDir& dir, int64_t max_bytes = 1LL << 30) {
+  return openWith(optionsFor(dir, max_bytes));
 }
 
 int64_t pendingTotal(const Buffer& b) {
@@ -124,13 +133,10 @@ TEST_CASE("ids the agent made have no index entry, and an export read back is st
           "[unit][buffer]") {
   using omniedge::store::IdOrigin;
   TempDir dir;
-  BufferOptions o;
-  o.dir = dir.path();
-  o.min_free_disk = 0;
+  BufferOptions o = optionsFor(dir);
   o.made_index_keep = std::chrono::milliseconds(0);  // dropped by the next group without exports
-  auto opened = Buffer::open(o);
-  REQUIRE(opened.has_value());
-  auto& b = **opened;
+  auto opened = openWith(o);
+  auto& b = *opened;
   std::vector<StoredEvent> made;
   for (int i = 0; i < 3; ++i) {
     made.push_back(makeEvent("kiosk.view", 100, i));
@@ -184,9 +190,9 @@ TEST_CASE("ids the agent made have no index entry, and an export read back is st
   CHECK(late->duplicates == 1);
   CHECK(pendingTotal(b) == 6);
   // The agent stops while it is kept: the next open drops it.
-  opened->reset();
+  opened.reset();
   CHECK(fileInteger(dir, "SELECT count(*) FROM sqlite_master WHERE name = 'events_made_id'") == 1);
-  REQUIRE(Buffer::open(o).has_value());
+  opened = openWith(o);
   CHECK(fileInteger(dir, "SELECT count(*) FROM sqlite_master WHERE name = 'events_made_id'") == 0);
   CHECK(fileInteger(dir,
                     "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check <> "
@@ -421,13 +427,10 @@ TEST_CASE("appends leave the counters table alone, and the counts stay exact in 
 TEST_CASE("small requests from several producers share commits, a lone producer never waits",
           "[unit][buffer]") {
   TempDir dir;
-  BufferOptions o;
-  o.dir = dir.path();
-  o.min_free_disk = 0;
+  BufferOptions o = optionsFor(dir);
   o.commit_window = std::chrono::milliseconds(20);  // wide, so that grouping is certain here
-  auto opened = Buffer::open(o);
-  REQUIRE(opened.has_value());
-  auto& b = **opened;
+  auto opened = openWith(o);
+  auto& b = *opened;
   SECTION("a lone producer: each request waits for the one before, so none is held") {
     for (int i = 0; i < 64; ++i) {
       REQUIRE(b.append({makeEvent("kiosk.view", 50, i)}).has_value());
@@ -464,14 +467,10 @@ TEST_CASE("small requests from several producers share commits, a lone producer 
 TEST_CASE("acknowledgements alone wait to share a commit, never while someone waits for them",
           "[unit][buffer]") {
   TempDir dir;
-  BufferOptions o;
-  o.dir = dir.path();
-  o.min_free_disk = 0;
-  o.pack_bodies = false;
+  BufferOptions o = optionsFor(dir);
   o.ack_delay = std::chrono::seconds(30);  // far longer than any wait below
-  auto opened = Buffer::open(o);
-  REQUIRE(opened.has_value());
-  auto& b = **opened;
+  auto opened = openWith(o);
+  auto& b = *opened;
   for (int i = 0; i < 600; ++i) {
     REQUIRE(b.append({makeEvent("kiosk.view", 50, i)}).has_value());
   }
