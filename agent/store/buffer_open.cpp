@@ -334,30 +334,43 @@ CREATE TABLE IF NOT EXISTS events(
   body TEXT NOT NULL);
 )sql") + kOtherTables;
 
-// AUTOINCREMENT changes only how SQLite picks a new rowid, not how the table is stored: its
-// declaration is edited in place, SQLite's documented procedure for a change that leaves the
-// on-disk format alone (lang_altertable.html, "making other kinds of table schema changes").
-// That writes a page or two, where copying the table would write every pending event once more
-// into the WAL: on a store with a long backlog and a nearly full disk the copy could fail
-// "full" and keep the agent from starting at all. False (nothing changed) when SQLite does not
-// let the schema be written (SQLITE_DBCONFIG_DEFENSIVE): then the caller copies the table.
-bool dropAutoincrementInPlace(sqlite3* db) {
+// SQLite's documented procedure for a schema change that leaves the on-disk format alone
+// (lang_altertable.html, "making other kinds of table schema changes"): `update`, an UPDATE of
+// sqlite_master that must change exactly `rows` rows, under writable_schema, then a new
+// schema_version so that every connection reads the schema again. That writes a page or two,
+// where copying a table would write every pending event once more into the WAL: on a store with
+// a long backlog and a nearly full disk the copy could fail "full" and keep the agent from
+// starting at all. In a savepoint: false, and nothing changed, when SQLite does not let the
+// schema be written (SQLITE_DBCONFIG_DEFENSIVE) or the rows were not as expected; then the
+// caller copies the table.
+bool editSchemaInPlace(sqlite3* db, const char* update, int rows) {
   const auto version = queryInt(db, "PRAGMA schema_version");
-  if (!version || !schema::exec(db, "PRAGMA writable_schema = ON")) {
+  if (!version || !schema::exec(db, "SAVEPOINT edit_schema")) {
     return false;
   }
-  const bool edited =
-      schema::exec(db,
-                   "UPDATE sqlite_master SET sql = replace(sql, "
-                   "'seq INTEGER PRIMARY KEY AUTOINCREMENT', 'seq INTEGER PRIMARY KEY') "
-                   "WHERE type = 'table' AND name = 'events'")
-          .has_value() &&
-      sqlite3_changes(db) == 1;
-  // A new schema_version makes every connection read the edited schema again.
-  const std::string bump = "PRAGMA schema_version = " + std::to_string(*version + 1);
-  const bool bumped = edited && schema::exec(db, bump.c_str()).has_value();
-  (void)schema::exec(db, "PRAGMA writable_schema = OFF");
-  return bumped && !schema::createSqlContains(db, "events", "AUTOINCREMENT");
+  bool edited = false;
+  if (schema::exec(db, "PRAGMA writable_schema = ON")) {
+    edited = schema::exec(db, update).has_value() && sqlite3_changes(db) == rows;
+    const std::string bump = "PRAGMA schema_version = " + std::to_string(*version + 1);
+    edited = edited && schema::exec(db, bump.c_str()).has_value();
+    (void)schema::exec(db, "PRAGMA writable_schema = OFF");
+  }
+  if (!edited) {
+    (void)schema::exec(db, "ROLLBACK TO edit_schema");
+  }
+  (void)schema::exec(db, "RELEASE edit_schema");
+  return edited;
+}
+
+// AUTOINCREMENT changes only how SQLite picks a new rowid, not how the table is stored: its
+// declaration is edited in place.
+bool dropAutoincrementInPlace(sqlite3* db) {
+  return editSchemaInPlace(db,
+                           "UPDATE sqlite_master SET sql = replace(sql, "
+                           "'seq INTEGER PRIMARY KEY AUTOINCREMENT', 'seq INTEGER PRIMARY KEY') "
+                           "WHERE type = 'table' AND name = 'events'",
+                           1) &&
+         !schema::createSqlContains(db, "events", "AUTOINCREMENT");
 }
 
 // Where a step cannot edit the events table's declaration in place (SQLite refuses schema
@@ -418,41 +431,24 @@ Result<void> bufferToV2(sqlite3* /*db*/) { return {}; }
 // Whether the UNIQUE constraint's own index on events.id could become events_given_id in place:
 // the column `made` is there and 0 in every row (so every row belongs in the partial index,
 // and is in it), the table's declaration loses UNIQUE and the index is renamed and given its
-// WHERE, in one statement (SQLite's documented procedure, as in dropAutoincrementInPlace). No
-// row and no index entry is written again. False, nothing changed, where that is not allowed.
+// WHERE, in one statement (editSchemaInPlace). No row and no index entry is written again.
 bool uniqueIdToPartialInPlace(sqlite3* db) {
-  const auto version = queryInt(db, "PRAGMA schema_version");
   const auto autoindex = queryInt(
       db,
       "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND "
       "name = 'sqlite_autoindex_events_1' AND sql IS NULL");
-  if (!version || autoindex != 1 ||
-      !schema::createSqlContains(db, "events", "id TEXT NOT NULL UNIQUE,") ||
-      !schema::exec(db, "SAVEPOINT to_v3")) {
-    return false;
-  }
-  bool edited = false;
-  if (schema::exec(db, "PRAGMA writable_schema = ON")) {
-    edited = schema::exec(db,
-                          "UPDATE sqlite_master SET "
-                          "sql = CASE type WHEN 'table' THEN replace(sql, "
-                          "'id TEXT NOT NULL UNIQUE,', 'id TEXT NOT NULL,') ELSE "
-                          "'CREATE UNIQUE INDEX events_given_id ON events(id) WHERE made = 0' END, "
-                          "name = CASE type WHEN 'table' THEN name ELSE 'events_given_id' END "
-                          "WHERE (type = 'table' AND name = 'events') OR "
-                          "(type = 'index' AND name = 'sqlite_autoindex_events_1')")
-                 .has_value() &&
-             sqlite3_changes(db) == 2;
-    // A new schema_version makes every connection read the edited schema again.
-    const std::string bump = "PRAGMA schema_version = " + std::to_string(*version + 1);
-    edited = edited && schema::exec(db, bump.c_str()).has_value();
-    (void)schema::exec(db, "PRAGMA writable_schema = OFF");
-  }
-  if (!edited) {
-    (void)schema::exec(db, "ROLLBACK TO to_v3");
-  }
-  (void)schema::exec(db, "RELEASE to_v3");
-  return edited && !schema::createSqlContains(db, "events", "UNIQUE") &&
+  return autoindex == 1 && schema::createSqlContains(db, "events", "id TEXT NOT NULL UNIQUE,") &&
+         editSchemaInPlace(
+             db,
+             "UPDATE sqlite_master SET "
+             "sql = CASE type WHEN 'table' THEN replace(sql, "
+             "'id TEXT NOT NULL UNIQUE,', 'id TEXT NOT NULL,') ELSE "
+             "'CREATE UNIQUE INDEX events_given_id ON events(id) WHERE made = 0' END, "
+             "name = CASE type WHEN 'table' THEN name ELSE 'events_given_id' END "
+             "WHERE (type = 'table' AND name = 'events') OR "
+             "(type = 'index' AND name = 'sqlite_autoindex_events_1')",
+             2) &&
+         !schema::createSqlContains(db, "events", "UNIQUE") &&
          queryInt(db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_given_id'") == 1;
 }
 
