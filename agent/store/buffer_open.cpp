@@ -22,6 +22,7 @@
 #include "agent/store/buffer.h"
 #include "agent/store/buffer_sqlite.h"
 #include "agent/store/schema.h"
+#include "agent/store/wal_vfs.h"
 
 namespace omniedge::store {
 
@@ -922,8 +923,10 @@ namespace detail {
 Result<sqlite3*> openConnection(const fs::path& dir, bool synchronous_full) {
   const fs::path file = dir / kFileName;
   sqlite3* db = nullptr;
-  const int rc = sqlite3_open_v2(
-      file.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  // With synchronous=FULL a commit's WAL frames go to the kernel in one write (wal_vfs.h).
+  const int rc = sqlite3_open_v2(file.c_str(), &db,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                 synchronous_full ? coalescingWalVfs() : nullptr);
   if (rc != SQLITE_OK) {
     const int code = db != nullptr ? sqlite3_extended_errcode(db) : rc;
     std::string msg = sqliteError(db, "open " + file.string());
@@ -948,13 +951,15 @@ Result<sqlite3*> openConnection(const fs::path& dir, bool synchronous_full) {
   // on an existing one the pragma writes a cookie into page 1, a commit at every start, and it
   // would change a corrupt original that is about to be salvaged.
   const bool empty = queryInt(db, "PRAGMA page_count").value_or(1) == 0;
-  const std::string pragmas = std::string(empty ? kNewFilePragmas : "") +
+  // synchronous first: the coalescing WAL VFS relies on FULL from the first frame written.
+  const std::string pragmas = std::string("PRAGMA synchronous=") +
+                              (synchronous_full ? "FULL;" : "NORMAL;") +
+                              (empty ? kNewFilePragmas : "") +
                               "PRAGMA journal_mode=WAL;"
                               "PRAGMA secure_delete=FAST;"
                               "PRAGMA temp_store=MEMORY;"
                               "PRAGMA journal_size_limit=" +
-                              std::to_string(kJournalSizeLimit) +
-                              ";PRAGMA synchronous=" + (synchronous_full ? "FULL;" : "NORMAL;");
+                              std::to_string(kJournalSizeLimit) + ";";
   if (auto r = execRc(db, pragmas.c_str()); !r) {
     sqlite3_close(db);
     return openError(r.rc, "setting up " + file.string() + ": " + r.message, dir);

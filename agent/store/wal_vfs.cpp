@@ -1,0 +1,238 @@
+#include "agent/store/wal_vfs.h"
+
+#include <sqlite3.h>
+
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+namespace omniedge::store::detail {
+namespace {
+
+// Bounds the memory a writing connection holds (a group commit of the kiosk load is ~100 KB),
+// and stays under what the unix VFS writes in one call: its seekAndWrite() keeps only the low
+// 17 bits of a size (a write of 128 KiB would be a write of 0 bytes, reported as a full disk).
+constexpr std::size_t kMaxPending = 0x1ffff;
+
+// One wrapper per base VFS it was asked over (in production only "unix"; tests make a
+// fault-injecting VFS the default, and the wrapper goes over that one). Never unregistered.
+struct Wrapper {
+  sqlite3_vfs vfs{};
+  sqlite3_vfs* base = nullptr;
+  std::string name;
+};
+
+sqlite3_vfs* baseOf(sqlite3_vfs* v) { return static_cast<Wrapper*>(v->pAppData)->base; }
+
+// A WAL file: the base VFS's file right after it in the same allocation (szOsFile covers both).
+struct WalFile {
+  sqlite3_file file;  // pMethods = &kMethods; first, so a WalFile* is the sqlite3_file*
+  sqlite3_file* real = nullptr;
+  std::string pending;  // writes not yet handed to `real`, starting at pending_at
+  sqlite3_int64 pending_at = 0;
+};
+
+constexpr std::size_t kHeadSize = (sizeof(WalFile) + 15) / 16 * 16;
+
+WalFile* asWal(sqlite3_file* f) { return reinterpret_cast<WalFile*>(f); }
+
+int flush(WalFile* w) {
+  if (w->pending.empty()) {
+    return SQLITE_OK;
+  }
+  const int rc = w->real->pMethods->xWrite(w->real, w->pending.data(),
+                                           static_cast<int>(w->pending.size()), w->pending_at);
+  w->pending.clear();  // written, or failed: the transaction holding it fails either way
+  return rc;
+}
+
+int walClose(sqlite3_file* f) {
+  WalFile* w = asWal(f);
+  const int flushed = flush(w);
+  const int rc = w->real->pMethods->xClose(w->real);
+  w->~WalFile();
+  return flushed != SQLITE_OK ? flushed : rc;
+}
+
+int walRead(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
+  WalFile* w = asWal(f);
+  if (const int rc = flush(w); rc != SQLITE_OK) {
+    return rc;
+  }
+  return w->real->pMethods->xRead(w->real, buf, amt, off);
+}
+
+int walWrite(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
+  WalFile* w = asWal(f);
+  const auto n = static_cast<std::size_t>(amt);
+  const bool follows =
+      !w->pending.empty() && off == w->pending_at + static_cast<sqlite3_int64>(w->pending.size());
+  if (!follows || w->pending.size() + n > kMaxPending) {
+    if (const int rc = flush(w); rc != SQLITE_OK) {
+      return rc;
+    }
+    if (n > kMaxPending) {
+      return w->real->pMethods->xWrite(w->real, buf, amt, off);
+    }
+    w->pending_at = off;
+  }
+  w->pending.append(static_cast<const char*>(buf), n);
+  return SQLITE_OK;
+}
+
+int walTruncate(sqlite3_file* f, sqlite3_int64 size) {
+  WalFile* w = asWal(f);
+  if (const int rc = flush(w); rc != SQLITE_OK) {
+    return rc;
+  }
+  return w->real->pMethods->xTruncate(w->real, size);
+}
+
+// The collected frames are written first; a failure to write them is this sync's failure.
+int walSync(sqlite3_file* f, int flags) {
+  WalFile* w = asWal(f);
+  if (const int rc = flush(w); rc != SQLITE_OK) {
+    return rc;
+  }
+  return w->real->pMethods->xSync(w->real, flags);
+}
+
+int walFileSize(sqlite3_file* f, sqlite3_int64* size) {
+  WalFile* w = asWal(f);
+  if (const int rc = flush(w); rc != SQLITE_OK) {
+    return rc;
+  }
+  return w->real->pMethods->xFileSize(w->real, size);
+}
+
+int walFileControl(sqlite3_file* f, int op, void* arg) {
+  WalFile* w = asWal(f);
+  if (const int rc = flush(w); rc != SQLITE_OK) {
+    return rc;
+  }
+  return w->real->pMethods->xFileControl(w->real, op, arg);
+}
+
+// The rest is the base file's own.
+int walLock(sqlite3_file* f, int l) { return asWal(f)->real->pMethods->xLock(asWal(f)->real, l); }
+int walUnlock(sqlite3_file* f, int l) {
+  return asWal(f)->real->pMethods->xUnlock(asWal(f)->real, l);
+}
+int walCheckReserved(sqlite3_file* f, int* out) {
+  return asWal(f)->real->pMethods->xCheckReservedLock(asWal(f)->real, out);
+}
+int walSectorSize(sqlite3_file* f) { return asWal(f)->real->pMethods->xSectorSize(asWal(f)->real); }
+int walDevice(sqlite3_file* f) {
+  return asWal(f)->real->pMethods->xDeviceCharacteristics(asWal(f)->real);
+}
+
+const sqlite3_io_methods kMethods = {
+    1,  // no shared memory, no mmap: SQLite uses neither on a WAL file
+    walClose, walRead,   walWrite,         walTruncate,    walSync,       walFileSize,
+    walLock,  walUnlock, walCheckReserved, walFileControl, walSectorSize, walDevice,
+    nullptr,  nullptr,   nullptr,          nullptr,        nullptr,       nullptr,
+};
+
+int walOpen(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* file, int flags,
+            int* out_flags) {
+  sqlite3_vfs* base = baseOf(vfs);
+  if ((flags & SQLITE_OPEN_WAL) == 0) {
+    return base->xOpen(base, name, file, flags, out_flags);  // the base's file, as it is
+  }
+  auto* w = new (file) WalFile{};
+  w->file.pMethods = nullptr;
+  w->real = reinterpret_cast<sqlite3_file*>(reinterpret_cast<char*>(file) + kHeadSize);
+  w->real->pMethods = nullptr;
+  const int rc = base->xOpen(base, name, w->real, flags, out_flags);
+  if (w->real->pMethods == nullptr) {
+    w->~WalFile();
+    file->pMethods = nullptr;
+    return rc;
+  }
+  w->file.pMethods = &kMethods;  // SQLite closes it through us even if the open failed
+  return rc;
+}
+int walDelete(sqlite3_vfs* v, const char* name, int sync) {
+  return baseOf(v)->xDelete(baseOf(v), name, sync);
+}
+int walAccess(sqlite3_vfs* v, const char* name, int flags, int* out) {
+  return baseOf(v)->xAccess(baseOf(v), name, flags, out);
+}
+int walFullPathname(sqlite3_vfs* v, const char* name, int n, char* out) {
+  return baseOf(v)->xFullPathname(baseOf(v), name, n, out);
+}
+void* walDlOpen(sqlite3_vfs* v, const char* name) { return baseOf(v)->xDlOpen(baseOf(v), name); }
+void walDlError(sqlite3_vfs* v, int n, char* out) { baseOf(v)->xDlError(baseOf(v), n, out); }
+void (*walDlSym(sqlite3_vfs* v, void* h, const char* sym))(void) {
+  return baseOf(v)->xDlSym(baseOf(v), h, sym);
+}
+void walDlClose(sqlite3_vfs* v, void* h) { baseOf(v)->xDlClose(baseOf(v), h); }
+int walRandomness(sqlite3_vfs* v, int n, char* out) {
+  return baseOf(v)->xRandomness(baseOf(v), n, out);
+}
+int walSleep(sqlite3_vfs* v, int us) { return baseOf(v)->xSleep(baseOf(v), us); }
+int walCurrentTime(sqlite3_vfs* v, double* out) { return baseOf(v)->xCurrentTime(baseOf(v), out); }
+int walGetLastError(sqlite3_vfs* v, int n, char* out) {
+  return baseOf(v)->xGetLastError(baseOf(v), n, out);
+}
+int walCurrentTimeInt64(sqlite3_vfs* v, sqlite3_int64* out) {
+  sqlite3_vfs* b = baseOf(v);
+  if (b->iVersion >= 2 && b->xCurrentTimeInt64 != nullptr) {
+    return b->xCurrentTimeInt64(b, out);
+  }
+  double days = 0;
+  const int rc = b->xCurrentTime(b, &days);
+  *out = static_cast<sqlite3_int64>(days * 86400000.0);
+  return rc;
+}
+
+}  // namespace
+
+const char* coalescingWalVfs() {
+  static std::mutex mu;
+  static std::vector<std::unique_ptr<Wrapper>> wrappers;
+  if (sqlite3_initialize() != SQLITE_OK) {
+    return nullptr;
+  }
+  sqlite3_vfs* base = sqlite3_vfs_find(nullptr);  // "unix", or a test's VFS made the default
+  if (base == nullptr) {
+    return nullptr;
+  }
+  std::lock_guard lock(mu);
+  for (const auto& w : wrappers) {
+    if (w->base == base || &w->vfs == base) {
+      return w->vfs.zName;
+    }
+  }
+  auto w = std::make_unique<Wrapper>();
+  w->base = base;
+  w->name = std::string("omniedge-wal-over-") + base->zName;
+  sqlite3_vfs& v = w->vfs;
+  v.iVersion = 2;
+  v.szOsFile = static_cast<int>(kHeadSize) + base->szOsFile;
+  v.mxPathname = base->mxPathname;
+  v.zName = w->name.c_str();
+  v.pAppData = w.get();
+  v.xOpen = walOpen;
+  v.xDelete = walDelete;
+  v.xAccess = walAccess;
+  v.xFullPathname = walFullPathname;
+  v.xDlOpen = walDlOpen;
+  v.xDlError = walDlError;
+  v.xDlSym = walDlSym;
+  v.xDlClose = walDlClose;
+  v.xRandomness = walRandomness;
+  v.xSleep = walSleep;
+  v.xCurrentTime = walCurrentTime;
+  v.xGetLastError = walGetLastError;
+  v.xCurrentTimeInt64 = walCurrentTimeInt64;
+  if (sqlite3_vfs_register(&v, 0) != SQLITE_OK) {
+    return nullptr;
+  }
+  wrappers.push_back(std::move(w));
+  return wrappers.back()->vfs.zName;
+}
+
+}  // namespace omniedge::store::detail

@@ -1,0 +1,169 @@
+// The buffer's connections with synchronous=FULL write a commit's WAL frames in one write
+// (agent/store/wal_vfs.h): what they commit is there for every other connection at once, large
+// and spilling transactions included, and a write that fails is the commit's failure.
+#include "agent/store/wal_vfs.h"
+
+#include <sqlite3.h>
+
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <string>
+
+#include "agent/store/buffer_sqlite.h"
+#include "tests/support/fault_vfs.h"
+#include "tests/support/temp_dir.h"
+
+using omniedge::store::detail::coalescingWalVfs;
+using omniedge::store::detail::openConnection;
+using omniedge::testing::FaultVfs;
+using omniedge::testing::TempDir;
+
+namespace {
+
+// Write calls this process made so far (/proc/self/io's syscw: write, pwrite, writev...).
+long writeCalls() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  long value = 0;
+  while (io >> key >> value) {
+    if (key == "syscw:") {
+      return value;
+    }
+  }
+  return -1;
+}
+
+void run(sqlite3* db, const std::string& sql) {
+  char* err = nullptr;
+  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+  INFO(sql << ": " << (err != nullptr ? err : ""));
+  sqlite3_free(err);
+  REQUIRE(rc == SQLITE_OK);
+}
+
+int64_t one(sqlite3* db, const char* sql) {
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+  const int64_t v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+// A second connection through SQLite's default VFS: what any reader or the CLI sees.
+sqlite3* plainReader(const TempDir& dir) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2((dir / "buffer.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) ==
+          SQLITE_OK);
+  return db;
+}
+
+// The buffer's connection with synchronous=FULL (through the coalescing VFS), and a table t.
+sqlite3* openTable(const TempDir& dir) {
+  auto conn = openConnection(dir.path(), true);
+  REQUIRE(conn);
+  run(*conn, "CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)");
+  return *conn;
+}
+
+// An INSERT of n rows into t whose body is `body`.
+std::string rows(int n, const std::string& body) {
+  return "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < " +
+         std::to_string(n) + ") INSERT INTO t(body) SELECT " + body + " FROM c";
+}
+
+// n rows of `size` bytes, each commit of `per_commit` rows.
+void insertRows(sqlite3* db, int n, int size, int per_commit) {
+  for (int i = 0; i < n; i += per_commit) {
+    run(db, "BEGIN");
+    run(db, rows(per_commit, "randomblob(" + std::to_string(size) + ")"));
+    run(db, "COMMIT");
+  }
+}
+
+}  // namespace
+
+TEST_CASE(
+    "a commit's WAL frames are written in one call, and every commit is seen at once by "
+    "another connection",
+    "[unit][buffer]") {
+  TempDir dir;
+  sqlite3* db = openTable(dir);
+  insertRows(db, 1, 10, 1);  // the WAL exists, its header written
+
+  sqlite3* reader = plainReader(dir);
+  for (int round = 1; round <= 20; ++round) {
+    const long before = writeCalls();
+    insertRows(db, 40, 1000, 40);  // ~25 pages of 2 KiB: ~50 frame writes through SQLite
+    const long calls = writeCalls() - before;
+    INFO("round " << round << ": " << calls << " write calls");
+    CHECK(calls <= 2);
+    CHECK(one(reader, "SELECT count(*) FROM t") == 1 + 40 * round);
+  }
+  CHECK(one(reader, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'") ==
+        1);
+  sqlite3_close(reader);
+
+  SECTION("over synchronous=NORMAL SQLite's own VFS writes the frames") {
+    auto normal = openConnection(dir.path(), false);
+    REQUIRE(normal);
+    const long before = writeCalls();
+    insertRows(*normal, 40, 1000, 40);
+    CHECK(writeCalls() - before > 20);
+    sqlite3_close(*normal);
+  }
+  sqlite3_close(db);
+}
+
+TEST_CASE(
+    "transactions over the write size the VFS holds, and ones that spill pages to the WAL "
+    "before they commit, are stored whole",
+    "[unit][buffer]") {
+  TempDir dir;
+  sqlite3* db = openTable(dir);
+  // 128 KiB is where the unix VFS's single write would have written nothing: sizes around it.
+  for (int bytes : {64 * 1024, 128 * 1024 - 24, 128 * 1024, 128 * 1024 + 2072, 3 << 20}) {
+    insertRows(db, 1, bytes, 1);
+  }
+  // A page cache of 10 pages: SQLite writes pages to the WAL mid-transaction, reads them back,
+  // changes them again and rewrites their frames' checksums at the commit.
+  run(db, "PRAGMA cache_size=10");
+  run(db, "BEGIN");
+  run(db, rows(3000, "randomblob(700)"));
+  run(db, "UPDATE t SET body = zeroblob(600) WHERE id % 3 = 0");
+  run(db, "COMMIT");
+  sqlite3* reader = plainReader(dir);
+  CHECK(one(reader, "SELECT count(*) FROM t") == 5 + 3000);
+  CHECK(one(reader, "SELECT sum(length(body)) FROM t WHERE id > 5") == 2000 * 700 + 1000 * 600);
+  CHECK(one(reader, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'") ==
+        1);
+  sqlite3_close(reader);
+  sqlite3_close(db);
+}
+
+TEST_CASE(
+    "a WAL write that fails under the coalescing VFS fails its commit, and nothing of it "
+    "is stored",
+    "[unit][buffer]") {
+  FaultVfs faults;  // the default VFS now; the coalescing VFS goes over it
+  TempDir dir;
+  REQUIRE(coalescingWalVfs() != nullptr);
+  sqlite3* db = openTable(dir);
+  insertRows(db, 10, 100, 10);
+
+  const int error = GENERATE(SQLITE_IOERR_WRITE, SQLITE_FULL);
+  faults.fail(FaultVfs::Op::kWrite, FaultVfs::kWal, 0, 1, error);
+  run(db, "BEGIN");
+  run(db, rows(50, "randomblob(1000)"));
+  CHECK(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr) == error);
+  CHECK(faults.injected() == 1);
+  if (sqlite3_get_autocommit(db) == 0) {
+    run(db, "ROLLBACK");
+  }
+  sqlite3* reader = plainReader(dir);
+  CHECK(one(reader, "SELECT count(*) FROM t") == 10);
+  insertRows(db, 5, 100, 5);  // the next commit goes through
+  CHECK(one(reader, "SELECT count(*) FROM t") == 15);
+  sqlite3_close(reader);
+  sqlite3_close(db);
+}
