@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -15,6 +16,8 @@ namespace {
 // and stays under what the unix VFS writes in one call: its seekAndWrite() keeps only the low
 // 17 bits of a size (a write of 128 KiB would be a write of 0 bytes, reported as a full disk).
 constexpr std::size_t kMaxPending = 0x1ffff;
+// Each write ends at a 4 KiB boundary: the kernel then keeps the WAL in single pages (wal_vfs.h).
+constexpr sqlite3_int64 kPiece = 4096;
 
 // One wrapper per base VFS it was asked over (in production only "unix"; tests make a
 // fault-injecting VFS the default, and the wrapper goes over that one). Never unregistered.
@@ -42,8 +45,14 @@ int flush(WalFile* w) {
   if (w->pending.empty()) {
     return SQLITE_OK;
   }
-  const int rc = w->real->pMethods->xWrite(w->real, w->pending.data(),
-                                           static_cast<int>(w->pending.size()), w->pending_at);
+  int rc = SQLITE_OK;
+  const auto total = static_cast<sqlite3_int64>(w->pending.size());
+  for (sqlite3_int64 done = 0; done < total && rc == SQLITE_OK;) {
+    const sqlite3_int64 at = w->pending_at + done;
+    const sqlite3_int64 piece = std::min(total - done, kPiece - at % kPiece);
+    rc = w->real->pMethods->xWrite(w->real, w->pending.data() + done, static_cast<int>(piece), at);
+    done += piece;
+  }
   w->pending.clear();  // written, or failed: the transaction holding it fails either way
   return rc;
 }
