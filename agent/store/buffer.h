@@ -369,7 +369,7 @@ class Buffer final : public Outbox {
   Attempt runTransaction(std::vector<std::shared_ptr<Request>>& group,
                          const std::vector<std::size_t>& active, const std::vector<AckOp>& acks,
                          std::vector<std::optional<Result<AppendCounts>>>& results);
-  void publishCommitted(const Attempt& a);
+  void publishCommitted(Attempt& a);
   void restoreCommitted(int64_t burnt_up_to);
   void runRetryQuarantine(Job& job);
   void keepMadeIndex(const std::vector<std::shared_ptr<Request>>& group);
