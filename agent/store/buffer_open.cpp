@@ -923,7 +923,7 @@ namespace detail {
 Result<sqlite3*> openConnection(const fs::path& dir, bool synchronous_full) {
   const fs::path file = dir / kFileName;
   sqlite3* db = nullptr;
-  // With synchronous=FULL a commit's WAL frames go to the kernel in one write (wal_vfs.h).
+  // With synchronous=FULL a commit's WAL frames go to the kernel in a write per 4 KiB (wal_vfs.h).
   const int rc = sqlite3_open_v2(file.c_str(), &db,
                                  SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                                  synchronous_full ? coalescingWalVfs() : nullptr);

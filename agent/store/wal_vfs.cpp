@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -30,45 +31,63 @@ struct Wrapper {
 sqlite3_vfs* baseOf(sqlite3_vfs* v) { return static_cast<Wrapper*>(v->pAppData)->base; }
 
 // A WAL file: the base VFS's file right after it in the same allocation (szOsFile covers both).
+// `pending` only ever holds frames of a transaction not yet committed: a commit (FULL) syncs, and
+// the sync writes them first. Nothing handed to it is dropped while the file is open: a write
+// that fails is tried again at the next flush, and reads are answered from it meanwhile.
 struct WalFile {
   sqlite3_file file;  // pMethods = &kMethods; first, so a WalFile* is the sqlite3_file*
   sqlite3_file* real = nullptr;
-  std::string pending;  // writes not yet handed to `real`, starting at pending_at
+  std::string pending;  // writes not yet on the base file, starting at pending_at
   sqlite3_int64 pending_at = 0;
+  std::size_t written = 0;  // of `pending`, already on the base file (a flush that failed)
+  sqlite3_int64 pendingEnd() const {
+    return pending_at + static_cast<sqlite3_int64>(pending.size());
+  }
 };
 
 constexpr std::size_t kHeadSize = (sizeof(WalFile) + 15) / 16 * 16;
 
 WalFile* asWal(sqlite3_file* f) { return reinterpret_cast<WalFile*>(f); }
 
+// Hands `pending` to the base file, a write per 4 KiB piece. On failure it keeps what is not
+// written yet, so no frame SQLite was told is written is ever lost: the next flush tries again.
 int flush(WalFile* w) {
-  if (w->pending.empty()) {
-    return SQLITE_OK;
+  const auto total = w->pending.size();
+  while (w->written < total) {
+    const sqlite3_int64 at = w->pending_at + static_cast<sqlite3_int64>(w->written);
+    const auto piece =
+        std::min<std::size_t>(total - w->written, static_cast<std::size_t>(kPiece - at % kPiece));
+    const int rc = w->real->pMethods->xWrite(w->real, w->pending.data() + w->written,
+                                             static_cast<int>(piece), at);
+    if (rc != SQLITE_OK) {
+      return rc;
+    }
+    w->written += piece;
   }
-  int rc = SQLITE_OK;
-  const auto total = static_cast<sqlite3_int64>(w->pending.size());
-  for (sqlite3_int64 done = 0; done < total && rc == SQLITE_OK;) {
-    const sqlite3_int64 at = w->pending_at + done;
-    const sqlite3_int64 piece = std::min(total - done, kPiece - at % kPiece);
-    rc = w->real->pMethods->xWrite(w->real, w->pending.data() + done, static_cast<int>(piece), at);
-    done += piece;
-  }
-  w->pending.clear();  // written, or failed: the transaction holding it fails either way
-  return rc;
+  w->pending.clear();
+  w->written = 0;
+  return SQLITE_OK;
 }
 
+// Frames still held when the file closes belong to a transaction that never committed.
 int walClose(sqlite3_file* f) {
   WalFile* w = asWal(f);
-  const int flushed = flush(w);
   const int rc = w->real->pMethods->xClose(w->real);
   w->~WalFile();
-  return flushed != SQLITE_OK ? flushed : rc;
+  return rc;
 }
 
 int walRead(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
   WalFile* w = asWal(f);
-  if (const int rc = flush(w); rc != SQLITE_OK) {
-    return rc;
+  const sqlite3_int64 end = off + amt;
+  if (!w->pending.empty() && off < w->pendingEnd() && end > w->pending_at) {
+    if (off >= w->pending_at && end <= w->pendingEnd()) {  // a frame SQLite wrote: from memory
+      std::memcpy(buf, w->pending.data() + (off - w->pending_at), static_cast<std::size_t>(amt));
+      return SQLITE_OK;
+    }
+    if (const int rc = flush(w); rc != SQLITE_OK) {  // partly held: never, as SQLite reads
+      return rc;
+    }
   }
   return w->real->pMethods->xRead(w->real, buf, amt, off);
 }
@@ -76,11 +95,16 @@ int walRead(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
 int walWrite(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
   WalFile* w = asWal(f);
   const auto n = static_cast<std::size_t>(amt);
-  const bool follows =
-      !w->pending.empty() && off == w->pending_at + static_cast<sqlite3_int64>(w->pending.size());
+  if (!w->pending.empty() && off >= w->pending_at && off + amt <= w->pendingEnd() &&
+      static_cast<std::size_t>(off - w->pending_at) >= w->written) {
+    // A frame of this transaction written again (its page changed, or its checksum): in place.
+    std::memcpy(w->pending.data() + (off - w->pending_at), buf, n);
+    return SQLITE_OK;
+  }
+  const bool follows = !w->pending.empty() && off == w->pendingEnd();
   if (!follows || w->pending.size() + n > kMaxPending) {
     if (const int rc = flush(w); rc != SQLITE_OK) {
-      return rc;
+      return rc;  // this write is not taken; what was held stays held
     }
     if (n > kMaxPending) {
       return w->real->pMethods->xWrite(w->real, buf, amt, off);
@@ -99,7 +123,8 @@ int walTruncate(sqlite3_file* f, sqlite3_int64 size) {
   return w->real->pMethods->xTruncate(w->real, size);
 }
 
-// The collected frames are written first; a failure to write them is this sync's failure.
+// The held frames are written first; a failure to write them is this sync's failure (the
+// commit fails, and the frames stay held for the next attempt).
 int walSync(sqlite3_file* f, int flags) {
   WalFile* w = asWal(f);
   if (const int rc = flush(w); rc != SQLITE_OK) {
@@ -110,18 +135,15 @@ int walSync(sqlite3_file* f, int flags) {
 
 int walFileSize(sqlite3_file* f, sqlite3_int64* size) {
   WalFile* w = asWal(f);
-  if (const int rc = flush(w); rc != SQLITE_OK) {
-    return rc;
+  const int rc = w->real->pMethods->xFileSize(w->real, size);
+  if (rc == SQLITE_OK && !w->pending.empty()) {
+    *size = std::max(*size, w->pendingEnd());
   }
-  return w->real->pMethods->xFileSize(w->real, size);
+  return rc;
 }
 
 int walFileControl(sqlite3_file* f, int op, void* arg) {
-  WalFile* w = asWal(f);
-  if (const int rc = flush(w); rc != SQLITE_OK) {
-    return rc;
-  }
-  return w->real->pMethods->xFileControl(w->real, op, arg);
+  return asWal(f)->real->pMethods->xFileControl(asWal(f)->real, op, arg);
 }
 
 // The rest is the base file's own.

@@ -4,16 +4,19 @@
 // SQLite writes each WAL frame as two writes (its 24-byte header, then the page), so a commit of
 // ~45 pages of 2 KiB made ~90 pwrite() calls, each through ext4's per-call work: a quarter of
 // the writer thread's CPU under the kiosk load (docs/benchmarks.md, "By thread"). Over this VFS
-// the WAL file collects writes that follow each other and writes them when SQLite syncs the
-// WAL, reads it, asks its size, truncates or closes it, when a write does not follow the last
-// one, or at kMaxPending bytes; in pieces that end at 4 KiB boundaries, one call each: a larger
-// write makes the kernel cache the WAL in large folios, which a later commit then dirties, and
-// writes back, whole (one write per commit measured 4x the bytes per single event on this
-// ext4). Only for connections with synchronous=FULL: there a commit always syncs the WAL before
-// the commit is published to readers (the WAL index is written after the sync), so nothing a
-// reader or a restart could see is ever held in memory; an error writing the collected frames
-// is the sync's error, so the commit fails as it would have. Every other file (the database,
-// the -shm) is the base VFS's own, untouched.
+// the WAL file holds writes that follow each other and writes them when SQLite syncs or
+// truncates the WAL, when a write does not follow the held ones, or at kMaxPending bytes; in
+// pieces that end at 4 KiB boundaries, one call each: a larger write makes the kernel cache the
+// WAL in large folios, which a later commit then dirties, and writes back, whole (one write per
+// commit measured 4x the bytes per single event on this ext4). Reads of held frames (pages a
+// big transaction spilled) are answered from memory. Only for connections with
+// synchronous=FULL: there a commit always syncs the WAL before the commit is published to
+// readers (the WAL index is written after the sync), so only frames of a transaction not yet
+// committed are ever held, never one a reader or a restart could need. A failed write of held
+// frames is the error of the write or sync that needed it (a sync's: the commit fails, as for a
+// failed fsync), and they stay held for the next try: nothing SQLite was told is written is
+// ever dropped while the file is open. Every other file (the database, the -shm) is the base
+// VFS's own, untouched.
 #pragma once
 
 namespace omniedge::store::detail {

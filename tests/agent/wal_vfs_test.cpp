@@ -176,3 +176,48 @@ TEST_CASE(
   sqlite3_close(reader);
   sqlite3_close(db);
 }
+
+TEST_CASE(
+    "a WAL write that fails in the middle of a transaction that spills pages loses none of the "
+    "frames held before it: what commits is whole",
+    "[unit][buffer]") {
+  FaultVfs faults;
+  TempDir dir;
+  sqlite3* db = openTable(dir);
+  insertRows(db, 5, 100, 5);
+  run(db, "PRAGMA cache_size=10");  // pages spill to the WAL and are read back from it
+
+  // The first, second or fifth write of the WAL fails: held frames of earlier statements are
+  // then still to be written when the next statement or the commit needs them.
+  const int64_t skip = GENERATE(0, 1, 4);
+  faults.fail(FaultVfs::Op::kWrite, FaultVfs::kWal, skip, 1, SQLITE_IOERR_WRITE);
+  run(db, "BEGIN");
+  const int first =
+      sqlite3_exec(db, rows(1500, "randomblob(700)").c_str(), nullptr, nullptr, nullptr);
+  const int second =
+      sqlite3_get_autocommit(db) == 0
+          ? sqlite3_exec(db, rows(1500, "randomblob(500)").c_str(), nullptr, nullptr, nullptr)
+          : SQLITE_ABORT;
+  const int commit = sqlite3_get_autocommit(db) == 0
+                         ? sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr)
+                         : SQLITE_ABORT;
+  if (sqlite3_get_autocommit(db) == 0) {
+    run(db, "ROLLBACK");
+  }
+  INFO("skip " << skip << ": first " << first << ", second " << second << ", commit " << commit);
+  CHECK(faults.injected() == 1);
+  const int64_t expect_rows =
+      commit == SQLITE_OK ? (first == SQLITE_OK ? 1500 : 0) + (second == SQLITE_OK ? 1500 : 0) : 0;
+  const int64_t expect_bytes = commit == SQLITE_OK ? (first == SQLITE_OK ? 1500 * 700 : 0) +
+                                                         (second == SQLITE_OK ? 1500 * 500 : 0)
+                                                   : 0;
+  sqlite3* reader = plainReader(dir);
+  CHECK(one(reader, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'") ==
+        1);
+  CHECK(one(reader, "SELECT count(*) FROM t") == 5 + expect_rows);
+  CHECK(one(reader, "SELECT coalesce(sum(length(body)), 0) FROM t WHERE id > 5") == expect_bytes);
+  insertRows(db, 5, 100, 5);  // the next transaction goes through
+  CHECK(one(reader, "SELECT count(*) FROM t") == 10 + expect_rows);
+  sqlite3_close(reader);
+  sqlite3_close(db);
+}
