@@ -31,9 +31,12 @@ struct Wrapper {
 sqlite3_vfs* baseOf(sqlite3_vfs* v) { return static_cast<Wrapper*>(v->pAppData)->base; }
 
 // A WAL file: the base VFS's file right after it in the same allocation (szOsFile covers both).
-// `pending` only ever holds frames of a transaction not yet committed: a commit (FULL) syncs, and
-// the sync writes them first. Nothing handed to it is dropped while the file is open: a write
-// that fails is tried again at the next flush, and reads are answered from it meanwhile.
+// `pending` only ever holds frames of a transaction that has not committed (or whose commit
+// failed): a commit (FULL) syncs, and the sync writes them first. Nothing handed to it is dropped
+// while the file is open: a write that fails is tried again at the next flush, and reads are
+// answered from it meanwhile, so the file reads as if every write had reached it (frames of a
+// failed commit, beyond the last commit, too: as with SQLite's own VFS, the next transaction
+// writes over them).
 struct WalFile {
   sqlite3_file file;  // pMethods = &kMethods; first, so a WalFile* is the sqlite3_file*
   sqlite3_file* real = nullptr;
@@ -85,7 +88,8 @@ int walRead(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
       std::memcpy(buf, w->pending.data() + (off - w->pending_at), static_cast<std::size_t>(amt));
       return SQLITE_OK;
     }
-    if (const int rc = flush(w); rc != SQLITE_OK) {  // partly held: never, as SQLite reads
+    // Partly held: SQLite reads whole frames or pages, so not in practice; written out first.
+    if (const int rc = flush(w); rc != SQLITE_OK) {
       return rc;
     }
   }
