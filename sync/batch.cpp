@@ -1,12 +1,18 @@
 #include "sync/batch.h"
 
+#if OMNIEDGE_HAVE_ISAL
+#include <isa-l/igzip_lib.h>
+#else
 #include <libdeflate.h>
+#endif
 #include <zconf.h>
 #include <zlib.h>
 #include <zstd.h>
 
 #include <array>
 #include <chrono>
+#include <cstdint>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -26,8 +32,47 @@ std::string jsonString(std::string_view text) {
       .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-// gzip by libdeflate (whole-buffer DEFLATE, twice zlib's speed at level 1 with smaller output:
-// docs/architecture.md, "Libraries, and why each"). One compressor per thread: allocating it costs
+#if OMNIEDGE_HAVE_ISAL
+// gzip by ISA-L's igzip, level 1, in one call over the whole batch (docs/architecture.md,
+// "Libraries, and why each": 1.8x libdeflate's speed on our batches for 2% more bytes). Its level
+// buffer holds the block's tokens before they are coded: the small one costs nothing in speed
+// here and keeps the sync thread ~70 KiB, not ~300.
+Result<std::string> gzipCompress(std::string_view data) {
+  if (data.size() > std::numeric_limits<uint32_t>::max() / 4) {
+    return makeError("io", "gzip: a batch of " + std::to_string(data.size()) +
+                               " bytes is more than igzip takes");
+  }
+  thread_local std::string level_buf(ISAL_DEF_LVL1_SMALL, '\0');
+  std::string out;
+  // Stored blocks are the worst case (5 bytes per 64 KiB) and igzip falls back to them; the
+  // slack covers the gzip header and trailer. Should it ever be short, the retry has twice it.
+  for (std::size_t bound = data.size() + data.size() / 64 + 1024;; bound *= 2) {
+    out.resize(bound);
+    isal_zstream z{};
+    isal_deflate_stateless_init(&z);
+    z.level = kGzipLevel;
+    z.level_buf = reinterpret_cast<uint8_t*>(level_buf.data());
+    z.level_buf_size = static_cast<uint32_t>(level_buf.size());
+    z.gzip_flag = IGZIP_GZIP;
+    z.flush = NO_FLUSH;
+    z.end_of_stream = 1;
+    z.next_in = reinterpret_cast<uint8_t*>(const_cast<char*>(data.data()));
+    z.avail_in = static_cast<uint32_t>(data.size());
+    z.next_out = reinterpret_cast<uint8_t*>(out.data());
+    z.avail_out = static_cast<uint32_t>(bound);
+    const int rc = isal_deflate_stateless(&z);
+    if (rc == COMP_OK) {
+      out.resize(z.total_out);
+      return out;
+    }
+    if (rc != STATELESS_OVERFLOW || bound > 2 * data.size() + 4096) {
+      return makeError("io", "gzip: isal_deflate_stateless failed (" + std::to_string(rc) + ")");
+    }
+  }
+}
+#else
+// gzip by libdeflate where ISA-L is not built (Debian's armhf): whole-buffer DEFLATE, twice
+// zlib's speed at level 1 with smaller output. One compressor per thread: allocating it costs
 // more than compressing a batch.
 struct DeflateCompressorDeleter {
   void operator()(libdeflate_compressor* c) const { libdeflate_free_compressor(c); }
@@ -49,6 +94,7 @@ Result<std::string> gzipCompress(std::string_view data) {
   out.resize(n);
   return out;
 }
+#endif
 
 struct ZstdCCtxDeleter {
   void operator()(ZSTD_CCtx* ctx) const { ZSTD_freeCCtx(ctx); }

@@ -2,6 +2,7 @@
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <regex>
 #include <set>
 #include <string>
@@ -98,15 +99,27 @@ TEST_CASE("buildBatch covers the events' seq range and compresses as asked", "[u
   }
 }
 
-TEST_CASE("compression round-trips large and empty inputs", "[unit][sync]") {
+TEST_CASE("compression round-trips large, empty and incompressible inputs", "[unit][sync]") {
   std::string big;
   for (int i = 0; i < 20000; ++i) {
     big += R"({"id":")" + std::to_string(i * 7919) + R"(","type":"beacon.enter"},)";
   }
+  // Random bytes do not compress: the compressor falls back to stored blocks, which are larger
+  // than the input (the bound it writes into must hold them).
+  std::string noise(3 * 1024 * 1024 + 17, '\0');
+  std::mt19937_64 rng(7);
+  for (auto& ch : noise) {
+    ch = static_cast<char>(rng());
+  }
   for (auto c : {Compression::kGzip, Compression::kZstd, Compression::kNone}) {
-    for (const std::string& input : {big, std::string()}) {
+    for (const std::string& input : {big, std::string(), noise, std::string("x")}) {
       auto packed = compress(input, c);
       REQUIRE(packed.has_value());
+      if (c == Compression::kGzip) {
+        REQUIRE(packed->size() >= 18);  // a gzip header and trailer at least
+        CHECK(static_cast<unsigned char>((*packed)[0]) == 0x1f);
+        CHECK(static_cast<unsigned char>((*packed)[1]) == 0x8b);
+      }
       auto unpacked = decompress(*packed);
       REQUIRE(unpacked.has_value());
       CHECK(*unpacked == input);
