@@ -387,6 +387,39 @@ TEST_CASE("acknowledgements that cannot be committed are kept, retried and never
   checkCountersExact(*b, dir);
 }
 
+TEST_CASE("acknowledged ranges of mixed priorities take exactly their rows out of each counter",
+          "[unit][buffer]") {
+  TempDir dir;
+  auto b = openBuffer(dir);
+  // pos.* (high), kiosk.* (normal) and beacon.* (low) interleaved, bodies of different sizes.
+  std::vector<StoredEvent> mixed;
+  const std::vector<std::string> types = {"pos.transaction", "kiosk.view", "beacon.enter"};
+  for (int i = 0; i < 90; ++i) {
+    mixed.push_back(
+        event(types[static_cast<std::size_t>(i % 3)], 50 + 7 * static_cast<std::size_t>(i)));
+  }
+  REQUIRE(b->append(mixed).has_value());
+  auto p = b->readPending(0, 1000, 64 << 20);
+  REQUIRE(p.has_value());
+  REQUIRE(p->size() == 90);
+  const int64_t first = p->front().seq;
+  b->acknowledge(first, first);             // one high
+  b->acknowledge(first + 1, first + 1);     // one normal
+  b->acknowledge(first + 5, first + 5);     // one low
+  b->acknowledge(first + 10, first + 39);   // ten of each
+  b->acknowledge(first + 80, first + 200);  // past the last seq
+  REQUIRE(b->syncAcknowledgementsFor(30s));
+  const auto s = b->stats();
+  CHECK(s.acknowledged == 3 + 30 + 10);
+  CHECK(s.pending[0] == 30 - 1 - 10 - 3);
+  CHECK(s.pending[1] == 30 - 1 - 10 - 3);
+  CHECK(s.pending[2] == 30 - 1 - 10 - 4);
+  checkCountersExact(*b, dir);
+  b.reset();
+  auto reopened = openBuffer(dir);
+  checkCountersExact(*reopened, dir);
+}
+
 TEST_CASE("close() returns while acknowledgements keep failing, and their events stay pending",
           "[unit][fault][buffer]") {
   const int code = GENERATE(SQLITE_IOERR_WRITE, SQLITE_FULL);
