@@ -1,7 +1,12 @@
 #include "agent/store/body_codec.h"
 
+// LZ4's dictionary attachment (LZ4_attach_dictionary) is in its static-only API: the daemon links
+// liblz4's archive (agent/CMakeLists.txt).
+#define LZ4_STATIC_LINKING_ONLY
+#include <lz4.h>
 #include <zstd.h>
 
+#include <cstdint>
 #include <memory>
 
 namespace omniedge::store {
@@ -12,28 +17,37 @@ extern const std::size_t kBodyDictSize;
 
 namespace {
 
-// Level -1 with the dictionary: the dictionary's strings (keys, ids, timestamps) are matched as at
-// level 1, but literals stay raw (no Huffman table per frame), so a ~600-byte envelope unpacks in
-// ~0.2-0.5 us instead of ~0.6-1.0 (the sync thread unpacks every event of a drain), packs in
-// ~1.2-2 us, and comes out 1.35-2.2x smaller (level 1: 1.4-2.9x; no dictionary at all: ~1.45x
-// for 3.8 us to pack and 1.7 to unpack). Measured in docs/benchmarks.md ("Flash wear").
-// No checksum: SQLite's WAL frames carry their own.
-constexpr int kLevel = -1;
+// Bodies are packed as one LZ4 block against the dictionary's bytes (schema version 4): a
+// ~680-byte kiosk envelope packs in ~1.0 us and unpacks in ~0.1, 1.55x smaller. zstd level -1
+// with the same dictionary, what versions 2 and 3 packed (and still read here), came out 1.64x
+// smaller but took ~2.3 us to pack and ~0.35 to unpack: the largest single cost of an event on
+// its way in (docs/benchmarks.md, "Bodies by LZ4"). No checksum: SQLite's WAL frames carry
+// their own.
+//
+// The form: kLz4Tag, the JSON's length as a LEB128 varint, the LZ4 block. A zstd frame starts
+// with 0x28, never with the tag; the tag names the dictionary too (a new one would get a new tag).
+constexpr unsigned char kLz4Tag = 0xb4;
 constexpr std::size_t kMinPacked = 64;
-// The id body_dict.zdict was trained with (tools/body_dict/train); every packed body names it.
+// The id body_dict.zdict was trained with (tools/body_dict/train); every zstd frame names it.
 constexpr unsigned kDictId = 32769;
 
-struct CCtxFree {
-  void operator()(ZSTD_CCtx* c) const { ZSTD_freeCCtx(c); }
-};
 struct DCtxFree {
   void operator()(ZSTD_DCtx* d) const { ZSTD_freeDCtx(d); }
 };
+struct Lz4Free {
+  void operator()(LZ4_stream_t* s) const { LZ4_freeStream(s); }
+};
 
-// Made on first use (a daemon that never packs never pays for them), shared read-only by every
-// thread, never freed.
-const ZSTD_CDict* packDict() {
-  static const ZSTD_CDict* dict = ZSTD_createCDict(kBodyDict, kBodyDictSize, kLevel);
+// The dictionary's LZ4 hash table: made on first use, shared read-only by every thread (a
+// stream only refers to it: LZ4_attach_dictionary), never freed.
+const LZ4_stream_t* packDict() {
+  static const LZ4_stream_t* dict = [] {
+    LZ4_stream_t* d = LZ4_createStream();
+    if (d != nullptr) {
+      LZ4_loadDict(d, reinterpret_cast<const char*>(kBodyDict), static_cast<int>(kBodyDictSize));
+    }
+    return d;
+  }();
   return dict;
 }
 const ZSTD_DDict* unpackDict() {
@@ -41,20 +55,12 @@ const ZSTD_DDict* unpackDict() {
   return dict;
 }
 
-ZSTD_CCtx* compressor() {
-  thread_local std::unique_ptr<ZSTD_CCtx, CCtxFree> ctx{[] {
-    ZSTD_CCtx* c = ZSTD_createCCtx();
-    if (c != nullptr && packDict() != nullptr) {
-      ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 0);
-      ZSTD_CCtx_setParameter(c, ZSTD_c_contentSizeFlag, 1);
-      ZSTD_CCtx_refCDict(c, packDict());
-    } else {
-      ZSTD_freeCCtx(c);
-      c = nullptr;  // no memory: bodies are stored as they are
-    }
-    return c;
-  }()};
-  return ctx.get();
+// One stream per packing thread (16 KiB); nullptr without memory (bodies are then stored as
+// they are).
+LZ4_stream_t* compressor() {
+  thread_local std::unique_ptr<LZ4_stream_t, Lz4Free> stream{
+      packDict() != nullptr ? LZ4_createStream() : nullptr};
+  return stream.get();
 }
 
 ZSTD_DCtx* decompressor() {
@@ -82,28 +88,84 @@ void bodyText(sqlite3_context* ctx, int /*argc*/, sqlite3_value** argv) {
 
 std::string packBody(std::string_view json) {
   // Never a body unpackBody() would refuse to unpack (buffer.max_event_bytes allows 1 MiB).
-  ZSTD_CCtx* c =
+  LZ4_stream_t* c =
       json.size() >= kMinPacked && json.size() <= kMaxUnpackedBody ? compressor() : nullptr;
   if (c == nullptr) {
     return {};
   }
   const std::size_t want = json.size() - json.size() / 8;  // at least an eighth smaller
   std::string out(want, '\0');
-  const std::size_t n = ZSTD_compress2(c, out.data(), out.size(), json.data(), json.size());
-  if (ZSTD_isError(n) != 0) {
-    ZSTD_CCtx_reset(c, ZSTD_reset_session_only);  // "destination too small": not worth it
-    return {};
+  std::size_t head = 0;
+  out[head++] = static_cast<char>(kLz4Tag);
+  for (std::size_t n = json.size();;) {  // at most 4 bytes under kMaxUnpackedBody
+    const auto low = static_cast<unsigned char>(n & 0x7f);
+    n >>= 7;
+    out[head++] = static_cast<char>(n != 0 ? (low | 0x80) : low);
+    if (n == 0) {
+      break;
+    }
   }
-  out.resize(n);
+  LZ4_resetStream_fast(c);
+  LZ4_attach_dictionary(c, packDict());
+  const int n =
+      LZ4_compress_fast_continue(c, json.data(), out.data() + head, static_cast<int>(json.size()),
+                                 static_cast<int>(want - head), 1);
+  if (n <= 0) {
+    return {};  // does not fit in `want`: not worth it
+  }
+  out.resize(head + static_cast<std::size_t>(n));
   return out;
 }
 
+namespace {
+
+Result<std::string> unpackLz4(std::string_view packed) {
+  uint64_t size = 0;
+  std::size_t at = 1;
+  for (unsigned shift = 0;; shift += 7) {
+    if (shift > 28) {
+      return makeError("corrupt",
+                       "a packed body gives the length of its JSON in more than 5 bytes");
+    }
+    if (at >= packed.size()) {
+      return makeError("corrupt", "a packed body (" + std::to_string(packed.size()) +
+                                      " bytes) ends inside the length of its JSON");
+    }
+    const auto b = static_cast<unsigned char>(packed[at++]);
+    size |= static_cast<uint64_t>(b & 0x7f) << shift;
+    if ((b & 0x80) == 0) {
+      break;
+    }
+  }
+  if (size > kMaxUnpackedBody) {
+    return makeError("corrupt", "a packed body says it holds " + std::to_string(size) +
+                                    " bytes, over the limit of " +
+                                    std::to_string(kMaxUnpackedBody));
+  }
+  std::string out(static_cast<std::size_t>(size), '\0');
+  const int n = LZ4_decompress_safe_usingDict(
+      packed.data() + at, out.data(), static_cast<int>(packed.size() - at), static_cast<int>(size),
+      reinterpret_cast<const char*>(kBodyDict), static_cast<int>(kBodyDictSize));
+  if (n < 0 || static_cast<std::size_t>(n) != size) {
+    return makeError("corrupt",
+                     std::string("a packed body does not unpack: ") +
+                         (n < 0 ? "LZ4 refuses its block" : "shorter than its header says"));
+  }
+  return out;
+}
+
+}  // namespace
+
 Result<std::string> unpackBody(std::string_view packed) {
+  if (!packed.empty() && static_cast<unsigned char>(packed[0]) == kLz4Tag) {
+    return unpackLz4(packed);
+  }
+  // A zstd frame, as versions 2 and 3 packed them.
   const unsigned long long size = ZSTD_getFrameContentSize(packed.data(), packed.size());
   if (size == ZSTD_CONTENTSIZE_ERROR || size == ZSTD_CONTENTSIZE_UNKNOWN) {
     return makeError("corrupt", "a packed body (" + std::to_string(packed.size()) +
-                                    " bytes) does not start with a zstd frame header that "
-                                    "gives its size");
+                                    " bytes) is neither an LZ4 body nor a zstd frame whose "
+                                    "header gives its size");
   }
   if (size > kMaxUnpackedBody) {
     return makeError("corrupt", "a packed body says it holds " + std::to_string(size) +

@@ -1,6 +1,8 @@
-// How the buffer stores an event's body: the envelope's JSON as TEXT, or, when zstd makes it at
-// least an eighth smaller, one zstd frame as a BLOB. SQLite's column type tells them apart, so
-// files written before bodies were packed read on unchanged. Packing is done by the producer's
+// How the buffer stores an event's body: the envelope's JSON as TEXT, or, when LZ4 with the
+// agent's dictionary makes it at least an eighth smaller, packed as a BLOB (one LZ4 block behind
+// a tag and the JSON's length; bodies packed by schema versions 2 and 3 are zstd frames, read
+// on as they are). SQLite's column type tells packed from JSON, so files written before bodies
+// were packed read on unchanged. Packing is done by the producer's
 // thread (Buffer::append), unpacking by whoever reads a body; in SQL, body_text(body) gives the
 // JSON of either. Internal to agent/store and the CLI's read of the file.
 #pragma once
@@ -19,12 +21,12 @@ namespace omniedge::store {
 /// far above buffer.max_event_bytes' own limit.
 inline constexpr std::size_t kMaxUnpackedBody = 16u << 20;
 
-/// `json` as one zstd frame when that is at least an eighth smaller (and `json` at least 64
-/// bytes); empty otherwise (store the JSON as it is). Thread: any.
+/// `json` packed (LZ4 with the dictionary) when that is at least an eighth smaller (and `json`
+/// at least 64 bytes); empty otherwise (store the JSON as it is). Thread: any.
 std::string packBody(std::string_view json);
 
-/// The JSON of a packed body. Fails "corrupt" (naming the reason) on anything that is not one
-/// whole zstd frame of at most kMaxUnpackedBody bytes. Thread: any.
+/// The JSON of a packed body, either form. Fails "corrupt" (naming the reason) on anything that
+/// is not one whole packed body of at most kMaxUnpackedBody bytes. Thread: any.
 Result<std::string> unpackBody(std::string_view packed);
 
 /// Column `col` of the current row as the envelope's JSON: TEXT as it is, a BLOB unpacked.

@@ -64,8 +64,8 @@ struct BufferOptions {
   // How long after the last event read back from an export (IdOrigin::kExport) the index of the
   // agent's own ids that imports use is kept (Buffer::keepMadeIndex).
   std::chrono::milliseconds made_index_keep{60000};
-  // Bodies packed with zstd where that pays (body_codec.h). false: stored as JSON TEXT, as before
-  // version 2 (tests that count capacity in the JSON's bytes).
+  // Bodies packed (LZ4 with a dictionary) where that pays (body_codec.h). false: stored as JSON
+  // TEXT, as before version 2 (tests that count capacity in the JSON's bytes).
   bool pack_bodies = true;
   // Tests only: called after each durable step of a recovery ("salvage-created",
   // "salvage-written", "salvage-complete", "wal-moved", "original-moved", "salvage-in-place"),
@@ -89,7 +89,7 @@ struct StoredEvent {
   Priority priority = Priority::kNormal;
   int64_t received_at_ms = 0;
   std::string body;  // the envelope as JSON
-  // Set by Buffer::append: `body` as one zstd frame, when that is at least an eighth smaller
+  // Set by Buffer::append: `body` packed (body_codec.h), when that is at least an eighth smaller
   // (it is then stored instead: body_codec.h); empty: `body` is stored as it is.
   std::string packed;
 };

@@ -473,11 +473,17 @@ Result<void> bufferToV3(sqlite3* db) {
   return schema::exec(db, kSchema.c_str());
 }
 
+// Version 4 changes no table either: bodies are now packed as LZ4 blocks (body_codec.h), which a
+// version-3 omniedge would take for damaged zstd frames and quarantine; the version keeps it from
+// opening the file. Bodies packed with zstd stay as they are and read on.
+Result<void> bufferToV4(sqlite3* /*db*/) { return {}; }
+
 constexpr schema::Migration kBufferMigrations[] = {
     {1, "one layout for every earlier buffer: no AUTOINCREMENT, delivered_ids, quarantine",
      bufferToV1},
     {2, "bodies may be stored packed (zstd with the agent's dictionary, as a BLOB)", bufferToV2},
     {3, "ids the agent made itself are stored without an entry in the id index", bufferToV3},
+    {4, "bodies may be stored packed as LZ4 blocks (with the agent's dictionary)", bufferToV4},
 };
 static_assert(std::size(kBufferMigrations) == schema::kBuffer &&
               kBufferMigrations[schema::kBuffer - 1].to == schema::kBuffer);

@@ -1,10 +1,12 @@
-// The buffer's packed bodies (agent/store/body_codec.h): one zstd frame with the agent's
-// dictionary when that is at least an eighth smaller, the JSON as TEXT otherwise, and every
+// The buffer's packed bodies (agent/store/body_codec.h): one LZ4 block with the agent's
+// dictionary when that is at least an eighth smaller (zstd frames of older versions still read),
+// the JSON as TEXT otherwise, and every
 // reader of a body (the sync engine's reads, retryQuarantine, the personal-data edit, the CLI's
 // scan) getting the JSON back.
 #include "agent/store/body_codec.h"
 
 #include <sqlite3.h>
+#include <zstd.h>
 
 #include <catch2/catch.hpp>
 #include <cstring>
@@ -22,6 +24,11 @@ using omniedge::store::packBody;
 using omniedge::store::StoredEvent;
 using omniedge::store::unpackBody;
 using omniedge::testing::TempDir;
+
+namespace omniedge::store {
+extern const unsigned char kBodyDict[];  // agent/store/body_dict.zdict, embedded by CMake
+extern const std::size_t kBodyDictSize;
+}  // namespace omniedge::store
 
 namespace {
 
@@ -92,8 +99,10 @@ TEST_CASE("an envelope packs with the dictionary and unpacks to the same bytes",
   const std::string json = envelope(omniedge::makeUuidV7(1764843302481));
   const std::string packed = packBody(json);
   REQUIRE_FALSE(packed.empty());
-  CHECK(packed.size() * 3 < json.size() * 2);            // 321 -> ~160 bytes here
-  CHECK(packed.compare(0, 4, "\x28\xb5\x2f\xfd") == 0);  // a zstd frame
+  CHECK(packed.size() * 3 < json.size() * 2);                          // 321 -> ~170 bytes here
+  CHECK(packed[0] == '\xb4');                                          // the LZ4 form's tag
+  CHECK(packed[1] == static_cast<char>(0x80 | (json.size() & 0x7f)));  // the length, LEB128
+  CHECK(packed[2] == static_cast<char>(json.size() >> 7));
   auto back = unpackBody(packed);
   REQUIRE(back.has_value());
   CHECK(*back == json);
@@ -113,12 +122,71 @@ TEST_CASE("a packed body that is not whole says why, and never allocates what it
   const std::string packed = packBody(envelope("0192f3b4-7c1e-7a2b-9c1d-5e6f7a8b9c0d"));
   REQUIRE_FALSE(packed.empty());
 
-  auto garbage = unpackBody("not a zstd frame at all");
+  auto garbage = unpackBody("not a packed body at all");
   REQUIRE_FALSE(garbage.has_value());
   CHECK(garbage.error().code == "corrupt");
-  CHECK_THAT(garbage.error().message, Catch::Contains("does not start with a zstd frame header"));
+  CHECK_THAT(
+      garbage.error().message,
+      Catch::Contains("is neither an LZ4 body nor a zstd frame whose header gives its size"));
 
   auto cut = unpackBody(std::string_view(packed).substr(0, packed.size() - 5));
+  REQUIRE_FALSE(cut.has_value());
+  CHECK(cut.error().code == "corrupt");
+  CHECK_THAT(cut.error().message, Catch::Contains("does not unpack"));
+  auto headless = unpackBody(std::string_view(packed).substr(0, 2));  // inside the length
+  REQUIRE_FALSE(headless.has_value());
+  CHECK_THAT(headless.error().message, Catch::Contains("ends inside the length of its JSON"));
+  std::string endless("\xb4", 1);  // a length that never ends
+  endless.append(8, '\xff');
+  auto never = unpackBody(endless);
+  REQUIRE_FALSE(never.has_value());
+  CHECK_THAT(never.error().message, Catch::Contains("its JSON in more than 5 bytes"));
+  // A length that does not match what the block holds, longer and shorter.
+  std::string longer = packed;
+  longer[1] = static_cast<char>(static_cast<unsigned char>(longer[1]) + 1);
+  auto l = unpackBody(longer);
+  REQUIRE_FALSE(l.has_value());
+  CHECK_THAT(l.error().message, Catch::Contains("does not unpack"));
+  std::string shorter = packed;
+  shorter[1] = static_cast<char>(static_cast<unsigned char>(shorter[1]) - 1);
+  auto sh = unpackBody(shorter);
+  REQUIRE_FALSE(sh.has_value());
+  CHECK_THAT(sh.error().message, Catch::Contains("does not unpack"));
+
+  // Lengths too long to be true (LEB128): refused before anything is allocated.
+  std::string huge("\xb4\x80\x80\x80\x80\x80\x20", 7);
+  huge.append(packed.substr(3));
+  auto big = unpackBody(huge);
+  REQUIRE_FALSE(big.has_value());
+  CHECK_THAT(big.error().message, Catch::Contains("its JSON in more than 5 bytes"));
+  std::string over("\xb4\x80\x80\x80\x80\x10", 6);  // 2^32, in the fifth byte
+  over.append(packed.substr(3));
+  auto o = unpackBody(over);
+  REQUIRE_FALSE(o.has_value());
+  CHECK_THAT(o.error().message, Catch::Contains("says it holds 4294967296 bytes"));
+}
+
+// Files of versions 2 and 3 hold bodies packed as zstd frames with the same dictionary: they
+// read on after the upgrade, with the same checks as before.
+TEST_CASE("bodies packed as zstd frames before version 4 unpack, and damaged ones say why",
+          "[unit][buffer]") {
+  const std::string json = envelope(omniedge::makeUuidV7(1764843302481));
+  ZSTD_CCtx* c = ZSTD_createCCtx();
+  REQUIRE(c != nullptr);
+  const std::string_view dict(reinterpret_cast<const char*>(omniedge::store::kBodyDict),
+                              omniedge::store::kBodyDictSize);
+  std::string frame(ZSTD_compressBound(json.size()), '\0');
+  const std::size_t n = ZSTD_compress_usingDict(c, frame.data(), frame.size(), json.data(),
+                                                json.size(), dict.data(), dict.size(), -1);
+  ZSTD_freeCCtx(c);
+  REQUIRE(ZSTD_isError(n) == 0);
+  frame.resize(n);
+  REQUIRE(frame.compare(0, 4, "\x28\xb5\x2f\xfd") == 0);
+  auto back = unpackBody(frame);
+  REQUIRE(back.has_value());
+  CHECK(*back == json);
+
+  auto cut = unpackBody(std::string_view(frame).substr(0, frame.size() - 5));
   REQUIRE_FALSE(cut.has_value());
   CHECK_THAT(cut.error().message, Catch::Contains("does not unpack"));
 
@@ -133,7 +201,7 @@ TEST_CASE("a packed body that is not whole says why, and never allocates what it
 
   // A frame naming another dictionary: a 2-byte id field, after the window byte unless the
   // frame is a single segment.
-  std::string other = packed;
+  std::string other = frame;
   const auto fhd = static_cast<unsigned char>(other[4]);
   REQUIRE((fhd & 0x03) == 2);
   other[(fhd & 0x20) != 0 ? 5 : 6] = static_cast<char>(0x44);
@@ -246,4 +314,56 @@ TEST_CASE("a packed body that no longer unpacks is quarantined with the reason, 
   CHECK(st.quarantined == 1);
   CHECK_THAT(st.quarantine_last_reason, Catch::StartsWith("stored body unreadable: "));
   CHECK_THAT(st.quarantine_last_reason, Catch::Contains("does not unpack"));
+}
+
+// A version-3 file (bodies packed as zstd frames) opened by this agent: upgraded to version 4
+// in place, its zstd bodies read on beside new LZ4 ones, and an older agent now refuses it.
+TEST_CASE("a version-3 buffer with zstd bodies upgrades to 4 and its bodies read on",
+          "[unit][buffer]") {
+  TempDir dir;
+  StoredEvent old = event(R"(,"query":"written by version 3")");
+  {
+    auto b = openBuffer(dir);
+    REQUIRE(b->append({old}).has_value());
+  }
+  ZSTD_CCtx* c = ZSTD_createCCtx();
+  REQUIRE(c != nullptr);
+  std::string frame(ZSTD_compressBound(old.body.size()), '\0');
+  const std::size_t n =
+      ZSTD_compress_usingDict(c, frame.data(), frame.size(), old.body.data(), old.body.size(),
+                              omniedge::store::kBodyDict, omniedge::store::kBodyDictSize, -1);
+  ZSTD_freeCCtx(c);
+  REQUIRE(ZSTD_isError(n) == 0);
+  std::string hex;
+  for (std::size_t i = 0; i < n; ++i) {
+    static constexpr char kDigits[] = "0123456789abcdef";
+    hex += kDigits[static_cast<unsigned char>(frame[i]) >> 4];
+    hex += kDigits[static_cast<unsigned char>(frame[i]) & 0x0f];
+  }
+  execOn(dir, "UPDATE events SET body = x'" + hex + "' WHERE id = '" + old.id +
+                  "'; PRAGMA user_version = 3");
+
+  auto b = openBuffer(dir);
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2((dir.path() / "buffer.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) ==
+          SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+  CHECK(sqlite3_column_int(st, 0) == 4);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+
+  StoredEvent fresh = event(R"(,"query":"written by version 4")");
+  REQUIRE(b->append({fresh}).has_value());
+  const auto forms = storedForms(dir);
+  REQUIRE(forms.size() == 2);
+  CHECK(forms[0] == std::make_pair(std::string("blob"), static_cast<int64_t>(n)));
+  CHECK(forms[1].first == "blob");
+  auto pending = b->readPending(0, 10, 1 << 20);
+  REQUIRE(pending.has_value());
+  REQUIRE(pending->size() == 2);
+  CHECK(pending->at(0).body == old.body);
+  CHECK(pending->at(1).body == fresh.body);
+  CHECK(b->stats().quarantined == 0);
 }

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "agent/store/schema.h"
 #include "tests/support/agent_process.h"
 #include "tests/support/broker.h"
 #include "tests/support/temp_dir.h"
@@ -112,7 +113,8 @@ TEST_CASE("the daemon started on the first buffer layout delivers the events it 
              "0189a000-0000-7000-8000-000000000005"},
             60s) == 0);
   CHECK(agent.stop() == 0);
-  CHECK_THAT(agent.log(), Catch::Contains("upgraded from schema version 0 to 3"));
+  CHECK_THAT(agent.log(), Catch::Contains("upgraded from schema version 0 to " +
+                                          std::to_string(omniedge::store::schema::kBuffer)));
 }
 
 TEST_CASE(
