@@ -50,8 +50,9 @@ struct BufferOptions {
   // whatever it holds). While several producers send small requests closer together than this,
   // the writer waits up to this long after the oldest queued one for as many requests as its
   // recent groups held (so producers that all wait for their answers are committed as soon as
-  // all are in, and a lone producer never waits), or until kWindowEnoughBytes are queued. An
-  // event's latency grows by at most this. 0: never wait.
+  // all are in, and a lone producer does not wait), now and then for one more (a probe, so that
+  // producers on a schedule are grouped as far as the window allows: buffer.cpp), or until
+  // kWindowEnoughBytes are queued. An event's latency grows by at most this. 0: never wait.
   std::chrono::microseconds commit_window{2000};
   // Acknowledgements alone (no request queued) wait up to this long after the oldest of them to
   // share a commit: with the next requests while events keep arriving, else with the
@@ -419,6 +420,8 @@ class Buffer final : public Outbox {
   int64_t append_gap_us_ = INT64_MAX / 2;  // guarded by mu_: moving average between requests
   std::size_t peak_group_ = 1;             // guarded by mu_: most requests in one group lately
   int groups_below_peak_ = 0;              // guarded by mu_: groups since one reached peak_group_
+  int groups_since_probe_ = 0;             // guarded by mu_: windows since the last probe
+  int probe_every_ = 64;                   // guarded by mu_: kProbeEveryGroups, doubled per miss
   std::deque<std::shared_ptr<Job>> jobs_;  // guarded by mu_
   std::deque<AckOp> ack_queue_;            // guarded by mu_
   uint64_t acks_enqueued_ = 0;             // guarded by mu_
