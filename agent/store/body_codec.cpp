@@ -119,6 +119,12 @@ std::string packBody(std::string_view json) {
 
 namespace {
 
+// Either form's length, refused before anything is allocated.
+Error overLimit(uint64_t size) {
+  return makeError("corrupt", "a packed body says it holds " + std::to_string(size) +
+                                  " bytes, over the limit of " + std::to_string(kMaxUnpackedBody));
+}
+
 Result<std::string> unpackLz4(std::string_view packed) {
   uint64_t size = 0;
   std::size_t at = 1;
@@ -138,9 +144,7 @@ Result<std::string> unpackLz4(std::string_view packed) {
     }
   }
   if (size > kMaxUnpackedBody) {
-    return makeError("corrupt", "a packed body says it holds " + std::to_string(size) +
-                                    " bytes, over the limit of " +
-                                    std::to_string(kMaxUnpackedBody));
+    return overLimit(size);
   }
   std::string out(static_cast<std::size_t>(size), '\0');
   const int n = LZ4_decompress_safe_usingDict(
@@ -168,9 +172,7 @@ Result<std::string> unpackBody(std::string_view packed) {
                                     "header gives its size");
   }
   if (size > kMaxUnpackedBody) {
-    return makeError("corrupt", "a packed body says it holds " + std::to_string(size) +
-                                    " bytes, over the limit of " +
-                                    std::to_string(kMaxUnpackedBody));
+    return overLimit(size);
   }
   const unsigned dict_id = ZSTD_getDictID_fromFrame(packed.data(), packed.size());
   if (dict_id != 0 && dict_id != kDictId) {

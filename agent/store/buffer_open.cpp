@@ -424,10 +424,12 @@ Result<void> bufferToV1(sqlite3* db) {
   return {};
 }
 
-// Version 2 changes no table: bodies may now be packed (one zstd frame as a BLOB, see
-// body_codec.h). The version is what keeps an older omniedge, which would send a BLOB's bytes as
-// if they were the JSON, from opening a file that holds them: it refuses the newer file.
-Result<void> bufferToV2(sqlite3* /*db*/) { return {}; }
+// A step that changes no table: its version alone keeps an older omniedge from opening a file
+// whose rows it would misread (it refuses the newer file). Version 2: bodies may be packed (one
+// zstd frame as a BLOB, body_codec.h), which an older omniedge would send as if they were the
+// JSON. Version 4: bodies are packed as LZ4 blocks, which a version-3 omniedge would take for
+// damaged zstd frames and quarantine; bodies packed with zstd stay as they are and read on.
+Result<void> versionOnly(sqlite3* /*db*/) { return {}; }
 
 // Whether the UNIQUE constraint's own index on events.id could become events_given_id in place:
 // the column `made` is there and 0 in every row (so every row belongs in the partial index,
@@ -473,17 +475,12 @@ Result<void> bufferToV3(sqlite3* db) {
   return schema::exec(db, kSchema.c_str());
 }
 
-// Version 4 changes no table either: bodies are now packed as LZ4 blocks (body_codec.h), which a
-// version-3 omniedge would take for damaged zstd frames and quarantine; the version keeps it from
-// opening the file. Bodies packed with zstd stay as they are and read on.
-Result<void> bufferToV4(sqlite3* /*db*/) { return {}; }
-
 constexpr schema::Migration kBufferMigrations[] = {
     {1, "one layout for every earlier buffer: no AUTOINCREMENT, delivered_ids, quarantine",
      bufferToV1},
-    {2, "bodies may be stored packed (zstd with the agent's dictionary, as a BLOB)", bufferToV2},
+    {2, "bodies may be stored packed (zstd with the agent's dictionary, as a BLOB)", versionOnly},
     {3, "ids the agent made itself are stored without an entry in the id index", bufferToV3},
-    {4, "bodies may be stored packed as LZ4 blocks (with the agent's dictionary)", bufferToV4},
+    {4, "bodies may be stored packed as LZ4 blocks (with the agent's dictionary)", versionOnly},
 };
 static_assert(std::size(kBufferMigrations) == schema::kBuffer &&
               kBufferMigrations[schema::kBuffer - 1].to == schema::kBuffer);
