@@ -200,6 +200,66 @@ TEST_CASE("ids the agent made have no index entry, and an export read back is st
                     "'ok'") == 0);
 }
 
+TEST_CASE("a request's runs of ids the agent made are stored in order beside given ids",
+          "[unit][buffer]") {
+  // Eight made ids in a row go in one statement; shorter runs, given ids (probed for
+  // duplicates) and what follows them one at a time: every row where it belongs either way.
+  using omniedge::store::IdOrigin;
+  TempDir dir;
+  BufferOptions o = optionsFor(dir);
+  o.pack_bodies = true;  // packed bodies bound as BLOBs in the statement of eight
+  auto b = openWith(o);
+  auto pending_given = makeEvent("pos.sale", 50, 100);
+  REQUIRE(b->append({pending_given}).has_value());
+
+  std::vector<StoredEvent> events;
+  for (int i = 0; i < 21; ++i) {
+    if (i == 12) {
+      events.push_back(pending_given);  // a duplicate in the middle of a run
+      continue;
+    }
+    events.push_back(makeEvent(i % 2 == 0 ? "kiosk.view" : "beacon.enter", 300 + i, 200 + i));
+    events.back().body += std::string(static_cast<std::size_t>(i), ' ');  // bodies of all sizes
+    events.back().id_origin = i == 3 ? IdOrigin::kProducer : IdOrigin::kAgent;
+  }
+  auto r = b->append(events);
+  REQUIRE(r.has_value());
+  CHECK(r->stored == 20);
+  CHECK(r->duplicates == 1);
+
+  auto read = b->readPending(0, 100, 1 << 20);
+  REQUIRE(read.has_value());
+  REQUIRE(read->size() == 21);
+  CHECK((*read)[0].body == pending_given.body);
+  std::size_t at = 1;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    if (i == 12) {
+      continue;
+    }
+    INFO("event " << i);
+    CHECK((*read)[at].seq == (*read)[0].seq + static_cast<int64_t>(at));
+    CHECK((*read)[at].body == events[i].body);
+    ++at;
+  }
+  CHECK(fileInteger(dir, "SELECT count(*) FROM events WHERE made = 1") == 19);
+  CHECK(fileInteger(dir, "SELECT count(*) FROM events WHERE made = 0") == 2);
+  CHECK(fileInteger(dir, "SELECT count(*) FROM events WHERE made = 1 AND type = 'kiosk.view' "
+                         "AND prio = 1 AND received_ms BETWEEN 1700000000200 AND "
+                         "1700000000220") == 10);
+  CHECK(fileInteger(dir, "SELECT count(*) FROM events WHERE made = 1 AND type = 'beacon.enter' "
+                         "AND prio = 2 AND received_ms BETWEEN 1700000000201 AND "
+                         "1700000000219") == 9);
+  // Each row's columns are its own event's: received_ms grows with seq, as the events did.
+  CHECK(fileInteger(dir, "SELECT count(*) FROM events a JOIN events b ON b.seq = a.seq + 1 "
+                         "WHERE a.made = 1 AND b.made = 1 AND b.received_ms <= a.received_ms") ==
+        0);
+  CHECK(pendingTotal(*b) == 21);
+  // The counters the rows were counted in hold after a reopen too.
+  b.reset();
+  b = openWith(o);
+  CHECK(pendingTotal(*b) == 21);
+}
+
 TEST_CASE("many producers at once are group-committed and none is lost", "[unit][buffer]") {
   TempDir dir;
   auto b = openBuffer(dir);
