@@ -347,8 +347,8 @@ struct Buffer::Attempt {
 struct Buffer::Statements {
   Stmt begin, commit, rollback, savepoint, release, rollback_to;
   Stmt savepoint_acks, release_acks, rollback_to_acks;
-  Stmt was_delivered, was_made, insert, insert_rows, range_sizes, range_pos_ids, delete_range, copy_delivered,
-      purge_delivered;
+  Stmt was_delivered, was_made, insert, insert_rows, range_sizes, range_pos_ids, delete_range,
+      copy_delivered, purge_delivered;
   Stmt select_low, delete_low, save_counter, oldest;
   Stmt page_count, freelist_count, incremental_vacuum;
   Stmt read_pending;  // on the reader connection

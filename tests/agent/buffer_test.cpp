@@ -243,16 +243,18 @@ TEST_CASE("a request's runs of ids the agent made are stored in order beside giv
   }
   CHECK(fileInteger(dir, "SELECT count(*) FROM events WHERE made = 1") == 19);
   CHECK(fileInteger(dir, "SELECT count(*) FROM events WHERE made = 0") == 2);
-  CHECK(fileInteger(dir, "SELECT count(*) FROM events WHERE made = 1 AND type = 'kiosk.view' "
-                         "AND prio = 1 AND received_ms BETWEEN 1700000000200 AND "
-                         "1700000000220") == 10);
-  CHECK(fileInteger(dir, "SELECT count(*) FROM events WHERE made = 1 AND type = 'beacon.enter' "
-                         "AND prio = 2 AND received_ms BETWEEN 1700000000201 AND "
-                         "1700000000219") == 9);
+  CHECK(fileInteger(dir,
+                    "SELECT count(*) FROM events WHERE made = 1 AND type = 'kiosk.view' "
+                    "AND prio = 1 AND received_ms BETWEEN 1700000000200 AND "
+                    "1700000000220") == 10);
+  CHECK(fileInteger(dir,
+                    "SELECT count(*) FROM events WHERE made = 1 AND type = 'beacon.enter' "
+                    "AND prio = 2 AND received_ms BETWEEN 1700000000201 AND "
+                    "1700000000219") == 9);
   // Each row's columns are its own event's: received_ms grows with seq, as the events did.
-  CHECK(fileInteger(dir, "SELECT count(*) FROM events a JOIN events b ON b.seq = a.seq + 1 "
-                         "WHERE a.made = 1 AND b.made = 1 AND b.received_ms <= a.received_ms") ==
-        0);
+  CHECK(fileInteger(dir,
+                    "SELECT count(*) FROM events a JOIN events b ON b.seq = a.seq + 1 "
+                    "WHERE a.made = 1 AND b.made = 1 AND b.received_ms <= a.received_ms") == 0);
   CHECK(pendingTotal(*b) == 21);
   // The counters the rows were counted in hold after a reopen too.
   b.reset();
