@@ -159,7 +159,7 @@ constexpr const char* kInsertValuesSql =
 // transaction, 8 or 16 a statement; docs/benchmarks.md). No conflict clause: such a row is in
 // no unique index (events_given_id leaves it out) and its seq is new.
 constexpr std::size_t kInsertRows = 8;
-constexpr int kInsertColumns = 6;
+constexpr int kInsertColumns = 6;  // parameters a row: `made` is the literal 1
 const std::string kInsertRowsSql = [] {
   std::string sql = "INSERT INTO events(seq, id, type, prio, received_ms, body, made) VALUES";
   for (std::size_t r = 0; r < kInsertRows; ++r) {
