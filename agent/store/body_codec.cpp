@@ -18,11 +18,11 @@ extern const std::size_t kBodyDictSize;
 namespace {
 
 // Bodies are packed as one LZ4 block against the dictionary's bytes (schema version 4): a
-// ~680-byte kiosk envelope packs in ~1.0 us and unpacks in ~0.1, 1.55x smaller. zstd level -1
-// with the same dictionary, what versions 2 and 3 packed (and still read here), came out 1.64x
-// smaller but took ~2.3 us to pack and ~0.35 to unpack: the largest single cost of an event on
-// its way in (docs/benchmarks.md, "Bodies by LZ4"). No checksum: SQLite's WAL frames carry
-// their own.
+// ~720-byte kiosk envelope packs in ~2.2 us and unpacks in ~0.27, 1.55x smaller. zstd level -1
+// with the same dictionary, what versions 2 and 3 packed (and still read here), comes out 1.66x
+// smaller but takes ~2.7 us to pack and ~0.52 to unpack; packing is the largest single cost of
+// an event on its way in (bench/bench_codec on 100k distinct envelopes; docs/benchmarks.md,
+// "Bodies by LZ4"). No checksum: SQLite's WAL frames carry their own.
 //
 // The form: kLz4Tag, the JSON's length as a LEB128 varint, the LZ4 block. A zstd frame starts
 // with 0x28, never with the tag; the tag names the dictionary too (a new one would get a new tag).

@@ -1,0 +1,215 @@
+// What packing an envelope costs: store::packBody() (LZ4, the agent's dictionary attached) and
+// unpackBody() on kiosk envelopes like the ones bench/post100.lua makes the agent store, against
+// zstd level -1 with the same dictionary (what schema versions 2 and 3 packed).
+//
+//   bench_codec [--n N]
+//
+// Each envelope is packed once: N distinct ones, as the daemon sees them. A loop over a few
+// hundred envelopes packed again and again is flattered: the CPU's branch predictors learn the
+// inputs (LZ4 with the dictionary measured ~1.0 us per envelope that way, ~2.2 on distinct ones;
+// docs/benchmarks.md, "Bodies by LZ4"). That figure is printed too, as "repeated".
+//
+// Prints "RESULT codec <lz4_pack_us> <lz4_ratio> <lz4_unpack_us> <zstd_pack_us> <zstd_ratio>
+// <zstd_unpack_us> <lz4_repeated_us> <bytes>" (microseconds per envelope; ratio = envelope bytes /
+// packed bytes).
+#include <zstd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/api/time.h"
+#include "agent/api/uuid.h"
+#include "agent/store/body_codec.h"
+
+namespace omniedge::store {
+// agent/store/body_dict.zdict, as the agent embeds it.
+extern const unsigned char kBodyDict[];
+extern const std::size_t kBodyDictSize;
+}  // namespace omniedge::store
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double microsSince(Clock::time_point t0) {
+  return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+}
+
+// bench/post100.lua's event (~500 bytes as posted) in the envelope the agent stores for it.
+std::vector<std::string> envelopes(std::size_t n) {
+  static const char* const kWords[] = {
+      "shelf",  "aisle",   "promo",   "basket", "coffee", "organic", "bread",  "milk",
+      "cheese", "apple",   "banana",  "tomato", "pasta",  "rice",    "olive",  "oil",
+      "frozen", "pizza",   "yogurt",  "butter", "eggs",   "chicken", "salmon", "beef",
+      "salad",  "water",   "juice",   "tea",    "cereal", "honey",   "chips",  "cookies",
+      "soap",   "shampoo", "paper",   "towel",  "bag",    "deal",    "member", "points",
+      "scan",   "search",  "results", "detail", "review", "compare", "size",   "colour"};
+  constexpr std::size_t kWordCount = sizeof(kWords) / sizeof(kWords[0]);
+  std::mt19937_64 rng(20261205);
+  auto pick = [&](uint64_t below) { return rng() % below; };
+  std::vector<std::string> out;
+  out.reserve(n);
+  int64_t ms = 1796428997000;  // 2026-12-05
+  for (std::size_t i = 0; i < n; ++i) {
+    ms += static_cast<int64_t>(pick(3));
+    char data[160];
+    std::snprintf(
+        data, sizeof(data),
+        R"("data":{"screen":"%s","sku":"SKU-%06u","session":"%08x%08x","dwell_ms":%u,"note":")",
+        kWords[pick(kWordCount)], static_cast<unsigned>(pick(1000000)),
+        static_cast<unsigned>(pick(0x7fffffff)), static_cast<unsigned>(pick(0x7fffffff)),
+        static_cast<unsigned>(pick(60000)));
+    const std::string when = omniedge::formatRfc3339Ms(ms);
+    std::string e = R"({"id":")" + omniedge::makeUuidV7(ms) +
+                    R"(","type":"kiosk.view","source":"kiosk","store_id":"bench","occurred_at":")" +
+                    when + R"(","received_at":")" + when + R"(","customer":{},)" + data;
+    std::string note;
+    while (note.size() < 420) {
+      note += kWords[pick(kWordCount)];
+      note += ' ';
+    }
+    e += note.substr(0, 420);
+    e += "\"}}";
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::size_t n = 100000;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::string_view(argv[i]) == "--n") {
+      n = std::strtoull(argv[i + 1], nullptr, 10);
+    }
+  }
+  n = std::max<std::size_t>(n, 1000);
+  const auto all = envelopes(n);
+  std::size_t in_bytes = 0;
+  for (const auto& e : all) {
+    in_bytes += e.size();
+  }
+
+  // LZ4 with the dictionary: the agent's own packBody(), each envelope once, then unpackBody()
+  // on what it gave, 1,000 at a time (the daemon frees a request's bodies once they are stored:
+  // holding all of them would time the page faults of fresh memory too).
+  constexpr std::size_t kChunk = 1000;
+  std::vector<std::string> packed(kChunk);
+  double pack_total = 0;
+  double unpack_total = 0;
+  std::size_t lz4_bytes = 0;
+  std::size_t unpacked_bytes = 0;
+  for (std::size_t at = 0; at < all.size(); at += kChunk) {
+    const std::size_t end = std::min(all.size(), at + kChunk);
+    auto t0 = Clock::now();
+    for (std::size_t i = at; i < end; ++i) {
+      packed[i - at] = omniedge::store::packBody(all[i]);
+    }
+    pack_total += microsSince(t0);
+    t0 = Clock::now();
+    for (std::size_t i = at; i < end; ++i) {
+      if (auto json = omniedge::store::unpackBody(packed[i - at])) {
+        unpacked_bytes += json->size();
+      }
+    }
+    unpack_total += microsSince(t0);
+    for (std::size_t i = at; i < end; ++i) {
+      lz4_bytes += packed[i - at].empty() ? all[i].size() : packed[i - at].size();
+      if (packed[i - at].empty()) {
+        unpacked_bytes += all[i].size();  // stored as it is
+      }
+    }
+  }
+  const double lz4_us = pack_total / static_cast<double>(n);
+  const double unpack_us = unpack_total / static_cast<double>(n);
+  if (unpacked_bytes != in_bytes) {
+    std::fprintf(stderr, "bench_codec: unpacking gave %zu bytes, not %zu\n", unpacked_bytes,
+                 in_bytes);
+    return 1;
+  }
+
+  // The flattered loop: the first 100 envelopes (one request of post100.lua), again and again.
+  const std::size_t few = 100;
+  const std::size_t rounds = n / few;
+  auto t0 = Clock::now();
+  std::size_t sink = 0;
+  for (std::size_t r = 0; r < rounds; ++r) {
+    for (std::size_t i = 0; i < few; ++i) {
+      sink += omniedge::store::packBody(all[i]).size();
+    }
+  }
+  const double repeated_us = microsSince(t0) / static_cast<double>(rounds * few);
+
+  // zstd level -1 with the same dictionary, each envelope once.
+  ZSTD_CCtx* cctx = ZSTD_createCCtx();
+  ZSTD_CDict* cdict =
+      ZSTD_createCDict(omniedge::store::kBodyDict, omniedge::store::kBodyDictSize, -1);
+  if (cctx == nullptr || cdict == nullptr) {
+    std::fprintf(stderr, "bench_codec: zstd context\n");
+    return 1;
+  }
+  ZSTD_DCtx* dctx = ZSTD_createDCtx();
+  ZSTD_DDict* ddict = ZSTD_createDDict(omniedge::store::kBodyDict, omniedge::store::kBodyDictSize);
+  if (dctx == nullptr || ddict == nullptr) {
+    std::fprintf(stderr, "bench_codec: zstd context\n");
+    return 1;
+  }
+  std::vector<std::string> frames(kChunk, std::string(ZSTD_compressBound(4096), '\0'));
+  std::vector<std::size_t> frame_sizes(kChunk);
+  std::string json(4096, '\0');
+  std::size_t zstd_bytes = 0;
+  double zstd_total = 0;
+  double zstd_unpack_total = 0;
+  for (std::size_t at = 0; at < all.size(); at += kChunk) {
+    const std::size_t end = std::min(all.size(), at + kChunk);
+    t0 = Clock::now();
+    for (std::size_t i = at; i < end; ++i) {
+      std::string& f = frames[i - at];
+      frame_sizes[i - at] =
+          ZSTD_compress_usingCDict(cctx, f.data(), f.size(), all[i].data(), all[i].size(), cdict);
+    }
+    zstd_total += microsSince(t0);
+    t0 = Clock::now();
+    for (std::size_t i = at; i < end; ++i) {
+      const std::size_t k = ZSTD_decompress_usingDDict(
+          dctx, json.data(), json.size(), frames[i - at].data(), frame_sizes[i - at], ddict);
+      if (ZSTD_isError(k) != 0U || k != all[i].size()) {
+        std::fprintf(stderr, "bench_codec: zstd gave back %zu bytes, not %zu\n", k, all[i].size());
+        return 1;
+      }
+    }
+    zstd_unpack_total += microsSince(t0);
+    for (std::size_t i = at; i < end; ++i) {
+      zstd_bytes += frame_sizes[i - at];
+    }
+  }
+  const double zstd_us = zstd_total / static_cast<double>(n);
+  const double zstd_unpack_us = zstd_unpack_total / static_cast<double>(n);
+  ZSTD_freeDDict(ddict);
+  ZSTD_freeDCtx(dctx);
+  ZSTD_freeCDict(cdict);
+  ZSTD_freeCCtx(cctx);
+
+  const double avg = static_cast<double>(in_bytes) / static_cast<double>(n);
+  std::printf("%zu distinct envelopes of %.0f bytes on average, each packed once\n", n, avg);
+  std::printf("  LZ4 + dictionary (packBody): %.3f us each, %.3fx smaller; unpackBody %.3f us\n",
+              lz4_us, static_cast<double>(in_bytes) / static_cast<double>(lz4_bytes), unpack_us);
+  std::printf("  zstd -1 + dictionary:        %.3f us each, %.3fx smaller; unpacking %.3f us\n",
+              zstd_us, static_cast<double>(in_bytes) / static_cast<double>(zstd_bytes),
+              zstd_unpack_us);
+  std::printf("  LZ4, %zu envelopes packed %zu times over (flattered): %.3f us each (%zu)\n", few,
+              rounds, repeated_us, sink % 10);
+  std::printf("RESULT codec %.3f %.3f %.3f %.3f %.3f %.3f %.3f %.0f\n", lz4_us,
+              static_cast<double>(in_bytes) / static_cast<double>(lz4_bytes), unpack_us, zstd_us,
+              static_cast<double>(in_bytes) / static_cast<double>(zstd_bytes), zstd_unpack_us,
+              repeated_us, avg);
+  return 0;
+}
