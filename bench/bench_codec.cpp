@@ -4,10 +4,10 @@
 //
 //   bench_codec [--n N]
 //
-// Each envelope is packed once: N distinct ones, as the daemon sees them. A loop over a few
-// hundred envelopes packed again and again is flattered: the CPU's branch predictors learn the
-// inputs (LZ4 with the dictionary measured ~1.0 us per envelope that way, ~2.2 on distinct ones;
-// docs/benchmarks.md, "Bodies by LZ4"). That figure is printed too, as "repeated".
+// Each envelope is packed once: N distinct ones, as the daemon sees them. A loop over the 100
+// envelopes of one request packed again and again is flattered: the CPU's branch predictors
+// learn the inputs (LZ4 with the dictionary ~0.9 us per envelope that way, ~2.2 on distinct ones;
+// docs/benchmarks.md, "Bodies by LZ4"). That figure is printed too (lz4_repeated_us).
 //
 // Prints "RESULT codec <lz4_pack_us> <lz4_ratio> <lz4_unpack_us> <zstd_pack_us> <zstd_ratio>
 // <zstd_unpack_us> <lz4_repeated_us> <bytes>" (microseconds per envelope; ratio = envelope bytes /
