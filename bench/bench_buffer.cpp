@@ -37,6 +37,7 @@
 #include "agent/api/uuid.h"
 #include "agent/ingest/ingest.h"
 #include "agent/store/buffer.h"
+#include "bench/bench_events.h"
 
 namespace {
 
@@ -74,53 +75,6 @@ std::string padding(std::size_t n, uint32_t seed) {
   for (auto& c : s) {
     c = kAlphabet[rng() % (sizeof(kAlphabet) - 1)];
   }
-  return s;
-}
-
-// Words for the free-text part of an event: varied like real payloads, so that gzip in the
-// drain benchmark sees realistic input rather than one string repeated.
-constexpr const char* kWords[] = {
-    "shelf",  "aisle",   "promo",   "basket", "coffee", "organic", "bread",  "milk",
-    "cheese", "apple",   "banana",  "tomato", "pasta",  "rice",    "olive",  "oil",
-    "frozen", "pizza",   "yogurt",  "butter", "eggs",   "chicken", "salmon", "beef",
-    "salad",  "water",   "juice",   "tea",    "cereal", "honey",   "chips",  "cookies",
-    "soap",   "shampoo", "paper",   "towel",  "bag",    "deal",    "member", "points",
-    "scan",   "search",  "results", "detail", "review", "compare", "size",   "colour"};
-
-// A stored event whose envelope (the body the buffer keeps and the sync engine sends) is
-// `bytes` long, serialised exactly as Ingest does it, with a kiosk-like payload.
-omniedge::store::StoredEvent makeEvent(const std::string& store_id, std::size_t bytes,
-                                       std::minstd_rand& rng) {
-  omniedge::Event e;
-  const int64_t now = nowMs();
-  e.id = omniedge::makeUuidV7(now);
-  e.type = "kiosk.view";
-  e.source = "kiosk:bench";
-  e.store_id = store_id;
-  e.occurred_at_ms = now;
-  e.received_at_ms = now;
-  char head[160];
-  std::snprintf(head, sizeof head,
-                "{\"screen\":\"%s\",\"sku\":\"SKU-%06u\",\"session\":\"%08x%08x\","
-                "\"dwell_ms\":%u,\"note\":\"",
-                kWords[rng() % std::size(kWords)], static_cast<unsigned>(rng() % 1000000),
-                static_cast<unsigned>(rng()), static_cast<unsigned>(rng()),
-                static_cast<unsigned>(rng() % 60000));
-  e.data_json = "{}";
-  const std::size_t fixed = omniedge::serialiseEvent(e).size() - 2 + std::strlen(head) + 2;
-  std::string note;
-  while (fixed + note.size() < bytes) {
-    note += kWords[rng() % std::size(kWords)];
-    note.push_back(' ');
-  }
-  note.resize(bytes > fixed ? bytes - fixed : 1, '.');
-  e.data_json = std::string(head) + note + "\"}";
-  omniedge::store::StoredEvent s;
-  s.id = e.id;
-  s.type = e.type;
-  s.priority = omniedge::Priority::kNormal;
-  s.received_at_ms = now;
-  s.body = omniedge::serialiseEvent(e);
   return s;
 }
 
@@ -267,7 +221,7 @@ Outcome bufferRun(const fs::path& dir, int threads, std::size_t per_call, uint64
     for (auto& call : work[t]) {
       call.reserve(per_call);
       for (std::size_t i = 0; i < per_call; ++i) {
-        call.push_back(makeEvent("bench", kEventBytes, rng));
+        call.push_back(omniedge::bench::makeEvent("bench", kEventBytes, rng));
       }
     }
   }
@@ -335,7 +289,7 @@ int fill(const fs::path& dir, uint64_t events, const std::string& store_id, std:
     const uint64_t n = std::min<uint64_t>(1000, events - done);
     batch.reserve(n);
     for (uint64_t i = 0; i < n; ++i) {
-      batch.push_back(makeEvent(store_id, bytes, rng));
+      batch.push_back(omniedge::bench::makeEvent(store_id, bytes, rng));
       payload += batch.back().body.size();
     }
     auto r = (*buf)->append(std::move(batch));
@@ -455,7 +409,7 @@ void walPhase(const fs::path& dir, const std::string& name, uint64_t events, std
         std::vector<omniedge::store::StoredEvent> call;
         call.reserve(100);
         for (int i = 0; i < 100; ++i) {
-          call.push_back(makeEvent("bench", bytes, rng));
+          call.push_back(omniedge::bench::makeEvent("bench", bytes, rng));
         }
         if (auto r = (*buf)->append(std::move(call)); !r) {
           die("append: " + r.error().message);

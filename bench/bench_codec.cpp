@@ -24,9 +24,8 @@
 #include <string_view>
 #include <vector>
 
-#include "agent/api/time.h"
-#include "agent/api/uuid.h"
 #include "agent/store/body_codec.h"
+#include "bench/bench_events.h"
 
 namespace omniedge::store {
 // agent/store/body_dict.zdict, as the agent embeds it.
@@ -42,42 +41,14 @@ double microsSince(Clock::time_point t0) {
   return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
 }
 
-// bench/post100.lua's event (~500 bytes as posted) in the envelope the agent stores for it.
+// Kiosk envelopes of 718 bytes, what bench/post100.lua's ~500-byte events become once the agent
+// has added id, source, store and times (serialised as Ingest does it: bench_events.h).
 std::vector<std::string> envelopes(std::size_t n) {
-  static const char* const kWords[] = {
-      "shelf",  "aisle",   "promo",   "basket", "coffee", "organic", "bread",  "milk",
-      "cheese", "apple",   "banana",  "tomato", "pasta",  "rice",    "olive",  "oil",
-      "frozen", "pizza",   "yogurt",  "butter", "eggs",   "chicken", "salmon", "beef",
-      "salad",  "water",   "juice",   "tea",    "cereal", "honey",   "chips",  "cookies",
-      "soap",   "shampoo", "paper",   "towel",  "bag",    "deal",    "member", "points",
-      "scan",   "search",  "results", "detail", "review", "compare", "size",   "colour"};
-  constexpr std::size_t kWordCount = sizeof(kWords) / sizeof(kWords[0]);
-  std::mt19937_64 rng(20261205);
-  auto pick = [&](uint64_t below) { return rng() % below; };
+  std::minstd_rand rng(20261205);
   std::vector<std::string> out;
   out.reserve(n);
-  int64_t ms = 1796428997000;  // 2026-12-05
   for (std::size_t i = 0; i < n; ++i) {
-    ms += static_cast<int64_t>(pick(3));
-    char data[160];
-    std::snprintf(
-        data, sizeof(data),
-        R"("data":{"screen":"%s","sku":"SKU-%06u","session":"%08x%08x","dwell_ms":%u,"note":")",
-        kWords[pick(kWordCount)], static_cast<unsigned>(pick(1000000)),
-        static_cast<unsigned>(pick(0x7fffffff)), static_cast<unsigned>(pick(0x7fffffff)),
-        static_cast<unsigned>(pick(60000)));
-    const std::string when = omniedge::formatRfc3339Ms(ms);
-    std::string e = R"({"id":")" + omniedge::makeUuidV7(ms) +
-                    R"(","type":"kiosk.view","source":"kiosk","store_id":"bench","occurred_at":")" +
-                    when + R"(","received_at":")" + when + R"(","customer":{},)" + data;
-    std::string note;
-    while (note.size() < 420) {
-      note += kWords[pick(kWordCount)];
-      note += ' ';
-    }
-    e += note.substr(0, 420);
-    e += "\"}}";
-    out.push_back(std::move(e));
+    out.push_back(omniedge::bench::makeEvent("bench", 718, rng).body);
   }
   return out;
 }
