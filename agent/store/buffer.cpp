@@ -339,6 +339,7 @@ struct Buffer::Attempt {
   std::string quarantine_reason;
   std::vector<QuarantineReport> quarantines;  // what moved to the quarantine, by reason
   EvictionReport evicted;
+  SeqRanges acked_ranges;  // the ranges acknowledged or quarantined (rows deleted), when applied
   // The events stored, in the requests of the group; publishCommitted() takes their bodies.
   std::vector<std::pair<int64_t, StoredEvent*>> inserted;
   int64_t max_seq = 0;
@@ -469,6 +470,7 @@ Result<void> Buffer::prepare() {
   sqlite3_wal_hook(db_, walHook, &wal_frames_);
   std::lock_guard lock(mu_);
   stats_.last_seq = s.next_seq - 1;
+  fresh_from_ = s.next_seq;  // the ring is empty: no row at or above next_seq yet
   if (s.quarantine_oldest.step() == SQLITE_ROW) {
     stats_.quarantine_oldest_ms = s.quarantine_oldest.col(0);
   }
@@ -778,6 +780,36 @@ int64_t Buffer::waitForNewer(int64_t seq, int timeout_ms) {
 
 Result<std::vector<PendingEvent>> Buffer::readPending(int64_t after_seq, std::size_t max_events,
                                                       std::size_t max_bytes) {
+  {
+    // The sync engine keeping up reads what the writer committed a moment ago: from the ring,
+    // which holds those bodies as JSON, instead of reading the pages back and unpacking them.
+    std::lock_guard lock(mu_);
+    if (after_seq >= fresh_from_ - 1) {
+      auto it = std::upper_bound(recent_.begin(), recent_.end(), after_seq,
+                                 [](int64_t seq, const RecentEvent& e) { return seq < e.seq; });
+      std::vector<PendingEvent> out;
+      std::size_t bytes = 0;
+      for (; it != recent_.end() && out.size() < max_events; ++it) {
+        if (!it->pending) {
+          continue;
+        }
+        if (!out.empty() && bytes + it->body.size() > max_bytes) {
+          break;
+        }
+        bytes += it->body.size();
+        out.push_back(PendingEvent{it->seq, it->body});
+      }
+      ++stats_.reads_from_ring;
+      return out;
+    }
+    ++stats_.reads_from_file;
+  }
+  return readPendingFromFile(after_seq, max_events, max_bytes);
+}
+
+Result<std::vector<PendingEvent>> Buffer::readPendingFromFile(int64_t after_seq,
+                                                              std::size_t max_events,
+                                                              std::size_t max_bytes) {
   // One short read transaction per call (the statement is reset before returning): a read
   // transaction held open would keep the WAL from being rewound (see maybeCheckpoint).
   std::lock_guard lock(reader_mu_);
@@ -993,10 +1025,17 @@ void Buffer::writerLoop() {
     if (job && job->release_memory) {
       sqlite3_db_release_memory(db_);
       job->released.set_value();
-    } else if (job && job->editor) {
-      runEdit(*job);
     } else if (job) {
-      runRetryQuarantine(*job);
+      // An edit drops and rewrites rows, the quarantine's retry gives rows new seqs, outside the
+      // group commit that keeps the ring in step: readPending() reads the file meanwhile, and
+      // the ring again for what comes after.
+      setFreshFrom(INT64_MAX);
+      if (job->editor) {
+        runEdit(*job);
+      } else {
+        runRetryQuarantine(*job);
+      }
+      setFreshFrom(st_->next_seq);
     }
     {
       std::lock_guard lock(mu_);
@@ -1227,25 +1266,39 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
       if (!ok) {
         break;
       }
-      s.range_sizes.bind(1, op.first_seq);
-      s.range_sizes.bind(2, op.last_seq);
       int rc = 0;
       uint64_t rows = 0;
       bool has_pos = false;
       high_ids.clear();
-      // One row: events and bytes of priorities 0, 1 and 2, then every row of the range.
-      if ((rc = s.range_sizes.step()) == SQLITE_ROW) {
+      // What the range takes out of the counters: from the ring when it holds every row of the
+      // range (a range no earlier one of this transaction touched: those rows are gone already,
+      // which the ring learns only after the commit), else from the file.
+      const bool overlaps = std::any_of(
+          acks.begin(), acks.begin() + static_cast<std::ptrdiff_t>(k),
+          [&](const AckOp& o) { return o.first_seq <= op.last_seq && op.first_seq <= o.last_seq; });
+      if (RangeSizes sizes; !overlaps && freshRangeSizes(op.first_seq, op.last_seq, sizes)) {
         for (int p = 0; p < 3; ++p) {
-          const auto n = s.range_sizes.col(2 * p);
-          work.events[p] -= n;
-          work.bytes[p] -= s.range_sizes.col(2 * p + 1) + n * kRowOverhead;
+          work.events[p] -= sizes.events[p];
+          work.bytes[p] -= sizes.bytes[p];
+          rows += static_cast<uint64_t>(sizes.events[p]);
         }
-        has_pos = s.range_sizes.col(0) > 0;
-        rows = static_cast<uint64_t>(s.range_sizes.col(6));
-        rc = s.range_sizes.step();
+      } else {
+        s.range_sizes.bind(1, op.first_seq);
+        s.range_sizes.bind(2, op.last_seq);
+        // One row: events and bytes of priorities 0, 1 and 2, then every row of the range.
+        if ((rc = s.range_sizes.step()) == SQLITE_ROW) {
+          for (int p = 0; p < 3; ++p) {
+            const auto n = s.range_sizes.col(2 * p);
+            work.events[p] -= n;
+            work.bytes[p] -= s.range_sizes.col(2 * p + 1) + n * kRowOverhead;
+          }
+          has_pos = s.range_sizes.col(0) > 0;
+          rows = static_cast<uint64_t>(s.range_sizes.col(6));
+          rc = s.range_sizes.step();
+        }
+        s.range_sizes.reset();
+        ok = rc == SQLITE_DONE;
       }
-      s.range_sizes.reset();
-      ok = rc == SQLITE_DONE;
       if (ok && has_pos && !to_quarantine) {
         s.range_pos_ids.bind(1, op.first_seq);
         s.range_pos_ids.bind(2, op.last_seq);
@@ -1298,6 +1351,9 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
       a.quarantines.clear();
     } else {
       a.acks_applied = true;
+      for (const auto& op : acks) {
+        a.acked_ranges.emplace_back(op.first_seq, op.last_seq);
+      }
     }
   }
   // Housekeeping in the same transaction; a failure here only postpones it.
@@ -1538,20 +1594,68 @@ void Buffer::publishCommitted(Attempt& a) {
   }
   // Their bodies are moved, not copied: the request is answered next and never reads them again
   // (a copy here was a malloc and a memcpy per event on the writer, holding mu_).
+  if (take < a.inserted.size()) {
+    // Events left out: readPending() reads them, and whatever follows them, from the file.
+    fresh_from_ = std::max(fresh_from_, take > 0 ? a.inserted[a.inserted.size() - take].first
+                                                 : a.inserted.back().first + 1);
+  }
   for (auto it = a.inserted.end() - static_cast<std::ptrdiff_t>(take); it != a.inserted.end();
        ++it) {
-    recent_bytes_ += it->second->body.size();
-    recent_.push_back(RecentEvent{it->first, it->second->type, std::move(it->second->body)});
+    const StoredEvent& e = *it->second;
+    recent_bytes_ += e.body.size();
+    recent_.push_back(
+        RecentEvent{it->first, e.type, {}, true, static_cast<int>(e.priority), rowCost(e)});
+    recent_.back().body = std::move(it->second->body);
   }
   while (!recent_.empty() && (recent_.size() > kRecentEvents || recent_bytes_ > max_bytes)) {
     if (recent_.size() <= kRecentEvents) {
       ++stats_.recent_dropped;
     }
     recent_bytes_ -= recent_.front().body.size();
+    fresh_from_ = std::max(fresh_from_, recent_.front().seq + 1);
     recent_.pop_front();
   }
+  // Rows this commit deleted (after inserting: a request may evict what an earlier one of the
+  // same group stored) are no longer pending.
+  forgetFreshLocked(a.acked_ranges);
+  forgetFreshLocked(a.evicted.ranges);
   stats_.recent_events = recent_.size();
   stats_.recent_bytes = recent_bytes_;
+}
+
+bool Buffer::freshRangeSizes(int64_t first, int64_t last, RangeSizes& sizes) {
+  std::lock_guard lock(mu_);
+  if (first < fresh_from_) {
+    return false;
+  }
+  auto it = std::lower_bound(recent_.begin(), recent_.end(), first,
+                             [](const RecentEvent& e, int64_t seq) { return e.seq < seq; });
+  for (; it != recent_.end() && it->seq <= last; ++it) {
+    if (!it->pending) {
+      continue;
+    }
+    if (it->priority == 0) {
+      return false;  // POS ids are remembered when delivered: the file's path reads them
+    }
+    sizes.events[it->priority] += 1;
+    sizes.bytes[it->priority] += it->cost;
+  }
+  return true;
+}
+
+void Buffer::setFreshFrom(int64_t seq) {
+  std::lock_guard lock(mu_);
+  fresh_from_ = seq;
+}
+
+void Buffer::forgetFreshLocked(const SeqRanges& ranges) {
+  for (const auto& [first, last] : ranges) {
+    auto it = std::lower_bound(recent_.begin(), recent_.end(), first,
+                               [](const RecentEvent& e, int64_t seq) { return e.seq < seq; });
+    for (; it != recent_.end() && it->seq <= last; ++it) {
+      it->pending = false;
+    }
+  }
 }
 
 void Buffer::runRetryQuarantine(Job& job) {

@@ -143,6 +143,11 @@ struct RecentEvent {
   int64_t seq = 0;
   std::string type;
   std::string body;
+  // Still a row of the events table (not delivered, evicted or quarantined since): what
+  // Buffer::readPending() may answer from memory.
+  bool pending = true;
+  int priority = 1;  // Priority, as stored
+  int64_t cost = 0;  // what the row counts in the buffer's bytes (the packed body, id, type)
 };
 
 struct BufferStats {
@@ -186,6 +191,9 @@ struct BufferStats {
   std::size_t recent_events = 0;
   std::size_t recent_bytes = 0;
   uint64_t recent_dropped = 0;  // bodies left out of the ring because of its byte bound
+  // readPending() calls answered from the ring (the sync engine keeping up) and from the file.
+  uint64_t reads_from_ring = 0;
+  uint64_t reads_from_file = 0;
 };
 
 /// What Buffer::editEvents() does with one stored event (consent applied to buffered data,
@@ -277,8 +285,14 @@ class Buffer final : public Outbox {
   Result<AppendCounts> append(std::vector<StoredEvent> events);
 
   // Outbox
+  /// Answered from the ring of recent events when every pending event after `after_seq` is in
+  /// it (the sync engine keeping up: no read of the file, nothing to unpack), else from the file
+  /// (readPendingFromFile). The same events either way.
   Result<std::vector<PendingEvent>> readPending(int64_t after_seq, std::size_t max_events,
                                                 std::size_t max_bytes) override;
+  /// readPending() read from the file, always. Thread: any (one reader at a time).
+  Result<std::vector<PendingEvent>> readPendingFromFile(int64_t after_seq, std::size_t max_events,
+                                                        std::size_t max_bytes);
   void acknowledge(int64_t first_seq, int64_t last_seq) override;
   void quarantine(int64_t first_seq, int64_t last_seq, std::string reason) override;
   int64_t waitForNewer(int64_t seq, int timeout_ms) override;
@@ -393,6 +407,16 @@ class Buffer final : public Outbox {
   bool saveCounters(const Counters& c);
   int64_t committedHighWater();
   void refreshStatsLocked();
+  /// Marks the entries of recent_ within these seq ranges as no longer pending.
+  void forgetFreshLocked(const SeqRanges& ranges);
+  void setFreshFrom(int64_t seq);
+  struct RangeSizes {
+    int64_t events[3] = {0, 0, 0};
+    int64_t bytes[3] = {0, 0, 0};
+  };
+  /// Adds up the pending events of [first, last] by priority from the ring; false when the ring
+  /// does not hold every row of the range, or the range holds POS events.
+  bool freshRangeSizes(int64_t first, int64_t last, RangeSizes& sizes);
   void requeueAcksLocked(std::vector<AckOp>& acks);
   void updateAckWatermarkLocked();
   void logFailure(const std::string& what);
@@ -435,7 +459,12 @@ class Buffer final : public Outbox {
   EvictionReport evictions_;                              // guarded by mu_
   std::vector<QuarantineReport> quarantines_;             // guarded by mu_
   std::deque<RecentEvent> recent_;                        // guarded by mu_
-  std::size_t recent_bytes_ = 0;                          // guarded by mu_
+  // Guarded by mu_: every row of the events table with a seq at or above this one is in
+  // recent_, marked pending, and every entry marked pending is such a row, so readPending()
+  // may answer from recent_ for any after_seq >= fresh_from_ - 1. Raised when the ring leaves
+  // events out or drops them; INT64_MAX while a job changes rows outside the group commit.
+  int64_t fresh_from_ = INT64_MAX;
+  std::size_t recent_bytes_ = 0;  // guarded by mu_
   int64_t page_size_ = 4096;
   int lock_fd_ = -1;
   std::string epoch_;  // fixed once open() returns

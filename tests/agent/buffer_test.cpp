@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -935,4 +936,117 @@ TEST_CASE("releaseMemory empties the connections' page caches and the buffer goe
 
   b->close();
   CHECK_FALSE(b->releaseMemory(std::chrono::milliseconds(100)));  // stopping: nothing to do
+}
+
+TEST_CASE("readPending answers from memory exactly what the file holds, whatever happened",
+          "[unit][buffer]") {
+  // The ring of recent events answers readPending() while the reader keeps up; the file
+  // answers otherwise. Through appends (some of low priority into a small buffer, so that they
+  // are evicted), acknowledgements and quarantines of ranges, the quarantine's retry, an
+  // erasure, and bodies too large for the ring, both must give the same events, byte for byte.
+  TempDir dir;
+  BufferOptions o = optionsFor(dir, 256 * 1024);
+  o.recent_max_bytes = 64 * 1024;
+  o.pack_bodies = true;
+  o.ack_delay = std::chrono::milliseconds(20);  // ranges queued together share a commit
+  auto b = openWith(o);
+  std::minstd_rand rng(20261205);
+  auto pick = [&](int64_t lo, int64_t hi) {
+    return lo >= hi ? lo : lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
+  };
+  int64_t ms = 0;
+  const std::vector<std::string> types = {"kiosk.view", "beacon.enter"};
+  for (int step = 0; step < 400; ++step) {
+    const int64_t last = b->stats().last_seq;
+    const auto what = pick(0, 19);
+    if (what < 10) {
+      std::vector<StoredEvent> events;
+      const auto n = pick(1, 40);
+      for (int64_t i = 0; i < n; ++i) {
+        const auto size =
+            static_cast<std::size_t>(pick(0, 9) == 0 ? pick(20000, 70000) : pick(50, 900));
+        // POS events (whose delivered ids are remembered) one in eight.
+        events.push_back(makeEvent(
+            pick(0, 7) == 0 ? "pos.transaction" : types[static_cast<std::size_t>(pick(0, 1))], size,
+            ++ms));
+      }
+      (void)b->append(events);  // "full" is an answer too: nothing of it stored
+    } else if (what < 14 && last > 0) {
+      const int64_t first = pick(std::max<int64_t>(1, last - 150), last);
+      b->acknowledge(first, pick(first, last));
+    } else if (what < 16 && last > 0) {
+      const int64_t first = pick(std::max<int64_t>(1, last - 150), last);
+      b->quarantine(first, pick(first, last), "schema");
+    } else if (what == 18 && last > 0) {
+      // Overlapping ranges in one commit: the second finds rows the first already took.
+      const int64_t first = pick(std::max<int64_t>(1, last - 10), last);
+      b->acknowledge(first, pick(first, last));
+      b->quarantine(pick(std::max<int64_t>(1, first - 3), first), pick(first, last), "late");
+    } else if (what == 16) {
+      (void)b->retryQuarantine();  // "full" is an answer too
+    } else if (what == 17) {
+      // An erasure: drop the events whose body holds one of these ids.
+      auto some = b->readPendingFromFile(std::max<int64_t>(0, last - 100), 100, 1 << 30);
+      REQUIRE(some.has_value());
+      std::vector<std::string> needles;
+      for (std::size_t i = 0; i < some->size(); i += 7) {
+        needles.push_back(some->at(i).body.substr(7, 36));
+      }
+      REQUIRE(
+          b->editEvents(
+               needles,
+               [](const std::string&, const std::string&) {
+                 return omniedge::store::EventEdit{omniedge::store::EventEdit::Action::kDrop, {}};
+               },
+               false)
+              .has_value());
+    }
+    b->syncAcknowledgements();
+    const int64_t now_last = b->stats().last_seq;
+    for (const int64_t after : {int64_t{0}, now_last, now_last - 1,
+                                pick(std::max<int64_t>(0, now_last - 300), now_last)}) {
+      const auto max_events = static_cast<std::size_t>(pick(1, 300));
+      const auto max_bytes = static_cast<std::size_t>(pick(1000, 200000));
+      auto mem = b->readPending(after, max_events, max_bytes);
+      auto file = b->readPendingFromFile(after, max_events, max_bytes);
+      REQUIRE(mem.has_value());
+      REQUIRE(file.has_value());
+      REQUIRE(mem->size() == file->size());
+      for (std::size_t i = 0; i < mem->size(); ++i) {
+        REQUIRE(mem->at(i).seq == file->at(i).seq);
+        REQUIRE(mem->at(i).body == file->at(i).body);
+      }
+    }
+    // Acknowledged ranges are counted from the ring too: the counters stay the file's own.
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2((dir.path() / "buffer.db").c_str(), &db, SQLITE_OPEN_READONLY,
+                            nullptr) == SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db,
+                               "SELECT prio, count(*), sum(length(CAST(body AS BLOB)) + length(id) "
+                               "+ length(type) + 40) FROM events GROUP BY prio",
+                               -1, &st, nullptr) == SQLITE_OK);
+    int64_t events[3] = {0, 0, 0};
+    int64_t bytes[3] = {0, 0, 0};
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      const int p = sqlite3_column_int(st, 0);
+      events[p] = sqlite3_column_int64(st, 1);
+      bytes[p] = sqlite3_column_int64(st, 2);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    const auto counted = b->stats();
+    for (int p = 0; p < 3; ++p) {
+      REQUIRE(counted.pending[p] == events[p]);
+      REQUIRE(counted.pending_bytes_by_priority[p] == bytes[p]);
+    }
+  }
+  // Evictions, quarantines and the ring's bounds all happened, and the ring did answer.
+  const auto s = b->stats();
+  CHECK(s.evicted > 0);
+  CHECK(s.quarantined > 0);
+  CHECK(s.quarantine_retried > 0);
+  CHECK(s.recent_dropped > 0);
+  CHECK(s.reads_from_ring > 200);
+  CHECK(s.reads_from_file > 400);
 }
