@@ -108,6 +108,11 @@ TEST_CASE(
 
   auto status = json::parse(sub.last("omniedge/v1/default/store-042/status"));
   CHECK(status["state"] == "online");
+  // The uplink kept up: it read what had just been stored from memory, not from the file (the
+  // same events, as the checks above saw).
+  auto st = agent.cli({"status", "--json"});
+  REQUIRE(st.exit_code == 0);
+  CHECK(json::parse(st.out)["counters"]["reads_from_ring"].get<int64_t>() > 0);
   CHECK(agent.cli({"flush", "--wait", "30"}).exit_code == 0);
   CHECK(agent.stop() == 0);
   REQUIRE(sub.waitFor(
@@ -150,6 +155,10 @@ TEST_CASE("with the broker down events are accepted and buffered, and all arrive
   broker.start();
   CHECK(agent.cli({"flush"}).exit_code == 0);
   CHECK(omniedge::testing::waitForAllIds(sub, {ids.begin(), ids.end()}, 60s) == 0);
+  // The backlog came from the file.
+  st = agent.cli({"status", "--json"});
+  REQUIRE(st.exit_code == 0);
+  CHECK(json::parse(st.out)["counters"]["reads_from_file"].get<int64_t>() > 0);
 }
 
 TEST_CASE("an agent killed with SIGKILL in the middle of a stream loses no acknowledged event",
