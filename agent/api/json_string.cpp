@@ -1,6 +1,43 @@
 #include "agent/api/json_string.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace omniedge {
+
+std::size_t jsonPlainRun(std::string_view text, std::size_t from, bool stop_at_del) {
+  const char* p = text.data();
+  const std::size_t n = text.size();
+  std::size_t i = from;
+#if defined(__SSE2__)
+  // Bytes compared as signed: 0x80-0xff are negative, so "less than 0x20" finds them with the
+  // control characters in one compare.
+  const __m128i quote = _mm_set1_epi8('"');
+  const __m128i backslash = _mm_set1_epi8('\\');
+  const __m128i space = _mm_set1_epi8(0x20);
+  const __m128i del = _mm_set1_epi8(0x7f);
+  for (; i + 16 <= n; i += 16) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    __m128i stop =
+        _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                     _mm_cmplt_epi8(v, space));
+    if (stop_at_del) {
+      stop = _mm_or_si128(stop, _mm_cmpeq_epi8(v, del));
+    }
+    if (const int mask = _mm_movemask_epi8(stop); mask != 0) {
+      return i + static_cast<std::size_t>(__builtin_ctz(static_cast<unsigned>(mask))) - from;
+    }
+  }
+#endif
+  for (; i < n; ++i) {
+    const auto c = static_cast<unsigned char>(p[i]);
+    if (c == '"' || c == '\\' || c < 0x20 || c >= 0x80 || (stop_at_del && c == 0x7f)) {
+      break;
+    }
+  }
+  return i - from;
+}
 
 // Length of the well-formed UTF-8 sequence at text[i] (shortest form, no surrogates, at most
 // U+10FFFF), or 0 when the bytes there are not one.
@@ -42,6 +79,12 @@ void appendJsonString(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   out.push_back('"');
   for (std::size_t i = 0; i < s.size();) {
+    // What needs no escaping, in one append.
+    if (const std::size_t run = jsonPlainRun(s, i, true); run > 0) {
+      out.append(s.data() + i, run);
+      i += run;
+      continue;
+    }
     const auto c = static_cast<unsigned char>(s[i]);
     if (c >= 0x80) {
       const std::size_t n = utf8SequenceLength(s, i);

@@ -355,13 +355,7 @@ class Parser {
     while (true) {
       // Copy plain ASCII runs in one go.
       const std::size_t run_start = pos_;
-      while (!atEnd()) {
-        const auto c = static_cast<unsigned char>(in_[pos_]);
-        if (c == '"' || c == '\\' || c < 0x20 || c >= 0x80) {
-          break;
-        }
-        ++pos_;
-      }
+      pos_ += jsonPlainRun(in_, pos_, false);
       if (out != nullptr && pos_ > run_start) {
         out->append(in_.data() + run_start, pos_ - run_start);
       }
