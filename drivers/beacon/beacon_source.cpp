@@ -20,6 +20,19 @@ constexpr int kWaitMs = 200;
 constexpr std::size_t kMaxMessagesPerPoll = 50'000;
 constexpr std::size_t kAllocOverhead = 16;  // per heap block, as the presence engine counts
 
+/// Whether Paho has finished `token`'s action (its code is then token.get_return_code()).
+/// Not token.is_complete(): Paho C++ 1.2 reads the flag there without the token's lock, so
+/// nothing orders that read after the callback thread's writes of the return code and the
+/// response (a data race TSan reports when the token is freed; on a weakly ordered CPU, ARM,
+/// the code could be read stale). try_wait() checks under the lock, and throws the failure.
+bool finished(mqtt::token& token) {
+  try {
+    return token.try_wait();
+  } catch (const mqtt::exception&) {
+    return true;
+  }
+}
+
 /// What a queued message costs: its bytes, the deque slot and two heap blocks.
 std::size_t messageBytes(std::string_view topic, std::string_view payload) {
   return topic.size() + payload.size() + 2 * (sizeof(std::string) + kAllocOverhead);
@@ -179,7 +192,7 @@ Result<void> BeaconSource::manageConnection(int64_t now) {
         fail("connection lost", now);
         return makeError("connect", "beacon broker connection lost");
       }
-      if (subscribe_token_ && subscribe_token_->is_complete()) {
+      if (subscribe_token_ && finished(*subscribe_token_)) {
         const int rc = subscribe_token_->get_return_code();
         subscribe_token_.reset();
         if (rc != 0) {
@@ -190,7 +203,7 @@ Result<void> BeaconSource::manageConnection(int64_t now) {
       return {};
     }
     if (state_ == State::kConnecting) {
-      if (!connect_token_->is_complete()) {
+      if (!finished(*connect_token_)) {
         if (now >= next_attempt_ms_) {  // used as the connect deadline meanwhile
           fail("connect timed out", now);
           return makeError("connect", "beacon broker connect timed out");
