@@ -35,7 +35,9 @@ void SourceRunner::loop(std::stop_token stop) {
   while (!stop.stop_requested()) {
     auto r = source_->poll(out_, stop);
     if (r) {
-      if (failing_.exchange(false)) {
+      // A round that worked ends a failure only once the source says it is up again: the
+      // beacon driver's rounds work between its reconnect attempts too.
+      if (failing_.load() && source_->health().down.empty() && failing_.exchange(false)) {
         spdlog::info("{}: working again", source_->name());
       }
       continue;
@@ -61,19 +63,20 @@ nlohmann::json SourceRunner::state() const {
   for (const auto& [name, value] : health.counters) {
     counters[name] = value;
   }
+  const bool failing = failing_.load() || !health.down.empty();
   // One error count for the technician: rounds that failed plus inputs the source refused.
-  return {
-      {"name", std::string(source_->name())},
-      {"state", !thread_.joinable() ? "stopped"
-                : failing_.load()   ? "failing"
-                                    : "running"},
-      {"errors", errors_.load() + health.input_errors},
-      {"poll_errors", errors_.load()},
-      {"input_errors", health.input_errors},
-      // While failing, why; otherwise the latest refused input, else the last failure.
-      {"last_error",
-       failing_.load() || health.last_input_error.empty() ? last_error_ : health.last_input_error},
-      {"counters", std::move(counters)}};
+  return {{"name", std::string(source_->name())},
+          {"state", !thread_.joinable() ? "stopped"
+                    : failing           ? "failing"
+                                        : "running"},
+          {"errors", errors_.load() + health.input_errors},
+          {"poll_errors", errors_.load()},
+          {"input_errors", health.input_errors},
+          // While failing, why; otherwise the latest refused input, else the last failure.
+          {"last_error", !health.down.empty()                         ? health.down
+                         : failing || health.last_input_error.empty() ? last_error_
+                                                                      : health.last_input_error},
+          {"counters", std::move(counters)}};
 }
 
 }  // namespace omniedge

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "agent/api/mqtt_failure.h"
 #include "sync/tls_probe.h"
 
 namespace omniedge::sync {
@@ -23,8 +24,6 @@ constexpr int kMaxQueuedPublishes = 1000;
 constexpr int kFirstV5ReasonFailure = 0x80;
 constexpr int kConnackBadProtocolVersion = 1;      // MQTT 3.1.1 CONNACK return code
 constexpr int kUnsupportedProtocolVersion = 0x84;  // MQTT 5 CONNACK reason code
-// Paho's message when no TCP/TLS connection could be made: says nothing about the version.
-constexpr std::string_view kTransportFailure = "TCP/TLS connect failure";
 
 void* tagToContext(uint64_t tag) { return reinterpret_cast<void*>(static_cast<uintptr_t>(tag)); }
 uint64_t contextToTag(void* context) {
@@ -60,22 +59,6 @@ Result<std::string> pahoUri(const std::string& url, bool& tls) {
 }
 
 bool readable(const std::string& path) { return access(path.c_str(), R_OK) == 0; }
-
-// "host" of scheme://host:port/path ([v6] kept with its brackets).
-std::string hostOf(const std::string& url) {
-  auto start = url.find("://");
-  start = start == std::string::npos ? 0 : start + 3;
-  auto end = url.find_first_of(url[start] == '[' ? "]" : ":/", start);
-  if (end != std::string::npos && url[start] == '[') {
-    ++end;
-  }
-  return url.substr(start, end == std::string::npos ? std::string::npos : end - start);
-}
-
-bool isNumericHost(const std::string& host) {
-  return !host.empty() &&
-         (host.front() == '[' || host.find_first_not_of("0123456789.") == std::string::npos);
-}
 
 constexpr char kDoctor[] = "; try `omniedge doctor`";
 
@@ -234,10 +217,10 @@ std::string MqttLink::connectFailure(const mqtt::exception& e) {
     // CONNACK: a 3.1.1 return code (1-5) or an MQTT 5 reason code (>= 0x80).
     return connackRefusal(rc, options_, e.what());
   }
-  const std::string message = e.get_message();
+  const ConnectFailure kind = classifyConnectFailure(options_.url, e.get_message());
   const bool tls_url = options_.url.rfind("mqtts://", 0) == 0 ||
                        options_.url.rfind("wss://", 0) == 0 || options_.url.rfind("ssl://", 0) == 0;
-  if (tls_url && message.find("timeout") == std::string::npos) {
+  if (tls_url && kind != ConnectFailure::kTimeout) {
     // Paho says "connect failure" whether the broker refused our certificate or is down:
     // ask the broker once more, on our own, what it objects to.
     const auto probe = probeTls(options_.url, options_.ca_file, options_.cert_file,
@@ -256,20 +239,19 @@ std::string MqttLink::connectFailure(const mqtt::exception& e) {
       return refusal + kDoctor;
     }
   }
-  if (message.find("timeout") != std::string::npos) {
-    return "no answer from the broker at " + options_.url + " within " +
-           std::to_string(options_.connect_timeout_s) +
-           " s: is the address right, does a firewall drop the traffic?" + kDoctor;
-  }
-  if (message.find(kTransportFailure) != std::string::npos) {
-    return "broker unreachable at " + options_.url +
-           " (connection refused or no route): is it running, is mqtt.url right?" + kDoctor;
-  }
-  const std::string host = hostOf(options_.url);
-  if (message.empty() && !isNumericHost(host)) {
-    // Paho says nothing when the name does not resolve.
-    return "cannot resolve the broker's host name \"" + host + "\" of " + options_.url +
-           ": check mqtt.url and the store's DNS" + kDoctor;
+  switch (kind) {
+    case ConnectFailure::kTimeout:
+      return "no answer from the broker at " + options_.url + " within " +
+             std::to_string(options_.connect_timeout_s) +
+             " s: is the address right, does a firewall drop the traffic?" + kDoctor;
+    case ConnectFailure::kUnreachable:
+      return "broker unreachable at " + options_.url +
+             " (connection refused or no route): is it running, is mqtt.url right?" + kDoctor;
+    case ConnectFailure::kUnresolved:
+      return "cannot resolve the broker's host name \"" + hostOf(options_.url) + "\" of " +
+             options_.url + ": check mqtt.url and the store's DNS" + kDoctor;
+    case ConnectFailure::kOther:
+      break;
   }
   return "cannot connect to " + options_.url + ": " + e.what() + kDoctor;
 }
@@ -408,7 +390,8 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
     return {};
   } catch (const mqtt::exception& e) {
     const int rc = e.get_return_code();
-    if (rc == MQTTASYNC_FAILURE && e.get_message().find(kTransportFailure) != std::string::npos) {
+    if (rc == MQTTASYNC_FAILURE &&
+        e.get_message().find(kPahoTransportFailure) != std::string::npos) {
       client_unused_ = true;  // no TCP/TLS connection: the next attempt may use it again
     } else {
       client_.reset();
@@ -419,7 +402,7 @@ Result<void> MqttLink::connect(const MqttMessage& will, std::stop_token stop) {
     if (rc == kConnackBadProtocolVersion || e.get_reason_code() == kUnsupportedProtocolVersion) {
       auto_attempts_ = level == MQTTVERSION_5 ? 1 : 0;  // the other one next time
     } else if (rc != MQTTASYNC_FAILURE ||
-               e.get_message().find(kTransportFailure) == std::string::npos) {
+               e.get_message().find(kPahoTransportFailure) == std::string::npos) {
       // The server answered (or hung up on) the CONNECT: it may not speak this version.
       ++auto_attempts_;
     }

@@ -19,6 +19,9 @@ namespace omniedge {
 struct SourceHealth {
   uint64_t input_errors = 0;     // inputs refused so far
   std::string last_input_error;  // the latest such refusal, "" when none
+  /// Why the source cannot do its work now although poll() returns (its broker unreachable,
+  /// retried with backoff); "" when it can. The source stays "failing" in status meanwhile.
+  std::string down;
   /// Driver-specific counters, e.g. {"files_processed", 12}, {"queue_dropped", 0}.
   std::vector<std::pair<std::string, uint64_t>> counters;
 };

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "agent/api/mqtt_failure.h"
 #include "agent/api/time.h"
 #include "drivers/beacon/gateway.h"
 
@@ -20,17 +21,65 @@ constexpr int kWaitMs = 200;
 constexpr std::size_t kMaxMessagesPerPoll = 50'000;
 constexpr std::size_t kAllocOverhead = 16;  // per heap block, as the presence engine counts
 
-/// Whether Paho has finished `token`'s action (its code is then token.get_return_code()).
+/// Whether Paho has finished `token`'s action (its code is then token.get_return_code()); a
+/// failure's message (Paho's words) into `failure` when given.
 /// Not token.is_complete(): Paho C++ 1.2 reads the flag there without the token's lock, so
 /// nothing orders that read after the callback thread's writes of the return code and the
 /// response (a data race TSan reports when the token is freed; on a weakly ordered CPU, ARM,
 /// the code could be read stale). try_wait() checks under the lock, and throws the failure.
-bool finished(mqtt::token& token) {
+bool finished(mqtt::token& token, std::string* failure = nullptr) {
   try {
     return token.try_wait();
-  } catch (const mqtt::exception&) {
+  } catch (const mqtt::exception& e) {
+    if (failure != nullptr) {
+      *failure = e.get_message();
+    }
     return true;
   }
+}
+
+/// A failed connect to the gateways' broker, in a technician's words (the uplink's own:
+/// MqttLink::connectFailure).
+std::string connectFailure(const std::string& url, int rc, const std::string& paho_message) {
+  if (rc > 0) {  // a CONNACK refusal (MQTT 3.1.1 return codes 1-5)
+    static constexpr std::string_view kConnack[] = {"",
+                                                    "unacceptable protocol version",
+                                                    "client id rejected",
+                                                    "server unavailable",
+                                                    "bad user name or password",
+                                                    "not authorised"};
+    return fmt::format(
+        "the gateways' broker at {} refused the connection (CONNACK {}{}{}): the beacon driver "
+        "connects without a user name or certificate; the broker must let it subscribe",
+        url, rc, rc < 6 ? ": " : "", rc < 6 ? kConnack[rc] : "");
+  }
+  switch (classifyConnectFailure(url, paho_message)) {
+    case ConnectFailure::kUnreachable:
+      if (url.rfind("mqtts://", 0) == 0 || url.rfind("wss://", 0) == 0) {
+        // Paho says the same when the TLS handshake fails.
+        return fmt::format(
+            "the gateways' broker at {} is unreachable or its TLS handshake failed: is it "
+            "running, is beacon.mqtt_url right, does its certificate verify against the "
+            "system's CA certificates for that host name?",
+            url);
+      }
+      return fmt::format(
+          "the gateways' broker is unreachable at {} (connection refused or no route): is it "
+          "running, is beacon.mqtt_url right?",
+          url);
+    case ConnectFailure::kTimeout:
+      return fmt::format(
+          "no answer from the gateways' broker at {}: is the address right, does a firewall "
+          "drop the traffic?",
+          url);
+    case ConnectFailure::kUnresolved:
+      return fmt::format("cannot resolve the host name \"{}\" of beacon.mqtt_url {}", hostOf(url),
+                         url);
+    case ConnectFailure::kOther:
+      break;
+  }
+  return fmt::format("cannot connect to the gateways' broker at {}: {}", url,
+                     paho_message.empty() ? mqtt::exception::error_str(rc) : paho_message);
 }
 
 /// What a queued message costs: its bytes, the deque slot and two heap blocks.
@@ -149,6 +198,7 @@ void BeaconSource::fail(const std::string& why, int64_t now) {
   std::lock_guard lock(mu_);
   ++stats_.connect_failures;
   stats_.last_error = why;
+  stats_.down = why;
 }
 
 bool BeaconSource::offer(std::string_view topic, std::string_view payload) {
@@ -189,8 +239,10 @@ Result<void> BeaconSource::manageConnection(int64_t now) {
         lost = std::exchange(lost_, false);
       }
       if (lost) {
-        fail("connection lost", now);
-        return makeError("connect", "beacon broker connection lost");
+        const std::string why =
+            fmt::format("lost the connection to the gateways' broker at {}", options_.mqtt_url);
+        fail(why, now);
+        return makeError("connect", why);
       }
       if (subscribe_token_ && finished(*subscribe_token_)) {
         const int rc = subscribe_token_->get_return_code();
@@ -203,18 +255,19 @@ Result<void> BeaconSource::manageConnection(int64_t now) {
       return {};
     }
     if (state_ == State::kConnecting) {
-      if (!finished(*connect_token_)) {
+      std::string paho_message;
+      if (!finished(*connect_token_, &paho_message)) {
         if (now >= next_attempt_ms_) {  // used as the connect deadline meanwhile
-          fail("connect timed out", now);
-          return makeError("connect", "beacon broker connect timed out");
+          const std::string why = connectFailure(options_.mqtt_url, 0, "connect timeout");
+          fail(why, now);
+          return makeError("connect", why);
         }
         return {};
       }
       const int rc = connect_token_->get_return_code();
       connect_token_.reset();
       if (rc != 0) {
-        const std::string why = fmt::format("connect to {} failed: {}", options_.mqtt_url,
-                                            mqtt::exception::error_str(rc));
+        const std::string why = connectFailure(options_.mqtt_url, rc, paho_message);
         fail(why, now);
         return makeError("connect", why);
       }
@@ -227,6 +280,7 @@ Result<void> BeaconSource::manageConnection(int64_t now) {
       lost_ = false;
       ++stats_.connects;
       stats_.connected = true;
+      stats_.down.clear();
       return {};
     }
     if (now < next_attempt_ms_) {
@@ -499,6 +553,7 @@ SourceHealth BeaconSource::health() const {
   SourceHealth h;
   h.input_errors = s.bad_messages + s.events_rejected;
   h.last_input_error = s.last_input_error;
+  h.down = s.down;
   h.counters = {
       {"messages", s.messages},
       {"bad_messages", s.bad_messages},

@@ -75,6 +75,7 @@ struct BeaconStats {
   uint64_t connect_failures = 0;
   bool connected = false;
   std::string last_error;        // connection or writer
+  std::string down;              // why the gateway connection is down; "" while up or not yet tried
   std::string last_input_error;  // the latest refused message or event, with its reason
   PresenceStats presence;
 };

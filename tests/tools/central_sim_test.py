@@ -868,6 +868,23 @@ class VerifyKeys(TempDirTest):
         d.ingest(payload.parse_batch(json.dumps(doc).encode()), "t1", "s1", "mqtt", "none", 0)
         d.close()
 
+    def test_a_long_list_of_ranges_is_cut_short_in_text_only(self):
+        # A run of I/O errors gives up thousands of short seq ranges: the text report names
+        # the first 20 and how many more, the JSON keeps every one.
+        db = self.path("central.db")
+        kiosk = [{"id": str(uuid.uuid4()), "type": "kiosk.view", "source": "kiosk",
+                  "data": {"n": n}} for n in range(2)]
+        for k in range(30):  # seqs 1-2 received, 3 missing; 4-5 received, 6 missing; ...
+            self.ingest(db, [dict(e, id=str(uuid.uuid4())) for e in kiosk], 3 * k + 1)
+        r = sim("report", "--db", db)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        line = next(x for x in r.stdout.decode().splitlines() if x.strip().startswith("missing "))
+        self.assertEqual(line.strip(), "missing 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, "
+                         "42, 45, 48, 51, 54, 57, 60 and 9 more ranges (9 seqs) (29 events LOST)")
+        r = sim("report", "--db", db, "--json")
+        epoch = json.loads(r.stdout)["stores"][0]["gaps"]["epochs"][0]
+        self.assertEqual(len(epoch["missing"]), 29)
+
     def test_keys(self):
         db = self.path("central.db")
         pos = [{"id": str(uuid.uuid4()), "type": "pos.transaction", "source": "pos",

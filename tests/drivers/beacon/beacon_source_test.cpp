@@ -15,6 +15,7 @@
 
 #include "tests/support/broker.h"
 #include "tests/support/recording_writer.h"
+#include "tests/support/temp_dir.h"
 
 namespace omniedge::beacon {
 namespace {
@@ -401,16 +402,33 @@ TEST_CASE("an unreachable broker is an error from poll, retried with backoff",
   BeaconOptions options;
   options.mqtt_url = broker.url();
   options.reconnect_min_ms = 100;
+  options.reconnect_max_ms = 200;
   BeaconSource source(options);
   RecordingWriter writer;
-  bool failed = false;
+  std::string error;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (!failed && std::chrono::steady_clock::now() < deadline) {
-    failed = !source.poll(writer, {}).has_value();
+  while (error.empty() && std::chrono::steady_clock::now() < deadline) {
+    if (auto r = source.poll(writer, {}); !r) {
+      error = r.error().message;
+    }
   }
-  CHECK(failed);
+  // What a technician reads in status and the log: the broker, the URL, and what to check.
+  const std::string expected = "the gateways' broker is unreachable at " + broker.url() +
+                               " (connection refused or no route): is it running, is "
+                               "beacon.mqtt_url right?";
+  CHECK(error == expected);
   CHECK(source.stats().connect_failures >= 1);
   CHECK_FALSE(source.stats().connected);
+  // Between attempts poll() works, but the source still says it is down, and why.
+  CHECK(source.health().down == expected);
+
+  broker.start();
+  const auto up_by = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!source.stats().connected && std::chrono::steady_clock::now() < up_by) {
+    (void)source.poll(writer, {});
+  }
+  CHECK(source.stats().connected);
+  CHECK(source.health().down.empty());
 
   BeaconOptions bad;
   bad.mqtt_url = "http://example.invalid";
@@ -418,6 +436,34 @@ TEST_CASE("an unreachable broker is an error from poll, retried with backoff",
   auto result = bad_source.poll(writer, {});
   REQUIRE_FALSE(result.has_value());
   CHECK(result.error().code == "invalid");
+}
+
+TEST_CASE("a gateways' broker whose certificate does not verify is named as a TLS failure",
+          "[integration][beacon]") {
+  testing::TempDir pki_dir;
+  const auto pki = testing::makeTestPki(pki_dir.path());
+  // Signed by the tests' own CA, which the system's CA certificates do not hold.
+  MosquittoBroker broker(
+      true, MosquittoBroker::Tls{pki.ca_cert, pki.server_cert, pki.server_key, false});
+  REQUIRE(broker.url().rfind("mqtts://", 0) == 0);
+  BeaconOptions options;
+  options.mqtt_url = broker.url();
+  options.reconnect_min_ms = 100;
+  BeaconSource source(options);
+  RecordingWriter writer;
+  std::string error;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (error.empty() && std::chrono::steady_clock::now() < deadline) {
+    if (auto r = source.poll(writer, {}); !r) {
+      error = r.error().message;
+    }
+  }
+  CHECK(error == "the gateways' broker at " + broker.url() +
+                     " is unreachable or its TLS handshake failed: is it running, is "
+                     "beacon.mqtt_url right, does its certificate verify against the system's "
+                     "CA certificates for that host name?");
+  CHECK_FALSE(source.stats().connected);
+  CHECK(source.health().down == error);
 }
 
 }  // namespace omniedge::beacon

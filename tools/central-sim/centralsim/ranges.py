@@ -39,7 +39,17 @@ def size(ranges: Iterable[Sequence[int]]) -> int:
     return sum(b - a + 1 for a, b in merge(ranges))
 
 
-def text(ranges: Iterable[Sequence[int]]) -> str:
-    """'1-5, 9, 12-20' (or 'none')."""
-    parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in ranges]
-    return ", ".join(parts) if parts else "none"
+def text(ranges: Iterable[Sequence[int]], limit: int = 0) -> str:
+    """'1-5, 9, 12-20' (or 'none'). With a limit, at most that many ranges and then how many
+    more, e.g. '1-5, 9 and 1,498 more ranges (2,950 seqs)': a report line an operator can read
+    when a run of I/O errors gave up thousands of short ranges (the JSON keeps them all)."""
+    ranges = list(ranges)
+    shown = ranges[:limit] if 0 < limit < len(ranges) else ranges
+    parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in shown]
+    if not parts:
+        return "none"
+    out = ", ".join(parts)
+    rest = ranges[len(shown):]
+    if rest:
+        out += f" and {len(rest):,} more ranges ({sum(b - a + 1 for a, b in rest):,} seqs)"
+    return out

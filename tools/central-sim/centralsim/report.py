@@ -181,6 +181,10 @@ def collect(database: Database, store_filter: Optional[str] = None) -> List[Dict
     return out
 
 
+# Ranges a text line lists before it says how many more there are (--json has them all).
+_SHOWN = 20
+
+
 def _print_store(s: Dict[str, Any], w) -> None:
     ev = s["events"]
     w(f"store {_store_key(s['tenant'], s['store_id'])}: {ev['received']} events received, "
@@ -206,13 +210,14 @@ def _print_store(s: Dict[str, Any], w) -> None:
     w(f"  gaps: {g['verdict']}: {g['note']}")
     for e in g["epochs"]:
         w(f"    epoch {e['epoch']}: seqs {e['first_seq']}-{e['highest_seq']}, "
-          f"{e['batches']} batches, covered {rg.text(e['covered'])}")
+          f"{e['batches']} batches, covered {rg.text(e['covered'], _SHOWN)}")
         for d in e["dropped"]:
-            w(f"      dropped {rg.text(d['ranges'])} ({d['events']} events): {d['reason']}")
-        w(f"      missing {rg.text(e['missing'])}"
+            w(f"      dropped {rg.text(d['ranges'], _SHOWN)} ({d['events']} events): {d['reason']}")
+        w(f"      missing {rg.text(e['missing'], _SHOWN)}"
           + (f" ({e['missing_seqs']} events LOST)" if e["missing_seqs"] else ""))
         if e["unconfirmed"]:
-            w(f"      not received yet {rg.text(e['unconfirmed'])} (the agent's last status says "
+            w(f"      not received yet {rg.text(e['unconfirmed'], _SHOWN)} "
+              f"(the agent's last status says "
               f"{e['agent_pending']} events pending)")
         if e["sparse_batches"]:
             w(f"      {e['sparse_batches']} batches had holes the agent says were delivered "
@@ -433,9 +438,10 @@ def verdict_lines(r: Dict[str, Any]) -> List[str]:
         line = f"  gaps of {g['store']}: {g['verdict']}"
         for e in g["epochs"]:
             if e["missing"]:
-                line += f"; epoch {e['epoch']} missing {rg.text(e['missing'])}"
+                line += f"; epoch {e['epoch']} missing {rg.text(e['missing'], _SHOWN)}"
             for d in e["dropped"]:
-                line += f"; epoch {e['epoch']} dropped {rg.text(d['ranges'])} ({d['reason']})"
+                line += (f"; epoch {e['epoch']} dropped {rg.text(d['ranges'], _SHOWN)} "
+                         f"({d['reason']})")
         out.append(line)
     out.append("verdict: " + (
         "OK: nothing lost" if r["ok"] else
