@@ -34,6 +34,17 @@ bool hasEnter(const RecordingWriter& writer, const std::string& identity) {
 }
 
 /// Publishes ESPresense sightings of `device` and polls until its enter arrives (≤ 15 s).
+/// Polls until a round fails (within 10 s): its message, "" if none did.
+std::string firstPollError(BeaconSource& source, RecordingWriter& writer) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (auto r = source.poll(writer, {}); !r) {
+      return r.error().message;
+    }
+  }
+  return {};
+}
+
 bool publishUntilEnter(mqtt::async_client& gateway, BeaconSource& source, RecordingWriter& writer,
                        const std::string& device, const std::string& identity) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
@@ -405,13 +416,7 @@ TEST_CASE("an unreachable broker is an error from poll, retried with backoff",
   options.reconnect_max_ms = 200;
   BeaconSource source(options);
   RecordingWriter writer;
-  std::string error;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (error.empty() && std::chrono::steady_clock::now() < deadline) {
-    if (auto r = source.poll(writer, {}); !r) {
-      error = r.error().message;
-    }
-  }
+  const std::string error = firstPollError(source, writer);
   // What a technician reads in status and the log: the broker, the URL, and what to check.
   const std::string expected = "the gateways' broker is unreachable at " + broker.url() +
                                " (connection refused or no route): is it running, is "
@@ -451,13 +456,7 @@ TEST_CASE("a gateways' broker whose certificate does not verify is named as a TL
   options.reconnect_min_ms = 100;
   BeaconSource source(options);
   RecordingWriter writer;
-  std::string error;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (error.empty() && std::chrono::steady_clock::now() < deadline) {
-    if (auto r = source.poll(writer, {}); !r) {
-      error = r.error().message;
-    }
-  }
+  const std::string error = firstPollError(source, writer);
   CHECK(error == "the gateways' broker at " + broker.url() +
                      " is unreachable or its TLS handshake failed: is it running, is "
                      "beacon.mqtt_url right, does its certificate verify against the system's "
