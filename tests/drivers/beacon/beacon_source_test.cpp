@@ -448,8 +448,8 @@ TEST_CASE("a gateways' broker whose certificate does not verify is named as a TL
   testing::TempDir pki_dir;
   const auto pki = testing::makeTestPki(pki_dir.path());
   // Signed by the tests' own CA, which the system's CA certificates do not hold.
-  MosquittoBroker broker(
-      true, MosquittoBroker::Tls{pki.ca_cert, pki.server_cert, pki.server_key, false});
+  MosquittoBroker broker(true,
+                         MosquittoBroker::Tls{pki.ca_cert, pki.server_cert, pki.server_key, false});
   REQUIRE(broker.url().rfind("mqtts://", 0) == 0);
   BeaconOptions options;
   options.mqtt_url = broker.url();
