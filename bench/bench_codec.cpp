@@ -1,6 +1,7 @@
 // What packing an envelope costs: store::packBody() (LZ4, the agent's dictionary attached) and
-// unpackBody() on kiosk envelopes like the ones bench/post100.lua makes the agent store, against
-// zstd level -1 with the same dictionary (what schema versions 2 and 3 packed).
+// unpackBody() on kiosk envelopes like the ones bench/post100.lua makes the agent store, each
+// with its id as the buffer gives it (the id left to the row: schema version 5), against zstd
+// level -1 with the same dictionary on the whole JSON (what schema versions 2 and 3 packed).
 //
 //   bench_codec [--n N]
 //
@@ -43,12 +44,14 @@ double microsSince(Clock::time_point t0) {
 
 // Kiosk envelopes of 718 bytes, what bench/post100.lua's ~500-byte events become once the agent
 // has added id, source, store and times (serialised as Ingest does it: bench_events.h).
-std::vector<std::string> envelopes(std::size_t n) {
+// With each its id, which the buffer's rows hold beside the body (packBody leaves it out).
+std::vector<std::pair<std::string, std::string>> envelopes(std::size_t n) {
   std::minstd_rand rng(20261205);
-  std::vector<std::string> out;
+  std::vector<std::pair<std::string, std::string>> out;
   out.reserve(n);
   for (std::size_t i = 0; i < n; ++i) {
-    out.push_back(omniedge::bench::makeEvent("bench", 718, rng).body);
+    auto e = omniedge::bench::makeEvent("bench", 718, rng);
+    out.emplace_back(std::move(e.body), std::move(e.id));
   }
   return out;
 }
@@ -66,7 +69,7 @@ int main(int argc, char** argv) {
   const auto all = envelopes(n);
   std::size_t in_bytes = 0;
   for (const auto& e : all) {
-    in_bytes += e.size();
+    in_bytes += e.first.size();
   }
 
   // LZ4 with the dictionary: the agent's own packBody(), each envelope once, then unpackBody()
@@ -82,20 +85,20 @@ int main(int argc, char** argv) {
     const std::size_t end = std::min(all.size(), at + kChunk);
     auto t0 = Clock::now();
     for (std::size_t i = at; i < end; ++i) {
-      packed[i - at] = omniedge::store::packBody(all[i]);
+      packed[i - at] = omniedge::store::packBody(all[i].first, all[i].second);
     }
     pack_total += microsSince(t0);
     t0 = Clock::now();
     for (std::size_t i = at; i < end; ++i) {
-      if (auto json = omniedge::store::unpackBody(packed[i - at])) {
+      if (auto json = omniedge::store::unpackBody(packed[i - at], all[i].second)) {
         unpacked_bytes += json->size();
       }
     }
     unpack_total += microsSince(t0);
     for (std::size_t i = at; i < end; ++i) {
-      lz4_bytes += packed[i - at].empty() ? all[i].size() : packed[i - at].size();
+      lz4_bytes += packed[i - at].empty() ? all[i].first.size() : packed[i - at].size();
       if (packed[i - at].empty()) {
-        unpacked_bytes += all[i].size();  // stored as it is
+        unpacked_bytes += all[i].first.size();  // stored as it is
       }
     }
   }
@@ -114,7 +117,7 @@ int main(int argc, char** argv) {
   std::size_t sink = 0;
   for (std::size_t r = 0; r < rounds; ++r) {
     for (std::size_t i = 0; i < few; ++i) {
-      sink += omniedge::store::packBody(all[i]).size();
+      sink += omniedge::store::packBody(all[i].first, all[i].second).size();
     }
   }
   const double repeated_us = microsSince(t0) / static_cast<double>(rounds * few);
@@ -144,16 +147,17 @@ int main(int argc, char** argv) {
     t0 = Clock::now();
     for (std::size_t i = at; i < end; ++i) {
       std::string& f = frames[i - at];
-      frame_sizes[i - at] =
-          ZSTD_compress_usingCDict(cctx, f.data(), f.size(), all[i].data(), all[i].size(), cdict);
+      frame_sizes[i - at] = ZSTD_compress_usingCDict(cctx, f.data(), f.size(), all[i].first.data(),
+                                                     all[i].first.size(), cdict);
     }
     zstd_total += microsSince(t0);
     t0 = Clock::now();
     for (std::size_t i = at; i < end; ++i) {
       const std::size_t k = ZSTD_decompress_usingDDict(
           dctx, json.data(), json.size(), frames[i - at].data(), frame_sizes[i - at], ddict);
-      if (ZSTD_isError(k) != 0U || k != all[i].size()) {
-        std::fprintf(stderr, "bench_codec: zstd gave back %zu bytes, not %zu\n", k, all[i].size());
+      if (ZSTD_isError(k) != 0U || k != all[i].first.size()) {
+        std::fprintf(stderr, "bench_codec: zstd gave back %zu bytes, not %zu\n", k,
+                     all[i].first.size());
         return 1;
       }
     }

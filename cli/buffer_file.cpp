@@ -72,7 +72,7 @@ Result<void> BufferFile::scan(const Scan& scan,
     if (!pending && (scan.pending_only || !hasTable(table))) {
       continue;
     }
-    const std::string sql = std::string("SELECT seq, type, body, received_ms FROM ") + table +
+    const std::string sql = std::string("SELECT seq, type, body, received_ms, id FROM ") + table +
                             " WHERE seq > ?1 AND seq < ?2 AND type GLOB ?3 AND received_ms >= ?4 "
                             "AND received_ms < ?5 ORDER BY seq " +
                             (scan.newest_first ? "DESC" : "ASC");
@@ -116,7 +116,7 @@ Result<void> BufferFile::scan(const Scan& scan,
       return {};
     }
     sqlite3_stmt* st = next->st.get();
-    auto body = store::bodyColumn(st, 2);
+    auto body = store::bodyColumn(st, 2, 4);
     if (!body) {
       // One damaged body must not hide the rest of the buffer from a technician: said, skipped.
       std::fprintf(stderr, "omniedge: event seq %lld skipped: %s\n",

@@ -3,7 +3,7 @@
 // a tag and the JSON's length; bodies packed by schema versions 2 and 3 are zstd frames, read
 // on as they are). SQLite's column type tells packed from JSON, so files written before bodies
 // were packed read on unchanged. Packing is done by the producer's
-// thread (Buffer::append), unpacking by whoever reads a body; in SQL, body_text(body) gives the
+// thread (Buffer::append), unpacking by whoever reads a body; in SQL, body_text(body, id) gives the
 // JSON of either. Internal to agent/store and the CLI's read of the file.
 #pragma once
 
@@ -22,22 +22,27 @@ namespace omniedge::store {
 inline constexpr std::size_t kMaxUnpackedBody = 16u << 20;
 
 /// `json` packed (LZ4 with the dictionary) when that is at least an eighth smaller (and `json`
-/// at least 64 bytes); empty otherwise (store the JSON as it is). Thread: any.
-std::string packBody(std::string_view json);
+/// at least 64 bytes); empty otherwise (store the JSON as it is). With the row's `id`, a JSON
+/// that starts `{"id":"<id>",` is packed without that member (unpackBody puts it back from the
+/// same id). Thread: any.
+std::string packBody(std::string_view json, std::string_view id = {});
 
-/// The JSON of a packed body, either form. Fails "corrupt" (naming the reason) on anything that
-/// is not one whole packed body of at most kMaxUnpackedBody bytes. Thread: any.
-Result<std::string> unpackBody(std::string_view packed);
+/// The JSON of a packed body, any form; `id` is the row's id (needed by a body packed without
+/// it). Fails "corrupt" (naming the reason) on anything that is not one whole packed body of at
+/// most kMaxUnpackedBody bytes. Thread: any.
+Result<std::string> unpackBody(std::string_view packed, std::string_view id = {});
 
-/// Column `col` of the current row as the envelope's JSON: TEXT as it is, a BLOB unpacked.
-Result<std::string> bodyColumn(sqlite3_stmt* st, int col);
+/// Column `col` of the current row as the envelope's JSON: TEXT as it is, a BLOB unpacked with
+/// the row's id from column `id_col`.
+Result<std::string> bodyColumn(sqlite3_stmt* st, int col, int id_col);
 
 /// Binds a body in its stored form: `packed` (a BLOB) when not empty, else `json` (TEXT). The
 /// strings must outlive the statement's step.
 void bindBody(sqlite3_stmt* st, int index, const std::string& json, const std::string& packed);
 
-/// Adds body_text(x) to `db`: x unpacked when it is a packed BLOB, x itself otherwise, NULL for
-/// a BLOB that does not unpack. False when SQLite refused it.
+/// Adds body_text(x, id) to `db`: x unpacked when it is a packed BLOB (id: the row's), x itself
+/// otherwise, NULL for a BLOB that does not unpack; body_text(x) for bodies that kept their id.
+/// False when SQLite refused it.
 bool registerBodyFunctions(sqlite3* db);
 
 }  // namespace omniedge::store

@@ -455,7 +455,7 @@ Result<void> Buffer::prepare() {
   checkpointer_ =
       std::make_unique<detail::Checkpointer>(*checkpointing, page_size_ + 24, kCheckpointTailBytes);
   if (auto r = s.read_pending.prepare(
-          reader_, "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?");
+          reader_, "SELECT seq, body, id FROM events WHERE seq > ? ORDER BY seq LIMIT ?");
       !r) {
     return r;
   }
@@ -633,7 +633,7 @@ Result<AppendCounts> Buffer::append(std::vector<StoredEvent> events) {
   for (auto& e : req->events) {
     // Packed here, on the producer's thread, not by the writer (the one thread every event goes
     // through). Bodies from retryQuarantine() and salvage keep the form they were stored in.
-    e.packed = options_.pack_bodies ? packBody(e.body) : std::string();
+    e.packed = options_.pack_bodies ? packBody(e.body, e.id) : std::string();
     req->bytes += e.body.size() + e.packed.size();
     req->essential = req->essential && e.type.rfind("agent.", 0) == 0;
     req->exported = req->exported || e.id_origin == IdOrigin::kExport;
@@ -820,7 +820,7 @@ Result<std::vector<PendingEvent>> Buffer::readPendingFromFile(int64_t after_seq,
   std::size_t bytes = 0;
   int rc = 0;
   while ((rc = s.step()) == SQLITE_ROW) {
-    auto body = bodyColumn(s.get(), 1);
+    auto body = bodyColumn(s.get(), 1, 2);
     if (!body) {
       // A packed body that does not unpack (the file was damaged under SQLite): it cannot be
       // sent as it is, and it must not stop the events behind it. It goes to the quarantine,
@@ -1793,7 +1793,7 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
   std::string sql = "SELECT seq, id, type, " + std::string(has_prio ? "prio" : "0") +
                     ", body FROM " + name + " WHERE seq > ?1 AND (";
   for (std::size_t i = 0; i < job.needles.size(); ++i) {
-    sql += (i == 0 ? "" : " OR ") + std::string("instr(body_text(body), ?") +
+    sql += (i == 0 ? "" : " OR ") + std::string("instr(body_text(body, id), ?") +
            std::to_string(i + 2) + ") > 0";
   }
   sql += ") ORDER BY seq LIMIT " + std::to_string(kEditChunkRows);
@@ -1846,7 +1846,7 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
       const std::string type = text(2);
       // body_text() matched it, so a packed body unpacks (else it would have been NULL).
       const auto stored = static_cast<int64_t>(sqlite3_column_bytes(sel, 4));
-      auto body = bodyColumn(sel, 4);
+      auto body = bodyColumn(sel, 4, 1);
       EventEdit edit = body ? job.editor(type, *body) : EventEdit{};
       if (edit.action != EventEdit::Action::kKeep) {
         rows.push_back(Row{after,
@@ -1856,7 +1856,7 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
                            std::move(edit),
                            {}});
         if (rows.back().edit.action == EventEdit::Action::kReplace && options_.pack_bodies) {
-          rows.back().packed = packBody(rows.back().edit.body);
+          rows.back().packed = packBody(rows.back().edit.body, id);
         }
         bytes += rows.back().edit.body.size();
       }

@@ -481,6 +481,8 @@ constexpr schema::Migration kBufferMigrations[] = {
     {2, "bodies may be stored packed (zstd with the agent's dictionary, as a BLOB)", versionOnly},
     {3, "ids the agent made itself are stored without an entry in the id index", bufferToV3},
     {4, "bodies may be stored packed as LZ4 blocks (with the agent's dictionary)", versionOnly},
+    {5, "packed bodies may leave out the envelope's id, which the row's id column holds",
+     versionOnly},
 };
 static_assert(std::size(kBufferMigrations) == schema::kBuffer &&
               kBufferMigrations[schema::kBuffer - 1].to == schema::kBuffer);

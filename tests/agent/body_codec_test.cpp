@@ -12,9 +12,13 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "agent/api/uuid.h"
 #include "agent/store/buffer.h"
+#include "agent/store/schema.h"
 #include "tests/support/temp_dir.h"
 
 using omniedge::store::Buffer;
@@ -82,6 +86,23 @@ std::vector<std::pair<std::string, int64_t>> storedForms(const TempDir& dir) {
   return out;
 }
 
+// The first stored byte of the first pending row's body (its form's tag).
+int firstBodyByte(const TempDir& dir) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2((dir.path() / "buffer.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) ==
+          SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT substr(body, 1, 1) FROM events ORDER BY seq LIMIT 1", -1,
+                             &st, nullptr) == SQLITE_OK);
+  int b = -1;
+  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_bytes(st, 0) == 1) {
+    b = static_cast<const unsigned char*>(sqlite3_column_blob(st, 0))[0];
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return b;
+}
+
 void execOn(const TempDir& dir, const std::string& sql) {
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open((dir.path() / "buffer.db").c_str(), &db) == SQLITE_OK);
@@ -115,6 +136,45 @@ TEST_CASE("an envelope packs with the dictionary and unpacks to the same bytes",
     c = static_cast<char>(rng());
   }
   CHECK(packBody(noise).empty());
+}
+
+TEST_CASE("a body packed with its row's id leaves the id to the row and gets it back",
+          "[unit][buffer]") {
+  const std::string id = omniedge::makeUuidV7(1764843302481);
+  const std::string json = envelope(id);
+  const std::string with_id = packBody(json);
+  const std::string packed = packBody(json, id);
+  REQUIRE_FALSE(packed.empty());
+  CHECK(packed[0] == '\xb5');  // the form without the id
+  // {"id":"<36 characters>", is not stored: the row's id column holds it.
+  const std::size_t rest = json.size() - (7 + id.size() + 2);
+  CHECK(packed[1] == static_cast<char>(0x80 | (rest & 0x7f)));
+  CHECK(packed[2] == static_cast<char>(rest >> 7));
+  CHECK(packed.size() + 25 < with_id.size());
+  auto back = unpackBody(packed, id);
+  REQUIRE(back.has_value());
+  CHECK(*back == json);
+
+  // Without the row's id it cannot be rebuilt, and says so.
+  auto no_id = unpackBody(packed);
+  REQUIRE_FALSE(no_id.has_value());
+  CHECK(no_id.error().code == "corrupt");
+  CHECK(no_id.error().message == "a packed body left its id to the row, and the row has none");
+
+  // The id is left out only when the JSON starts with exactly that member: another id, an id
+  // the JSON spells escaped, or another first member keep the whole JSON.
+  for (const auto& [body, row_id] : std::vector<std::pair<std::string, std::string>>{
+           {envelope(id), "01a2494b-479b-70e0-a2f7-7acf4c7cde96"},
+           {envelope(R"(a\"b)"), R"(a"b)"},
+           {envelope(id), id.substr(0, 8)},
+           {R"({"type":"kiosk.tap","id":")" + id + R"(",)" + envelope(id).substr(1), id}}) {
+    const std::string kept = packBody(body, row_id);
+    REQUIRE_FALSE(kept.empty());
+    CHECK(kept[0] == '\xb4');
+    auto json_back = unpackBody(kept, row_id);
+    REQUIRE(json_back.has_value());
+    CHECK(*json_back == body);
+  }
 }
 
 TEST_CASE("a packed body that is not whole says why, and never allocates what it claims",
@@ -228,6 +288,7 @@ TEST_CASE("the buffer stores packed bodies as BLOBs and gives the JSON back to e
   CHECK(forms[0].first == "blob");
   CHECK(forms[0].second * 3 < static_cast<int64_t>(big.body.size()) * 2);
   CHECK(forms[1].first == "text");
+  CHECK(firstBodyByte(dir) == 0xb5);  // the envelope starts with its id: left to the row
   // The accounting counts what the rows hold, as SQL counts it after a restart.
   CHECK(b->stats().pending_bytes == forms[0].second + forms[1].second +
                                         static_cast<int64_t>(big.id.size() + big.type.size() +
@@ -316,9 +377,10 @@ TEST_CASE("a packed body that no longer unpacks is quarantined with the reason, 
   CHECK_THAT(st.quarantine_last_reason, Catch::Contains("does not unpack"));
 }
 
-// A version-3 file (bodies packed as zstd frames) opened by this agent: upgraded to version 4
-// in place, its zstd bodies read on beside new LZ4 ones, and an older agent now refuses it.
-TEST_CASE("a version-3 buffer with zstd bodies upgrades to 4 and its bodies read on",
+// A version-3 file (bodies packed as zstd frames) opened by this agent: upgraded to the newest
+// version in place, its zstd bodies read on beside new LZ4 ones, and an older agent now refuses
+// it.
+TEST_CASE("a version-3 buffer with zstd bodies upgrades to the newest and its bodies read on",
           "[unit][buffer]") {
   TempDir dir;
   StoredEvent old = event(R"(,"query":"written by version 3")");
@@ -350,7 +412,7 @@ TEST_CASE("a version-3 buffer with zstd bodies upgrades to 4 and its bodies read
   sqlite3_stmt* st = nullptr;
   REQUIRE(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr) == SQLITE_OK);
   REQUIRE(sqlite3_step(st) == SQLITE_ROW);
-  CHECK(sqlite3_column_int(st, 0) == 4);
+  CHECK(sqlite3_column_int(st, 0) == omniedge::store::schema::kBuffer);
   sqlite3_finalize(st);
   sqlite3_close(db);
 
