@@ -53,16 +53,19 @@ std::string connectFailure(const std::string& url, int rc, const std::string& pa
         "connects without a user name or certificate; the broker must let it subscribe",
         url, rc, rc < 6 ? ": " : "", rc < 6 ? kConnack[rc] : "");
   }
-  switch (classifyConnectFailure(url, paho_message)) {
+  const ConnectFailure kind = classifyConnectFailure(url, paho_message);
+  if ((kind == ConnectFailure::kUnreachable || kind == ConnectFailure::kOther) &&
+      (url.rfind("mqtts://", 0) == 0 || url.rfind("wss://", 0) == 0)) {
+    // A refused certificate reads as a connect failure or a socket error in Paho's words, as
+    // does a broker that is down.
+    return fmt::format(
+        "the gateways' broker at {} is unreachable or its TLS handshake failed: is it running, "
+        "is beacon.mqtt_url right, does its certificate verify against the system's CA "
+        "certificates for that host name?",
+        url);
+  }
+  switch (kind) {
     case ConnectFailure::kUnreachable:
-      if (url.rfind("mqtts://", 0) == 0 || url.rfind("wss://", 0) == 0) {
-        // Paho says the same when the TLS handshake fails.
-        return fmt::format(
-            "the gateways' broker at {} is unreachable or its TLS handshake failed: is it "
-            "running, is beacon.mqtt_url right, does its certificate verify against the "
-            "system's CA certificates for that host name?",
-            url);
-      }
       return fmt::format(
           "the gateways' broker is unreachable at {} (connection refused or no route): is it "
           "running, is beacon.mqtt_url right?",
