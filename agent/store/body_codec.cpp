@@ -191,7 +191,8 @@ Result<std::string> unpackBody(std::string_view packed, std::string_view id) {
       return makeError("corrupt", "a packed body left its id to the row, and the row has none");
     }
     if (id.size() > kMaxUnpackedBody / 2) {
-      return overLimit(id.size());
+      return makeError("corrupt", "a packed body left its id to the row, and the row's id is " +
+                                      std::to_string(id.size()) + " bytes long");
     }
     std::string prefix;
     prefix.reserve(kIdHead.size() + id.size() + kIdTail.size());

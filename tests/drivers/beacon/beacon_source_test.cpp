@@ -33,7 +33,6 @@ bool hasEnter(const RecordingWriter& writer, const std::string& identity) {
   return false;
 }
 
-/// Publishes ESPresense sightings of `device` and polls until its enter arrives (≤ 15 s).
 /// Polls until a round fails (within 10 s): its message, "" if none did.
 std::string firstPollError(BeaconSource& source, RecordingWriter& writer) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -45,6 +44,7 @@ std::string firstPollError(BeaconSource& source, RecordingWriter& writer) {
   return {};
 }
 
+/// Publishes ESPresense sightings of `device` and polls until its enter arrives (≤ 15 s).
 bool publishUntilEnter(mqtt::async_client& gateway, BeaconSource& source, RecordingWriter& writer,
                        const std::string& device, const std::string& identity) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);

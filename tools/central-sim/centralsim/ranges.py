@@ -51,5 +51,5 @@ def text(ranges: Iterable[Sequence[int]], limit: int = 0) -> str:
     out = ", ".join(parts)
     rest = ranges[len(shown):]
     if rest:
-        out += f" and {len(rest):,} more ranges ({sum(b - a + 1 for a, b in rest):,} seqs)"
+        out += f" and {len(rest):,} more ranges ({size(rest):,} seqs)"
     return out
