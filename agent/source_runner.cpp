@@ -10,8 +10,9 @@
 
 namespace omniedge {
 
-SourceRunner::SourceRunner(std::unique_ptr<Source> source, EventWriter& out)
-    : source_(std::move(source)), out_(out) {}
+SourceRunner::SourceRunner(std::unique_ptr<Source> source, EventWriter& out,
+                           std::chrono::milliseconds reason_log_every)
+    : source_(std::move(source)), out_(out), reason_log_every_(reason_log_every) {}
 
 SourceRunner::~SourceRunner() { stop(); }
 
@@ -32,6 +33,8 @@ void SourceRunner::stop() {
 void SourceRunner::loop(std::stop_token stop) {
   std::mutex wait_mu;
   std::condition_variable_any wait_cv;
+  std::string logged;  // the failure's reason as last logged
+  auto logged_at = std::chrono::steady_clock::time_point{};
   while (!stop.stop_requested()) {
     auto r = source_->poll(out_, stop);
     if (r) {
@@ -47,9 +50,18 @@ void SourceRunner::loop(std::stop_token stop) {
       std::lock_guard lock(mu_);
       last_error_ = r.error().message;
     }
-    // Log a failure once when it starts, not at every retry; status keeps the latest.
+    // Log a failure once when it starts, not at every retry; status keeps the latest. A reason
+    // that changes while it lasts (unreachable, then refused) is logged too, at most once per
+    // reason_log_every_: reasons that alternate must not fill the journal.
+    const auto now = std::chrono::steady_clock::now();
     if (!failing_.exchange(true)) {
       spdlog::warn("{}: {}", source_->name(), r.error().message);
+      logged = r.error().message;
+      logged_at = now;
+    } else if (r.error().message != logged && now - logged_at >= reason_log_every_) {
+      spdlog::warn("{}: still failing, now: {}", source_->name(), r.error().message);
+      logged = r.error().message;
+      logged_at = now;
     }
     std::unique_lock lock(wait_mu);
     wait_cv.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });

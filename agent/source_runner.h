@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -15,7 +16,10 @@ namespace omniedge {
 
 class SourceRunner {
  public:
-  SourceRunner(std::unique_ptr<Source> source, EventWriter& out);
+  /// `reason_log_every`: while a failure lasts, a changed reason is logged at most this often
+  /// (status always has the latest).
+  SourceRunner(std::unique_ptr<Source> source, EventWriter& out,
+               std::chrono::milliseconds reason_log_every = std::chrono::seconds(60));
   ~SourceRunner();
   SourceRunner(const SourceRunner&) = delete;
   SourceRunner& operator=(const SourceRunner&) = delete;
@@ -37,6 +41,7 @@ class SourceRunner {
 
   std::unique_ptr<Source> source_;
   EventWriter& out_;
+  std::chrono::milliseconds reason_log_every_;
   std::atomic<uint64_t> errors_{0};
   std::atomic<bool> failing_{false};
   mutable std::mutex mu_;

@@ -2,9 +2,13 @@
 #include "agent/source_runner.h"
 
 #include <atomic>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -22,9 +26,14 @@ class ScriptedSource final : public Source {
     ++polls;
     if (failures_left.load() > 0) {
       --failures_left;
-      return makeError("connect", "the broker went away");
+      std::lock_guard lock(mu_);
+      return makeError("connect", reason_);
     }
     return {};
+  }
+  void setReason(std::string why) {
+    std::lock_guard lock(mu_);
+    reason_ = std::move(why);
   }
   SourceHealth health() const override {
     std::lock_guard lock(mu_);
@@ -43,7 +52,40 @@ class ScriptedSource final : public Source {
  private:
   mutable std::mutex mu_;
   std::string down_;
+  std::string reason_ = "the broker went away";
 };
+
+// The default logger writing into a string for as long as it lives.
+class LogCapture {
+ public:
+  LogCapture()
+      : previous_(spdlog::default_logger()),
+        logger_(std::make_shared<spdlog::logger>(
+            "capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(out_))) {
+    logger_->set_pattern("%v");
+    spdlog::set_default_logger(logger_);
+  }
+  ~LogCapture() { spdlog::set_default_logger(previous_); }
+  LogCapture(const LogCapture&) = delete;
+  LogCapture& operator=(const LogCapture&) = delete;
+  std::string text() {
+    logger_->flush();
+    return out_.str();
+  }
+
+ private:
+  std::ostringstream out_;
+  std::shared_ptr<spdlog::logger> previous_;
+  std::shared_ptr<spdlog::logger> logger_;
+};
+
+std::size_t count(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) {
+    ++n;
+  }
+  return n;
+}
 
 // Waits until the runner's state is `want` (a poll takes ~5 ms; a failed one waits 1 s).
 bool waitState(const SourceRunner& runner, const std::string& want) {
@@ -97,6 +139,50 @@ TEST_CASE("a driver stays failing while it says it is down, though its rounds wo
   }
   runner.stop();
   CHECK(runner.state().at("state") == "stopped");
+}
+
+TEST_CASE("a failure is logged when it starts and when its reason changes, not at every retry",
+          "[source_runner]") {
+  LogCapture log;
+  testing::RecordingWriter writer;
+  auto owned = std::make_unique<ScriptedSource>();
+  ScriptedSource& source = *owned;
+  // A changed reason at most every 1.5 s (a minute in the daemon).
+  SourceRunner runner(std::move(owned), writer, std::chrono::milliseconds(1500));
+  source.setReason("the gateways' broker is unreachable at mqtt://gw:1883");
+  source.failures_left = 1000;  // every round fails; the runner waits 1 s after each
+  runner.start();
+  REQUIRE(waitState(runner, "failing"));
+  while (source.polls.load() < 3) {  // the same reason, retried
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(count(log.text(), "unreachable") == 1);
+  CHECK(count(log.text(), "still failing") == 0);
+
+  // The reason changes: logged once, with the new reason, then not again while it stays.
+  source.setReason("the gateways' broker refused the connection: not authorized (code 5)");
+  const int at = source.polls.load();
+  while (source.polls.load() < at + 3) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const std::string text = log.text();
+  CHECK(count(text, "scripted: still failing, now: the gateways' broker refused the connection: "
+                    "not authorized (code 5)") == 1);
+  CHECK(count(text, "refused") == 1);
+  CHECK(runner.state().at("last_error") ==
+        "the gateways' broker refused the connection: not authorized (code 5)");
+
+  // Reasons that alternate at every retry (~1 s apart) are logged at most once per interval:
+  // three changes in ~3 s add at most two lines.
+  for (int i = 0; i < 3; ++i) {
+    const int before = source.polls.load();
+    source.setReason(i % 2 == 0 ? "reason A" : "reason B");
+    while (source.polls.load() < before + 1) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  CHECK(count(log.text(), "still failing") <= 3);
+  runner.stop();
 }
 
 }  // namespace omniedge
