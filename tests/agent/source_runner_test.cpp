@@ -1,10 +1,10 @@
 // SourceRunner: what `omniedge status` says about a driver, from its rounds and its health.
 #include "agent/source_runner.h"
 
-#include <atomic>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <mutex>
@@ -166,8 +166,9 @@ TEST_CASE("a failure is logged when it starts and when its reason changes, not a
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   const std::string text = log.text();
-  CHECK(count(text, "scripted: still failing, now: the gateways' broker refused the connection: "
-                    "not authorized (code 5)") == 1);
+  CHECK(count(text,
+              "scripted: still failing, now: the gateways' broker refused the connection: "
+              "not authorized (code 5)") == 1);
   CHECK(count(text, "refused") == 1);
   CHECK(runner.state().at("last_error") ==
         "the gateways' broker refused the connection: not authorized (code 5)");
