@@ -35,6 +35,7 @@ void SourceRunner::loop(std::stop_token stop) {
   std::condition_variable_any wait_cv;
   std::string logged;  // the failure's reason as last logged
   auto logged_at = std::chrono::steady_clock::time_point{};
+  bool changed = false;  // this failure's reason changed and that was logged
   while (!stop.stop_requested()) {
     auto r = source_->poll(out_, stop);
     if (r) {
@@ -51,17 +52,20 @@ void SourceRunner::loop(std::stop_token stop) {
       last_error_ = r.error().message;
     }
     // Log a failure once when it starts, not at every retry; status keeps the latest. A reason
-    // that changes while it lasts (unreachable, then refused) is logged too, at most once per
-    // reason_log_every_: reasons that alternate must not fill the journal.
+    // that changes while it lasts (the connection lost, then the broker unreachable) is logged
+    // too: the first change at once, later ones at most once per reason_log_every_, so that
+    // reasons alternating at every retry do not fill the journal.
     const auto now = std::chrono::steady_clock::now();
     if (!failing_.exchange(true)) {
       spdlog::warn("{}: {}", source_->name(), r.error().message);
       logged = r.error().message;
       logged_at = now;
-    } else if (r.error().message != logged && now - logged_at >= reason_log_every_) {
+      changed = false;
+    } else if (r.error().message != logged && (!changed || now - logged_at >= reason_log_every_)) {
       spdlog::warn("{}: still failing, now: {}", source_->name(), r.error().message);
       logged = r.error().message;
       logged_at = now;
+      changed = true;
     }
     std::unique_lock lock(wait_mu);
     wait_cv.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });

@@ -16,8 +16,8 @@ namespace omniedge {
 
 class SourceRunner {
  public:
-  /// `reason_log_every`: while a failure lasts, a changed reason is logged at most this often
-  /// (status always has the latest).
+  /// `reason_log_every`: while a failure lasts, a changed reason is logged at once the first
+  /// time, then at most this often (status always has the latest).
   SourceRunner(std::unique_ptr<Source> source, EventWriter& out,
                std::chrono::milliseconds reason_log_every = std::chrono::seconds(60));
   ~SourceRunner();
