@@ -251,8 +251,12 @@ Result<void> BeaconSource::manageConnection(int64_t now) {
         const int rc = subscribe_token_->get_return_code();
         subscribe_token_.reset();
         if (rc != 0) {
-          fail(fmt::format("subscribe failed ({})", rc), now);
-          return makeError("connect", "beacon topics could not be subscribed");
+          // One reason for status and the log alike, naming the key to check.
+          const std::string why = fmt::format(
+              "the gateways' broker at {} refused to subscribe beacon.topics ({}): {}",
+              options_.mqtt_url, fmt::join(options_.topics, ","), mqtt::exception::error_str(rc));
+          fail(why, now);
+          return makeError("connect", why);
         }
       }
       return {};
