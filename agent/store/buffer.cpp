@@ -1149,13 +1149,22 @@ bool Buffer::commitGroup(std::vector<std::shared_ptr<Request>>& group, std::vect
       ++full;
     }
   }
-  if (full > 0) {
+  {
     std::lock_guard lock(mu_);
-    const int64_t now = nowMs();
-    stats_.rejected_full += full;
-    stats_.last_full_ms = now;
-    if (stats_.full_since_ms == 0) {
-      stats_.full_since_ms = now;
+    if (full > 0) {
+      const int64_t now = nowMs();
+      stats_.rejected_full += full;
+      stats_.last_full_ms = now;
+      if (stats_.full_since_ms == 0) {
+        stats_.full_since_ms = now;
+      }
+    }
+    // The requests queued while this group was committed come from other producers (the
+    // group's own are not answered yet): that many posted at once. More than the peak, and
+    // the next probe of the commit window comes soon, however many probes found nobody before
+    // (a lone producer's quiet hour must not leave a busy one ungrouped for 4,096 commits).
+    if (group.size() + queue_.size() > peak_group_) {
+      probe_every_ = kProbeEveryGroups;
     }
   }
   for (std::size_t i = 0; i < group.size(); ++i) {
