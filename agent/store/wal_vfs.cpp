@@ -1,8 +1,14 @@
 #include "agent/store/wal_vfs.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -19,6 +25,11 @@ namespace {
 constexpr std::size_t kMaxPending = 0x1ffff;
 // Each write ends at a 4 KiB boundary: the kernel then keeps the WAL in single pages (wal_vfs.h).
 constexpr sqlite3_int64 kPiece = 4096;
+// A flush up to this size goes to the disk's sectors directly (O_DIRECT), not through the page
+// cache: a lone commit of one event then writes its ~2.5 KB rounded to 512-byte sectors instead
+// of dirtying, and after the sync writing back, two 4 KiB pages. Larger flushes (the groups of
+// a busy store) go through the page cache, where the readers that deliver them find them.
+constexpr std::size_t kDirectMax = 16 * 1024;
 
 // One wrapper per base VFS it was asked over (in production only "unix"; tests make a
 // fault-injecting VFS the default, and the wrapper goes over that one). Never unregistered.
@@ -46,16 +57,160 @@ struct WalFile {
   sqlite3_int64 pendingEnd() const {
     return pending_at + static_cast<sqlite3_int64>(pending.size());
   }
+  // Direct writes: the file's path over the unix VFS only (nullptr otherwise, or once the file
+  // system refused O_DIRECT or an aligned write: every flush is then the base file's), and the
+  // descriptor, opened at the first small flush (a reading connection never opens it).
+  const char* direct_path = nullptr;
+  int direct_fd = -1;
+  sqlite3_int64 sector = 512;  // the alignment direct writes use; 4096 if 512 is refused
+  char* aligned = nullptr;     // the buffer direct writes go from (4 KiB-aligned)
+  std::size_t aligned_size = 0;
+  // The last sector a direct write wrote (its bytes, as the file now has them), so the next
+  // commit's first sector needs no read; -1 when unknown.
+  sqlite3_int64 last_sector_at = -1;
+  std::string last_sector;
+  std::uint64_t last_sector_change = 0;  // valid while no WAL changed since (g_changes)
+  // The end of what this WAL's current generation holds (SQLite starts one by writing the
+  // header at offset 0): bytes beyond it in the file are a past generation's, and a direct
+  // write's last sector may zero them.
+  sqlite3_int64 generation_end = 0;
 };
+
+// Counts every change made to a WAL file in this process (a write or truncation, by any
+// connection): a remembered last sector is only used while nobody changed a WAL since.
+std::atomic<std::uint64_t> g_changes{0};
 
 constexpr std::size_t kHeadSize = (sizeof(WalFile) + 15) / 16 * 16;
 
 WalFile* asWal(sqlite3_file* f) { return reinterpret_cast<WalFile*>(f); }
 
+void stopDirect(WalFile* w) {
+  w->direct_path = nullptr;
+  if (w->direct_fd >= 0) {
+    ::close(w->direct_fd);
+    w->direct_fd = -1;
+  }
+  std::free(w->aligned);
+  w->aligned = nullptr;
+  w->aligned_size = 0;
+  w->last_sector_at = -1;
+}
+
+// The bytes [at, at + n) of the file as it is, through the base file (whose page cache a
+// direct write keeps true); zeros beyond its end.
+int readBase(WalFile* w, char* out, sqlite3_int64 n, sqlite3_int64 at) {
+  const int rc = w->real->pMethods->xRead(w->real, out, static_cast<int>(n), at);
+  return rc == SQLITE_IOERR_SHORT_READ ? SQLITE_OK : rc;  // the rest is zero-filled
+}
+
+enum class Direct { kDone, kRefused, kFailed };
+
+// Writes `pending` (what is not written yet) in whole sectors with O_DIRECT: the first sector's
+// earlier bytes from the last direct write or the file, the last one's later bytes from the
+// file or, past the generation's end, zeros. kRefused when the file system does not take the
+// alignment (the caller then writes through the base file).
+Direct flushDirect(WalFile* w, int* rc) {
+  const sqlite3_int64 from = w->pending_at + static_cast<sqlite3_int64>(w->written);
+  const sqlite3_int64 to = w->pendingEnd();
+  if (w->last_sector_change != g_changes.load()) {
+    w->last_sector_at = -1;
+  }
+  const std::uint64_t change = ++g_changes;
+  for (;;) {
+    const sqlite3_int64 s = w->sector;
+    const sqlite3_int64 start = from / s * s;
+    const sqlite3_int64 end = (to + s - 1) / s * s;
+    const auto size = static_cast<std::size_t>(end - start);
+    if (size > w->aligned_size) {
+      std::free(w->aligned);
+      w->aligned = static_cast<char*>(std::aligned_alloc(4096, (size + 4095) / 4096 * 4096));
+      w->aligned_size = w->aligned != nullptr ? (size + 4095) / 4096 * 4096 : 0;
+      if (w->aligned == nullptr) {
+        *rc = SQLITE_NOMEM;
+        return Direct::kFailed;
+      }
+    }
+    char* buf = w->aligned;
+    const sqlite3_int64 last = end - s;
+    if (end > to) {  // the last sector's bytes after this write: the file's, or zeros
+      if (to >= w->generation_end) {
+        std::memset(buf + (last - start), 0, static_cast<std::size_t>(s));
+      } else if (*rc = readBase(w, buf + (last - start), s, last); *rc != SQLITE_OK) {
+        return Direct::kFailed;
+      }
+    }
+    if (start < from && !(end > to && last == start && to < w->generation_end)) {
+      if (w->last_sector_at == start && static_cast<sqlite3_int64>(w->last_sector.size()) == s) {
+        std::memcpy(buf, w->last_sector.data(), static_cast<std::size_t>(from - start));
+      } else if (*rc = readBase(w, buf, s, start); *rc != SQLITE_OK) {
+        return Direct::kFailed;
+      }
+    }
+    std::memcpy(buf + (from - start), w->pending.data() + w->written,
+                static_cast<std::size_t>(to - from));
+    std::size_t done = 0;
+    while (done < size) {
+      const ssize_t n = ::pwrite(w->direct_fd, buf + done, size - done,
+                                 static_cast<off_t>(start) + static_cast<off_t>(done));
+      if (n > 0) {
+        done += static_cast<std::size_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n < 0 && errno == EINVAL && done == 0) {
+        if (s < 4096) {  // a device with 4 KiB logical sectors: again at 4 KiB
+          w->sector = 4096;
+          break;
+        }
+        return Direct::kRefused;
+      }
+      w->last_sector_at = -1;  // some sectors may hold the new bytes: read them again next time
+      *rc = (n == 0 || errno == ENOSPC || errno == EDQUOT) ? SQLITE_FULL : SQLITE_IOERR_WRITE;
+      return Direct::kFailed;
+    }
+    if (done < size) {
+      continue;  // refused at 512: the same at 4 KiB
+    }
+    w->last_sector_at = last;
+    w->last_sector_change = change;
+    w->last_sector.assign(buf + (last - start), static_cast<std::size_t>(s));
+    w->generation_end = std::max(w->generation_end, to);
+    return Direct::kDone;
+  }
+}
+
 // Hands `pending` to the base file, a write per 4 KiB piece. On failure it keeps what is not
 // written yet, so no frame SQLite was told is written is ever lost: the next flush tries again.
 int flush(WalFile* w) {
   const auto total = w->pending.size();
+  if (total == 0) {
+    return SQLITE_OK;
+  }
+  if (w->direct_path != nullptr && w->direct_fd < 0 && total - w->written <= kDirectMax) {
+    w->direct_fd = ::open(w->direct_path, O_WRONLY | O_DIRECT | O_CLOEXEC);
+    if (w->direct_fd < 0) {
+      w->direct_path = nullptr;  // tmpfs before Linux 6.6, or no descriptor left: as before
+    }
+  }
+  if (w->direct_fd >= 0 && total - w->written <= kDirectMax) {
+    int rc = SQLITE_OK;
+    switch (flushDirect(w, &rc)) {
+      case Direct::kDone:
+        w->pending.clear();
+        w->written = 0;
+        return SQLITE_OK;
+      case Direct::kFailed:
+        return rc;
+      case Direct::kRefused:
+        stopDirect(w);
+        break;
+    }
+  }
+  ++g_changes;
+  w->last_sector_at = -1;
+  w->generation_end = std::max(w->generation_end, w->pendingEnd());
   while (w->written < total) {
     const sqlite3_int64 at = w->pending_at + static_cast<sqlite3_int64>(w->written);
     const auto piece =
@@ -76,6 +231,7 @@ int flush(WalFile* w) {
 int walClose(sqlite3_file* f) {
   WalFile* w = asWal(f);
   const int rc = w->real->pMethods->xClose(w->real);
+  stopDirect(w);
   w->~WalFile();
   return rc;
 }
@@ -110,7 +266,14 @@ int walWrite(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
     if (const int rc = flush(w); rc != SQLITE_OK) {
       return rc;  // this write is not taken; what was held stays held
     }
+    if (off == 0) {  // the header: a new generation of the WAL starts
+      w->generation_end = 0;
+      w->last_sector_at = -1;
+    }
     if (n > kMaxPending) {
+      ++g_changes;
+      w->last_sector_at = -1;
+      w->generation_end = std::max(w->generation_end, off + amt);
       return w->real->pMethods->xWrite(w->real, buf, amt, off);
     }
     w->pending_at = off;
@@ -124,6 +287,9 @@ int walTruncate(sqlite3_file* f, sqlite3_int64 size) {
   if (const int rc = flush(w); rc != SQLITE_OK) {
     return rc;
   }
+  ++g_changes;
+  w->last_sector_at = -1;
+  w->generation_end = std::min(w->generation_end, size);
   return w->real->pMethods->xTruncate(w->real, size);
 }
 
@@ -187,6 +353,12 @@ int walOpen(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* file, int fla
     return rc;
   }
   w->file.pMethods = &kMethods;  // SQLite closes it through us even if the open failed
+  // Direct writes only over the platform's own VFS (a test's fault-injecting VFS sees every
+  // write), and only where the file system takes them (not tmpfs before Linux 6.6).
+  if (rc == SQLITE_OK && std::strcmp(base->zName, "unix") == 0 && name != nullptr &&
+      (flags & SQLITE_OPEN_READWRITE) != 0) {
+    w->direct_path = name;  // valid until xClose (SQLite's promise for a file's name)
+  }
   return rc;
 }
 int walDelete(sqlite3_vfs* v, const char* name, int sync) {
