@@ -30,6 +30,10 @@ constexpr sqlite3_int64 kPiece = 4096;
 // of dirtying, and after the sync writing back, two 4 KiB pages. Larger flushes (the groups of
 // a busy store) go through the page cache, where the readers that deliver them find them.
 constexpr std::size_t kDirectMax = 16 * 1024;
+// The sector direct writes are aligned to. A device (or a file system: btrfs) that takes only
+// 4 KiB would make a small commit write as many bytes as the page cache does, so there the WAL
+// is written as before.
+constexpr sqlite3_int64 kSector = 512;
 
 // One wrapper per base VFS it was asked over (in production only "unix"; tests make a
 // fault-injecting VFS the default, and the wrapper goes over that one). Never unregistered.
@@ -62,8 +66,7 @@ struct WalFile {
   // descriptor, opened at the first small flush (a reading connection never opens it).
   const char* direct_path = nullptr;
   int direct_fd = -1;
-  sqlite3_int64 sector = 512;  // the alignment direct writes use; 4096 if 512 is refused
-  char* aligned = nullptr;     // the buffer direct writes go from (4 KiB-aligned)
+  char* aligned = nullptr;  // the buffer direct writes go from (4 KiB-aligned)
   std::size_t aligned_size = 0;
   // The last sector a direct write wrote (its bytes, as the file now has them), so the next
   // commit's first sector needs no read; -1 when unknown.
@@ -107,8 +110,8 @@ enum class Direct { kDone, kRefused, kFailed };
 
 // Writes `pending` (what is not written yet) in whole sectors with O_DIRECT: the first sector's
 // earlier bytes from the last direct write or the file, the last one's later bytes from the
-// file or, past the generation's end, zeros. kRefused when the file system does not take the
-// alignment (the caller then writes through the base file).
+// file or, past the generation's end, zeros. kRefused when the file system does not take
+// 512-byte sectors (the caller then writes through the base file, from now on).
 Direct flushDirect(WalFile* w, int* rc) {
   const sqlite3_int64 from = w->pending_at + static_cast<sqlite3_int64>(w->written);
   const sqlite3_int64 to = w->pendingEnd();
@@ -116,69 +119,61 @@ Direct flushDirect(WalFile* w, int* rc) {
     w->last_sector_at = -1;
   }
   const std::uint64_t change = ++g_changes;
-  for (;;) {
-    const sqlite3_int64 s = w->sector;
-    const sqlite3_int64 start = from / s * s;
-    const sqlite3_int64 end = (to + s - 1) / s * s;
-    const auto size = static_cast<std::size_t>(end - start);
-    if (size > w->aligned_size) {
-      std::free(w->aligned);
-      w->aligned = static_cast<char*>(std::aligned_alloc(4096, (size + 4095) / 4096 * 4096));
-      w->aligned_size = w->aligned != nullptr ? (size + 4095) / 4096 * 4096 : 0;
-      if (w->aligned == nullptr) {
-        *rc = SQLITE_NOMEM;
-        return Direct::kFailed;
-      }
-    }
-    char* buf = w->aligned;
-    const sqlite3_int64 last = end - s;
-    if (end > to) {  // the last sector's bytes after this write: the file's, or zeros
-      if (to >= w->generation_end) {
-        std::memset(buf + (last - start), 0, static_cast<std::size_t>(s));
-      } else if (*rc = readBase(w, buf + (last - start), s, last); *rc != SQLITE_OK) {
-        return Direct::kFailed;
-      }
-    }
-    if (start < from && !(end > to && last == start && to < w->generation_end)) {
-      if (w->last_sector_at == start && static_cast<sqlite3_int64>(w->last_sector.size()) == s) {
-        std::memcpy(buf, w->last_sector.data(), static_cast<std::size_t>(from - start));
-      } else if (*rc = readBase(w, buf, s, start); *rc != SQLITE_OK) {
-        return Direct::kFailed;
-      }
-    }
-    std::memcpy(buf + (from - start), w->pending.data() + w->written,
-                static_cast<std::size_t>(to - from));
-    std::size_t done = 0;
-    while (done < size) {
-      const ssize_t n = ::pwrite(w->direct_fd, buf + done, size - done,
-                                 static_cast<off_t>(start) + static_cast<off_t>(done));
-      if (n > 0) {
-        done += static_cast<std::size_t>(n);
-        continue;
-      }
-      if (n < 0 && errno == EINTR) {
-        continue;
-      }
-      if (n < 0 && errno == EINVAL && done == 0) {
-        if (s < 4096) {  // a device with 4 KiB logical sectors: again at 4 KiB
-          w->sector = 4096;
-          break;
-        }
-        return Direct::kRefused;
-      }
-      w->last_sector_at = -1;  // some sectors may hold the new bytes: read them again next time
-      *rc = (n == 0 || errno == ENOSPC || errno == EDQUOT) ? SQLITE_FULL : SQLITE_IOERR_WRITE;
+  const sqlite3_int64 start = from / kSector * kSector;
+  const sqlite3_int64 end = (to + kSector - 1) / kSector * kSector;
+  const auto size = static_cast<std::size_t>(end - start);
+  if (size > w->aligned_size) {
+    std::free(w->aligned);
+    w->aligned_size = (size + 4095) / 4096 * 4096;
+    w->aligned = static_cast<char*>(std::aligned_alloc(4096, w->aligned_size));
+    if (w->aligned == nullptr) {
+      w->aligned_size = 0;
+      *rc = SQLITE_NOMEM;
       return Direct::kFailed;
     }
-    if (done < size) {
-      continue;  // refused at 512: the same at 4 KiB
-    }
-    w->last_sector_at = last;
-    w->last_sector_change = change;
-    w->last_sector.assign(buf + (last - start), static_cast<std::size_t>(s));
-    w->generation_end = std::max(w->generation_end, to);
-    return Direct::kDone;
   }
+  char* buf = w->aligned;
+  const sqlite3_int64 last = end - kSector;
+  const bool tail_read = end > to && to < w->generation_end;
+  if (end > to) {  // the last sector's bytes after this write: the file's, or zeros
+    if (!tail_read) {
+      std::memset(buf + (last - start), 0, static_cast<std::size_t>(kSector));
+    } else if (*rc = readBase(w, buf + (last - start), kSector, last); *rc != SQLITE_OK) {
+      return Direct::kFailed;
+    }
+  }
+  if (start < from && !(tail_read && last == start)) {  // the first sector's earlier bytes
+    if (w->last_sector_at == start) {
+      std::memcpy(buf, w->last_sector.data(), static_cast<std::size_t>(from - start));
+    } else if (*rc = readBase(w, buf, kSector, start); *rc != SQLITE_OK) {
+      return Direct::kFailed;
+    }
+  }
+  std::memcpy(buf + (from - start), w->pending.data() + w->written,
+              static_cast<std::size_t>(to - from));
+  std::size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::pwrite(w->direct_fd, buf + done, size - done,
+                               static_cast<off_t>(start) + static_cast<off_t>(done));
+    if (n > 0) {
+      done += static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0 && errno == EINVAL && done == 0) {
+      return Direct::kRefused;  // no 512-byte sectors here
+    }
+    w->last_sector_at = -1;  // some sectors may hold the new bytes: read them again next time
+    *rc = (n == 0 || errno == ENOSPC || errno == EDQUOT) ? SQLITE_FULL : SQLITE_IOERR_WRITE;
+    return Direct::kFailed;
+  }
+  w->last_sector_at = last;
+  w->last_sector_change = change;
+  w->last_sector.assign(buf + (last - start), static_cast<std::size_t>(kSector));
+  w->generation_end = std::max(w->generation_end, to);
+  return Direct::kDone;
 }
 
 // Hands `pending` to the base file, a write per 4 KiB piece. On failure it keeps what is not

@@ -18,18 +18,18 @@
 // ever dropped while the file is open.
 //
 // A flush of at most 16 KiB (a commit of a few events: a lone kiosk's, an acknowledgement) goes
-// to the disk with O_DIRECT, in whole 512-byte sectors (4 KiB where the device refuses 512),
-// not through the page cache: once synced, a page-cache page is clean, so each small commit
-// dirtied and wrote back one or two whole 4 KiB pages; a commit of one event (~2.5 KB of frames)
-// now writes ~3 KB. The first sector's earlier bytes come from the last direct write (kept while
-// no connection of this process changed a WAL since) or are read from the file; the last
-// sector's later bytes are read from the file, or are zeros where nothing of the WAL's current
-// generation lies (SQLite starts one with the header at offset 0; recovery reads frames only up
-// to the first that does not check out, so zeros past the end are never read as a frame). Larger
-// flushes go through the page cache, where the readers that deliver them find them. Only over
-// the platform's "unix" VFS (a test's fault-injecting VFS sees every write) and where the file
-// system takes O_DIRECT; anything refused is written through the base file as before. Every
-// other file (the database, the -shm) is the base VFS's own, untouched.
+// to the disk with O_DIRECT, in whole 512-byte sectors, not through the page cache: once synced, a
+// page-cache page is clean, so each small commit dirtied and wrote back one or two whole 4 KiB
+// pages; a commit of one event (~2.5 KB of frames) now writes ~3 KB. The first sector's earlier
+// bytes come from the last direct write (kept while no connection of this process changed a WAL
+// since) or are read from the file; the last sector's later bytes are read from the file, or are
+// zeros where nothing of the WAL's current generation lies (SQLite starts one with the header at
+// offset 0; recovery reads frames only up to the first that does not check out, so zeros past the
+// end are never read as a frame). Larger flushes go through the page cache, where the readers that
+// deliver them find them. Only over the platform's "unix" VFS (a test's fault-injecting VFS sees
+// every write) and where the file system takes O_DIRECT in 512-byte sectors (where it takes only 4
+// KiB, a direct write would write as much as the page cache does); elsewhere the WAL is written as
+// before. Every other file (the database, the -shm) is the base VFS's own, untouched.
 #pragma once
 
 namespace omniedge::store::detail {
