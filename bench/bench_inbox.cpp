@@ -5,7 +5,8 @@
 //
 //   bench_inbox [--n N] [--bytes B] [--dir DIR]
 //
-// Prints "RESULT inbox <pairs/s> raw <pairs/s> ratio <r>".
+// Prints "RESULT inbox <pairs/s> raw <pairs/s> ratio <r> bytes <inbox B> <raw B>", the last two
+// what each wrote to storage per message (/proc/self/io write_bytes over its loop).
 #include <sqlite3.h>
 #include <unistd.h>
 
@@ -21,6 +22,25 @@ namespace {
 
 double seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+// What this process caused to be written to storage so far (page-cache pages it dirtied, direct
+// writes' bytes).
+long long writeBytes() {
+  std::FILE* f = std::fopen("/proc/self/io", "r");
+  if (f == nullptr) {
+    return 0;
+  }
+  char key[64];
+  long long value = 0;
+  long long out = 0;
+  while (std::fscanf(f, "%63s %lld", key, &value) == 2) {
+    if (std::string(key) == "write_bytes:") {
+      out = value;
+    }
+  }
+  std::fclose(f);
+  return out;
 }
 
 }  // namespace
@@ -49,6 +69,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", inbox.error().message.c_str());
     return 1;
   }
+  long long written = writeBytes();
   auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < n; ++i) {
     auto id = (*inbox)->put("omniedge/v1/t/s/cmd", payload);
@@ -58,6 +79,7 @@ int main(int argc, char** argv) {
     }
   }
   const double inbox_rate = n / seconds(start);
+  const long long inbox_bytes = (writeBytes() - written) / n;
 
   sqlite3* db = nullptr;
   sqlite3_open((dir + "/raw.db").c_str(), &db);
@@ -69,6 +91,7 @@ int main(int argc, char** argv) {
   sqlite3_stmt* del = nullptr;
   sqlite3_prepare_v2(db, "INSERT INTO t(topic, payload) VALUES(?, ?)", -1, &ins, nullptr);
   sqlite3_prepare_v2(db, "DELETE FROM t WHERE id = ?", -1, &del, nullptr);
+  written = writeBytes();
   start = std::chrono::steady_clock::now();
   for (int i = 0; i < n; ++i) {
     sqlite3_bind_text(ins, 1, "omniedge/v1/t/s/cmd", -1, SQLITE_STATIC);
@@ -80,12 +103,13 @@ int main(int argc, char** argv) {
     sqlite3_reset(del);
   }
   const double raw_rate = n / seconds(start);
+  const long long raw_bytes = (writeBytes() - written) / n;
   sqlite3_finalize(ins);
   sqlite3_finalize(del);
   sqlite3_close(db);
   inbox->reset();
   std::filesystem::remove_all(dir);
-  std::printf("RESULT inbox %.0f raw %.0f ratio %.2f\n", inbox_rate, raw_rate,
-              inbox_rate / raw_rate);
+  std::printf("RESULT inbox %.0f raw %.0f ratio %.2f bytes %lld %lld\n", inbox_rate, raw_rate,
+              inbox_rate / raw_rate, inbox_bytes, raw_bytes);
   return 0;
 }
