@@ -153,8 +153,9 @@ Direct flushDirect(WalFile* w, int* rc) {
               static_cast<std::size_t>(to - from));
   std::size_t done = 0;
   while (done < size) {
-    const ssize_t n = ::pwrite(w->direct_fd, buf + done, size - done,
-                               static_cast<off_t>(start) + static_cast<off_t>(done));
+    // The 64-bit calls: off_t is 32 bits on armhf, and a WAL kept through a failing disk grows.
+    const ssize_t n = ::pwrite64(w->direct_fd, buf + done, size - done,
+                                 static_cast<off64_t>(start) + static_cast<off64_t>(done));
     if (n > 0) {
       done += static_cast<std::size_t>(n);
       continue;
@@ -184,7 +185,7 @@ int flush(WalFile* w) {
     return SQLITE_OK;
   }
   if (w->direct_path != nullptr && w->direct_fd < 0 && total - w->written <= kDirectMax) {
-    w->direct_fd = ::open(w->direct_path, O_WRONLY | O_DIRECT | O_CLOEXEC);
+    w->direct_fd = ::open64(w->direct_path, O_WRONLY | O_DIRECT | O_CLOEXEC);
     if (w->direct_fd < 0) {
       w->direct_path = nullptr;  // tmpfs before Linux 6.6, or no descriptor left: as before
     }
