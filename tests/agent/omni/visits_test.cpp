@@ -496,3 +496,43 @@ TEST_CASE(
   CHECK(v["touchpoints"].size() + v["touchpoints_dropped"].get<std::size_t>() == 150);
   CHECK(v["closed_by"] == "timeout");
 }
+
+TEST_CASE(
+    "a visit's row is rewritten in place at each round: one row, its rowid kept, every "
+    "touchpoint in the summary",
+    "[unit][visits]") {
+  // INSERT OR REPLACE deleted the row and inserted it again at the table's end (a new rowid, the
+  // id index and the free list changed too): ~20 KB written to flash for each joined event.
+  Store s;
+  s.push(profile("c-7", {"loyalty:" + std::string(kLoyalty), kWatch}));
+  s.append(beacon("beacon.enter", "entrance", s.clock.now));
+  CHECK(s.visits->step(*s.ingest) == 0);
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2((s.dir / "data" / "visits.db").c_str(), &db, SQLITE_OPEN_READONLY,
+                          nullptr) == SQLITE_OK);
+  const auto rowids = [&] {
+    std::vector<int64_t> out;
+    sqlite3_stmt* st = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, "SELECT rowid FROM visits", -1, &st, nullptr) == SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      out.push_back(sqlite3_column_int64(st, 0));
+    }
+    sqlite3_finalize(st);
+    return out;
+  };
+  const auto first = rowids();
+  REQUIRE(first.size() == 1);
+  for (int i = 0; i < 30; ++i) {
+    s.clock.now += 10'000;
+    s.append(kiosk("kiosk.view", {{"loyalty_id", kLoyalty}},
+                   {{"screen", "product:" + std::to_string(i)}}, s.clock.now));
+    CHECK(s.visits->step(*s.ingest) == 0);
+    CHECK(rowids() == first);
+  }
+  sqlite3_close(db);
+  s.append(beacon("beacon.exit", "entrance", s.clock.now));
+  CHECK(s.visits->step(*s.ingest) == 1);
+  const auto summaries = s.stored("visit.summary");
+  REQUIRE(summaries.size() == 1);
+  CHECK(summaries[0]["data"]["touchpoints"].size() == 32);
+}
