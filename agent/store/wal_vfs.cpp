@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -45,6 +47,34 @@ struct Wrapper {
 
 sqlite3_vfs* baseOf(sqlite3_vfs* v) { return static_cast<Wrapper*>(v->pAppData)->base; }
 
+// Changes made to one WAL file (a write or a truncation) by any connection of this process,
+// counted where all its connections see them: a remembered last sector is only used while
+// nobody changed the file since. Per file, so that the inbox's or the visits' commits do not
+// make the buffer's next commit read its first sector back from the disk.
+struct WalChanges {
+  std::atomic<std::uint64_t> count{0};
+};
+
+// The counter of the file at `path`, shared by every connection that has it open (found by
+// device and inode; a file nobody has open any more is forgotten).
+std::shared_ptr<WalChanges> changesOf(const char* path) {
+  static std::mutex mu;
+  static std::map<std::pair<dev_t, ino_t>, std::weak_ptr<WalChanges>> files;
+  struct stat st {};
+  if (path == nullptr || ::stat(path, &st) != 0) {
+    return std::make_shared<WalChanges>();  // its own: nothing to share it with
+  }
+  std::lock_guard lock(mu);
+  std::erase_if(files, [](const auto& f) { return f.second.expired(); });
+  auto& slot = files[{st.st_dev, st.st_ino}];
+  auto shared = slot.lock();
+  if (!shared) {
+    shared = std::make_shared<WalChanges>();
+    slot = shared;
+  }
+  return shared;
+}
+
 // A WAL file: the base VFS's file right after it in the same allocation (szOsFile covers both).
 // `pending` only ever holds frames of a transaction that has not committed (or whose commit
 // failed): a commit (FULL) syncs, and the sync writes them first. Nothing handed to it is dropped
@@ -72,16 +102,13 @@ struct WalFile {
   // commit's first sector needs no read; -1 when unknown.
   sqlite3_int64 last_sector_at = -1;
   std::string last_sector;
-  std::uint64_t last_sector_change = 0;  // valid while no WAL changed since (g_changes)
+  std::shared_ptr<WalChanges> changes;   // of this file, by every connection
+  std::uint64_t last_sector_change = 0;  // valid while changes->count is still this
   // The end of what this WAL's current generation holds (SQLite starts one by writing the
   // header at offset 0): bytes beyond it in the file are a past generation's, and a direct
   // write's last sector may zero them.
   sqlite3_int64 generation_end = 0;
 };
-
-// Counts every change made to a WAL file in this process (a write or truncation, by any
-// connection): a remembered last sector is only used while nobody changed a WAL since.
-std::atomic<std::uint64_t> g_changes{0};
 
 constexpr std::size_t kHeadSize = (sizeof(WalFile) + 15) / 16 * 16;
 
@@ -115,10 +142,10 @@ enum class Direct { kDone, kRefused, kFailed };
 Direct flushDirect(WalFile* w, int* rc) {
   const sqlite3_int64 from = w->pending_at + static_cast<sqlite3_int64>(w->written);
   const sqlite3_int64 to = w->pendingEnd();
-  if (w->last_sector_change != g_changes.load()) {
+  if (w->last_sector_change != w->changes->count.load()) {
     w->last_sector_at = -1;
   }
-  const std::uint64_t change = ++g_changes;
+  const std::uint64_t change = ++w->changes->count;
   const sqlite3_int64 start = from / kSector * kSector;
   const sqlite3_int64 end = (to + kSector - 1) / kSector * kSector;
   const auto size = static_cast<std::size_t>(end - start);
@@ -204,7 +231,7 @@ int flush(WalFile* w) {
         break;
     }
   }
-  ++g_changes;
+  ++w->changes->count;
   w->last_sector_at = -1;
   w->generation_end = std::max(w->generation_end, w->pendingEnd());
   while (w->written < total) {
@@ -267,7 +294,7 @@ int walWrite(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
       w->last_sector_at = -1;
     }
     if (n > kMaxPending) {
-      ++g_changes;
+      ++w->changes->count;
       w->last_sector_at = -1;
       w->generation_end = std::max(w->generation_end, off + amt);
       return w->real->pMethods->xWrite(w->real, buf, amt, off);
@@ -283,7 +310,7 @@ int walTruncate(sqlite3_file* f, sqlite3_int64 size) {
   if (const int rc = flush(w); rc != SQLITE_OK) {
     return rc;
   }
-  ++g_changes;
+  ++w->changes->count;
   w->last_sector_at = -1;
   w->generation_end = std::min(w->generation_end, size);
   return w->real->pMethods->xTruncate(w->real, size);
@@ -349,6 +376,7 @@ int walOpen(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* file, int fla
     return rc;
   }
   w->file.pMethods = &kMethods;  // SQLite closes it through us even if the open failed
+  w->changes = changesOf(rc == SQLITE_OK ? name : nullptr);
   // Direct writes only over the platform's own VFS (a test's fault-injecting VFS sees every
   // write), and only where the file system takes them (not tmpfs before Linux 6.6).
   if (rc == SQLITE_OK && std::strcmp(base->zName, "unix") == 0 && name != nullptr &&

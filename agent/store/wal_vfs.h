@@ -21,8 +21,8 @@
 // to the disk with O_DIRECT, in whole 512-byte sectors, not through the page cache: once synced, a
 // page-cache page is clean, so each small commit dirtied and wrote back one or two whole 4 KiB
 // pages; a commit of one event (~2.5 KB of frames) now writes ~3 KB. The first sector's earlier
-// bytes come from the last direct write (kept while no connection of this process changed a WAL
-// since) or are read from the file; the last sector's later bytes are read from the file, or are
+// bytes come from the last direct write (kept while no connection of this process changed that WAL
+// file since: a count per file) or are read from the file; the last sector's later bytes are read from the file, or are
 // zeros where nothing of the WAL's current generation lies (SQLite starts one with the header at
 // offset 0; recovery reads frames only up to the first that does not check out, so zeros past the
 // end are never read as a frame). Larger flushes go through the page cache, where the readers that

@@ -364,3 +364,41 @@ TEST_CASE(
                 .c_str()) == said);
   sqlite3_close(reader);
 }
+
+TEST_CASE(
+    "a connection that wrote a WAL's first frame does not write back its remembered sector over "
+    "the frame another connection wrote there after rewinding the WAL",
+    "[unit][buffer]") {
+  TempDir dir;
+  if (!takesSectorWrites(dir)) {
+    WARN("the file system of " << dir.path() << " takes no 512-byte O_DIRECT writes");
+    return;
+  }
+  sqlite3* a = openTable(dir);
+  run(a, "INSERT INTO t(id, body) VALUES (1, 'one'), (2, 'two')");
+  auto b = openConnection(dir.path(), true);
+  REQUIRE(b);
+  const auto wal = dir / "buffer.db-wal";
+  // A rewinds the WAL and writes one frame (the header and 2,072 bytes: the 2,104th byte is in
+  // the fifth sector, which A keeps); then B does the same with other bytes, ending at the same
+  // place; then A writes the next frame from there.
+  run(a, "PRAGMA wal_checkpoint(TRUNCATE)");
+  run(a, "UPDATE t SET body = 'A-first' WHERE id = 1");
+  REQUIRE(std::filesystem::file_size(wal) == 2560);
+  run(*b, "PRAGMA wal_checkpoint(TRUNCATE)");
+  run(*b, "UPDATE t SET body = 'B-second' WHERE id = 2");
+  REQUIRE(std::filesystem::file_size(wal) == 2560);
+  run(a, "UPDATE t SET body = 'A-third' WHERE id = 1");
+
+  // What a crash would leave: the file and its WAL, recovered by a new reader, which checks
+  // every frame's checksum: B's frame must be whole.
+  TempDir crashed;
+  std::filesystem::copy_file(dir / "buffer.db", crashed / "buffer.db");
+  std::filesystem::copy_file(wal, crashed / "buffer.db-wal");
+  sqlite3* reader = plainReader(crashed);
+  CHECK(one(reader, "SELECT count(*) FROM t WHERE id = 1 AND body = 'A-third'") == 1);
+  CHECK(one(reader, "SELECT count(*) FROM t WHERE id = 2 AND body = 'B-second'") == 1);
+  sqlite3_close(reader);
+  sqlite3_close(*b);
+  sqlite3_close(a);
+}
