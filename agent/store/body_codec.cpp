@@ -18,7 +18,8 @@ extern const std::size_t kBodyDictSize;
 namespace {
 
 // Bodies are packed as one LZ4 block against the dictionary's bytes (schema version 4): a
-// ~720-byte kiosk envelope packs in ~2.2 us and unpacks in ~0.27, 1.55x smaller. zstd level -1
+// ~720-byte kiosk envelope packs in ~1.7 us and unpacks in ~0.27, 1.57x smaller (LZ4's
+// acceleration 2, kAcceleration below: 1 packed 1.67x smaller for a third more CPU). zstd level -1
 // with the same dictionary, what versions 2 and 3 packed (and still read here), comes out 1.66x
 // smaller but takes ~2.7 us to pack and ~0.52 to unpack; packing is the largest single cost of
 // an event on its way in (bench/bench_codec on 100k distinct envelopes; docs/benchmarks.md,
@@ -34,6 +35,11 @@ constexpr unsigned char kLz4NoIdTag = 0xb5;
 constexpr std::string_view kIdHead = R"({"id":")";
 constexpr std::string_view kIdTail = R"(",)";
 constexpr std::size_t kMinPacked = 64;
+// LZ4's acceleration: 2 looks at fewer positions for a match, ~25% less CPU for ~6% more bytes
+// on kiosk envelopes, where packing was half of an HTTP worker's CPU per event (docs/
+// benchmarks.md, "Packing with acceleration 2"). The format is the same: any acceleration reads
+// back with the same call.
+constexpr int kAcceleration = 2;
 // The id body_dict.zdict was trained with (tools/body_dict/train); every zstd frame names it.
 constexpr unsigned kDictId = 32769;
 
@@ -128,7 +134,7 @@ std::string packBody(std::string_view json, std::string_view id) {
   LZ4_attach_dictionary(c, packDict());
   const int n =
       LZ4_compress_fast_continue(c, rest.data(), out.data() + head, static_cast<int>(rest.size()),
-                                 static_cast<int>(want - head), 1);
+                                 static_cast<int>(want - head), kAcceleration);
   if (n <= 0) {
     return {};  // does not fit in `want`: not worth it
   }

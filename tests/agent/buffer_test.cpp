@@ -999,6 +999,37 @@ TEST_CASE("readPending answers from memory exactly what the file holds, whatever
   auto pick = [&](int64_t lo, int64_t hi) {
     return lo >= hi ? lo : lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
   };
+  // Every read the sync engine could make, from memory and from the file: the same events, and
+  // the counters the file's own.
+  const auto compareWithFile = [&] {
+    b->syncAcknowledgements();
+    const int64_t now_last = b->stats().last_seq;
+    for (const int64_t after : {int64_t{0}, now_last, now_last - 1,
+                                pick(std::max<int64_t>(0, now_last - 300), now_last)}) {
+      const auto max_events = static_cast<std::size_t>(pick(1, 300));
+      const auto max_bytes = static_cast<std::size_t>(pick(1000, 200000));
+      auto mem = b->readPending(after, max_events, max_bytes);
+      auto file = b->readPendingFromFile(after, max_events, max_bytes);
+      REQUIRE(mem.has_value());
+      REQUIRE(file.has_value());
+      REQUIRE(mem->size() == file->size());
+      for (std::size_t i = 0; i < mem->size(); ++i) {
+        REQUIRE(mem->at(i).seq == file->at(i).seq);
+        REQUIRE(mem->at(i).body == file->at(i).body);
+      }
+    }
+    // Acknowledged ranges are counted from the ring too: the counters stay the file's own.
+    const auto counted = b->stats();
+    for (int p = 0; p < 3; ++p) {
+      const std::string where = " FROM events WHERE prio = " + std::to_string(p);
+      REQUIRE(counted.pending[p] == fileInteger(dir, ("SELECT count(*)" + where).c_str()));
+      REQUIRE(counted.pending_bytes_by_priority[p] ==
+              fileInteger(dir, ("SELECT coalesce(sum(length(CAST(body AS BLOB)) + length(id) + "
+                                "length(type) + 40), 0)" +
+                                where)
+                                   .c_str()));
+    }
+  };
   int64_t ms = 0;
   const std::vector<std::string> types = {"kiosk.view", "beacon.enter"};
   for (int step = 0; step < 400; ++step) {
@@ -1046,34 +1077,26 @@ TEST_CASE("readPending answers from memory exactly what the file holds, whatever
                false)
               .has_value());
     }
-    b->syncAcknowledgements();
-    const int64_t now_last = b->stats().last_seq;
-    for (const int64_t after : {int64_t{0}, now_last, now_last - 1,
-                                pick(std::max<int64_t>(0, now_last - 300), now_last)}) {
-      const auto max_events = static_cast<std::size_t>(pick(1, 300));
-      const auto max_bytes = static_cast<std::size_t>(pick(1000, 200000));
-      auto mem = b->readPending(after, max_events, max_bytes);
-      auto file = b->readPendingFromFile(after, max_events, max_bytes);
-      REQUIRE(mem.has_value());
-      REQUIRE(file.has_value());
-      REQUIRE(mem->size() == file->size());
-      for (std::size_t i = 0; i < mem->size(); ++i) {
-        REQUIRE(mem->at(i).seq == file->at(i).seq);
-        REQUIRE(mem->at(i).body == file->at(i).body);
-      }
-    }
-    // Acknowledged ranges are counted from the ring too: the counters stay the file's own.
-    const auto counted = b->stats();
-    for (int p = 0; p < 3; ++p) {
-      const std::string where = " FROM events WHERE prio = " + std::to_string(p);
-      REQUIRE(counted.pending[p] == fileInteger(dir, ("SELECT count(*)" + where).c_str()));
-      REQUIRE(counted.pending_bytes_by_priority[p] ==
-              fileInteger(dir, ("SELECT coalesce(sum(length(CAST(body AS BLOB)) + length(id) + "
-                                "length(type) + 40), 0)" +
-                                where)
-                                   .c_str()));
-    }
+    compareWithFile();
   }
+  // However the walk went, low-priority events are evicted: they and normal ones take turns
+  // filling what room is left (bodies of random hex, which packing cannot shrink), and a normal
+  // one finding the buffer full takes a low one's room.
+  const auto hexOf = [&](std::size_t n) {
+    std::string h(n, '0');
+    for (auto& c : h) {
+      c = "0123456789abcdef"[rng() % 16];
+    }
+    return h;
+  };
+  for (int i = 0; i < 4000 && b->stats().evicted == 0; ++i) {
+    auto e = makeEvent(i % 2 == 0 ? "beacon.enter" : "kiosk.view", 1, ++ms);
+    e.body.insert(e.body.size() - 2, hexOf(900));
+    std::vector<StoredEvent> events;
+    events.push_back(std::move(e));
+    (void)b->append(events);
+  }
+  compareWithFile();
   // Evictions, quarantines and the ring's bounds all happened, and the ring did answer.
   const auto s = b->stats();
   CHECK(s.evicted > 0);
