@@ -145,7 +145,7 @@ Outcome rawDrain(sqlite3* db, const std::string& name, double max_s) {
 // (1 when `name` contains "single"), WAL, synchronous=FULL, one connection, a prepared
 // statement. The rowid a plain INTEGER PRIMARY KEY, as the buffer's own table has it: until
 // 2026-12-06 it was AUTOINCREMENT, whose sqlite_sequence update at every insert cost the loop
-// 7-40% of its rate on a fast disk and flattered every ratio against it (docs/benchmarks.md,
+// 4-35% of its rate on a fast disk and flattered every ratio against it (docs/benchmarks.md,
 // "The ceiling without AUTOINCREMENT").
 Outcome rawLoop(const fs::path& dir, const std::string& name, uint64_t rows, double max_s,
                 Outcome* drain) {
