@@ -22,14 +22,15 @@
 // page-cache page is clean, so each small commit dirtied and wrote back one or two whole 4 KiB
 // pages; a commit of one event (~2.5 KB of frames) now writes ~3 KB. The first sector's earlier
 // bytes come from the last direct write (kept while no connection of this process changed that WAL
-// file since: a count per file) or are read from the file; the last sector's later bytes are read from the file, or are
-// zeros where nothing of the WAL's current generation lies (SQLite starts one with the header at
-// offset 0; recovery reads frames only up to the first that does not check out, so zeros past the
-// end are never read as a frame). Larger flushes go through the page cache, where the readers that
-// deliver them find them. Only over the platform's "unix" VFS (a test's fault-injecting VFS sees
-// every write) and where the file system takes O_DIRECT in 512-byte sectors (where it takes only 4
-// KiB, a direct write would write as much as the page cache does); elsewhere the WAL is written as
-// before. Every other file (the database, the -shm) is the base VFS's own, untouched.
+// file since: a count per file) or are read from the file; the last sector's later bytes are read
+// from the file, or are zeros where nothing of the WAL's current generation lies (SQLite starts one
+// with the header at offset 0; recovery reads frames only up to the first that does not check out,
+// so zeros past the end are never read as a frame). Larger flushes go through the page cache, where
+// the readers that deliver them find them. Only over the platform's "unix" VFS (a test's
+// fault-injecting VFS sees every write) and where the file system takes O_DIRECT in 512-byte
+// sectors (where it takes only 4 KiB, a direct write would write as much as the page cache does);
+// elsewhere the WAL is written as before. Every other file (the database, the -shm) is the base
+// VFS's own, untouched.
 #pragma once
 
 namespace omniedge::store::detail {
