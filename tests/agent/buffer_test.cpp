@@ -263,6 +263,157 @@ TEST_CASE("a request's runs of ids the agent made are stored in order beside giv
   CHECK(pendingTotal(*b) == 21);
 }
 
+TEST_CASE("one request's events leave, move and change one by one, from memory and from the file",
+          "[unit][buffer]") {
+  // A hundred kiosk events of one request, ids the agent made, packed: what a kiosk posts most.
+  // Whatever form the buffer gives them on disk, every operation on seq ranges cuts through the
+  // request where it is told to (an acknowledgement, a quarantine of one event, an edit of one
+  // event), and what stays reads back the same from memory, from the file, and after a reopen,
+  // with the counts exact (docs/benchmarks.md, "Rows of several events").
+  using omniedge::PendingEvent;
+  using omniedge::store::EventEdit;
+  using omniedge::store::IdOrigin;
+  TempDir dir;
+  BufferOptions o = optionsFor(dir);
+  o.pack_bodies = true;
+  o.retain_delivered_s = 3600;
+  std::vector<StoredEvent> request;
+  for (int i = 0; i < 100; ++i) {
+    StoredEvent e = makeEvent("kiosk.view", 0, 500);  // one request: one received_at
+    e.id_origin = IdOrigin::kAgent;
+    e.body = "{\"id\":\"" + e.id + "\",\"type\":\"kiosk.view\",\"data\":{\"sku\":\"SKU-" +
+             std::to_string(1000 + i) + "\",\"screen\":\"detail\",\"n\":" + std::to_string(i) +
+             "}}";
+    request.push_back(std::move(e));
+  }
+  auto b = openWith(o);
+  auto r = b->append(request);
+  REQUIRE(r.has_value());
+  REQUIRE(r->stored == 100);
+  auto all = b->readPending(0, 1000, 1 << 20);
+  REQUIRE(all.has_value());
+  REQUIRE(all->size() == 100);
+  const int64_t first = all->front().seq;
+  const int64_t bytes_all = b->stats().pending_bytes;
+
+  // What should be pending: the request's events but those removed, in order, bodies as sent.
+  std::vector<bool> gone(100, false);
+  auto expectPending = [&](const std::vector<PendingEvent>& got, int64_t after) {
+    std::vector<PendingEvent> want;
+    for (int i = 0; i < 100; ++i) {
+      if (!gone[static_cast<std::size_t>(i)] && first + i > after) {
+        want.push_back(PendingEvent{first + i, request[static_cast<std::size_t>(i)].body});
+      }
+    }
+    REQUIRE(got.size() == want.size());
+    for (std::size_t k = 0; k < want.size(); ++k) {
+      INFO("pending " << k);
+      CHECK(got[k].seq == want[k].seq);
+      CHECK(got[k].body == want[k].body);
+    }
+  };
+  auto checkEverywhere = [&](Buffer& buf) {
+    for (const int64_t after : {first - 1, first + 5, first + 45, first + 49, first + 97}) {
+      INFO("after seq " << after - first << " of the request");
+      auto mem = buf.readPending(after, 1000, 1 << 20);
+      REQUIRE(mem.has_value());
+      expectPending(*mem, after);
+      auto file = buf.readPendingFromFile(after, 1000, 1 << 20);
+      REQUIRE(file.has_value());
+      expectPending(*file, after);
+    }
+    int64_t left = 0;
+    for (bool g : gone) {
+      left += g ? 0 : 1;
+    }
+    CHECK(pendingTotal(buf) == left);
+  };
+
+  // Acknowledged: seqs 10-40 of the request, a stretch in its middle.
+  b->acknowledge(first + 10, first + 40);
+  b->syncAcknowledgements();
+  for (int i = 10; i <= 40; ++i) {
+    gone[static_cast<std::size_t>(i)] = true;
+  }
+  checkEverywhere(*b);
+  // Kept as delivered one by one: each acknowledged event under its own seq and id.
+  CHECK(fileInteger(dir, "SELECT count(*) FROM delivered") == 31);
+  CHECK(fileInteger(dir, "SELECT min(seq) FROM delivered") == first + 10);
+  CHECK(fileInteger(dir, "SELECT max(seq) FROM delivered") == first + 40);
+  CHECK(fileInteger(dir, "SELECT count(DISTINCT id) FROM delivered") == 31);
+
+  // Quarantined: event 50 alone.
+  b->quarantine(first + 50, first + 50, "HTTP 422: data.sku is unknown");
+  b->syncAcknowledgements();
+  gone[50] = true;
+  checkEverywhere(*b);
+  auto q = b->quarantined(10);
+  REQUIRE(q.has_value());
+  REQUIRE(q->size() == 1);
+  CHECK(q->front().seq == first + 50);
+  CHECK(q->front().id == request[50].id);
+  CHECK(q->front().reason == "HTTP 422: data.sku is unknown");
+
+  // Edited: event 60 replaced, event 70 dropped, the rest untouched.
+  const std::string replaced =
+      "{\"id\":\"" + request[60].id + "\",\"type\":\"kiosk.view\",\"data\":{\"sku\":\"SKU-1060\"}}";
+  auto edit = b->editEvents(
+      {"SKU-1060", "SKU-1070"},
+      [&](const std::string&, const std::string& body) {
+        EventEdit out;
+        if (body.find("SKU-1060") != std::string::npos) {
+          out.action = EventEdit::Action::kReplace;
+          out.body = replaced;
+        } else if (body.find("SKU-1070") != std::string::npos) {
+          out.action = EventEdit::Action::kDrop;
+        }
+        return out;
+      },
+      /*scrub=*/false);
+  REQUIRE(edit.has_value());
+  CHECK(edit->pending_replaced == 1);
+  CHECK(edit->pending_dropped == 1);
+  REQUIRE(edit->dropped_seqs.size() == 1);
+  CHECK(edit->dropped_seqs.front() == std::make_pair(first + 70, first + 70));
+  request[60].body = replaced;
+  gone[70] = true;
+  checkEverywhere(*b);
+
+  // The counts are the file's: the same after a reopen, and the bytes that left are the
+  // delivered, quarantined and dropped events' (never more, never less).
+  const auto before = b->stats();
+  CHECK(before.pending_bytes < bytes_all);
+  b.reset();
+  b = openWith(o);
+  const auto after = b->stats();
+  CHECK(after.pending[1] == before.pending[1]);
+  CHECK(after.pending_bytes == before.pending_bytes);
+  CHECK(after.quarantine_events == 1);
+  checkEverywhere(*b);
+
+  // Seqs are never given twice: the next event comes after the whole request.
+  auto next = makeEvent("kiosk.view", 20, 600);
+  next.id_origin = IdOrigin::kAgent;
+  REQUIRE(b->append({next}).has_value());
+  auto tail = b->readPending(first + 99, 10, 1 << 20);
+  REQUIRE(tail.has_value());
+  REQUIRE(tail->size() == 1);
+  CHECK(tail->front().seq == first + 100);
+  CHECK(tail->front().body == next.body);
+
+  // And the rest acknowledged, in pieces that end inside the request: nothing stays behind.
+  b->acknowledge(first, first + 3);
+  b->acknowledge(first + 4, first + 66);
+  b->acknowledge(first + 67, first + 100);
+  b->syncAcknowledgements();
+  CHECK(pendingTotal(*b) == 0);
+  CHECK(b->stats().pending_bytes == 0);
+  CHECK(fileInteger(dir, "SELECT count(*) FROM events") == 0);
+  auto none = b->readPendingFromFile(0, 1000, 1 << 20);
+  REQUIRE(none.has_value());
+  CHECK(none->empty());
+}
+
 TEST_CASE("many producers at once are group-committed and none is lost", "[unit][buffer]") {
   TempDir dir;
   auto b = openBuffer(dir);
