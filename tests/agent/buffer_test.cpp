@@ -322,6 +322,29 @@ TEST_CASE("one request's events leave, move and change one by one, from memory a
       REQUIRE(file.has_value());
       expectPending(*file, after);
     }
+    // As the uplink reads: batches of at most 7 events, or of at most ~3 bodies' bytes, each
+    // ending wherever its limit falls, the next one starting after its last seq.
+    for (const auto& [max_events, max_bytes] :
+         {std::pair<std::size_t, std::size_t>{7, 1 << 20}, {1000, 3 * request[0].body.size()}}) {
+      for (const bool from_file : {false, true}) {
+        INFO("batches of " << max_events << " events, " << max_bytes << " bytes, "
+                           << (from_file ? "from the file" : "from memory"));
+        std::vector<PendingEvent> read;
+        int64_t after = first - 1;
+        for (int guard = 0; guard < 200; ++guard) {
+          auto batch = from_file ? buf.readPendingFromFile(after, max_events, max_bytes)
+                                 : buf.readPending(after, max_events, max_bytes);
+          REQUIRE(batch.has_value());
+          if (batch->empty()) {
+            break;
+          }
+          CHECK(batch->size() <= max_events);
+          after = batch->back().seq;
+          read.insert(read.end(), batch->begin(), batch->end());
+        }
+        expectPending(read, first - 1);
+      }
+    }
     int64_t left = 0;
     for (bool g : gone) {
       left += g ? 0 : 1;
