@@ -130,6 +130,15 @@ int64_t fileInteger(const TempDir& dir, const char* sql) {
   return v;
 }
 
+// The bytes the buffer counts for the rows `where` picks (the file's own sum: each row's strings
+// as stored plus kRowOverhead, docs/architecture.md "Capacity").
+int64_t heldBytes(const TempDir& dir, const std::string& where) {
+  const std::string sql = "SELECT coalesce(sum(" OMNIEDGE_ROW_STRINGS_SQL " + " +
+                          std::to_string(omniedge::store::detail::kRowOverhead) +
+                          "), 0) FROM events " + where;
+  return fileInteger(dir, sql.c_str());
+}
+
 }  // namespace
 
 TEST_CASE("ids the agent made have no index entry, and an export read back is still recognised",
@@ -351,11 +360,8 @@ TEST_CASE("one request's events leave, move and change one by one, from memory a
       left += g ? 0 : 1;
     }
     CHECK(pendingTotal(buf) == left);
-    // The bytes counted are exactly what the rows hold (docs/architecture.md, "Capacity").
-    const std::string held = "SELECT coalesce(sum(" OMNIEDGE_ROW_STRINGS_SQL " + " +
-                             std::to_string(omniedge::store::detail::kRowOverhead) +
-                             "), 0) FROM events";
-    CHECK(buf.stats().pending_bytes == fileInteger(dir, held.c_str()));
+    // The bytes counted are exactly what the rows hold.
+    CHECK(buf.stats().pending_bytes == heldBytes(dir, ""));
   };
 
   // Acknowledged: seqs 10-40 of the request, a stretch in its middle.
@@ -1200,13 +1206,10 @@ TEST_CASE("readPending answers from memory exactly what the file holds, whatever
     // Acknowledged ranges are counted from the ring too: the counters stay the file's own.
     const auto counted = b->stats();
     for (int p = 0; p < 3; ++p) {
-      const std::string where = " FROM events WHERE prio = " + std::to_string(p);
-      REQUIRE(counted.pending[p] == fileInteger(dir, ("SELECT count(*)" + where).c_str()));
-      REQUIRE(counted.pending_bytes_by_priority[p] ==
-              fileInteger(dir, ("SELECT coalesce(sum(length(CAST(body AS BLOB)) + length(id) + "
-                                "length(type) + 40), 0)" +
-                                where)
-                                   .c_str()));
+      const std::string where = "WHERE prio = " + std::to_string(p);
+      REQUIRE(counted.pending[p] ==
+              fileInteger(dir, ("SELECT count(*) FROM events " + where).c_str()));
+      REQUIRE(counted.pending_bytes_by_priority[p] == heldBytes(dir, where));
     }
   };
   int64_t ms = 0;
