@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "agent/store/body_codec.h"
+#include "agent/store/buffer_sqlite.h"
 
 namespace omniedge::cli {
 namespace {
@@ -50,11 +51,20 @@ std::optional<int64_t> BufferFile::integer(const std::string& sql) const {
 }
 
 int64_t BufferFile::maxSeq() const {
-  int64_t seq = integer("SELECT max(seq) FROM events").value_or(0);
+  int64_t seq = integer(store::detail::hasRunColumn(db())
+                            ? "SELECT seq + n - 1 FROM events ORDER BY seq DESC LIMIT 1"
+                            : "SELECT max(seq) FROM events")
+                    .value_or(0);
   if (hasTable("delivered")) {
     seq = std::max(seq, integer("SELECT max(seq) FROM delivered").value_or(0));
   }
   return seq;
+}
+
+int64_t BufferFile::pendingEvents() const {
+  return integer(store::detail::hasRunColumn(db()) ? "SELECT sum(n) FROM events"
+                                                   : "SELECT count(*) FROM events")
+      .value_or(0);
 }
 
 Result<void> BufferFile::scan(const Scan& scan,
@@ -72,10 +82,13 @@ Result<void> BufferFile::scan(const Scan& scan,
     if (!pending && (scan.pending_only || !hasTable(table))) {
       continue;
     }
-    const std::string sql = std::string("SELECT seq, type, body, received_ms, id FROM ") + table +
-                            " WHERE seq > ?1 AND seq < ?2 AND type GLOB ?3 AND received_ms >= ?4 "
-                            "AND received_ms < ?5 ORDER BY seq " +
-                            (scan.newest_first ? "DESC" : "ASC");
+    // A row of several events (schema version 6) starts at most kMaxRunEvents - 1 seqs before
+    // the first of its events the scan wants; its events are picked out below.
+    const bool runs = pending && store::detail::hasRunColumn(db());
+    const std::string sql =
+        std::string("SELECT seq, type, body, received_ms, id, ") + (runs ? "n" : "1") + " FROM " +
+        table + " WHERE seq > ?1 AND seq < ?2 AND type GLOB ?3 AND received_ms >= ?4 " +
+        "AND received_ms < ?5 ORDER BY seq " + (scan.newest_first ? "DESC" : "ASC");
     sqlite3_stmt* raw = nullptr;
     if (sqlite3_prepare_v2(db(), sql.c_str(), -1, &raw, nullptr) != SQLITE_OK) {
       return makeError("io", std::string("reading the buffer: ") + sqlite3_errmsg(db()));
@@ -83,7 +96,9 @@ Result<void> BufferFile::scan(const Scan& scan,
     Walk w;
     w.st.reset(raw);
     w.pending = pending;
-    sqlite3_bind_int64(raw, 1, scan.after_seq);
+    sqlite3_bind_int64(
+        raw, 1,
+        runs ? scan.after_seq - static_cast<int64_t>(store::kMaxRunEvents - 1) : scan.after_seq);
     sqlite3_bind_int64(raw, 2, scan.before_seq);
     sqlite3_bind_text(raw, 3, scan.glob.c_str(), -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(raw, 4, scan.since_ms);
@@ -116,8 +131,39 @@ Result<void> BufferFile::scan(const Scan& scan,
       return {};
     }
     sqlite3_stmt* st = next->st.get();
+    if (const int64_t n = sqlite3_column_int64(st, 5); n > 1) {
+      const auto* p = static_cast<const char*>(sqlite3_column_blob(st, 2));
+      auto events =
+          store::unpackRun(std::string_view(p != nullptr ? p : "",
+                                            static_cast<std::size_t>(sqlite3_column_bytes(st, 2))),
+                           n);
+      if (!events) {
+        std::fprintf(stderr, "omniedge: events seq %lld to %lld skipped: %s\n",
+                     static_cast<long long>(next->seq), static_cast<long long>(next->seq + n - 1),
+                     events.error().message.c_str());
+      }
+      const std::string type = text(st, 1);
+      const int64_t received_ms = sqlite3_column_int64(st, 3);
+      for (int64_t i = 0; events && i < n; ++i) {
+        const int64_t k = scan.newest_first ? n - 1 - i : i;
+        const int64_t seq = next->seq + k;
+        if (seq <= scan.after_seq || seq >= scan.before_seq) {
+          continue;
+        }
+        auto& e = (*events)[static_cast<std::size_t>(k)];
+        if (!visit(BufferRow{seq, type, std::move(e.json), received_ms, next->pending})) {
+          return {};
+        }
+      }
+      if (auto r = step(*next); !r) {
+        return r;
+      }
+      continue;
+    }
     auto body = store::bodyColumn(st, 2, 4);
-    if (!body) {
+    if (next->seq <= scan.after_seq) {
+      // A single row below the scan's start, read only because a run might have begun there.
+    } else if (!body) {
       // One damaged body must not hide the rest of the buffer from a technician: said, skipped.
       std::fprintf(stderr, "omniedge: event seq %lld skipped: %s\n",
                    static_cast<long long>(next->seq), body.error().message.c_str());

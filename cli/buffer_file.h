@@ -52,6 +52,8 @@ class BufferFile {
   Result<void> scan(const Scan& scan, const std::function<bool(BufferRow&&)>& visit) const;
   /// The highest seq stored (pending or retained), 0 when empty.
   int64_t maxSeq() const;
+  /// The events pending (a row of several events counts each of them).
+  int64_t pendingEvents() const;
 
  private:
   BufferFile(std::shared_ptr<sqlite3> db, store::ReadMode mode) : db_(std::move(db)), mode_(mode) {}

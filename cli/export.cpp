@@ -204,7 +204,7 @@ int run(const CommandSpec& spec, const Invocation& inv) {
   const bool progress = ::isatty(STDERR_FILENO) == 1;
   int64_t total = -1;
   if (progress) {
-    total = file->integer("SELECT count(*) FROM events").value_or(0);
+    total = file->pendingEvents();
     if (!scan.pending_only && file->hasTable("delivered")) {
       total += file->integer("SELECT count(*) FROM delivered").value_or(0);
     }

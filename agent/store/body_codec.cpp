@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 namespace omniedge::store {
 
@@ -32,6 +33,10 @@ namespace {
 // row's id column holds already, ~7% of a kiosk row, put back from that column on unpacking.
 constexpr unsigned char kLz4Tag = 0xb4;
 constexpr unsigned char kLz4NoIdTag = 0xb5;
+// kLz4RunTag (schema version 6): a row of several events, the same form of what packRun()
+// joined: for each event, its id's length (varint), the id, then twice its JSON's length plus 1
+// when the JSON left out its first member `{"id":"<id>",` (varint), and that JSON.
+constexpr unsigned char kLz4RunTag = 0xb6;
 constexpr std::string_view kIdHead = R"({"id":")";
 constexpr std::string_view kIdTail = R"(",)";
 constexpr std::size_t kMinPacked = 64;
@@ -95,12 +100,61 @@ void bodyText(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
     id = std::string_view(i != nullptr ? i : "",
                           static_cast<std::size_t>(sqlite3_value_bytes(argv[1])));
   }
-  auto json = unpackBody(std::string_view(p != nullptr ? p : "", n), id);
+  const std::string_view blob(p != nullptr ? p : "", n);
+  if (isRun(blob)) {
+    // Every event's JSON, one per line: what a search of bodies (an edit's instr) looks at.
+    auto events = unpackRun(blob, 0);
+    if (!events) {
+      sqlite3_result_null(ctx);
+      return;
+    }
+    std::string all;
+    for (const auto& e : *events) {
+      all.append(all.empty() ? "" : "\n").append(e.json);
+    }
+    sqlite3_result_text64(ctx, all.data(), all.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
+    return;
+  }
+  auto json = unpackBody(blob, id);
   if (!json) {
     sqlite3_result_null(ctx);
     return;
   }
   sqlite3_result_text64(ctx, json->data(), json->size(), SQLITE_TRANSIENT, SQLITE_UTF8);
+}
+
+void putVarint(std::string& out, uint64_t n) {
+  for (;;) {
+    const auto low = static_cast<unsigned char>(n & 0x7f);
+    n >>= 7;
+    out.push_back(static_cast<char>(n != 0 ? (low | 0x80) : low));
+    if (n == 0) {
+      return;
+    }
+  }
+}
+
+// A varint at `at` (advanced past it), at most 5 bytes; nullopt when it is cut or longer.
+std::optional<uint64_t> getVarint(std::string_view in, std::size_t& at) {
+  uint64_t v = 0;
+  for (unsigned shift = 0; shift <= 28; shift += 7) {
+    if (at >= in.size()) {
+      return std::nullopt;
+    }
+    const auto b = static_cast<unsigned char>(in[at++]);
+    v |= static_cast<uint64_t>(b & 0x7f) << shift;
+    if ((b & 0x80) == 0) {
+      return v;
+    }
+  }
+  return std::nullopt;
+}
+
+// Whether `json` starts with exactly `{"id":"<id>",`: the member unpacking puts back.
+bool startsWithId(std::string_view json, std::string_view id) {
+  return !id.empty() && json.size() > kIdHead.size() + id.size() + kIdTail.size() &&
+         json.starts_with(kIdHead) && json.substr(kIdHead.size()).starts_with(id) &&
+         json.substr(kIdHead.size() + id.size()).starts_with(kIdTail);
 }
 
 }  // namespace
@@ -113,9 +167,7 @@ std::string packBody(std::string_view json, std::string_view id) {
     return {};
   }
   // The id left out only when the JSON starts with exactly the text unpacking will put back.
-  const bool no_id = !id.empty() && json.size() > kIdHead.size() + id.size() + kIdTail.size() &&
-                     json.starts_with(kIdHead) && json.substr(kIdHead.size()).starts_with(id) &&
-                     json.substr(kIdHead.size() + id.size()).starts_with(kIdTail);
+  const bool no_id = startsWithId(json, id);
   const std::string_view rest =
       no_id ? json.substr(kIdHead.size() + id.size() + kIdTail.size()) : json;
   const std::size_t want = json.size() - json.size() / 8;  // at least an eighth smaller
@@ -189,6 +241,9 @@ Result<std::string> unpackLz4(std::string_view packed, std::string_view prefix) 
 }  // namespace
 
 Result<std::string> unpackBody(std::string_view packed, std::string_view id) {
+  if (isRun(packed)) {
+    return makeError("corrupt", "a row of several events where one event's body was expected");
+  }
   if (!packed.empty() && static_cast<unsigned char>(packed[0]) == kLz4Tag) {
     return unpackLz4(packed, {});
   }
@@ -236,6 +291,113 @@ Result<std::string> unpackBody(std::string_view packed, std::string_view id) {
     return makeError("corrupt", std::string("a packed body does not unpack: ") +
                                     (ZSTD_isError(n) != 0 ? ZSTD_getErrorName(n)
                                                           : "shorter than its header says"));
+  }
+  return out;
+}
+
+std::string packRun(const std::vector<std::string_view>& ids,
+                    const std::vector<std::string_view>& jsons) {
+  if (ids.size() != jsons.size() || ids.size() < 2 || ids.size() > kMaxRunEvents) {
+    return {};
+  }
+  std::string raw;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const bool no_id = startsWithId(jsons[i], ids[i]);
+    const std::string_view rest =
+        no_id ? jsons[i].substr(kIdHead.size() + ids[i].size() + kIdTail.size()) : jsons[i];
+    if (raw.size() + ids[i].size() + rest.size() + 10 > kMaxRunBytes) {
+      return {};
+    }
+    putVarint(raw, ids[i].size());
+    raw.append(ids[i]);
+    putVarint(raw, (static_cast<uint64_t>(rest.size()) << 1) | (no_id ? 1 : 0));
+    raw.append(rest);
+  }
+  LZ4_stream_t* c = compressor();
+  if (c == nullptr) {
+    return {};
+  }
+  std::string out(1, static_cast<char>(kLz4RunTag));
+  putVarint(out, raw.size());
+  const std::size_t head = out.size();
+  const int bound = LZ4_compressBound(static_cast<int>(raw.size()));
+  out.resize(head + static_cast<std::size_t>(bound));
+  LZ4_resetStream_fast(c);
+  LZ4_attach_dictionary(c, packDict());
+  const int n = LZ4_compress_fast_continue(c, raw.data(), out.data() + head,
+                                           static_cast<int>(raw.size()), bound, kAcceleration);
+  if (n <= 0) {
+    return {};
+  }
+  out.resize(head + static_cast<std::size_t>(n));
+  return out;
+}
+
+bool isRun(std::string_view packed) {
+  return !packed.empty() && static_cast<unsigned char>(packed[0]) == kLz4RunTag;
+}
+
+Result<std::vector<RunEvent>> unpackRun(std::string_view packed, int64_t n) {
+  if (!isRun(packed)) {
+    return makeError("corrupt", "a row of " + std::to_string(n) +
+                                    " events does not hold a block of several events");
+  }
+  if (n != 0 && (n < 2 || n > static_cast<int64_t>(kMaxRunEvents))) {
+    return makeError("corrupt", "a row says it holds " + std::to_string(n) +
+                                    " events; a row of several holds 2 to " +
+                                    std::to_string(kMaxRunEvents));
+  }
+  std::size_t at = 1;
+  const auto size = getVarint(packed, at);
+  if (!size) {
+    return makeError("corrupt", "a row of several events gives no readable length");
+  }
+  if (*size > kMaxRunBytes) {
+    return overLimit(*size);
+  }
+  std::string raw(static_cast<std::size_t>(*size), '\0');
+  const int got = LZ4_decompress_safe_usingDict(
+      packed.data() + at, raw.data(), static_cast<int>(packed.size() - at),
+      static_cast<int>(raw.size()), reinterpret_cast<const char*>(kBodyDict),
+      static_cast<int>(kBodyDictSize));
+  if (got < 0 || static_cast<std::size_t>(got) != raw.size()) {
+    return makeError("corrupt",
+                     std::string("a row of several events does not unpack: ") +
+                         (got < 0 ? "LZ4 refuses its block" : "shorter than its header says"));
+  }
+  std::vector<RunEvent> out;
+  out.reserve(static_cast<std::size_t>(n));
+  std::size_t p = 0;
+  while (p < raw.size()) {
+    const auto id_len = getVarint(raw, p);
+    if (!id_len || *id_len > raw.size() - p) {
+      return makeError("corrupt", "a row of several events has an id cut short");
+    }
+    RunEvent e;
+    e.id.assign(raw, p, static_cast<std::size_t>(*id_len));
+    p += static_cast<std::size_t>(*id_len);
+    const auto json_len = getVarint(raw, p);
+    if (!json_len || (*json_len >> 1) > raw.size() - p) {
+      return makeError("corrupt", "a row of several events has an envelope cut short");
+    }
+    const auto len = static_cast<std::size_t>(*json_len >> 1);
+    if ((*json_len & 1) != 0) {
+      e.json.reserve(kIdHead.size() + e.id.size() + kIdTail.size() + len);
+      e.json.append(kIdHead).append(e.id).append(kIdTail);
+    }
+    e.json.append(raw, p, len);
+    p += len;
+    out.push_back(std::move(e));
+    if (out.size() > (n != 0 ? static_cast<std::size_t>(n) : kMaxRunEvents)) {
+      break;
+    }
+  }
+  if (n == 0 ? out.size() < 2 || out.size() > kMaxRunEvents
+             : out.size() != static_cast<std::size_t>(n)) {
+    return makeError(
+        "corrupt",
+        "a row says it holds " + std::to_string(n) + " events and its block holds " +
+            (out.size() > static_cast<std::size_t>(n) ? "more" : std::to_string(out.size())));
   }
   return out;
 }

@@ -10,8 +10,10 @@
 #include <sqlite3.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "agent/api/result.h"
 
@@ -27,9 +29,38 @@ inline constexpr std::size_t kMaxUnpackedBody = 16u << 20;
 /// same id). Thread: any.
 std::string packBody(std::string_view json, std::string_view id = {});
 
+/// A row of several events (schema version 6, events.n > 1): the events of one request whose ids
+/// Ingest made, of one type, priority and receipt time, stored as one LZ4 block at the first one's
+/// seq. One block of up to kMaxRunEvents envelopes packs ~1.3x smaller than each alone and the
+/// writer stores one row where it stored n (docs/benchmarks.md, "Rows of several events").
+inline constexpr std::size_t kMaxRunEvents = 32;
+/// The most JSON a row of several events holds (its events' ids and envelopes together).
+inline constexpr std::size_t kMaxRunBytes = 64u << 10;
+
+/// One event of a row of several.
+struct RunEvent {
+  std::string id;
+  std::string json;
+};
+
+/// The events' ids and JSON packed as one row of several (they must number 2 to kMaxRunEvents and
+/// hold at most kMaxRunBytes together); empty when they cannot be (then each is stored alone).
+/// Thread: any.
+std::string packRun(const std::vector<std::string_view>& ids,
+                    const std::vector<std::string_view>& jsons);
+
+/// Whether a stored BLOB is a row of several events (packRun) rather than one body.
+bool isRun(std::string_view packed);
+
+/// The events of a row of several, in seq order; fails "corrupt" (naming the reason) unless
+/// `packed` is one whole packRun() block of exactly `n` events (n = 0: of 2 to kMaxRunEvents).
+/// Thread: any.
+Result<std::vector<RunEvent>> unpackRun(std::string_view packed, int64_t n);
+
 /// The JSON of a packed body, any form; `id` is the row's id (needed by a body packed without
 /// it). Fails "corrupt" (naming the reason) on anything that is not one whole packed body of at
-/// most kMaxUnpackedBody bytes. Thread: any.
+/// most kMaxUnpackedBody bytes (a row of several events included: unpackRun reads those).
+/// Thread: any.
 Result<std::string> unpackBody(std::string_view packed, std::string_view id = {});
 
 /// Column `col` of the current row as the envelope's JSON: TEXT as it is, a BLOB unpacked with
@@ -42,6 +73,7 @@ void bindBody(sqlite3_stmt* st, int index, const std::string& json, const std::s
 
 /// Adds body_text(x, id) to `db`: x unpacked when it is a packed BLOB (id: the row's), x itself
 /// otherwise, NULL for a BLOB that does not unpack; body_text(x) for bodies that kept their id.
+/// A row of several events gives its events' JSON, one per line (what a search of bodies needs).
 /// False when SQLite refused it.
 bool registerBodyFunctions(sqlite3* db);
 

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
+#include <optional>
 
 #include "agent/store/body_codec.h"
 #include "agent/store/buffer_reader.h"
@@ -96,8 +98,12 @@ void mergeQuarantines(std::vector<QuarantineReport>& to,
 }
 
 // What an event costs in the accounting: its strings as stored (the packed body when there is
-// one: SQL counts length(CAST(body AS BLOB)) of what the row holds) plus kRowOverhead.
+// one: SQL counts length(CAST(body AS BLOB)) of what the row holds) plus kRowOverhead. A row of
+// several events is counted once, on its first event.
 int64_t rowCost(const StoredEvent& e) {
+  if (e.run == 0) {
+    return 0;  // in the row of an event before it, which counts the row
+  }
   const std::size_t body = e.packed.empty() ? e.body.size() : e.packed.size();
   return static_cast<int64_t>(body + e.id.size() + e.type.size()) + kRowOverhead;
 }
@@ -233,14 +239,15 @@ int insertEvent(sqlite3* db, Stmt& was_delivered, Stmt& was_made, Stmt& insert, 
   return rc;
 }
 
-// Whether events[k, k + kInsertRows) are there and all have ids Ingest made.
+// Whether events[k, k + kInsertRows) are there, all have ids Ingest made and each is a row alone.
 bool allMade(const std::vector<StoredEvent>& events, std::size_t k) {
   if (k + kInsertRows > events.size()) {
     return false;
   }
-  return std::all_of(events.begin() + static_cast<std::ptrdiff_t>(k),
-                     events.begin() + static_cast<std::ptrdiff_t>(k + kInsertRows),
-                     [](const StoredEvent& e) { return e.id_origin == IdOrigin::kAgent; });
+  return std::all_of(
+      events.begin() + static_cast<std::ptrdiff_t>(k),
+      events.begin() + static_cast<std::ptrdiff_t>(k + kInsertRows),
+      [](const StoredEvent& e) { return e.id_origin == IdOrigin::kAgent && e.run == 1; });
 }
 
 // Stores events[k, k + kInsertRows), ids Ingest made, at seqs from `seq` with `rows`
@@ -341,8 +348,36 @@ struct Buffer::Attempt {
   EvictionReport evicted;
   SeqRanges acked_ranges;  // the ranges acknowledged or quarantined (rows deleted), when applied
   // The events stored, in the requests of the group; publishCommitted() takes their bodies.
-  std::vector<std::pair<int64_t, StoredEvent*>> inserted;
+  struct Inserted {
+    int64_t seq = 0;
+    StoredEvent* event = nullptr;
+    int32_t run_pos = 0;  // its place in its row, and the events the row holds
+    int32_t run_n = 1;
+  };
+  std::vector<Inserted> inserted;
+  // Rows of several events cut in this transaction: the rows made, [first, first + n), and what
+  // each counts (the ring's entries learn it when it commits).
+  struct Recut {
+    int64_t first = 0;
+    int64_t n = 1;
+    int64_t cost = 0;
+  };
+  std::vector<Recut> recut;
   int64_t max_seq = 0;
+};
+
+// A row of several events as read for cutting it (Buffer::rewriteRun).
+struct Buffer::RunRow {
+  int64_t seq = 0;
+  int64_t n = 1;
+  std::string id;
+  std::string type;
+  int64_t prio = 1;
+  int64_t received_ms = 0;
+  std::string body;  // the block, as stored
+  int64_t cost() const {
+    return static_cast<int64_t>(body.size() + id.size() + type.size()) + kRowOverhead;
+  }
 };
 
 struct Buffer::Statements {
@@ -356,6 +391,10 @@ struct Buffer::Statements {
   Stmt remember_delivered, forget_delivered, copy_quarantine;
   Stmt quarantine_chunk, delete_quarantine, quarantine_oldest, quarantine_latest;
   Stmt forget_recovery_report;
+  // Rows of several events: storing one, finding the row before a seq or those of a range, taking
+  // one out, keeping a delivered one's events, quarantining one that does not unpack.
+  Stmt insert_run, row_before, runs_in, delete_row, runs_delivered, insert_delivered,
+      quarantine_row;
   bool recovery_unreported = false;  // cleared in the first commit after open
   Counters committed;                // the committed state (the counters table may lag, below)
   int64_t saved_last_seq = 0;        // the counters table covers the rows up to this seq
@@ -394,17 +433,39 @@ Result<void> Buffer::prepare() {
            // went from 12.5 to 11.3 us). One row of per-priority aggregates rather than GROUP BY
            // prio: grouping sorted the range through a sorter holding every row's id, type and
            // body (16% of the writer's time while delivering, docs/benchmarks.md).
+           // Events are sum(n) (a row of several holds n), bytes are counted by rows.
            {&s.range_sizes,
-            "SELECT count(*) FILTER (WHERE prio = 0), sum(" OMNIEDGE_ROW_STRINGS_SQL
-            ") FILTER (WHERE prio = 0), count(*) FILTER (WHERE prio = 1), "
-            "sum(" OMNIEDGE_ROW_STRINGS_SQL ") FILTER (WHERE prio = 1), "
-            "count(*) FILTER (WHERE prio = 2), sum(" OMNIEDGE_ROW_STRINGS_SQL
-            ") FILTER (WHERE prio = 2), count(*) FROM events WHERE seq BETWEEN ? AND ?"},
+            "SELECT sum(n) FILTER (WHERE prio = 0), sum(" OMNIEDGE_ROW_STRINGS_SQL
+            " + 40) FILTER (WHERE prio = 0), sum(n) FILTER (WHERE prio = 1), "
+            "sum(" OMNIEDGE_ROW_STRINGS_SQL " + 40) FILTER (WHERE prio = 1), "
+            "sum(n) FILTER (WHERE prio = 2), sum(" OMNIEDGE_ROW_STRINGS_SQL
+            " + 40) FILTER (WHERE prio = 2), sum(n) FROM events WHERE seq BETWEEN ? AND ?"},
            {&s.range_pos_ids, "SELECT id FROM events WHERE seq BETWEEN ? AND ? AND prio = 0"},
            {&s.delete_range, "DELETE FROM events WHERE seq BETWEEN ? AND ?"},
            {&s.copy_delivered,
             "INSERT OR IGNORE INTO delivered(seq, id, type, received_ms, delivered_ms, body) "
-            "SELECT seq, id, type, received_ms, ?, body FROM events WHERE seq BETWEEN ? AND ?"},
+            "SELECT seq, id, type, received_ms, ?, body FROM events WHERE seq BETWEEN ? AND ? "
+            "AND n = 1"},
+           {&s.runs_delivered,
+            "SELECT seq, n, id, type, prio, received_ms, body FROM events "
+            "WHERE seq BETWEEN ? AND ? AND n > 1"},
+           {&s.insert_delivered,
+            "INSERT OR IGNORE INTO delivered(seq, id, type, received_ms, delivered_ms, body) "
+            "VALUES(?, ?, ?, ?, ?, ?)"},
+           {&s.insert_run,
+            "INSERT INTO events(seq, id, type, prio, received_ms, body, made, n) "
+            "VALUES(?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)"},
+           {&s.row_before,
+            "SELECT seq, n, id, type, prio, received_ms, body FROM events WHERE seq < ? "
+            "ORDER BY seq DESC LIMIT 1"},
+           {&s.runs_in,
+            "SELECT seq, n, id, type, prio, received_ms, body FROM events "
+            "WHERE seq BETWEEN ? AND ? AND n > 1 ORDER BY seq LIMIT 64"},
+           {&s.delete_row, "DELETE FROM events WHERE seq = ?"},
+           {&s.quarantine_row,
+            "INSERT OR IGNORE INTO quarantine(seq, id, type, prio, received_ms, quarantined_ms, "
+            "reason, body) SELECT seq, id, type, prio, received_ms, ?, ?, body FROM events "
+            "WHERE seq = ?"},
            {&s.purge_delivered, "DELETE FROM delivered WHERE delivered_ms < ?"},
            {&s.copy_quarantine,
             "INSERT OR IGNORE INTO quarantine(seq, id, type, prio, received_ms, quarantined_ms, "
@@ -454,8 +515,11 @@ Result<void> Buffer::prepare() {
   }
   checkpointer_ =
       std::make_unique<detail::Checkpointer>(*checkpointing, page_size_ + 24, kCheckpointTailBytes);
+  // A row of several events holding after_seq + 1 starts at most 31 seqs before it.
+  static_assert(kMaxRunEvents == 32);
   if (auto r = s.read_pending.prepare(
-          reader_, "SELECT seq, body, id FROM events WHERE seq > ? ORDER BY seq LIMIT ?");
+          reader_,
+          "SELECT seq, body, id, n FROM events WHERE seq > ?1 - 31 ORDER BY seq LIMIT ?2 + 31");
       !r) {
     return r;
   }
@@ -623,6 +687,64 @@ bool Buffer::evictLow(int64_t bytes_needed, Counters& work, EvictionReport& repo
 
 // ---- producers and the sync engine -----------------------------------------------------------
 
+namespace {
+
+// Whether `e` may share a row with the events beside it: an id Ingest made (no lookup ever
+// looks for it: keepMadeIndex cuts such rows before an import's does), normal priority (low
+// ones are evicted row by row, POS ones' ids remembered one by one).
+bool runnable(const StoredEvent& e) {
+  return e.id_origin == IdOrigin::kAgent && e.priority == Priority::kNormal;
+}
+
+// `e` alone in its row, packed when that pays (body_codec.h).
+void packAlone(StoredEvent& e) {
+  e.run = 1;
+  e.packed = packBody(e.body, e.id);
+}
+
+void packEvents(std::vector<StoredEvent>& events) {
+  // Runs of events that may share a row, of one type and receipt time (a row keeps one of
+  // each), up to kMaxRunEvents and kMaxRunBytes: one LZ4 block each, one row each.
+  std::vector<std::string_view> ids;
+  std::vector<std::string_view> jsons;
+  for (std::size_t k = 0; k < events.size();) {
+    std::size_t end = k + 1;
+    if (runnable(events[k])) {
+      std::size_t bytes = events[k].id.size() + events[k].body.size() + 10;
+      while (end < events.size() && end - k < kMaxRunEvents && runnable(events[end]) &&
+             events[end].type == events[k].type &&
+             events[end].received_at_ms == events[k].received_at_ms &&
+             bytes + events[end].id.size() + events[end].body.size() + 10 <= kMaxRunBytes) {
+        bytes += events[end].id.size() + events[end].body.size() + 10;
+        ++end;
+      }
+    }
+    if (end - k >= 2) {
+      ids.clear();
+      jsons.clear();
+      for (std::size_t j = k; j < end; ++j) {
+        ids.emplace_back(events[j].id);
+        jsons.emplace_back(events[j].body);
+      }
+      if (std::string run = packRun(ids, jsons); !run.empty()) {
+        events[k].run = static_cast<uint32_t>(end - k);
+        events[k].packed = std::move(run);
+        for (std::size_t j = k + 1; j < end; ++j) {
+          events[j].run = 0;
+          events[j].packed.clear();
+        }
+        k = end;
+        continue;
+      }
+    }
+    for (; k < end; ++k) {
+      packAlone(events[k]);
+    }
+  }
+}
+
+}  // namespace
+
 Result<AppendCounts> Buffer::append(std::vector<StoredEvent> events) {
   if (events.empty()) {
     return AppendCounts{};
@@ -630,10 +752,12 @@ Result<AppendCounts> Buffer::append(std::vector<StoredEvent> events) {
   auto req = std::make_shared<Request>();
   req->events = std::move(events);
   req->essential = true;
+  // Packed here, on the producer's thread, not by the writer (the one thread every event goes
+  // through). Bodies from retryQuarantine() and salvage keep the form they were stored in.
+  if (options_.pack_bodies) {
+    packEvents(req->events);
+  }
   for (auto& e : req->events) {
-    // Packed here, on the producer's thread, not by the writer (the one thread every event goes
-    // through). Bodies from retryQuarantine() and salvage keep the form they were stored in.
-    e.packed = options_.pack_bodies ? packBody(e.body, e.id) : std::string();
     req->bytes += e.body.size() + e.packed.size();
     req->essential = req->essential && e.type.rfind("agent.", 0) == 0;
     req->exported = req->exported || e.id_origin == IdOrigin::kExport;
@@ -818,8 +942,40 @@ Result<std::vector<PendingEvent>> Buffer::readPendingFromFile(int64_t after_seq,
   s.bind(2, static_cast<int64_t>(max_events));
   std::vector<PendingEvent> out;
   std::size_t bytes = 0;
-  int rc = 0;
-  while ((rc = s.step()) == SQLITE_ROW) {
+  int rc = SQLITE_DONE;
+  bool full = false;
+  while (!full && out.size() < max_events && (rc = s.step()) == SQLITE_ROW) {
+    if (const int64_t n = s.col(3); n > 1) {
+      // A row of several events: those after after_seq, in order.
+      const int64_t seq = s.col(0);
+      if (seq + n - 1 <= after_seq) {
+        continue;
+      }
+      const auto* p = static_cast<const char*>(sqlite3_column_blob(s.get(), 1));
+      auto events =
+          unpackRun(std::string_view(p != nullptr ? p : "",
+                                     static_cast<std::size_t>(sqlite3_column_bytes(s.get(), 1))),
+                    n);
+      if (!events) {
+        spdlog::error("buffer: events seq {} to {} cannot be read back: {}", seq, seq + n - 1,
+                      events.error().message);
+        quarantine(seq, seq + n - 1, "stored body unreadable: " + events.error().message);
+        continue;
+      }
+      for (int64_t k = std::max<int64_t>(0, after_seq + 1 - seq); k < n; ++k) {
+        auto& json = (*events)[static_cast<std::size_t>(k)].json;
+        if (out.size() >= max_events || (!out.empty() && bytes + json.size() > max_bytes)) {
+          full = true;
+          break;
+        }
+        bytes += json.size();
+        out.push_back(PendingEvent{seq + k, std::move(json)});
+      }
+      continue;
+    }
+    if (s.col(0) <= after_seq) {
+      continue;  // a row alone before after_seq, read in case a row of several began there
+    }
     auto body = bodyColumn(s.get(), 1, 2);
     if (!body) {
       // A packed body that does not unpack (the file was damaged under SQLite): it cannot be
@@ -1075,6 +1231,9 @@ void Buffer::keepMadeIndex(const std::vector<std::shared_ptr<Request>>& group) {
   if (exported) {
     made_index_used_ = now;
     if (!made_index_) {
+      // Ids inside rows of several events are in no index: those rows become a row per event
+      // first, and until the index goes every event gets a row of its own (runTransaction).
+      unrunAll();
       made_index_ = sqlite3_exec(db_, kMadeIndexSql, nullptr, nullptr, nullptr) == SQLITE_OK;
       if (!made_index_) {
         logFailure(sqliteError(db_, "indexing the agent's own ids for an import"));
@@ -1242,6 +1401,17 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
     for (std::size_t k = 0; ok && k < acks.size(); ++k) {
       const auto& op = acks[k];
       const bool to_quarantine = !op.quarantine_reason.empty();
+      // Every statement below takes whole rows: a row of several events that holds seqs on
+      // both sides of an end of the range is cut there first, and one the quarantine takes
+      // becomes a row per event (each is retried, or looked at, on its own).
+      ok = cutRunAt(op.first_seq, work, a) &&
+           (op.last_seq == std::numeric_limits<int64_t>::max() ||
+            cutRunAt(op.last_seq + 1, work, a)) &&
+           (!to_quarantine || unrunRange(op.first_seq, op.last_seq, work, a));
+      failed_what = "cutting rows of several events";
+      if (!ok) {
+        break;
+      }
       if (to_quarantine) {
         s.copy_quarantine.bind(1, now);
         s.copy_quarantine.bind(2, op.quarantine_reason);
@@ -1268,7 +1438,7 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
           s.copy_delivered.bind(1, now);
           s.copy_delivered.bind(2, op.first_seq);
           s.copy_delivered.bind(3, op.last_seq);
-          ok = run(s.copy_delivered);
+          ok = run(s.copy_delivered) && keepDeliveredRuns(op.first_seq, op.last_seq, now);
           failed_what = "keeping delivered events";
         }
       }
@@ -1297,9 +1467,8 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
         // One row: events and bytes of priorities 0, 1 and 2, then every row of the range.
         if ((rc = s.range_sizes.step()) == SQLITE_ROW) {
           for (int p = 0; p < 3; ++p) {
-            const auto n = s.range_sizes.col(2 * p);
-            work.events[p] -= n;
-            work.bytes[p] -= s.range_sizes.col(2 * p + 1) + n * kRowOverhead;
+            work.events[p] -= s.range_sizes.col(2 * p);
+            work.bytes[p] -= s.range_sizes.col(2 * p + 1);
           }
           has_pos = s.range_sizes.col(0) > 0;
           rows = static_cast<uint64_t>(s.range_sizes.col(6));
@@ -1358,6 +1527,8 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
       a.quarantined = 0;
       a.quarantine_reason.clear();
       a.quarantines.clear();
+      a.recut.clear();
+      a.acked_ranges.clear();
     } else {
       a.acks_applied = true;
       for (const auto& op : acks) {
@@ -1386,6 +1557,14 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
       return lost(Attempt::Culprit::kNone, 0, "transaction ended");
     }
     auto& req = *group[i];
+    if (made_index_) {
+      // Imports are looking ids up: every event gets a row of its own (keepMadeIndex).
+      for (auto& e : req.events) {
+        if (e.run != 1) {
+          packAlone(e);
+        }
+      }
+    }
     int64_t add = 0;
     for (const auto& e : req.events) {
       add += rowCost(e);
@@ -1418,16 +1597,46 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
     int rc = SQLITE_DONE;
     int64_t max_seq = 0;
     std::size_t one_by_one_until = 0;
-    auto stored_at = [&](StoredEvent& e) {  // the row of `e` is at `seq`
+    // `e` is stored at `seq`, the run_pos-th of its row of run_n events.
+    auto stored_at = [&](StoredEvent& e, int32_t run_pos = 0, int32_t run_n = 1) {
       const auto p = static_cast<int>(e.priority);
       delta_events[p] += 1;
       delta_bytes[p] += rowCost(e);
       ++counts.stored;
       max_seq = seq;
-      a.inserted.emplace_back(seq, &e);
+      a.inserted.push_back(Attempt::Inserted{seq, &e, run_pos, run_n});
       ++seq;
     };
     for (std::size_t k = 0; k < req.events.size();) {
+      if (const auto n = static_cast<std::size_t>(req.events[k].run); n > 1) {
+        // A row of several events (Buffer::append made it). A constraint it meets, which only
+        // a seq given twice could be, undoes this statement alone: its events then go one by
+        // one (below), each in a row of its own.
+        const StoredEvent& e = req.events[k];
+        s.insert_run.bind(1, seq);
+        s.insert_run.bind(2, e.id);
+        s.insert_run.bind(3, e.type);
+        s.insert_run.bind(4, static_cast<int64_t>(e.priority));
+        s.insert_run.bind(5, e.received_at_ms);
+        bindBody(s.insert_run.get(), 6, e.body, e.packed);
+        s.insert_run.bind(7, static_cast<int64_t>(n));
+        rc = s.insert_run.step();
+        s.insert_run.reset();
+        if (rc == SQLITE_DONE) {
+          for (std::size_t j = 0; j < n; ++j) {
+            stored_at(req.events[k + j], static_cast<int32_t>(j), static_cast<int32_t>(n));
+          }
+          k += n;
+          continue;
+        }
+        if ((rc & 0xff) != SQLITE_CONSTRAINT || ended()) {
+          break;
+        }
+        for (std::size_t j = k; j < k + n; ++j) {
+          packAlone(req.events[j]);
+        }
+        one_by_one_until = k + n;
+      }
       // kInsertRows events in a row whose ids Ingest made: one statement for them all (a
       // constraint it meets, which only a seq given twice could be, undoes that statement
       // alone; the rows then go one by one, where such a row counts as a duplicate).
@@ -1498,11 +1707,11 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
   // The counters table is left alone by a transaction that only appended rows whose highest
   // seq is the highest ever given (loadCounters() counts them in); anything else saves it.
   Counters appended = s.committed;
-  for (const auto& [row_seq, e] : a.inserted) {
-    appended.events[static_cast<int>(e->priority)] += 1;
-    appended.bytes[static_cast<int>(e->priority)] += rowCost(*e);
+  for (const auto& in : a.inserted) {
+    appended.events[static_cast<int>(in.event->priority)] += 1;
+    appended.bytes[static_cast<int>(in.event->priority)] += rowCost(*in.event);
   }
-  appended.last_seq = a.inserted.empty() ? appended.last_seq : a.inserted.back().first;
+  appended.last_seq = a.inserted.empty() ? appended.last_seq : a.inserted.back().seq;
   const bool only_appended = s.counters_saved && appended == work && burnt_.empty() &&
                              work.last_seq - s.saved_last_seq <= kCountersLagSeqs;
   if (!only_appended && !saveCounters(work)) {
@@ -1520,6 +1729,237 @@ Buffer::Attempt Buffer::runTransaction(std::vector<std::shared_ptr<Request>>& gr
   s.committed = work;
   s.next_seq = seq;
   return a;
+}
+
+// ---- rows of several events --------------------------------------------------------------------
+
+namespace {
+
+// The row `st` stands on (seq, n, id, type, prio, received_ms, body), for rewriteRun.
+template <class Row>
+Row readRunRow(Stmt& st) {
+  Row r;
+  r.seq = st.col(0);
+  r.n = st.col(1);
+  r.id = st.text(2);
+  r.type = st.text(3);
+  r.prio = std::clamp<int64_t>(st.col(4), 0, 2);
+  r.received_ms = st.col(5);
+  const auto* p = static_cast<const char*>(sqlite3_column_blob(st.get(), 6));
+  r.body.assign(p != nullptr ? p : "", static_cast<std::size_t>(sqlite3_column_bytes(st.get(), 6)));
+  return r;
+}
+
+}  // namespace
+
+bool Buffer::cutRunAt(int64_t at, Counters& work, Attempt& a) {
+  auto& s = *st_;
+  s.row_before.bind(1, at);
+  const int rc = s.row_before.step();
+  std::optional<RunRow> row;
+  if (rc == SQLITE_ROW && s.row_before.col(1) > 1 &&
+      s.row_before.col(0) + s.row_before.col(1) > at) {
+    row = readRunRow<RunRow>(s.row_before);
+  }
+  s.row_before.reset();
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    return false;
+  }
+  return !row || rewriteRun(*row, at, work, a);
+}
+
+bool Buffer::unrunRange(int64_t first, int64_t last, Counters& work, Attempt& a) {
+  auto& s = *st_;
+  for (;;) {
+    std::vector<RunRow> rows;
+    s.runs_in.bind(1, first);
+    s.runs_in.bind(2, last);
+    int rc = 0;
+    while ((rc = s.runs_in.step()) == SQLITE_ROW) {
+      rows.push_back(readRunRow<RunRow>(s.runs_in));
+    }
+    s.runs_in.reset();
+    if (rc != SQLITE_DONE) {
+      return false;
+    }
+    if (rows.empty()) {
+      return true;
+    }
+    for (const auto& row : rows) {
+      if (!rewriteRun(row, 0, work, a)) {
+        return false;
+      }
+    }
+  }
+}
+
+// `row` becomes two rows, the second from seq `cut` on, or (cut = 0) a row per event. A row that
+// does not unpack goes to the quarantine whole, as readPending() would send it there.
+bool Buffer::rewriteRun(const RunRow& row, int64_t cut, Counters& work, Attempt& a) {
+  auto& s = *st_;
+  const auto p = static_cast<int>(row.prio);
+  auto events = unpackRun(row.body, row.n);
+  if (!events) {
+    const std::string reason = "stored body unreadable: " + events.error().message;
+    spdlog::error("buffer: events seq {} to {} cannot be read back: {}", row.seq,
+                  row.seq + row.n - 1, events.error().message);
+    s.quarantine_row.bind(1, nowMs());
+    s.quarantine_row.bind(2, reason);
+    s.quarantine_row.bind(3, row.seq);
+    s.delete_row.bind(1, row.seq);
+    if (!run(s.quarantine_row) || !run(s.delete_row)) {
+      return false;
+    }
+    work.events[p] -= row.n;
+    work.bytes[p] -= row.cost();
+    work.quarantine_events += 1;
+    work.quarantine_bytes += row.cost();
+    QuarantineReport moved{reason, row.n, row.cost(), {{row.seq, row.seq + row.n - 1}}};
+    mergeQuarantines(a.quarantines, {moved});
+    a.quarantined += static_cast<uint64_t>(row.n);
+    a.quarantine_reason = reason;
+    a.acked_ranges.emplace_back(row.seq, row.seq + row.n - 1);
+    return true;
+  }
+  s.delete_row.bind(1, row.seq);
+  if (!run(s.delete_row)) {
+    return false;
+  }
+  work.bytes[p] -= row.cost();
+  // The parts: [row.seq, cut) and [cut, end), or one event each.
+  std::vector<std::pair<std::size_t, std::size_t>> parts;
+  const auto n = static_cast<std::size_t>(row.n);
+  if (cut > row.seq && cut < row.seq + row.n) {
+    const auto at = static_cast<std::size_t>(cut - row.seq);
+    parts = {{0, at}, {at, n}};
+  } else {
+    for (std::size_t k = 0; k < n; ++k) {
+      parts.emplace_back(k, k + 1);
+    }
+  }
+  std::vector<std::string_view> ids;
+  std::vector<std::string_view> jsons;
+  for (const auto& [from, to] : parts) {
+    const auto& e = (*events)[from];
+    std::string packed;
+    if (to - from > 1) {
+      ids.clear();
+      jsons.clear();
+      for (std::size_t k = from; k < to; ++k) {
+        ids.emplace_back((*events)[k].id);
+        jsons.emplace_back((*events)[k].json);
+      }
+      packed = packRun(ids, jsons);
+    } else {
+      packed = options_.pack_bodies ? packBody(e.json, e.id) : std::string();
+    }
+    // A part packRun() could not pack (no memory for LZ4) goes a row per event.
+    const std::size_t rows = to - from > 1 && packed.empty() ? to - from : 1;
+    for (std::size_t r = 0; r < rows; ++r) {
+      const auto& one = (*events)[from + r];
+      if (rows > 1) {
+        packed = options_.pack_bodies ? packBody(one.json, one.id) : std::string();
+      }
+      const int64_t seq = row.seq + static_cast<int64_t>(from + r);
+      const auto count = static_cast<int64_t>(rows > 1 ? 1 : to - from);
+      s.insert_run.bind(1, seq);
+      s.insert_run.bind(2, one.id);
+      s.insert_run.bind(3, row.type);
+      s.insert_run.bind(4, row.prio);
+      s.insert_run.bind(5, row.received_ms);
+      bindBody(s.insert_run.get(), 6, one.json, packed);
+      s.insert_run.bind(7, count);
+      if (!run(s.insert_run)) {
+        return false;
+      }
+      const int64_t cost = static_cast<int64_t>((packed.empty() ? one.json.size() : packed.size()) +
+                                                one.id.size() + row.type.size()) +
+                           kRowOverhead;
+      work.bytes[p] += cost;
+      a.recut.push_back(Attempt::Recut{seq, count, cost});
+    }
+  }
+  return true;
+}
+
+bool Buffer::keepDeliveredRuns(int64_t first, int64_t last, int64_t now) {
+  // A delivered row of several events is kept as its events, a row each (the delivered table
+  // has no `n`; few agents keep delivered events, and they are read rarely).
+  auto& s = *st_;
+  std::vector<RunRow> rows;
+  s.runs_delivered.bind(1, first);
+  s.runs_delivered.bind(2, last);
+  int rc = 0;
+  while ((rc = s.runs_delivered.step()) == SQLITE_ROW) {
+    rows.push_back(readRunRow<RunRow>(s.runs_delivered));
+  }
+  s.runs_delivered.reset();
+  if (rc != SQLITE_DONE) {
+    return false;
+  }
+  for (const auto& row : rows) {
+    auto events = unpackRun(row.body, row.n);
+    if (!events) {
+      continue;  // delivered already: nothing of it is lost, only not kept
+    }
+    for (std::size_t k = 0; k < events->size(); ++k) {
+      const auto& e = (*events)[k];
+      const std::string packed = options_.pack_bodies ? packBody(e.json, e.id) : std::string();
+      s.insert_delivered.bind(1, row.seq + static_cast<int64_t>(k));
+      s.insert_delivered.bind(2, e.id);
+      s.insert_delivered.bind(3, row.type);
+      s.insert_delivered.bind(4, row.received_ms);
+      s.insert_delivered.bind(5, now);
+      bindBody(s.insert_delivered.get(), 6, e.json, packed);
+      if (!run(s.insert_delivered)) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+// Every row of several events becomes a row per event, a few at a time, each step a commit of
+// its own (an import is about to look up ids the agent made: keepMadeIndex).
+void Buffer::unrunAll() {
+  auto& s = *st_;
+  for (;;) {
+    Attempt a;
+    Counters work = s.committed;
+    std::size_t rows = 0;
+    bool ok = run(s.begin);
+    if (ok) {
+      std::vector<RunRow> found;
+      s.runs_in.bind(1, int64_t{0});
+      s.runs_in.bind(2, std::numeric_limits<int64_t>::max());
+      int rc = 0;
+      while ((rc = s.runs_in.step()) == SQLITE_ROW) {
+        found.push_back(readRunRow<RunRow>(s.runs_in));
+      }
+      s.runs_in.reset();
+      ok = rc == SQLITE_DONE;
+      rows = found.size();
+      for (std::size_t k = 0; ok && k < found.size(); ++k) {
+        ok = rewriteRun(found[k], 0, work, a);
+      }
+    }
+    if (ok && rows == 0) {
+      (void)run(s.rollback);
+      return;
+    }
+    ok = ok && saveCounters(work) && run(s.commit);
+    if (!ok) {
+      logFailure(sqliteError(db_, "giving each event a row of its own for an import"));
+      if (sqlite3_get_autocommit(db_) == 0) {
+        (void)run(s.rollback);
+      }
+      restoreCommitted(s.next_seq);
+      return;
+    }
+    s.committed = work;
+    a.committed = true;
+    publishCommitted(a);
+  }
 }
 
 // After a lost transaction: the counters as the file really has them (the transaction should
@@ -1592,7 +2032,7 @@ void Buffer::publishCommitted(Attempt& a) {
   std::size_t take_bytes = 0;
   std::size_t take = 0;
   for (auto it = a.inserted.rbegin(); it != a.inserted.rend() && take < kRecentEvents; ++it) {
-    const std::size_t len = it->second->body.size();
+    const std::size_t len = it->event->body.size();
     if (take_bytes + len > max_bytes) {
       // Within the count but over the bytes: left out, and counted.
       stats_.recent_dropped += std::min(kRecentEvents, a.inserted.size()) - take;
@@ -1605,17 +2045,24 @@ void Buffer::publishCommitted(Attempt& a) {
   // (a copy here was a malloc and a memcpy per event on the writer, holding mu_).
   if (take < a.inserted.size()) {
     // Events left out: readPending() reads them, and whatever follows them, from the file.
-    fresh_from_ = std::max(fresh_from_, take > 0 ? a.inserted[a.inserted.size() - take].first
-                                                 : a.inserted.back().first + 1);
+    fresh_from_ = std::max(fresh_from_, take > 0 ? a.inserted[a.inserted.size() - take].seq
+                                                 : a.inserted.back().seq + 1);
   }
   for (auto it = a.inserted.end() - static_cast<std::ptrdiff_t>(take); it != a.inserted.end();
        ++it) {
-    const StoredEvent& e = *it->second;
+    const StoredEvent& e = *it->event;
     recent_bytes_ += e.body.size();
-    recent_.push_back(
-        RecentEvent{it->first, e.type, {}, true, static_cast<int>(e.priority), rowCost(e)});
-    recent_.back().body = std::move(it->second->body);
+    recent_.push_back(RecentEvent{it->seq,
+                                  e.type,
+                                  {},
+                                  true,
+                                  static_cast<int>(e.priority),
+                                  rowCost(e),
+                                  it->run_pos,
+                                  it->run_n});
+    recent_.back().body = std::move(it->event->body);
   }
+  applyRecutLocked(a);
   while (!recent_.empty() && (recent_.size() > kRecentEvents || recent_bytes_ > max_bytes)) {
     if (recent_.size() <= kRecentEvents) {
       ++stats_.recent_dropped;
@@ -1640,6 +2087,11 @@ bool Buffer::freshRangeSizes(int64_t first, int64_t last, RangeSizes& sizes) {
   auto it = std::lower_bound(recent_.begin(), recent_.end(), first,
                              [](const RecentEvent& e, int64_t seq) { return e.seq < seq; });
   for (; it != recent_.end() && it->seq <= last; ++it) {
+    // A row that holds seqs outside the range is cut first, which the file's path does.
+    const int64_t row_first = it->seq - it->run_pos;
+    if (row_first < first || row_first + it->run_n - 1 > last) {
+      return false;
+    }
     if (!it->pending) {
       continue;
     }
@@ -1650,6 +2102,18 @@ bool Buffer::freshRangeSizes(int64_t first, int64_t last, RangeSizes& sizes) {
     sizes.bytes[it->priority] += it->cost;
   }
   return true;
+}
+
+void Buffer::applyRecutLocked(const Attempt& a) {
+  for (const auto& cut : a.recut) {
+    auto it = std::lower_bound(recent_.begin(), recent_.end(), cut.first,
+                               [](const RecentEvent& e, int64_t seq) { return e.seq < seq; });
+    for (; it != recent_.end() && it->seq < cut.first + cut.n; ++it) {
+      it->run_pos = static_cast<int32_t>(it->seq - cut.first);
+      it->run_n = static_cast<int32_t>(cut.n);
+      it->cost = it->run_pos == 0 ? cut.cost : 0;
+    }
+  }
 }
 
 void Buffer::setFreshFrom(int64_t seq) {
@@ -1799,8 +2263,11 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
   auto& s = *st_;
   const std::string name = kEditTableName[table];
   const bool has_prio = table != kEditDelivered;
-  std::string sql = "SELECT seq, id, type, " + std::string(has_prio ? "prio" : "0") +
-                    ", body FROM " + name + " WHERE seq > ?1 AND (";
+  // Only events holds rows of several events (quarantine and delivered take their events one
+  // by one); such a row is matched by any of its events' bodies (body_text gives them all).
+  std::string sql = "SELECT seq, id, type, " + std::string(has_prio ? "prio" : "0") + ", body, " +
+                    (table == kEditEvents ? "n, received_ms" : "1, 0") + " FROM " + name +
+                    " WHERE seq > ?1 AND (";
   for (std::size_t i = 0; i < job.needles.size(); ++i) {
     sql += (i == 0 ? "" : " OR ") + std::string("instr(body_text(body, id), ?") +
            std::to_string(i + 2) + ") > 0";
@@ -1834,6 +2301,8 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
   int64_t after = 0;
   for (;;) {
     std::vector<Row> rows;
+    std::vector<RunRow> runs;  // rows of several events matched: each becomes a row per event
+    const int64_t chunk_after = after;
     std::size_t bytes = 0;
     bool more = false;
     sqlite3_bind_int64(sel, 1, after);
@@ -1853,6 +2322,25 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
       };
       const std::string id = text(1);
       const std::string type = text(2);
+      if (const int64_t count = sqlite3_column_int64(sel, 5); count > 1) {
+        RunRow found;
+        found.seq = after;
+        found.n = count;
+        found.id = id;
+        found.type = type;
+        found.prio = std::clamp<int64_t>(sqlite3_column_int64(sel, 3), 0, 2);
+        found.received_ms = sqlite3_column_int64(sel, 6);
+        const auto* p = static_cast<const char*>(sqlite3_column_blob(sel, 4));
+        found.body.assign(p != nullptr ? p : "",
+                          static_cast<std::size_t>(sqlite3_column_bytes(sel, 4)));
+        bytes += found.body.size();
+        runs.push_back(std::move(found));
+        if (bytes >= kEditChunkBytes) {
+          more = true;
+          break;
+        }
+        continue;
+      }
       // body_text() matched it, so a packed body unpacks (else it would have been NULL).
       const auto stored = static_cast<int64_t>(sqlite3_column_bytes(sel, 4));
       auto body = bodyColumn(sel, 4, 1);
@@ -1881,6 +2369,33 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
       return makeError("io", sqliteError(db_, "reading " + name + " for an edit"));
     }
     more = more || n == kEditChunkRows;
+    if (!runs.empty()) {
+      // The matched rows of several events become a row per event, committed, and the chunk is
+      // read again: the editor then sees each event alone.
+      Attempt a;
+      Counters work = s.committed;
+      bool ok = run(s.begin);
+      for (std::size_t k = 0; ok && k < runs.size(); ++k) {
+        ok = rewriteRun(runs[k], 0, work, a);
+      }
+      ok = ok && saveCounters(work) && run(s.commit);
+      if (!ok) {
+        const std::string msg = sqliteError(db_, "editing " + name);
+        if (sqlite3_get_autocommit(db_) == 0) {
+          (void)run(s.rollback);
+        }
+        restoreCommitted(s.next_seq);
+        sqlite3_finalize(sel);
+        std::lock_guard lock(mu_);
+        ++stats_.io_errors;
+        return makeError("io", msg);
+      }
+      s.committed = work;
+      a.committed = true;
+      publishCommitted(a);
+      after = chunk_after;
+      continue;
+    }
     if (!rows.empty()) {
       Counters work = s.committed;
       bool ok = run(s.begin);

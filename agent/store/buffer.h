@@ -93,6 +93,10 @@ struct StoredEvent {
   // Set by Buffer::append: `body` packed (body_codec.h), when that is at least an eighth smaller
   // (it is then stored instead: body_codec.h); empty: `body` is stored as it is.
   std::string packed;
+  // Set by Buffer::append: the events the row stored from this one holds. 1: this event alone;
+  // n > 1: this event and the n - 1 after it, one row of several (`packed` holds them all,
+  // body_codec.h's packRun); 0: in the row of an event before it (`packed` empty).
+  uint32_t run = 1;
 };
 
 struct AppendCounts {
@@ -147,7 +151,11 @@ struct RecentEvent {
   // Buffer::readPending() may answer from memory.
   bool pending = true;
   int priority = 1;  // Priority, as stored
-  int64_t cost = 0;  // what the row counts in the buffer's bytes (the packed body, id, type)
+  // What the row counts in the buffer's bytes (the packed body, id, type): on the first event of
+  // a row of several, 0 on the others.
+  int64_t cost = 0;
+  int32_t run_pos = 0;  // this event's place in its row (0: the row's first)
+  int32_t run_n = 1;    // the events its row holds
 };
 
 struct BufferStats {
@@ -388,6 +396,19 @@ class Buffer final : public Outbox {
   void restoreCommitted(int64_t burnt_up_to);
   void runRetryQuarantine(Job& job);
   void keepMadeIndex(const std::vector<std::shared_ptr<Request>>& group);
+  /// Rows of several events: the one holding seqs `at` - 1 and `at` becomes two (cutRunAt); every
+  /// one starting in [first, last] becomes a row per event (unrunRange); the rows of several of
+  /// the whole buffer (unrunAll, in commits of their own). A row that does not unpack goes to
+  /// the quarantine whole. In the writer's open transaction; false on an SQLite error.
+  bool cutRunAt(int64_t at, Counters& work, Attempt& a);
+  bool unrunRange(int64_t first, int64_t last, Counters& work, Attempt& a);
+  struct RunRow;
+  bool rewriteRun(const RunRow& row, int64_t cut, Counters& work, Attempt& a);
+  void unrunAll();
+  /// Keeps the delivered rows of several events of [first, last] as their events (retention).
+  bool keepDeliveredRuns(int64_t first, int64_t last, int64_t now);
+  /// The ring learns how rows were cut (Attempt::recut); mu_ held.
+  void applyRecutLocked(const Attempt& a);
   void runEdit(Job& job);
   Result<void> editTable(int table, Job& job, EditReport& report);
   bool scrubFiles();

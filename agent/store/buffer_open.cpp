@@ -15,6 +15,8 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <optional>
+#include <utility>
 
 #include "agent/api/thread_name.h"
 #include "agent/api/uuid.h"
@@ -127,12 +129,18 @@ std::optional<int64_t> queryInt(sqlite3* db, const char* sql) {
   return v;
 }
 
+bool hasRunColumn(sqlite3* db) { return schema::createSqlContains(db, "events", ", n INTEGER"); }
+
 // The highest seq `db` has ever given; nullopt when it cannot be read.
 std::optional<int64_t> highWater(sqlite3* db) {
   int64_t high = 0;
+  // The last row of events holds its highest seq (rows never overlap): read by the table's
+  // order, where max(seq + n - 1) would read every row.
   for (const char* sql :
        {"SELECT coalesce(max(events), 0) FROM counters WHERE prio = 3",
-        "SELECT coalesce(max(seq), 0) FROM events", "SELECT coalesce(max(seq), 0) FROM delivered",
+        hasRunColumn(db) ? "SELECT seq + n - 1 FROM events ORDER BY seq DESC LIMIT 1"
+                         : "SELECT coalesce(max(seq), 0) FROM events",
+        "SELECT coalesce(max(seq), 0) FROM delivered",
         "SELECT coalesce(max(seq), 0) FROM quarantine"}) {
     auto v = queryInt(db, sql);
     if (!v) {
@@ -312,7 +320,9 @@ CREATE INDEX IF NOT EXISTS quarantine_id ON quarantine(id);
 // the row has no entry in the id index, the partial index events_given_id (schema version 3). A
 // commit of a few single events wrote 4.3 pages, 2 of them the id index's, rebalanced at its
 // right edge (docs/benchmarks.md, "Flash wear"). `made` is on the line of `body` as ALTER TABLE
-// ... ADD COLUMN leaves an upgraded file's declaration: every file has the same.
+// ... ADD COLUMN leaves an upgraded file's declaration: every file has the same. `n` (schema
+// version 6): the events the row holds, at seqs seq .. seq + n - 1 (a row of several events,
+// body_codec.h); 1 but for rows of several.
 const std::string kSchema = std::string(R"sql(
 CREATE TABLE IF NOT EXISTS events(
   seq INTEGER PRIMARY KEY,
@@ -320,7 +330,7 @@ CREATE TABLE IF NOT EXISTS events(
   type TEXT NOT NULL,
   prio INTEGER NOT NULL,
   received_ms INTEGER NOT NULL,
-  body TEXT NOT NULL, made INTEGER NOT NULL DEFAULT 0);
+  body TEXT NOT NULL, made INTEGER NOT NULL DEFAULT 0, n INTEGER NOT NULL DEFAULT 1);
 CREATE UNIQUE INDEX IF NOT EXISTS events_given_id ON events(id) WHERE made = 0;
 )sql") + kOtherTables;
 
@@ -475,6 +485,15 @@ Result<void> bufferToV3(sqlite3* db) {
   return schema::exec(db, kSchema.c_str());
 }
 
+// Version 6: a row may hold several events (events.n, body_codec.h's packRun), which an older
+// omniedge would send as one event. Rows already there hold one each.
+Result<void> bufferToV6(sqlite3* db) {
+  if (detail::hasRunColumn(db)) {
+    return {};
+  }
+  return schema::exec(db, "ALTER TABLE events ADD COLUMN n INTEGER NOT NULL DEFAULT 1");
+}
+
 constexpr schema::Migration kBufferMigrations[] = {
     {1, "one layout for every earlier buffer: no AUTOINCREMENT, delivered_ids, quarantine",
      bufferToV1},
@@ -483,6 +502,7 @@ constexpr schema::Migration kBufferMigrations[] = {
     {4, "bodies may be stored packed as LZ4 blocks (with the agent's dictionary)", versionOnly},
     {5, "packed bodies may leave out the envelope's id, which the row's id column holds",
      versionOnly},
+    {6, "a row may hold several events of one request (events.n)", bufferToV6},
 };
 static_assert(std::size(kBufferMigrations) == schema::kBuffer &&
               kBufferMigrations[schema::kBuffer - 1].to == schema::kBuffer);
@@ -494,9 +514,15 @@ static_assert(std::size(kBufferMigrations) == schema::kBuffer &&
 // goes back to the smallest such seq: only the seqs of the unreadable pages are skipped. (Steps
 // alone skipped the readable rows they jumped over: 85 seqs lost for 12 rows on two overwritten
 // pages, tests/fault/fiu_test.cpp.)
+// A row may hold several seqs (events' rows of several events: `max_span` > 1, the row's
+// count in column `span_col`): reading goes on after the last seq of the last row read, and a
+// stretch stepped over ends where the next row read starts, or up to max_span - 1 seqs past the
+// first readable seq (an unreadable row there may have held up to that many; the seek for that
+// seq went past it).
 // False only when `row` failed (the destination could not be written).
 template <class F, class G>
-bool readBySeq(sqlite3* src, const char* sql, F row, G skipped) {
+bool readBySeq(sqlite3* src, const char* sql, F row, G skipped, int64_t max_span = 1,
+               int span_col = 0) {
   sqlite3_stmt* sel = nullptr;
   if (sqlite3_prepare_v2(src, sql, -1, &sel, nullptr) != SQLITE_OK) {
     sqlite3_finalize(sel);
@@ -514,12 +540,25 @@ bool readBySeq(sqlite3* src, const char* sql, F row, G skipped) {
   constexpr int64_t kMaxStep = int64_t{1} << 40;
   int64_t after = 0;
   bool ok = true;
+  // A stretch stepped over, told once the next row read (or the end) says where it ends.
+  std::optional<std::pair<int64_t, int64_t>> open_skip;
+  auto closeSkip = [&](int64_t next_row) {
+    if (open_skip) {
+      skipped(open_skip->first, std::min(next_row - 1, open_skip->second + max_span - 1));
+      open_skip.reset();
+    }
+  };
   for (int errors = 0; errors < 32;) {
     sqlite3_reset(sel);
     sqlite3_bind_int64(sel, 1, after + 1);
     int rc = 0;
     while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
-      after = sqlite3_column_int64(sel, 0);
+      const int64_t seq = sqlite3_column_int64(sel, 0);
+      closeSkip(seq);
+      after = seq;
+      if (max_span > 1) {
+        after += std::clamp<int64_t>(sqlite3_column_int64(sel, span_col), 1, max_span) - 1;
+      }
       if (!row(sel)) {
         ok = false;
         break;
@@ -539,6 +578,7 @@ bool readBySeq(sqlite3* src, const char* sql, F row, G skipped) {
       bad = after + 1 + step;
     }
     if (errors == 32 || good < 0) {
+      closeSkip(std::numeric_limits<int64_t>::max());
       skipped(after + 1, std::numeric_limits<int64_t>::max());
       break;
     }
@@ -546,9 +586,11 @@ bool readBySeq(sqlite3* src, const char* sql, F row, G skipped) {
       const int64_t mid = bad + (good - bad) / 2;
       (readableFrom(mid) ? good : bad) = mid;
     }
-    skipped(after + 1, good - 1);
+    closeSkip(std::numeric_limits<int64_t>::max());
+    open_skip.emplace(after + 1, good - 1);
     after = good - 1;
   }
+  closeSkip(std::numeric_limits<int64_t>::max());
   sqlite3_finalize(sel);
   return ok;
 }
@@ -759,12 +801,54 @@ Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::
                      return n >= 0;
                    });
     events_first = next;
+    // A row of several events (schema version 6) comes back as its events, one row each.
+    const std::string events_sql = std::string("SELECT seq, id, type, prio, received_ms, body, ") +
+                                   (detail::hasRunColumn(src) ? "n" : "1") +
+                                   " FROM events WHERE seq >= ? ORDER BY seq";
+    const auto retired = [](SeqRanges& to, int64_t first, int64_t last) {
+      if (!to.empty() && to.back().second + 1 == first) {
+        to.back().second = last;
+      } else {
+        to.emplace_back(first, last);
+      }
+    };
     ok = ok &&
          readBySeq(
-             src,
-             "SELECT seq, id, type, prio, received_ms, body FROM events WHERE seq >= ? "
-             "ORDER BY seq",
+             src, events_sql.c_str(),
              [&](sqlite3_stmt* row) {
+               const int64_t old = sqlite3_column_int64(row, 0);
+               const int64_t count = sqlite3_column_int64(row, 6);
+               if (count > 1) {
+                 const auto* p = static_cast<const char*>(sqlite3_column_blob(row, 5));
+                 auto events = unpackRun(
+                     std::string_view(p != nullptr ? p : "",
+                                      static_cast<std::size_t>(sqlite3_column_bytes(row, 5))),
+                     count);
+                 if (!events) {
+                   retired(got.unreadable_seqs, old, old + count - 1);
+                   return true;
+                 }
+                 for (const auto& e : *events) {
+                   const std::string packed = packBody(e.json, e.id);
+                   sqlite3_bind_int64(ins_event, 1, next);
+                   sqlite3_bind_text(ins_event, 2, e.id.data(), static_cast<int>(e.id.size()),
+                                     SQLITE_STATIC);
+                   for (int i = 2; i < 5; ++i) {
+                     sqlite3_bind_value(ins_event, i + 1, sqlite3_column_value(row, i));
+                   }
+                   bindBody(ins_event, 6, e.json, packed);
+                   const int n = write(ins_event);
+                   if (n < 0) {
+                     return false;
+                   }
+                   if (n > 0) {
+                     ++got.events;
+                     ++next;
+                   }
+                 }
+                 retired(got.recovered_seqs, old, old + count - 1);
+                 return true;
+               }
                sqlite3_bind_int64(ins_event, 1, next);
                for (int i = 1; i < 6; ++i) {
                  sqlite3_bind_value(ins_event, i + 1, sqlite3_column_value(row, i));
@@ -777,12 +861,7 @@ Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::
                // Copied, or already pending or delivered (a duplicate id): either way its old
                // seq is retired, not lost.
                if (n >= 0) {
-                 const int64_t old = sqlite3_column_int64(row, 0);
-                 if (!got.recovered_seqs.empty() && got.recovered_seqs.back().second + 1 == old) {
-                   got.recovered_seqs.back().second = old;
-                 } else {
-                   got.recovered_seqs.emplace_back(old, old);
-                 }
+                 retired(got.recovered_seqs, old, old);
                }
                return n >= 0;
              },
@@ -797,7 +876,8 @@ Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::
                if (last >= first) {
                  got.unreadable_seqs.emplace_back(first, last);
                }
-             }) &&
+             },
+             static_cast<int64_t>(kMaxRunEvents), 6) &&
          readBySeq(src,
                    "SELECT seq, id, type, received_ms, delivered_ms, body FROM delivered "
                    "WHERE seq >= ? ORDER BY seq",
@@ -819,7 +899,7 @@ Result<Salvaged> salvageInto(sqlite3* dst, const fs::path& src_file, const std::
   if (ok) {
     const std::string sql =
         "DELETE FROM counters;"
-        "INSERT INTO counters SELECT prio, count(*), "
+        "INSERT INTO counters SELECT prio, sum(n), "
         "sum(" OMNIEDGE_ROW_STRINGS_SQL
         " + 40) FROM events GROUP BY prio;"
         "INSERT INTO counters VALUES(3, " +

@@ -368,18 +368,24 @@ Result<BufferCounts> readBufferCounts(sqlite3* db) {
   // What the table lacks is exactly the rows above the seq it was saved at: seqs only grow, and
   // a transaction that deletes a row saves the table.
   st = nullptr;
+  // Events and rows apart: a row of several events (schema version 6) counts its `n` events and
+  // its bytes once.
+  const bool runs = detail::hasRunColumn(db);
   rc = sqlite3_prepare_v2(db,
-                          "SELECT prio, count(*), sum(" OMNIEDGE_ROW_STRINGS_SQL
-                          "), max(seq) FROM events WHERE seq > ? GROUP BY prio",
+                          runs ? "SELECT prio, sum(n), sum(" OMNIEDGE_ROW_STRINGS_SQL
+                                 "), max(seq + n - 1), count(*) FROM events WHERE seq > ? "
+                                 "GROUP BY prio"
+                               : "SELECT prio, count(*), sum(" OMNIEDGE_ROW_STRINGS_SQL
+                                 "), max(seq), count(*) FROM events WHERE seq > ? GROUP BY prio",
                           -1, &st, nullptr);
   if (rc == SQLITE_OK) {
     sqlite3_bind_int64(st, 1, c.saved_last_seq);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
       const auto p = sqlite3_column_int64(st, 0);
-      const auto n = sqlite3_column_int64(st, 1);
       if (p >= 0 && p < 3) {
-        c.events[p] += n;
-        c.bytes[p] += sqlite3_column_int64(st, 2) + n * detail::kRowOverhead;
+        c.events[p] += sqlite3_column_int64(st, 1);
+        c.bytes[p] +=
+            sqlite3_column_int64(st, 2) + sqlite3_column_int64(st, 4) * detail::kRowOverhead;
       }
       c.last_seq = std::max<int64_t>(c.last_seq, sqlite3_column_int64(st, 3));
     }

@@ -46,6 +46,8 @@ ExecResult execRc(sqlite3* db, const char* sql);
 Result<void> exec(sqlite3* db, const char* sql);
 // One integer from a query; nullopt when it cannot be read.
 std::optional<int64_t> queryInt(sqlite3* db, const char* sql);
+// Whether `db`'s events table has the column `n` (schema version 6: rows of several events).
+bool hasRunColumn(sqlite3* db);
 // The highest seq `db` has ever given (counters row 3, events, delivered, quarantine); nullopt
 // when it cannot be read.
 std::optional<int64_t> highWater(sqlite3* db);

@@ -21,7 +21,7 @@ namespace omniedge::store::schema {
 
 // The version each file's newest layout has. Raise one together with a migration in its store
 // (each store checks at compile time that its last migration reaches this number).
-inline constexpr int kBuffer = 5;    // buffer.db   (store/buffer_open.cpp)
+inline constexpr int kBuffer = 6;    // buffer.db   (store/buffer_open.cpp)
 inline constexpr int kProfiles = 1;  // profiles.db (store/profile_cache.cpp)
 inline constexpr int kInbox = 1;     // inbox.db    (store/inbox.cpp)
 inline constexpr int kVisits = 1;    // visits.db   (omni/visits.cpp)

@@ -24,9 +24,14 @@
 using omniedge::store::Buffer;
 using omniedge::store::BufferOptions;
 using omniedge::store::EventEdit;
+using omniedge::store::isRun;
+using omniedge::store::kMaxRunBytes;
+using omniedge::store::kMaxRunEvents;
 using omniedge::store::packBody;
+using omniedge::store::packRun;
 using omniedge::store::StoredEvent;
 using omniedge::store::unpackBody;
+using omniedge::store::unpackRun;
 using omniedge::testing::TempDir;
 
 namespace omniedge::store {
@@ -175,6 +180,64 @@ TEST_CASE("a body packed with its row's id leaves the id to the row and gets it 
     REQUIRE(json_back.has_value());
     CHECK(*json_back == body);
   }
+}
+
+TEST_CASE("a row of several events packs their ids and envelopes as one block and gives each back",
+          "[unit][buffer]") {
+  std::vector<std::string> ids;
+  std::vector<std::string> jsons;
+  for (int i = 0; i < 32; ++i) {
+    ids.push_back(omniedge::makeUuidV7(1764843302481));
+    // Most start with their own id (left out of the block); one spells another first member.
+    jsons.push_back(i == 5 ? R"({"type":"kiosk.tap","n":5})"
+                           : envelope(ids.back(), ",\"i\":" + std::to_string(i)));
+  }
+  const std::vector<std::string_view> id_views(ids.begin(), ids.end());
+  const std::vector<std::string_view> json_views(jsons.begin(), jsons.end());
+  const std::string run = packRun(id_views, json_views);
+  REQUIRE_FALSE(run.empty());
+  CHECK(isRun(run));
+  std::size_t alone = 0;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    alone += packBody(jsons[i], ids[i]).size() + ids[i].size();
+  }
+  INFO("32 packed alone with their ids: " << alone << " bytes; as one row: " << run.size());
+  CHECK(run.size() * 5 < alone * 4);  // at least a fifth smaller than alone, ids included
+  auto back = unpackRun(run, 32);
+  REQUIRE(back.has_value());
+  REQUIRE(back->size() == 32);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    CHECK((*back)[i].id == ids[i]);
+    CHECK((*back)[i].json == jsons[i]);
+  }
+  CHECK(unpackRun(run, 0).has_value());  // any count from 2 to 32
+
+  // A count the row does not hold, a block cut short, a body read as one event: each says why.
+  auto wrong = unpackRun(run, 31);
+  REQUIRE_FALSE(wrong.has_value());
+  CHECK(wrong.error().code == "corrupt");
+  CHECK(wrong.error().message == "a row says it holds 31 events and its block holds more");
+  auto too_many = unpackRun(run, 33);
+  REQUIRE_FALSE(too_many.has_value());
+  CHECK(too_many.error().message ==
+        "a row says it holds 33 events; a row of several holds 2 to 32");
+  auto cut = unpackRun(std::string_view(run).substr(0, run.size() - 9), 32);
+  REQUIRE_FALSE(cut.has_value());
+  CHECK(cut.error().message.rfind("a row of several events does not unpack", 0) == 0);
+  auto as_one = unpackBody(run, ids[0]);
+  REQUIRE_FALSE(as_one.has_value());
+  CHECK(as_one.error().message == "a row of several events where one event's body was expected");
+  auto single = unpackRun(packBody(jsons[0], ids[0]), 2);
+  REQUIRE_FALSE(single.has_value());
+  CHECK(single.error().message == "a row of 2 events does not hold a block of several events");
+
+  // What cannot be a row of several: one event, more than 32, more than kMaxRunBytes.
+  CHECK(packRun({id_views[0]}, {json_views[0]}).empty());
+  std::vector<std::string_view> many_ids(kMaxRunEvents + 1, id_views[0]);
+  std::vector<std::string_view> many_jsons(kMaxRunEvents + 1, json_views[0]);
+  CHECK(packRun(many_ids, many_jsons).empty());
+  const std::string huge(kMaxRunBytes / 2, 'x');
+  CHECK(packRun({id_views[0], id_views[1]}, {huge, huge}).empty());
 }
 
 TEST_CASE("a packed body that is not whole says why, and never allocates what it claims",

@@ -123,6 +123,17 @@ Content fillBuffer(const fs::path& dir) {
   for (const auto& e : more) {
     c.pending.insert(e.id);
   }
+  // A kiosk's request, ids the agent made: rows of several events, salvaged event by event.
+  std::vector<StoredEvent> request;
+  for (int i = 0; i < 40; ++i) {
+    request.push_back(event("kiosk.view", 400));
+    request.back().id_origin = omniedge::store::IdOrigin::kAgent;
+    request.back().received_at_ms = 1700000099999;
+  }
+  REQUIRE(b->append(request).has_value());
+  for (const auto& e : request) {
+    c.pending.insert(e.id);
+  }
   b->close();
   return c;
 }

@@ -67,11 +67,18 @@ std::string fiuCtrl(const std::string& pipes, pid_t pid, const std::string& comm
 // k-th cell.
 struct Layout {
   int64_t page_size = 0;
-  std::vector<std::pair<int64_t, std::string>> rows;  // (seq, id)
-  std::vector<std::pair<int64_t, int64_t>> leaves;    // (pageno, ncell)
+  // (seq, the ids of the events of the row from that seq on): a row of several events holds the
+  // events of one request whose ids the agent made, in the order it answered them.
+  std::vector<std::pair<int64_t, std::vector<std::string>>> rows;
+  std::vector<std::pair<int64_t, int64_t>> leaves;  // (pageno, ncell)
 };
 
-Layout layout(const fs::path& db_path) {
+// `answered`: every id the agent answered, in order (a row's other ids follow its own).
+Layout layout(const fs::path& db_path, const std::vector<std::string>& answered) {
+  std::map<std::string, std::size_t> at;
+  for (std::size_t i = 0; i < answered.size(); ++i) {
+    at[answered[i]] = i;
+  }
   Layout l;
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
@@ -88,9 +95,16 @@ Layout layout(const fs::path& db_path) {
     sqlite3_finalize(st);
   };
   each("PRAGMA page_size", [&](sqlite3_stmt* st) { l.page_size = sqlite3_column_int64(st, 0); });
-  each("SELECT seq, id FROM events ORDER BY seq", [&](sqlite3_stmt* st) {
-    l.rows.emplace_back(sqlite3_column_int64(st, 0),
-                        reinterpret_cast<const char*>(sqlite3_column_text(st, 1)));
+  each("SELECT seq, id, n FROM events ORDER BY seq", [&](sqlite3_stmt* st) {
+    const std::string id = reinterpret_cast<const char*>(sqlite3_column_text(st, 1));
+    std::vector<std::string> ids = {id};
+    const auto it = at.find(id);
+    for (int64_t k = 1; it != at.end() && k < sqlite3_column_int64(st, 2) &&
+                        it->second + static_cast<std::size_t>(k) < answered.size();
+         ++k) {
+      ids.push_back(answered[it->second + static_cast<std::size_t>(k)]);
+    }
+    l.rows.emplace_back(sqlite3_column_int64(st, 0), std::move(ids));
   });
   each("SELECT pageno, ncell FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY path",
        [&](sqlite3_stmt* st) {
@@ -213,6 +227,8 @@ TEST_CASE(
   std::vector<std::map<std::string, int64_t>> seq_of;  // per round: id -> seq in that epoch
   std::vector<std::string> epochs;
   int64_t bad_rows = 0;
+  int64_t bad_events = 0;             // the events those rows held
+  std::vector<std::string> answered;  // every id answered, in order
   for (int round = 0; round < rounds; ++round) {
     REQUIRE(agent.start());
     auto st = agent.cli({"status", "--json"});
@@ -227,13 +243,17 @@ TEST_CASE(
       }
       auto [code, body] = agent.post("/v1/events", a.dump());
       REQUIRE(code == 202);
-      accepted << json{{"ids", json::parse(body)["ids"]}}.dump() << "\n";
+      const auto ids = json::parse(body)["ids"];
+      accepted << json{{"ids", ids}}.dump() << "\n";
+      for (const auto& id : ids) {
+        answered.push_back(id.get<std::string>());
+      }
     }
     accepted.flush();
     REQUIRE(agent.stop() == 0);  // a clean stop folds the WAL into buffer.db
 
     // Two leaf pages of the events table, a third and two thirds in, overwritten with noise.
-    const auto l = layout(data / "buffer.db");
+    const auto l = layout(data / "buffer.db", answered);
     REQUIRE(l.leaves.size() >= 6);
     REQUIRE(l.page_size > 0);
     std::size_t cell = 0;
@@ -242,7 +262,9 @@ TEST_CASE(
       const auto [pageno, ncell] = l.leaves[k];
       if (bad.count(k) != 0) {
         for (int64_t c = 0; c < ncell && cell + c < l.rows.size(); ++c) {
-          on_bad_pages.insert(l.rows[cell + c].second);
+          const auto& ids = l.rows[cell + static_cast<std::size_t>(c)].second;
+          on_bad_pages.insert(ids.begin(), ids.end());
+          bad_events += static_cast<int64_t>(ids.size());
           ++bad_rows;
         }
         const auto dd =
@@ -256,8 +278,10 @@ TEST_CASE(
       cell += static_cast<std::size_t>(ncell);
     }
     seq_of.emplace_back();
-    for (const auto& [seq, id] : l.rows) {
-      seq_of.back()[id] = seq;
+    for (const auto& [seq, ids] : l.rows) {
+      for (std::size_t k = 0; k < ids.size(); ++k) {
+        seq_of.back()[ids[k]] = seq + static_cast<int64_t>(k);
+      }
     }
   }
   // The start after the last corruption recovers; the uplink delivers the salvage.
@@ -282,8 +306,8 @@ TEST_CASE(
 
   // The report first, then the verdict: a verdict taken before the salvage arrived (nothing
   // received yet, so no seq "missing" either) must not pass because the recovery report came
-  // in just after it. Settled = at most the rows of the overwritten pages lost; a wrong agent
-  // fails the checks below after the wait.
+  // in just after it. Settled = at most the events of the overwritten pages' rows lost; a wrong
+  // agent fails the checks below after the wait.
   json v;
   const bool settled = eventually(
       [&] {
@@ -291,7 +315,7 @@ TEST_CASE(
         v = verifyJson(sim, accepted_path);
         return v.is_object() && report.is_object() &&
                report["types"].value("agent.buffer_recovered", 0) >= rounds &&
-               v["missing_seqs"] == 0 && v.value("lost", int64_t{-1}) <= bad_rows;
+               v["missing_seqs"] == 0 && v.value("lost", int64_t{-1}) <= bad_events;
       },
       60s);
   CHECK(settled);
@@ -323,11 +347,12 @@ TEST_CASE(
   }
   std::printf(
       "R5 corruption (%d round(s), 2 leaf pages of events overwritten with dd each): %lld "
-      "acknowledged, %lld rows on the overwritten pages, %lld lost, all of them reported dropped "
+      "acknowledged, %lld rows (%lld events) on the overwritten pages, %lld lost, all of them "
+      "reported dropped "
       "by seq: %s; lost off the overwritten pages: %zu\nverdict: %s\n",
       rounds, static_cast<long long>(v.value("accepted", 0)), static_cast<long long>(bad_rows),
-      static_cast<long long>(v.value("lost", 0)), unreported == 0 ? "yes" : "NO",
-      lost_off_bad_pages, v.dump().substr(0, 2000).c_str());
+      static_cast<long long>(bad_events), static_cast<long long>(v.value("lost", 0)),
+      unreported == 0 ? "yes" : "NO", lost_off_bad_pages, v.dump().substr(0, 2000).c_str());
   std::fflush(stdout);
   INFO(v.dump(2).substr(0, 20000));
   CHECK(unreported == 0);

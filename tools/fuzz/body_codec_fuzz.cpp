@@ -4,7 +4,9 @@
 // allocates what a length field merely claims (libFuzzer's -rss_limit_mb), and nothing it gives
 // back exceeds kMaxUnpackedBody; packBody() on the input (as if it were an envelope, with and
 // without a row id, which it may leave out) gives back either nothing (stored as it is) or a body
-// at least an eighth smaller that unpacks, with the same id, to exactly the input.
+// at least an eighth smaller that unpacks, with the same id, to exactly the input. A row of
+// several events (unpackRun) on any bytes: its events, as many as it says, or "corrupt"; the
+// input split in two events packs as one row that gives both back.
 // Run: tools/fuzz/run body_codec
 #include <algorithm>
 #include <cstddef>
@@ -43,6 +45,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       FUZZ_CHECK(back.has_value());
       FUZZ_CHECK(*back == in);
     }
+  }
+  for (const int64_t n : {int64_t{0}, int64_t{2}, int64_t{32}}) {
+    auto events = omniedge::store::unpackRun(in, n);
+    if (events) {
+      FUZZ_CHECK(n == 0 || events->size() == static_cast<std::size_t>(n));
+      FUZZ_CHECK(events->size() >= 2 && events->size() <= omniedge::store::kMaxRunEvents);
+    } else {
+      FUZZ_CHECK(events.error().code == "corrupt" && !events.error().message.empty());
+    }
+  }
+  const std::string_view a = in.substr(0, in.size() / 2);
+  const std::string_view b = in.substr(in.size() / 2);
+  const std::string run = omniedge::store::packRun({id, id}, {a, b});
+  if (!run.empty()) {
+    auto back = omniedge::store::unpackRun(run, 2);
+    FUZZ_CHECK(back.has_value());
+    FUZZ_CHECK(back->at(0).json == a && back->at(1).json == b && back->at(0).id == id);
   }
   return 0;
 }
