@@ -433,7 +433,8 @@ Result<void> Buffer::prepare() {
            // went from 12.5 to 11.3 us). One row of per-priority aggregates rather than GROUP BY
            // prio: grouping sorted the range through a sorter holding every row's id, type and
            // body (16% of the writer's time while delivering, docs/benchmarks.md).
-           // Events are sum(n) (a row of several holds n), bytes are counted by rows.
+           // Events are sum(n) (a row of several holds n), bytes are counted by rows (40:
+           // kRowOverhead, asserted below).
            {&s.range_sizes,
             "SELECT sum(n) FILTER (WHERE prio = 0), sum(" OMNIEDGE_ROW_STRINGS_SQL
             " + 40) FILTER (WHERE prio = 0), sum(n) FILTER (WHERE prio = 1), "
@@ -515,6 +516,7 @@ Result<void> Buffer::prepare() {
   }
   checkpointer_ =
       std::make_unique<detail::Checkpointer>(*checkpointing, page_size_ + 24, kCheckpointTailBytes);
+  static_assert(kRowOverhead == 40);  // range_sizes spells it out
   // A row of several events holding after_seq + 1 starts at most 31 seqs before it.
   static_assert(kMaxRunEvents == 32);
   if (auto r = s.read_pending.prepare(
@@ -1919,46 +1921,54 @@ bool Buffer::keepDeliveredRuns(int64_t first, int64_t last, int64_t now) {
   return true;
 }
 
-// Every row of several events becomes a row per event, a few at a time, each step a commit of
-// its own (an import is about to look up ids the agent made: keepMadeIndex).
+Result<void> Buffer::unrunRows(const std::vector<RunRow>& rows) {
+  auto& s = *st_;
+  Attempt a;
+  Counters work = s.committed;
+  bool ok = run(s.begin);
+  for (std::size_t k = 0; ok && k < rows.size(); ++k) {
+    ok = rewriteRun(rows[k], 0, work, a);
+  }
+  ok = ok && saveCounters(work) && run(s.commit);
+  if (!ok) {
+    const std::string msg = sqliteError(db_, "giving the events of rows of several a row each");
+    if (sqlite3_get_autocommit(db_) == 0) {
+      (void)run(s.rollback);
+    }
+    // What the file holds wins, as after a lost group.
+    restoreCommitted(s.next_seq);
+    return makeError("io", msg);
+  }
+  s.committed = work;
+  a.committed = true;
+  publishCommitted(a);
+  return {};
+}
+
+// Every row of several events becomes a row per event, 64 at a time, each step a commit of its
+// own (an import is about to look up ids the agent made: keepMadeIndex).
 void Buffer::unrunAll() {
   auto& s = *st_;
   for (;;) {
-    Attempt a;
-    Counters work = s.committed;
-    std::size_t rows = 0;
-    bool ok = run(s.begin);
-    if (ok) {
-      std::vector<RunRow> found;
-      s.runs_in.bind(1, int64_t{0});
-      s.runs_in.bind(2, std::numeric_limits<int64_t>::max());
-      int rc = 0;
-      while ((rc = s.runs_in.step()) == SQLITE_ROW) {
-        found.push_back(readRunRow<RunRow>(s.runs_in));
-      }
-      s.runs_in.reset();
-      ok = rc == SQLITE_DONE;
-      rows = found.size();
-      for (std::size_t k = 0; ok && k < found.size(); ++k) {
-        ok = rewriteRun(found[k], 0, work, a);
-      }
+    std::vector<RunRow> found;
+    s.runs_in.bind(1, int64_t{0});
+    s.runs_in.bind(2, std::numeric_limits<int64_t>::max());
+    int rc = 0;
+    while ((rc = s.runs_in.step()) == SQLITE_ROW) {
+      found.push_back(readRunRow<RunRow>(s.runs_in));
     }
-    if (ok && rows == 0) {
-      (void)run(s.rollback);
+    s.runs_in.reset();
+    if (rc != SQLITE_DONE) {
+      logFailure(sqliteError(db_, "finding rows of several events for an import"));
       return;
     }
-    ok = ok && saveCounters(work) && run(s.commit);
-    if (!ok) {
-      logFailure(sqliteError(db_, "giving each event a row of its own for an import"));
-      if (sqlite3_get_autocommit(db_) == 0) {
-        (void)run(s.rollback);
-      }
-      restoreCommitted(s.next_seq);
+    if (found.empty()) {
       return;
     }
-    s.committed = work;
-    a.committed = true;
-    publishCommitted(a);
+    if (auto r = unrunRows(found); !r) {
+      logFailure(r.error().message);
+      return;
+    }
   }
 }
 
@@ -2372,27 +2382,12 @@ Result<void> Buffer::editTable(int table, Job& job, EditReport& report) {
     if (!runs.empty()) {
       // The matched rows of several events become a row per event, committed, and the chunk is
       // read again: the editor then sees each event alone.
-      Attempt a;
-      Counters work = s.committed;
-      bool ok = run(s.begin);
-      for (std::size_t k = 0; ok && k < runs.size(); ++k) {
-        ok = rewriteRun(runs[k], 0, work, a);
-      }
-      ok = ok && saveCounters(work) && run(s.commit);
-      if (!ok) {
-        const std::string msg = sqliteError(db_, "editing " + name);
-        if (sqlite3_get_autocommit(db_) == 0) {
-          (void)run(s.rollback);
-        }
-        restoreCommitted(s.next_seq);
+      if (auto r = unrunRows(runs); !r) {
         sqlite3_finalize(sel);
         std::lock_guard lock(mu_);
         ++stats_.io_errors;
-        return makeError("io", msg);
+        return r.error();
       }
-      s.committed = work;
-      a.committed = true;
-      publishCommitted(a);
       after = chunk_after;
       continue;
     }

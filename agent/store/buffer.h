@@ -405,6 +405,8 @@ class Buffer final : public Outbox {
   struct RunRow;
   bool rewriteRun(const RunRow& row, int64_t cut, Counters& work, Attempt& a);
   void unrunAll();
+  /// `rows` cut to a row per event in a commit of their own (the ring told); "io" when lost.
+  Result<void> unrunRows(const std::vector<RunRow>& rows);
   /// Keeps the delivered rows of several events of [first, last] as their events (retention).
   bool keepDeliveredRuns(int64_t first, int64_t last, int64_t now);
   /// The ring learns how rows were cut (Attempt::recut); mu_ held.

@@ -273,6 +273,51 @@ TEST_CASE("a request's runs of ids the agent made are stored in order beside giv
   CHECK(pendingTotal(*b) == 21);
 }
 
+TEST_CASE("an import recognises the agent's own ids inside rows of several events",
+          "[unit][buffer]") {
+  // Ids inside a row of several events are in no index: before an import's first lookup those
+  // rows become a row per event, and while imports come no new row of several is made.
+  using omniedge::store::IdOrigin;
+  TempDir dir;
+  BufferOptions o = optionsFor(dir);
+  o.pack_bodies = true;
+  auto b = openWith(o);
+  std::vector<StoredEvent> request;
+  for (int i = 0; i < 40; ++i) {
+    request.push_back(makeEvent("kiosk.view", 300, 77));  // one request: one receipt time
+    request.back().id_origin = IdOrigin::kAgent;
+  }
+  REQUIRE(b->append(request).has_value());
+  CHECK(fileInteger(dir, "SELECT count(*) FROM events") == 2);  // 32 + 8
+  auto exported = request;
+  for (auto& e : exported) {
+    e.id_origin = IdOrigin::kExport;
+  }
+  auto imported = b->append(exported);
+  REQUIRE(imported.has_value());
+  CHECK(imported->stored == 0);
+  CHECK(imported->duplicates == 40);
+  CHECK(pendingTotal(*b) == 40);
+  CHECK(fileInteger(dir, "SELECT count(*) FROM events WHERE n > 1") == 0);
+  CHECK(b->stats().pending_bytes == heldBytes(dir, ""));
+  // A kiosk's request meanwhile is stored a row per event, its ids found by the next import.
+  auto more = request;
+  for (auto& e : more) {
+    e.id = omniedge::makeUuidV7(1700000000077);
+  }
+  REQUIRE(b->append(more).has_value());
+  CHECK(fileInteger(dir, "SELECT count(*) FROM events WHERE n > 1") == 0);
+  for (auto& e : more) {
+    e.id_origin = IdOrigin::kExport;
+  }
+  auto again = b->append(more);
+  REQUIRE(again.has_value());
+  CHECK(again->duplicates == 40);
+  auto all = b->readPendingFromFile(0, 1000, 1 << 30);
+  REQUIRE(all.has_value());
+  CHECK(all->size() == 80);
+}
+
 TEST_CASE("one request's events leave, move and change one by one, from memory and from the file",
           "[unit][buffer]") {
   // A hundred kiosk events of one request, ids the agent made, packed: what a kiosk posts most.
