@@ -10,9 +10,16 @@
 // learn the inputs (LZ4 with the dictionary ~0.9 us per envelope that way, ~2.2 on distinct ones;
 // docs/benchmarks.md, "Bodies by LZ4"). That figure is printed too (lz4_repeated_us).
 //
+// Then rows of several: the same envelopes 32 at a time through packRun() (a kiosk array's row),
+// against the same block packed with the dictionary attached at acceleration 2, as packRun did
+// before 2026-12-07; each timed as the minimum of 7 alternating passes (the host is noisy).
+// Prints "RESULT runs <pack_us> <ratio> <with_dict_us> <with_dict_ratio> <unpack_us>" (per event).
+//
 // Prints "RESULT codec <lz4_pack_us> <lz4_ratio> <lz4_unpack_us> <zstd_pack_us> <zstd_ratio>
 // <zstd_unpack_us> <lz4_repeated_us> <bytes>" (microseconds per envelope; ratio = envelope bytes /
 // packed bytes).
+#define LZ4_STATIC_LINKING_ONLY
+#include <lz4.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -173,6 +180,81 @@ int main(int argc, char** argv) {
   ZSTD_freeCDict(cdict);
   ZSTD_freeCCtx(cctx);
 
+  // Rows of 32 (what Buffer::append makes of a kiosk array).
+  constexpr std::size_t kRun = 32;
+  const std::size_t rows = n / kRun;
+  std::vector<std::string> raws;  // each row's block before LZ4, as packRun lays it out
+  raws.reserve(rows);
+  for (std::size_t r = 0; r < rows; ++r) {
+    std::string raw;
+    for (std::size_t i = r * kRun; i < (r + 1) * kRun; ++i) {
+      const std::string& id = all[i].second;
+      const std::string_view rest = std::string_view(all[i].first).substr(id.size() + 9);
+      auto putVarint = [&raw](uint64_t v) {
+        for (; v >= 0x80; v >>= 7) {
+          raw.push_back(static_cast<char>((v & 0x7f) | 0x80));
+        }
+        raw.push_back(static_cast<char>(v));
+      };
+      putVarint(id.size());
+      raw += id;
+      putVarint((rest.size() << 1) | 1);
+      raw += rest;
+    }
+    raws.push_back(std::move(raw));
+  }
+  LZ4_stream_t* dict = LZ4_createStream();
+  LZ4_stream_t* stream = LZ4_createStream();
+  LZ4_loadDict(dict, reinterpret_cast<const char*>(omniedge::store::kBodyDict),
+               static_cast<int>(omniedge::store::kBodyDictSize));
+  std::string block(static_cast<std::size_t>(LZ4_compressBound(70000)), '\0');
+  double run_us = 1e9;
+  double dict_us = 1e9;
+  double run_unpack_us = 1e9;
+  std::size_t run_bytes = 0;
+  std::size_t dict_bytes = 0;
+  std::vector<std::string> run_packed(rows);
+  std::vector<std::string_view> ids(kRun);
+  std::vector<std::string_view> jsons(kRun);
+  for (int pass = 0; pass < 7; ++pass) {
+    run_bytes = 0;
+    t0 = Clock::now();
+    for (std::size_t r = 0; r < rows; ++r) {
+      for (std::size_t k = 0; k < kRun; ++k) {
+        ids[k] = all[r * kRun + k].second;
+        jsons[k] = all[r * kRun + k].first;
+      }
+      run_packed[r] = omniedge::store::packRun(ids, jsons);
+      run_bytes += run_packed[r].size();
+    }
+    run_us = std::min(run_us, microsSince(t0) / static_cast<double>(rows * kRun));
+    dict_bytes = 0;
+    t0 = Clock::now();
+    for (const std::string& raw : raws) {
+      LZ4_resetStream_fast(stream);
+      LZ4_attach_dictionary(stream, dict);
+      dict_bytes += static_cast<std::size_t>(
+          LZ4_compress_fast_continue(stream, raw.data(), block.data(), static_cast<int>(raw.size()),
+                                     static_cast<int>(block.size()), 2));
+    }
+    dict_us = std::min(dict_us, microsSince(t0) / static_cast<double>(rows * kRun));
+    t0 = Clock::now();
+    for (const std::string& p : run_packed) {
+      auto back = omniedge::store::unpackRun(p, kRun);
+      if (!back || back->size() != kRun) {
+        std::fprintf(stderr, "bench_codec: a row of %zu did not unpack\n", kRun);
+        return 1;
+      }
+    }
+    run_unpack_us = std::min(run_unpack_us, microsSince(t0) / static_cast<double>(rows * kRun));
+  }
+  LZ4_freeStream(stream);
+  LZ4_freeStream(dict);
+  std::size_t run_in = 0;
+  for (std::size_t i = 0; i < rows * kRun; ++i) {
+    run_in += all[i].first.size();
+  }
+
   const double avg = static_cast<double>(in_bytes) / static_cast<double>(n);
   std::printf("%zu distinct envelopes of %.0f bytes on average, each packed once\n", n, avg);
   std::printf("  LZ4 + dictionary (packBody): %.3f us each, %.3fx smaller; unpackBody %.3f us\n",
@@ -182,6 +264,15 @@ int main(int argc, char** argv) {
               zstd_unpack_us);
   std::printf("  LZ4, %zu envelopes packed %zu times over (flattered): %.3f us each (%zu)\n", few,
               rounds, repeated_us, sink % 10);
+  std::printf(
+      "  rows of %zu (packRun): %.3f us an event, %.3fx smaller; with the dictionary at "
+      "acceleration 2: %.3f us, %.3fx; unpackRun %.3f us an event\n",
+      kRun, run_us, static_cast<double>(run_in) / static_cast<double>(run_bytes), dict_us,
+      static_cast<double>(run_in) / static_cast<double>(dict_bytes + 4 * rows), run_unpack_us);
+  std::printf("RESULT runs %.3f %.3f %.3f %.3f %.3f\n", run_us,
+              static_cast<double>(run_in) / static_cast<double>(run_bytes), dict_us,
+              static_cast<double>(run_in) / static_cast<double>(dict_bytes + 4 * rows),
+              run_unpack_us);
   std::printf("RESULT codec %.3f %.3f %.3f %.3f %.3f %.3f %.3f %.0f\n", lz4_us,
               static_cast<double>(in_bytes) / static_cast<double>(lz4_bytes), unpack_us, zstd_us,
               static_cast<double>(in_bytes) / static_cast<double>(zstd_bytes), zstd_unpack_us,

@@ -36,7 +36,14 @@ constexpr unsigned char kLz4NoIdTag = 0xb5;
 // kLz4RunTag (schema version 6): a row of several events, the same form of what packRun()
 // joined: for each event, its id's length (varint), the id, then twice its JSON's length plus 1
 // when the JSON left out its first member `{"id":"<id>",` (varint), and that JSON.
+// Packed against no dictionary, with acceleration 3 (kRunAcceleration): a block of 32 envelopes
+// finds its matches in itself, and the dictionary made LZ4 copy its 16 KiB hash table and take
+// its slower two-table path for ~1.7% fewer bytes. 0.66-0.77 us an event against 0.86-0.94 with
+// the dictionary at acceleration 2, 3% more bytes (tools/bench_codec --runs; docs/benchmarks.md).
+// Unpacking stays against the dictionary: a block that never reaches back before its own start
+// unpacks the same with it, so the blocks packed with it (before 2026-12-07) read as before.
 constexpr unsigned char kLz4RunTag = 0xb6;
+constexpr int kRunAcceleration = 3;
 constexpr std::string_view kIdHead = R"({"id":")";
 constexpr std::string_view kIdTail = R"(",)";
 constexpr std::size_t kMinPacked = 64;
@@ -300,7 +307,12 @@ std::string packRun(const std::vector<std::string_view>& ids,
   if (ids.size() != jsons.size() || ids.size() < 2 || ids.size() > kMaxRunEvents) {
     return {};
   }
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    total += ids[i].size() + jsons[i].size() + 10;
+  }
   std::string raw;
+  raw.reserve(std::min(total, kMaxRunBytes));  // one allocation, no growing copies
   for (std::size_t i = 0; i < ids.size(); ++i) {
     const bool no_id = startsWithId(jsons[i], ids[i]);
     const std::string_view rest =
@@ -317,19 +329,22 @@ std::string packRun(const std::vector<std::string_view>& ids,
   if (c == nullptr) {
     return {};
   }
-  std::string out(1, static_cast<char>(kLz4RunTag));
-  putVarint(out, raw.size());
-  const std::size_t head = out.size();
-  const int bound = LZ4_compressBound(static_cast<int>(raw.size()));
-  out.resize(head + static_cast<std::size_t>(bound));
+  // LZ4 writes into a block of this thread's, made once at its largest (~64 KiB): a fresh one
+  // per row, zero-filled to LZ4's bound, cost more than a third of packing the row's events.
+  thread_local std::string block(static_cast<std::size_t>(LZ4_compressBound(kMaxRunBytes)), '\0');
   LZ4_resetStream_fast(c);
-  LZ4_attach_dictionary(c, packDict());
-  const int n = LZ4_compress_fast_continue(c, raw.data(), out.data() + head,
-                                           static_cast<int>(raw.size()), bound, kAcceleration);
+  LZ4_attach_dictionary(c, nullptr);
+  const int n =
+      LZ4_compress_fast_continue(c, raw.data(), block.data(), static_cast<int>(raw.size()),
+                                 static_cast<int>(block.size()), kRunAcceleration);
   if (n <= 0) {
     return {};
   }
-  out.resize(head + static_cast<std::size_t>(n));
+  std::string out;
+  out.reserve(11 + static_cast<std::size_t>(n));
+  out.push_back(static_cast<char>(kLz4RunTag));
+  putVarint(out, raw.size());
+  out.append(block.data(), static_cast<std::size_t>(n));
   return out;
 }
 

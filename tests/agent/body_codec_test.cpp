@@ -7,6 +7,10 @@
 
 #include <sqlite3.h>
 #include <zstd.h>
+// A block packed the way packRun did before 2026-12-07 (the dictionary attached) is made here
+// with LZ4's static-only API, which the agent links (agent/CMakeLists.txt).
+#define LZ4_STATIC_LINKING_ONLY
+#include <lz4.h>
 
 #include <catch2/catch.hpp>
 #include <cstring>
@@ -238,6 +242,68 @@ TEST_CASE("a row of several events packs their ids and envelopes as one block an
   CHECK(packRun(many_ids, many_jsons).empty());
   const std::string huge(kMaxRunBytes / 2, 'x');
   CHECK(packRun({id_views[0], id_views[1]}, {huge, huge}).empty());
+}
+
+TEST_CASE("a row packed against the dictionary, as agents packed them before, unpacks the same",
+          "[unit][buffer]") {
+  // packRun packs against no dictionary; a block LZ4 packed against it (schema-6 agents until
+  // 2026-12-07) must still give every event back, and both must read the same.
+  std::vector<std::string> ids;
+  std::vector<std::string> jsons;
+  std::string raw;  // packRun's block before LZ4: varint id length, id, varint 2*len+1, rest
+  auto putVarint = [&raw](uint64_t v) {
+    for (; v >= 0x80; v >>= 7) {
+      raw.push_back(static_cast<char>((v & 0x7f) | 0x80));
+    }
+    raw.push_back(static_cast<char>(v));
+  };
+  for (int i = 0; i < 32; ++i) {
+    ids.push_back(omniedge::makeUuidV7(1764843302481));
+    jsons.push_back(envelope(ids.back(), ",\"i\":" + std::to_string(i)));
+    const std::string rest = jsons.back().substr(std::strlen(R"({"id":")") + ids.back().size() + 2);
+    putVarint(ids.back().size());
+    raw += ids.back();
+    putVarint((rest.size() << 1) | 1);
+    raw += rest;
+  }
+  LZ4_stream_t* dict = LZ4_createStream();
+  LZ4_stream_t* stream = LZ4_createStream();
+  REQUIRE(dict != nullptr);
+  REQUIRE(stream != nullptr);
+  LZ4_loadDict(dict, reinterpret_cast<const char*>(omniedge::store::kBodyDict),
+               static_cast<int>(omniedge::store::kBodyDictSize));
+  LZ4_attach_dictionary(stream, dict);
+  std::string block(static_cast<std::size_t>(LZ4_compressBound(static_cast<int>(raw.size()))),
+                    '\0');
+  const int n =
+      LZ4_compress_fast_continue(stream, raw.data(), block.data(), static_cast<int>(raw.size()),
+                                 static_cast<int>(block.size()), 2);
+  LZ4_freeStream(stream);
+  LZ4_freeStream(dict);
+  REQUIRE(n > 0);
+  std::string old_row(1, static_cast<char>(0xb6));
+  for (uint64_t v = raw.size();; v >>= 7) {
+    old_row.push_back(static_cast<char>(v >= 0x80 ? (v & 0x7f) | 0x80 : v));
+    if (v < 0x80) {
+      break;
+    }
+  }
+  old_row.append(block.data(), static_cast<std::size_t>(n));
+
+  const std::vector<std::string_view> id_views(ids.begin(), ids.end());
+  const std::vector<std::string_view> json_views(jsons.begin(), jsons.end());
+  const std::string new_row = packRun(id_views, json_views);
+  REQUIRE_FALSE(new_row.empty());
+  CHECK(new_row != old_row);  // packed differently ...
+  for (const std::string& row : {old_row, new_row}) {
+    auto back = unpackRun(row, 32);  // ... read the same
+    REQUIRE(back.has_value());
+    REQUIRE(back->size() == 32);
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      CHECK((*back)[i].id == ids[i]);
+      CHECK((*back)[i].json == jsons[i]);
+    }
+  }
 }
 
 TEST_CASE("a packed body that is not whole says why, and never allocates what it claims",
