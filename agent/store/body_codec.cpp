@@ -370,9 +370,12 @@ Result<std::vector<RunEvent>> unpackRun(std::string_view packed, int64_t n) {
   if (*size > kMaxRunBytes) {
     return overLimit(*size);
   }
-  std::string raw(static_cast<std::size_t>(*size), '\0');
+  // Into a block of this thread's, made once (64 KiB): each event is copied out of it anyway,
+  // and a fresh one per row was zero-filled first.
+  thread_local std::string block(kMaxRunBytes, '\0');
+  const std::string_view raw(block.data(), static_cast<std::size_t>(*size));
   const int got = LZ4_decompress_safe_usingDict(
-      packed.data() + at, raw.data(), static_cast<int>(packed.size() - at),
+      packed.data() + at, block.data(), static_cast<int>(packed.size() - at),
       static_cast<int>(raw.size()), reinterpret_cast<const char*>(kBodyDict),
       static_cast<int>(kBodyDictSize));
   if (got < 0 || static_cast<std::size_t>(got) != raw.size()) {
