@@ -39,7 +39,8 @@ constexpr unsigned char kLz4NoIdTag = 0xb5;
 // Packed against no dictionary, with acceleration 3 (kRunAcceleration): a block of 32 envelopes
 // finds its matches in itself, and the dictionary made LZ4 copy its 16 KiB hash table and take
 // its slower two-table path for ~1.7% fewer bytes. 0.66-0.77 us an event against 0.86-0.94 with
-// the dictionary at acceleration 2, 3% more bytes (tools/bench_codec --runs; docs/benchmarks.md).
+// the dictionary at acceleration 2, 3% more bytes (build/bench/bench_codec, "rows of 32";
+// docs/benchmarks.md, "Less copying around packing").
 // Unpacking stays against the dictionary: a block that never reaches back before its own start
 // unpacks the same with it, so the blocks packed with it (before 2026-12-07) read as before.
 constexpr unsigned char kLz4RunTag = 0xb6;
