@@ -904,6 +904,21 @@ int64_t Buffer::waitForNewer(int64_t seq, int timeout_ms) {
   return stats_.last_seq;
 }
 
+namespace {
+
+// A read that stopped inside a row of several events (its count or bytes reached) ends at the
+// last whole row instead, when it holds one: the rest of that row comes first in the next read.
+// A batch that ends where a row ends is acknowledged without cutting the row in two (an unpack,
+// two packs and a row rewritten per batch: ~1% of the daemon's CPU and ~16 bytes written per
+// event of a kiosk array).
+void endOnRowEnd(std::vector<PendingEvent>& out, std::size_t whole, bool cut_short) {
+  if (cut_short && whole > 0 && whole < out.size()) {
+    out.resize(whole);
+  }
+}
+
+}  // namespace
+
 Result<std::vector<PendingEvent>> Buffer::readPending(int64_t after_seq, std::size_t max_events,
                                                       std::size_t max_bytes) {
   {
@@ -915,16 +930,23 @@ Result<std::vector<PendingEvent>> Buffer::readPending(int64_t after_seq, std::si
                                  [](int64_t seq, const RecentEvent& e) { return seq < e.seq; });
       std::vector<PendingEvent> out;
       std::size_t bytes = 0;
-      for (; it != recent_.end() && out.size() < max_events; ++it) {
+      std::size_t whole = 0;  // events up to the end of the last whole row taken
+      bool cut_short = false;
+      for (; it != recent_.end(); ++it) {
         if (!it->pending) {
           continue;
         }
-        if (!out.empty() && bytes + it->body.size() > max_bytes) {
+        if (out.size() >= max_events || (!out.empty() && bytes + it->body.size() > max_bytes)) {
+          cut_short = true;
           break;
         }
         bytes += it->body.size();
         out.push_back(PendingEvent{it->seq, it->body});
+        if (it->run_pos + 1 >= it->run_n) {
+          whole = out.size();
+        }
       }
+      endOnRowEnd(out, whole, cut_short);
       ++stats_.reads_from_ring;
       return out;
     }
@@ -946,7 +968,9 @@ Result<std::vector<PendingEvent>> Buffer::readPendingFromFile(int64_t after_seq,
   std::size_t bytes = 0;
   int rc = SQLITE_DONE;
   bool full = false;
+  std::size_t whole = 0;  // events up to the end of the last whole row taken
   while (!full && out.size() < max_events && (rc = s.step()) == SQLITE_ROW) {
+    whole = out.size();
     if (const int64_t n = s.col(3); n > 1) {
       // A row of several events: those after after_seq, in order.
       const int64_t seq = s.col(0);
@@ -1000,6 +1024,7 @@ Result<std::vector<PendingEvent>> Buffer::readPendingFromFile(int64_t after_seq,
   if (failed) {
     return makeError("io", "reading pending events: " + err);
   }
+  endOnRowEnd(out, whole, full);
   return out;
 }
 

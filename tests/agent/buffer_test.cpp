@@ -318,6 +318,55 @@ TEST_CASE("an import recognises the agent's own ids inside rows of several event
   CHECK(all->size() == 80);
 }
 
+TEST_CASE("a read that stops inside a row of several events ends where the last whole row ends",
+          "[unit][buffer]") {
+  // A batch that ends where a row ends is acknowledged without cutting the row in two. A read
+  // stops at its count or its bytes; inside a row it gives back the events of that row instead
+  // (they come first in the next read), unless the row is all it has.
+  using omniedge::store::IdOrigin;
+  TempDir dir;
+  BufferOptions o = optionsFor(dir);
+  o.pack_bodies = true;
+  auto b = openWith(o);
+  std::vector<StoredEvent> request;
+  for (int i = 0; i < 100; ++i) {
+    request.push_back(makeEvent("kiosk.view", 300, 91));  // one request: rows of 32, 32, 32, 4
+    request.back().id_origin = IdOrigin::kAgent;
+  }
+  REQUIRE(b->append(request).has_value());
+  REQUIRE(fileInteger(dir, "SELECT count(*) FROM events") == 4);
+  const int64_t first = fileInteger(dir, "SELECT min(seq) FROM events");
+  for (const bool from_file : {false, true}) {
+    INFO((from_file ? "from the file" : "from memory"));
+    auto read = [&](int64_t after, std::size_t max_events, std::size_t max_bytes) {
+      auto r = from_file ? b->readPendingFromFile(after, max_events, max_bytes)
+                         : b->readPending(after, max_events, max_bytes);
+      REQUIRE(r.has_value());
+      return *r;
+    };
+    auto got = read(0, 50, 1 << 20);  // 50 stops inside the second row: the first row only
+    REQUIRE(got.size() == 32);
+    CHECK(got.front().seq == first);
+    CHECK(got.back().seq == first + 31);
+    CHECK(got.back().body == request[31].body);
+    got = read(first + 31, 50, 1 << 20);  // the next read starts at the second row
+    REQUIRE(got.size() == 32);
+    CHECK(got.front().body == request[32].body);
+    got = read(0, 1000, 1 << 20);  // everything: nothing stopped it
+    CHECK(got.size() == 100);
+    got = read(0, 20, 1 << 20);  // inside the first row, which is all it has: 20
+    CHECK(got.size() == 20);
+    got = read(first + 9, 30, 1 << 20);  // 22 to the first row's end, then 8 more: the 22
+    REQUIRE(got.size() == 22);
+    CHECK(got.front().seq == first + 10);
+    // By bytes: room for 40 events stops inside the second row too.
+    got = read(0, 1000, request[0].body.size() * 40 + 10);
+    CHECK(got.size() == 32);
+    got = read(first + 95, 1000, 1 << 20);  // the last row's 4
+    CHECK(got.size() == 4);
+  }
+}
+
 TEST_CASE("one request's events leave, move and change one by one, from memory and from the file",
           "[unit][buffer]") {
   // A hundred kiosk events of one request, ids the agent made, packed: what a kiosk posts most.
