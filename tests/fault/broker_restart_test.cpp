@@ -115,6 +115,11 @@ TEST_CASE(
         // for a save that began after that, so a PUBACK the agent got is on disk (a broker
         // durable at PUBACK, which is what the agent's promise relies on).
         proxy.holdReplies(true);
+        // Seen failing once (a fresh-clone CI run with other work on the machine): say whether
+        // the broker was still there and what it logged.
+        INFO("restart " << r << "; the broker (pid " << uplink.pid() << ") is "
+                        << (::kill(uplink.pid(), 0) == 0 ? "alive" : "gone") << "; its log:\n"
+                        << uplink.log());
         REQUIRE(brokerSaved(uplink));
       }
       uplink.kill();  // SIGKILL: only what it saved survives
