@@ -909,8 +909,10 @@ namespace {
 // A read that stopped inside a row of several events (its count or bytes reached) ends at the
 // last whole row instead, when it holds one: the rest of that row comes first in the next read.
 // A batch that ends where a row ends is acknowledged without cutting the row in two (an unpack,
-// two packs and a row rewritten per batch: ~1% of the daemon's CPU and ~16 bytes written per
-// event of a kiosk array).
+// two packs and a row rewritten per batch that stopped at its count, as every batch of a
+// backlog's drain does). End to end under the kiosk load, where batches average ~400-470 events
+// and rarely stop at their count, no difference showed (8 alternated rounds: 207.6k against
+// 205.6k events/s on average).
 void endOnRowEnd(std::vector<PendingEvent>& out, std::size_t whole, bool cut_short) {
   if (cut_short && whole > 0 && whole < out.size()) {
     out.resize(whole);
