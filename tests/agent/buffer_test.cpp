@@ -33,6 +33,17 @@ StoredEvent makeEvent(const std::string& type, std::size_t body_size = 200, int6
   return e;
 }
 
+// One kiosk request of `n` events whose ids the agent made, received at one time: what
+// Buffer::append packs into rows of several (32 to a row).
+std::vector<StoredEvent> agentRequest(int n, int64_t ms) {
+  std::vector<StoredEvent> request;
+  for (int i = 0; i < n; ++i) {
+    request.push_back(makeEvent("kiosk.view", 300, ms));
+    request.back().id_origin = omniedge::store::IdOrigin::kAgent;
+  }
+  return request;
+}
+
 // The options every test here starts from.
 BufferOptions optionsFor(const TempDir& dir, int64_t max_bytes = 1LL << 30) {
   BufferOptions o;
@@ -282,11 +293,7 @@ TEST_CASE("an import recognises the agent's own ids inside rows of several event
   BufferOptions o = optionsFor(dir);
   o.pack_bodies = true;
   auto b = openWith(o);
-  std::vector<StoredEvent> request;
-  for (int i = 0; i < 40; ++i) {
-    request.push_back(makeEvent("kiosk.view", 300, 77));  // one request: one receipt time
-    request.back().id_origin = IdOrigin::kAgent;
-  }
+  auto request = agentRequest(40, 77);
   REQUIRE(b->append(request).has_value());
   CHECK(fileInteger(dir, "SELECT count(*) FROM events") == 2);  // 32 + 8
   auto exported = request;
@@ -323,16 +330,11 @@ TEST_CASE("a read that stops inside a row of several events ends where the last 
   // A batch that ends where a row ends is acknowledged without cutting the row in two. A read
   // stops at its count or its bytes; inside a row it gives back the events of that row instead
   // (they come first in the next read), unless the row is all it has.
-  using omniedge::store::IdOrigin;
   TempDir dir;
   BufferOptions o = optionsFor(dir);
   o.pack_bodies = true;
   auto b = openWith(o);
-  std::vector<StoredEvent> request;
-  for (int i = 0; i < 100; ++i) {
-    request.push_back(makeEvent("kiosk.view", 300, 91));  // one request: rows of 32, 32, 32, 4
-    request.back().id_origin = IdOrigin::kAgent;
-  }
+  const auto request = agentRequest(100, 91);  // rows of 32, 32, 32 and 4
   REQUIRE(b->append(request).has_value());
   REQUIRE(fileInteger(dir, "SELECT count(*) FROM events") == 4);
   const int64_t first = fileInteger(dir, "SELECT min(seq) FROM events");
