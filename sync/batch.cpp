@@ -26,28 +26,12 @@ constexpr int kGzipLevel = 1;
 constexpr int kGzipWindowBits = 31;  // zlib's inflate: 15 + 16, a gzip header and trailer
 constexpr int kZstdLevel = 1;
 
-// Per-thread working memory of a batch, kept from one batch to the next up to kKeepScratch: its
-// JSON before compression, and the compressor's output before it is copied out at its exact
-// size. A fresh one per batch cost an allocation each and, for the output, zero-filling the
-// compressor's bound (~650 KiB every 1,000 kiosk events); 16% of the sync thread's samples were
-// malloc, free and memset end to end (docs/benchmarks.md, "Less copying around packing").
-constexpr std::size_t kKeepScratch = std::size_t{4} << 20;
-
-// This thread's output block, at least `n` bytes (grown, never shrunk here: see trimScratch).
-std::string& outputBlock(std::size_t n) {
-  thread_local std::string block;
-  if (block.size() < n) {
-    block.resize(n);
-  }
-  return block;
-}
-
-// A scratch string grown past kKeepScratch (a batch of sync.batch_max_bytes up to 64 MiB) is
-// given back rather than kept for the thread's life.
-void trimScratch(std::string& scratch) {
-  if (scratch.capacity() > kKeepScratch) {
-    std::string().swap(scratch);
-  }
+// The compressor writes into a block allocated for it and not zero-filled (a std::string
+// resized to the compressor's bound zero-filled ~650 KiB every 1,000 kiosk events), then the
+// result is copied out at its size. Nothing is kept between batches: an idle agent holds no
+// batch-sized buffer (docs/benchmarks.md, "Less copying around packing").
+std::unique_ptr<char[]> outputBlock(std::size_t n) {
+  return std::make_unique_for_overwrite<char[]>(n);
 }
 
 std::string jsonString(std::string_view text) {
@@ -70,7 +54,7 @@ Result<std::string> gzipCompress(std::string_view data) {
   // Stored blocks are the worst case (5 bytes per 64 KiB) and igzip falls back to them; the
   // slack covers the gzip header and trailer. Should it ever be short, the retry has twice it.
   for (std::size_t bound = data.size() + data.size() / 64 + 1024;; bound *= 2) {
-    std::string& out = outputBlock(bound);
+    const auto out = outputBlock(bound);
     isal_zstream z{};
     isal_deflate_stateless_init(&z);
     z.level = kGzipLevel;
@@ -81,13 +65,11 @@ Result<std::string> gzipCompress(std::string_view data) {
     z.end_of_stream = 1;
     z.next_in = reinterpret_cast<uint8_t*>(const_cast<char*>(data.data()));
     z.avail_in = static_cast<uint32_t>(data.size());
-    z.next_out = reinterpret_cast<uint8_t*>(out.data());
+    z.next_out = reinterpret_cast<uint8_t*>(out.get());
     z.avail_out = static_cast<uint32_t>(bound);
     const int rc = isal_deflate_stateless(&z);
     if (rc == COMP_OK) {
-      std::string packed(out.data(), z.total_out);
-      trimScratch(out);
-      return packed;
+      return std::string(out.get(), z.total_out);
     }
     if (rc != STATELESS_OVERFLOW || bound > 2 * data.size() + 4096) {
       return makeError("io", "gzip: isal_deflate_stateless failed (" + std::to_string(rc) + ")");
@@ -108,15 +90,14 @@ Result<std::string> gzipCompress(std::string_view data) {
   if (!c) {
     return makeError("io", "libdeflate_alloc_compressor failed");
   }
-  std::string& out = outputBlock(libdeflate_gzip_compress_bound(c.get(), data.size()));
+  const std::size_t bound = libdeflate_gzip_compress_bound(c.get(), data.size());
+  const auto out = outputBlock(bound);
   const std::size_t n =
-      libdeflate_gzip_compress(c.get(), data.data(), data.size(), out.data(), out.size());
+      libdeflate_gzip_compress(c.get(), data.data(), data.size(), out.get(), bound);
   if (n == 0) {
     return makeError("io", "gzip: the output did not fit its bound");
   }
-  std::string packed(out.data(), n);
-  trimScratch(out);
-  return packed;
+  return std::string(out.get(), n);
 }
 #endif
 
@@ -132,15 +113,14 @@ Result<std::string> zstdCompress(std::string_view data) {
   if (!ctx) {
     return makeError("io", "ZSTD_createCCtx failed");
   }
-  std::string& out = outputBlock(ZSTD_compressBound(data.size()));
+  const std::size_t bound = ZSTD_compressBound(data.size());
+  const auto out = outputBlock(bound);
   const std::size_t n =
-      ZSTD_compressCCtx(ctx.get(), out.data(), out.size(), data.data(), data.size(), kZstdLevel);
+      ZSTD_compressCCtx(ctx.get(), out.get(), bound, data.data(), data.size(), kZstdLevel);
   if (ZSTD_isError(n) != 0U) {
     return makeError("io", std::string("zstd: ") + ZSTD_getErrorName(n));
   }
-  std::string packed(out.data(), n);
-  trimScratch(out);
-  return packed;
+  return std::string(out.get(), n);
 }
 
 Result<std::string> gunzip(std::string_view data, std::size_t max_bytes) {
@@ -335,11 +315,10 @@ Result<Batch> buildBatch(const std::vector<PendingEvent>& events, std::string_vi
     batch.json_bytes = batch.payload.size();
     return batch;
   }
-  thread_local std::string json;  // this thread's, kept between batches (kKeepScratch)
+  std::string json;
   buildBatchJsonInto(json, batch.id, store_id, agent_version, events, space);
   batch.json_bytes = json.size();
   auto packed = compress(json, compression);
-  trimScratch(json);
   if (!packed) {
     return packed.error();
   }

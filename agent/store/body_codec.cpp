@@ -330,14 +330,15 @@ std::string packRun(const std::vector<std::string_view>& ids,
   if (c == nullptr) {
     return {};
   }
-  // LZ4 writes into a block of this thread's, made once at its largest (~64 KiB): a fresh one
-  // per row, zero-filled to LZ4's bound, cost more than a third of packing the row's events.
-  thread_local std::string block(static_cast<std::size_t>(LZ4_compressBound(kMaxRunBytes)), '\0');
+  // LZ4 writes into a block allocated for it and not zero-filled, then the result is copied out
+  // at its size: a string resized to LZ4's bound (~23 KiB a row) and cut after was zero-filled
+  // first, which cost more than a third of packing the row's events.
+  const int bound = LZ4_compressBound(static_cast<int>(raw.size()));
+  const auto block = std::make_unique_for_overwrite<char[]>(static_cast<std::size_t>(bound));
   LZ4_resetStream_fast(c);
   LZ4_attach_dictionary(c, nullptr);
-  const int n =
-      LZ4_compress_fast_continue(c, raw.data(), block.data(), static_cast<int>(raw.size()),
-                                 static_cast<int>(block.size()), kRunAcceleration);
+  const int n = LZ4_compress_fast_continue(c, raw.data(), block.get(), static_cast<int>(raw.size()),
+                                           bound, kRunAcceleration);
   if (n <= 0) {
     return {};
   }
@@ -345,7 +346,7 @@ std::string packRun(const std::vector<std::string_view>& ids,
   out.reserve(11 + static_cast<std::size_t>(n));
   out.push_back(static_cast<char>(kLz4RunTag));
   putVarint(out, raw.size());
-  out.append(block.data(), static_cast<std::size_t>(n));
+  out.append(block.get(), static_cast<std::size_t>(n));
   return out;
 }
 
@@ -371,12 +372,11 @@ Result<std::vector<RunEvent>> unpackRun(std::string_view packed, int64_t n) {
   if (*size > kMaxRunBytes) {
     return overLimit(*size);
   }
-  // Into a block of this thread's, made once (64 KiB): each event is copied out of it anyway,
-  // and a fresh one per row was zero-filled first.
-  thread_local std::string block(kMaxRunBytes, '\0');
-  const std::string_view raw(block.data(), static_cast<std::size_t>(*size));
+  // Into a block not zero-filled first (each event is copied out of it).
+  const auto block = std::make_unique_for_overwrite<char[]>(static_cast<std::size_t>(*size));
+  const std::string_view raw(block.get(), static_cast<std::size_t>(*size));
   const int got = LZ4_decompress_safe_usingDict(
-      packed.data() + at, block.data(), static_cast<int>(packed.size() - at),
+      packed.data() + at, block.get(), static_cast<int>(packed.size() - at),
       static_cast<int>(raw.size()), reinterpret_cast<const char*>(kBodyDict),
       static_cast<int>(kBodyDictSize));
   if (got < 0 || static_cast<std::size_t>(got) != raw.size()) {
