@@ -12,7 +12,7 @@
 //
 // Then rows of several: the same envelopes 32 at a time through packRun() (a kiosk array's row),
 // against LZ4 alone on the same blocks with the dictionary attached at acceleration 2 (packRun's
-// LZ4 call before 2026-12-07; that packRun, with its copies, took ~1.13 us an event here where
+// LZ4 call before f6acc8c; that packRun, with its copies, took ~1.13 us an event here where
 // this one takes ~0.91); each timed as the minimum of 7 alternating passes (the host is noisy).
 // Prints "RESULT runs <pack_us> <ratio> <with_dict_us> <with_dict_ratio> <unpack_us>" (per event).
 //

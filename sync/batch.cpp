@@ -209,12 +209,9 @@ std::string_view compressionName(Compression compression) {
   return "none";
 }
 
-namespace {
-
-// buildBatchJson() into `out` (emptied first; its capacity is reused).
-void buildBatchJsonInto(std::string& out, std::string_view batch_id, std::string_view store_id,
-                        std::string_view agent_version, const std::vector<PendingEvent>& events,
-                        const SeqSpace& space) {
+std::string buildBatchJson(std::string_view batch_id, std::string_view store_id,
+                           std::string_view agent_version, const std::vector<PendingEvent>& events,
+                           const SeqSpace& space) {
   std::string head = "{\"batch_id\":" + jsonString(batch_id) +
                      ",\"store_id\":" + jsonString(store_id) +
                      ",\"agent_version\":" + jsonString(agent_version) +
@@ -247,7 +244,7 @@ void buildBatchJsonInto(std::string& out, std::string_view batch_id, std::string
   for (const auto& e : events) {
     size += e.body.size();
   }
-  out.clear();
+  std::string out;
   out.reserve(size);
   out += head;
   for (std::size_t i = 0; i < events.size(); ++i) {
@@ -257,15 +254,6 @@ void buildBatchJsonInto(std::string& out, std::string_view batch_id, std::string
     out += events[i].body;
   }
   out += "]}";
-}
-
-}  // namespace
-
-std::string buildBatchJson(std::string_view batch_id, std::string_view store_id,
-                           std::string_view agent_version, const std::vector<PendingEvent>& events,
-                           const SeqSpace& space) {
-  std::string out;
-  buildBatchJsonInto(out, batch_id, store_id, agent_version, events, space);
   return out;
 }
 
@@ -310,14 +298,12 @@ Result<Batch> buildBatch(const std::vector<PendingEvent>& events, std::string_vi
   batch.first_seq = events.front().seq;
   batch.last_seq = events.back().seq;
   batch.count = events.size();
+  std::string json = buildBatchJson(batch.id, store_id, agent_version, events, space);
+  batch.json_bytes = json.size();
   if (compression == Compression::kNone) {
-    buildBatchJsonInto(batch.payload, batch.id, store_id, agent_version, events, space);
-    batch.json_bytes = batch.payload.size();
+    batch.payload = std::move(json);
     return batch;
   }
-  std::string json;
-  buildBatchJsonInto(json, batch.id, store_id, agent_version, events, space);
-  batch.json_bytes = json.size();
   auto packed = compress(json, compression);
   if (!packed) {
     return packed.error();

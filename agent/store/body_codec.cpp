@@ -42,7 +42,7 @@ constexpr unsigned char kLz4NoIdTag = 0xb5;
 // the dictionary at acceleration 2, 3% more bytes (build/bench/bench_codec, "rows of 32";
 // docs/benchmarks.md, "Less copying around packing").
 // Unpacking stays against the dictionary: a block that never reaches back before its own start
-// unpacks the same with it, so the blocks packed with it (before 2026-12-07) read as before.
+// unpacks the same with it, so the blocks packed with it (before f6acc8c) read as before.
 constexpr unsigned char kLz4RunTag = 0xb6;
 constexpr int kRunAcceleration = 3;
 constexpr std::string_view kIdHead = R"({"id":")";

@@ -7,7 +7,7 @@
 
 #include <sqlite3.h>
 #include <zstd.h>
-// A block packed the way packRun did before 2026-12-07 (the dictionary attached) is made here
+// A block packed the way packRun did before f6acc8c (the dictionary attached) is made here
 // with LZ4's static-only API, which the agent links (agent/CMakeLists.txt).
 #define LZ4_STATIC_LINKING_ONLY
 #include <lz4.h>
@@ -247,7 +247,7 @@ TEST_CASE("a row of several events packs their ids and envelopes as one block an
 TEST_CASE("a row packed against the dictionary, as agents packed them before, unpacks the same",
           "[unit][buffer]") {
   // packRun packs against no dictionary; a block LZ4 packed against it (schema-6 agents until
-  // 2026-12-07) must still give every event back, and both must read the same.
+  // f6acc8c) must still give every event back, and both must read the same.
   std::vector<std::string> ids;
   std::vector<std::string> jsons;
   std::string raw;  // packRun's block before LZ4: varint id length, id, varint 2*len+1, rest
