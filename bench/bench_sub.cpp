@@ -15,6 +15,7 @@
 #include <mqtt/async_client.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <unistd.h>
 #include <zlib.h>
 #include <zstd.h>
 #if BENCH_HAVE_ISAL
@@ -419,7 +420,10 @@ int main(int argc, char** argv) {
 
   Counter counter(expect, arg(argc, argv, "--type", ""), arg(argc, argv, "--progress", ""));
   try {
-    mqtt::async_client client(url, "bench-sub-" + std::to_string(unixMs()), nullptr);
+    // The pid too: two subscribers started in the same millisecond must not take each other's
+    // session.
+    mqtt::async_client client(
+        url, "bench-sub-" + std::to_string(getpid()) + "-" + std::to_string(unixMs()), nullptr);
     client.set_message_callback([&](mqtt::const_message_ptr msg) {
       const auto& p = msg->get_payload_ref();
       counter.onPayload(std::string_view(p.data(), p.size()));
