@@ -114,9 +114,9 @@ bool unzstd(std::string_view in, std::string& out) {
 // The distinct ids seen. A canonical UUID (every id the agent makes, and most a client gives) is
 // kept as its 16 bytes in one flat table, open-addressed with linear probing; anything else as a
 // string. A node per id (std::unordered_set<std::string>: a bucket array, a node and a string on
-// the heap) cost this subscriber ~0.5 us an event in cache misses at a few million ids, on the two
-// cores it shares with the agent whose end to end it counts (docs/benchmarks.md, "A leaner
-// subscriber").
+// the heap) took ~0.45 us an event in cache misses at a few million ids; this table takes ~0.3 us
+// less, on the two cores the subscriber shares with the agent whose end to end it counts
+// (docs/benchmarks.md, "A leaner subscriber").
 class IdSet {
  public:
   explicit IdSet(std::size_t expect) {
